@@ -1,0 +1,1 @@
+"""Adapter types, detection, math, XS bases and trainable MLX modules."""

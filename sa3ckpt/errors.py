@@ -1,0 +1,52 @@
+"""Typed errors that carry their CLI exit code.
+
+Every failure a user can cause (bad file, bad arguments, incompatible inputs) is raised as
+one of these so the CLI can print a single line and exit with the documented code instead
+of a traceback. The codes are part of the CLI contract in DESIGN.md.
+"""
+
+from __future__ import annotations
+
+import os
+
+
+class Sa3ckptError(Exception):
+    """Base class: a user-facing failure with a one-line message and an exit code."""
+
+    exit_code: int = 1
+
+    def one_line(self) -> str:
+        """The message folded to a single line, safe to print on stderr."""
+        return " ".join(str(self).split())
+
+
+class UsageError(Sa3ckptError):
+    """Arguments that cannot be acted on (exit 2)."""
+
+    exit_code = 2
+
+
+class MalformedFileError(Sa3ckptError):
+    """A file that cannot be read or violates its format (exit 3).
+
+    Carries the file and the cause separately so callers can report either.
+    """
+
+    exit_code = 3
+
+    def __init__(self, path: str | os.PathLike[str], cause: str) -> None:
+        self.path = os.fspath(path)
+        self.cause = cause
+        super().__init__(f"{self.path}: {cause}")
+
+
+class IncompatibleError(Sa3ckptError):
+    """Inputs that are each valid but do not fit together (exit 4)."""
+
+    exit_code = 4
+
+
+class Interrupted(Sa3ckptError):
+    """The user interrupted a long operation (exit 130)."""
+
+    exit_code = 130

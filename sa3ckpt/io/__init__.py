@@ -1,0 +1,1 @@
+"""Reading and writing checkpoint files: strict parsers and crash-safe writers."""

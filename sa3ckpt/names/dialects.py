@@ -1,0 +1,366 @@
+"""File-key dialects: translate adapter and base tensor keys to and from canonical names.
+
+Every reader turns file keys into (canonical target, param, slot) through this table and
+every writer turns them back; nothing else in the project spells a dialect's key format.
+Parsing never guesses: a key that is not an adapter key comes back as a `Rejected` with
+the precise reason, so ledgers can say why a key was skipped.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+
+from sa3ckpt.names.modules import (
+    CONDITIONER_ROOT,
+    DIT_ROOT,
+    MLX_CONDITIONER_ARRAYS,
+    from_mlx_module,
+    from_sa3cpp_stem,
+    to_mlx_module,
+    to_sa3cpp_stem,
+)
+
+# Canonical adapter parameter names (the official `parametrizations.weight.<slot>.<param>` leaf
+# names plus the extras some writers add: U/V for -xs and the baked row norms for dora-rows*).
+ADAPTER_PARAMS: tuple[str, ...] = (
+    "lora_A",
+    "lora_B",
+    "M_xs",
+    "magnitude",
+    "magnitude_r",
+    "magnitude_c",
+    "U",
+    "V",
+    "baked_vnorm_row",
+)
+_PARAM_SET = frozenset(ADAPTER_PARAMS)
+
+
+@dataclass(frozen=True)
+class ParsedKey:
+    """A file key understood as one adapter tensor of one canonical target."""
+
+    key: str
+    target: str
+    param: str
+    slot: int
+    dialect: str
+
+
+@dataclass(frozen=True)
+class Rejected:
+    """A key that is not an adapter key in the given dialect, and why."""
+
+    key: str
+    dialect: str
+    reason: str
+
+
+ParseResult = ParsedKey | Rejected
+
+
+def _rooted(module: str) -> str | None:
+    """The module if it carries a canonical root, else None."""
+    if module.startswith(DIT_ROOT) or module.startswith(CONDITIONER_ROOT):
+        return module
+    return None
+
+
+# --- sa3 and bare: `<module>.parametrizations.weight.<slot>.<param>` -------------------------
+
+_PARAMETRIZED_RE = re.compile(
+    r"^(?P<module>.+)\.parametrizations\.weight\.(?P<slot>[^.]+)\.(?P<param>[^.]+)$"
+)
+
+
+def _parse_parametrized(key: str, dialect: str, want_root: bool) -> ParseResult:
+    match = _PARAMETRIZED_RE.match(key)
+    if match is None:
+        return Rejected(key, dialect, "no `.parametrizations.weight.<slot>.<param>` suffix")
+    module, slot_text, param = match.group("module", "slot", "param")
+    if not slot_text.isdigit():
+        return Rejected(key, dialect, f"slot {slot_text!r} is not a number")
+    if param not in _PARAM_SET:
+        return Rejected(key, dialect, f"unknown adapter parameter {param!r}")
+    rooted = _rooted(module)
+    if want_root and rooted is None:
+        return Rejected(key, dialect, "module has no `model.`/`conditioners.` root (bare key)")
+    if not want_root:
+        if rooted is not None and module.startswith(DIT_ROOT):
+            return Rejected(key, dialect, "module already has the `model.` root (sa3 key)")
+        rooted = module if module.startswith(CONDITIONER_ROOT) else DIT_ROOT + module
+    return ParsedKey(key, rooted, param, int(slot_text), dialect)
+
+
+def _format_sa3(target: str, param: str, slot: int) -> str:
+    return f"{target}.parametrizations.weight.{slot}.{param}"
+
+
+def _format_bare(target: str, param: str, slot: int) -> str:
+    module = target[len(DIT_ROOT) :] if target.startswith(DIT_ROOT) else target
+    return f"{module}.parametrizations.weight.{slot}.{param}"
+
+
+# --- mlx: `<mlx module path>.<param>` ----------------------------------------------------------
+
+
+def _parse_mlx(key: str) -> ParseResult:
+    module, _, param = key.rpartition(".")
+    if not module:
+        return Rejected(key, "mlx", "no module path before the parameter name")
+    if param not in _PARAM_SET:
+        return Rejected(key, "mlx", f"unknown adapter parameter {param!r}")
+    if module.startswith(DIT_ROOT) or ".parametrizations." in key:
+        return Rejected(key, "mlx", "not an MLX runtime path (has a PyTorch root or suffix)")
+    return ParsedKey(key, from_mlx_module(module), param, 0, "mlx")
+
+
+def _format_mlx(target: str, param: str, slot: int) -> str:
+    module = to_mlx_module(target)
+    if module is None:
+        raise ValueError(f"{target}: no MLX runtime name")
+    return f"{module}.{param}"
+
+
+# --- peft: `base_model.model.<module>.lora_A.weight` -------------------------------------------
+
+_PEFT_PARAMS = {
+    "lora_A": "lora_A.weight",
+    "lora_B": "lora_B.weight",
+    "magnitude": "lora_magnitude_vector",
+}
+_PEFT_RE = re.compile(
+    r"^base_model\.model\.(?P<module>.+?)\."
+    r"(?P<param>lora_A|lora_B|lora_magnitude_vector)"
+    r"(?:\.(?P<adapter>(?!weight$)[A-Za-z0-9_\-]+))?(?:\.weight)?$"
+)
+_PEFT_BY_FILE_PARAM = {"lora_A": "lora_A", "lora_B": "lora_B", "lora_magnitude_vector": "magnitude"}
+
+
+def _parse_peft(key: str) -> ParseResult:
+    if not key.startswith("base_model.model."):
+        return Rejected(key, "peft", "no `base_model.model.` prefix")
+    match = _PEFT_RE.match(key)
+    if match is None:
+        return Rejected(key, "peft", "not a lora_A / lora_B / lora_magnitude_vector tensor")
+    module = match.group("module")
+    # PEFT may wrap the DiT wrapper (names keep `model.`) or the DiT itself (names do not).
+    target = _rooted(module) or DIT_ROOT + module
+    return ParsedKey(key, target, _PEFT_BY_FILE_PARAM[match.group("param")], 0, "peft")
+
+
+def _format_peft(target: str, param: str, slot: int) -> str:
+    if param not in _PEFT_PARAMS:
+        raise ValueError(f"PEFT cannot express adapter parameter {param!r}")
+    return f"base_model.model.{target}.{_PEFT_PARAMS[param]}"
+
+
+# --- sa3cpp: `<stem>.<param>` -------------------------------------------------------------------
+
+
+def _parse_sa3cpp(key: str) -> ParseResult:
+    stem, _, param = key.rpartition(".")
+    if not stem:
+        return Rejected(key, "sa3cpp", "no stem before the tensor kind")
+    if param not in _PARAM_SET:
+        return Rejected(key, "sa3cpp", f"unknown tensor kind {param!r}")
+    target = from_sa3cpp_stem(stem)
+    if target is None:
+        return Rejected(key, "sa3cpp", f"unknown sa3.cpp stem {stem!r}")
+    return ParsedKey(key, target, param, 0, "sa3cpp")
+
+
+def _format_sa3cpp(target: str, param: str, slot: int) -> str:
+    stem = to_sa3cpp_stem(target)
+    if stem is None:
+        raise ValueError(f"{target}: sa3.cpp has no stem for this target")
+    return f"{stem}.{param}"
+
+
+@dataclass(frozen=True)
+class AdapterDialect:
+    """One way of spelling adapter tensor keys in a file."""
+
+    name: str
+    description: str
+    example: str
+    parse: Callable[[str], ParseResult]
+    format: Callable[[str, str, int], str]
+    has_slots: bool
+
+
+ADAPTER_DIALECTS: dict[str, AdapterDialect] = {
+    d.name: d
+    for d in (
+        AdapterDialect(
+            "sa3",
+            "official SA3 trainer: rooted module + parametrizations.weight.<slot>.<param>",
+            "model.transformer.layers.0.self_attn.to_qkv.parametrizations.weight.0.lora_A",
+            lambda key: _parse_parametrized(key, "sa3", want_root=True),
+            _format_sa3,
+            True,
+        ),
+        AdapterDialect(
+            "bare",
+            "early MLX writers: sa3 keys without the `model.` root (official loader loads nothing)",
+            "transformer.layers.0.self_attn.to_qkv.parametrizations.weight.0.lora_A",
+            lambda key: _parse_parametrized(key, "bare", want_root=False),
+            _format_bare,
+            True,
+        ),
+        AdapterDialect(
+            "mlx",
+            "MLX runtime module paths (to_local_embed.seq.N, cond.seconds_total) + .<param>",
+            "transformer.layers.0.to_local_embed.seq.0.lora_A",
+            _parse_mlx,
+            _format_mlx,
+            False,
+        ),
+        AdapterDialect(
+            "peft",
+            "Hugging Face PEFT: base_model.model.<module>.lora_A.weight, lora_magnitude_vector",
+            "base_model.model.model.transformer.layers.0.self_attn.to_qkv.lora_A.weight",
+            _parse_peft,
+            _format_peft,
+            False,
+        ),
+        AdapterDialect(
+            "sa3cpp",
+            "sa3.cpp GGUF tensor names: <stem>.<param>",
+            "dit.0.self.qkv.lora_A",
+            _parse_sa3cpp,
+            _format_sa3cpp,
+            False,
+        ),
+    )
+}
+
+
+def adapter_dialect(name: str) -> AdapterDialect:
+    """Look up a dialect by name with a clear error listing the known ones."""
+    try:
+        return ADAPTER_DIALECTS[name]
+    except KeyError:
+        known = ", ".join(ADAPTER_DIALECTS)
+        raise ValueError(f"unknown dialect {name!r} (known: {known})") from None
+
+
+def parse_adapter_key(key: str, dialect: str) -> ParseResult:
+    """Parse one file key in a dialect into (target, param, slot) or a rejection reason."""
+    return adapter_dialect(dialect).parse(key)
+
+
+def format_adapter_key(target: str, param: str, dialect: str, slot: int = 0) -> str:
+    """Spell the file key of an adapter tensor in a dialect (ValueError if inexpressible)."""
+    if param not in _PARAM_SET:
+        raise ValueError(f"unknown adapter parameter {param!r}")
+    return adapter_dialect(dialect).format(target, param, slot)
+
+
+@dataclass(frozen=True)
+class DialectGuess:
+    """The dialect that explains the most keys, with the counts that justify it."""
+
+    dialect: str | None
+    parsed: int
+    total: int
+    evidence: str
+
+
+# Order matters on ties: the most specific spelling wins (sa3 before bare, peft before mlx).
+_DETECTION_ORDER = ("sa3", "peft", "sa3cpp", "bare", "mlx")
+
+
+def detect_adapter_dialect(keys: Iterable[str]) -> DialectGuess:
+    """Pick the dialect under which most keys parse; say how many did."""
+    key_list = list(keys)
+    best: tuple[int, str] | None = None
+    for name in _DETECTION_ORDER:
+        count = sum(isinstance(ADAPTER_DIALECTS[name].parse(k), ParsedKey) for k in key_list)
+        if count and (best is None or count > best[0]):
+            best = (count, name)
+    if best is None:
+        return DialectGuess(
+            None, 0, len(key_list), "no key parses as an adapter key in any dialect"
+        )
+    count, name = best
+    return DialectGuess(name, count, len(key_list), f"{count}/{len(key_list)} keys parse as {name}")
+
+
+# --- base checkpoints: where a target's weight lives -----------------------------------------
+
+OFFICIAL_DIT_PREFIX = "model.model."
+OFFICIAL_CONDITIONER_PREFIX = "conditioner.conditioners."
+
+
+def official_base_key(target: str, param: str = "weight") -> str:
+    """Key of a target's weight (or bias) in the official full base checkpoint."""
+    if target.startswith(DIT_ROOT):
+        return f"model.{target}.{param}"
+    if target.startswith(CONDITIONER_ROOT):
+        return f"conditioner.{target}.{param}"
+    raise ValueError(f"{target}: not a canonical target name")
+
+
+def parse_official_base_key(key: str) -> tuple[str, str] | None:
+    """(canonical module, leaf param) of an official full base key, None if not under a root."""
+    for prefix, root in (
+        (OFFICIAL_DIT_PREFIX, DIT_ROOT),
+        (OFFICIAL_CONDITIONER_PREFIX, CONDITIONER_ROOT),
+    ):
+        if key.startswith(prefix):
+            module, _, param = key[len(prefix) :].rpartition(".")
+            if not module:
+                return None
+            return root + module, param
+    return None
+
+
+def mlx_base_key(target: str, param: str = "weight") -> str:
+    """Key of a target's weight (or bias) in an MLX runtime base (npz or safetensors)."""
+    arrays = MLX_CONDITIONER_ARRAYS.get(target)
+    if arrays is not None:
+        return arrays[param]
+    module = to_mlx_module(target)
+    if module is None:
+        raise ValueError(f"{target}: no MLX runtime name")
+    return f"{module}.{param}"
+
+
+_MLX_ARRAY_TO_TARGET = {
+    key: (target, param)
+    for target, arrays in MLX_CONDITIONER_ARRAYS.items()
+    for param, key in arrays.items()
+}
+
+
+def parse_mlx_base_key(key: str) -> tuple[str, str] | None:
+    """(canonical module, leaf param) of an MLX runtime base key."""
+    if key in _MLX_ARRAY_TO_TARGET:
+        return _MLX_ARRAY_TO_TARGET[key]
+    module, _, param = key.rpartition(".")
+    if not module or module.startswith("cond."):
+        return None
+    return from_mlx_module(module), param
+
+
+def official_to_mlx_base_key(key: str) -> str | None:
+    """MLX runtime key of any official full-base tensor (targets and the rest), if it has one.
+
+    RMSNorm `.gamma` becomes `.weight`; the seconds conditioner's Linear becomes the plain
+    `cond.seconds_total_weight` / `_bias` arrays; other conditioner tensors have no MLX
+    spelling known to us and return None.
+    """
+    parsed = parse_official_base_key(key)
+    if parsed is None:
+        return None
+    module, param = parsed
+    arrays = MLX_CONDITIONER_ARRAYS.get(module)
+    if arrays is not None:
+        return arrays.get(param)
+    mlx_module = to_mlx_module(module)
+    if mlx_module is None:
+        return None
+    return f"{mlx_module}.{'weight' if param == 'gamma' else param}"

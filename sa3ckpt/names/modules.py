@@ -1,0 +1,173 @@
+"""The SA3 adapter target modules as naming data, independent of any model size.
+
+A canonical target name is the official PyTorch module name with its root: `model.` for the
+DiT (relative to the DiT wrapper) and `conditioners.` for the conditioner. Everything that
+differs between runtimes (MLX module paths, sa3.cpp stems) hangs off these two tables, so a
+new runtime is a new column, not new code.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+
+DIT_ROOT = "model."
+CONDITIONER_ROOT = "conditioners."
+BLOCK_PREFIX = "model.transformer.layers."
+
+SECONDS_CONDITIONER = "conditioners.seconds_total.embedder.embedding.1"
+
+
+@dataclass(frozen=True)
+class ModuleName:
+    """One adapter-targetable module: its canonical name (or per-block suffix) and stems.
+
+    `sa3cpp` is None for modules sa3.cpp has no stem for (the conditioner).
+    """
+
+    canonical: str
+    sa3cpp: str | None
+    kind: str  # "linear" | "conv1d"
+
+
+# Per-block modules: canonical suffix after `model.transformer.layers.N.`, sa3.cpp suffix after
+# `dit.N.`. Order is the order of the coverage map's columns.
+BLOCK_MODULES: tuple[ModuleName, ...] = (
+    ModuleName("self_attn.to_qkv", "self.qkv", "linear"),
+    ModuleName("self_attn.to_out", "self.out", "linear"),
+    ModuleName("cross_attn.to_q", "cross.q", "linear"),
+    ModuleName("cross_attn.to_kv", "cross.kv", "linear"),
+    ModuleName("cross_attn.to_out", "cross.out", "linear"),
+    ModuleName("ff.ff.0.proj", "ff.proj", "linear"),
+    ModuleName("ff.ff.2", "ff.out", "linear"),
+    ModuleName("to_local_embed.0", "local.0", "linear"),
+    ModuleName("to_local_embed.2", "local.2", "linear"),
+)
+
+# Top-level DiT modules (full canonical names) in a stable display order.
+TOP_LEVEL_MODULES: tuple[ModuleName, ...] = (
+    ModuleName("model.to_timestep_embed.0", "dit.time_embed.0", "linear"),
+    ModuleName("model.to_timestep_embed.2", "dit.time_embed.2", "linear"),
+    ModuleName("model.to_cond_embed.0", "dit.cond_embed.0", "linear"),
+    ModuleName("model.to_cond_embed.2", "dit.cond_embed.2", "linear"),
+    ModuleName("model.to_global_embed.0", "dit.global_embed.0", "linear"),
+    ModuleName("model.to_global_embed.2", "dit.global_embed.2", "linear"),
+    ModuleName("model.transformer.project_in", "dit.proj_in", "linear"),
+    ModuleName("model.transformer.project_out", "dit.proj_out", "linear"),
+    ModuleName("model.transformer.global_cond_embedder.0", "dit.gce.0", "linear"),
+    ModuleName("model.transformer.global_cond_embedder.2", "dit.gce.2", "linear"),
+    ModuleName("model.preprocess_conv", "dit.pre_conv", "conv1d"),
+    ModuleName("model.postprocess_conv", "dit.post_conv", "conv1d"),
+)
+
+CONDITIONER_MODULES: tuple[ModuleName, ...] = (ModuleName(SECONDS_CONDITIONER, None, "linear"),)
+
+# Underfit's default target filter: the 7 attention / feed-forward Linears of every block plus
+# the seconds conditioner Linear (medium 169, small 141).
+UNDERFIT_DEFAULT_INCLUDE: tuple[str, ...] = (
+    "self_attn.to_qkv",
+    "self_attn.to_out",
+    "cross_attn.to_q",
+    "cross_attn.to_kv",
+    "cross_attn.to_out",
+    "ff.ff.0.proj",
+    "ff.ff.2",
+    "seconds_total",
+)
+
+_BLOCK_RE = re.compile(r"^model\.transformer\.layers\.(\d+)\.(.+)$")
+_STEM_BLOCK_RE = re.compile(r"^dit\.(\d+)\.(.+)$")
+
+_BLOCK_BY_SUFFIX = {m.canonical: m for m in BLOCK_MODULES}
+_BLOCK_BY_STEM = {m.sa3cpp: m for m in BLOCK_MODULES}
+_FIXED_BY_CANONICAL = {m.canonical: m for m in TOP_LEVEL_MODULES + CONDITIONER_MODULES}
+_FIXED_BY_STEM = {m.sa3cpp: m for m in TOP_LEVEL_MODULES if m.sa3cpp}
+
+
+def block_target(block: int, suffix: str) -> str:
+    """Canonical name of a per-block module, e.g. (3, "ff.ff.2")."""
+    return f"{BLOCK_PREFIX}{block}.{suffix}"
+
+
+def split_block(canonical: str) -> tuple[int, str] | None:
+    """(block index, per-block suffix) for a per-block canonical name, else None."""
+    match = _BLOCK_RE.match(canonical)
+    if match is None:
+        return None
+    return int(match.group(1)), match.group(2)
+
+
+def module_info(canonical: str) -> ModuleName | None:
+    """The naming row of a canonical target, or None when the name is not a known module."""
+    if canonical in _FIXED_BY_CANONICAL:
+        return _FIXED_BY_CANONICAL[canonical]
+    split = split_block(canonical)
+    if split is None:
+        return None
+    return _BLOCK_BY_SUFFIX.get(split[1])
+
+
+def to_sa3cpp_stem(canonical: str) -> str | None:
+    """sa3.cpp stem for a canonical target; None when sa3.cpp has no stem (or name unknown)."""
+    fixed = _FIXED_BY_CANONICAL.get(canonical)
+    if fixed is not None:
+        return fixed.sa3cpp
+    split = split_block(canonical)
+    if split is None or split[1] not in _BLOCK_BY_SUFFIX:
+        return None
+    return f"dit.{split[0]}.{_BLOCK_BY_SUFFIX[split[1]].sa3cpp}"
+
+
+def from_sa3cpp_stem(stem: str) -> str | None:
+    """Canonical target for an sa3.cpp stem, or None when the stem is unknown."""
+    fixed = _FIXED_BY_STEM.get(stem)
+    if fixed is not None:
+        return fixed.canonical
+    match = _STEM_BLOCK_RE.match(stem)
+    if match is None or match.group(2) not in _BLOCK_BY_STEM:
+        return None
+    return block_target(int(match.group(1)), _BLOCK_BY_STEM[match.group(2)].canonical)
+
+
+# MLX optimized runtime module paths: the DiT path without `model.`, with the local-embed
+# Sequential spelled `seq`; the conditioner Linear has no module, its arrays live under `cond.`.
+MLX_CONDITIONER_NAMES = {SECONDS_CONDITIONER: "cond.seconds_total"}
+MLX_CONDITIONER_ARRAYS = {
+    SECONDS_CONDITIONER: {"weight": "cond.seconds_total_weight", "bias": "cond.seconds_total_bias"}
+}
+_MLX_RULES: tuple[tuple[re.Pattern[str], str, re.Pattern[str], str], ...] = (
+    # (canonical -> mlx pattern, replacement, mlx -> canonical pattern, replacement)
+    (
+        re.compile(r"(^|\.)to_local_embed\.(\d+)(?=$|\.)"),
+        r"\1to_local_embed.seq.\2",
+        re.compile(r"(^|\.)to_local_embed\.seq\.(\d+)(?=$|\.)"),
+        r"\1to_local_embed.\2",
+    ),
+)
+_MLX_CONDITIONER_BY_NAME = {v: k for k, v in MLX_CONDITIONER_NAMES.items()}
+
+
+def to_mlx_module(canonical: str) -> str | None:
+    """MLX runtime path of a canonical module (None for names outside both roots)."""
+    if canonical in MLX_CONDITIONER_NAMES:
+        return MLX_CONDITIONER_NAMES[canonical]
+    if not canonical.startswith(DIT_ROOT):
+        return None
+    path = canonical[len(DIT_ROOT) :]
+    for forward, replacement, _, _ in _MLX_RULES:
+        path = forward.sub(replacement, path)
+    return path
+
+
+def from_mlx_module(path: str) -> str:
+    """Canonical name of an MLX runtime module path (any DiT path maps; `cond.*` is special)."""
+    if path in _MLX_CONDITIONER_BY_NAME:
+        return _MLX_CONDITIONER_BY_NAME[path]
+    for _, _, backward, replacement in _MLX_RULES:
+        path = backward.sub(replacement, path)
+    return DIT_ROOT + path
+
+
+def mlx_has_module(canonical: str) -> bool:
+    """False for targets the MLX runtime folds into plain arrays (the seconds conditioner)."""
+    return canonical not in MLX_CONDITIONER_NAMES

@@ -1,0 +1,70 @@
+"""Layout conversions: canonical 2-D <-> PyTorch Conv1d, MLX Conv1d, ggml shapes, magnitudes."""
+
+from __future__ import annotations
+
+import mlx.core as mx
+import numpy as np
+import pytest
+
+from sa3ckpt.layout import (
+    LAYOUTS,
+    from_canonical_2d,
+    from_ggml_shape,
+    ggml_shape,
+    mlx_conv1d_to_2d,
+    squeeze_magnitude,
+    stored_shape,
+    to_canonical_2d,
+)
+
+
+@pytest.mark.parametrize("k", [1, 3])
+def test_mlx_conv_layout_is_the_transposed_torch_layout(k: int) -> None:
+    torch_w = np.arange(4 * 5 * k, dtype=np.float32).reshape(4, 5, k)
+    mlx_w = torch_w.transpose(0, 2, 1)
+    canonical = torch_w.reshape(4, 5 * k)  # PyTorch's own 2-D view: in-major, k-minor
+    assert np.array_equal(to_canonical_2d(torch_w, "torch-conv1d"), canonical)
+    assert np.array_equal(to_canonical_2d(mlx_w, "mlx-conv1d"), canonical)
+    assert np.array_equal(from_canonical_2d(canonical, "mlx-conv1d", k), mlx_w)
+    assert np.array_equal(from_canonical_2d(canonical, "torch-conv1d", k), torch_w)
+
+
+@pytest.mark.parametrize(
+    ("layout", "k"),
+    [("linear", 1)] + [(name, k) for name in LAYOUTS if name != "linear" for k in (1, 2, 5)],
+)
+def test_round_trip_and_stored_shape(layout: str, k: int) -> None:
+    rng = np.random.default_rng(k)
+    w2d = rng.standard_normal((6, 4 * k)).astype(np.float32)
+    stored = from_canonical_2d(w2d, layout, k)
+    assert stored.shape == stored_shape((6, 4 * k), layout, k)
+    assert np.array_equal(to_canonical_2d(stored, layout), w2d)
+
+
+def test_works_on_mlx_arrays() -> None:
+    torch_w = np.random.default_rng(0).standard_normal((3, 2, 4)).astype(np.float32)
+    as_mlx = mx.array(torch_w.transpose(0, 2, 1))
+    assert np.array_equal(np.array(mlx_conv1d_to_2d(as_mlx)), torch_w.reshape(3, 8))
+
+
+def test_kernel_must_divide_fan_in() -> None:
+    with pytest.raises(ValueError, match="multiple"):
+        from_canonical_2d(np.zeros((2, 5)), "torch-conv1d", 2)
+    with pytest.raises(ValueError, match="2-D"):
+        to_canonical_2d(np.zeros((2, 5, 1)), "linear")
+
+
+def test_ggml_shapes_reverse() -> None:
+    assert ggml_shape((7680, 1536)) == (1536, 7680)
+    assert from_ggml_shape(ggml_shape((2, 3, 4))) == (2, 3, 4)
+
+
+def test_legacy_magnitudes() -> None:
+    rows, orient = squeeze_magnitude(np.ones((6, 1)), 6, 4)
+    assert rows.shape == (6,) and orient == "rows"
+    cols, orient = squeeze_magnitude(np.ones((1, 4)), 6, 4)
+    assert cols.shape == (4,) and orient == "cols"
+    flat, orient = squeeze_magnitude(np.ones(6), 6, 4)
+    assert flat.shape == (6,) and orient is None
+    with pytest.raises(ValueError, match="fits neither"):
+        squeeze_magnitude(np.ones((2, 2)), 6, 4)

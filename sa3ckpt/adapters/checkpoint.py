@@ -1,0 +1,283 @@
+"""SA3 adapter checkpoints in memory: load from any adapter file dialect, save as sa3.
+
+An `AdapterCheckpoint` holds canonical tensors (target -> param -> array, as stored), the
+parsed `lora_config`, the resolved adapter type with its evidence, and a load ledger that
+records every key that was not understood and every legacy repair that was made. Nothing
+is dropped silently: callers print the ledger or fail on it under --strict.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import mlx.core as mx
+import numpy as np
+
+from sa3ckpt import dtypes
+from sa3ckpt.adapters.config import CONFIG_KEY, ConfigError, LoraConfig
+from sa3ckpt.adapters.detect import TypeDetection, detect_type
+from sa3ckpt.adapters.formulas import TargetAdapter
+from sa3ckpt.adapters.types import AdapterType, adapter_type
+from sa3ckpt.adapters.xs_bases import XsBases, svd_bases
+from sa3ckpt.errors import MalformedFileError
+from sa3ckpt.io.ckpt import looks_like_pickle, read_legacy_ckpt
+from sa3ckpt.io.safetensors import open_safetensors, write_safetensors
+from sa3ckpt.layout import squeeze_magnitude
+from sa3ckpt.names.dialects import (
+    ParsedKey,
+    adapter_dialect,
+    detect_adapter_dialect,
+    format_adapter_key,
+)
+from sa3ckpt.targets.families import FAMILIES
+
+# Dialects whose files carry `lora_config` metadata and load directly (PEFT directories and
+# sa3.cpp GGUF go through `convert`).
+LOADABLE_DIALECTS = ("sa3", "bare", "mlx")
+FP32_PARAMS = frozenset({"baked_vnorm_row"})
+PICKLE_SUFFIXES = (".ckpt", ".pt", ".pth", ".bin")
+
+
+@dataclass
+class LoadLedger:
+    """What loading did with every key: parsed, rejected (with reason), repaired."""
+
+    dialect: str
+    keys: int
+    parsed: int = 0
+    rejected: list[tuple[str, str]] = field(default_factory=list)
+    repairs: list[str] = field(default_factory=list)
+
+    def lines(self) -> list[str]:
+        out = [f"{self.parsed}/{self.keys} keys parsed as {self.dialect}"]
+        out += [f"unmatched key {key}: {reason}" for key, reason in self.rejected]
+        out += [f"repaired: {line}" for line in self.repairs]
+        return out
+
+
+@dataclass
+class AdapterCheckpoint:
+    """One adapter: config, resolved type, canonical tensors, other metadata, ledger."""
+
+    config: LoraConfig
+    adapter_type: str
+    tensors: dict[str, dict[str, np.ndarray]]
+    metadata: dict[str, str] = field(default_factory=dict)
+    detection: TypeDetection | None = None
+    ledger: LoadLedger | None = None
+    path: str | None = None
+
+    @property
+    def kind(self) -> AdapterType:
+        return adapter_type(self.adapter_type)
+
+    def targets(self) -> list[str]:
+        return list(self.tensors)
+
+    def has_stored_bases(self, target: str) -> bool:
+        params = self.tensors[target]
+        return "U" in params and "V" in params
+
+    def target_adapter(
+        self,
+        target: str,
+        *,
+        base_2d: np.ndarray | None = None,
+        bases: XsBases | None = None,
+    ) -> tuple[TargetAdapter, str]:
+        """The fp32 MLX adapter of one target, and where its XS bases came from.
+
+        XS bases are looked up in order: stored in the checkpoint, a bases file, an SVD of
+        the base weight being adapted (the official behaviour). The second value says which
+        ("stored", "bases file", "base SVD"), or "-" for non-XS types.
+        """
+        params = {
+            name: mx.array(dtypes.to_float32(np.asarray(a)))
+            for name, a in self.tensors[target].items()
+        }
+        source = "-"
+        if self.kind.xs:
+            if self.has_stored_bases(target):
+                source = "stored"
+            elif bases is not None and bases.get(target) is not None:
+                u, v = bases.get(target)  # type: ignore[misc]
+                params["U"], params["V"] = mx.array(u), mx.array(v)
+                source = "bases file"
+            elif base_2d is not None:
+                u, v = svd_bases(base_2d, self.config.rank)
+                params["U"], params["V"] = mx.array(u), mx.array(v)
+                source = "base SVD"
+            else:
+                raise ValueError(
+                    f"{target}: {self.adapter_type} needs XS bases (stored, file or base)"
+                )
+        return TargetAdapter(self.kind, self.config.scale, params), source
+
+    def file_tensors(self, dialect: str = "sa3", dtype: str = "F16") -> dict[str, np.ndarray]:
+        """Tensors keyed in a dialect, floats cast to dtype (baked norms stay fp32)."""
+        out: dict[str, np.ndarray] = {}
+        for target, params in self.tensors.items():
+            for param, array in params.items():
+                code = "F32" if param in FP32_PARAMS else dtype
+                value = np.asarray(array)
+                if dtypes.is_floating(dtypes.code_for(value.dtype)):
+                    value = dtypes.cast(value, code)
+                out[format_adapter_key(target, param, dialect)] = value
+        return out
+
+    def file_metadata(self) -> dict[str, str]:
+        out = dict(self.metadata)
+        out[CONFIG_KEY] = self.config.to_json()
+        return out
+
+
+def _read_raw(
+    path: str, allow_pickle: bool
+) -> tuple[dict[str, np.ndarray], str | None, dict[str, str]]:
+    """(key -> array, lora_config text or None, other metadata) from safetensors or .ckpt."""
+    if path.endswith(PICKLE_SUFFIXES) or looks_like_pickle(path):
+        legacy = read_legacy_ckpt(path, allow_pickle=allow_pickle)
+        config_text = json.dumps(legacy.lora_config) if legacy.lora_config is not None else None
+        return dict(legacy.tensors), config_text, dict(legacy.extra)
+    with open_safetensors(path) as f:
+        tensors = {key: np.array(f.array(key)) for key in f}
+        metadata = dict(f.metadata)
+    config_text = metadata.pop(CONFIG_KEY, None)
+    return tensors, config_text, metadata
+
+
+def _group(
+    raw: Mapping[str, np.ndarray], dialect: str, ledger: LoadLedger
+) -> dict[str, dict[str, np.ndarray]]:
+    """Parse keys into target -> param -> array; one slot per target (renumbered to 0)."""
+    parse = adapter_dialect(dialect).parse
+    grouped: dict[str, dict[str, np.ndarray]] = {}
+    slots: dict[str, set[int]] = {}
+    for key, array in raw.items():
+        parsed = parse(key)
+        if not isinstance(parsed, ParsedKey):
+            ledger.rejected.append((key, parsed.reason))
+            continue
+        ledger.parsed += 1
+        slots.setdefault(parsed.target, set()).add(parsed.slot)
+        grouped.setdefault(parsed.target, {})[parsed.param] = array
+    for target, used in slots.items():
+        if len(used) > 1:
+            raise ValueError(
+                f"{target} has parametrization slots {sorted(used)}: stacked adapters in one file"
+            )
+        (slot,) = used
+        if slot != 0:
+            ledger.repairs.append(f"{target}: slot {slot} renumbered to 0")
+    if dialect == "bare":
+        ledger.repairs.append(f"{len(grouped)} bare targets given their `model.` root")
+    return grouped
+
+
+def _squeeze_magnitudes(grouped: dict[str, dict[str, np.ndarray]], ledger: LoadLedger) -> None:
+    for target, params in grouped.items():
+        for name in ("magnitude", "magnitude_r", "magnitude_c"):
+            value = params.get(name)
+            if value is None or value.ndim == 1:
+                continue
+            fan_out = params["lora_B"].shape[0] if "lora_B" in params else value.shape[0]
+            fan_in = params["lora_A"].shape[-1] if "lora_A" in params else value.shape[-1]
+            squeezed, _orient = squeeze_magnitude(value, fan_out, fan_in)
+            params[name] = squeezed
+            ledger.repairs.append(f"{target}: 2-D {name} {tuple(value.shape)} squeezed to 1-D")
+
+
+def _detect(grouped: Mapping[str, Mapping[str, np.ndarray]], config_type: str) -> TypeDetection:
+    """Type detection; XS magnitudes need fans, which only a family's target table knows.
+
+    When the tensors alone cannot tell rows from cols ("?" in the verdict), the first
+    family whose table holds every target supplies (fan_out, fan_in) and decides.
+    """
+    shapes = {t: {p: tuple(a.shape) for p, a in params.items()} for t, params in grouped.items()}
+    detection = detect_type(shapes, config_type)
+    if "?" not in (detection.from_tensors or ""):
+        return detection
+    for fam in FAMILIES.values():
+        if all(t in fam.by_name for t in grouped):
+            candidate = detect_type(shapes, config_type, {t: fam.by_name[t].shape for t in grouped})
+            if "?" not in (candidate.from_tensors or "?"):
+                candidate.evidence.append(f"fans taken from the {fam.name} target table")
+                return candidate
+    return detection
+
+
+def checkpoint_from_raw(
+    raw: Mapping[str, np.ndarray],
+    config_text: str | None,
+    metadata: Mapping[str, str],
+    path: str = "<memory>",
+) -> AdapterCheckpoint:
+    """Build a checkpoint from file keys + lora_config text; MalformedFileError on failure."""
+    guess = detect_adapter_dialect(raw)
+    if guess.dialect is None:
+        raise MalformedFileError(path, f"no adapter tensors: {guess.evidence}")
+    if guess.dialect not in LOADABLE_DIALECTS:
+        raise MalformedFileError(
+            path, f"{guess.dialect} keys ({guess.evidence}); convert it to sa3 first"
+        )
+    if config_text is None:
+        raise MalformedFileError(path, f"no {CONFIG_KEY} metadata (rank and alpha unknown)")
+    try:
+        config = LoraConfig.from_json(config_text)
+    except ConfigError as exc:
+        raise MalformedFileError(path, str(exc)) from None
+    ledger = LoadLedger(guess.dialect, len(raw))
+    try:
+        grouped = _group(raw, guess.dialect, ledger)
+        _squeeze_magnitudes(grouped, ledger)
+    except ValueError as exc:
+        raise MalformedFileError(path, str(exc)) from None
+    detection = _detect(grouped, config.adapter_type)
+    fatal = [
+        f for f in detection.findings if f.severity == "error" and f.code != "type-disagreement"
+    ]
+    if detection.adapter_type is None or fatal:
+        reason = fatal[0].message if fatal else "adapter type cannot be determined"
+        raise MalformedFileError(path, reason)
+    return AdapterCheckpoint(
+        config=config,
+        adapter_type=detection.adapter_type,
+        tensors=grouped,
+        metadata=dict(metadata),
+        detection=detection,
+        ledger=ledger,
+        path=path,
+    )
+
+
+def load_checkpoint(
+    path: str | os.PathLike[str], *, allow_pickle: bool = False
+) -> AdapterCheckpoint:
+    """Load an adapter file (sa3, bare or mlx keys in safetensors; legacy .ckpt opt-in)."""
+    spath = os.fspath(path)
+    raw, config_text, metadata = _read_raw(spath, allow_pickle)
+    return checkpoint_from_raw(raw, config_text, metadata, spath)
+
+
+def save_checkpoint(
+    checkpoint: AdapterCheckpoint,
+    path: str | os.PathLike[str],
+    *,
+    dtype: str = "F16",
+    dialect: str = "sa3",
+    inputs: tuple[str | os.PathLike[str], ...] = (),
+    overwrite: bool = True,
+) -> Path:
+    """Write atomically in the sa3 format (fp16 by default; baked norms stay fp32)."""
+    write_safetensors(
+        path,
+        checkpoint.file_tensors(dialect, dtype),
+        checkpoint.file_metadata(),
+        inputs=inputs,
+        overwrite=overwrite,
+    )
+    return Path(path)

@@ -1,0 +1,414 @@
+"""LoRA-XS bases: rebuild the frozen U_r / V_r of -xs adapters, and keep them in a file.
+
+An -xs adapter stores only the small ``M_xs`` (rank, rank); its effect ``U_r @ M @ V_r.T``
+needs the truncated singular vectors of the base weight it was trained on. The official saver
+does not store them, so they must be rebuilt exactly as the official code builds them:
+
+1. the 2-D view W0 (fan_out, fan_in) converted to float32;
+2. ``U, S, Vh = svd(W0, full_matrices=False)``;
+3. a deterministic sign per singular pair: for column j of U take ``i* = argmax_i |U[i, j]|``
+   (first index on ties), ``s_j = sign(U[i*, j])`` with 0 -> +1, then ``U <- U * s`` and
+   ``Vh <- s[:, None] * Vh`` (the product U S Vh is unchanged);
+4. ``U_r = U[:, :r]``, ``V_r = Vh[:r].T``.
+
+Why numpy and not MLX: the official code runs the SVD in fp32 (torch / LAPACK gesdd), and
+``numpy.linalg.svd`` on a float32 array calls LAPACK's single-precision gesdd as well, so the
+arithmetic matches. ``mlx.linalg.svd`` has no thin mode and always returns full matrices: for
+a 12288x1536 layer that is a 12288x12288 U, about 600 MB, to keep 1536 columns of it.
+
+Why a bases file: singular vectors are only reproducible to fp32 rounding across LAPACK builds
+and depend on which W0 they came from (base vs ARC, fp16 vs fp32 checkpoint). Computing them
+once and saving them, together with a digest of every W0 used, lets later steps use identical
+bases and refuse a base they were not made from. The file is safetensors with our own
+metadata (see `save_bases`); nothing official reads it.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import re
+import sys
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from sa3ckpt import dtypes
+from sa3ckpt.errors import MalformedFileError
+from sa3ckpt.io.atomic import PathLike
+from sa3ckpt.io.safetensors import open_safetensors, write_safetensors
+
+FORMAT = "sa3ckpt-xs-bases"
+"""Value of the ``format`` metadata key: what makes a safetensors file a bases file."""
+
+FORMAT_VERSION = "1"
+"""Value of ``format_version``; readers refuse versions they do not know."""
+
+_HASH_TAG = b"sa3ckpt-weight-sha256-v1"
+_SHA256_HEX = re.compile(r"[0-9a-f]{64}")
+_RANK_TEXT = re.compile(r"[1-9][0-9]*")
+_KINDS = ("U", "V")
+
+
+# --------------------------------------------------------------------------- the SVD
+
+
+def _check_rank(rank: object, shape: tuple[int, int]) -> int:
+    """``rank`` as an int in [1, min(shape)], or a ValueError that says what is allowed."""
+    if isinstance(rank, bool) or not isinstance(rank, (int, np.integer)):
+        raise ValueError(f"rank must be an integer, got {rank!r}")
+    limit = min(shape)
+    if not 1 <= rank <= limit:
+        raise ValueError(
+            f"rank {rank} is out of range for a {shape[0]}x{shape[1]} weight "
+            f"(need 1 <= rank <= {limit})"
+        )
+    return int(rank)
+
+
+def canonicalize_signs(u: np.ndarray, vh: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Fix the sign of each singular pair the way the official SA3 code does.
+
+    An SVD determines each pair (U[:, j], Vh[j]) only up to a joint sign, and LAPACK builds
+    may pick differently; the official rule makes the entry of largest magnitude in every
+    column of U positive (first such entry on ties, +1 for an all-zero column). Flipping by
+    +-1 is exact, so the result is bit-identical whatever signs the input had.
+
+    ``u`` is (m, k) and ``vh`` (k, n); returns new arrays of the same dtypes.
+    """
+    u = np.asarray(u)
+    vh = np.asarray(vh)
+    if u.ndim != 2 or vh.ndim != 2 or u.shape[1] != vh.shape[0]:
+        raise ValueError(f"U (m, k) and Vh (k, n) do not fit: got shapes {u.shape} and {vh.shape}")
+    pivot = np.argmax(np.abs(u), axis=0)  # np.argmax returns the first index on ties
+    lead = u[pivot, np.arange(u.shape[1])]
+    # `where` rather than np.sign: 0 (and NaN) must count as +1, per the official rule.
+    signs = np.where(lead < 0, -1.0, 1.0)
+    return u * signs.astype(u.dtype), signs.astype(vh.dtype)[:, None] * vh
+
+
+def canonical_svd(w2d: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """The thin SVD (U, S, Vh) of ``w2d`` in float32 with canonical signs.
+
+    Any floating dtype is accepted and upcast to float32 first, so an fp16 weight and the
+    same values stored as fp32 give identical results. Raises ValueError for non-2-D,
+    non-floating or non-finite input (LAPACK would fail or return garbage on NaN/inf).
+    """
+    w = np.asarray(w2d)
+    if w.ndim != 2:
+        raise ValueError(f"expected a 2-D (fan_out, fan_in) weight, got shape {w.shape}")
+    w32 = dtypes.to_float32(w)
+    if not np.isfinite(w32).all():
+        raise ValueError("weight contains NaN or inf values; its SVD is undefined")
+    u, s, vh = np.linalg.svd(w32, full_matrices=False)
+    u, vh = canonicalize_signs(u, vh)
+    return u, s, vh
+
+
+def svd_bases(w2d: np.ndarray, rank: int) -> tuple[np.ndarray, np.ndarray]:
+    """The XS bases (U_r (fan_out, rank), V_r (fan_in, rank)) of a weight, float32.
+
+    ``w2d`` is the base weight's canonical 2-D view in any floating dtype. The rank is
+    checked before the (expensive) SVD. Results are C-contiguous copies, so they do not pin
+    the full U / Vh in memory.
+    """
+    w = np.asarray(w2d)
+    if w.ndim != 2:
+        raise ValueError(f"expected a 2-D (fan_out, fan_in) weight, got shape {w.shape}")
+    r = _check_rank(rank, (w.shape[0], w.shape[1]))
+    u, _, vh = canonical_svd(w)
+    return np.ascontiguousarray(u[:, :r]), np.ascontiguousarray(vh[:r].T)
+
+
+# --------------------------------------------------------------------------- digests
+
+
+def weight_sha256(w: np.ndarray) -> str:
+    """A hex SHA-256 identifying a weight exactly: its bytes, dtype and shape.
+
+    The dtype code and shape are folded into the digest so that an fp16 weight and the same
+    values in fp32 (or the same bytes under another shape) do not collide: their bases can
+    differ, and they are different base checkpoints. Bytes are taken in C order and
+    little-endian (the safetensors layout), whatever the array's memory layout, so a
+    memory-mapped tensor and an in-memory copy of it hash the same. Pass the canonical 2-D
+    view, as `compute_bases` does, so the digest does not depend on a checkpoint's layout.
+    """
+    array = np.asarray(w)
+    code = dtypes.code_for(array.dtype)
+    digest = hashlib.sha256()
+    digest.update(_HASH_TAG + b"\0" + code.encode() + b"\0")
+    digest.update(json.dumps(list(array.shape)).encode() + b"\0")
+    order = array.dtype.byteorder
+    if order == ">" or (order == "=" and sys.byteorder == "big"):
+        array = array.astype(array.dtype.newbyteorder("<"))
+    if array.size:
+        digest.update(np.ascontiguousarray(array).reshape(-1).view(np.uint8).data)
+    return digest.hexdigest()
+
+
+# --------------------------------------------------------------------------- the container
+
+
+@dataclass
+class XsBases:
+    """XS bases of several targets, all of one rank, and a record of the W0 they came from.
+
+    ``bases`` maps a canonical target name to (U_r (fan_out, rank), V_r (fan_in, rank));
+    ``base_sha256`` and ``base_dtype`` map the same names to `weight_sha256` of the 2-D W0
+    and its safetensors dtype code ("F16", "F32", ...). ``source_base`` is a free-form name
+    of the base checkpoint, for people: the digests are what code should trust.
+    """
+
+    rank: int
+    source_base: str
+    bases: dict[str, tuple[np.ndarray, np.ndarray]] = field(default_factory=dict)
+    base_sha256: dict[str, str] = field(default_factory=dict)
+    base_dtype: dict[str, str] = field(default_factory=dict)
+
+    def get(self, target: str) -> tuple[np.ndarray, np.ndarray] | None:
+        """(U_r, V_r) of ``target``, or None when these bases do not cover it."""
+        return self.bases.get(target)
+
+    def matches(self, target: str, w: np.ndarray) -> bool:
+        """Whether ``w`` (the 2-D W0 of ``target``) is exactly the weight the bases came from.
+
+        False for a target these bases do not cover. Hashes the whole weight, so callers
+        checking many targets of a large base pay one pass over its bytes.
+        """
+        recorded = self.base_sha256.get(target)
+        return recorded is not None and recorded == weight_sha256(w)
+
+    def targets(self) -> list[str]:
+        """The covered targets, in the order they were computed (and are stored)."""
+        return list(self.bases)
+
+
+def compute_bases(weights: Mapping[str, np.ndarray], rank: int, source_base: str) -> XsBases:
+    """XS bases of ``rank`` for every given weight (2-D views keyed by canonical target).
+
+    Every target gets bases or the call fails: a weight too small for ``rank``, not 2-D,
+    or not finite raises ValueError naming the target, rather than being skipped and then
+    silently missing when an adapter needs it.
+    """
+    if not isinstance(source_base, str):
+        raise ValueError(f"source_base must be a string, got {type(source_base).__name__}")
+    if not weights:
+        raise ValueError("no weights given: an empty bases file would be useless")
+    if isinstance(rank, bool) or not isinstance(rank, (int, np.integer)) or rank < 1:
+        raise ValueError(f"rank must be a positive integer, got {rank!r}")
+    arrays = {target: np.asarray(w) for target, w in weights.items()}
+    # Check every shape before any SVD: a real base has hundreds of large SVDs, and a bad
+    # target near the end should fail at once, not after all the others were computed.
+    for target, array in arrays.items():
+        if array.ndim != 2:
+            raise ValueError(
+                f"{target}: expected a 2-D (fan_out, fan_in) weight, got {array.shape}"
+            )
+        try:
+            _check_rank(rank, (array.shape[0], array.shape[1]))
+        except ValueError as exc:
+            raise ValueError(f"{target}: {exc}") from None
+    out = XsBases(rank=int(rank), source_base=source_base)
+    for target, array in arrays.items():
+        try:
+            out.bases[target] = svd_bases(array, rank)
+        except ValueError as exc:
+            raise ValueError(f"{target}: {exc}") from None
+        out.base_sha256[target] = weight_sha256(array)
+        out.base_dtype[target] = dtypes.code_for(array.dtype)
+    return out
+
+
+# --------------------------------------------------------------------------- the file
+
+
+def _check_for_save(bases: XsBases) -> None:
+    """Refuse to write a file that `load_bases` would reject (programming errors)."""
+    if isinstance(bases.rank, bool) or not isinstance(bases.rank, (int, np.integer)):
+        raise ValueError(f"rank must be an integer, got {bases.rank!r}")
+    if bases.rank < 1:
+        raise ValueError(f"rank must be >= 1, got {bases.rank}")
+    if not bases.bases:
+        raise ValueError("no bases to save")
+    names = set(bases.bases)
+    for label, record in (("base_sha256", bases.base_sha256), ("base_dtype", bases.base_dtype)):
+        if set(record) != names:
+            odd = sorted(names.symmetric_difference(record))[0]
+            raise ValueError(f"{label} and bases cover different targets (e.g. {odd!r})")
+    for target, (u, v) in bases.bases.items():
+        if not target:
+            raise ValueError("empty target name")
+        for kind, array in zip(_KINDS, (u, v), strict=True):
+            array = np.asarray(array)
+            if array.dtype != np.float32:
+                raise ValueError(f"{target}.{kind}: must be float32, got {array.dtype}")
+            if array.ndim != 2 or array.shape[1] != bases.rank or array.shape[0] < bases.rank:
+                raise ValueError(
+                    f"{target}.{kind}: shape {array.shape} does not fit rank {bases.rank}"
+                )
+
+
+def save_bases(bases: XsBases, path: PathLike, *, inputs: Sequence[PathLike] = ()) -> None:
+    """Write ``bases`` as a bases file, atomically.
+
+    Layout: tensors ``<target>.U`` (fan_out, rank) and ``<target>.V`` (fan_in, rank),
+    float32, in target order; metadata ``format``, ``format_version``, ``rank``,
+    ``source_base``, and ``base_sha256`` / ``base_dtype`` as JSON objects keyed by target.
+    ``inputs`` are files the output must not overwrite (e.g. the base it was computed from).
+    Raises ValueError for inconsistent ``bases``.
+    """
+    _check_for_save(bases)
+    tensors: list[tuple[str, np.ndarray]] = []
+    for target, (u, v) in bases.bases.items():
+        tensors.append((f"{target}.U", np.asarray(u)))
+        tensors.append((f"{target}.V", np.asarray(v)))
+    metadata = {
+        "format": FORMAT,
+        "format_version": FORMAT_VERSION,
+        "rank": str(int(bases.rank)),
+        "source_base": str(bases.source_base),
+        "base_sha256": json.dumps(bases.base_sha256, sort_keys=True),
+        "base_dtype": json.dumps(bases.base_dtype, sort_keys=True),
+    }
+    write_safetensors(path, tensors, metadata, inputs=inputs)
+
+
+class _Bad(Exception):
+    """Internal: a one-line cause, turned into MalformedFileError with the path attached."""
+
+
+def _no_duplicates(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    obj = dict(pairs)
+    if len(obj) != len(pairs):
+        seen: set[str] = set()
+        for key, _ in pairs:
+            if key in seen:
+                raise _Bad(f"duplicate key {key!r} in JSON metadata")
+            seen.add(key)
+    return obj
+
+
+def _required(metadata: Mapping[str, str], key: str) -> str:
+    value = metadata.get(key)
+    if value is None:
+        raise _Bad(f"missing metadata {key!r}")
+    return value
+
+
+def _json_str_map(metadata: Mapping[str, str], key: str) -> dict[str, str]:
+    """Metadata ``key`` parsed as a JSON object of strings, or a _Bad naming the defect."""
+    text = _required(metadata, key)
+    try:
+        value = json.loads(text, object_pairs_hook=_no_duplicates)
+    except (json.JSONDecodeError, RecursionError) as exc:
+        where = f" at char {exc.pos}" if isinstance(exc, json.JSONDecodeError) else ""
+        raise _Bad(f"metadata {key!r} is not valid JSON{where}") from None
+    if not isinstance(value, dict):
+        raise _Bad(f"metadata {key!r} must be a JSON object of strings")
+    for name, item in value.items():
+        if not isinstance(item, str):
+            raise _Bad(f"metadata {key!r}: value for {name!r} is not a string")
+    return value
+
+
+def _parse_metadata(metadata: Mapping[str, str]) -> tuple[int, str, dict[str, str], dict[str, str]]:
+    fmt = metadata.get("format")
+    if fmt is None:
+        raise _Bad(f"missing metadata 'format' (not an {FORMAT} file)")
+    if fmt != FORMAT:
+        raise _Bad(f"metadata format is {fmt[:60]!r}, expected {FORMAT!r}")
+    version = _required(metadata, "format_version")
+    if version != FORMAT_VERSION:
+        raise _Bad(f"unsupported format_version {version[:20]!r} (this reader knows 1)")
+    rank_text = _required(metadata, "rank")
+    if not _RANK_TEXT.fullmatch(rank_text):
+        raise _Bad(f"metadata rank {rank_text[:20]!r} is not a positive integer")
+    rank = int(rank_text)
+    source_base = _required(metadata, "source_base")
+    sha = _json_str_map(metadata, "base_sha256")
+    for target, digest in sha.items():
+        if not _SHA256_HEX.fullmatch(digest):
+            raise _Bad(f"base_sha256 for {target!r} is not 64 lowercase hex digits")
+    kinds = _json_str_map(metadata, "base_dtype")
+    for target, code in kinds.items():
+        if not (dtypes.is_known(code) and dtypes.is_floating(code)):
+            raise _Bad(f"base_dtype for {target!r} is {code[:20]!r}, not a floating dtype code")
+    return rank, source_base, sha, kinds
+
+
+def _load(path: str) -> XsBases:
+    with open_safetensors(path) as f:
+        rank, source_base, sha, kinds = _parse_metadata(f.metadata)
+        found: dict[str, dict[str, np.ndarray]] = {}
+        for name in f:
+            target, _, kind = name.rpartition(".")
+            if not target or kind not in _KINDS:
+                raise _Bad(f"unexpected tensor {name[:80]!r} (expected <target>.U or <target>.V)")
+            info = f.info(name)
+            if info.dtype != "F32":
+                raise _Bad(f"tensor {name[:80]!r} is {info.dtype}, expected F32")
+            if len(info.shape) != 2 or info.shape[1] != rank or info.shape[0] < rank:
+                raise _Bad(
+                    f"tensor {name[:80]!r} has shape {list(info.shape)}, inconsistent with "
+                    f"rank {rank} (expected [n >= {rank}, {rank}])"
+                )
+            array = np.array(f.array(name), dtype=np.float32, copy=True)
+            if not np.isfinite(array).all():
+                raise _Bad(f"tensor {name[:80]!r} contains NaN or inf values")
+            found.setdefault(target, {})[kind] = array
+    if not found:
+        raise _Bad("no bases tensors in file")
+    bases: dict[str, tuple[np.ndarray, np.ndarray]] = {}
+    for target, pair in found.items():
+        for kind in _KINDS:
+            if kind not in pair:
+                other = "U" if kind == "V" else "V"
+                raise _Bad(f"target {target[:80]!r} has {other} but no {kind}")
+        bases[target] = (pair["U"], pair["V"])
+    for label, record in (("base_sha256", sha), ("base_dtype", kinds)):
+        missing = [t for t in bases if t not in record]
+        if missing:
+            raise _Bad(f"{label} has no entry for target {missing[0][:80]!r}")
+        extra = [t for t in record if t not in bases]
+        if extra:
+            raise _Bad(f"{label} names target {extra[0][:80]!r}, which has no bases")
+    return XsBases(
+        rank=rank,
+        source_base=source_base,
+        bases=bases,
+        base_sha256={t: sha[t] for t in bases},
+        base_dtype={t: kinds[t] for t in bases},
+    )
+
+
+def load_bases(path: PathLike) -> XsBases:
+    """Read a bases file written by `save_bases`, strictly.
+
+    Anything off (not a bases file, unknown version, bad JSON metadata, a target with only
+    one of U / V, shapes that contradict the rank, non-float32 or non-finite tensors, digests
+    that do not cover exactly the stored targets) raises `MalformedFileError` with a one-line
+    cause: bases feed every -xs merge, and a silently wrong basis corrupts the result.
+    Orthonormality is not checked; it holds to fp32 rounding for bases we write.
+    """
+    spath = os.fspath(path)
+    try:
+        return _load(spath)
+    except _Bad as exc:
+        raise MalformedFileError(spath, str(exc)) from None
+
+
+__all__ = [
+    "FORMAT",
+    "FORMAT_VERSION",
+    "XsBases",
+    "canonical_svd",
+    "canonicalize_signs",
+    "compute_bases",
+    "load_bases",
+    "save_bases",
+    "svd_bases",
+    "weight_sha256",
+]

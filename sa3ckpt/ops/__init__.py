@@ -1,0 +1,1 @@
+"""Operations over checkpoints and models: apply, inspect, validate, convert, merge, combine."""

@@ -1,0 +1,165 @@
+"""MLX adapter math vs the independent float64 reference: every type, layer kind, strength.
+
+Matrix: 8 types x {Linear, Conv1d k=1, Conv1d k=3} x strengths {0, 0.5, 1, 1.7} x
+{single, two stacked of different types} x semantics {runtime, delta}. The weight goes
+through the real layout code (PyTorch Conv1d (out,in,k) and MLX (out,k,in)) so layout and
+math are checked together. Tolerance: 1e-5 relative to the largest weight entry (fp32).
+"""
+
+from __future__ import annotations
+
+import mlx.core as mx
+import numpy as np
+import pytest
+
+from sa3ckpt.adapters.formulas import TargetAdapter, adapted_weight, merge, weight_delta
+from sa3ckpt.adapters.types import ADAPTER_TYPES
+from sa3ckpt.layout import from_canonical_2d, to_canonical_2d
+from tests.reference_math import ref_delta, ref_runtime
+
+STRENGTHS = (0.0, 0.5, 1.0, 1.7)
+LAYERS = {"linear": (24, 20, 1), "conv1d-k1": (16, 12, 1), "conv1d-k3": (10, 6, 3)}
+RANK = 4
+TOLERANCE = 1e-5
+
+
+def _params(kind_name: str, fan_out: int, fan_in: int, w0: np.ndarray, seed: int) -> dict:
+    """Random float64 params for a type, magnitudes near the base norms like a trained one."""
+    rng = np.random.default_rng(seed)
+    kind = ADAPTER_TYPES[kind_name]
+    p: dict[str, np.ndarray] = {}
+    for name, shape in kind.shapes(fan_out, fan_in, RANK).items():
+        if name == "magnitude":
+            axis = 1 if kind.norm == "rows" else 0
+            p[name] = np.linalg.norm(w0, axis=axis) * (1 + 0.2 * rng.random(shape))
+        elif name == "magnitude_r":
+            p[name] = np.linalg.norm(w0, axis=1) * (1 + 0.2 * rng.random(shape))
+        elif name == "magnitude_c":
+            p[name] = 1 + 0.5 * rng.random(shape)
+        else:
+            p[name] = rng.standard_normal(shape) * 0.3
+    if kind.xs:
+        q_u, _ = np.linalg.qr(rng.standard_normal((fan_out, RANK)))
+        q_v, _ = np.linalg.qr(rng.standard_normal((fan_in, RANK)))
+        p["U"], p["V"] = q_u, q_v
+    return p
+
+
+def _target_adapter(kind_name: str, p: dict, c: float) -> TargetAdapter:
+    return TargetAdapter(
+        ADAPTER_TYPES[kind_name], c, {k: mx.array(v.astype(np.float32)) for k, v in p.items()}
+    )
+
+
+def _base(layer: str, seed: int) -> tuple[np.ndarray, int]:
+    """A base weight stored in PyTorch layout and its kernel size."""
+    fan_out, cin, k = LAYERS[layer]
+    rng = np.random.default_rng(seed)
+    shape = (fan_out, cin) if layer == "linear" else (fan_out, cin, k)
+    return rng.standard_normal(shape).astype(np.float32), k
+
+
+def _rel_err(got: np.ndarray, want: np.ndarray) -> float:
+    return float(np.max(np.abs(got - want)) / max(np.max(np.abs(want)), 1e-30))
+
+
+def _case(layer: str, stacked: tuple[str, ...], strengths: tuple[float, ...], semantics: str):
+    stored, k = _base(layer, seed=len(stacked) * 7 + len(layer))
+    torch_layout = "linear" if layer == "linear" else "torch-conv1d"
+    w0_2d = to_canonical_2d(stored, torch_layout)
+    fan_out, fan_in = w0_2d.shape
+    ref_stack, ours = [], []
+    for i, (kind_name, s) in enumerate(zip(stacked, strengths, strict=True)):
+        p = _params(kind_name, fan_out, fan_in, w0_2d.astype(np.float64), seed=100 + i)
+        c = (2.0 * RANK if i == 0 else 1.5 * RANK) / RANK
+        ref_stack.append((kind_name, p, c, s))
+        ours.append((_target_adapter(kind_name, p, c), s))
+    reference = (ref_runtime if semantics == "runtime" else ref_delta)(w0_2d, ref_stack)
+
+    # Through the MLX layout too: MLX keeps Conv1d as (out, k, in).
+    mlx_layout = "linear" if layer == "linear" else "mlx-conv1d"
+    mlx_stored = mx.array(from_canonical_2d(w0_2d, mlx_layout, k))
+    merged_2d = merge(to_canonical_2d(mlx_stored, mlx_layout), ours, semantics, dtype=mx.float32)
+    merged_stored = np.array(from_canonical_2d(merged_2d, mlx_layout, k))
+    got = to_canonical_2d(merged_stored, mlx_layout)
+    return got, reference, w0_2d
+
+
+@pytest.mark.parametrize("semantics", ["runtime", "delta"])
+@pytest.mark.parametrize("strength", STRENGTHS)
+@pytest.mark.parametrize("layer", list(LAYERS))
+@pytest.mark.parametrize("kind_name", list(ADAPTER_TYPES))
+def test_single_adapter_matches_reference(kind_name, layer, strength, semantics) -> None:
+    got, want, w0 = _case(layer, (kind_name,), (strength,), semantics)
+    assert got.shape == want.shape
+    assert _rel_err(got, want) <= TOLERANCE
+    if strength == 0:
+        assert np.array_equal(got, w0), "strength 0 must leave the base bit-identical"
+
+
+STACK_PAIRS = [
+    (a, b)
+    for i, a in enumerate(ADAPTER_TYPES)
+    for b in list(ADAPTER_TYPES)[i + 1 :] + list(ADAPTER_TYPES)[:i]
+][::7]  # a spread of ordered pairs of different types (8 pairs), both orders represented
+
+
+@pytest.mark.parametrize("semantics", ["runtime", "delta"])
+@pytest.mark.parametrize("strength", STRENGTHS)
+@pytest.mark.parametrize("layer", list(LAYERS))
+@pytest.mark.parametrize("pair", STACK_PAIRS, ids="+".join)
+def test_two_stacked_adapters_match_reference(pair, layer, strength, semantics) -> None:
+    got, want, _ = _case(layer, pair, (strength, 1.7 - strength / 2), semantics)
+    assert _rel_err(got, want) <= TOLERANCE
+
+
+def test_stack_pairs_cover_every_type_in_both_positions() -> None:
+    assert {a for a, _ in STACK_PAIRS} == set(ADAPTER_TYPES)
+    assert {b for _, b in STACK_PAIRS} == set(ADAPTER_TYPES)
+    assert all(a != b for a, b in STACK_PAIRS)
+
+
+def test_semantics_agree_where_the_reference_says_they_must() -> None:
+    # Equal for plain lora/lora-xs at any strength and for one adapter at 1.0.
+    for kind_name in ("lora", "lora-xs"):
+        for s in STRENGTHS:
+            runtime, _, _ = _case("linear", (kind_name, "lora"), (s, 0.3), "runtime")
+            delta, _, _ = _case("linear", (kind_name, "lora"), (s, 0.3), "delta")
+            assert _rel_err(runtime, delta) <= TOLERANCE
+    runtime, _, _ = _case("linear", ("bora",), (1.0,), "runtime")
+    delta, _, _ = _case("linear", ("bora",), (1.0,), "delta")
+    assert _rel_err(runtime, delta) <= TOLERANCE
+    # ...and differ for DoRA at other strengths.
+    runtime, _, _ = _case("linear", ("dora-rows",), (0.5,), "runtime")
+    delta, _, _ = _case("linear", ("dora-rows",), (0.5,), "delta")
+    assert _rel_err(runtime, delta) > 1e-3
+
+
+def test_cast_once_to_base_dtype_by_default() -> None:
+    w0 = mx.array(np.random.default_rng(0).standard_normal((6, 5)).astype(np.float16))
+    p = _params("dora-cols", 6, 5, np.array(w0.astype(mx.float32)).astype(np.float64), 1)
+    merged = merge(w0, [(_target_adapter("dora-cols", p, 2.0), 1.0)])
+    assert merged.dtype == mx.float16
+    want = ref_runtime(np.array(w0.astype(mx.float32)), [("dora-cols", p, 2.0, 1.0)])
+    # one rounding to fp16 of the exact value: within half an fp16 ulp (plus fp32 noise)
+    assert np.allclose(np.array(merged.astype(mx.float32)), want, rtol=2**-11, atol=1e-6)
+
+
+def test_weight_delta_is_merged_minus_base() -> None:
+    w0 = mx.array(np.random.default_rng(2).standard_normal((6, 5)).astype(np.float32))
+    p = _params("lora", 6, 5, np.array(w0).astype(np.float64), 3)
+    adapter = _target_adapter("lora", p, 0.5)
+    got = np.array(weight_delta(w0, [(adapter, 1.0)]))
+    assert np.allclose(got, 0.5 * p["lora_B"] @ p["lora_A"], atol=1e-6)
+
+
+def test_xs_without_bases_is_a_clear_error() -> None:
+    kind = ADAPTER_TYPES["lora-xs"]
+    adapter = TargetAdapter(kind, 1.0, {"M_xs": mx.zeros((2, 2))})
+    with pytest.raises(ValueError, match="XS bases U/V"):
+        adapted_weight(mx.zeros((4, 3)), adapter, 1.0)
+
+
+def test_unknown_semantics() -> None:
+    with pytest.raises(ValueError, match="known: runtime, delta"):
+        merge(mx.zeros((2, 2)), [], "sideways")

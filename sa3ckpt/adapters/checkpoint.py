@@ -28,12 +28,11 @@ from sa3ckpt.io.ckpt import looks_like_pickle, read_legacy_ckpt
 from sa3ckpt.io.safetensors import open_safetensors, write_safetensors
 from sa3ckpt.layout import squeeze_magnitude
 from sa3ckpt.names.dialects import (
-    ParsedKey,
-    adapter_dialect,
     detect_adapter_dialect,
     format_adapter_key,
+    group_adapter_keys,
 )
-from sa3ckpt.targets.families import FAMILIES
+from sa3ckpt.targets.families import family_for_base_model
 
 # Dialects whose files carry `lora_config` metadata and load directly (PEFT directories and
 # sa3.cpp GGUF go through `convert`).
@@ -154,28 +153,20 @@ def _group(
     raw: Mapping[str, np.ndarray], dialect: str, ledger: LoadLedger
 ) -> dict[str, dict[str, np.ndarray]]:
     """Parse keys into target -> param -> array; one slot per target (renumbered to 0)."""
-    parse = adapter_dialect(dialect).parse
-    grouped: dict[str, dict[str, np.ndarray]] = {}
-    slots: dict[str, set[int]] = {}
-    for key, array in raw.items():
-        parsed = parse(key)
-        if not isinstance(parsed, ParsedKey):
-            ledger.rejected.append((key, parsed.reason))
-            continue
-        ledger.parsed += 1
-        slots.setdefault(parsed.target, set()).add(parsed.slot)
-        grouped.setdefault(parsed.target, {})[parsed.param] = array
-    for target, used in slots.items():
-        if len(used) > 1:
-            raise ValueError(
-                f"{target} has parametrization slots {sorted(used)}: stacked adapters in one file"
-            )
-        (slot,) = used
-        if slot != 0:
-            ledger.repairs.append(f"{target}: slot {slot} renumbered to 0")
+    groups = group_adapter_keys(raw, dialect)
+    ledger.parsed = groups.parsed
+    ledger.rejected = [(r.key, r.reason) for r in groups.rejected]
+    for target in groups.multi_slot_targets():
+        used = sorted(groups.slots[target])
+        raise ValueError(f"{target} has parametrization slots {used}: stacked adapters in one file")
+    for target, slot in groups.nonzero_slots().items():
+        ledger.repairs.append(f"{target}: slot {slot} renumbered to 0")
     if dialect == "bare":
-        ledger.repairs.append(f"{len(grouped)} bare targets given their `model.` root")
-    return grouped
+        ledger.repairs.append(f"{len(groups.targets)} bare targets given their `model.` root")
+    return {
+        target: {param: raw[key] for param, key in params.items()}
+        for target, params in groups.targets.items()
+    }
 
 
 def _squeeze_magnitudes(grouped: dict[str, dict[str, np.ndarray]], ledger: LoadLedger) -> None:
@@ -191,22 +182,28 @@ def _squeeze_magnitudes(grouped: dict[str, dict[str, np.ndarray]], ledger: LoadL
             ledger.repairs.append(f"{target}: 2-D {name} {tuple(value.shape)} squeezed to 1-D")
 
 
-def _detect(grouped: Mapping[str, Mapping[str, np.ndarray]], config_type: str) -> TypeDetection:
+def _detect(grouped: Mapping[str, Mapping[str, np.ndarray]], config: LoraConfig) -> TypeDetection:
     """Type detection; XS magnitudes need fans, which only a family's target table knows.
 
-    When the tensors alone cannot tell rows from cols ("?" in the verdict), the first
-    family whose table holds every target supplies (fan_out, fan_in) and decides.
+    When the tensors alone cannot tell rows from cols ("?" in the verdict), the family the
+    config's `base_model` names supplies (fan_out, fan_in) — only that one: target names are
+    shared by every family, so guessing a table from names alone could pick wrong sizes.
+    Without it the claimed type decides (with the ambiguity recorded as a finding).
     """
     shapes = {t: {p: tuple(a.shape) for p, a in params.items()} for t, params in grouped.items()}
-    detection = detect_type(shapes, config_type)
+    detection = detect_type(shapes, config.adapter_type)
     if "?" not in (detection.from_tensors or ""):
         return detection
-    for fam in FAMILIES.values():
-        if all(t in fam.by_name for t in grouped):
-            candidate = detect_type(shapes, config_type, {t: fam.by_name[t].shape for t in grouped})
-            if "?" not in (candidate.from_tensors or "?"):
-                candidate.evidence.append(f"fans taken from the {fam.name} target table")
-                return candidate
+    fam = family_for_base_model(config.base_model) if config.base_model else None
+    if fam is not None and all(t in fam.by_name for t in grouped):
+        candidate = detect_type(
+            shapes, config.adapter_type, {t: fam.by_name[t].shape for t in grouped}
+        )
+        if "?" not in (candidate.from_tensors or "?"):
+            candidate.evidence.append(
+                f"fans from the {fam.name} table (base_model {config.base_model!r})"
+            )
+            return candidate
     return detection
 
 
@@ -236,7 +233,7 @@ def checkpoint_from_raw(
         _squeeze_magnitudes(grouped, ledger)
     except ValueError as exc:
         raise MalformedFileError(path, str(exc)) from None
-    detection = _detect(grouped, config.adapter_type)
+    detection = _detect(grouped, config)
     fatal = [
         f for f in detection.findings if f.severity == "error" and f.code != "type-disagreement"
     ]

@@ -364,3 +364,37 @@ def official_to_mlx_base_key(key: str) -> str | None:
     if mlx_module is None:
         return None
     return f"{mlx_module}.{'weight' if param == 'gamma' else param}"
+
+
+@dataclass
+class KeyGroups:
+    """File keys grouped by canonical target: target -> param -> key, plus what did not fit."""
+
+    dialect: str
+    targets: dict[str, dict[str, str]]
+    slots: dict[str, set[int]]
+    rejected: list[Rejected]
+
+    @property
+    def parsed(self) -> int:
+        return sum(len(params) for params in self.targets.values())
+
+    def multi_slot_targets(self) -> list[str]:
+        return [t for t, used in self.slots.items() if len(used) > 1]
+
+    def nonzero_slots(self) -> dict[str, int]:
+        return {t: min(used) for t, used in self.slots.items() if len(used) == 1 and 0 not in used}
+
+
+def group_adapter_keys(keys: Iterable[str], dialect: str) -> KeyGroups:
+    """Parse every key in a dialect; the one place readers turn keys into targets."""
+    parse = adapter_dialect(dialect).parse
+    groups = KeyGroups(dialect, {}, {}, [])
+    for key in keys:
+        result = parse(key)
+        if isinstance(result, Rejected):
+            groups.rejected.append(result)
+            continue
+        groups.slots.setdefault(result.target, set()).add(result.slot)
+        groups.targets.setdefault(result.target, {})[result.param] = key
+    return groups

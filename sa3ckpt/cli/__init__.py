@@ -13,10 +13,17 @@ import sys
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
+from rich.console import Console
+
 from sa3ckpt import __version__
+from sa3ckpt.cli.render import print_inspect, print_validation
+from sa3ckpt.cli.reports import dumps, github_annotations, validation_document, write_junit
 from sa3ckpt.errors import Sa3ckptError, UsageError
 from sa3ckpt.names import format_adapter_key
 from sa3ckpt.names.dialects import ADAPTER_DIALECTS
+from sa3ckpt.ops.inspect import inspect_document, inspect_path
+from sa3ckpt.ops.inspect import to_json as inspect_to_json
+from sa3ckpt.ops.validate import validate_paths
 from sa3ckpt.targets import FAMILIES, family
 
 JSON_SCHEMA_VERSION = 1
@@ -82,6 +89,64 @@ def _run_targets(args: argparse.Namespace) -> int:
     return 0
 
 
+def _console() -> Console:
+    return Console(highlight=False, soft_wrap=False)
+
+
+def _add_inspect(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("paths", nargs="+", metavar="PATH", help="adapter files or PEFT folders")
+    parser.add_argument("--json", action="store_true", help="one JSON document on stdout")
+    parser.add_argument(
+        "--stats", action="store_true", help="read tensors: norms, NaN/Inf, zero effect"
+    )
+    parser.add_argument("--model", default="auto", choices=["auto", *FAMILIES], help="model family")
+    parser.add_argument(
+        "--allow-pickle", action="store_true", help="read legacy .ckpt with torch weights_only=True"
+    )
+
+
+def _run_inspect(args: argparse.Namespace) -> int:
+    reports = [
+        inspect_path(p, stats=args.stats, model=args.model, allow_pickle=args.allow_pickle)
+        for p in args.paths
+    ]
+    if args.json:
+        print(inspect_to_json(inspect_document(reports)))
+        return 0
+    console = _console()
+    for doc in reports:
+        print_inspect(console, doc)
+    return 0
+
+
+def _add_validate(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "paths", nargs="+", metavar="PATH", help="adapter files, PEFT folders, folders"
+    )
+    parser.add_argument("--model", default="auto", choices=["auto", *FAMILIES], help="model family")
+    parser.add_argument("--strict", action="store_true", help="warnings fail too")
+    parser.add_argument("--deep", action="store_true", help="read every tensor (NaN/Inf)")
+    parser.add_argument("--json", action="store_true", help="one JSON document on stdout")
+    parser.add_argument("--junit", metavar="FILE", help="also write a JUnit XML report")
+    parser.add_argument("--github", action="store_true", help="GitHub Actions annotations")
+    parser.add_argument("--quiet", action="store_true", help="hide info findings")
+
+
+def _run_validate(args: argparse.Namespace) -> int:
+    run = validate_paths(args.paths, model=args.model, strict=args.strict, deep=args.deep)
+    if args.junit:
+        write_junit(run, args.junit)
+    if args.github:
+        stream = sys.stderr if args.json else sys.stdout
+        for line in github_annotations(run):
+            print(line, file=stream)
+    if args.json:
+        print(dumps(validation_document(run)))
+    else:
+        print_validation(_console(), run, show_info=not args.quiet)
+    return run.exit_code
+
+
 @dataclass(frozen=True)
 class Command:
     name: str
@@ -91,6 +156,12 @@ class Command:
 
 
 COMMANDS: tuple[Command, ...] = (
+    Command(
+        "inspect", "what an adapter is (header-only unless --stats)", _add_inspect, _run_inspect
+    ),
+    Command(
+        "validate", "check adapters against the rules; CI exit codes", _add_validate, _run_validate
+    ),
     Command(
         "targets",
         "list a model family's adapter targets and their names",

@@ -1,0 +1,551 @@
+"""validate: rules over an adapter's analysis, producing findings with stable ids.
+
+Each rule is a row in RULES (id, severity, title, fix hint) and a check function in
+CHECKS; severities follow the minimums in DESIGN.md. The exit code of a run follows the
+CLI contract: 3 if any input is unreadable or malformed, else 1 if any error (or, with
+--strict, any warning), else 0.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from sa3ckpt import dtypes
+from sa3ckpt.adapters.types import ADAPTER_TYPES
+from sa3ckpt.errors import MalformedFileError, UsageError
+from sa3ckpt.io.ckpt import PickleRefusedError
+from sa3ckpt.io.sources import AdapterSource, open_adapter_source, sniff_format, walk_adapter_paths
+from sa3ckpt.names.dialects import parse_official_base_key
+from sa3ckpt.names.modules import SECONDS_CONDITIONER
+from sa3ckpt.ops.analysis import Analysis, analyze
+from sa3ckpt.targets.families import FAMILIES, family_for_base_model
+
+SEVERITIES = ("error", "warning", "info")
+
+
+@dataclass(frozen=True)
+class Rule:
+    """A validation rule: stable id, minimum severity, what it means, how to fix it."""
+
+    id: str
+    severity: str
+    title: str
+    hint: str
+
+
+RULES: dict[str, Rule] = {
+    r.id: r
+    for r in (
+        Rule(
+            "malformed",
+            "error",
+            "file is unreadable or not valid safetensors",
+            "re-export the adapter; the file cannot be parsed",
+        ),
+        Rule(
+            "pickle",
+            "error",
+            "legacy pickle checkpoint (.ckpt)",
+            "convert to safetensors: sa3ckpt convert IN -o OUT --to sa3 --allow-pickle",
+        ),
+        Rule(
+            "unsupported-format",
+            "error",
+            "format not validated yet",
+            "convert it to sa3 first: sa3ckpt convert IN -o OUT --to sa3",
+        ),
+        Rule(
+            "config-missing",
+            "error",
+            "no lora_config metadata",
+            "save with lora_config JSON metadata: rank, alpha, adapter_type, include, exclude",
+        ),
+        Rule(
+            "config-invalid",
+            "error",
+            "lora_config is not usable",
+            "fix the lora_config JSON (rank positive integer, alpha number, adapter_type)",
+        ),
+        Rule(
+            "unknown-type",
+            "error",
+            "unknown adapter type",
+            "use one of: " + ", ".join(ADAPTER_TYPES),
+        ),
+        Rule(
+            "legacy-alias",
+            "warning",
+            "legacy adapter type alias",
+            "re-save with the explicit type: sa3ckpt convert IN -o OUT --to sa3",
+        ),
+        Rule(
+            "ambiguous-orientation",
+            "warning",
+            "DoRA rows/cols cannot be told from shapes",
+            "write the explicit type (dora-rows or dora-cols) in lora_config",
+        ),
+        Rule(
+            "type-disagreement",
+            "error",
+            "lora_config type disagrees with the tensors",
+            "fix lora_config.adapter_type to match the tensors (loaders trust the metadata)",
+        ),
+        Rule(
+            "inconsistent-tensors",
+            "error",
+            "tensors inconsistent with the adapter type",
+            "re-export the adapter; every target needs exactly its type's parameters",
+        ),
+        Rule(
+            "no-targets",
+            "error",
+            "no adapter target recognised",
+            "the file has no keys any SA3 loader understands; check the dialect",
+        ),
+        Rule(
+            "not-an-adapter",
+            "error",
+            "a base checkpoint, not an adapter",
+            "validate adapters; base checkpoints are inputs to `sa3ckpt merge`",
+        ),
+        Rule(
+            "unmatched-key",
+            "error",
+            "key that is not an adapter tensor",
+            "remove stray tensors or fix their names; loaders skip them silently",
+        ),
+        Rule(
+            "unknown-target",
+            "error",
+            "target unknown to the model",
+            "check --model; the target does not exist in this model family",
+        ),
+        Rule(
+            "family-unknown",
+            "error",
+            "model family cannot be determined",
+            "pass --model medium|small, or fix the shapes",
+        ),
+        Rule(
+            "shape-mismatch",
+            "error",
+            "tensor shape does not fit the model",
+            "the adapter was trained for another model; check --model and base_model",
+        ),
+        Rule(
+            "rank-mismatch",
+            "error",
+            "tensor ranks disagree with lora_config.rank",
+            "fix lora_config.rank, or re-export consistently ranked tensors",
+        ),
+        Rule(
+            "bare-keys",
+            "warning",
+            "keys without the `model.` root",
+            "the official loader loads nothing from these: sa3ckpt convert IN -o OUT --to sa3",
+        ),
+        Rule(
+            "foreign-dialect",
+            "warning",
+            "not the sa3 key dialect",
+            "the official loader expects sa3 keys: sa3ckpt convert IN -o OUT --to sa3",
+        ),
+        Rule(
+            "nonzero-slot",
+            "warning",
+            "parametrization slot is not 0",
+            "re-save with slot 0: sa3ckpt convert IN -o OUT --to sa3",
+        ),
+        Rule(
+            "nan-inf",
+            "error",
+            "NaN or Inf in tensors",
+            "the training diverged; use an earlier step",
+        ),
+        Rule(
+            "negative-magnitude",
+            "warning",
+            "negative DoRA/BoRA magnitudes",
+            "magnitudes are norms and should be positive; check the trainer",
+        ),
+        Rule(
+            "coverage-missing",
+            "warning",
+            "targets selected by include/exclude are absent",
+            "re-export all targets, or make include/exclude match what was trained",
+        ),
+        Rule(
+            "coverage-unselected",
+            "warning",
+            "targets present but not selected by include/exclude",
+            "the official loader re-applies include/exclude and ignores these tensors",
+        ),
+        Rule(
+            "base-model-mismatch",
+            "warning",
+            "base_model disagrees with the detected family",
+            "fix lora_config.base_model, or check you picked the right adapter",
+        ),
+        Rule(
+            "zero-effect",
+            "warning",
+            "adapter has no effect (all lora_B / M_xs zero)",
+            "this is a fresh, untrained initialisation; export a trained step",
+        ),
+        Rule(
+            "dtype-unconventional",
+            "warning",
+            "tensors not in fp16",
+            "SA3 adapters are saved fp16 (baked_vnorm_row fp32): sa3ckpt convert --dtype fp16",
+        ),
+        Rule(
+            "no-runtime-module",
+            "info",
+            "target has no module in the MLX runtime",
+            "fine: merges write it into cond.seconds_total_weight; live MLX injection skips it",
+        ),
+        Rule(
+            "xs-no-bases",
+            "info",
+            "XS adapter without stored U/V bases",
+            "merging needs the base weights (or a bases file) to rebuild U/V",
+        ),
+        Rule(
+            "pickle-note",
+            "info",
+            "read through the pickle opt-in",
+            "prefer safetensors for distribution",
+        ),
+    )
+}
+
+
+@dataclass(frozen=True)
+class Finding:
+    rule: str
+    severity: str
+    message: str
+
+    @property
+    def hint(self) -> str:
+        return RULES[self.rule].hint
+
+    def to_json(self) -> dict[str, str]:
+        return {
+            "rule": self.rule,
+            "severity": self.severity,
+            "message": self.message,
+            "hint": self.hint,
+        }
+
+
+@dataclass
+class FileResult:
+    """Validation of one path: findings, plus a short identity of what was found."""
+
+    path: str
+    findings: list[Finding] = field(default_factory=list)
+    malformed: bool = False
+    adapter_type: str | None = None
+    family: str | None = None
+    coverage: str | None = None
+
+    def count(self, severity: str) -> int:
+        return sum(f.severity == severity for f in self.findings)
+
+    def status(self, strict: bool) -> str:
+        if self.malformed:
+            return "malformed"
+        if self.count("error") or (strict and self.count("warning")):
+            return "fail"
+        return "pass"
+
+    def to_json(self, strict: bool) -> dict[str, object]:
+        return {
+            "path": self.path,
+            "status": self.status(strict),
+            "adapter_type": self.adapter_type,
+            "family": self.family,
+            "coverage": self.coverage,
+            "findings": [f.to_json() for f in self.findings],
+        }
+
+
+def _say(rule: str, message: str) -> Finding:
+    return Finding(rule, RULES[rule].severity, message)
+
+
+def _first(items: list[str], limit: int = 3) -> str:
+    shown = "; ".join(items[:limit])
+    return shown + (f"; … and {len(items) - limit} more" if len(items) > limit else "")
+
+
+Check = Callable[[Analysis, "Context"], Iterator[Finding]]
+
+
+@dataclass
+class Context:
+    deep: bool
+    model: str
+
+
+def _check_config(a: Analysis, ctx: Context) -> Iterator[Finding]:
+    if a.config_error is not None and a.groups.targets:
+        rule = "config-missing" if a.source.config_text is None else "config-invalid"
+        yield _say(rule, a.config_error)
+
+
+def _check_type(a: Analysis, ctx: Context) -> Iterator[Finding]:
+    if a.detection is None:
+        return
+    for f in a.detection.findings:
+        rule = (
+            "inconsistent-tensors" if f.code in ("mixed-types", "inconsistent-tensors") else f.code
+        )
+        yield Finding(rule, RULES[rule].severity, f.message)
+
+
+def _base_keys(a: Analysis) -> int:
+    """How many keys read as base-checkpoint weights (official full or MLX runtime)."""
+    return sum(
+        parse_official_base_key(k) is not None
+        or k.startswith("cond.")
+        or k.rsplit(".", 1)[-1] in ("weight", "bias", "gamma")
+        for k in a.source.entries
+    )
+
+
+def _check_keys(a: Analysis, ctx: Context) -> Iterator[Finding]:
+    if not a.groups.targets and a.source.entries and _base_keys(a) == len(a.source.entries):
+        yield _say(
+            "not-an-adapter", f"{len(a.source.entries)} base weight tensors, no adapter keys"
+        )
+        return
+    if not a.groups.targets:
+        yield _say("no-targets", f"0 targets recognised ({a.dialect.evidence})")
+    if a.groups.rejected:
+        reasons = [f"{r.key}: {r.reason}" for r in a.groups.rejected]
+        yield _say(
+            "unmatched-key", f"{len(reasons)} keys are not adapter tensors: {_first(reasons)}"
+        )
+    if a.dialect.dialect == "bare":
+        yield _say(
+            "bare-keys", f"{len(a.groups.targets)} targets have bare keys (no `model.` root)"
+        )
+    elif a.dialect.dialect not in (None, "sa3", "bare"):
+        yield _say("foreign-dialect", f"keys are in the {a.dialect.dialect} dialect")
+    multi = a.groups.multi_slot_targets()
+    if multi:
+        yield _say(
+            "inconsistent-tensors", f"several parametrization slots on one target: {_first(multi)}"
+        )
+    nonzero = [f"{t} (slot {s})" for t, s in a.groups.nonzero_slots().items()]
+    if nonzero:
+        yield _say("nonzero-slot", f"{len(nonzero)} targets use a non-zero slot: {_first(nonzero)}")
+
+
+def _check_family(a: Analysis, ctx: Context) -> Iterator[Finding]:
+    if not a.groups.targets:
+        return
+    if a.family is None:
+        yield _say("family-unknown", _first(a.family_evidence or ["no shapes to compare"]))
+        return
+    if a.unknown_targets:
+        yield _say(
+            "unknown-target",
+            f"{len(a.unknown_targets)} targets not in {a.family.name}: {_first(a.unknown_targets)}",
+        )
+    if a.shape_problems:
+        yield _say("shape-mismatch", f"{len(a.shape_problems)} tensors: {_first(a.shape_problems)}")
+    claimed = a.config.base_model if a.config else None
+    if claimed:
+        named = family_for_base_model(claimed)
+        if named is not None and named.name != a.family.name:
+            yield _say(
+                "base-model-mismatch",
+                f"base_model {claimed!r} is {named.name}, tensors fit {a.family.name}",
+            )
+
+
+def _check_tensors(a: Analysis, ctx: Context) -> Iterator[Finding]:
+    if a.param_problems:
+        yield _say(
+            "inconsistent-tensors", f"{len(a.param_problems)} targets: {_first(a.param_problems)}"
+        )
+    rank = a.config.rank if a.config else None
+    if len(a.ranks) > 1:
+        yield _say("rank-mismatch", f"tensors use several ranks: {sorted(a.ranks)}")
+    elif rank is not None and a.ranks and rank not in a.ranks:
+        yield _say(
+            "rank-mismatch",
+            f"lora_config.rank is {rank} but the tensors have rank {next(iter(a.ranks))}",
+        )
+    unusual = sorted(
+        code
+        for code in a.dtypes
+        if code != "F16"
+        and dtypes.is_floating(code)
+        and any(
+            e.dtype == code and not e.key.endswith("baked_vnorm_row")
+            for e in a.source.entries.values()
+        )
+    )
+    if unusual:
+        yield _say(
+            "dtype-unconventional", f"tensors stored as {', '.join(unusual)} (fp16 is conventional)"
+        )
+
+
+def _check_coverage(a: Analysis, ctx: Context) -> Iterator[Finding]:
+    cov = a.coverage
+    if cov is None:
+        return
+    if cov.missing:
+        yield _say("coverage-missing", f"{cov.line()}: {_first(cov.missing)}")
+    if cov.unselected:
+        yield _say(
+            "coverage-unselected", f"{len(cov.unselected)} targets: {_first(cov.unselected)}"
+        )
+
+
+def _check_runtime(a: Analysis, ctx: Context) -> Iterator[Finding]:
+    if SECONDS_CONDITIONER in a.groups.targets:
+        yield _say(
+            "no-runtime-module",
+            f"{SECONDS_CONDITIONER} has no MLX runtime module; merge writes it into "
+            "cond.seconds_total_weight",
+        )
+    kind = a.adapter_type or ""
+    if kind.endswith("xs"):
+        without = [t for t, p in a.groups.targets.items() if "U" not in p or "V" not in p]
+        if without:
+            yield _say(
+                "xs-no-bases",
+                f"{len(without)} targets have no stored U/V; merge rebuilds them from the base",
+            )
+    if a.source.format == "pickle":
+        yield _say("pickle-note", "legacy pickle read with torch.load(weights_only=True)")
+
+
+def _values(source: AdapterSource, key: str) -> np.ndarray:
+    return dtypes.to_float32(np.asarray(source.array(key)))
+
+
+def _check_data(a: Analysis, ctx: Context) -> Iterator[Finding]:
+    """Checks that read data: magnitudes and lora_B/M_xs always (small), all with --deep."""
+    negative, zero_effect_targets, bad = [], 0, []
+    effect_params = ("lora_B", "M_xs")
+    for target, params in a.groups.targets.items():
+        for param, key in params.items():
+            entry = a.source.entries[key]
+            if not dtypes.is_floating(entry.dtype):
+                continue
+            if param.startswith("magnitude"):
+                values = _values(a.source, key)
+                if np.any(values < 0):
+                    negative.append(f"{target}.{param}")
+            elif param in effect_params and not np.any(_values(a.source, key)):
+                zero_effect_targets += 1
+            if ctx.deep:
+                values = _values(a.source, key)
+                count = int(values.size - np.count_nonzero(np.isfinite(values)))
+                if count:
+                    bad.append(f"{target}.{param} ({count})")
+    if negative:
+        yield _say("negative-magnitude", f"{len(negative)} tensors: {_first(negative)}")
+    if a.groups.targets and zero_effect_targets == len(a.groups.targets):
+        yield _say(
+            "zero-effect",
+            f"every target's lora_B / M_xs is all zero ({zero_effect_targets} targets)",
+        )
+    if bad:
+        yield _say("nan-inf", f"{len(bad)} tensors with NaN/Inf: {_first(bad)}")
+
+
+CHECKS: tuple[Check, ...] = (
+    _check_config,
+    _check_keys,
+    _check_type,
+    _check_tensors,
+    _check_family,
+    _check_coverage,
+    _check_runtime,
+    _check_data,
+)
+
+
+def validate_path(path: str, *, model: str = "auto", deep: bool = False) -> FileResult:
+    """Validate one adapter path; never raises for a bad adapter (it becomes findings)."""
+    result = FileResult(path)
+    if sniff_format(path) == "pickle":
+        result.findings.append(_say("pickle", "legacy pickle: not read (pickles can run code)"))
+        return result
+    if sniff_format(path) == "gguf":
+        result.findings.append(_say("unsupported-format", "sa3.cpp GGUF adapter"))
+        return result
+    try:
+        source = open_adapter_source(path)
+    except PickleRefusedError:
+        result.findings.append(_say("pickle", "legacy pickle: not read (pickles can run code)"))
+        return result
+    except MalformedFileError as exc:
+        result.malformed = True
+        result.findings.append(_say("malformed", exc.cause))
+        return result
+    with source:
+        try:
+            analysis = analyze(source, model)
+            ctx = Context(deep=deep, model=model)
+            for check in CHECKS:
+                result.findings.extend(check(analysis, ctx))
+        except MalformedFileError as exc:  # data reads can still find a broken file
+            result.malformed = True
+            result.findings.append(_say("malformed", exc.cause))
+            return result
+    result.adapter_type = analysis.adapter_type
+    result.family = analysis.family.name if analysis.family else None
+    result.coverage = analysis.coverage.line() if analysis.coverage else None
+    order = {s: i for i, s in enumerate(SEVERITIES)}
+    result.findings.sort(key=lambda f: order[f.severity])
+    return result
+
+
+@dataclass
+class ValidationRun:
+    files: list[FileResult]
+    strict: bool
+
+    @property
+    def exit_code(self) -> int:
+        if any(f.malformed for f in self.files):
+            return 3
+        if any(f.status(self.strict) == "fail" for f in self.files):
+            return 1
+        return 0
+
+    def totals(self) -> dict[str, int]:
+        return {
+            "files": len(self.files),
+            "passed": sum(f.status(self.strict) == "pass" for f in self.files),
+            "failed": sum(f.status(self.strict) == "fail" for f in self.files),
+            "malformed": sum(f.malformed for f in self.files),
+            "errors": sum(f.count("error") for f in self.files),
+            "warnings": sum(f.count("warning") for f in self.files),
+            "infos": sum(f.count("info") for f in self.files),
+        }
+
+
+def validate_paths(
+    paths: Iterable[str], *, model: str = "auto", strict: bool = False, deep: bool = False
+) -> ValidationRun:
+    """Validate files and folders (walked for adapter files and PEFT folders) in one process."""
+    if model != "auto" and model not in FAMILIES:
+        raise UsageError(f"unknown --model {model!r} (known: auto, {', '.join(FAMILIES)})")
+    expanded = walk_adapter_paths([os.fspath(p) for p in paths])
+    if not expanded:
+        raise UsageError("no adapter files found in the given paths")
+    return ValidationRun([validate_path(p, model=model, deep=deep) for p in expanded], strict)

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -195,3 +196,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 130
     except BrokenPipeError:
         return 0
+    except Exception as exc:  # a bug, not bad input: still one line unless debugging
+        if os.environ.get("SA3CKPT_DEBUG"):
+            raise
+        print(
+            f"sa3ckpt: internal error: {type(exc).__name__}: {' '.join(str(exc).split())[:300]} "
+            "(a bug; set SA3CKPT_DEBUG=1 for the traceback and please report it)",
+            file=sys.stderr,
+        )
+        return 1

@@ -177,7 +177,7 @@ def print_validation(console: Console, run: ValidationRun, *, show_info: bool = 
             + safe(result.path)
             + safe(_identity(result))
         )
-        console.print(line)
+        console.print(line, soft_wrap=True)
         for finding in result.findings:
             if finding.severity == "info" and not show_info:
                 continue
@@ -185,14 +185,18 @@ def print_validation(console: Console, run: ValidationRun, *, show_info: bool = 
                 Text("  ")
                 + Text(f"{finding.severity:<7} ", style=SEVERITY_STYLE[finding.severity])
                 + Text(f"{finding.rule}: ", style="bold")
-                + safe(finding.message)
+                + safe(finding.message),
+                soft_wrap=True,
             )
             if finding.severity != "info":
-                console.print(Text("          fix: ", style="dim") + safe(finding.hint))
+                console.print(
+                    Text("          fix: ", style="dim") + safe(finding.hint), soft_wrap=True
+                )
     t = run.totals()
     console.print(
         f"{t['files']} files: {t['passed']} passed, {t['failed']} failed, "
         f"{t['malformed']} malformed; "
         f"{t['errors']} errors, {t['warnings']} warnings, {t['infos']} infos"
-        + (" (--strict: warnings fail)" if run.strict else "")
+        + (" (--strict: warnings fail)" if run.strict else ""),
+        soft_wrap=True,
     )

@@ -273,22 +273,6 @@ class DialectGuess:
 _DETECTION_ORDER = ("sa3", "peft", "sa3cpp", "bare", "mlx")
 
 
-def detect_adapter_dialect(keys: Iterable[str]) -> DialectGuess:
-    """Pick the dialect under which most keys parse; say how many did."""
-    key_list = list(keys)
-    best: tuple[int, str] | None = None
-    for name in _DETECTION_ORDER:
-        count = sum(isinstance(ADAPTER_DIALECTS[name].parse(k), ParsedKey) for k in key_list)
-        if count and (best is None or count > best[0]):
-            best = (count, name)
-    if best is None:
-        return DialectGuess(
-            None, 0, len(key_list), "no key parses as an adapter key in any dialect"
-        )
-    count, name = best
-    return DialectGuess(name, count, len(key_list), f"{count}/{len(key_list)} keys parse as {name}")
-
-
 # --- base checkpoints: where a target's weight lives -----------------------------------------
 
 OFFICIAL_DIT_PREFIX = "model.model."
@@ -384,6 +368,35 @@ class KeyGroups:
 
     def nonzero_slots(self) -> dict[str, int]:
         return {t: min(used) for t, used in self.slots.items() if len(used) == 1 and 0 not in used}
+
+
+def detect_and_group(keys: Iterable[str]) -> tuple[DialectGuess, KeyGroups]:
+    """Pick the dialect under which most keys parse, and the keys grouped under it.
+
+    A dialect that explains every key ends the search, so the common case parses once.
+    """
+    key_list = list(keys)
+    best: KeyGroups | None = None
+    for name in _DETECTION_ORDER:
+        groups = group_adapter_keys(key_list, name)
+        if groups.parsed and (best is None or groups.parsed > best.parsed):
+            best = groups
+        if not groups.rejected:
+            break
+    total = len(key_list)
+    if best is None:
+        guess = DialectGuess(None, 0, total, "no key parses as an adapter key in any dialect")
+        reason = "not an adapter key in any dialect"
+        return guess, KeyGroups("-", {}, {}, [Rejected(k, "-", reason) for k in key_list])
+    guess = DialectGuess(
+        best.dialect, best.parsed, total, f"{best.parsed}/{total} keys parse as {best.dialect}"
+    )
+    return guess, best
+
+
+def detect_adapter_dialect(keys: Iterable[str]) -> DialectGuess:
+    """The dialect under which most keys parse, with the counts that justify it."""
+    return detect_and_group(keys)[0]
 
 
 def group_adapter_keys(keys: Iterable[str], dialect: str) -> KeyGroups:

@@ -73,3 +73,13 @@ def select(
         for n in names
         if (not includes or any(s in n for s in includes)) and not any(s in n for s in excludes)
     ]
+
+
+def peft_selects(name: str, target_modules: str | Sequence[str] | None) -> bool:
+    """PEFT's own target_modules rule: a list matches whole trailing name components, a
+    string is a regular expression that must match the full name."""
+    if target_modules is None:
+        return False
+    if isinstance(target_modules, str):
+        return re.fullmatch(target_modules, name) is not None
+    return any(name == t or name.endswith("." + t) for t in target_modules)

@@ -7,6 +7,7 @@ validate can report all of them at once.
 
 from __future__ import annotations
 
+import re
 from collections import Counter
 from dataclasses import dataclass, field
 
@@ -14,12 +15,8 @@ from sa3ckpt.adapters.config import ConfigError, LoraConfig
 from sa3ckpt.adapters.detect import TypeDetection, detect_type
 from sa3ckpt.adapters.types import ADAPTER_TYPES
 from sa3ckpt.io.sources import AdapterSource, TensorEntry
-from sa3ckpt.names.dialects import (
-    DialectGuess,
-    KeyGroups,
-    detect_adapter_dialect,
-    group_adapter_keys,
-)
+from sa3ckpt.names.dialects import DialectGuess, KeyGroups, detect_and_group
+from sa3ckpt.names.select import peft_selects
 from sa3ckpt.targets.detect import FamilyDetection, PartialShape, detect_family
 from sa3ckpt.targets.families import FAMILIES, Family, family_for_base_model
 
@@ -190,9 +187,13 @@ def _coverage(analysis: Analysis) -> Coverage | None:
     fam, config = analysis.family, analysis.config
     if fam is None or config is None:
         return None
+    peft_modules = config.extra.get("peft_target_modules")
     try:
-        expected = [t.name for t in fam.selected(config.include, config.exclude)]
-    except ValueError:
+        if peft_modules is not None:  # PEFT folders select by their own rule
+            expected = [t.name for t in fam.targets if peft_selects(t.name, peft_modules)]
+        else:
+            expected = [t.name for t in fam.selected(config.include, config.exclude)]
+    except (ValueError, re.error):
         return None
     present = [t for t in analysis.groups.targets if fam.target(t) is not None]
     present_set = set(present)
@@ -208,12 +209,7 @@ def _coverage(analysis: Analysis) -> Coverage | None:
 
 def analyze(source: AdapterSource, model: str = "auto") -> Analysis:
     """Analyse an adapter source header-only; `model` is a family name or "auto"."""
-    dialect = detect_adapter_dialect(source.entries)
-    groups = (
-        group_adapter_keys(source.entries, dialect.dialect)
-        if dialect.dialect
-        else KeyGroups("-", {}, {}, [])
-    )
+    dialect, groups = detect_and_group(source.entries)
     config, config_error = None, None
     if source.config_text is None:
         config_error = f"no lora_config ({source.config_origin} absent)"

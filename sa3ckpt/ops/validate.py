@@ -327,6 +327,7 @@ def _check_keys(a: Analysis, ctx: Context) -> Iterator[Finding]:
         return
     if not a.groups.targets:
         yield _say("no-targets", f"0 targets recognised ({a.dialect.evidence})")
+        return
     if a.groups.rejected:
         reasons = [f"{r.key}: {r.reason}" for r in a.groups.rejected]
         yield _say(
@@ -432,7 +433,11 @@ def _check_runtime(a: Analysis, ctx: Context) -> Iterator[Finding]:
 
 
 def _values(source: AdapterSource, key: str) -> np.ndarray:
-    return dtypes.to_float32(np.asarray(source.array(key)))
+    """The tensor as stored when NumPy can compare it natively, else upcast to float32."""
+    array = np.asarray(source.array(key))
+    if array.dtype.kind == "f":
+        return array
+    return dtypes.to_float32(array)
 
 
 def _check_data(a: Analysis, ctx: Context) -> Iterator[Finding]:

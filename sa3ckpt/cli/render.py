@@ -61,10 +61,12 @@ def _overview(doc: dict[str, Any]) -> Table:
         table.add_row("lora_config", safe(doc["lora_config_error"]))
     fam = doc["family"]
     verdict = fam["name"] or "unknown"
-    table.add_row(
-        "family",
-        safe(f"{verdict} ({'; '.join(fam['evidence'][-1:]) if not fam['forced'] else '--model'})"),
-    )
+    if fam["forced"]:
+        why = "--model"
+    else:
+        own = [e for e in fam["evidence"] if fam["name"] and e.startswith(fam["name"])]
+        why = "; ".join(own or fam["evidence"][-1:])
+    table.add_row("family", safe(f"{verdict} ({why})"))
     if doc["base_model"]:
         table.add_row(
             "base_model",

@@ -24,14 +24,14 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from safetensors.numpy import load_file  # noqa: E402
+from safetensors.numpy import load_file
 
-from sa3ckpt.io.safetensors import write_safetensors  # noqa: E402
-from sa3ckpt.names import UNDERFIT_DEFAULT_INCLUDE  # noqa: E402
-from sa3ckpt.ops.inspect import inspect_path  # noqa: E402
-from sa3ckpt.ops.validate import validate_paths  # noqa: E402
-from sa3ckpt.synth import synth_adapter  # noqa: E402
-from sa3ckpt.targets import FAMILIES  # noqa: E402
+from sa3ckpt.io.safetensors import write_safetensors
+from sa3ckpt.names import UNDERFIT_DEFAULT_INCLUDE
+from sa3ckpt.ops.inspect import inspect_path
+from sa3ckpt.ops.validate import validate_paths
+from sa3ckpt.synth import synth_adapter
+from sa3ckpt.targets import FAMILIES
 
 
 def _median(fn: Callable[[], object], repeat: int) -> float:
@@ -88,9 +88,14 @@ def main() -> int:
             )
         per_process = (time.perf_counter() - start) / len(sample)
         print(f"[validate] {args.files} medium adapters ({each_mb:.1f} MB each, 169 targets)")
-        print(f"  one process, all files:   {in_process:8.2f} s  ({in_process / args.files * 1e3:.1f} ms/file)")
-        print(f"  one process per file:     {per_process * args.files:8.2f} s  (10-process sample, {per_process * 1e3:.0f} ms/file)")
-        print(f"  ratio per-file processes / one process: {per_process * args.files / in_process:.1f}x")
+        serial = per_process * args.files
+        per_file_ms = in_process / args.files * 1e3
+        print(f"  one process, all files:  {in_process:8.2f} s  ({per_file_ms:.1f} ms/file)")
+        print(
+            f"  one process per file:    {serial:8.2f} s  "
+            f"(10-process sample, {per_process * 1e3:.0f} ms/file)"
+        )
+        print(f"  ratio per-file processes / one process: {serial / in_process:.1f}x")
     return 0
 
 

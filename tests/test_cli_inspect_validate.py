@@ -95,7 +95,7 @@ def test_inspect_reads_no_tensor_data_without_stats(monkeypatch: pytest.MonkeyPa
 def test_inspect_escapes_control_characters(tmp_path: Path) -> None:
     src = ADAPTERS / "tiny-small" / "lora.safetensors"
     with st.open_safetensors(src) as f:
-        tensors = {k: f.array(k).copy() for k in f.keys()}
+        tensors = {k: f.array(k).copy() for k in f}
         metadata = dict(f.metadata)
     metadata["note"] = "evil\x1b[2J\x1b]0;pwned\x07\rline"
     path = tmp_path / "evil.safetensors"

@@ -58,7 +58,7 @@ def test_conditioner_and_xs_infos() -> None:
 
 
 def test_config_missing_and_invalid(tmp_path: Path) -> None:
-    tensors, config = _adapter()
+    tensors, _config = _adapter()
     assert "config-missing" in _rules(_write(tmp_path, tensors, {}))
     bad = _write(tmp_path, tensors, {"lora_config": "{oops"}, "b.safetensors")
     assert "not valid JSON" in _rules(bad)["config-invalid"]

@@ -1,0 +1,221 @@
+"""Base checkpoints (the weights adapters are merged into), read lazily and written in streams.
+
+Two namings (official full: `model.model.…`, `conditioner.conditioners.…`; MLX runtime:
+no root, `to_local_embed.seq.N`, Conv1d (out, k, in), `cond.seconds_total_weight`) in two
+containers (safetensors; NumPy `.npz`). A `BaseCheckpoint` lists every tensor with its dtype
+and shape without reading data, maps adapter targets to keys, and reads one tensor at a time,
+so a merge never holds more than the tensor it is working on.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import zipfile
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from sa3ckpt import dtypes
+from sa3ckpt.errors import MalformedFileError
+from sa3ckpt.io.atomic import AtomicFile
+from sa3ckpt.io.safetensors import SafetensorsStreamWriter, open_safetensors
+from sa3ckpt.names.dialects import (
+    OFFICIAL_CONDITIONER_PREFIX,
+    OFFICIAL_DIT_PREFIX,
+    parse_mlx_base_key,
+    parse_official_base_key,
+)
+
+# Key namings: how to recognise one and how to read a key as (canonical module, param).
+NAMINGS: dict[str, Callable[[str], tuple[str, str] | None]] = {
+    "official": parse_official_base_key,
+    "mlx": parse_mlx_base_key,
+}
+BASE_LAYOUTS = {"official": "torch-conv1d", "mlx": "mlx-conv1d"}
+
+
+@dataclass(frozen=True)
+class BaseTensor:
+    key: str
+    dtype: str  # safetensors dtype code
+    shape: tuple[int, ...]
+
+
+@dataclass
+class BaseCheckpoint:
+    """A base checkpoint's index plus a reader; use as a context manager."""
+
+    path: str
+    container: str  # "safetensors" | "npz"
+    naming: str  # "official" | "mlx"
+    tensors: dict[str, BaseTensor]
+    metadata: dict[str, str]
+    _read: Callable[[str], np.ndarray]
+    _close: Callable[[], None]
+
+    def read(self, key: str) -> np.ndarray:
+        """One tensor's data (memory-mapped for safetensors)."""
+        return self._read(key)
+
+    def target_key(self, target: str) -> str | None:
+        """The key holding a canonical target's weight, if the base has it."""
+        return self.weight_keys().get(target)
+
+    def weight_keys(self) -> dict[str, str]:
+        """canonical module -> key of its `weight` (2-D or 3-D tensors only)."""
+        if not hasattr(self, "_weight_keys"):
+            parse = NAMINGS[self.naming]
+            found: dict[str, str] = {}
+            for key, info in self.tensors.items():
+                parsed = parse(key)
+                if parsed is not None and parsed[1] == "weight" and len(info.shape) in (2, 3):
+                    found[parsed[0]] = key
+            self._weight_keys = found
+        return self._weight_keys
+
+    @property
+    def conv_layout(self) -> str:
+        return BASE_LAYOUTS[self.naming]
+
+    def close(self) -> None:
+        self._close()
+
+    def __enter__(self) -> BaseCheckpoint:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+def detect_naming(keys: Sequence[str]) -> str | None:
+    """official when keys carry the official roots, mlx when runtime paths parse, else None."""
+    official = sum(k.startswith((OFFICIAL_DIT_PREFIX, OFFICIAL_CONDITIONER_PREFIX)) for k in keys)
+    if official and official >= len(keys) // 2:
+        return "official"
+    mlx = sum(
+        parse_mlx_base_key(k) is not None and k.startswith(("transformer.", "cond.")) for k in keys
+    )
+    return "mlx" if mlx else None
+
+
+_NPY_HEADER_READERS = {
+    (1, 0): np.lib.format.read_array_header_1_0,
+    (2, 0): np.lib.format.read_array_header_2_0,
+}
+
+
+def _npz_index(path: str) -> tuple[dict[str, BaseTensor], zipfile.ZipFile]:
+    try:
+        archive = zipfile.ZipFile(path)
+    except (OSError, zipfile.BadZipFile) as exc:
+        raise MalformedFileError(path, f"not a readable .npz ({exc})") from None
+    tensors: dict[str, BaseTensor] = {}
+    for member in archive.infolist():
+        if not member.filename.endswith(".npy"):
+            continue
+        key = member.filename[: -len(".npy")]
+        try:
+            with archive.open(member) as f:
+                version = np.lib.format.read_magic(f)
+                read_header = _NPY_HEADER_READERS.get(version)
+                if read_header is None:
+                    raise ValueError(f"unsupported .npy version {version}")
+                shape, _fortran, dtype = read_header(f)
+        except (ValueError, OSError, zipfile.BadZipFile) as exc:
+            raise MalformedFileError(path, f"member {key!r} is not a valid .npy ({exc})") from None
+        if dtype.hasobject:
+            raise MalformedFileError(path, f"member {key!r} holds Python objects (refused)")
+        try:
+            code = dtypes.code_for(dtype)
+        except ValueError:
+            raise MalformedFileError(
+                path, f"member {key!r} has unsupported dtype {dtype}"
+            ) from None
+        tensors[key] = BaseTensor(key, code, tuple(shape))
+    return tensors, archive
+
+
+def _read_npz_member(path: str, archive: zipfile.ZipFile, key: str) -> np.ndarray:
+    try:
+        with archive.open(f"{key}.npy") as f:
+            return np.lib.format.read_array(f, allow_pickle=False)
+    except (ValueError, OSError, zipfile.BadZipFile) as exc:
+        raise MalformedFileError(path, f"member {key!r} cannot be read ({exc})") from None
+
+
+def open_base(path: str | os.PathLike[str]) -> BaseCheckpoint:
+    """Open a base checkpoint (safetensors or .npz, official or MLX naming) header-only."""
+    spath = os.fspath(path)
+    if not os.path.isfile(spath):
+        raise MalformedFileError(spath, "no such file")
+    if zipfile.is_zipfile(spath):
+        tensors, archive = _npz_index(spath)
+        container, metadata = "npz", {}
+        read = lambda key: _read_npz_member(spath, archive, key)  # noqa: E731
+        close = archive.close
+    else:
+        handle = open_safetensors(spath)
+        tensors = {
+            k: BaseTensor(k, i.dtype, tuple(i.shape)) for k, i in handle.header.tensors.items()
+        }
+        container, metadata = "safetensors", dict(handle.metadata)
+        read, close = handle.array, handle.close
+    naming = detect_naming(list(tensors))
+    if naming is None:
+        close()
+        raise MalformedFileError(
+            spath,
+            "not an SA3 base checkpoint (neither official `model.model.` nor MLX runtime keys)",
+        )
+    return BaseCheckpoint(spath, container, naming, tensors, metadata, read, close)
+
+
+class NpzStreamWriter:
+    """Write an uncompressed .npz one array at a time, committed atomically (like np.savez)."""
+
+    def __init__(
+        self, path: str | os.PathLike[str], *, inputs: Sequence[str] = (), overwrite: bool = True
+    ) -> None:
+        self.path = os.fspath(path)
+        self._inputs = inputs
+        self._overwrite = overwrite
+        self._out: AtomicFile | None = None
+        self._zip: zipfile.ZipFile | None = None
+
+    def __enter__(self) -> NpzStreamWriter:
+        self._out = AtomicFile(self.path, inputs=self._inputs, overwrite=self._overwrite)
+        self._zip = zipfile.ZipFile(self._out.file, "w", zipfile.ZIP_STORED, allowZip64=True)
+        return self
+
+    def write(self, name: str, array: np.ndarray) -> None:
+        assert self._zip is not None
+        with self._zip.open(f"{name}.npy", "w", force_zip64=True) as f:
+            np.lib.format.write_array(f, np.ascontiguousarray(array), allow_pickle=False)
+
+    def __exit__(self, exc_type: Any, exc: Any, tb: Any) -> None:
+        assert self._out is not None and self._zip is not None
+        if exc_type is None:
+            self._zip.close()
+            self._out.commit()
+        else:
+            with contextlib.suppress(Exception):
+                self._zip.close()
+            self._out.discard()
+
+
+def stream_writer(
+    container: str,
+    path: str | os.PathLike[str],
+    specs: Sequence[tuple[str, str, tuple[int, ...]]],
+    metadata: dict[str, str],
+    *,
+    inputs: Sequence[str] = (),
+    overwrite: bool = True,
+) -> SafetensorsStreamWriter | NpzStreamWriter:
+    """A streaming writer for the container (npz keeps no metadata: it has no place for it)."""
+    if container == "npz":
+        return NpzStreamWriter(path, inputs=inputs, overwrite=overwrite)
+    return SafetensorsStreamWriter(path, specs, metadata, inputs=inputs, overwrite=overwrite)

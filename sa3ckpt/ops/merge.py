@@ -1,0 +1,344 @@
+"""merge: bake adapters into a base checkpoint at fixed strengths, streaming tensor by tensor.
+
+The output keeps the base's container (safetensors / npz), naming (official / MLX) and dtype
+unless asked; every tensor that is not a merged target is copied bit-exactly; merged targets
+are computed in float32 (MLX) and cast once. Peak memory is bounded by one tensor's working
+set, not the model. Every run returns a ledger, and nothing is written unless the whole merge
+succeeds (atomic output; NaN/Inf in a merged weight aborts it).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import ml_dtypes
+import mlx.core as mx
+import numpy as np
+
+from sa3ckpt import __version__, dtypes
+from sa3ckpt.adapters.checkpoint import AdapterCheckpoint, load_checkpoint
+from sa3ckpt.adapters.formulas import SEMANTICS, SEMANTICS_HELP, merge
+from sa3ckpt.adapters.xs_bases import XsBases, load_bases
+from sa3ckpt.errors import IncompatibleError, UsageError
+from sa3ckpt.io.atomic import check_output_path
+from sa3ckpt.io.base_checkpoint import BaseCheckpoint, open_base, stream_writer
+from sa3ckpt.layout import from_canonical_2d, to_canonical_2d
+from sa3ckpt.names.modules import CONDITIONER_ROOT, DIT_ROOT
+
+PROVENANCE_KEY = "sa3ckpt_merge"
+ONLY_ROOTS = {"dit": DIT_ROOT, "conditioner": CONDITIONER_ROOT}
+_MX_DTYPES = {"F16": mx.float16, "F32": mx.float32, "BF16": mx.bfloat16}
+
+
+@dataclass(frozen=True)
+class AdapterArg:
+    """One `ADAPTER[:STRENGTH]` argument."""
+
+    path: str
+    strength: float
+
+
+def parse_adapter_arg(text: str, default: float = 1.0) -> AdapterArg:
+    """`path:0.7` -> (path, 0.7); a suffix that is not a number stays part of the path."""
+    path, sep, tail = text.rpartition(":")
+    if sep and path:
+        try:
+            value = float(tail)
+        except ValueError:
+            return AdapterArg(text, default)
+        if not np.isfinite(value):
+            raise UsageError(f"strength {tail!r} of {path} is not a finite number")
+        return AdapterArg(path, value)
+    return AdapterArg(text, default)
+
+
+def file_sha256(path: str) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+@dataclass
+class MergeLedger:
+    """What a merge did, target by target, and where the output came from."""
+
+    base: str
+    output: str
+    semantics: str
+    naming: str
+    container: str
+    adapters: list[dict[str, Any]] = field(default_factory=list)
+    merged: list[str] = field(default_factory=list)
+    skipped: list[tuple[str, str]] = field(default_factory=list)
+    missing_from_base: list[str] = field(default_factory=list)
+    shape_mismatches: list[str] = field(default_factory=list)
+    unmatched_keys: list[str] = field(default_factory=list)
+    bases_sources: dict[str, int] = field(default_factory=dict)
+    copied: int = 0
+    cast: int = 0
+    seconds: float = 0.0
+
+    def lines(self) -> list[str]:
+        total = len(self.merged) + len(self.missing_from_base) + len(self.shape_mismatches)
+        out = [
+            f"{len(self.merged)}/{total} adapter targets merged into {self.base} "
+            f"({self.naming} {self.container}, {self.semantics} semantics) -> {self.output}",
+            f"{self.copied} other tensors copied bit-exactly"
+            + (f", {self.cast} cast to the requested dtype" if self.cast else ""),
+        ]
+        out += [f"skipped {t}: {why}" for t, why in self.skipped]
+        out += [f"missing from base: {t}" for t in self.missing_from_base]
+        out += [f"shape mismatch: {m}" for m in self.shape_mismatches]
+        out += [f"unmatched adapter key: {k}" for k in self.unmatched_keys]
+        out += [
+            f"XS bases from {src}: {n} targets" for src, n in sorted(self.bases_sources.items())
+        ]
+        return out
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "base": self.base,
+            "output": self.output,
+            "semantics": self.semantics,
+            "naming": self.naming,
+            "container": self.container,
+            "adapters": self.adapters,
+            "merged": self.merged,
+            "skipped": [{"target": t, "reason": r} for t, r in self.skipped],
+            "missing_from_base": self.missing_from_base,
+            "shape_mismatches": self.shape_mismatches,
+            "unmatched_keys": self.unmatched_keys,
+            "bases_sources": self.bases_sources,
+            "copied": self.copied,
+            "cast": self.cast,
+            "seconds": round(self.seconds, 3),
+        }
+
+
+def _weight_2d_shape(shape: tuple[int, ...]) -> tuple[int, int]:
+    return (shape[0], int(np.prod(shape[1:])))
+
+
+def _fit_problem(ckpt: AdapterCheckpoint, target: str, fan: tuple[int, int]) -> str | None:
+    for param, value in ckpt.tensors[target].items():
+        want = ckpt.kind.param_shape(param, *fan, ckpt.config.rank)
+        if tuple(value.shape) != want:
+            return f"{target}: {param} {tuple(value.shape)} vs {want} for base weight {fan}"
+    return None
+
+
+def _to_mx(array: np.ndarray) -> mx.array:
+    """Base weights into MLX without a float32 detour where MLX has the dtype."""
+    if array.dtype == ml_dtypes.bfloat16:
+        return mx.array(array.view(np.uint16)).view(mx.bfloat16)
+    if array.dtype in (np.float16, np.float32):
+        return mx.array(array)
+    return mx.array(dtypes.to_float32(array))
+
+
+def _to_numpy(array: mx.array) -> np.ndarray:
+    if array.dtype == mx.bfloat16:
+        return np.array(array.view(mx.uint16)).view(ml_dtypes.bfloat16)
+    return np.array(array)
+
+
+@dataclass
+class _Plan:
+    targets: dict[str, str]  # base key -> canonical target to merge there
+    ledger: MergeLedger
+
+
+def _plan(
+    base: BaseCheckpoint,
+    ckpts: Sequence[tuple[AdapterCheckpoint, float]],
+    only: str | None,
+    ledger: MergeLedger,
+) -> _Plan:
+    weight_keys = base.weight_keys()
+    targets: dict[str, str] = {}
+    wanted = list(dict.fromkeys(t for ckpt, _ in ckpts for t in ckpt.targets()))
+    for target in wanted:
+        if only is not None and not target.startswith(ONLY_ROOTS[only]):
+            ledger.skipped.append((target, f"--only {only}"))
+            continue
+        key = weight_keys.get(target)
+        if key is None:
+            ledger.missing_from_base.append(target)
+            continue
+        fan = _weight_2d_shape(base.tensors[key].shape)
+        problems = [
+            p
+            for ckpt, _ in ckpts
+            if target in ckpt.tensors
+            for p in [_fit_problem(ckpt, target, fan)]
+            if p
+        ]
+        if problems:
+            ledger.shape_mismatches.extend(problems)
+            continue
+        targets[key] = target
+    return _Plan(targets, ledger)
+
+
+def merge_checkpoint(
+    base_path: str,
+    adapters: Sequence[AdapterArg],
+    output: str,
+    *,
+    semantics: str = "runtime",
+    dtype: str | None = None,
+    only: str | None = None,
+    bases_path: str | None = None,
+    allow_pickle: bool = False,
+    force: bool = False,
+    strict: bool = False,
+    progress: Callable[[int, int], None] | None = None,
+) -> MergeLedger:
+    """Merge adapters into a base and write `output` atomically; return the ledger."""
+    started = time.perf_counter()
+    if semantics not in SEMANTICS:
+        raise UsageError(f"unknown semantics {semantics!r} (known: {', '.join(SEMANTICS)})")
+    if only is not None and only not in ONLY_ROOTS:
+        raise UsageError(f"--only takes {' or '.join(ONLY_ROOTS)}, not {only!r}")
+    if not adapters:
+        raise UsageError("merge needs at least one adapter")
+    out_code = dtypes.code_from_name(dtype) if dtype else None
+    inputs = [base_path, *(a.path for a in adapters), *([bases_path] if bases_path else [])]
+    if os.path.lexists(output) and not force:
+        raise UsageError(f"output {output} exists (pass --force to replace it)")
+    check_output_path(output, inputs=inputs)  # before any work: never over an input
+    ckpts = [(load_checkpoint(a.path, allow_pickle=allow_pickle), a.strength) for a in adapters]
+    bases: XsBases | None = load_bases(bases_path) if bases_path else None
+    with open_base(base_path) as base:
+        ledger = MergeLedger(base_path, output, semantics, base.naming, base.container)
+        for (ckpt, strength), arg in zip(ckpts, adapters, strict=True):
+            ledger.adapters.append(
+                {
+                    "path": arg.path,
+                    "sha256": file_sha256(arg.path) if os.path.isfile(arg.path) else None,
+                    "strength": strength,
+                    "adapter_type": ckpt.adapter_type,
+                    "rank": ckpt.config.rank,
+                    "alpha": ckpt.config.alpha,
+                    "targets": len(ckpt.tensors),
+                }
+            )
+            if ckpt.ledger is not None:
+                ledger.unmatched_keys += [f"{arg.path}: {k} ({r})" for k, r in ckpt.ledger.rejected]
+        plan = _plan(base, ckpts, only, ledger)
+        if ledger.shape_mismatches:
+            raise IncompatibleError(
+                f"{len(ledger.shape_mismatches)} adapter targets do not fit {base_path} "
+                f"(e.g. {ledger.shape_mismatches[0]}); wrong base for this adapter?"
+            )
+        if not plan.targets:
+            raise IncompatibleError(
+                f"0 adapter targets found in {base_path} ({len(ledger.missing_from_base)} missing, "
+                f"e.g. {(ledger.missing_from_base or ['-'])[0]})"
+            )
+        if strict and (ledger.missing_from_base or ledger.unmatched_keys):
+            first = (ledger.missing_from_base + ledger.unmatched_keys)[0]
+            raise IncompatibleError(
+                f"--strict: not every adapter tensor has a place in the base ({first})"
+            )
+        _write(base, ckpts, plan, output, semantics, out_code, bases, inputs, progress)
+    ledger.seconds = time.perf_counter() - started
+    return ledger
+
+
+def _provenance(ledger: MergeLedger) -> str:
+    return json.dumps(
+        {
+            "tool": f"sa3ckpt {__version__}",
+            "semantics": ledger.semantics,
+            "semantics_meaning": SEMANTICS_HELP[ledger.semantics],
+            "adapters": [
+                {k: a[k] for k in ("path", "sha256", "strength", "adapter_type")}
+                for a in ledger.adapters
+            ],
+        },
+        sort_keys=True,
+    )
+
+
+def _write(
+    base: BaseCheckpoint,
+    ckpts: Sequence[tuple[AdapterCheckpoint, float]],
+    plan: _Plan,
+    output: str,
+    semantics: str,
+    out_code: str | None,
+    bases: XsBases | None,
+    inputs: Sequence[str],
+    progress: Callable[[int, int], None] | None,
+) -> None:
+    ledger = plan.ledger
+    specs = []
+    for key, info in base.tensors.items():
+        code = out_code if out_code and dtypes.is_floating(info.dtype) else info.dtype
+        specs.append((key, code, info.shape))
+    metadata = dict(base.metadata)
+    metadata[PROVENANCE_KEY] = _provenance(ledger)
+    total = len(specs)
+    writer = stream_writer(base.container, output, specs, metadata, inputs=inputs, overwrite=True)
+    with writer:
+        for index, (key, code, _shape) in enumerate(specs, 1):
+            stored = base.read(key)
+            target = plan.targets.get(key)
+            if target is None:
+                if code != base.tensors[key].dtype:
+                    stored = dtypes.cast(dtypes.to_float32(stored), code)
+                    ledger.cast += 1
+                writer.write(key, stored)
+                ledger.copied += 1
+            else:
+                writer.write(
+                    key, _merged(base, key, target, stored, ckpts, semantics, code, bases, ledger)
+                )
+                ledger.merged.append(target)
+            if progress is not None:
+                progress(index, total)
+
+
+def _merged(
+    base: BaseCheckpoint,
+    key: str,
+    target: str,
+    stored: np.ndarray,
+    ckpts: Sequence[tuple[AdapterCheckpoint, float]],
+    semantics: str,
+    code: str,
+    bases: XsBases | None,
+    ledger: MergeLedger,
+) -> np.ndarray:
+    layout = base.conv_layout if stored.ndim == 3 else "linear"
+    kernel = stored.shape[1 if layout == "mlx-conv1d" else 2] if stored.ndim == 3 else 1
+    w2d = to_canonical_2d(_to_mx(np.asarray(stored)), layout)
+    base_np: np.ndarray | None = None
+    stack = []
+    for ckpt, strength in ckpts:
+        if target not in ckpt.tensors:
+            continue
+        if ckpt.kind.xs and not ckpt.has_stored_bases(target) and base_np is None:
+            base_np = np.array(w2d.astype(mx.float32))
+        adapter, source = ckpt.target_adapter(target, base_2d=base_np, bases=bases)
+        if source != "-":
+            label = f"{source} ({base.tensors[key].dtype} base)" if source == "base SVD" else source
+            ledger.bases_sources[label] = ledger.bases_sources.get(label, 0) + 1
+        stack.append((adapter, strength))
+    merged = merge(w2d, stack, semantics, dtype=mx.float32)
+    if not bool(mx.all(mx.isfinite(merged)).item()):
+        raise IncompatibleError(f"merged weight of {target} has NaN/Inf; nothing was written")
+    out = from_canonical_2d(merged.astype(_MX_DTYPES.get(code, mx.float32)), layout, kernel)
+    array = _to_numpy(out)
+    if code not in _MX_DTYPES:
+        array = dtypes.cast(array.astype(np.float32), code)
+    return array

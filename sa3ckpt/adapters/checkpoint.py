@@ -21,6 +21,7 @@ from sa3ckpt import dtypes
 from sa3ckpt.adapters.config import CONFIG_KEY, ConfigError, LoraConfig
 from sa3ckpt.adapters.detect import TypeDetection, detect_type
 from sa3ckpt.adapters.formulas import TargetAdapter
+from sa3ckpt.adapters.kernels import NumpyAdapter
 from sa3ckpt.adapters.types import AdapterType, adapter_type
 from sa3ckpt.adapters.xs_bases import XsBases, svd_bases
 from sa3ckpt.errors import MalformedFileError
@@ -81,6 +82,34 @@ class AdapterCheckpoint:
         params = self.tensors[target]
         return "U" in params and "V" in params
 
+    def resolved_params(
+        self,
+        target: str,
+        *,
+        base_2d: np.ndarray | None = None,
+        bases: XsBases | None = None,
+    ) -> tuple[dict[str, np.ndarray], str]:
+        """A target's parameters as float32 NumPy arrays, XS bases resolved, and their source.
+
+        XS bases are looked up in order: stored in the checkpoint, a bases file, an SVD of
+        the base weight being adapted (the official behaviour). The second value says which
+        ("stored", "bases file", "base SVD"), or "-" for non-XS types.
+        """
+        params = {
+            name: dtypes.to_float32(np.asarray(a)) for name, a in self.tensors[target].items()
+        }
+        if not self.kind.xs:
+            return params, "-"
+        if self.has_stored_bases(target):
+            return params, "stored"
+        if bases is not None and bases.get(target) is not None:
+            params["U"], params["V"] = bases.get(target)  # type: ignore[misc]
+            return params, "bases file"
+        if base_2d is not None:
+            params["U"], params["V"] = svd_bases(base_2d, self.config.rank)
+            return params, "base SVD"
+        raise ValueError(f"{target}: {self.adapter_type} needs XS bases (stored, file or base)")
+
     def target_adapter(
         self,
         target: str,
@@ -88,33 +117,21 @@ class AdapterCheckpoint:
         base_2d: np.ndarray | None = None,
         bases: XsBases | None = None,
     ) -> tuple[TargetAdapter, str]:
-        """The fp32 MLX adapter of one target, and where its XS bases came from.
+        """The fp32 MLX adapter of one target (see `resolved_params` for XS bases)."""
+        params, source = self.resolved_params(target, base_2d=base_2d, bases=bases)
+        arrays = {name: mx.array(value) for name, value in params.items()}
+        return TargetAdapter(self.kind, self.config.scale, arrays), source
 
-        XS bases are looked up in order: stored in the checkpoint, a bases file, an SVD of
-        the base weight being adapted (the official behaviour). The second value says which
-        ("stored", "bases file", "base SVD"), or "-" for non-XS types.
-        """
-        params = {
-            name: mx.array(dtypes.to_float32(np.asarray(a)))
-            for name, a in self.tensors[target].items()
-        }
-        source = "-"
-        if self.kind.xs:
-            if self.has_stored_bases(target):
-                source = "stored"
-            elif bases is not None and bases.get(target) is not None:
-                u, v = bases.get(target)  # type: ignore[misc]
-                params["U"], params["V"] = mx.array(u), mx.array(v)
-                source = "bases file"
-            elif base_2d is not None:
-                u, v = svd_bases(base_2d, self.config.rank)
-                params["U"], params["V"] = mx.array(u), mx.array(v)
-                source = "base SVD"
-            else:
-                raise ValueError(
-                    f"{target}: {self.adapter_type} needs XS bases (stored, file or base)"
-                )
-        return TargetAdapter(self.kind, self.config.scale, params), source
+    def numpy_adapter(
+        self,
+        target: str,
+        *,
+        base_2d: np.ndarray | None = None,
+        bases: XsBases | None = None,
+    ) -> tuple[NumpyAdapter, str]:
+        """The same adapter for the NumPy merge kernel."""
+        params, source = self.resolved_params(target, base_2d=base_2d, bases=bases)
+        return NumpyAdapter(self.kind, self.config.scale, params), source
 
     def file_tensors(self, dialect: str = "sa3", dtype: str = "F16") -> dict[str, np.ndarray]:
         """Tensors keyed in a dialect, floats cast to dtype (baked norms stay fp32)."""

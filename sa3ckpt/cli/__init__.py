@@ -14,7 +14,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 from sa3ckpt import __version__
-from sa3ckpt.cli import cmd_inspect, cmd_merge, cmd_targets, cmd_validate
+from sa3ckpt.cli import cmd_combine, cmd_inspect, cmd_merge, cmd_targets, cmd_validate
 from sa3ckpt.errors import Sa3ckptError, UsageError
 
 
@@ -51,6 +51,12 @@ COMMANDS: tuple[Command, ...] = (
         "bake adapters into a base at fixed strengths",
         cmd_merge.add_arguments,
         cmd_merge.run,
+    ),
+    Command(
+        "combine",
+        "combine adapters into one (cat: exact for lora; svd: re-rank)",
+        cmd_combine.add_arguments,
+        cmd_combine.run,
     ),
     Command(
         "targets",

@@ -57,7 +57,7 @@ class BaseCheckpoint:
     _close: Callable[[], None]
 
     def read(self, key: str) -> np.ndarray:
-        """One tensor's data (memory-mapped for safetensors)."""
+        """One tensor's data as a private array (read, not mapped: RSS stays one tensor)."""
         return self._read(key)
 
     def target_key(self, target: str) -> str | None:
@@ -162,7 +162,7 @@ def open_base(path: str | os.PathLike[str]) -> BaseCheckpoint:
             k: BaseTensor(k, i.dtype, tuple(i.shape)) for k, i in handle.header.tensors.items()
         }
         container, metadata = "safetensors", dict(handle.metadata)
-        read, close = handle.array, handle.close
+        read, close = handle.read, handle.close
     naming = detect_naming(list(tensors))
     if naming is None:
         close()

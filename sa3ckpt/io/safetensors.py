@@ -384,6 +384,38 @@ class SafetensorsFile:
         )
         return flat.reshape(info.shape)
 
+    def read(self, name: str) -> np.ndarray:
+        """A private, writable copy of tensor ``name`` read with pread (no memory map).
+
+        Streaming jobs use this instead of `array`: the pages of a mapping count towards the
+        process's resident memory until unmapped, so mapping a 2.9 GB base would make a merge
+        look (and, under memory pressure, be) as large as the file. A read buffer is freed as
+        soon as the caller drops it.
+        """
+        info = self.info(name)
+        dtype = dtypes.numpy_dtype(info.dtype)
+        if self._closed:
+            raise ValueError(f"{self.path}: file is closed")
+        out = np.empty(info.shape, dtype=dtype)
+        if info.nbytes == 0:
+            return out
+        view = memoryview(out.reshape(-1).view(np.uint8))
+        offset = self.header.data_offset + info.begin
+        try:
+            fd = os.open(self.path, os.O_RDONLY)
+            try:
+                done = 0
+                while done < info.nbytes:
+                    got = os.preadv(fd, [view[done:]], offset + done)
+                    if got == 0:
+                        raise MalformedFileError(self.path, f"tensor {_q(name)} is cut short")
+                    done += got
+            finally:
+                os.close(fd)
+        except OSError as exc:
+            raise MalformedFileError(self.path, exc.strerror or str(exc)) from None
+        return out
+
     def close(self) -> None:
         """Release the mapping (deferred to the last live array, if any); idempotent."""
         self._closed = True

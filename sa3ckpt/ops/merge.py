@@ -2,7 +2,8 @@
 
 The output keeps the base's container (safetensors / npz), naming (official / MLX) and dtype
 unless asked; every tensor that is not a merged target is copied bit-exactly; merged targets
-are computed in float32 (MLX) and cast once. Peak memory is bounded by one tensor's working
+are computed in float32 (the NumPy kernel in `adapters.kernels`, two targets in parallel) and
+cast once. Peak memory is bounded by one tensor's working
 set, not the model. Every run returns a ledger, and nothing is written unless the whole merge
 succeeds (atomic output; NaN/Inf in a merged weight aborts it).
 """
@@ -14,16 +15,16 @@ import json
 import os
 import time
 from collections.abc import Callable, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
 
-import ml_dtypes
-import mlx.core as mx
 import numpy as np
 
 from sa3ckpt import __version__, dtypes
 from sa3ckpt.adapters.checkpoint import AdapterCheckpoint, load_checkpoint
-from sa3ckpt.adapters.formulas import SEMANTICS, SEMANTICS_HELP, merge
+from sa3ckpt.adapters.formulas import SEMANTICS, SEMANTICS_HELP
+from sa3ckpt.adapters.kernels import merge_to
 from sa3ckpt.adapters.xs_bases import XsBases, load_bases
 from sa3ckpt.errors import IncompatibleError, UsageError
 from sa3ckpt.io.atomic import check_output_path
@@ -33,7 +34,6 @@ from sa3ckpt.names.modules import CONDITIONER_ROOT, DIT_ROOT
 
 PROVENANCE_KEY = "sa3ckpt_merge"
 ONLY_ROOTS = {"dit": DIT_ROOT, "conditioner": CONDITIONER_ROOT}
-_MX_DTYPES = {"F16": mx.float16, "F32": mx.float32, "BF16": mx.bfloat16}
 
 
 @dataclass(frozen=True)
@@ -133,21 +133,6 @@ def _fit_problem(ckpt: AdapterCheckpoint, target: str, fan: tuple[int, int]) -> 
         if tuple(value.shape) != want:
             return f"{target}: {param} {tuple(value.shape)} vs {want} for base weight {fan}"
     return None
-
-
-def _to_mx(array: np.ndarray) -> mx.array:
-    """Base weights into MLX without a float32 detour where MLX has the dtype."""
-    if array.dtype == ml_dtypes.bfloat16:
-        return mx.array(array.view(np.uint16)).view(mx.bfloat16)
-    if array.dtype in (np.float16, np.float32):
-        return mx.array(array)
-    return mx.array(dtypes.to_float32(array))
-
-
-def _to_numpy(array: mx.array) -> np.ndarray:
-    if array.dtype == mx.bfloat16:
-        return np.array(array.view(mx.uint16)).view(ml_dtypes.bfloat16)
-    return np.array(array)
 
 
 @dataclass
@@ -269,6 +254,10 @@ def _provenance(ledger: MergeLedger) -> str:
     )
 
 
+WORKERS = 2  # targets merged in parallel (NumPy releases the GIL)
+LOOKAHEAD = 6  # merged targets computed ahead of the writer: bounds memory to a few tensors
+
+
 def _write(
     base: BaseCheckpoint,
     ckpts: Sequence[tuple[AdapterCheckpoint, float]],
@@ -280,6 +269,12 @@ def _write(
     inputs: Sequence[str],
     progress: Callable[[int, int], None] | None,
 ) -> None:
+    """Write every tensor in base order; targets are computed ahead by a small thread pool.
+
+    At most LOOKAHEAD merged tensors exist at once (finished ones waiting for the writer and
+    the ones being computed), which bounds peak memory by a few of the largest tensors while
+    letting the workers run on when the kernel throttles the writer's page-cache writes.
+    """
     ledger = plan.ledger
     specs = []
     for key, info in base.tensors.items():
@@ -288,57 +283,77 @@ def _write(
     metadata = dict(base.metadata)
     metadata[PROVENANCE_KEY] = _provenance(ledger)
     total = len(specs)
+    target_specs = [(key, code) for key, code, _ in specs if key in plan.targets]
     writer = stream_writer(base.container, output, specs, metadata, inputs=inputs, overwrite=True)
-    with writer:
-        for index, (key, code, _shape) in enumerate(specs, 1):
-            stored = base.read(key)
-            target = plan.targets.get(key)
-            if target is None:
-                if code != base.tensors[key].dtype:
-                    stored = dtypes.cast(dtypes.to_float32(stored), code)
-                    ledger.cast += 1
-                writer.write(key, stored)
-                ledger.copied += 1
-            else:
-                writer.write(
-                    key, _merged(base, key, target, stored, ckpts, semantics, code, bases, ledger)
+    with ThreadPoolExecutor(max_workers=WORKERS) as pool, writer:
+        pending: dict[str, Future[tuple[np.ndarray, dict[str, int]]]] = {}
+        queue = iter(target_specs)
+
+        def top_up() -> None:
+            while len(pending) < LOOKAHEAD:
+                nxt = next(queue, None)
+                if nxt is None:
+                    return
+                key, code = nxt
+                pending[key] = pool.submit(
+                    _merged, base, key, plan.targets[key], ckpts, semantics, code, bases
                 )
-                ledger.merged.append(target)
-            if progress is not None:
-                progress(index, total)
+
+        try:
+            for index, (key, code, _shape) in enumerate(specs, 1):
+                top_up()
+                target = plan.targets.get(key)
+                if target is None:
+                    stored = base.read(key)
+                    if code != base.tensors[key].dtype:
+                        stored = dtypes.cast(dtypes.to_float32(stored), code)
+                        ledger.cast += 1
+                    writer.write(key, stored)
+                    ledger.copied += 1
+                else:
+                    array, sources = pending.pop(key).result()
+                    writer.write(key, array)
+                    ledger.merged.append(target)
+                    for label, count in sources.items():
+                        ledger.bases_sources[label] = ledger.bases_sources.get(label, 0) + count
+                if progress is not None:
+                    progress(index, total)
+        except BaseException:
+            for future in pending.values():
+                future.cancel()
+            raise
 
 
 def _merged(
     base: BaseCheckpoint,
     key: str,
     target: str,
-    stored: np.ndarray,
     ckpts: Sequence[tuple[AdapterCheckpoint, float]],
     semantics: str,
     code: str,
     bases: XsBases | None,
-    ledger: MergeLedger,
-) -> np.ndarray:
+) -> tuple[np.ndarray, dict[str, int]]:
+    """One target's merged weight in the stored layout and dtype `code` (worker thread)."""
+    stored = base.read(key)
     layout = base.conv_layout if stored.ndim == 3 else "linear"
     kernel = stored.shape[1 if layout == "mlx-conv1d" else 2] if stored.ndim == 3 else 1
-    w2d = to_canonical_2d(_to_mx(np.asarray(stored)), layout)
-    base_np: np.ndarray | None = None
+    w2d = to_canonical_2d(stored, layout)
+    if layout == "mlx-conv1d":
+        w2d = np.ascontiguousarray(w2d)
+    base_f32: np.ndarray | None = None
+    sources: dict[str, int] = {}
     stack = []
     for ckpt, strength in ckpts:
         if target not in ckpt.tensors:
             continue
-        if ckpt.kind.xs and not ckpt.has_stored_bases(target) and base_np is None:
-            base_np = np.array(w2d.astype(mx.float32))
-        adapter, source = ckpt.target_adapter(target, base_2d=base_np, bases=bases)
+        if ckpt.kind.xs and not ckpt.has_stored_bases(target) and base_f32 is None:
+            base_f32 = dtypes.to_float32(w2d)
+        adapter, source = ckpt.numpy_adapter(target, base_2d=base_f32, bases=bases)
         if source != "-":
             label = f"{source} ({base.tensors[key].dtype} base)" if source == "base SVD" else source
-            ledger.bases_sources[label] = ledger.bases_sources.get(label, 0) + 1
+            sources[label] = sources.get(label, 0) + 1
         stack.append((adapter, strength))
-    merged = merge(w2d, stack, semantics, dtype=mx.float32)
-    if not bool(mx.all(mx.isfinite(merged)).item()):
+    merged, finite = merge_to(w2d, stack, semantics, code)
+    if not finite:
         raise IncompatibleError(f"merged weight of {target} has NaN/Inf; nothing was written")
-    out = from_canonical_2d(merged.astype(_MX_DTYPES.get(code, mx.float32)), layout, kernel)
-    array = _to_numpy(out)
-    if code not in _MX_DTYPES:
-        array = dtypes.cast(array.astype(np.float32), code)
-    return array
+    return np.ascontiguousarray(from_canonical_2d(merged, layout, kernel)), sources

@@ -1,0 +1,44 @@
+"""`sa3ckpt combine`: several adapters into one (cat: exact for LoRA; svd: re-factor to rank R)."""
+
+from __future__ import annotations
+
+import argparse
+import json
+
+from sa3ckpt.cli.common import JSON_SCHEMA_VERSION
+from sa3ckpt.dtypes import NAMES as DTYPE_NAMES
+from sa3ckpt.ops.combine import METHODS, combine
+from sa3ckpt.ops.merge import parse_adapter_arg
+from sa3ckpt.textsafe import escape_control
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("adapters", nargs="+", metavar="ADAPTER[:W]", help="adapters and weights")
+    parser.add_argument("-o", "--output", required=True, metavar="OUT", help="combined adapter")
+    parser.add_argument("--method", required=True, choices=METHODS, help="cat (exact, lora) or svd")
+    parser.add_argument("--rank", type=int, help="output rank (svd)")
+    parser.add_argument("--base", metavar="BASE", help="base checkpoint (DoRA/BoRA or XS inputs)")
+    parser.add_argument("--dtype", default="fp16", choices=list(DTYPE_NAMES), help="output dtype")
+    parser.add_argument("--allow-pickle", action="store_true", help="read legacy .ckpt adapters")
+    parser.add_argument("--force", action="store_true", help="replace an existing output file")
+    parser.add_argument("--json", action="store_true", help="print the ledger as one JSON document")
+
+
+def run(args: argparse.Namespace) -> int:
+    ledger = combine(
+        [parse_adapter_arg(a) for a in args.adapters],
+        args.output,
+        method=args.method,
+        rank=args.rank,
+        base_path=args.base,
+        dtype=args.dtype,
+        allow_pickle=args.allow_pickle,
+        force=args.force,
+    )
+    if args.json:
+        doc = {"schema": JSON_SCHEMA_VERSION, "command": "combine", **ledger.to_json()}
+        print(json.dumps(doc, indent=1))
+    else:
+        for line in ledger.lines():
+            print(escape_control(line))
+    return 0

@@ -1,0 +1,334 @@
+"""combine: several adapters into one adapter.
+
+- `cat` is exact for LoRA: ΔW = Σ w_i c_i B_i A_i is itself a LoRA of rank Σ r_i, with A
+  stacked by rows and each B_i scaled by w_i c_i (output alpha = rank, so c = 1). XS inputs
+  join as LoRA factors (B = U M, A = Vᵀ) when their bases are stored or a base is given.
+- `svd` rebuilds Σ w_i ΔW_i per target and re-factors it to rank R, reporting the retained
+  Frobenius energy per target. LoRA-only sums stay low-rank, so their SVD is exact and cheap
+  (QR of the stacked factors, SVD of the small core); DoRA/BoRA inputs need `--base` (their
+  ΔW = f(W0; 1) − W0 depends on the base norms) and are re-factored by a randomised SVD on
+  large layers. The output is then a plain LoRA of the merged delta, and the ledger says so.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import mlx.core as mx
+import numpy as np
+
+from sa3ckpt import dtypes
+from sa3ckpt.adapters.checkpoint import AdapterCheckpoint, load_checkpoint, save_checkpoint
+from sa3ckpt.adapters.config import LoraConfig
+from sa3ckpt.adapters.formulas import adapted_weight
+from sa3ckpt.errors import IncompatibleError, UsageError
+from sa3ckpt.io.atomic import check_output_path
+from sa3ckpt.io.base_checkpoint import BaseCheckpoint, open_base
+from sa3ckpt.layout import to_canonical_2d
+from sa3ckpt.names.modules import DIT_ROOT
+from sa3ckpt.ops.merge import AdapterArg, file_sha256
+
+METHODS = ("cat", "svd")
+RANDOMIZED_ABOVE = 1024  # min(fan_out, fan_in) above which the dense path uses a randomised SVD
+
+
+@dataclass
+class CombineLedger:
+    output: str
+    method: str
+    rank: int
+    adapters: list[dict[str, Any]] = field(default_factory=list)
+    targets: list[str] = field(default_factory=list)
+    retained: dict[str, float] = field(default_factory=dict)  # svd: energy kept per target
+    notes: list[str] = field(default_factory=list)
+
+    def lines(self) -> list[str]:
+        out = [
+            f"{len(self.targets)} targets combined by {self.method} "
+            f"into a rank-{self.rank} lora -> {self.output}"
+        ]
+        out += self.notes
+        if self.retained:
+            worst = sorted(self.retained.items(), key=lambda kv: kv[1])
+            mean = float(np.mean(list(self.retained.values())))
+            out.append(f"retained energy: mean {mean:.4%}, worst {worst[0][1]:.4%} ({worst[0][0]})")
+            out += [f"  {t}: {e:.4%}" for t, e in worst]
+        return out
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "output": self.output,
+            "method": self.method,
+            "rank": self.rank,
+            "adapters": self.adapters,
+            "targets": self.targets,
+            "retained_energy": self.retained,
+            "notes": self.notes,
+        }
+
+
+def _factors(
+    ckpt: AdapterCheckpoint, target: str, base: BaseCheckpoint | None
+) -> tuple[np.ndarray, np.ndarray] | None:
+    """(B·c, A) in float64 with c folded in, for LoRA and XS; None for DoRA/BoRA types."""
+    kind = ckpt.kind
+    if kind.is_weight_decomposed:
+        return None
+    params = {
+        k: dtypes.to_float32(np.asarray(v)).astype(np.float64)
+        for k, v in ckpt.tensors[target].items()
+    }
+    c = ckpt.config.scale
+    if not kind.xs:
+        return params["lora_B"] * c, params["lora_A"]
+    if "U" not in params:
+        if base is None:
+            raise UsageError(
+                f"{target}: {kind.name} has no stored U/V; pass --base to rebuild them"
+            )
+        adapter, _ = ckpt.target_adapter(target, base_2d=_base_weight(base, target))
+        params["U"], params["V"] = (
+            np.array(adapter.params[n]).astype(np.float64) for n in ("U", "V")
+        )
+    return params["U"] @ params["M_xs"] * c, params["V"].T
+
+
+def _base_weight(base: BaseCheckpoint, target: str) -> np.ndarray:
+    key = base.target_key(target)
+    if key is None:
+        raise IncompatibleError(f"{target} is not in the base {base.path}")
+    stored = np.asarray(base.read(key))
+    layout = base.conv_layout if stored.ndim == 3 else "linear"
+    return to_canonical_2d(dtypes.to_float32(stored), layout)
+
+
+def _dense_delta(ckpt: AdapterCheckpoint, target: str, base: BaseCheckpoint) -> np.ndarray:
+    w0 = _base_weight(base, target)
+    adapter, _ = ckpt.target_adapter(target, base_2d=w0)
+    w0_mx = mx.array(w0)
+    return np.array(adapted_weight(w0_mx, adapter, 1.0) - w0_mx).astype(np.float64)
+
+
+def _lowrank_svd(b: np.ndarray, a: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Exact SVD of B @ A through QR of both factors and an SVD of the small core."""
+    qb, rb = np.linalg.qr(b)
+    qa, ra = np.linalg.qr(a.T)
+    uc, s, vct = np.linalg.svd(rb @ ra.T)
+    return qb @ uc, s, (qa @ vct.T).T
+
+
+def randomized_svd(
+    m: np.ndarray, rank: int, *, oversample: int = 10, iterations: int = 3, seed: int = 0
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Halko-style randomised truncated SVD with power iterations (QR-stabilised)."""
+    rng = np.random.default_rng(seed)
+    k = min(rank + oversample, min(m.shape))
+    q, _ = np.linalg.qr(m @ rng.standard_normal((m.shape[1], k)))
+    for _ in range(iterations):
+        q, _ = np.linalg.qr(m.T @ q)
+        q, _ = np.linalg.qr(m @ q)
+    u_small, s, vt = np.linalg.svd(q.T @ m, full_matrices=False)
+    return (q @ u_small)[:, :rank], s[:rank], vt[:rank]
+
+
+def _check_inputs(ckpts: Sequence[tuple[AdapterCheckpoint, float]]) -> None:
+    fans: dict[str, tuple[int, int]] = {}
+    for ckpt, _ in ckpts:
+        for target, params in ckpt.tensors.items():
+            fan = _fan(ckpt, params)
+            if fan is None:
+                continue
+            if fans.setdefault(target, fan) != fan:
+                raise IncompatibleError(
+                    f"{target}: adapters disagree on its shape ({fans[target]} vs {fan})"
+                )
+
+
+def _fan(ckpt: AdapterCheckpoint, params: dict[str, np.ndarray]) -> tuple[int, int] | None:
+    if "lora_B" in params:
+        return params["lora_B"].shape[0], params["lora_A"].shape[1]
+    if "U" in params:
+        return params["U"].shape[0], params["V"].shape[0]
+    return None
+
+
+def _shared(values: list[Any]) -> Any:
+    return values[0] if all(v == values[0] for v in values) else None
+
+
+def _output_config(
+    ckpts: Sequence[tuple[AdapterCheckpoint, float]],
+    targets: list[str],
+    rank: int,
+    method: str,
+    ledger: CombineLedger,
+) -> LoraConfig:
+    includes = _shared([ckpt.config.include for ckpt, _ in ckpts])
+    excludes = _shared([ckpt.config.exclude for ckpt, _ in ckpts])
+    if includes is None or excludes is None:
+        # Different selections: name exactly the combined targets (root-less, so the
+        # official substring rule matches them with or without the `model.` root).
+        includes = [t[len(DIT_ROOT) :] if t.startswith(DIT_ROOT) else t for t in targets]
+        excludes = []
+    extra: dict[str, Any] = {"combined_from": ledger.adapters, "combine_method": method}
+    base_model = _shared([ckpt.config.base_model for ckpt, _ in ckpts])
+    if base_model:
+        extra["base_model"] = base_model
+    return LoraConfig(
+        rank=rank, alpha=rank, adapter_type="lora", include=includes, exclude=excludes, extra=extra
+    )
+
+
+def combine(
+    adapters: Sequence[AdapterArg],
+    output: str,
+    *,
+    method: str = "cat",
+    rank: int | None = None,
+    base_path: str | None = None,
+    dtype: str = "fp16",
+    allow_pickle: bool = False,
+    force: bool = False,
+) -> CombineLedger:
+    """Combine weighted adapters into one LoRA checkpoint written atomically to `output`."""
+    if method not in METHODS:
+        raise UsageError(f"unknown method {method!r} (known: {', '.join(METHODS)})")
+    if len(adapters) < 1:
+        raise UsageError("combine needs at least one adapter")
+    if rank is not None and rank < 1:
+        raise UsageError("--rank must be a positive integer")
+    if method == "svd" and rank is None:
+        raise UsageError("--method svd needs --rank R")
+    inputs = [a.path for a in adapters] + ([base_path] if base_path else [])
+    if os.path.lexists(output) and not force:
+        raise UsageError(f"output {output} exists (pass --force to replace it)")
+    check_output_path(output, inputs=inputs)
+    code = dtypes.code_from_name(dtype)
+    ckpts = [(load_checkpoint(a.path, allow_pickle=allow_pickle), a.strength) for a in adapters]
+    _check_inputs(ckpts)
+    base = open_base(base_path) if base_path else None
+    try:
+        targets = list(dict.fromkeys(t for ckpt, _ in ckpts for t in ckpt.targets()))
+        ledger = CombineLedger(output, method, 0)
+        for (ckpt, weight), arg in zip(ckpts, adapters, strict=True):
+            ledger.adapters.append(
+                {
+                    "path": arg.path,
+                    "sha256": file_sha256(arg.path) if os.path.isfile(arg.path) else None,
+                    "weight": weight,
+                    "adapter_type": ckpt.adapter_type,
+                    "rank": ckpt.config.rank,
+                }
+            )
+        if method == "cat":
+            tensors, out_rank = _cat(ckpts, targets, base)
+            ledger.notes.append(
+                "exact: ranks add up, each adapter's scale and weight folded into lora_B"
+            )
+        else:
+            assert rank is not None
+            tensors, out_rank = _svd(ckpts, targets, base, rank, ledger)
+        ledger.rank = out_rank
+        ledger.targets = targets
+        config = _output_config(ckpts, targets, out_rank, method, ledger)
+        save_checkpoint(
+            AdapterCheckpoint(config, "lora", tensors),
+            output,
+            dtype=code,
+            inputs=tuple(inputs),
+            overwrite=True,
+        )
+    finally:
+        if base is not None:
+            base.close()
+    return ledger
+
+
+def _cat(
+    ckpts: Sequence[tuple[AdapterCheckpoint, float]],
+    targets: list[str],
+    base: BaseCheckpoint | None,
+) -> tuple[dict[str, dict[str, np.ndarray]], int]:
+    refused = [c.adapter_type for c, _ in ckpts if c.kind.is_weight_decomposed]
+    if refused:
+        raise UsageError(
+            f"--method cat is exact only for lora/lora-xs, not {', '.join(sorted(set(refused)))}; "
+            "use --method svd --rank R --base BASE (the result is a lora of the merged delta)"
+        )
+    out_rank = sum(c.config.rank for c, _ in ckpts)
+    tensors: dict[str, dict[str, np.ndarray]] = {}
+    for target in targets:
+        fan = next(_fan_of(c, target, base) for c, _ in ckpts if target in c.tensors)
+        a_blocks, b_blocks = [], []
+        for ckpt, weight in ckpts:
+            r = ckpt.config.rank
+            factors = _factors(ckpt, target, base) if target in ckpt.tensors else None
+            if factors is None:
+                b_blocks.append(np.zeros((fan[0], r)))
+                a_blocks.append(np.zeros((r, fan[1])))
+            else:
+                b_blocks.append(factors[0] * weight)
+                a_blocks.append(factors[1])
+        tensors[target] = {"lora_A": np.vstack(a_blocks), "lora_B": np.hstack(b_blocks)}
+    return tensors, out_rank
+
+
+def _fan_of(ckpt: AdapterCheckpoint, target: str, base: BaseCheckpoint | None) -> tuple[int, int]:
+    fan = _fan(ckpt, ckpt.tensors[target])
+    if fan is None:
+        if base is None:
+            raise UsageError(f"{target}: shapes unknown without U/V; pass --base")
+        return _base_weight(base, target).shape
+    return fan
+
+
+def _svd(
+    ckpts: Sequence[tuple[AdapterCheckpoint, float]],
+    targets: list[str],
+    base: BaseCheckpoint | None,
+    rank: int,
+    ledger: CombineLedger,
+) -> tuple[dict[str, dict[str, np.ndarray]], int]:
+    decomposed = sorted({c.adapter_type for c, _ in ckpts if c.kind.is_weight_decomposed})
+    if decomposed and base is None:
+        raise UsageError(
+            f"{', '.join(decomposed)} deltas depend on the base weights: pass --base BASE"
+        )
+    if decomposed:
+        ledger.notes.append(
+            f"{', '.join(decomposed)} inputs: ΔW = f(W0; 1) − W0 rebuilt from the base and "
+            "re-factored; the output is a lora of that merged delta (no magnitudes)"
+        )
+    tensors: dict[str, dict[str, np.ndarray]] = {}
+    for target in targets:
+        present = [(c, w) for c, w in ckpts if target in c.tensors]
+        factors = [(_factors(c, target, base), w) for c, w in present]
+        if all(f is not None for f, _ in factors):
+            b = np.hstack([f[0] * w for f, w in factors])  # type: ignore[index]
+            a = np.vstack([f[1] for f, _ in factors])  # type: ignore[index]
+            u, s, vt = _lowrank_svd(b, a)
+            total = float(np.sum(s**2))
+        else:
+            assert base is not None
+            dense = sum(
+                w * (_dense_delta(c, target, base) if f is None else f[0] @ f[1])
+                for (f, w), (c, _) in zip(factors, present, strict=True)
+            )
+            total = float(np.sum(dense**2))
+            if min(dense.shape) > RANDOMIZED_ABOVE:
+                u, s, vt = randomized_svd(dense, rank)
+            else:
+                u, s, vt = np.linalg.svd(dense, full_matrices=False)
+        r = min(rank, len(s))
+        kept = float(np.sum(s[:r] ** 2))
+        ledger.retained[target] = kept / total if total > 0 else 1.0
+        b_out = np.zeros((u.shape[0], rank))
+        a_out = np.zeros((rank, vt.shape[1]))
+        root = np.sqrt(s[:r])
+        b_out[:, :r] = u[:, :r] * root
+        a_out[:r] = root[:, None] * vt[:r]
+        tensors[target] = {"lora_A": a_out, "lora_B": b_out}
+    return tensors, rank

@@ -189,6 +189,7 @@ def test_official_base_keys_and_mlx_translation() -> None:
     assert official_to_mlx_base_key("conditioner.conditioners.prompt.model.weight") is None
     assert official_to_mlx_base_key("pretransform.model.weight") is None
     assert parse_official_base_key("model.model.weight") is None
+    assert parse_mlx_base_key("cond.padding_embedding") is None
 
 
 def test_every_adapter_type_param_is_a_known_param() -> None:

@@ -229,12 +229,17 @@ def checkpoint_from_raw(
     config_text: str | None,
     metadata: Mapping[str, str],
     path: str = "<memory>",
+    dialects: tuple[str, ...] = LOADABLE_DIALECTS,
 ) -> AdapterCheckpoint:
-    """Build a checkpoint from file keys + lora_config text; MalformedFileError on failure."""
+    """Build a checkpoint from file keys + lora_config text; MalformedFileError on failure.
+
+    `dialects` are the key spellings this container may hold (PEFT folders and sa3.cpp
+    GGUF files pass their own; plain safetensors adapter files carry sa3, bare or mlx keys).
+    """
     guess = detect_adapter_dialect(raw)
     if guess.dialect is None:
         raise MalformedFileError(path, f"no adapter tensors: {guess.evidence}")
-    if guess.dialect not in LOADABLE_DIALECTS:
+    if guess.dialect not in dialects:
         raise MalformedFileError(
             path, f"{guess.dialect} keys ({guess.evidence}); convert it to sa3 first"
         )

@@ -187,7 +187,8 @@ def detect_type(
     if tensor_type and "?" in tensor_type:
         # Square layers only: the claim (or the documented default) decides.
         candidates = {tensor_type.replace("?", o) for o in ("rows", "cols")}
-        if config_resolved in candidates:
+        # Only an explicit type settles it: a legacy alias resolved by default is a guess.
+        if config_resolved in candidates and config_type in ADAPTER_TYPES:
             chosen = config_resolved
         else:
             chosen = tensor_type.replace("?", "rows")

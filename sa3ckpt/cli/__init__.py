@@ -14,7 +14,15 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 from sa3ckpt import __version__
-from sa3ckpt.cli import cmd_combine, cmd_inspect, cmd_merge, cmd_targets, cmd_validate
+from sa3ckpt.cli import (
+    cmd_combine,
+    cmd_convert,
+    cmd_demo,
+    cmd_inspect,
+    cmd_merge,
+    cmd_targets,
+    cmd_validate,
+)
 from sa3ckpt.errors import Sa3ckptError, UsageError
 
 
@@ -47,6 +55,12 @@ COMMANDS: tuple[Command, ...] = (
         cmd_validate.run,
     ),
     Command(
+        "convert",
+        "convert adapters between dialects (verified) and bases between official and MLX",
+        cmd_convert.add_arguments,
+        cmd_convert.run,
+    ),
+    Command(
         "merge",
         "bake adapters into a base at fixed strengths",
         cmd_merge.add_arguments,
@@ -57,6 +71,12 @@ COMMANDS: tuple[Command, ...] = (
         "combine adapters into one (cat: exact for lora; svd: re-rank)",
         cmd_combine.add_arguments,
         cmd_combine.run,
+    ),
+    Command(
+        "demo",
+        "walk inspect, validate, convert and merge over a generated adapter",
+        cmd_demo.add_arguments,
+        cmd_demo.run,
     ),
     Command(
         "targets",

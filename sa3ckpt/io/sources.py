@@ -96,7 +96,9 @@ def _open_safetensors_file(path: str, allow_pickle: bool) -> AdapterSource:
     return _from_safetensors(path, open_safetensors(path), "safetensors")
 
 
-def _read_json(path: Path, limit: int = MAX_JSON_BYTES) -> object:
+def read_json(path: str | os.PathLike[str], limit: int = MAX_JSON_BYTES) -> object:
+    """A small JSON file (configs), size-limited, any failure a MalformedFileError."""
+    path = Path(path)
     try:
         if path.stat().st_size > limit:
             raise MalformedFileError(path, f"larger than {limit} bytes")
@@ -147,7 +149,7 @@ def _open_peft_dir(path: str, allow_pickle: bool) -> AdapterSource:
     weights = folder / PEFT_WEIGHTS
     if not weights.is_file():
         raise MalformedFileError(path, f"PEFT folder without {PEFT_WEIGHTS}")
-    config, notes = peft_to_lora_config(_read_json(folder / PEFT_CONFIG), folder / PEFT_CONFIG)
+    config, notes = peft_to_lora_config(read_json(folder / PEFT_CONFIG), folder / PEFT_CONFIG)
     source = _from_safetensors(path, open_safetensors(weights), "peft")
     source.metadata.pop(CONFIG_KEY, None)
     source.config_text = json.dumps(config)
@@ -176,7 +178,46 @@ def _open_pickle(path: str, allow_pickle: bool) -> AdapterSource:
 
 
 def _open_gguf(path: str, allow_pickle: bool) -> AdapterSource:
-    raise MalformedFileError(path, "sa3.cpp GGUF adapters are read by `convert` (gguf extra)")
+    """sa3.cpp GGUF: tensor names and shapes from the header; lora.* fields as the config."""
+    from sa3ckpt.io.gguf_adapter import read_gguf_adapter, read_gguf_header
+
+    kv, infos = read_gguf_header(path)
+    entries = {
+        name: TensorEntry(
+            name, "F32" if kind == "F32" else kind, tuple(shape), 4 * math.prod(shape)
+        )
+        for name, (shape, kind) in infos.items()
+    }
+    config = None
+    if all(k in kv for k in ("lora.rank", "lora.alpha", "lora.adapter_type")):
+        config = json.dumps(
+            {
+                "rank": kv["lora.rank"],
+                "alpha": kv["lora.alpha"],
+                "adapter_type": kv["lora.adapter_type"],
+                "include": [],
+                "exclude": [],
+            }
+        )
+    metadata = {k: str(v) for k, v in kv.items() if not k.startswith("lora.")}
+    cache: dict[str, np.ndarray] = {}
+
+    def read(key: str) -> np.ndarray:
+        if not cache:
+            cache.update(read_gguf_adapter(path).tensors)
+        return cache[key]
+
+    return AdapterSource(
+        path=path,
+        format="gguf",
+        size=os.path.getsize(path),
+        metadata=metadata,
+        entries=entries,
+        config_text=config,
+        config_origin="GGUF lora.* fields",
+        notes=["sa3.cpp GGUF: include/exclude are not recorded in this format"],
+        _reader=read,
+    )
 
 
 def _is_peft_dir(path: str) -> bool:

@@ -325,8 +325,8 @@ def parse_mlx_base_key(key: str) -> tuple[str, str] | None:
     if key in _MLX_ARRAY_TO_TARGET:
         return _MLX_ARRAY_TO_TARGET[key]
     module, _, param = key.rpartition(".")
-    if not module or module.startswith("cond."):
-        return None
+    if not module or module == "cond" or module.startswith("cond."):
+        return None  # other conditioner arrays have no canonical module
     return from_mlx_module(module), param
 
 

@@ -16,6 +16,7 @@ from sa3ckpt.adapters.detect import TypeDetection, detect_type
 from sa3ckpt.adapters.types import ADAPTER_TYPES
 from sa3ckpt.io.sources import AdapterSource, TensorEntry
 from sa3ckpt.names.dialects import DialectGuess, KeyGroups, detect_and_group
+from sa3ckpt.names.modules import to_sa3cpp_stem
 from sa3ckpt.names.select import peft_selects
 from sa3ckpt.targets.detect import FamilyDetection, PartialShape, detect_family
 from sa3ckpt.targets.families import FAMILIES, Family, family_for_base_model
@@ -195,6 +196,8 @@ def _coverage(analysis: Analysis) -> Coverage | None:
             expected = [t.name for t in fam.selected(config.include, config.exclude)]
     except (ValueError, re.error):
         return None
+    if analysis.dialect.dialect == "sa3cpp":  # sa3.cpp has no stem for the conditioner
+        expected = [t for t in expected if to_sa3cpp_stem(t) is not None]
     present = [t for t in analysis.groups.targets if fam.target(t) is not None]
     present_set = set(present)
     expected_set = set(expected)

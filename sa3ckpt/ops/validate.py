@@ -55,8 +55,8 @@ RULES: dict[str, Rule] = {
         Rule(
             "unsupported-format",
             "error",
-            "format not validated yet",
-            "convert it to sa3 first: sa3ckpt convert IN -o OUT --to sa3",
+            "format needs an optional extra",
+            "install the extra it names (e.g. pip install 'sa3ckpt[gguf]')",
         ),
         Rule(
             "config-missing",
@@ -337,7 +337,7 @@ def _check_keys(a: Analysis, ctx: Context) -> Iterator[Finding]:
         yield _say(
             "bare-keys", f"{len(a.groups.targets)} targets have bare keys (no `model.` root)"
         )
-    elif a.dialect.dialect not in (None, "sa3", "bare"):
+    elif a.dialect.dialect not in (None, "sa3", "bare", "sa3cpp"):  # GGUF is sa3.cpp's own
         yield _say("foreign-dialect", f"keys are in the {a.dialect.dialect} dialect")
     multi = a.groups.multi_slot_targets()
     if multi:
@@ -385,10 +385,11 @@ def _check_tensors(a: Analysis, ctx: Context) -> Iterator[Finding]:
             "rank-mismatch",
             f"lora_config.rank is {rank} but the tensors have rank {next(iter(a.ranks))}",
         )
+    conventional = "F32" if a.source.format == "gguf" else "F16"  # sa3.cpp stores F32
     unusual = sorted(
         code
         for code in a.dtypes
-        if code != "F16"
+        if code != conventional
         and dtypes.is_floating(code)
         and any(
             e.dtype == code and not e.key.endswith("baked_vnorm_row")
@@ -397,7 +398,8 @@ def _check_tensors(a: Analysis, ctx: Context) -> Iterator[Finding]:
     )
     if unusual:
         yield _say(
-            "dtype-unconventional", f"tensors stored as {', '.join(unusual)} (fp16 is conventional)"
+            "dtype-unconventional",
+            f"tensors stored as {', '.join(unusual)} ({conventional} is conventional here)",
         )
 
 
@@ -489,9 +491,6 @@ def validate_path(path: str, *, model: str = "auto", deep: bool = False) -> File
     if sniff_format(path) == "pickle":
         result.findings.append(_say("pickle", "legacy pickle: not read (pickles can run code)"))
         return result
-    if sniff_format(path) == "gguf":
-        result.findings.append(_say("unsupported-format", "sa3.cpp GGUF adapter"))
-        return result
     try:
         source = open_adapter_source(path)
     except PickleRefusedError:
@@ -500,6 +499,9 @@ def validate_path(path: str, *, model: str = "auto", deep: bool = False) -> File
     except MalformedFileError as exc:
         result.malformed = True
         result.findings.append(_say("malformed", exc.cause))
+        return result
+    except UsageError as exc:  # a format whose optional extra is not installed
+        result.findings.append(_say("unsupported-format", str(exc)))
         return result
     with source:
         try:

@@ -1,0 +1,102 @@
+"""`sa3ckpt convert`: adapters between dialects (verified), bases between official and MLX."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import zipfile
+
+from sa3ckpt.cli.common import JSON_SCHEMA_VERSION
+from sa3ckpt.dtypes import NAMES as DTYPE_NAMES
+from sa3ckpt.errors import UsageError
+from sa3ckpt.io.base_checkpoint import detect_naming
+from sa3ckpt.io.ckpt import looks_like_pickle
+from sa3ckpt.io.safetensors import read_header
+from sa3ckpt.names.dialects import detect_adapter_dialect
+from sa3ckpt.ops.convert import ADAPTER_TARGETS, convert_adapter
+from sa3ckpt.textsafe import escape_control
+
+BASE_TARGETS = ("official", "mlx")
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("input", metavar="IN", help="adapter file / PEFT folder / GGUF, or a base")
+    parser.add_argument("-o", "--output", required=True, metavar="OUT", help="converted output")
+    parser.add_argument(
+        "--to",
+        required=True,
+        choices=sorted({*ADAPTER_TARGETS, *BASE_TARGETS}),
+        help="adapters: sa3, bare, mlx, peft, sa3cpp; bases: official, mlx",
+    )
+    parser.add_argument("--dtype", choices=list(DTYPE_NAMES), help="output dtype (default fp16)")
+    parser.add_argument("--base", metavar="BASE", help="bake XS bases U/V and baked_vnorm_row")
+    parser.add_argument(
+        "--dora-variant", choices=["rows", "cols"], help="name an ambiguous legacy dora"
+    )
+    parser.add_argument(
+        "--drop-conditioner", action="store_true", help="sa3cpp: drop the conditioner target"
+    )
+    parser.add_argument(
+        "--drop-unmapped", action="store_true", help="bases: drop tensors with no spelling"
+    )
+    parser.add_argument("--allow-pickle", action="store_true", help="read legacy .ckpt input")
+    parser.add_argument("--force", action="store_true", help="replace an existing output")
+    parser.add_argument("--json", action="store_true", help="print the ledger as one JSON document")
+
+
+def is_base_checkpoint(path: str) -> bool:
+    """A base (weights, no adapter keys): an .npz, or safetensors with base key naming."""
+    if not os.path.isfile(path) or looks_like_pickle(path):
+        return False
+    if zipfile.is_zipfile(path):
+        with zipfile.ZipFile(path) as archive:
+            names = archive.namelist()
+        return bool(names) and all(n.endswith(".npy") for n in names)
+    try:
+        keys = list(read_header(path).tensors)
+    except Exception:
+        return False
+    return detect_adapter_dialect(keys).dialect is None and detect_naming(keys) is not None
+
+
+def run(args: argparse.Namespace) -> int:
+    if is_base_checkpoint(args.input):
+        if args.to not in BASE_TARGETS:
+            raise UsageError(
+                f"{args.input} is a base checkpoint: convert it --to official or --to mlx"
+            )
+        from sa3ckpt.ops.convert_base import convert_base
+
+        ledger = convert_base(
+            args.input,
+            args.output,
+            to=args.to,
+            dtype=args.dtype,
+            drop_unmapped=args.drop_unmapped,
+            force=args.force,
+        )
+    else:
+        if args.to == "official":
+            raise UsageError(f"{args.input} is an adapter: --to official is for base checkpoints")
+        ledger = convert_adapter(
+            args.input,
+            args.output,
+            to=args.to,
+            dtype=args.dtype,
+            base_path=args.base,
+            dora_variant=args.dora_variant,
+            drop_conditioner=args.drop_conditioner,
+            allow_pickle=args.allow_pickle,
+            force=args.force,
+        )
+    if args.json:
+        print(
+            json.dumps(
+                {"schema": JSON_SCHEMA_VERSION, "command": "convert", **ledger.to_json()}, indent=1
+            )
+        )
+    else:
+        for line in ledger.lines():
+            print(escape_control(line))
+    return 0

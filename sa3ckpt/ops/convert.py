@@ -1,0 +1,437 @@
+"""convert: any adapter dialect in, any out, proven by reconstruction before it is committed.
+
+Readers (`adapters.formats`) bring every container to canonical form, with legacy repairs in
+the load ledger. Writers are rows in WRITERS. The output is written to a temporary path next
+to the destination, read back with the same reader a user would use, and compared with the
+input target by target — the low-rank update c·ΔW (measured without forming ΔW) and every
+magnitude — before it is renamed into place. The ledger reports the worst relative error.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import secrets
+import shutil
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from sa3ckpt import dtypes
+from sa3ckpt.adapters.checkpoint import AdapterCheckpoint, save_checkpoint
+from sa3ckpt.adapters.config import LoraConfig
+from sa3ckpt.adapters.formats import load_adapter
+from sa3ckpt.errors import IncompatibleError, UsageError
+from sa3ckpt.io.atomic import check_output_path
+from sa3ckpt.io.base_checkpoint import BaseCheckpoint, open_base
+from sa3ckpt.io.safetensors import write_safetensors
+from sa3ckpt.io.sources import PEFT_CONFIG, PEFT_WEIGHTS
+from sa3ckpt.layout import to_canonical_2d
+from sa3ckpt.names.dialects import format_adapter_key
+from sa3ckpt.names.modules import module_info, to_sa3cpp_stem
+from sa3ckpt.targets.families import FAMILIES
+
+ADAPTER_TARGETS = ("sa3", "bare", "mlx", "peft", "sa3cpp")
+PEFT_TYPES = ("lora", "dora-rows")  # what PEFT can express (use_dora = per-row magnitudes)
+# Relative error allowed between input and rebuilt output, by output dtype (a few roundings).
+TOLERANCE = {"F16": 4e-3, "BF16": 3e-2, "F32": 1e-6, "F64": 1e-12}
+EPS = 1e-12
+
+
+@dataclass
+class ConvertLedger:
+    input: str
+    output: str
+    to: str
+    adapter_type: str
+    targets: int = 0
+    repairs: list[str] = field(default_factory=list)
+    dropped: list[str] = field(default_factory=list)
+    baked: list[str] = field(default_factory=list)
+    worst_error: float = 0.0
+    worst_target: str | None = None
+
+    def lines(self) -> list[str]:
+        out = [
+            f"{self.targets} targets of a {self.adapter_type} adapter converted to {self.to}: "
+            f"{self.input} -> {self.output}",
+        ]
+        out += [f"repaired: {line}" for line in self.repairs]
+        out += [f"dropped: {line}" for line in self.dropped]
+        out += [f"baked: {line}" for line in self.baked]
+        where = f" ({self.worst_target})" if self.worst_target else ""
+        out.append(f"verified: worst relative error {self.worst_error:.3g}{where}")
+        return out
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "input": self.input,
+            "output": self.output,
+            "to": self.to,
+            "adapter_type": self.adapter_type,
+            "targets": self.targets,
+            "repairs": self.repairs,
+            "dropped": self.dropped,
+            "baked": self.baked,
+            "worst_relative_error": self.worst_error,
+            "worst_target": self.worst_target,
+        }
+
+
+# --- preparing the output checkpoint ----------------------------------------------------------
+
+
+def _base_2d(base: BaseCheckpoint, target: str) -> np.ndarray:
+    key = base.target_key(target)
+    if key is None:
+        raise IncompatibleError(f"{target} is not in the base {base.path}")
+    stored = base.read(key)
+    layout = base.conv_layout if stored.ndim == 3 else "linear"
+    w = np.ascontiguousarray(to_canonical_2d(stored, layout))
+    return w
+
+
+def _resolve_variant(ckpt: AdapterCheckpoint, variant: str | None, ledger: ConvertLedger) -> str:
+    kind = ckpt.adapter_type
+    ambiguous = ckpt.detection is not None and any(
+        f.code == "ambiguous-orientation" for f in ckpt.detection.findings
+    )
+    if variant is not None:
+        if not kind.startswith("dora-"):
+            raise UsageError(f"--dora-variant applies to DoRA adapters, not {kind}")
+        wanted = f"dora-{variant}" + ("-xs" if kind.endswith("-xs") else "")
+        if wanted != kind:
+            if not ambiguous:
+                raise UsageError(
+                    f"the tensors say {kind}; --dora-variant {variant} contradicts them"
+                )
+            ledger.repairs.append(f"DoRA orientation set to {wanted} by --dora-variant")
+        return wanted
+    if ambiguous:
+        raise UsageError(
+            "square layers only: the magnitudes cannot tell dora-rows from dora-cols; "
+            "name it with --dora-variant rows|cols"
+        )
+    return kind
+
+
+def _prepare(
+    ckpt: AdapterCheckpoint,
+    to: str,
+    base: BaseCheckpoint | None,
+    variant: str | None,
+    drop_conditioner: bool,
+    ledger: ConvertLedger,
+) -> AdapterCheckpoint:
+    kind = _resolve_variant(ckpt, variant, ledger)
+    if kind != ckpt.config.adapter_type:
+        ledger.repairs.append(
+            f"lora_config adapter_type {ckpt.config.adapter_type!r} written as {kind!r}"
+        )
+    if to == "peft" and kind not in PEFT_TYPES:
+        raise UsageError(
+            f"PEFT cannot express {kind} (only lora, and dora-rows as use_dora); "
+            "keep it in sa3, mlx or sa3cpp"
+        )
+    tensors = {t: dict(p) for t, p in ckpt.tensors.items()}
+    if to == "sa3cpp":
+        for target in [t for t in tensors if to_sa3cpp_stem(t) is None]:
+            if not drop_conditioner:
+                raise UsageError(
+                    f"sa3.cpp has no stem for {target}; pass --drop-conditioner to convert without "
+                    "it (its adaptation of the seconds conditioning is then lost)"
+                )
+            del tensors[target]
+            ledger.dropped.append(f"{target} (sa3.cpp has no stem: its effect is lost)")
+    config = LoraConfig(
+        ckpt.config.rank,
+        ckpt.config.alpha,
+        kind,
+        list(ckpt.config.include),
+        list(ckpt.config.exclude),
+        dict(ckpt.config.extra),
+    )
+    out = AdapterCheckpoint(config, kind, tensors, dict(ckpt.metadata))
+    xs = kind.endswith("xs")
+    needs_bases = to == "sa3cpp" and xs
+    if base is not None or needs_bases:
+        _bake(out, base, to, ledger)
+    return out
+
+
+def _bake(
+    out: AdapterCheckpoint, base: BaseCheckpoint | None, to: str, ledger: ConvertLedger
+) -> None:
+    """U/V for XS (stored in the output) and baked_vnorm_row for dora-rows types, from the base."""
+    kind = out.kind
+    baked_uv = baked_norms = 0
+    for target, params in out.tensors.items():
+        if kind.xs and not ("U" in params and "V" in params):
+            if base is None:
+                raise UsageError(
+                    f"sa3.cpp needs XS bases U/V and {target} has none stored; pass --base BASE"
+                )
+            resolved, _ = out.resolved_params(
+                target, base_2d=dtypes.to_float32(_base_2d(base, target))
+            )
+            params["U"], params["V"] = resolved["U"], resolved["V"]
+            baked_uv += 1
+        if base is not None and kind.norm == "rows" and to != "peft":
+            w0 = dtypes.to_float32(_base_2d(base, target)).astype(np.float64)
+            p = {k: dtypes.to_float32(np.asarray(v)).astype(np.float64) for k, v in params.items()}
+            delta = p["U"] @ p["M_xs"] @ p["V"].T if kind.xs else p["lora_B"] @ p["lora_A"]
+            v = w0 + out.config.scale * delta
+            params["baked_vnorm_row"] = np.sqrt(np.einsum("ij,ij->i", v, v)).astype(np.float32)
+            baked_norms += 1
+    if baked_uv:
+        ledger.baked.append(f"XS bases U/V for {baked_uv} targets (SVD of the base)")
+    if baked_norms:
+        out.config.extra["baked_norms"] = True
+        ledger.baked.append(
+            f"baked_vnorm_row (fp32 row norms of V' at s=1) for {baked_norms} targets"
+        )
+
+
+# --- writers ---------------------------------------------------------------------------------
+
+
+def _write_dialect(dialect: str) -> Callable[[AdapterCheckpoint, str, str], None]:
+    def write(ckpt: AdapterCheckpoint, path: str, code: str) -> None:
+        save_checkpoint(ckpt, path, dtype=code, dialect=dialect)
+
+    return write
+
+
+def _conv_kernel(target: str, shape: tuple[int, int]) -> int:
+    """Kernel size of a Conv1d target, from the family whose table has this exact shape."""
+    for fam in FAMILIES.values():
+        spec = fam.target(target)
+        if spec is not None and spec.kind == "conv1d" and spec.shape == shape:
+            return spec.kernel_size
+    return 1
+
+
+def _write_peft(ckpt: AdapterCheckpoint, path: str, code: str) -> None:
+    os.makedirs(path, exist_ok=False)
+    tensors: dict[str, np.ndarray] = {}
+    for target, params in ckpt.tensors.items():
+        a, b = np.asarray(params["lora_A"]), np.asarray(params["lora_B"])
+        info = module_info(target)
+        if info is not None and info.kind == "conv1d":  # PEFT keeps Conv1d factors as convs
+            k = _conv_kernel(target, (b.shape[0], a.shape[1]))
+            a, b = a.reshape(a.shape[0], -1, k), b.reshape(b.shape[0], b.shape[1], 1)
+        tensors[format_adapter_key(target, "lora_A", "peft")] = dtypes.cast(
+            dtypes.to_float32(a), code
+        )
+        tensors[format_adapter_key(target, "lora_B", "peft")] = dtypes.cast(
+            dtypes.to_float32(b), code
+        )
+        if "magnitude" in params:
+            tensors[format_adapter_key(target, "magnitude", "peft")] = dtypes.cast(
+                dtypes.to_float32(np.asarray(params["magnitude"])), code
+            )
+    write_safetensors(os.path.join(path, PEFT_WEIGHTS), tensors, {"format": "pt"})
+    config = {
+        "peft_type": "LORA",
+        "r": ckpt.config.rank,
+        "lora_alpha": ckpt.config.alpha,
+        "use_dora": ckpt.adapter_type == "dora-rows",
+        "use_rslora": False,
+        "lora_dropout": ckpt.config.extra.get("dropout", 0.0),
+        "bias": "none",
+        "target_modules": sorted(ckpt.tensors),
+        "base_model_name_or_path": ckpt.config.base_model,
+    }
+    with open(os.path.join(path, PEFT_CONFIG), "w", encoding="utf-8") as f:
+        json.dump(config, f, indent=1, sort_keys=True)
+        f.write("\n")
+
+
+def _write_sa3cpp(ckpt: AdapterCheckpoint, path: str, code: str) -> None:
+    from sa3ckpt.io.gguf_adapter import write_gguf_adapter
+
+    tensors = {
+        format_adapter_key(target, param, "sa3cpp"): dtypes.to_float32(np.asarray(value))
+        for target, params in ckpt.tensors.items()
+        for param, value in params.items()
+    }
+    extra = {"sa3ckpt.base_model": ckpt.config.base_model} if ckpt.config.base_model else None
+    write_gguf_adapter(
+        path,
+        tensors,
+        adapter_type=ckpt.adapter_type,
+        rank=ckpt.config.rank,
+        alpha=float(ckpt.config.alpha),
+        n_targets=len(ckpt.tensors),
+        extra_kv=extra,
+    )
+
+
+WRITERS: dict[str, Callable[[AdapterCheckpoint, str, str], None]] = {
+    "sa3": _write_dialect("sa3"),
+    "bare": _write_dialect("bare"),
+    "mlx": _write_dialect("mlx"),
+    "peft": _write_peft,
+    "sa3cpp": _write_sa3cpp,
+}
+FORCED_DTYPE = {"sa3cpp": "F32"}  # sa3.cpp adapters are F32 by definition
+
+
+# --- verification ----------------------------------------------------------------------------
+
+
+def _f64(value: Any) -> np.ndarray:
+    return dtypes.to_float32(np.asarray(value)).astype(np.float64)
+
+
+def _factors(ckpt: AdapterCheckpoint, target: str) -> tuple[np.ndarray, np.ndarray] | None:
+    """(c·B, A) such that c·ΔW = B @ A; None for XS without both bases (compare c·M then)."""
+    p = ckpt.tensors[target]
+    c = ckpt.config.scale
+    if "lora_A" in p:
+        return c * _f64(p["lora_B"]), _f64(p["lora_A"])
+    if "U" in p and "V" in p:
+        return c * (_f64(p["U"]) @ _f64(p["M_xs"])), _f64(p["V"]).T
+    return None
+
+
+def _lowrank_error(x: tuple[np.ndarray, np.ndarray], y: tuple[np.ndarray, np.ndarray]) -> float:
+    """‖B1A1 − B2A2‖_F / ‖B1A1‖_F without forming either product (Gram matrices)."""
+
+    def sq_norm(b: np.ndarray, a: np.ndarray) -> float:
+        return float(np.sum((b.T @ b) * (a @ a.T)))
+
+    diff = sq_norm(np.hstack([x[0], -y[0]]), np.vstack([x[1], y[1]]))
+    return float(np.sqrt(max(diff, 0.0)) / (np.sqrt(max(sq_norm(*x), 0.0)) + EPS))
+
+
+def _rel(a: np.ndarray, b: np.ndarray) -> float:
+    return float(np.linalg.norm(a - b) / (np.linalg.norm(a) + EPS))
+
+
+def verify(
+    source: AdapterCheckpoint, rebuilt: AdapterCheckpoint, skip: set[str]
+) -> tuple[float, str | None]:
+    """Worst relative error of c·ΔW and magnitudes over targets; raises on a structural loss."""
+    if rebuilt.adapter_type != source.adapter_type:
+        raise IncompatibleError(f"rebuilt type {rebuilt.adapter_type} != {source.adapter_type}")
+    worst, where = 0.0, None
+    for target in source.tensors:
+        if target in skip:
+            continue
+        if target not in rebuilt.tensors:
+            raise IncompatibleError(f"{target} is missing from the converted output")
+        x, y = _factors(source, target), _factors(rebuilt, target)
+        errors = []
+        if x is not None and y is not None:
+            errors.append(_lowrank_error(x, y))
+        else:
+            cx = source.config.scale * _f64(source.tensors[target]["M_xs"])
+            cy = rebuilt.config.scale * _f64(rebuilt.tensors[target]["M_xs"])
+            errors.append(_rel(cx, cy))
+        for name in ("magnitude", "magnitude_r", "magnitude_c"):
+            if name in source.tensors[target]:
+                errors.append(
+                    _rel(_f64(source.tensors[target][name]), _f64(rebuilt.tensors[target][name]))
+                )
+        if max(errors) > worst:
+            worst, where = max(errors), target
+    return worst, where
+
+
+# --- the command ------------------------------------------------------------------------------
+
+
+def _temp_sibling(path: str) -> str:
+    folder, name = os.path.split(os.path.abspath(path))
+    return os.path.join(folder, f".{name}.tmp-{secrets.token_hex(4)}")
+
+
+def _remove(path: str) -> None:
+    if os.path.isdir(path) and not os.path.islink(path):
+        shutil.rmtree(path, ignore_errors=True)
+    elif os.path.lexists(path):
+        os.unlink(path)
+
+
+def _commit(temp: str, output: str) -> None:
+    """Move a verified temp file or folder into place (replacing an old output if forced)."""
+    if os.path.isdir(temp) and os.path.lexists(output):
+        old = _temp_sibling(output)
+        os.replace(output, old)
+        os.replace(temp, output)
+        _remove(old)
+    else:
+        if os.path.isdir(output) and not os.path.islink(output):
+            shutil.rmtree(output)
+        os.replace(temp, output)
+    try:
+        fd = os.open(os.path.dirname(os.path.abspath(output)), os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+    except OSError:
+        pass
+
+
+def convert_adapter(
+    input_path: str,
+    output: str,
+    *,
+    to: str,
+    dtype: str | None = None,
+    base_path: str | None = None,
+    dora_variant: str | None = None,
+    drop_conditioner: bool = False,
+    allow_pickle: bool = False,
+    force: bool = False,
+) -> ConvertLedger:
+    """Convert an adapter to the `to` dialect; verified before the output is committed."""
+    if to not in WRITERS:
+        raise UsageError(f"unknown --to {to!r} (known: {', '.join(WRITERS)})")
+    if dora_variant not in (None, "rows", "cols"):
+        raise UsageError("--dora-variant takes rows or cols")
+    if os.path.lexists(output) and not force:
+        raise UsageError(f"output {output} exists (pass --force to replace it)")
+    inputs = [input_path] + ([base_path] if base_path else [])
+    check_output_path(output, inputs=inputs)
+    ckpt = load_adapter(input_path, allow_pickle=allow_pickle)
+    code = FORCED_DTYPE.get(to) or (dtypes.code_from_name(dtype) if dtype else "F16")
+    ledger = ConvertLedger(input_path, output, to, ckpt.adapter_type)
+    if ckpt.ledger is not None:
+        ledger.repairs += ckpt.ledger.repairs
+        if ckpt.ledger.rejected:
+            key, reason = ckpt.ledger.rejected[0]
+            raise IncompatibleError(
+                f"{len(ckpt.ledger.rejected)} keys are not adapter tensors (e.g. {key}: {reason}); "
+                "converting would drop them"
+            )
+    base = open_base(base_path) if base_path else None
+    try:
+        prepared = _prepare(ckpt, to, base, dora_variant, drop_conditioner, ledger)
+    finally:
+        if base is not None:
+            base.close()
+    ledger.adapter_type = prepared.adapter_type
+    ledger.targets = len(prepared.tensors)
+    temp = _temp_sibling(output)
+    try:
+        WRITERS[to](prepared, temp, code)
+        rebuilt = load_adapter(temp)
+        source = AdapterCheckpoint(prepared.config, prepared.adapter_type, ckpt.tensors)
+        skip = {t for t in ckpt.tensors if t not in prepared.tensors}
+        ledger.worst_error, ledger.worst_target = verify(source, rebuilt, skip)
+        tolerance = TOLERANCE.get(code, 1e-3)
+        if ledger.worst_error > tolerance:
+            raise IncompatibleError(
+                f"verification failed: {ledger.worst_target} differs by {ledger.worst_error:.3g} "
+                f"(> {tolerance:g} for {code}); nothing was written"
+            )
+        _commit(temp, output)
+    except BaseException:
+        _remove(temp)
+        raise
+    return ledger

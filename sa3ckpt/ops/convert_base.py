@@ -1,0 +1,467 @@
+"""Convert a base checkpoint between the official and MLX runtime namings, tensor by tensor.
+
+The official full checkpoint (`model.model.…`, PyTorch Conv1d (out, in, k), RMSNorm
+`.gamma`) and the MLX optimized runtime (no root, `to_local_embed.seq.N`, Conv1d
+(out, k, in), `.weight` norms, `cond.seconds_total_*` arrays) hold the same numbers under
+different names and layouts. A conversion is therefore a pure relabelling plus an axis swap:
+it must never change a value, so every converted tensor is checked against its source (after
+undoing the layout change) before the output is committed, and the ledger reports the worst
+relative error (0.0 unless a dtype cast was requested).
+
+Peak memory is one tensor: the output is planned from the input's index (names, dtypes,
+shapes) and then streamed through the atomic writer, read one, convert, verify, write.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from typing import Any
+
+import ml_dtypes
+import numpy as np
+
+from sa3ckpt import dtypes
+from sa3ckpt.errors import IncompatibleError, UsageError
+from sa3ckpt.io.atomic import check_output_path
+from sa3ckpt.io.base_checkpoint import (
+    BASE_LAYOUTS,
+    BaseCheckpoint,
+    BaseTensor,
+    open_base,
+    stream_writer,
+)
+from sa3ckpt.layout import from_canonical_2d, stored_shape, to_canonical_2d
+from sa3ckpt.names.dialects import (
+    official_base_key,
+    official_to_mlx_base_key,
+    parse_mlx_base_key,
+)
+from sa3ckpt.names.modules import MLX_CONDITIONER_ARRAYS
+
+NAMINGS: tuple[str, ...] = ("official", "mlx")
+CONTAINERS: tuple[str, ...] = ("safetensors", "npz")
+
+# How many unmapped keys an error message names before it just counts.
+_SHOWN_KEYS = 5
+# Elements compared per step when verifying a cast, so verification adds bounded memory.
+_VERIFY_CHUNK = 1 << 22
+# Which axis of a stored Conv1d weight holds the kernel size, per stored layout.
+_KERNEL_AXIS = {"torch-conv1d": 2, "mlx-conv1d": 1}
+
+
+# --- key rules --------------------------------------------------------------------------------
+
+
+def _leaf(key: str) -> str:
+    return key.rpartition(".")[2]
+
+
+def _is_norm_module(module: str) -> bool:
+    """Whether a module's own name (its last path component) says it is a norm layer."""
+    return "norm" in module.rpartition(".")[2]
+
+
+@dataclass(frozen=True)
+class ParamRename:
+    """One MLX -> official leaf rename that the key alone cannot decide.
+
+    `applies(module, shape)` sees the canonical module and the tensor shape.
+    """
+
+    mlx_param: str
+    official_param: str
+    applies: Callable[[str, tuple[int, ...]], bool]
+    why: str
+
+
+# The MLX runtime renamed the official RMSNorm `gamma` to `weight`, so the inverse needs more
+# than the name: a 1-D `weight` of a module whose name says "norm" is an RMSNorm scale. Linear
+# weights are 2-D and Conv1d weights 3-D in both namings, so they never match this rule.
+MLX_TO_OFFICIAL_PARAMS: tuple[ParamRename, ...] = (
+    ParamRename(
+        "weight",
+        "gamma",
+        lambda module, shape: len(shape) == 1 and _is_norm_module(module),
+        "MLX spells RMSNorm gamma `weight`; 1-D + norm module name identifies it",
+    ),
+)
+
+
+def _official_param(module: str, param: str, shape: tuple[int, ...]) -> str:
+    for rule in MLX_TO_OFFICIAL_PARAMS:
+        if rule.mlx_param == param and rule.applies(module, shape):
+            return rule.official_param
+    return param
+
+
+def _same_key(key: str, shape: tuple[int, ...]) -> str | None:
+    return key
+
+
+def _official_to_mlx(key: str, shape: tuple[int, ...]) -> str | None:
+    return official_to_mlx_base_key(key)
+
+
+# MLX keeps conditioner tensors as plain `cond.*` arrays; only the listed ones have an official
+# counterpart (`cond.padding_embedding` is MLX's own and has none).
+MLX_CONDITIONER_PREFIX = "cond."
+_MLX_MAPPED_ARRAYS = frozenset(
+    key for arrays in MLX_CONDITIONER_ARRAYS.values() for key in arrays.values()
+)
+
+
+def _mlx_to_official(key: str, shape: tuple[int, ...]) -> str | None:
+    """Inverse of `official_to_mlx_base_key`; None for arrays with no official spelling."""
+    if key.startswith(MLX_CONDITIONER_PREFIX) and key not in _MLX_MAPPED_ARRAYS:
+        return None
+    parsed = parse_mlx_base_key(key)
+    if parsed is None:
+        return None
+    module, param = parsed
+    try:
+        return official_base_key(module, _official_param(module, param, shape))
+    except ValueError:
+        return None
+
+
+@dataclass(frozen=True)
+class NamingRule:
+    """How a tensor of one naming is spelled and laid out in another.
+
+    `conv_layouts` is (source layout, target layout) for 3-D weights, None when equal.
+    """
+
+    source: str
+    target: str
+    rename: Callable[[str, tuple[int, ...]], str | None]
+    conv_layouts: tuple[str, str] | None
+
+
+NAMING_RULES: dict[tuple[str, str], NamingRule] = {
+    (rule.source, rule.target): rule
+    for rule in (
+        NamingRule("official", "official", _same_key, None),
+        NamingRule("mlx", "mlx", _same_key, None),
+        NamingRule(
+            "official", "mlx", _official_to_mlx, (BASE_LAYOUTS["official"], BASE_LAYOUTS["mlx"])
+        ),
+        NamingRule(
+            "mlx", "official", _mlx_to_official, (BASE_LAYOUTS["mlx"], BASE_LAYOUTS["official"])
+        ),
+    )
+}
+
+
+# --- the plan ---------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class TensorPlan:
+    """One output tensor: where it comes from and what happens to it on the way."""
+
+    source: str
+    target: str
+    code_in: str
+    code_out: str
+    shape_in: tuple[int, ...]
+    shape_out: tuple[int, ...]
+    layouts: tuple[str, str] | None  # (from, to) when the Conv1d axes are swapped
+
+
+def _is_conv_weight(info: BaseTensor) -> bool:
+    return len(info.shape) == 3 and _leaf(info.key) == "weight"
+
+
+def _kernel_size(shape: tuple[int, ...], layout: str) -> int:
+    return shape[_KERNEL_AXIS[layout]]
+
+
+def _out_code(code: str, cast_to: str | None) -> str:
+    return cast_to if cast_to is not None and dtypes.is_floating(code) else code
+
+
+def _plan_tensor(
+    info: BaseTensor, target: str, rule: NamingRule, cast_to: str | None
+) -> TensorPlan:
+    layouts = rule.conv_layouts if _is_conv_weight(info) else None
+    shape_out = info.shape
+    if layouts is not None:
+        k = _kernel_size(info.shape, layouts[0])
+        shape_2d = (info.shape[0], int(np.prod(info.shape[1:])))
+        shape_out = stored_shape(shape_2d, layouts[1], k)
+    code_out = _out_code(info.dtype, cast_to)
+    return TensorPlan(info.key, target, info.dtype, code_out, info.shape, shape_out, layouts)
+
+
+def _unmapped_error(keys: list[str], to: str) -> IncompatibleError:
+    shown = ", ".join(keys[:_SHOWN_KEYS]) + (", …" if len(keys) > _SHOWN_KEYS else "")
+    return IncompatibleError(
+        f"{len(keys)} tensors have no {to} spelling ({shown}); "
+        "pass drop_unmapped (--drop-unmapped) to leave them out"
+    )
+
+
+def _collision_error(clashes: dict[str, list[str]]) -> IncompatibleError:
+    target, sources = next(iter(clashes.items()))
+    return IncompatibleError(
+        f"{len(clashes)} output keys would be written twice, e.g. {target} "
+        f"from {' and '.join(sources)}"
+    )
+
+
+def plan_conversion(
+    base: BaseCheckpoint, to: str, cast_to: str | None, drop_unmapped: bool
+) -> tuple[list[TensorPlan], list[str]]:
+    """Every output tensor in input order, plus the input keys dropped as unmapped.
+
+    Decided from the index alone so naming problems surface before any byte is written.
+    """
+    rule = NAMING_RULES[(base.naming, to)]
+    plans: list[TensorPlan] = []
+    unmapped: list[str] = []
+    sources: dict[str, list[str]] = {}
+    for key, info in base.tensors.items():
+        target = rule.rename(key, info.shape)
+        if target is None:
+            unmapped.append(key)
+            continue
+        sources.setdefault(target, []).append(key)
+        plans.append(_plan_tensor(info, target, rule, cast_to))
+    if unmapped and not drop_unmapped:
+        raise _unmapped_error(unmapped, to)
+    clashes = {t: s for t, s in sources.items() if len(s) > 1}
+    if clashes:
+        raise _collision_error(clashes)
+    return plans, unmapped
+
+
+# --- converting and verifying one tensor ------------------------------------------------------
+
+
+def _relayout(array: np.ndarray, from_layout: str, to_layout: str) -> np.ndarray:
+    """A Conv1d weight moved between stored layouts through the canonical 2-D view."""
+    k = _kernel_size(tuple(array.shape), from_layout)
+    flat = to_canonical_2d(array, from_layout)
+    return np.ascontiguousarray(from_canonical_2d(flat, to_layout, k))
+
+
+def convert_tensor(array: np.ndarray, plan: TensorPlan) -> np.ndarray:
+    """The source array in the target layout and dtype."""
+    out = array if plan.layouts is None else _relayout(array, *plan.layouts)
+    return out if plan.code_out == plan.code_in else dtypes.cast(out, plan.code_out)
+
+
+def _undo_layout(converted: np.ndarray, plan: TensorPlan) -> np.ndarray:
+    """The converted array back in the source layout (still in the output dtype)."""
+    if plan.layouts is None:
+        return converted
+    return _relayout(converted, plan.layouts[1], plan.layouts[0])
+
+
+def _chunks(a: np.ndarray, b: np.ndarray) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+    flat_a, flat_b = a.reshape(-1), b.reshape(-1)
+    for start in range(0, flat_a.size, _VERIFY_CHUNK):
+        stop = start + _VERIFY_CHUNK
+        yield flat_a[start:stop], flat_b[start:stop]
+
+
+def _bit_equal(a: np.ndarray, b: np.ndarray) -> bool:
+    """Byte equality: NaN payloads and signed zeros count, unlike `==`."""
+    if a.dtype != b.dtype or a.shape != b.shape:
+        return False
+    return np.array_equal(
+        np.ascontiguousarray(a).view(np.uint8), np.ascontiguousarray(b).view(np.uint8)
+    )
+
+
+def _cast_errors(source: np.ndarray, cast: np.ndarray, code: str) -> tuple[float, bool]:
+    """(worst relative error, whether every element is within one rounding of `code`).
+
+    One rounding to nearest is at most half a unit in the last place: eps/2 relative for
+    normal values, half the smallest subnormal below the normal range. Relative errors use
+    the smallest normal as the floor of the denominator, since precision is absolute there.
+    """
+    info = ml_dtypes.finfo(dtypes.numpy_dtype(code))
+    eps, tiny, sub = float(info.eps), float(info.smallest_normal), float(info.smallest_subnormal)
+    worst, ok = 0.0, True
+    for a_part, b_part in _chunks(source, cast):
+        a = a_part.astype(np.float64)
+        b = b_part.astype(np.float64)
+        same = (a == b) | (np.isnan(a) & np.isnan(b))
+        if same.all():
+            continue
+        a, b = a[~same], b[~same]
+        with np.errstate(invalid="ignore", over="ignore"):
+            err = np.abs(b - a)
+            bound = np.maximum(np.abs(a) * (eps / 2), sub / 2)
+            ok = ok and bool(np.all(err <= bound))
+            rel = err / np.maximum(np.abs(a), tiny)
+        worst = max(worst, float(np.max(rel)))
+    return worst, ok
+
+
+def verify_tensor(source: np.ndarray, converted: np.ndarray, plan: TensorPlan) -> float:
+    """Check a converted tensor against its source; return its worst relative error.
+
+    Bit-exact when the dtype is unchanged, within one rounding when cast; Conv1d weights are
+    compared after the inverse layout change, which also proves the round trip.
+    """
+    back = _undo_layout(converted, plan)
+    if tuple(back.shape) != plan.shape_in or tuple(converted.shape) != plan.shape_out:
+        raise IncompatibleError(f"{plan.source}: conversion changed the shape to {back.shape}")
+    if plan.code_out == plan.code_in:
+        if not _bit_equal(back, source):
+            raise IncompatibleError(f"{plan.source} -> {plan.target}: values changed (not exact)")
+        return 0.0
+    worst, ok = _cast_errors(source, back, plan.code_out)
+    if not ok:
+        raise IncompatibleError(
+            f"{plan.source}: casting {plan.code_in} -> {plan.code_out} is not within one "
+            f"rounding (worst relative error {worst:.3g}; values out of range?)"
+        )
+    return worst
+
+
+# --- the ledger -------------------------------------------------------------------------------
+
+
+@dataclass
+class BaseConvertLedger:
+    """What a base conversion did, so a user can see nothing but names and layouts changed."""
+
+    input_path: str
+    output_path: str
+    from_naming: str
+    to_naming: str
+    container: str
+    input_container: str = ""
+    dtype: str | None = None
+    tensors: int = 0
+    renamed: int = 0
+    transposed: int = 0
+    dropped: list[str] = field(default_factory=list)
+    cast: int = 0
+    worst_rel_error: float = 0.0
+
+    def lines(self) -> list[str]:
+        """Human-readable summary, one fact per line."""
+        exact = (
+            "all tensors bit-exact"
+            if self.worst_rel_error == 0.0
+            else f"worst relative error {self.worst_rel_error:.3g} (one rounding)"
+        )
+        out = [
+            f"{self.input_path} ({self.from_naming} {self.input_container}) -> "
+            f"{self.output_path} ({self.to_naming} {self.container})",
+            f"{self.tensors} tensors converted: {self.renamed} renamed, "
+            f"{self.transposed} Conv1d transposed, {self.cast} cast"
+            + (f" to {self.dtype}" if self.dtype else ""),
+            f"verified against the input: {exact}",
+        ]
+        out += [f"dropped (no {self.to_naming} spelling): {key}" for key in self.dropped]
+        return out
+
+    def to_json(self) -> dict[str, Any]:
+        """The ledger as plain JSON-ready data."""
+        return {
+            "input": self.input_path,
+            "output": self.output_path,
+            "from": self.from_naming,
+            "to": self.to_naming,
+            "container": self.container,
+            "input_container": self.input_container,
+            "dtype": self.dtype,
+            "tensors": self.tensors,
+            "renamed": self.renamed,
+            "transposed": self.transposed,
+            "dropped": list(self.dropped),
+            "cast": self.cast,
+            "worst_rel_error": self.worst_rel_error,
+        }
+
+
+# --- the operation ----------------------------------------------------------------------------
+
+
+def _choice(value: str, allowed: tuple[str, ...], what: str) -> str:
+    if value not in allowed:
+        raise UsageError(f"{what} must be one of {', '.join(allowed)}, not {value!r}")
+    return value
+
+
+def _output_container(output: str, container: str | None) -> str:
+    """The requested container, else the output suffix's (`.npz` -> npz, else safetensors)."""
+    if container is not None:
+        return _choice(container, CONTAINERS, "container")
+    return "npz" if output.lower().endswith(".npz") else "safetensors"
+
+
+def _cast_code(dtype: str | None) -> str | None:
+    if dtype is None:
+        return None
+    try:
+        return dtypes.code_from_name(dtype)
+    except ValueError as exc:
+        raise UsageError(str(exc)) from None
+
+
+def _record(ledger: BaseConvertLedger, plan: TensorPlan, rel_error: float) -> None:
+    ledger.tensors += 1
+    ledger.renamed += plan.target != plan.source
+    ledger.transposed += plan.layouts is not None
+    ledger.cast += plan.code_out != plan.code_in
+    ledger.worst_rel_error = max(ledger.worst_rel_error, rel_error)
+
+
+def _stream(
+    base: BaseCheckpoint, plans: list[TensorPlan], ledger: BaseConvertLedger, force: bool
+) -> None:
+    """Read, convert, verify and write each tensor; the output appears only if all pass."""
+    specs = [(p.target, p.code_out, p.shape_out) for p in plans]
+    writer = stream_writer(
+        ledger.container,
+        ledger.output_path,
+        specs,
+        dict(base.metadata),
+        inputs=[ledger.input_path],
+        overwrite=force,
+    )
+    with writer:
+        for plan in plans:
+            source = base.read(plan.source)
+            converted = convert_tensor(source, plan)
+            rel_error = verify_tensor(source, converted, plan)
+            writer.write(plan.target, converted)
+            _record(ledger, plan, rel_error)
+
+
+def convert_base(
+    input_path: str | os.PathLike[str],
+    output_path: str | os.PathLike[str],
+    *,
+    to: str,
+    container: str | None = None,
+    dtype: str | None = None,
+    drop_unmapped: bool = False,
+    force: bool = False,
+) -> BaseConvertLedger:
+    """Write the base at `input_path` in naming `to` to `output_path`, verified and atomic.
+
+    Same naming in and out is a pure container and/or dtype change. Raises UsageError for
+    bad arguments, an output that is the input or exists without `force`; IncompatibleError
+    for tensors with no spelling in `to` (unless `drop_unmapped`) or a failed verification.
+    """
+    src, out = os.fspath(input_path), os.fspath(output_path)
+    _choice(to, NAMINGS, "target naming")
+    out_container = _output_container(out, container)
+    cast_to = _cast_code(dtype)
+    check_output_path(out, inputs=[src], overwrite=force)  # before any work
+    with open_base(src) as base:
+        plans, dropped = plan_conversion(base, to, cast_to, drop_unmapped)
+        ledger = BaseConvertLedger(
+            src, out, base.naming, to, out_container, base.container, dtype, dropped=dropped
+        )
+        _stream(base, plans, ledger, force)
+    return ledger

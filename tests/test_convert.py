@@ -1,0 +1,221 @@
+"""convert: every dialect pair round-trips every type it can express; repairs; baking; refusals."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from fixtures.generate import DATA_DIR
+from sa3ckpt.adapters.formats import load_adapter
+from sa3ckpt.adapters.types import ADAPTER_TYPES
+from sa3ckpt.errors import IncompatibleError, UsageError
+from sa3ckpt.io.safetensors import write_safetensors
+from sa3ckpt.ops import convert as convert_mod
+from sa3ckpt.ops.convert import PEFT_TYPES, convert_adapter
+from sa3ckpt.synth import synth_adapter
+from sa3ckpt.targets import FAMILIES
+from tests.reference_math import ref_svd_bases
+from tests.test_cli import run_cli
+from tests.test_merge import _base_2d
+
+FAM = FAMILIES["tiny-small"]
+BASE = str(DATA_DIR / "bases" / "tiny-small.official.safetensors")
+HAS_GGUF = (
+    pytest.importorskip is not None and __import__("importlib").util.find_spec("gguf") is not None
+)
+DIALECTS = ["sa3", "bare", "mlx", "peft"] + (["sa3cpp"] if HAS_GGUF else [])
+SUFFIX = {
+    "sa3": ".safetensors",
+    "bare": ".safetensors",
+    "mlx": ".safetensors",
+    "peft": "",
+    "sa3cpp": ".gguf",
+}
+
+
+def _path(stem: str) -> str:
+    return str(DATA_DIR / "adapters" / "tiny-small" / f"{stem}.safetensors")
+
+
+def _supported(type_name: str, to: str) -> bool:
+    return to != "peft" or type_name in PEFT_TYPES
+
+
+def _same(a, b, skip_extra: bool = True) -> None:
+    assert a.adapter_type == b.adapter_type
+    assert a.config.rank == b.config.rank and a.config.scale == pytest.approx(b.config.scale)
+    assert set(a.tensors) <= set(b.tensors)
+    for target, params in a.tensors.items():
+        for name, value in params.items():
+            got = np.asarray(b.tensors[target][name], np.float32)
+            assert np.array_equal(np.asarray(value, np.float32), got), (target, name)
+
+
+@pytest.mark.parametrize("to", DIALECTS)
+@pytest.mark.parametrize("type_name", list(ADAPTER_TYPES))
+def test_round_trip_through_every_dialect(tmp_path: Path, type_name: str, to: str) -> None:
+    source = _path(type_name)
+    out = tmp_path / f"out{SUFFIX[to]}"
+    options = {"drop_conditioner": True, "base_path": BASE} if to == "sa3cpp" else {}
+    if not _supported(type_name, to):
+        with pytest.raises(UsageError, match="PEFT cannot express"):
+            convert_adapter(source, str(out), to=to)
+        assert not out.exists()
+        return
+    ledger = convert_adapter(
+        source, str(out), to=to, dtype="fp32" if to != "sa3cpp" else None, **options
+    )
+    assert ledger.worst_error <= 1e-7
+    back = tmp_path / "back.safetensors"
+    convert_adapter(str(out), str(back), to="sa3", dtype="fp32")
+    original, again = load_adapter(source), load_adapter(back)
+    if to == "sa3cpp":
+        original.tensors.pop("conditioners.seconds_total.embedder.embedding.1")
+    _same(original, again)
+
+
+def test_peft_conv_factors_are_convolutions(tmp_path: Path) -> None:
+    out = tmp_path / "peft"
+    convert_adapter(_path("lora"), str(out), to="peft")
+    from safetensors.numpy import load_file
+
+    weights = load_file(str(out / "adapter_model.safetensors"))
+    a = weights["base_model.model.model.preprocess_conv.lora_A.weight"]
+    b = weights["base_model.model.model.preprocess_conv.lora_B.weight"]
+    assert a.shape == (4, 8, 3) and b.shape == (8, 4, 1)  # tiny-small Conv1d: in 8, k 3
+    config = json.loads((out / "adapter_config.json").read_text())
+    assert config["r"] == 4 and config["lora_alpha"] == 8 and config["use_dora"] is False
+
+
+def test_sa3cpp_refusals(tmp_path: Path) -> None:
+    if not HAS_GGUF:
+        pytest.skip("gguf extra not installed")
+    with pytest.raises(UsageError, match="--drop-conditioner"):
+        convert_adapter(_path("lora"), str(tmp_path / "a.gguf"), to="sa3cpp")
+    with pytest.raises(UsageError, match="--base"):
+        convert_adapter(
+            _path("lora-xs"), str(tmp_path / "b.gguf"), to="sa3cpp", drop_conditioner=True
+        )
+    ledger = convert_adapter(
+        _path("lora"), str(tmp_path / "c.gguf"), to="sa3cpp", drop_conditioner=True
+    )
+    assert any("its effect is lost" in line for line in ledger.dropped)
+
+
+def test_baking_with_a_base(tmp_path: Path) -> None:
+    out = tmp_path / "baked.safetensors"
+    ledger = convert_adapter(_path("dora-rows-xs"), str(out), to="sa3", base_path=BASE)
+    assert any("U/V" in line for line in ledger.baked) and any(
+        "baked_vnorm_row" in line for line in ledger.baked
+    )
+    baked = load_adapter(out)
+    assert baked.config.extra["baked_norms"] is True
+    src = load_adapter(_path("dora-rows-xs"))
+    target = FAM.by_name["model.transformer.layers.0.ff.ff.0.proj"]
+    w0 = _base_2d(target)
+    u, v = ref_svd_bases(w0.astype(np.float32), 4)
+    params = baked.tensors[target.name]
+    assert np.allclose(np.asarray(params["U"], np.float64), u, atol=2e-3)
+    assert params["baked_vnorm_row"].dtype == np.float32
+    m = np.asarray(src.tensors[target.name]["M_xs"], np.float64)
+    rows = w0 + src.config.scale * (u @ m @ v.T)
+    assert np.allclose(params["baked_vnorm_row"], np.linalg.norm(rows, axis=1), rtol=2e-3)
+
+
+def test_legacy_repairs_are_in_the_ledger(tmp_path: Path) -> None:
+    adapter = synth_adapter(FAM, "dora-cols", extra_config={"adapter_type": "dora"})
+    raw = {
+        k.replace(".weight.0.", ".weight.3."): (v.reshape(1, -1) if k.endswith("magnitude") else v)
+        for k, v in adapter.file_tensors("bare").items()
+    }
+    legacy = tmp_path / "legacy.safetensors"
+    write_safetensors(legacy, raw, adapter.metadata())
+    ledger = convert_adapter(str(legacy), str(tmp_path / "fixed.safetensors"), to="sa3")
+    text = "\n".join(ledger.repairs)
+    assert "renumbered to 0" in text and "squeezed to 1-D" in text and "model.` root" in text
+    assert "'dora' written as 'dora-cols'" in text
+    assert run_cli("validate", "--strict", str(tmp_path / "fixed.safetensors")).returncode == 0
+
+
+def test_ambiguous_square_dora_needs_a_variant(tmp_path: Path) -> None:
+    square = [t.name for t in FAM.targets if t.shape[0] == t.shape[1]]
+    adapter = synth_adapter(FAM, "dora-cols", include=square, extra_config={"adapter_type": "dora"})
+    src = tmp_path / "square.safetensors"
+    write_safetensors(src, adapter.file_tensors(), adapter.metadata())
+    with pytest.raises(UsageError, match="--dora-variant"):
+        convert_adapter(str(src), str(tmp_path / "o.safetensors"), to="sa3")
+    ledger = convert_adapter(
+        str(src), str(tmp_path / "o.safetensors"), to="sa3", dora_variant="cols"
+    )
+    assert ledger.adapter_type == "dora-cols"
+    assert load_adapter(tmp_path / "o.safetensors").config.adapter_type == "dora-cols"
+
+
+def test_verification_failure_writes_nothing(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    original = convert_mod.WRITERS["sa3"]
+
+    def corrupting(ckpt, path, code):
+        target = next(iter(ckpt.tensors))
+        ckpt.tensors[target]["lora_B"] = np.asarray(ckpt.tensors[target]["lora_B"]) * 1.1
+        original(ckpt, path, code)
+
+    monkeypatch.setitem(convert_mod.WRITERS, "sa3", corrupting)
+    with pytest.raises(IncompatibleError, match="verification failed"):
+        convert_adapter(_path("lora"), str(tmp_path / "o.safetensors"), to="sa3")
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_unmatched_keys_are_not_dropped_silently(tmp_path: Path) -> None:
+    adapter = synth_adapter(FAM, "lora")
+    raw = adapter.file_tensors()
+    raw["ema.shadow"] = np.zeros(3, np.float16)
+    src = tmp_path / "extra.safetensors"
+    write_safetensors(src, raw, adapter.metadata())
+    with pytest.raises(IncompatibleError, match="would drop"):
+        convert_adapter(str(src), str(tmp_path / "o.safetensors"), to="sa3")
+
+
+def test_output_rules(tmp_path: Path) -> None:
+    out = tmp_path / "o.safetensors"
+    out.write_bytes(b"keep")
+    with pytest.raises(UsageError, match="--force"):
+        convert_adapter(_path("lora"), str(out), to="sa3")
+    assert out.read_bytes() == b"keep"
+    with pytest.raises(UsageError, match="same file"):
+        convert_adapter(_path("lora"), _path("lora"), to="sa3", force=True)
+
+
+def test_legacy_ckpt_in(tmp_path: Path) -> None:
+    torch = pytest.importorskip("torch")
+    adapter = synth_adapter(FAM, "bora")
+    state = {k: torch.from_numpy(v.astype(np.float32)) for k, v in adapter.file_tensors().items()}
+    src = tmp_path / "old.ckpt"
+    torch.save({"state_dict": state, "lora_config": adapter.config}, src)
+    assert (
+        run_cli(
+            "convert", str(src), "-o", str(tmp_path / "x.safetensors"), "--to", "sa3"
+        ).returncode
+        == 3
+    )
+    result = run_cli(
+        "convert", str(src), "-o", str(tmp_path / "x.safetensors"), "--to", "sa3", "--allow-pickle"
+    )
+    assert result.returncode == 0, result.stderr
+    assert load_adapter(tmp_path / "x.safetensors").adapter_type == "bora"
+
+
+def test_cli_convert_json_and_demo(tmp_path: Path) -> None:
+    result = run_cli(
+        "convert", _path("dora-rows"), "-o", str(tmp_path / "p"), "--to", "peft", "--json"
+    )
+    assert result.returncode == 0, result.stderr
+    doc = json.loads(result.stdout)
+    assert doc["schema"] == 1 and doc["to"] == "peft" and doc["worst_relative_error"] == 0.0
+    demo = run_cli("demo", "--dir", str(tmp_path / "demo"))
+    assert demo.returncode == 0, demo.stderr
+    assert "4. merge" in demo.stdout and "targets merged" in demo.stdout

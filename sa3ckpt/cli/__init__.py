@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import signal
 import sys
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -98,8 +99,14 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _terminate(signum: int, frame: object) -> None:
+    """SIGTERM unwinds like Ctrl-C, so atomic writers delete their temp files on the way out."""
+    raise KeyboardInterrupt
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the CLI; return the process exit code (documented in README and DESIGN.md)."""
+    previous = signal.signal(signal.SIGTERM, _terminate)
     try:
         args = build_parser().parse_args(argv)
         return args.run(args)
@@ -107,10 +114,17 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"sa3ckpt: error: {exc.one_line()}", file=sys.stderr)
         return exc.exit_code
     except KeyboardInterrupt:
-        print("sa3ckpt: interrupted", file=sys.stderr)
+        print("sa3ckpt: interrupted; nothing was written", file=sys.stderr)
         return 130
     except BrokenPipeError:
         return 0
+    except OSError as exc:  # the environment failed us (disk full, permissions on output)
+        where = f" {exc.filename}" if exc.filename else ""
+        print(
+            f"sa3ckpt: error: cannot complete:{where} {exc.strerror or exc} (nothing was written)",
+            file=sys.stderr,
+        )
+        return 1
     except Exception as exc:  # a bug, not bad input: still one line unless debugging
         if os.environ.get("SA3CKPT_DEBUG"):
             raise
@@ -120,3 +134,5 @@ def main(argv: Sequence[str] | None = None) -> int:
             file=sys.stderr,
         )
         return 1
+    finally:
+        signal.signal(signal.SIGTERM, previous)

@@ -45,7 +45,8 @@ def coverage_map(a: Analysis) -> dict[str, Any] | None:
 
 
 def _float(source: AdapterSource, key: str) -> np.ndarray:
-    return dtypes.to_float32(np.asarray(source.array(key))).astype(np.float64)
+    with np.errstate(all="ignore"):  # NaN/Inf are counted, not warned about
+        return dtypes.to_float32(np.asarray(source.array(key))).astype(np.float64)
 
 
 def _lowrank_norm(params: dict[str, np.ndarray]) -> float | None:

@@ -1,0 +1,1 @@
+"""Mutation fuzzing of every reader (see fuzz/fuzz_readers.py)."""

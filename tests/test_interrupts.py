@@ -1,0 +1,145 @@
+"""Interrupted or failing merges and conversions leave no output and no temp files."""
+
+from __future__ import annotations
+
+import errno
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from fixtures.generate import DATA_DIR
+from sa3ckpt.io.safetensors import SafetensorsStreamWriter, write_safetensors
+from sa3ckpt.names import official_base_key
+from sa3ckpt.ops import merge as merge_mod
+from sa3ckpt.ops.merge import AdapterArg, merge_checkpoint
+from sa3ckpt.synth import synth_adapter
+from sa3ckpt.targets import FAMILIES
+from tests.test_cli import run_cli
+
+ADAPTER = str(DATA_DIR / "adapters" / "tiny-small" / "dora-rows.safetensors")
+BASE = str(DATA_DIR / "bases" / "tiny-small.official.safetensors")
+
+
+@pytest.fixture(scope="module")
+def slow_job(tmp_path_factory) -> tuple[Path, Path]:
+    """A medium-shaped base slice (blocks 0-5) and a dora-rows adapter: a merge of a few seconds."""
+    folder = tmp_path_factory.mktemp("slow")
+    fam = FAMILIES["medium"]
+    targets = [t for t in fam.targets if t.block is not None and t.block < 6]
+    rng = np.random.default_rng(0)
+    base = folder / "base.safetensors"
+    specs = [(official_base_key(t.name), "F16", t.weight_shape) for t in targets]
+    with SafetensorsStreamWriter(base, specs, {}) as writer:
+        for key, _, shape in specs:
+            writer.write(key, (rng.random(shape, dtype=np.float32) - 0.5).astype(np.float16))
+    adapter = synth_adapter(fam, "dora-rows", rank=16, include=["layers.[0-5]."])
+    path = folder / "adapter.safetensors"
+    write_safetensors(path, adapter.file_tensors(), adapter.metadata())
+    return base, path
+
+
+@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM])
+def test_signal_mid_merge_leaves_nothing(tmp_path: Path, slow_job, sig) -> None:
+    base, adapter = slow_job
+    out_dir = tmp_path / "out"
+    out_dir.mkdir()
+    proc = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "sa3ckpt",
+            "merge",
+            str(base),
+            str(adapter),
+            "-o",
+            str(out_dir / "m.safetensors"),
+        ],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    deadline = time.monotonic() + 60
+    while not any(out_dir.iterdir()) and time.monotonic() < deadline:  # the temp file appears
+        time.sleep(0.02)
+    assert any(out_dir.iterdir()), "merge never started writing"
+    proc.send_signal(sig)
+    _, stderr = proc.communicate(timeout=60)
+    assert proc.returncode == 130, stderr
+    assert "interrupted" in stderr and "Traceback" not in stderr
+    assert list(out_dir.iterdir()) == []
+
+
+def test_disk_full_mid_write(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    calls = {"n": 0}
+    original = SafetensorsStreamWriter.write
+
+    def failing(self, name, array):
+        calls["n"] += 1
+        if calls["n"] == 5:
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+        original(self, name, array)
+
+    monkeypatch.setattr(SafetensorsStreamWriter, "write", failing)
+    with pytest.raises(OSError):
+        merge_checkpoint(BASE, [AdapterArg(ADAPTER, 1.0)], str(tmp_path / "m.safetensors"))
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_exception_in_a_worker_leaves_nothing(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    def broken(*args, **kwargs):
+        raise RuntimeError("boom")
+
+    monkeypatch.setattr(merge_mod, "merge_to", broken)
+    with pytest.raises(RuntimeError, match="boom"):
+        merge_checkpoint(BASE, [AdapterArg(ADAPTER, 1.0)], str(tmp_path / "m.safetensors"))
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_disk_full_is_one_line_exit_1(tmp_path: Path) -> None:
+    # /dev/full accepts opens and fails every write with ENOSPC: a real full disk.
+    if not os.path.exists("/dev/full"):
+        pytest.skip("no /dev/full on this system")
+    out = str(tmp_path / "m.safetensors")
+    script = (
+        "import sys, os\n"
+        "from sa3ckpt.io import atomic\n"
+        "def full(fd, *a, **k):\n"
+        "    os.close(fd); return open('/dev/full', 'wb')\n"
+        "atomic.os.fdopen = full\n"
+        "from sa3ckpt.cli import main\n"
+        f"sys.exit(main(['merge', {BASE!r}, {ADAPTER!r}, '-o', {out!r}]))\n"
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", script], capture_output=True, text=True, timeout=120
+    )
+    assert result.returncode == 1, result.stderr
+    assert "No space left on device" in result.stderr and "nothing was written" in result.stderr
+    assert "Traceback" not in result.stderr
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_existing_output_needs_force_everywhere(tmp_path: Path) -> None:
+    out = tmp_path / "exists.safetensors"
+    out.write_bytes(b"precious")
+    for args in (
+        ["merge", BASE, ADAPTER, "-o", str(out)],
+        ["convert", ADAPTER, "-o", str(out), "--to", "sa3"],
+        ["combine", ADAPTER.replace("dora-rows", "lora"), "-o", str(out), "--method", "cat"],
+    ):
+        result = run_cli(*args)
+        assert result.returncode == 2 and "--force" in result.stderr, args
+    assert out.read_bytes() == b"precious"
+    for args in (
+        ["merge", BASE, ADAPTER, "-o", BASE, "--force"],
+        ["convert", ADAPTER, "-o", ADAPTER, "--to", "sa3", "--force"],
+    ):
+        result = run_cli(*args)
+        assert result.returncode == 2 and "same file" in result.stderr, args

@@ -3,13 +3,11 @@
 from __future__ import annotations
 
 import argparse
-import json
 
-from sa3ckpt.cli.common import JSON_SCHEMA_VERSION
+from sa3ckpt.cli.common import print_ledger
 from sa3ckpt.dtypes import NAMES as DTYPE_NAMES
 from sa3ckpt.ops.combine import METHODS, combine
 from sa3ckpt.ops.merge import parse_adapter_arg
-from sa3ckpt.textsafe import escape_control
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -35,10 +33,5 @@ def run(args: argparse.Namespace) -> int:
         allow_pickle=args.allow_pickle,
         force=args.force,
     )
-    if args.json:
-        doc = {"schema": JSON_SCHEMA_VERSION, "command": "combine", **ledger.to_json()}
-        print(json.dumps(doc, indent=1))
-    else:
-        for line in ledger.lines():
-            print(escape_control(line))
+    print_ledger(ledger, "combine", args.json)
     return 0

@@ -3,11 +3,10 @@
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import zipfile
 
-from sa3ckpt.cli.common import JSON_SCHEMA_VERSION
+from sa3ckpt.cli.common import print_ledger
 from sa3ckpt.dtypes import NAMES as DTYPE_NAMES
 from sa3ckpt.errors import UsageError
 from sa3ckpt.io.base_checkpoint import detect_naming
@@ -15,7 +14,6 @@ from sa3ckpt.io.ckpt import looks_like_pickle
 from sa3ckpt.io.safetensors import read_header
 from sa3ckpt.names.dialects import detect_adapter_dialect
 from sa3ckpt.ops.convert import ADAPTER_TARGETS, convert_adapter
-from sa3ckpt.textsafe import escape_control
 
 BASE_TARGETS = ("official", "mlx")
 
@@ -90,13 +88,5 @@ def run(args: argparse.Namespace) -> int:
             allow_pickle=args.allow_pickle,
             force=args.force,
         )
-    if args.json:
-        print(
-            json.dumps(
-                {"schema": JSON_SCHEMA_VERSION, "command": "convert", **ledger.to_json()}, indent=1
-            )
-        )
-    else:
-        for line in ledger.lines():
-            print(escape_control(line))
+    print_ledger(ledger, "convert", args.json)
     return 0

@@ -3,15 +3,13 @@
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 from collections.abc import Callable
 
 from sa3ckpt.adapters.formulas import SEMANTICS, SEMANTICS_HELP
-from sa3ckpt.cli.common import JSON_SCHEMA_VERSION
+from sa3ckpt.cli.common import print_ledger
 from sa3ckpt.dtypes import NAMES as DTYPE_NAMES
 from sa3ckpt.ops.merge import ONLY_ROOTS, merge_checkpoint, parse_adapter_arg
-from sa3ckpt.textsafe import escape_control
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -70,13 +68,5 @@ def run(args: argparse.Namespace) -> int:
         strict=args.strict,
         progress=None if args.json else progress_printer(),
     )
-    if args.json:
-        print(
-            json.dumps(
-                {"schema": JSON_SCHEMA_VERSION, "command": "merge", **ledger.to_json()}, indent=1
-            )
-        )
-    else:
-        for line in ledger.lines():
-            print(escape_control(line))
+    print_ledger(ledger, "merge", args.json)
     return 0

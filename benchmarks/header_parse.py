@@ -10,30 +10,20 @@ Measured side by side in one run: our strict header parser (`read_header`), the 
 from __future__ import annotations
 
 import argparse
-import statistics
 import sys
 import tempfile
-import time
-from collections.abc import Callable
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from safetensors import safe_open
 from safetensors.numpy import load_file
+from timing import median_seconds
 
 from sa3ckpt.io.safetensors import read_header, write_safetensors
 from sa3ckpt.synth import synth_adapter
 from sa3ckpt.targets import FAMILIES
-
-
-def _median_seconds(fn: Callable[[], object], repeat: int) -> float:
-    times = []
-    for _ in range(repeat):
-        start = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - start)
-    return statistics.median(times)
 
 
 def _official_header(path: Path) -> int:
@@ -51,9 +41,9 @@ def main() -> int:
         write_safetensors(path, adapter.file_tensors("sa3", "F16"), adapter.metadata())
         size_mb = path.stat().st_size / 1e6
         header = read_header(path)
-        ours = _median_seconds(lambda: read_header(path), args.repeat)
-        official = _median_seconds(lambda: _official_header(path), args.repeat)
-        full = _median_seconds(lambda: load_file(str(path)), max(5, args.repeat // 5))
+        ours = median_seconds(lambda: read_header(path), args.repeat)
+        official = median_seconds(lambda: _official_header(path), args.repeat)
+        full = median_seconds(lambda: load_file(str(path)), max(5, args.repeat // 5))
     print(f"file: medium r16 dora-rows, {len(header.tensors)} tensors, {size_mb:.1f} MB")
     print(f"sa3ckpt read_header (strict, header only):     {ours * 1e3:8.3f} ms")
     print(f"safetensors safe_open + keys (header only):    {official * 1e3:8.3f} ms")

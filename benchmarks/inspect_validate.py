@@ -14,17 +14,17 @@ from __future__ import annotations
 
 import argparse
 import shutil
-import statistics
 import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Callable
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from safetensors.numpy import load_file
+from timing import median_seconds
 
 from sa3ckpt.io.safetensors import write_safetensors
 from sa3ckpt.names import UNDERFIT_DEFAULT_INCLUDE
@@ -32,15 +32,6 @@ from sa3ckpt.ops.inspect import inspect_path
 from sa3ckpt.ops.validate import validate_paths
 from sa3ckpt.synth import synth_adapter
 from sa3ckpt.targets import FAMILIES
-
-
-def _median(fn: Callable[[], object], repeat: int) -> float:
-    times = []
-    for _ in range(repeat):
-        start = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - start)
-    return statistics.median(times)
 
 
 def main() -> int:
@@ -53,8 +44,8 @@ def main() -> int:
         big = synth_adapter(medium, "dora-rows", rank=16, alpha=16, seed=0)
         big_path = root / "medium-r16-dora-rows.safetensors"
         write_safetensors(big_path, big.file_tensors(), big.metadata())
-        inspect_s = _median(lambda: inspect_path(big_path), 21)
-        load_s = _median(lambda: load_file(str(big_path)), 7)
+        inspect_s = median_seconds(lambda: inspect_path(big_path), 21)
+        load_s = median_seconds(lambda: load_file(str(big_path)), 7)
         size_mb = big_path.stat().st_size / 1e6
         print(f"[inspect] medium r16 dora-rows, {size_mb:.1f} MB, 229 targets")
         print(f"  sa3ckpt inspect (header-only analysis):  {inspect_s * 1e3:8.2f} ms")

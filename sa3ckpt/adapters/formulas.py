@@ -45,11 +45,13 @@ class TargetAdapter:
         return p["lora_B"] @ p["lora_A"]
 
 
-def _row_norm(v: mx.array) -> mx.array:
+def row_norm(v: mx.array) -> mx.array:
+    """L2 norm of every row, kept 2-D (fan_out, 1)."""
     return mx.sqrt(mx.sum(mx.square(v), axis=1, keepdims=True))
 
 
-def _col_norm(v: mx.array) -> mx.array:
+def col_norm(v: mx.array) -> mx.array:
+    """L2 norm of every column, kept 2-D (1, fan_in)."""
     return mx.sqrt(mx.sum(mx.square(v), axis=0, keepdims=True))
 
 
@@ -58,16 +60,16 @@ def _no_norm(v: mx.array, p: Mapping[str, mx.array]) -> mx.array:
 
 
 def _rows(v: mx.array, p: Mapping[str, mx.array]) -> mx.array:
-    return p["magnitude"][:, None] * v / (_row_norm(v) + EPS)
+    return p["magnitude"][:, None] * v / (row_norm(v) + EPS)
 
 
 def _cols(v: mx.array, p: Mapping[str, mx.array]) -> mx.array:
-    return p["magnitude"][None, :] * v / (_col_norm(v) + EPS)
+    return p["magnitude"][None, :] * v / (col_norm(v) + EPS)
 
 
 def _both(v: mx.array, p: Mapping[str, mx.array]) -> mx.array:
-    r = p["magnitude_r"][:, None] * v / (_row_norm(v) + EPS)
-    return p["magnitude_c"][None, :] * r / (_col_norm(r) + EPS)
+    r = p["magnitude_r"][:, None] * v / (row_norm(v) + EPS)
+    return p["magnitude_c"][None, :] * r / (col_norm(r) + EPS)
 
 
 # How each norm direction turns V' = W0 + c s ΔW into the adapted weight.

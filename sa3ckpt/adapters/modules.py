@@ -33,7 +33,7 @@ from mlx.utils import tree_unflatten
 from sa3ckpt import dtypes
 from sa3ckpt.adapters.checkpoint import AdapterCheckpoint
 from sa3ckpt.adapters.config import LoraConfig
-from sa3ckpt.adapters.formulas import EPS, TargetAdapter, adapted_weight
+from sa3ckpt.adapters.formulas import EPS, TargetAdapter, adapted_weight, col_norm, row_norm
 from sa3ckpt.adapters.types import AdapterType
 from sa3ckpt.adapters.types import adapter_type as lookup_type
 from sa3ckpt.adapters.xs_bases import svd_bases
@@ -44,16 +44,6 @@ XS_BASES = ("U", "V")
 
 
 # --------------------------------------------------------------------------- math helpers
-
-
-def _row_norm(v: mx.array) -> mx.array:
-    """L2 norm of every row, kept 2-D (fan_out, 1), exactly as the formulas compute it."""
-    return mx.sqrt(mx.sum(mx.square(v), axis=1, keepdims=True))
-
-
-def _col_norm(v: mx.array) -> mx.array:
-    """L2 norm of every column, kept 2-D (1, fan_in)."""
-    return mx.sqrt(mx.sum(mx.square(v), axis=0, keepdims=True))
 
 
 def init_params(kind: AdapterType, w0: mx.array, rank: int) -> dict[str, mx.array]:
@@ -75,15 +65,15 @@ def init_params(kind: AdapterType, w0: mx.array, rank: int) -> dict[str, mx.arra
             out[name] = mx.zeros((fan_out, rank), dtype=mx.float32)
         elif name == "M_xs":
             out[name] = mx.zeros((rank, rank), dtype=mx.float32)
-    rows = _row_norm(w0)
+    rows = row_norm(w0)
     if kind.norm == "rows":
         out["magnitude"] = rows[:, 0]
     elif kind.norm == "cols":
-        out["magnitude"] = _col_norm(w0)[0]
+        out["magnitude"] = col_norm(w0)[0]
     elif kind.norm == "both":
         out["magnitude_r"] = rows[:, 0]
         r = rows * w0 / (rows + EPS)
-        out["magnitude_c"] = _col_norm(r)[0]
+        out["magnitude_c"] = col_norm(r)[0]
     return out
 
 
@@ -99,11 +89,11 @@ def norm_scales(
     if kind.norm is None:
         return None, None
     if kind.norm == "rows":
-        return params["magnitude"][:, None] / (_row_norm(v) + EPS), None
+        return params["magnitude"][:, None] / (row_norm(v) + EPS), None
     if kind.norm == "cols":
-        return None, params["magnitude"][None, :] / (_col_norm(v) + EPS)
-    a = params["magnitude_r"][:, None] / (_row_norm(v) + EPS)
-    g = params["magnitude_c"][None, :] / (_col_norm(a * v) + EPS)
+        return None, params["magnitude"][None, :] / (col_norm(v) + EPS)
+    a = params["magnitude_r"][:, None] / (row_norm(v) + EPS)
+    g = params["magnitude_c"][None, :] / (col_norm(a * v) + EPS)
     return a, g
 
 

@@ -1,0 +1,64 @@
+"""Training helpers for SA3 adapters on the MLX DiT: timesteps, loss, audio -> latents.
+
+The model itself lives in `sa3ckpt.models`; adapters are injected and saved with
+`sa3ckpt.adapters.modules` (`inject`, `to_checkpoint`) and `sa3ckpt.adapters.checkpoint`
+(`save_checkpoint`). See the README's training section for an end-to-end example.
+"""
+
+from sa3ckpt.train.encode_audio import (
+    SAMPLE_RATE,
+    EncodedBatch,
+    EncoderSpec,
+    LatentEncoder,
+    check_audio,
+    chunk_plan,
+    collate_clips,
+    context_latents,
+    encode_latents,
+    latent_count,
+    latent_mask,
+    pad_to_alignment,
+)
+from sa3ckpt.train.loss import (
+    NORMALISATIONS,
+    noise_latents,
+    per_sample_loss,
+    rectified_flow_loss,
+    rectified_flow_pair,
+    velocity_target,
+)
+from sa3ckpt.train.rng import as_key
+from sa3ckpt.train.timesteps import (
+    SAMPLERS,
+    SHIFTS,
+    full_shift,
+    sample_timesteps,
+    shift_timesteps,
+)
+
+__all__ = [
+    "NORMALISATIONS",
+    "SAMPLERS",
+    "SAMPLE_RATE",
+    "SHIFTS",
+    "EncodedBatch",
+    "EncoderSpec",
+    "LatentEncoder",
+    "as_key",
+    "check_audio",
+    "chunk_plan",
+    "collate_clips",
+    "context_latents",
+    "encode_latents",
+    "full_shift",
+    "latent_count",
+    "latent_mask",
+    "noise_latents",
+    "pad_to_alignment",
+    "per_sample_loss",
+    "rectified_flow_loss",
+    "rectified_flow_pair",
+    "sample_timesteps",
+    "shift_timesteps",
+    "velocity_target",
+]

@@ -1,0 +1,183 @@
+"""Rectified-flow noising, target and masked / normalised MSE against NumPy float64."""
+
+from __future__ import annotations
+
+import mlx.core as mx
+import numpy as np
+import pytest
+
+from sa3ckpt.train.loss import (
+    NORM_EPS,
+    NORMALISATIONS,
+    noise_latents,
+    per_sample_loss,
+    rectified_flow_loss,
+    rectified_flow_pair,
+    velocity_target,
+)
+
+B, L, C = 3, 7, 4
+MODES = list(NORMALISATIONS)
+
+
+def _rng(seed: int = 0) -> np.random.Generator:
+    return np.random.default_rng(seed)
+
+
+def _data(seed: int = 0) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    rng = _rng(seed)
+    pred = rng.normal(size=(B, L, C)).astype(np.float32)
+    target = (rng.normal(size=(B, L, C)) * rng.uniform(0.5, 3, size=(1, 1, C))).astype(np.float32)
+    mask = np.ones((B, L), dtype=bool)
+    mask[1, 5:] = False
+    mask[2, 2:] = False
+    return pred, target, mask
+
+
+def _reference_var(target: np.ndarray, mask: np.ndarray, mode: str) -> np.ndarray | None:
+    """The documented variance of each mode, written out loop by loop in float64."""
+    t = target.astype(np.float64)
+    if mode == "none":
+        return None
+    out = np.zeros_like(t)
+    for b in range(t.shape[0]):
+        valid = t[b][mask[b]]  # (n_valid, C)
+        for pos in range(t.shape[1]):
+            if mode == "timestep":
+                out[b, pos, :] = t[b, pos].var()
+            elif mode == "sample":
+                out[b, pos, :] = valid.var()
+            elif mode == "sample_channel":
+                out[b, pos, :] = valid.var(axis=0)
+    return out
+
+
+def _reference_loss(pred, target, mask, mode: str) -> float:
+    err = (pred.astype(np.float64) - target.astype(np.float64)) ** 2
+    var = _reference_var(target, mask, mode)
+    if var is not None:
+        err = err / (var + NORM_EPS)
+    per_sample = [err[b][mask[b]].mean() for b in range(err.shape[0]) if mask[b].any()]
+    return float(np.mean(per_sample))
+
+
+def test_noise_latents_and_target() -> None:
+    rng = _rng(1)
+    x = rng.normal(size=(B, L, C)).astype(np.float32)
+    eps = rng.normal(size=(B, L, C)).astype(np.float32)
+    t = np.array([0.0, 0.25, 1.0], dtype=np.float32)
+    xt = np.array(noise_latents(mx.array(x), mx.array(eps), mx.array(t)))
+    want = (1 - t[:, None, None]) * x.astype(np.float64) + t[:, None, None] * eps
+    np.testing.assert_allclose(xt, want, rtol=1e-6, atol=1e-6)
+    assert np.array_equal(xt[0], x[0]) and np.array_equal(xt[2], eps[2])
+    v = np.array(velocity_target(mx.array(x), mx.array(eps)))
+    np.testing.assert_allclose(v, eps - x, rtol=1e-6)
+
+
+def test_rectified_flow_pair_is_deterministic_and_consistent() -> None:
+    x = mx.array(_rng(2).normal(size=(B, L, C)).astype(np.float32))
+    t = mx.array([0.1, 0.5, 0.9])
+    xt, v, eps = rectified_flow_pair(x, t, 11)
+    xt2, _, eps2 = rectified_flow_pair(x, t, mx.random.key(11))
+    assert np.array_equal(np.array(eps), np.array(eps2)) and np.array_equal(xt, xt2)
+    np.testing.assert_allclose(np.array(v), np.array(eps - x), rtol=1e-6)
+    # x_t moves along v: x_t = x + t v
+    np.testing.assert_allclose(np.array(xt), np.array(x + t[:, None, None] * v), atol=1e-5)
+
+
+def test_noise_latents_shape_errors() -> None:
+    x = mx.zeros((B, L, C))
+    with pytest.raises(ValueError, match="differ in shape"):
+        noise_latents(x, mx.zeros((B, L, C + 1)), mx.zeros((B,)))
+    with pytest.raises(ValueError, match="t must have shape"):
+        noise_latents(x, x, mx.zeros((B, 1)))
+
+
+@pytest.mark.parametrize("mode", MODES)
+@pytest.mark.parametrize("masked", [False, True])
+def test_loss_matches_reference(mode: str, masked: bool) -> None:
+    pred, target, mask = _data()
+    if not masked:
+        mask = np.ones_like(mask)
+    got = rectified_flow_loss(mx.array(pred), mx.array(target), mx.array(mask), mode)
+    assert got.shape == ()
+    assert float(got) == pytest.approx(_reference_loss(pred, target, mask, mode), rel=2e-5)
+
+
+def test_no_mask_equals_all_ones_mask_and_plain_mse() -> None:
+    pred, target, _ = _data(3)
+    plain = float(rectified_flow_loss(mx.array(pred), mx.array(target)))
+    ones = float(rectified_flow_loss(mx.array(pred), mx.array(target), mx.ones((B, L))))
+    assert plain == ones == pytest.approx(float(np.mean((pred - target) ** 2)), rel=1e-6)
+
+
+@pytest.mark.parametrize("mode", MODES)
+def test_padding_does_not_affect_the_loss(mode: str) -> None:
+    pred, target, mask = _data(4)
+    base = float(rectified_flow_loss(mx.array(pred), mx.array(target), mx.array(mask), mode))
+    junk_pred, junk_target = pred.copy(), target.copy()
+    junk = _rng(5).normal(size=pred.shape).astype(np.float32) * 100
+    junk_pred[~mask] = junk[~mask]
+    junk_target[~mask] = -junk[~mask]
+    after = rectified_flow_loss(mx.array(junk_pred), mx.array(junk_target), mx.array(mask), mode)
+    assert float(after) == pytest.approx(base, rel=1e-6)
+
+
+def test_per_sample_means_weigh_short_clips_equally() -> None:
+    """Batch mean of per-sample means, not a mean over all valid elements."""
+    pred = np.zeros((2, 4, 1), dtype=np.float32)
+    target = np.zeros_like(pred)
+    target[0] = 1.0  # sample 0: error 1 at 4 positions
+    target[1, 0] = 3.0  # sample 1: error 9 at its single valid position
+    mask = np.array([[1, 1, 1, 1], [1, 0, 0, 0]], dtype=bool)
+    losses, valid = per_sample_loss(mx.array(pred), mx.array(target), mx.array(mask))
+    np.testing.assert_allclose(np.array(losses), [1.0, 9.0])
+    np.testing.assert_array_equal(np.array(valid), [4, 1])
+    assert float(rectified_flow_loss(mx.array(pred), mx.array(target), mx.array(mask))) == 5.0
+
+
+def test_empty_samples_are_left_out_of_the_batch_mean() -> None:
+    pred, target, mask = _data(6)
+    mask[0] = False
+    got = float(rectified_flow_loss(mx.array(pred), mx.array(target), mx.array(mask)))
+    assert got == pytest.approx(_reference_loss(pred, target, mask, "none"), rel=1e-6)
+    all_empty = rectified_flow_loss(mx.array(pred), mx.array(target), mx.zeros((B, L)))
+    assert float(all_empty) == 0.0
+
+
+def test_gradient_with_respect_to_prediction() -> None:
+    pred, target, mask = _data(7)
+
+    def loss(p: mx.array) -> mx.array:
+        return rectified_flow_loss(p, mx.array(target), mx.array(mask))
+
+    grad = np.array(mx.grad(loss)(mx.array(pred)))
+    counts = mask.sum(axis=1)[:, None, None] * C
+    want = 2 * (pred - target) * mask[..., None] / counts / B
+    np.testing.assert_allclose(grad, want, rtol=1e-5, atol=1e-8)
+    assert np.all(grad[~mask] == 0)
+
+
+@pytest.mark.parametrize("mode", ["timestep", "sample", "sample_channel"])
+def test_normalising_variance_is_detached(mode: str) -> None:
+    """d loss / d target treats the variance as a constant (stop_gradient)."""
+    pred, target, mask = _data(8)
+    var = _reference_var(target, mask, mode)
+
+    def loss(tg: mx.array) -> mx.array:
+        return rectified_flow_loss(mx.array(pred), tg, mx.array(mask), mode)
+
+    grad = np.array(mx.grad(loss)(mx.array(target)))
+    counts = mask.sum(axis=1)[:, None, None] * C
+    want = -2 * (pred - target) / (var + NORM_EPS) * mask[..., None] / counts / B
+    np.testing.assert_allclose(grad, want, rtol=1e-4, atol=1e-7)
+
+
+def test_loss_errors() -> None:
+    x = mx.zeros((B, L, C))
+    with pytest.raises(ValueError, match="unknown loss normalisation"):
+        rectified_flow_loss(x, x, normalisation="batch")
+    with pytest.raises(ValueError, match="must both be"):
+        rectified_flow_loss(x, mx.zeros((B, L, C + 1)))
+    with pytest.raises(ValueError, match="mask must have shape"):
+        rectified_flow_loss(x, x, mx.ones((B, L, 1)))

@@ -143,3 +143,21 @@ def test_existing_output_needs_force_everywhere(tmp_path: Path) -> None:
     ):
         result = run_cli(*args)
         assert result.returncode == 2 and "same file" in result.stderr, args
+
+
+@pytest.mark.parametrize("to", ["sa3", "peft"])
+def test_interrupted_convert_leaves_nothing(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, to: str
+) -> None:
+    from sa3ckpt.ops import convert as convert_mod
+
+    original = convert_mod.WRITERS[to]
+
+    def interrupted(ckpt, path, code):
+        original(ckpt, path, code)  # the temp output exists now...
+        raise KeyboardInterrupt  # ...and Ctrl-C arrives before verification
+
+    monkeypatch.setitem(convert_mod.WRITERS, to, interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        convert_mod.convert_adapter(ADAPTER, str(tmp_path / "out"), to=to)
+    assert list(tmp_path.iterdir()) == []

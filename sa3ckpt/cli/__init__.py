@@ -22,6 +22,7 @@ from sa3ckpt.cli import (
     cmd_inspect,
     cmd_merge,
     cmd_targets,
+    cmd_tui,
     cmd_validate,
 )
 from sa3ckpt.errors import Sa3ckptError, UsageError
@@ -78,6 +79,12 @@ COMMANDS: tuple[Command, ...] = (
         "walk inspect, validate, convert and merge over a generated adapter",
         cmd_demo.add_arguments,
         cmd_demo.run,
+    ),
+    Command(
+        "tui",
+        "browse, inspect, validate and merge checkpoints interactively",
+        cmd_tui.add_arguments,
+        cmd_tui.run,
     ),
     Command(
         "targets",

@@ -1,0 +1,213 @@
+"""The main screen: the file browser beside overview, coverage and validation tabs.
+
+Every library call runs in a thread worker (`@work(thread=True)`) and reports back with
+`call_from_thread`; a result is shown only if it is still about the path on screen, so a
+slow file never overwrites a newer choice.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, ClassVar
+
+from textual import work
+from textual.app import ComposeResult
+from textual.binding import Binding, BindingType
+from textual.containers import Horizontal
+from textual.screen import Screen
+from textual.widgets import Footer, TabbedContent, TabPane
+from textual.worker import get_current_worker
+
+from sa3ckpt.ops.validate import FileResult
+from sa3ckpt.textsafe import escape_control
+from tui.coverage_view import CoverageView
+from tui.file_tree import AdapterTree
+from tui.loading import Loaded, load_checkpoint, load_stats, run_validation
+from tui.merge_screen import MergeScreen
+from tui.overview import OverviewPanel
+from tui.paths import display_path, looks_like_base
+from tui.validation_view import ValidationView
+
+TABS = ("overview", "coverage", "validation")
+NEEDS_SELECTION = {"load_stats", "revalidate"}
+
+
+class BrowserScreen(Screen[None]):
+    """Browse on the left, look on the right; the footer lists the keys."""
+
+    BINDINGS: ClassVar[list[BindingType]] = [
+        Binding("o", "show_tab('overview')", "Overview", tooltip="Show the overview tab"),
+        Binding("c", "show_tab('coverage')", "Coverage", tooltip="Show the coverage grid"),
+        Binding("v", "show_tab('validation')", "Checks", tooltip="Show validation findings"),
+        Binding("s", "load_stats", "Stats", tooltip="Compute update norms and NaN/Inf counts"),
+        Binding("r", "revalidate", "Rerun", tooltip="Re-run validation on the selection"),
+        Binding("m", "merge", "Merge", tooltip="Open the merge screen"),
+        Binding("q", "app.quit", "Quit", tooltip="Quit sa3ckpt tui"),
+    ]
+
+    DEFAULT_CSS = """
+    BrowserScreen {
+        #files { width: 35; overflow-x: hidden; height: 1fr; border-right: solid $primary-muted; }
+        #views { width: 1fr; height: 1fr; }
+        TabPane { padding: 0; }
+    }
+    """
+
+    def __init__(self, root: str, initial: str | None = None) -> None:
+        super().__init__()
+        self._root = root
+        self._start_path = initial
+        self._path: str | None = None
+        self._loaded: Loaded | None = None
+
+    def compose(self) -> ComposeResult:
+        with Horizontal():
+            yield AdapterTree(self._root, id="files")
+            with TabbedContent(initial="overview", id="views"):
+                with TabPane("Overview", id="overview"):
+                    yield OverviewPanel()
+                with TabPane("Coverage", id="coverage"):
+                    yield CoverageView()
+                with TabPane("Validation", id="validation"):
+                    yield ValidationView()
+        yield Footer()
+
+    def on_mount(self) -> None:
+        self.query_one(AdapterTree).focus()
+        if self._start_path is not None:
+            self.choose(self._start_path)
+
+    def check_action(self, action: str, parameters: tuple[object, ...]) -> bool | None:
+        """Stats and re-validation need a selection: shown dimmed until there is one."""
+        if action in NEEDS_SELECTION and self._path is None:
+            return None
+        return True
+
+    # --- choosing and loading ---------------------------------------------------------
+
+    def on_adapter_tree_listed(self, event: AdapterTree.Listed) -> None:
+        """Once the start folder is listed, the tree cursor joins the file opened at start."""
+        tree = self.query_one(AdapterTree)
+        if self._start_path is not None and event.node is tree.root:
+            tree.highlight_path(self._start_path)
+            self._start_path = None
+
+    def on_adapter_tree_chosen(self, event: AdapterTree.Chosen) -> None:
+        self.choose(event.path)
+
+    def choose(self, path: str | Path) -> None:
+        """Show `path`: panels go to their loading state and a worker reads the file."""
+        self._path = display_path(path)
+        self.query_one(OverviewPanel).show_loading(self._path)
+        self.query_one(ValidationView).show_loading()
+        self.query_one(CoverageView).loading = True
+        self.refresh_bindings()
+        self._load(self._path)
+
+    @work(thread=True, exclusive=True, group="load", exit_on_error=False)
+    def _load(self, path: str) -> None:
+        loaded = load_checkpoint(path)
+        if not get_current_worker().is_cancelled:
+            self.app.call_from_thread(self._show_loaded, loaded)
+
+    def _show_loaded(self, loaded: Loaded) -> None:
+        if loaded.path != self._path:
+            return
+        self._loaded = loaded
+        self.query_one(OverviewPanel).show(loaded)
+        coverage = self.query_one(CoverageView)
+        coverage.loading = False
+        coverage.show(loaded)
+        self._show_verdict(loaded)
+
+    def _show_verdict(self, loaded: Loaded) -> None:
+        view = self.query_one(ValidationView)
+        if loaded.is_base:
+            view.show_base()
+        else:
+            view.show(loaded.validation, loaded.validation_error)
+
+    # --- actions ----------------------------------------------------------------------
+
+    def action_show_tab(self, tab: str) -> None:
+        if tab in TABS:
+            self.query_one(TabbedContent).active = tab
+
+    def action_load_stats(self) -> None:
+        loaded = self._loaded
+        if loaded is None or loaded.path != self._path:
+            self.notify("wait for the file to load first", severity="warning")
+            return
+        if loaded.report is None:
+            reason = "stats are for adapters" if loaded.is_base else "this file cannot be read"
+            self.notify(reason, severity="warning")
+            return
+        self.action_show_tab("coverage")
+        self.query_one(CoverageView).loading = True
+        self._stats(loaded.path)
+
+    @work(thread=True, exclusive=True, group="stats", exit_on_error=False)
+    def _stats(self, path: str) -> None:
+        stats, error = load_stats(path)
+        self.app.call_from_thread(self._show_stats, path, stats, error)
+
+    def _show_stats(self, path: str, stats: dict[str, Any] | None, error: str | None) -> None:
+        view = self.query_one(CoverageView)
+        view.loading = False
+        if path != self._path:
+            return
+        if stats is None:
+            message = escape_control(error or "stats could not be computed")
+            self.notify(message, severity="error", markup=False)
+            return
+        view.show_stats(stats)
+
+    def action_revalidate(self) -> None:
+        if self._path is None:
+            return
+        self.action_show_tab("validation")
+        if self._loaded is not None and self._loaded.path == self._path and self._loaded.is_base:
+            self._show_verdict(self._loaded)
+            return
+        self.query_one(ValidationView).show_loading()
+        self._validate(self._path)
+
+    @work(thread=True, exclusive=True, group="validate", exit_on_error=False)
+    def _validate(self, path: str) -> None:
+        result, error = run_validation(path)
+        self.app.call_from_thread(self._show_validation, path, result, error)
+
+    def _show_validation(self, path: str, result: FileResult | None, error: str | None) -> None:
+        if path != self._path:
+            return
+        if self._loaded is not None and self._loaded.path == path:
+            self._loaded.validation, self._loaded.validation_error = result, error
+            self.query_one(OverviewPanel).show(self._loaded)
+        self.query_one(ValidationView).show(result, error)
+
+    def merge_defaults(self) -> tuple[str, tuple[str, ...]]:
+        """Base from the highlighted (or loaded) file if it is a base; the loaded adapter.
+
+        The base test reads two headers on the UI thread: small even for a large model,
+        and it keeps the merge screen's fields filled the moment it opens.
+        """
+        base = ""
+        node = self.query_one(AdapterTree).cursor_node
+        if node is not None and node.data is not None and looks_like_base(node.data.path):
+            base = display_path(node.data.path)
+        loaded = self._loaded
+        adapters: tuple[str, ...] = ()
+        if loaded is not None and loaded.is_base and not base:
+            base = loaded.path
+        elif loaded is not None and loaded.report is not None and not loaded.is_base:
+            adapters = (loaded.path,)
+        return base, adapters
+
+    def action_merge(self) -> None:
+        base, adapters = self.merge_defaults()
+        self.app.push_screen(MergeScreen(base, adapters), self._after_merge)
+
+    def _after_merge(self, wrote: bool | None) -> None:
+        """A merge wrote a new file: list it."""
+        if wrote:
+            self.query_one(AdapterTree).reload()

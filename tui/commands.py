@@ -1,0 +1,54 @@
+"""Command palette entries generated from the current screen's key bindings.
+
+Deriving the entries from BINDINGS means every action a key can run is also in the
+palette, with the binding's tooltip as help, and the two can never drift apart.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from functools import partial
+from typing import Any
+
+from textual.command import DiscoveryHit, Hit, Hits, Provider
+
+
+@dataclass(frozen=True)
+class PaletteEntry:
+    """One screen action as the palette shows it."""
+
+    title: str
+    help: str
+    run: Callable[[], Any]
+
+
+class ScreenActions(Provider):
+    """One entry per footer binding (shown, enabled) of the screen the palette came from."""
+
+    def entries(self) -> Iterator[PaletteEntry]:
+        seen: set[str] = set()
+        for active in self.screen.active_bindings.values():
+            binding = active.binding
+            if active.node is not self.screen or not (binding.show and binding.description):
+                continue
+            if not active.enabled or binding.action in seen:
+                continue
+            seen.add(binding.action)
+            key = self.app.get_key_display(binding)
+            yield PaletteEntry(
+                binding.description,
+                f"{active.tooltip or binding.description} (key: {key})",
+                partial(self.app.run_action, binding.action, active.node),
+            )
+
+    async def discover(self) -> Hits:
+        for entry in self.entries():
+            yield DiscoveryHit(entry.title, entry.run, help=entry.help)
+
+    async def search(self, query: str) -> Hits:
+        matcher = self.matcher(query)
+        for entry in self.entries():
+            score = matcher.match(f"{entry.title} {entry.help}")
+            if score > 0:
+                yield Hit(score, matcher.highlight(entry.title), entry.run, help=entry.help)

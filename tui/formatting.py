@@ -1,0 +1,66 @@
+"""Short human renderings of report values (sizes, counts, norms, shapes).
+
+Kept apart from the widgets so the wording is the same in every panel and can be tested
+without a running app.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+_UNITS = ("B", "KiB", "MiB", "GiB", "TiB")
+
+
+def human_size(size: int) -> str:
+    """1536 -> '1.5 KiB'; bytes stay exact below 1 KiB."""
+    value = float(size)
+    for unit in _UNITS:
+        if value < 1024 or unit == _UNITS[-1]:
+            return f"{size} B" if unit == "B" else f"{value:.1f} {unit}"
+        value /= 1024
+    return f"{size} B"  # unreachable; keeps type checkers calm
+
+
+def counts(mapping: Mapping[str, int]) -> str:
+    """{'F16': 80, 'F32': 2} -> 'F16 ×80, F32 ×2'."""
+    return ", ".join(f"{k} ×{v}" for k, v in mapping.items()) or "-"
+
+
+def shape(dims: Sequence[int]) -> str:
+    """(4, 12) -> '4×12'; a scalar shows as '()'."""
+    return "×".join(str(d) for d in dims) if dims else "()"
+
+
+def norm(value: float | None) -> str:
+    """A norm with four significant digits, '-' when it could not be computed."""
+    return "-" if value is None else f"{value:.4g}"
+
+
+def maybe(value: object) -> str:
+    """None as '-', everything else as its str()."""
+    return "-" if value is None else str(value)
+
+
+def rank_text(rank: Mapping[str, object]) -> str:
+    """The config rank, plus the tensor ranks when they say something else."""
+    config = rank.get("config")
+    tensors = rank.get("tensors") or []
+    assert isinstance(tensors, list)
+    found = ", ".join(str(r) for r in tensors)
+    if config is None:
+        return f"{found or '-'} (from tensors)"
+    if tensors and tensors != [config]:
+        return f"{config} (tensors: {found})"
+    return str(config)
+
+
+def coverage_line(report: Mapping[str, Any]) -> str:
+    """'40/40 targets, 0 missing' (or just the count when no include/exclude is known)."""
+    targets = report["targets"]
+    coverage = targets.get("coverage")
+    if not coverage:
+        return f"{targets['count']} targets"
+    return (
+        f"{coverage['present']}/{coverage['expected']} targets, {len(coverage['missing'])} missing"
+    )

@@ -1,0 +1,124 @@
+"""Everything the TUI learns about one checkpoint, computed off the UI thread.
+
+These functions call the sa3ckpt library and turn every failure into data: a worker that
+raised would either crash the app or leave a panel stuck on "loading", and an unreadable
+file is an expected outcome here, not an exceptional one.
+"""
+
+from __future__ import annotations
+
+import os
+from collections import Counter
+from dataclasses import dataclass, field
+from typing import Any
+
+from sa3ckpt.errors import MalformedFileError, Sa3ckptError
+from sa3ckpt.io.base_checkpoint import open_base
+from sa3ckpt.io.sources import open_adapter_source
+from sa3ckpt.ops.analysis import analyze
+from sa3ckpt.ops.inspect import inspect_path
+from sa3ckpt.ops.validate import FileResult, validate_path
+from tui.paths import looks_like_base
+
+
+@dataclass(frozen=True)
+class TensorRow:
+    """One stored tensor of a target, as the coverage detail lists it."""
+
+    param: str
+    key: str
+    dtype: str
+    shape: tuple[int, ...]
+    nbytes: int
+
+
+@dataclass
+class Loaded:
+    """What one path is: an adapter (report, validation, tensors), a base, or unreadable."""
+
+    path: str
+    report: dict[str, Any] | None = None
+    error: str | None = None
+    validation: FileResult | None = None
+    validation_error: str | None = None
+    tensors: dict[str, list[TensorRow]] = field(default_factory=dict)
+    base: dict[str, Any] | None = None
+
+    @property
+    def is_base(self) -> bool:
+        return self.base is not None
+
+
+def describe_error(exc: BaseException) -> str:
+    """One line for any failure; a malformed file's cause without its (already shown) path."""
+    if isinstance(exc, MalformedFileError):
+        return " ".join(exc.cause.split())
+    if isinstance(exc, Sa3ckptError):
+        return exc.one_line()
+    if isinstance(exc, OSError):
+        return f"cannot read: {exc.strerror or exc}"
+    text = " ".join(str(exc).split())[:300]
+    return f"internal error: {type(exc).__name__}: {text}"
+
+
+def run_validation(path: str) -> tuple[FileResult | None, str | None]:
+    """validate_path, with anything it raises reported instead of propagated."""
+    try:
+        return validate_path(path), None
+    except Exception as exc:  # a library bug must not take the UI down
+        return None, describe_error(exc)
+
+
+def target_tensors(path: str) -> dict[str, list[TensorRow]]:
+    """Each target's stored tensors (header only), for the coverage cell detail."""
+    with open_adapter_source(path) as source:
+        analysis = analyze(source)
+        rows: dict[str, list[TensorRow]] = {}
+        for target, params in analysis.groups.targets.items():
+            rows[target] = [
+                TensorRow(p, k, e.dtype, tuple(e.shape), e.nbytes)
+                for p, k in sorted(params.items())
+                for e in [source.entries[k]]
+            ]
+        return rows
+
+
+def base_summary(path: str) -> dict[str, Any]:
+    """Container, naming, tensor count, dtypes and metadata of a base checkpoint (header only)."""
+    with open_base(path) as base:
+        return {
+            "path": path,
+            "container": base.container,
+            "naming": base.naming,
+            "size_bytes": os.path.getsize(path),
+            "tensors": len(base.tensors),
+            "dtypes": dict(sorted(Counter(t.dtype for t in base.tensors.values()).items())),
+            "metadata": dict(base.metadata),
+        }
+
+
+def load_checkpoint(path: str) -> Loaded:
+    """Read `path` as a base if it is one, else inspect and validate it; never raises."""
+    loaded = Loaded(path)
+    if looks_like_base(path):
+        try:
+            loaded.base = base_summary(path)
+            return loaded
+        except Exception as exc:  # changed on disk since the sniff: fall through to inspect
+            loaded.error = describe_error(exc)
+    try:
+        loaded.report = inspect_path(path)
+        loaded.tensors = target_tensors(path)
+        loaded.error = None
+    except Exception as exc:
+        loaded.error = describe_error(exc)
+    loaded.validation, loaded.validation_error = run_validation(path)
+    return loaded
+
+
+def load_stats(path: str) -> tuple[dict[str, Any] | None, str | None]:
+    """The report's `stats` section (reads every tensor), or the one-line reason it failed."""
+    try:
+        return inspect_path(path, stats=True).get("stats"), None
+    except Exception as exc:
+        return None, describe_error(exc)

@@ -1,0 +1,66 @@
+"""Turn the merge form into library arguments, refusing bad ones before any work starts.
+
+The library refuses these too, but only once the worker runs; checking here puts the
+reason next to the field at once and never starts a thread for a merge that cannot run.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+
+from sa3ckpt.adapters.formulas import SEMANTICS_HELP
+from sa3ckpt.ops.merge import AdapterArg
+from tui.paths import same_file
+from tui.strength import parse_strength
+
+
+class PlanError(ValueError):
+    """A form value that cannot be merged; the message is shown as one line."""
+
+
+@dataclass(frozen=True)
+class MergePlan:
+    """Validated arguments for `merge_checkpoint`."""
+
+    base: str
+    adapters: tuple[AdapterArg, ...]
+    output: str
+    semantics: str
+
+
+def make_plan(base: str, adapters: list[tuple[str, str]], output: str, semantics: str) -> MergePlan:
+    """Check the form (paths as typed, strengths as text) and build the plan."""
+    base, output = base.strip(), output.strip()
+    if not base:
+        raise PlanError("choose a base checkpoint")
+    if not os.path.isfile(base):
+        raise PlanError(f"base {base} is not a file")
+    if not adapters:
+        raise PlanError("add at least one adapter")
+    args = []
+    for path, text in adapters:
+        strength = parse_strength(text)
+        if strength is None:
+            raise PlanError(f"strength {text!r} of {path} is not a number")
+        args.append(AdapterArg(path, strength))
+    if semantics not in SEMANTICS_HELP:
+        raise PlanError(f"unknown semantics {semantics!r}")
+    if not output:
+        raise PlanError("choose an output path")
+    for path in (base, *(a.path for a in args)):
+        if same_file(output, path):
+            raise PlanError(f"output {output} is an input; choose a new file")
+    if os.path.isdir(output):
+        raise PlanError(f"output {output} is a folder; name a file")
+    if os.path.lexists(output):
+        raise PlanError(f"output {output} exists; choose a new file (nothing is replaced)")
+    return MergePlan(base, tuple(args), output, semantics)
+
+
+def suggested_output(base: str) -> str:
+    """`bases/x.safetensors` -> `bases/x.merged.safetensors`; '' when there is no base."""
+    if not base:
+        return ""
+    stem, ext = os.path.splitext(base)
+    return f"{stem}.merged{ext or '.safetensors'}"

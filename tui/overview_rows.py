@@ -1,0 +1,113 @@
+"""The overview's label/value rows, built from an inspect report.
+
+A pure function of the report so the wording is testable without a terminal. Every value
+that can come from the file (metadata, names, messages) goes through `plain`.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from rich.text import Text
+
+from tui.formatting import counts, coverage_line, human_size, maybe, rank_text
+from tui.safe_text import plain
+
+Row = tuple[str, Text]
+METADATA_VALUE_LIMIT = 160
+
+
+def _type_text(kind: dict[str, Any]) -> Text:
+    resolved = kind.get("resolved")
+    text = plain(maybe(resolved), style="bold")
+    tensors, config = kind.get("from_tensors"), kind.get("from_config")
+    if config is not None and tensors is not None and config != tensors:
+        text.append_text(plain(f"  (config says {config}, tensors say {tensors})", "yellow"))
+    return text
+
+
+def _family_text(report: dict[str, Any]) -> Text:
+    family = report["family"]
+    text = plain(maybe(family.get("name")))
+    if family.get("forced"):
+        text.append(" (forced)")
+    claimed = report.get("base_model")
+    if claimed:
+        text.append_text(plain(f"  base_model {claimed}", "dim"))
+    return text
+
+
+def _alpha_text(report: dict[str, Any]) -> Text:
+    alpha, scale = report.get("alpha"), report.get("scale")
+    if alpha is None:
+        return Text("-")
+    return Text(f"{alpha:g}" + (f"  (scale {scale:g})" if scale is not None else ""))
+
+
+def _targets_text(report: dict[str, Any]) -> Text:
+    targets = report["targets"]
+    text = Text(coverage_line(report))
+    if targets.get("unknown"):
+        text.append(f"  {len(targets['unknown'])} unknown", "yellow")
+    return text
+
+
+def _keys_text(report: dict[str, Any]) -> Text:
+    keys = report["keys"]
+    text = Text(f"{keys['parsed']}/{keys['total']} parsed as adapter keys")
+    if keys["unmatched"]:
+        text.append(f"  {len(keys['unmatched'])} unmatched", "yellow")
+    return text
+
+
+def _metadata_rows(metadata: dict[str, str]) -> list[Row]:
+    if not metadata:
+        return [("metadata", Text("-", style="dim"))]
+    rows = []
+    for key, value in sorted(metadata.items()):
+        text = plain(key, "italic")
+        text.append(" = ")
+        text.append_text(plain(value, max_len=METADATA_VALUE_LIMIT))
+        rows.append(("metadata" if not rows else "", text))
+    return rows
+
+
+def base_rows(summary: dict[str, Any]) -> list[Row]:
+    """Rows for a base checkpoint: what the merge screen would read from it."""
+    return [
+        ("path", plain(summary["path"])),
+        ("kind", Text("base checkpoint: press m to merge adapters into it", "bold")),
+        (
+            "format",
+            Text(
+                f"{summary['container']}, {summary['naming']} naming, "
+                f"{human_size(summary['size_bytes'])}"
+            ),
+        ),
+        ("tensors", Text(str(summary["tensors"]))),
+        ("dtypes", Text(counts(summary["dtypes"]))),
+        *_metadata_rows(summary.get("metadata") or {}),
+    ]
+
+
+def overview_rows(report: dict[str, Any]) -> list[Row]:
+    """Rows for one readable checkpoint, most useful first."""
+    rows: list[Row] = [
+        ("path", plain(report["path"])),
+        ("format", Text(f"{report['format']}, {human_size(report['size_bytes'])}")),
+    ]
+    rows += [
+        ("type", _type_text(report["adapter_type"])),
+        ("rank", Text(rank_text(report["rank"]))),
+        ("alpha", _alpha_text(report)),
+        ("family", _family_text(report)),
+        ("dialect", plain(maybe(report["dialect"].get("name")))),
+        ("targets", _targets_text(report)),
+        ("dtypes", Text(counts(report["dtypes"]))),
+        ("keys", _keys_text(report)),
+    ]
+    if report.get("lora_config_error"):
+        rows.append(("config", plain(report["lora_config_error"], "yellow")))
+    rows += [("note", plain(note, "dim")) for note in report.get("notes", [])]
+    rows += _metadata_rows(report.get("metadata") or {})
+    return rows

@@ -13,8 +13,15 @@ import numpy as np
 
 from sa3ckpt.adapters.checkpoint import AdapterCheckpoint, checkpoint_from_raw, load_checkpoint
 from sa3ckpt.errors import MalformedFileError
+from sa3ckpt.io.gguf_adapter import is_gguf
 from sa3ckpt.io.safetensors import open_safetensors
-from sa3ckpt.io.sources import PEFT_CONFIG, PEFT_WEIGHTS, peft_to_lora_config, read_json
+from sa3ckpt.io.sources import (
+    PEFT_CONFIG,
+    PEFT_WEIGHTS,
+    is_peft_dir,
+    peft_to_lora_config,
+    read_json,
+)
 from sa3ckpt.names.dialects import ParsedKey, parse_adapter_key
 
 FACTOR_PARAMS = ("lora_A", "lora_B")
@@ -75,27 +82,12 @@ def _load_file(path: str, allow_pickle: bool) -> AdapterCheckpoint:
     return load_checkpoint(path, allow_pickle=allow_pickle)
 
 
-def _is_gguf(path: str) -> bool:
-    from sa3ckpt.io.sources import _is_gguf as sniff
-
-    return sniff(path)
-
-
 # (format, sniff, loader) — first match wins.
 LOADERS: tuple[tuple[str, Callable[[str], bool], Callable[[str, bool], AdapterCheckpoint]], ...] = (
-    (
-        "peft",
-        lambda p: os.path.isdir(p) and os.path.isfile(os.path.join(p, PEFT_CONFIG)),
-        _load_peft,
-    ),
-    ("sa3cpp", _is_gguf, _load_gguf),
+    ("peft", is_peft_dir, _load_peft),
+    ("sa3cpp", is_gguf, _load_gguf),
     ("file", os.path.isfile, _load_file),
 )
-
-
-def adapter_format(path: str | os.PathLike[str]) -> str | None:
-    spath = os.fspath(path)
-    return next((name for name, sniff, _ in LOADERS if sniff(spath)), None)
 
 
 def load_adapter(path: str | os.PathLike[str], *, allow_pickle: bool = False) -> AdapterCheckpoint:

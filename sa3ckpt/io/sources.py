@@ -20,12 +20,12 @@ import numpy as np
 from sa3ckpt import dtypes
 from sa3ckpt.errors import MalformedFileError
 from sa3ckpt.io.ckpt import looks_like_pickle, read_legacy_ckpt
+from sa3ckpt.io.gguf_adapter import is_gguf
 from sa3ckpt.io.safetensors import SafetensorsFile, open_safetensors
 
 CONFIG_KEY = "lora_config"
 PEFT_CONFIG = "adapter_config.json"
 PEFT_WEIGHTS = "adapter_model.safetensors"
-GGUF_MAGIC = b"GGUF"
 MAX_JSON_BYTES = 16 * 1024 * 1024
 
 
@@ -220,16 +220,9 @@ def _open_gguf(path: str, allow_pickle: bool) -> AdapterSource:
     )
 
 
-def _is_peft_dir(path: str) -> bool:
+def is_peft_dir(path: str) -> bool:
+    """A folder holding a PEFT adapter_config.json: one adapter, not a folder to walk."""
     return os.path.isdir(path) and os.path.isfile(os.path.join(path, PEFT_CONFIG))
-
-
-def _is_gguf(path: str) -> bool:
-    try:
-        with open(path, "rb") as f:
-            return f.read(4) == GGUF_MAGIC
-    except OSError:
-        return False
 
 
 def _is_file(path: str) -> bool:
@@ -238,8 +231,8 @@ def _is_file(path: str) -> bool:
 
 # (format, sniff, open) — first match wins; safetensors is the strict fallback for files.
 FORMATS: tuple[tuple[str, Callable[[str], bool], Callable[[str, bool], AdapterSource]], ...] = (
-    ("peft", _is_peft_dir, _open_peft_dir),
-    ("gguf", _is_gguf, _open_gguf),
+    ("peft", is_peft_dir, _open_peft_dir),
+    ("gguf", is_gguf, _open_gguf),
     ("pickle", looks_like_pickle, _open_pickle),
     ("safetensors", _is_file, _open_safetensors_file),
 )
@@ -270,12 +263,12 @@ def walk_adapter_paths(paths: list[str]) -> list[str]:
     """Expand folders into the adapter files and PEFT folders below them (sorted, stable)."""
     found: list[str] = []
     for path in paths:
-        if not os.path.isdir(path) or _is_peft_dir(path):
+        if not os.path.isdir(path) or is_peft_dir(path):
             found.append(path)
             continue
         for root, dirs, files in os.walk(path):
             dirs.sort()
-            peft = [d for d in dirs if _is_peft_dir(os.path.join(root, d))]
+            peft = [d for d in dirs if is_peft_dir(os.path.join(root, d))]
             found.extend(os.path.join(root, d) for d in peft)
             dirs[:] = [d for d in dirs if d not in peft and not d.startswith(".")]
             found.extend(

@@ -39,7 +39,7 @@ import numpy as np
 from sa3ckpt import dtypes
 from sa3ckpt.errors import MalformedFileError
 from sa3ckpt.io.atomic import PathLike
-from sa3ckpt.io.safetensors import open_safetensors, write_safetensors
+from sa3ckpt.io.safetensors import first_duplicate_key, open_safetensors, write_safetensors
 
 FORMAT = "sa3ckpt-xs-bases"
 """Value of the ``format`` metadata key: what makes a safetensors file a bases file."""
@@ -281,14 +281,10 @@ class _Bad(Exception):
 
 
 def _no_duplicates(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
-    obj = dict(pairs)
-    if len(obj) != len(pairs):
-        seen: set[str] = set()
-        for key, _ in pairs:
-            if key in seen:
-                raise _Bad(f"duplicate key {key!r} in JSON metadata")
-            seen.add(key)
-    return obj
+    duplicate = first_duplicate_key(pairs)
+    if duplicate is not None:
+        raise _Bad(f"duplicate key {duplicate!r} in JSON metadata")
+    return dict(pairs)
 
 
 def _required(metadata: Mapping[str, str], key: str) -> str:

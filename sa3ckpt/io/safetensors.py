@@ -108,16 +108,24 @@ def _is_int(value: object) -> bool:
     return type(value) is int  # bool is a subclass of int but never a valid size
 
 
+def first_duplicate_key(pairs: list[tuple[str, Any]]) -> str | None:
+    """The first key a JSON object repeats (plain json keeps the last value silently)."""
+    if len({key for key, _ in pairs}) == len(pairs):
+        return None
+    seen: set[str] = set()
+    for key, _ in pairs:
+        if key in seen:
+            return key
+        seen.add(key)
+    return None
+
+
 def _unique_object(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
-    """json object hook that rejects duplicate keys (plain json keeps the last silently)."""
-    obj = dict(pairs)
-    if len(obj) != len(pairs):
-        seen: set[str] = set()
-        for key, _ in pairs:
-            if key in seen:
-                raise _Malformed(f"duplicate key {_q(key)} in header")
-            seen.add(key)
-    return obj
+    """json object hook that rejects duplicate keys."""
+    duplicate = first_duplicate_key(pairs)
+    if duplicate is not None:
+        raise _Malformed(f"duplicate key {_q(duplicate)} in header")
+    return dict(pairs)
 
 
 def _reject_constant(token: str) -> Any:

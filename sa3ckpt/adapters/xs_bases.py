@@ -39,7 +39,7 @@ import numpy as np
 from sa3ckpt import dtypes
 from sa3ckpt.errors import MalformedFileError
 from sa3ckpt.io.atomic import PathLike
-from sa3ckpt.io.safetensors import first_duplicate_key, open_safetensors, write_safetensors
+from sa3ckpt.io.safetensors import object_and_duplicate, open_safetensors, write_safetensors
 
 FORMAT = "sa3ckpt-xs-bases"
 """Value of the ``format`` metadata key: what makes a safetensors file a bases file."""
@@ -281,10 +281,10 @@ class _Bad(Exception):
 
 
 def _no_duplicates(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
-    duplicate = first_duplicate_key(pairs)
+    obj, duplicate = object_and_duplicate(pairs)
     if duplicate is not None:
         raise _Bad(f"duplicate key {duplicate!r} in JSON metadata")
-    return dict(pairs)
+    return obj
 
 
 def _required(metadata: Mapping[str, str], key: str) -> str:

@@ -108,24 +108,29 @@ def _is_int(value: object) -> bool:
     return type(value) is int  # bool is a subclass of int but never a valid size
 
 
-def first_duplicate_key(pairs: list[tuple[str, Any]]) -> str | None:
-    """The first key a JSON object repeats (plain json keeps the last value silently)."""
-    if len({key for key, _ in pairs}) == len(pairs):
-        return None
+def object_and_duplicate(pairs: list[tuple[str, Any]]) -> tuple[dict[str, Any], str | None]:
+    """The JSON object, and the first key it repeats (plain json keeps the last silently).
+
+    Building the dict first keeps the common, duplicate-free case to one pass: this runs for
+    every entry of every header.
+    """
+    obj = dict(pairs)
+    if len(obj) == len(pairs):
+        return obj, None
     seen: set[str] = set()
     for key, _ in pairs:
         if key in seen:
-            return key
+            return obj, key
         seen.add(key)
-    return None
+    return obj, None
 
 
 def _unique_object(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
     """json object hook that rejects duplicate keys."""
-    duplicate = first_duplicate_key(pairs)
+    obj, duplicate = object_and_duplicate(pairs)
     if duplicate is not None:
         raise _Malformed(f"duplicate key {_q(duplicate)} in header")
-    return dict(pairs)
+    return obj
 
 
 def _reject_constant(token: str) -> Any:

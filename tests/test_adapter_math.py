@@ -15,34 +15,16 @@ import pytest
 from sa3ckpt.adapters.formulas import TargetAdapter, adapted_weight, merge, weight_delta
 from sa3ckpt.adapters.types import ADAPTER_TYPES
 from sa3ckpt.layout import from_canonical_2d, to_canonical_2d
+from tests.helpers import (
+    LAYERS,
+    RANK,
+    STACK_PAIRS,
+    STRENGTHS,
+    TOLERANCE,
+    random_base,
+    random_params,
+)
 from tests.reference_math import ref_delta, ref_runtime
-
-STRENGTHS = (0.0, 0.5, 1.0, 1.7)
-LAYERS = {"linear": (24, 20, 1), "conv1d-k1": (16, 12, 1), "conv1d-k3": (10, 6, 3)}
-RANK = 4
-TOLERANCE = 1e-5
-
-
-def _params(kind_name: str, fan_out: int, fan_in: int, w0: np.ndarray, seed: int) -> dict:
-    """Random float64 params for a type, magnitudes near the base norms like a trained one."""
-    rng = np.random.default_rng(seed)
-    kind = ADAPTER_TYPES[kind_name]
-    p: dict[str, np.ndarray] = {}
-    for name, shape in kind.shapes(fan_out, fan_in, RANK).items():
-        if name == "magnitude":
-            axis = 1 if kind.norm == "rows" else 0
-            p[name] = np.linalg.norm(w0, axis=axis) * (1 + 0.2 * rng.random(shape))
-        elif name == "magnitude_r":
-            p[name] = np.linalg.norm(w0, axis=1) * (1 + 0.2 * rng.random(shape))
-        elif name == "magnitude_c":
-            p[name] = 1 + 0.5 * rng.random(shape)
-        else:
-            p[name] = rng.standard_normal(shape) * 0.3
-    if kind.xs:
-        q_u, _ = np.linalg.qr(rng.standard_normal((fan_out, RANK)))
-        q_v, _ = np.linalg.qr(rng.standard_normal((fan_in, RANK)))
-        p["U"], p["V"] = q_u, q_v
-    return p
 
 
 def _target_adapter(kind_name: str, p: dict, c: float) -> TargetAdapter:
@@ -51,26 +33,18 @@ def _target_adapter(kind_name: str, p: dict, c: float) -> TargetAdapter:
     )
 
 
-def _base(layer: str, seed: int) -> tuple[np.ndarray, int]:
-    """A base weight stored in PyTorch layout and its kernel size."""
-    fan_out, cin, k = LAYERS[layer]
-    rng = np.random.default_rng(seed)
-    shape = (fan_out, cin) if layer == "linear" else (fan_out, cin, k)
-    return rng.standard_normal(shape).astype(np.float32), k
-
-
 def _rel_err(got: np.ndarray, want: np.ndarray) -> float:
     return float(np.max(np.abs(got - want)) / max(np.max(np.abs(want)), 1e-30))
 
 
 def _case(layer: str, stacked: tuple[str, ...], strengths: tuple[float, ...], semantics: str):
-    stored, k = _base(layer, seed=len(stacked) * 7 + len(layer))
+    stored, k = random_base(layer, seed=len(stacked) * 7 + len(layer))
     torch_layout = "linear" if layer == "linear" else "torch-conv1d"
     w0_2d = to_canonical_2d(stored, torch_layout)
     fan_out, fan_in = w0_2d.shape
     ref_stack, ours = [], []
     for i, (kind_name, s) in enumerate(zip(stacked, strengths, strict=True)):
-        p = _params(kind_name, fan_out, fan_in, w0_2d.astype(np.float64), seed=100 + i)
+        p = random_params(kind_name, fan_out, fan_in, w0_2d.astype(np.float64), seed=100 + i)
         c = (2.0 * RANK if i == 0 else 1.5 * RANK) / RANK
         ref_stack.append((kind_name, p, c, s))
         ours.append((_target_adapter(kind_name, p, c), s))
@@ -95,13 +69,6 @@ def test_single_adapter_matches_reference(kind_name, layer, strength, semantics)
     assert _rel_err(got, want) <= TOLERANCE
     if strength == 0:
         assert np.array_equal(got, w0), "strength 0 must leave the base bit-identical"
-
-
-STACK_PAIRS = [
-    (a, b)
-    for i, a in enumerate(ADAPTER_TYPES)
-    for b in list(ADAPTER_TYPES)[i + 1 :] + list(ADAPTER_TYPES)[:i]
-][::7]  # a spread of ordered pairs of different types (8 pairs), both orders represented
 
 
 @pytest.mark.parametrize("semantics", ["runtime", "delta"])
@@ -137,7 +104,7 @@ def test_semantics_agree_where_the_reference_says_they_must() -> None:
 
 def test_cast_once_to_base_dtype_by_default() -> None:
     w0 = mx.array(np.random.default_rng(0).standard_normal((6, 5)).astype(np.float16))
-    p = _params("dora-cols", 6, 5, np.array(w0.astype(mx.float32)).astype(np.float64), 1)
+    p = random_params("dora-cols", 6, 5, np.array(w0.astype(mx.float32)).astype(np.float64), 1)
     merged = merge(w0, [(_target_adapter("dora-cols", p, 2.0), 1.0)])
     assert merged.dtype == mx.float16
     want = ref_runtime(np.array(w0.astype(mx.float32)), [("dora-cols", p, 2.0, 1.0)])
@@ -147,7 +114,7 @@ def test_cast_once_to_base_dtype_by_default() -> None:
 
 def test_weight_delta_is_merged_minus_base() -> None:
     w0 = mx.array(np.random.default_rng(2).standard_normal((6, 5)).astype(np.float32))
-    p = _params("lora", 6, 5, np.array(w0).astype(np.float64), 3)
+    p = random_params("lora", 6, 5, np.array(w0).astype(np.float64), 3)
     adapter = _target_adapter("lora", p, 0.5)
     got = np.array(weight_delta(w0, [(adapter, 1.0)]))
     assert np.allclose(got, 0.5 * p["lora_B"] @ p["lora_A"], atol=1e-6)

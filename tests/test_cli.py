@@ -3,16 +3,10 @@
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
 
 import pytest
 
-
-def run_cli(*args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "sa3ckpt", *args], capture_output=True, text=True, timeout=120
-    )
+from tests.helpers import run_cli
 
 
 def test_version() -> None:

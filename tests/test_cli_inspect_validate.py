@@ -14,7 +14,7 @@ from fixtures.malformed import malformed_corpus
 from sa3ckpt.adapters.types import ADAPTER_TYPES
 from sa3ckpt.io import safetensors as st
 from sa3ckpt.ops.inspect import inspect_path
-from tests.test_cli import run_cli
+from tests.helpers import run_cli
 
 ADAPTERS = DATA_DIR / "adapters"
 GOOD = [

@@ -16,9 +16,8 @@ from sa3ckpt.ops.combine import combine, randomized_svd
 from sa3ckpt.ops.merge import AdapterArg
 from sa3ckpt.synth import synth_adapter
 from sa3ckpt.targets import FAMILIES
+from tests.helpers import base_2d, run_cli
 from tests.reference_math import ref_adapted, ref_svd_bases
-from tests.test_cli import run_cli
-from tests.test_merge import _base_2d
 
 FAM = FAMILIES["tiny-small"]
 BASE = DATA_DIR / "bases" / "tiny-small.official.safetensors"
@@ -31,7 +30,7 @@ def _path(stem: str) -> str:
 def _delta(ckpt, target, weight: float = 1.0) -> np.ndarray:
     """ΔW of one adapter at strength 1 in float64 (reference math, base for XS/DoRA)."""
     p = {k: np.asarray(v, np.float64) for k, v in ckpt.tensors[target.name].items()}
-    w0 = _base_2d(target)
+    w0 = base_2d(target)
     if ckpt.kind.xs and "U" not in p:
         p["U"], p["V"] = ref_svd_bases(w0.astype(np.float32), ckpt.config.rank)
     return weight * (ref_adapted(w0, ckpt.adapter_type, p, ckpt.config.scale, 1.0) - w0)

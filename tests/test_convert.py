@@ -17,9 +17,8 @@ from sa3ckpt.ops import convert as convert_mod
 from sa3ckpt.ops.convert import PEFT_TYPES, convert_adapter
 from sa3ckpt.synth import synth_adapter
 from sa3ckpt.targets import FAMILIES
+from tests.helpers import base_2d, run_cli
 from tests.reference_math import ref_svd_bases
-from tests.test_cli import run_cli
-from tests.test_merge import _base_2d
 
 FAM = FAMILIES["tiny-small"]
 BASE = str(DATA_DIR / "bases" / "tiny-small.official.safetensors")
@@ -115,7 +114,7 @@ def test_baking_with_a_base(tmp_path: Path) -> None:
     assert baked.config.extra["baked_norms"] is True
     src = load_adapter(_path("dora-rows-xs"))
     target = FAM.by_name["model.transformer.layers.0.ff.ff.0.proj"]
-    w0 = _base_2d(target)
+    w0 = base_2d(target)
     u, v = ref_svd_bases(w0.astype(np.float32), 4)
     params = baked.tensors[target.name]
     assert np.allclose(np.asarray(params["U"], np.float64), u, atol=2e-3)

@@ -20,7 +20,7 @@ from sa3ckpt.ops import merge as merge_mod
 from sa3ckpt.ops.merge import AdapterArg, merge_checkpoint
 from sa3ckpt.synth import synth_adapter
 from sa3ckpt.targets import FAMILIES
-from tests.test_cli import run_cli
+from tests.helpers import run_cli
 
 ADAPTER = str(DATA_DIR / "adapters" / "tiny-small" / "dora-rows.safetensors")
 BASE = str(DATA_DIR / "bases" / "tiny-small.official.safetensors")

@@ -8,20 +8,20 @@ import pytest
 
 from sa3ckpt.adapters.kernels import NumpyAdapter, merge_f32, merge_to
 from sa3ckpt.adapters.types import ADAPTER_TYPES
+from tests.helpers import LAYERS, STACK_PAIRS, STRENGTHS, TOLERANCE, random_base, random_params
 from tests.reference_math import ref_delta, ref_runtime
-from tests.test_adapter_math import LAYERS, STACK_PAIRS, STRENGTHS, TOLERANCE, _base, _params
 
 REFERENCES = {"runtime": ref_runtime, "delta": ref_delta}
 KERNELS = list(REFERENCES)
 
 
 def _run(layer: str, kinds: tuple[str, ...], strengths: tuple[float, ...], semantics: str):
-    stored, _k = _base(layer, seed=len(kinds) * 5 + len(layer))
+    stored, _k = random_base(layer, seed=len(kinds) * 5 + len(layer))
     w0 = stored.reshape(stored.shape[0], -1).astype(np.float16)  # fp16 base, canonical 2-D view
     fan_out, fan_in = w0.shape
     ref_stack, ours = [], []
     for i, (kind, s) in enumerate(zip(kinds, strengths, strict=True)):
-        p = _params(kind, fan_out, fan_in, w0.astype(np.float64), seed=200 + i)
+        p = random_params(kind, fan_out, fan_in, w0.astype(np.float64), seed=200 + i)
         c = 1.5 + i
         ref_stack.append((kind, p, c, s))
         ours.append(
@@ -62,7 +62,7 @@ def test_stacked(pair, strength, semantics) -> None:
 def test_kernel_never_modifies_the_base() -> None:
     w0 = np.random.default_rng(0).standard_normal((6, 5)).astype(np.float32)
     before = w0.copy()
-    p = _params("bora", 6, 5, w0.astype(np.float64), 1)
+    p = random_params("bora", 6, 5, w0.astype(np.float64), 1)
     adapter = NumpyAdapter(
         ADAPTER_TYPES["bora"], 2.0, {k: v.astype(np.float32) for k, v in p.items()}
     )
@@ -89,7 +89,7 @@ def test_merge_to_casts_once_and_flags_overflow() -> None:
 @pytest.mark.parametrize("kind", list(ADAPTER_TYPES))
 def test_fp16_output_is_one_rounding_of_the_fp32_result(kind, semantics) -> None:
     w0 = np.random.default_rng(3).standard_normal((12, 7)).astype(np.float16)
-    p = _params(kind, 12, 7, w0.astype(np.float64), 4)
+    p = random_params(kind, 12, 7, w0.astype(np.float64), 4)
     stack = [
         (
             NumpyAdapter(ADAPTER_TYPES[kind], 1.5, {k: v.astype(np.float32) for k, v in p.items()}),
@@ -128,7 +128,7 @@ def test_tall_weights_match_reference(pair, semantics) -> None:
     w0 = np.random.default_rng(5).standard_normal((fan_out, fan_in)).astype(np.float16)
     ref_stack, ours = [], []
     for i, kind in enumerate(pair):
-        p = _params(kind, fan_out, fan_in, w0.astype(np.float64), 300 + i)
+        p = random_params(kind, fan_out, fan_in, w0.astype(np.float64), 300 + i)
         ref_stack.append((kind, p, 1.25, 0.7 + i))
         ours.append(
             (

@@ -22,13 +22,11 @@ from sa3ckpt.names import mlx_base_key, official_base_key
 from sa3ckpt.ops.merge import PROVENANCE_KEY, AdapterArg, merge_checkpoint, parse_adapter_arg
 from sa3ckpt.synth import synth_adapter
 from sa3ckpt.targets import FAMILIES
+from tests.helpers import BASE_FAMILY, BASE_MLX, BASE_OFFICIAL, base_2d, run_cli
 from tests.reference_math import ref_delta, ref_runtime, ref_svd_bases
-from tests.test_cli import run_cli
 
-FAMILY = "tiny-small"  # Conv1d k=3 in both official (out,in,k) and MLX (out,k,in) layouts
+FAMILY = BASE_FAMILY
 FAM = FAMILIES[FAMILY]
-BASE_OFFICIAL = DATA_DIR / "bases" / f"{FAMILY}.official.safetensors"
-BASE_MLX = DATA_DIR / "bases" / f"{FAMILY}.mlx.safetensors"
 
 
 def _adapter_path(stem: str, family: str = FAMILY) -> str:
@@ -36,22 +34,12 @@ def _adapter_path(stem: str, family: str = FAMILY) -> str:
 
 
 @functools.cache
-def _base_arrays() -> dict[str, np.ndarray]:
-    return load_file(str(BASE_OFFICIAL))
-
-
-@functools.cache
 def _checkpoint(stem: str):
     return load_checkpoint(_adapter_path(stem))
 
 
-def _base_2d(target) -> np.ndarray:
-    weights = _base_arrays()
-    return weights[official_base_key(target.name)].astype(np.float64).reshape(target.shape)
-
-
 def _reference(stack: list[tuple[str, float]], semantics: str, target) -> np.ndarray:
-    w0 = _base_2d(target)
+    w0 = base_2d(target)
     items = []
     for stem, strength in stack:
         ckpt = _checkpoint(stem)
@@ -167,7 +155,7 @@ def test_xs_bases_sources_are_reported(tmp_path) -> None:
         str(BASE_OFFICIAL), [AdapterArg(_adapter_path("lora-xs"), 1.0)], str(out)
     )
     assert ledger.bases_sources == {"base SVD (F16 base)": len(FAM.targets)}
-    weights = {t.name: _base_2d(t).astype(np.float16) for t in FAM.targets}
+    weights = {t.name: base_2d(t).astype(np.float16) for t in FAM.targets}
     bases_file = tmp_path / "bases.safetensors"
     save_bases(compute_bases(weights, 4, "tiny-small official"), bases_file)
     ledger = merge_checkpoint(

@@ -25,7 +25,7 @@ from sa3ckpt.adapters.kernels import NumpyAdapter
 from sa3ckpt.adapters.types import AdapterType, adapter_type
 from sa3ckpt.adapters.xs_bases import XsBases, svd_bases
 from sa3ckpt.errors import MalformedFileError
-from sa3ckpt.io.ckpt import looks_like_pickle, read_legacy_ckpt
+from sa3ckpt.io.legacy_pickle import looks_like_pickle, read_legacy_ckpt
 from sa3ckpt.io.safetensors import open_safetensors, write_safetensors
 from sa3ckpt.layout import squeeze_magnitude
 from sa3ckpt.names.dialects import (

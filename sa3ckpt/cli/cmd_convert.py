@@ -10,7 +10,7 @@ from sa3ckpt.cli.common import print_ledger
 from sa3ckpt.dtypes import NAMES as DTYPE_NAMES
 from sa3ckpt.errors import UsageError
 from sa3ckpt.io.base_checkpoint import detect_naming
-from sa3ckpt.io.ckpt import looks_like_pickle
+from sa3ckpt.io.legacy_pickle import looks_like_pickle
 from sa3ckpt.io.safetensors import read_header
 from sa3ckpt.names.dialects import detect_adapter_dialect
 from sa3ckpt.ops.convert import ADAPTER_TARGETS, convert_adapter

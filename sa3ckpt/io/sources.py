@@ -19,8 +19,8 @@ import numpy as np
 
 from sa3ckpt import dtypes
 from sa3ckpt.errors import MalformedFileError
-from sa3ckpt.io.ckpt import looks_like_pickle, read_legacy_ckpt
 from sa3ckpt.io.gguf_adapter import is_gguf
+from sa3ckpt.io.legacy_pickle import looks_like_pickle, read_legacy_ckpt
 from sa3ckpt.io.safetensors import SafetensorsFile, open_safetensors
 
 CONFIG_KEY = "lora_config"

@@ -17,7 +17,7 @@ import numpy as np
 from sa3ckpt import dtypes
 from sa3ckpt.adapters.types import ADAPTER_TYPES
 from sa3ckpt.errors import MalformedFileError, UsageError
-from sa3ckpt.io.ckpt import PickleRefusedError
+from sa3ckpt.io.legacy_pickle import PickleRefusedError
 from sa3ckpt.io.sources import AdapterSource, open_adapter_source, sniff_format, walk_adapter_paths
 from sa3ckpt.names.dialects import parse_official_base_key
 from sa3ckpt.names.modules import SECONDS_CONDITIONER

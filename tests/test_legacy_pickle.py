@@ -25,7 +25,7 @@ import numpy as np
 import pytest
 
 from sa3ckpt.errors import MalformedFileError, UsageError
-from sa3ckpt.io.ckpt import (
+from sa3ckpt.io.legacy_pickle import (
     MAX_CAUSE_CHARS,
     PICKLE_REFUSAL,
     LegacyCheckpoint,
@@ -116,7 +116,8 @@ def test_refusal_imports_no_torch_and_unpickles_nothing(tmp_path: Path, maker: A
 
     script = (
         "import sys\n"
-        "from sa3ckpt.io.ckpt import PickleRefusedError, looks_like_pickle, read_legacy_ckpt\n"
+        "from sa3ckpt.io.legacy_pickle import (\n"
+        "    PickleRefusedError, looks_like_pickle, read_legacy_ckpt)\n"
         "assert looks_like_pickle(sys.argv[1])\n"
         "try:\n"
         "    read_legacy_ckpt(sys.argv[1])\n"

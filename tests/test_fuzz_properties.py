@@ -13,6 +13,7 @@ import tempfile
 from pathlib import Path
 
 import numpy as np
+import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -164,10 +165,7 @@ def test_bases_metadata(metadata: dict) -> None:
 @SETTINGS
 @given(st.data())
 def test_gguf_mutations(data) -> None:
-    import importlib.util
-
-    if importlib.util.find_spec("gguf") is None:
-        return
+    pytest.importorskip("gguf")
     from sa3ckpt.ops.convert import convert_adapter
 
     with tempfile.TemporaryDirectory() as tmp:

@@ -17,6 +17,7 @@ from types import MappingProxyType
 
 import ml_dtypes
 import numpy as np
+import numpy.typing as npt
 
 
 @dataclass(frozen=True)
@@ -33,7 +34,7 @@ class DtypeSpec:
         return self.dtype.itemsize
 
 
-def _row(code: str, dtype: object, floating: bool) -> tuple[str, DtypeSpec]:
+def _row(code: str, dtype: npt.DTypeLike, floating: bool) -> tuple[str, DtypeSpec]:
     return code, DtypeSpec(code, np.dtype(dtype), floating)
 
 
@@ -93,7 +94,7 @@ def is_known(code: object) -> bool:
     return isinstance(code, str) and code in DTYPES
 
 
-def code_for(np_dtype: object) -> str:
+def code_for(np_dtype: npt.DTypeLike) -> str:
     """The safetensors code for a numpy dtype, whatever its byte order.
 
     Byte order is ignored because writers convert to little-endian; raises ValueError for

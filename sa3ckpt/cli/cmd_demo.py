@@ -86,8 +86,10 @@ def _demo(work: Path) -> int:
     base = work / "small-base-slice.safetensors"
     _write_base_slice(base, list(adapter.tensors))
     merged = work / "merged.safetensors"
-    ledger = merge_checkpoint(str(base), [AdapterArg(str(path), 0.8)], str(merged), force=True)
-    for line in ledger.lines():
+    merge_ledger = merge_checkpoint(
+        str(base), [AdapterArg(str(path), 0.8)], str(merged), force=True
+    )
+    for line in merge_ledger.lines():
         out.print(escape_control(line), soft_wrap=True)
     out.print(Rule())
     out.print(f"files in {work}:")

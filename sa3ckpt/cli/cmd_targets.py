@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+from typing import Any
 
 from sa3ckpt.cli.common import JSON_SCHEMA_VERSION
 from sa3ckpt.errors import UsageError
@@ -28,9 +29,9 @@ def run(args: argparse.Namespace) -> int:
         selected = fam.selected(args.include, args.exclude)
     except ValueError as exc:
         raise UsageError(str(exc)) from None
-    rows = []
+    rows: list[dict[str, Any]] = []
     for t in selected:
-        row = {
+        row: dict[str, Any] = {
             "name": t.name,
             "kind": t.kind,
             "shape": list(t.shape),

@@ -412,7 +412,7 @@ class SafetensorsFile:
         out = np.empty(info.shape, dtype=dtype)
         if info.nbytes == 0:
             return out
-        view = memoryview(out.reshape(-1).view(np.uint8))
+        view = out.reshape(-1).view(np.uint8).data  # writable: reads land in `out`
         offset = self.header.data_offset + info.begin
         try:
             fd = os.open(self.path, os.O_RDONLY)
@@ -517,12 +517,12 @@ def encode_header(
     return _PREFIX.pack(len(raw)) + raw, offset
 
 
-def _little_endian_bytes(array: np.ndarray) -> np.ndarray:
-    """A flat uint8 view of ``array`` in C order and little-endian, copying only if needed."""
+def _little_endian_bytes(array: np.ndarray) -> memoryview:
+    """The bytes of ``array`` in C order and little-endian, copying only if needed."""
     order = array.dtype.byteorder
     if order == ">" or (order == "=" and sys.byteorder == "big"):
         array = array.astype(array.dtype.newbyteorder("<"))
-    return np.ascontiguousarray(array).reshape(-1).view(np.uint8)
+    return np.ascontiguousarray(array).reshape(-1).view(np.uint8).data
 
 
 class SafetensorsStreamWriter:

@@ -17,19 +17,11 @@ import pytest
 from mlx.utils import tree_flatten
 
 from sa3ckpt.adapters.checkpoint import load_checkpoint, save_checkpoint
-from sa3ckpt.adapters.formulas import TargetAdapter, adapted_weight
-from sa3ckpt.adapters.modules import (
-    AdaptedConv1d,
-    AdaptedLinear,
-    adapter_modules,
-    decompose_weight,
-    inject,
-    load_into,
-    state_dict,
-    to_checkpoint,
-    trainable_parameters,
-)
+from sa3ckpt.adapters.formulas import TargetAdapter, adapted_weight, decompose_weight
+from sa3ckpt.adapters.injection import adapter_modules, inject, trainable_parameters
+from sa3ckpt.adapters.module_io import load_into, state_dict, to_checkpoint
 from sa3ckpt.adapters.types import ADAPTER_TYPES
+from sa3ckpt.adapters.wrappers import AdaptedConv1d, AdaptedLinear
 from sa3ckpt.layout import from_canonical_2d, to_canonical_2d
 from sa3ckpt.names import format_adapter_key
 from tests.reference_math import ref_adapted

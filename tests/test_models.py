@@ -20,12 +20,8 @@ import pytest
 from mlx.utils import tree_flatten
 
 from sa3ckpt.adapters.checkpoint import save_checkpoint
-from sa3ckpt.adapters.modules import (
-    adapter_modules,
-    inject,
-    to_checkpoint,
-    trainable_parameters,
-)
+from sa3ckpt.adapters.injection import adapter_modules, inject, trainable_parameters
+from sa3ckpt.adapters.module_io import to_checkpoint
 from sa3ckpt.models import (
     DIT_ONLY_EXCLUDE,
     DiT,

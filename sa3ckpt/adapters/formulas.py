@@ -4,6 +4,11 @@ Formulas are the official SA3 PyTorch ones (../shared/reference/adapters.md). Ev
 computed on the canonical 2-D (fan_out, fan_in) view in float32 and cast once at the end;
 Conv1d callers convert layouts with `sa3ckpt.layout` before and after.
 
+The DoRA/BoRA normaliser is written once (`NORM_STEPS`, `_normalise`): the merged weight, the
+dropout split of the trainable modules and their fresh magnitudes all walk it. (The NumPy
+streaming kernel in `kernels` keeps its own fused copy; it is tested against the same
+float64 reference.)
+
 Two multi-adapter semantics exist in the wild and both are named here:
 - runtime: adapters chain in order, W_i = f_i(W_{i-1}; s_i) (official strength slider, sa3.cpp)
 - delta:   W = W0 + Σ s_i (f_i(W0; 1) − W0) (official merge_loras_into_base_model)
@@ -55,51 +60,171 @@ def col_norm(v: mx.array) -> mx.array:
     return mx.sqrt(mx.sum(mx.square(v), axis=0, keepdims=True))
 
 
-def _no_norm(v: mx.array, p: Mapping[str, mx.array]) -> mx.array:
-    return v
+# --------------------------------------------------------------------------- the normaliser
 
-
-def _rows(v: mx.array, p: Mapping[str, mx.array]) -> mx.array:
-    return p["magnitude"][:, None] * v / (row_norm(v) + EPS)
-
-
-def _cols(v: mx.array, p: Mapping[str, mx.array]) -> mx.array:
-    return p["magnitude"][None, :] * v / (col_norm(v) + EPS)
-
-
-def _both(v: mx.array, p: Mapping[str, mx.array]) -> mx.array:
-    r = p["magnitude_r"][:, None] * v / (row_norm(v) + EPS)
-    return p["magnitude_c"][None, :] * r / (col_norm(r) + EPS)
-
-
-# How each norm direction turns V' = W0 + c s ΔW into the adapted weight.
-NORMALIZERS: dict[str | None, Callable[[mx.array, Mapping[str, mx.array]], mx.array]] = {
-    None: _no_norm,
-    "rows": _rows,
-    "cols": _cols,
-    "both": _both,
+# Each norm direction as the steps of its normaliser, in order: which magnitude parameter
+# sets the norms of which direction. BoRA normalises rows first, then the columns of the
+# row-normalised R. Every use of the normaliser (the merged weight, the dropout split, the
+# fresh magnitudes of a trainable module) walks this one table.
+NORM_STEPS: dict[str | None, tuple[tuple[str, str], ...]] = {
+    None: (),
+    "rows": (("magnitude", "rows"),),
+    "cols": (("magnitude", "cols"),),
+    "both": (("magnitude_r", "rows"), ("magnitude_c", "cols")),
 }
+_NORMS: dict[str, Callable[[mx.array], mx.array]] = {"rows": row_norm, "cols": col_norm}
 
 
-def adapted_weight(w0: mx.array, adapter: TargetAdapter, strength: float) -> mx.array:
-    """f(W0; s): the weight one adapter produces at strength s, in float32.
+@dataclass(frozen=True)
+class Scales:
+    """The elementwise factor P = rows ⊙ cols a normaliser applies to V'; None stands for 1.
+
+    rows is (fan_out, 1), cols is (1, fan_in). Keeping P as factors lets the dropout path
+    scale W0 and the low-rank update separately, with the gradient through the norms (which
+    depend on V', hence on the adapter).
+    """
+
+    rows: mx.array | None = None
+    cols: mx.array | None = None
+
+    def apply(self, w: mx.array) -> mx.array:
+        """P ⊙ w."""
+        if self.rows is not None:
+            w = self.rows * w
+        if self.cols is not None:
+            w = w * self.cols
+        return w
+
+
+# The target norms of one normaliser step: (magnitude parameter, the current norms, kept 2-D)
+# -> norms the step rescales to, broadcastable like the current norms.
+TargetNorms = Callable[[str, mx.array], mx.array]
+
+
+def _normalise(
+    v: mx.array, kind: AdapterType, target: TargetNorms
+) -> tuple[mx.array, Scales, dict[str, mx.array]]:
+    """Run the type's normaliser on V': (P ⊙ V', P, the norms each step found, 1-D)."""
+    w = v
+    factors: dict[str, mx.array] = {}
+    found: dict[str, mx.array] = {}
+    for param, direction in NORM_STEPS[kind.norm]:
+        norms = _NORMS[direction](w)
+        found[param] = norms.reshape(-1)
+        factors[direction] = target(param, norms) / (norms + EPS)
+        w = factors[direction] * w
+    return w, Scales(**factors), found
+
+
+def _targets(magnitudes: Mapping[str, mx.array]) -> TargetNorms:
+    """Target norms given by magnitude vectors (reshaped to the norms' 2-D orientation)."""
+    return lambda param, norms: magnitudes[param].reshape(norms.shape)
+
+
+def norm_scales(v: mx.array, kind: AdapterType, magnitudes: Mapping[str, mx.array]) -> Scales:
+    """P, the factor the type's normaliser applies to V' with these magnitudes."""
+    return _normalise(v, kind, _targets(magnitudes))[1]
+
+
+def identity_magnitudes(w: mx.array, kind: AdapterType) -> dict[str, mx.array]:
+    """The float32 magnitudes for which the type's normaliser leaves `w` as it is (to EPS).
+
+    Row and/or column norms of `w` (BoRA: row norms, then the column norms of the
+    row-normalised R); the official initialisation of a fresh adapter.
+    """
+    return _normalise(w.astype(mx.float32), kind, lambda param, norms: norms)[2]
+
+
+# --------------------------------------------------------------------------- one adapter
+
+# Chained semantics differ only in the magnitudes one adapter uses at strength s, given the
+# weight that comes into it; runtime uses the stored ones. This is the one place such a rule
+# lives: `adapted_weight` and `decompose_weight` (the merge and the trainable modules) both
+# read the magnitudes from here. (`delta` is not a chain: it evaluates each adapter at s = 1.)
+MagnitudeRule = Callable[[mx.array, TargetAdapter, float], Mapping[str, mx.array]]
+
+
+def stored_magnitudes(
+    w_in: mx.array, adapter: TargetAdapter, strength: float
+) -> Mapping[str, mx.array]:
+    """Runtime semantics: the magnitudes as stored, whatever the strength."""
+    return adapter.params
+
+
+CHAIN_MAGNITUDES: dict[str, MagnitudeRule] = {"runtime": stored_magnitudes}
+
+
+def bypassed(adapter: TargetAdapter, strength: float) -> bool:
+    """DoRA/BoRA at s == 0: the official code returns W_in untouched, not renormalised."""
+    return strength == 0 and adapter.kind.is_weight_decomposed
+
+
+def _scaled_update(adapter: TargetAdapter, strength: float) -> mx.array:
+    """c s ΔW in float32."""
+    return (adapter.scale * strength) * adapter.low_rank().astype(mx.float32)
+
+
+def _magnitudes(
+    w_in: mx.array, adapter: TargetAdapter, strength: float, semantics: str
+) -> Mapping[str, mx.array]:
+    if semantics not in CHAIN_MAGNITUDES:
+        raise ValueError(
+            f"semantics {semantics!r} does not chain single adapters "
+            f"(chained: {', '.join(CHAIN_MAGNITUDES)})"
+        )
+    return CHAIN_MAGNITUDES[semantics](w_in, adapter, strength)
+
+
+def adapted_weight(
+    w0: mx.array, adapter: TargetAdapter, strength: float, semantics: str = "runtime"
+) -> mx.array:
+    """f(W_in; s): the weight one adapter produces at strength s, in float32.
 
     DoRA/BoRA types bypass exactly at s == 0 (the official code returns W0 untouched there,
     rather than renormalising W0 with the stored magnitudes).
     """
     w0 = w0.astype(mx.float32)
-    if strength == 0 and adapter.kind.is_weight_decomposed:
+    if bypassed(adapter, strength):
         return w0
-    v = w0 + (adapter.scale * strength) * adapter.low_rank().astype(mx.float32)
-    return NORMALIZERS[adapter.kind.norm](v, adapter.params)
+    v = w0 + _scaled_update(adapter, strength)
+    magnitudes = _magnitudes(w0, adapter, strength, semantics)
+    return _normalise(v, adapter.kind, _targets(magnitudes))[0]
+
+
+def decompose_weight(
+    w0: mx.array, adapter: TargetAdapter, strength: float, semantics: str = "runtime"
+) -> tuple[mx.array, mx.array]:
+    """(P ⊙ W0, P ⊙ c s ΔW), float32, whose sum is `adapted_weight(w0, adapter, strength)`.
+
+    This is the split the dropout path needs: the base part sees the clean input, the
+    adapter part the dropped-out one. DoRA/BoRA types at s == 0 return (W0, 0), the exact
+    bypass.
+    """
+    w0 = w0.astype(mx.float32)
+    if bypassed(adapter, strength):
+        return w0, mx.zeros_like(w0)
+    delta = _scaled_update(adapter, strength)
+    magnitudes = _magnitudes(w0, adapter, strength, semantics)
+    scales = norm_scales(w0 + delta, adapter.kind, magnitudes)
+    return scales.apply(w0), scales.apply(delta)
+
+
+# --------------------------------------------------------------------------- several adapters
+
+
+def merge_chain(
+    w0: mx.array, adapters: Sequence[tuple[TargetAdapter, float]], semantics: str
+) -> mx.array:
+    """Chain adapters in order, W_i = f_i(W_{i-1}; s_i), under a chained semantics."""
+    w = w0.astype(mx.float32)
+    for adapter, strength in adapters:
+        w = adapted_weight(w, adapter, strength, semantics)
+    return w
 
 
 def merge_runtime(w0: mx.array, adapters: Sequence[tuple[TargetAdapter, float]]) -> mx.array:
-    """Chain adapters in order: W_i = f_i(W_{i-1}; s_i)."""
-    w = w0.astype(mx.float32)
-    for adapter, strength in adapters:
-        w = adapted_weight(w, adapter, strength)
-    return w
+    """Chain adapters in order: W_i = f_i(W_{i-1}; s_i), stored magnitudes."""
+    return merge_chain(w0, adapters, "runtime")
 
 
 def merge_delta(w0: mx.array, adapters: Sequence[tuple[TargetAdapter, float]]) -> mx.array:

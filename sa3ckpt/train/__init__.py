@@ -1,7 +1,7 @@
 """Training helpers for SA3 adapters on the MLX DiT: timesteps, loss, audio -> latents.
 
 The model itself lives in `sa3ckpt.models`; adapters are injected and saved with
-`sa3ckpt.adapters.modules` (`inject`, `to_checkpoint`) and `sa3ckpt.adapters.checkpoint`
+`sa3ckpt.adapters` (`inject`, `to_checkpoint`) and `sa3ckpt.adapters.checkpoint`
 (`save_checkpoint`). See the README's training section for an end-to-end example.
 """
 

@@ -12,7 +12,13 @@ import mlx.core as mx
 import numpy as np
 import pytest
 
-from sa3ckpt.adapters.formulas import TargetAdapter, adapted_weight, merge, weight_delta
+from sa3ckpt.adapters.formulas import (
+    TargetAdapter,
+    adapted_weight,
+    identity_magnitudes,
+    merge,
+    weight_delta,
+)
 from sa3ckpt.adapters.types import ADAPTER_TYPES
 from sa3ckpt.layout import from_canonical_2d, to_canonical_2d
 from tests.helpers import (
@@ -130,3 +136,35 @@ def test_xs_without_bases_is_a_clear_error() -> None:
 def test_unknown_semantics() -> None:
     with pytest.raises(ValueError, match="known: runtime, delta"):
         merge(mx.zeros((2, 2)), [], "sideways")
+
+
+# Independent float64 norms a fresh adapter's magnitudes must equal, per norm direction.
+def _ref_identity(w: np.ndarray, norm: str) -> dict[str, np.ndarray]:
+    rows = np.linalg.norm(w, axis=1)
+    if norm == "rows":
+        return {"magnitude": rows}
+    if norm == "cols":
+        return {"magnitude": np.linalg.norm(w, axis=0)}
+    r = w * (rows / (rows + 1e-12))[:, None]
+    return {"magnitude_r": rows, "magnitude_c": np.linalg.norm(r, axis=0)}
+
+
+@pytest.mark.parametrize("kind_name", list(ADAPTER_TYPES))
+def test_identity_magnitudes_are_base_norms_and_leave_the_weight(kind_name: str) -> None:
+    """The fresh magnitudes are the reference norms, and with them f(W0; s) == W0 for any s."""
+    kind = ADAPTER_TYPES[kind_name]
+    w0, _ = _base("linear", 3)
+    fan_out, fan_in = w0.shape
+    got = identity_magnitudes(mx.array(w0), kind)
+    want = _ref_identity(w0.astype(np.float64), kind.norm) if kind.norm else {}
+    assert set(got) == set(want) == {n for n in kind.required if n.startswith("magnitude")}
+    for name, value in want.items():
+        assert got[name].dtype == mx.float32
+        assert _rel_err(np.array(got[name]), value) < TOLERANCE, name
+    p = _params(kind_name, fan_out, fan_in, w0.astype(np.float64), 5)
+    p.update({k: np.asarray(v, np.float64) for k, v in got.items()})
+    update = "M_xs" if kind.xs else "lora_B"  # no update: V' = W0 at every strength
+    p[update] = np.zeros_like(p[update])
+    for s in STRENGTHS:
+        out = adapted_weight(mx.array(w0), _target_adapter(kind_name, p, 2.0), s)
+        assert _rel_err(np.array(out), w0) < TOLERANCE, s

@@ -17,7 +17,7 @@ import pytest
 from mlx.utils import tree_flatten
 
 from sa3ckpt.adapters.checkpoint import load_checkpoint, save_checkpoint
-from sa3ckpt.adapters.formulas import TargetAdapter, adapted_weight, decompose_weight
+from sa3ckpt.adapters.formulas import TargetAdapter, adapted_weight, decompose_weight, merge
 from sa3ckpt.adapters.injection import adapter_modules, inject, trainable_parameters
 from sa3ckpt.adapters.module_io import load_into, state_dict, to_checkpoint
 from sa3ckpt.adapters.types import ADAPTER_TYPES
@@ -261,6 +261,52 @@ def test_randomised_forward_matches_formulas(kind: str) -> None:
     params = {n: np.array(v, np.float64) for n, v in conv.adapter().params.items()}
     ref = ref_adapted(np.array(conv.base_weight_2d(), np.float64), kind, params, ALPHA / RANK, 1.0)
     assert rel_err(conv.merged_weight(), mx.array(ref.astype(np.float32))) < 1e-5
+
+
+INFERENCE_TARGETS = ("model.preprocess_conv", "model.transformer.layers.1.self_attn.to_qkv")
+
+
+@pytest.mark.parametrize("kind", TYPES)
+def test_inference_forward_is_the_formulas_merge(kind: str) -> None:
+    """Eval-mode forward == the layer run with formulas.merge of the one adapter.
+
+    At strengths other than 1 and with dropout configured (eval mode must ignore it), on a
+    Linear and a k=3 Conv1d; the merge goes through the public multi-adapter entry point and
+    the module's own layer, so the wrappers add nothing to the formulas' math.
+    """
+    model = toy()
+    inject(model, kind, RANK, ALPHA, dropout=0.2)
+    randomize(model, seed=11)
+    model.eval()
+    x = inputs(4)
+    modules = adapter_modules(model)
+    for name in INFERENCE_TARGETS:
+        module = modules[name]
+        for s in (0.4, 1.7):
+            module.strength = s
+            merged = merge(module.base_weight_2d(), [(module.adapter(), s)], "runtime")
+            want = module._with_bias(module._layer(x, merged))
+            assert rel_err(module(x), want) < 1e-6, (name, s)
+            assert rel_err(module(x), expected_output(module, x)) < 1e-5, (name, s)
+
+
+def test_wrappers_refuse_the_other_layer_kind() -> None:
+    with pytest.raises(ValueError, match=r"AdaptedLinear wraps an nn\.Linear, got Conv1d"):
+        AdaptedLinear(nn.Conv1d(4, 4, 3), "lora", 2, 2)
+    with pytest.raises(ValueError, match=r"AdaptedConv1d wraps an nn\.Conv1d, got Linear"):
+        AdaptedConv1d(nn.Linear(4, 4), "lora", 2, 2)
+
+
+def test_public_api_is_reexported_from_adapters() -> None:
+    """`from sa3ckpt.adapters import ...` gives the objects of their home modules."""
+    import importlib
+
+    import sa3ckpt.adapters as adapters
+
+    assert sorted(adapters.__all__) == sorted(adapters._HOMES)
+    for name, home in adapters._HOMES.items():
+        module = importlib.import_module(f"sa3ckpt.adapters.{home}")
+        assert getattr(adapters, name) is getattr(module, name), name
 
 
 def test_conv_layout_is_pytorch_in_major() -> None:

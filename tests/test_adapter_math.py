@@ -153,7 +153,7 @@ def _ref_identity(w: np.ndarray, norm: str) -> dict[str, np.ndarray]:
 def test_identity_magnitudes_are_base_norms_and_leave_the_weight(kind_name: str) -> None:
     """The fresh magnitudes are the reference norms, and with them f(W0; s) == W0 for any s."""
     kind = ADAPTER_TYPES[kind_name]
-    w0, _ = _base("linear", 3)
+    w0, _ = random_base("linear", 3)
     fan_out, fan_in = w0.shape
     got = identity_magnitudes(mx.array(w0), kind)
     want = _ref_identity(w0.astype(np.float64), kind.norm) if kind.norm else {}
@@ -161,7 +161,7 @@ def test_identity_magnitudes_are_base_norms_and_leave_the_weight(kind_name: str)
     for name, value in want.items():
         assert got[name].dtype == mx.float32
         assert _rel_err(np.array(got[name]), value) < TOLERANCE, name
-    p = _params(kind_name, fan_out, fan_in, w0.astype(np.float64), 5)
+    p = random_params(kind_name, fan_out, fan_in, w0.astype(np.float64), 5)
     p.update({k: np.asarray(v, np.float64) for k, v in got.items()})
     update = "M_xs" if kind.xs else "lora_B"  # no update: V' = W0 at every strength
     p[update] = np.zeros_like(p[update])

@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import os
 
+EXIT_OK = 0  # the one exit code no error class carries
+
 
 class Sa3ckptError(Exception):
     """Base class: a user-facing failure with a one-line message and an exit code."""
@@ -18,6 +20,15 @@ class Sa3ckptError(Exception):
     def one_line(self) -> str:
         """The message folded to a single line, safe to print on stderr."""
         return " ".join(str(self).split())
+
+
+class ValidationFailed(Sa3ckptError):
+    """Inputs were read but break rules: error findings, or warnings with --strict (exit 1).
+
+    validate reports findings rather than raising; the class is the home of their exit code.
+    """
+
+    exit_code = 1
 
 
 class UsageError(Sa3ckptError):

@@ -17,7 +17,7 @@ def _shapes(kind_name: str, fan: tuple[int, int] = FAN) -> dict[str, tuple[int, 
 
 
 def _codes(detection) -> set[str]:
-    return {f.code for f in detection.findings}
+    return {f.rule for f in detection.findings}
 
 
 @pytest.mark.parametrize("kind_name", list(ADAPTER_TYPES))
@@ -33,7 +33,8 @@ def test_every_type_detected_from_tensors(kind_name: str) -> None:
 def test_xs_dora_without_fans_is_ambiguous_until_a_table_helps() -> None:
     params = {"model.a": _shapes("dora-cols-xs")}
     blind = detect_type(params, None)
-    assert blind.from_tensors == "dora-?-xs"
+    assert blind.from_tensors is None  # no "?" placeholder type: the candidates say it
+    assert blind.candidates == ("dora-rows-xs", "dora-cols-xs") and blind.orientation_open
     assert "ambiguous-orientation" in _codes(blind)
     assert detect_type(params, None, {"model.a": FAN}).adapter_type == "dora-cols-xs"
 
@@ -41,7 +42,7 @@ def test_xs_dora_without_fans_is_ambiguous_until_a_table_helps() -> None:
 def test_legacy_dora_alias_resolved_by_magnitude_shape() -> None:
     detection = detect_type({"model.a": _shapes("dora-cols")}, "dora")
     assert detection.adapter_type == "dora-cols"
-    warning = next(f for f in detection.findings if f.code == "legacy-alias")
+    warning = next(f for f in detection.findings if f.rule == "legacy-alias")
     assert warning.severity == "warning" and "by magnitude shape" in warning.message
     assert "type-disagreement" not in _codes(detection)
 
@@ -53,7 +54,7 @@ def test_aliases_default(alias: str, target: str) -> None:
     resolved, findings = resolve_config_type(alias, None)
     assert (
         resolved == target
-        and findings[0].code == "legacy-alias"
+        and findings[0].rule == "legacy-alias"
         and "by default" in findings[0].message
     )
 
@@ -83,7 +84,7 @@ def test_one_non_square_target_settles_the_square_ones() -> None:
 def test_disagreement_is_a_finding_and_tensors_win() -> None:
     detection = detect_type({"model.a": _shapes("bora")}, "lora")
     assert detection.adapter_type == "bora"
-    finding = next(f for f in detection.findings if f.code == "type-disagreement")
+    finding = next(f for f in detection.findings if f.rule == "type-disagreement")
     assert (
         finding.severity == "error" and "'lora'" in finding.message and "'bora'" in finding.message
     )

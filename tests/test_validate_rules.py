@@ -11,8 +11,9 @@ import pytest
 
 from fixtures.generate import DATA_DIR
 from sa3ckpt.adapters.types import ADAPTER_TYPES
+from sa3ckpt.findings import RULES
 from sa3ckpt.io.safetensors import write_safetensors
-from sa3ckpt.ops.validate import RULES, validate_path, validate_paths
+from sa3ckpt.ops.validate import validate_path, validate_paths
 from sa3ckpt.synth import synth_adapter, synth_base
 from sa3ckpt.targets import FAMILIES
 

@@ -8,7 +8,7 @@ slow file never overwrites a newer choice.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, ClassVar
+from typing import ClassVar
 
 from textual import work
 from textual.app import ComposeResult
@@ -18,6 +18,7 @@ from textual.screen import Screen
 from textual.widgets import Footer, TabbedContent, TabPane
 from textual.worker import get_current_worker
 
+from sa3ckpt.ops.inspect_report import StatsReport
 from sa3ckpt.ops.validate import FileResult
 from sa3ckpt.textsafe import escape_control
 from tui.coverage_view import CoverageView
@@ -151,7 +152,7 @@ class BrowserScreen(Screen[None]):
         stats, error = load_stats(path)
         self.app.call_from_thread(self._show_stats, path, stats, error)
 
-    def _show_stats(self, path: str, stats: dict[str, Any] | None, error: str | None) -> None:
+    def _show_stats(self, path: str, stats: StatsReport | None, error: str | None) -> None:
         view = self.query_one(CoverageView)
         view.loading = False
         if path != self._path:

@@ -8,11 +8,11 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Any
 
 from rich.text import Text
 
 from sa3ckpt.names.modules import BLOCK_PREFIX, to_sa3cpp_stem
+from sa3ckpt.ops.inspect_report import CoverageMap, StatsReport
 
 # Three-letter column heads for the nine per-block modules (the detail pane names them fully).
 MODULE_HEADS = {
@@ -58,35 +58,35 @@ def short_name(target: str) -> str:
     return ".".join(parts[-2:])
 
 
-def block_rows(coverage_map: dict[str, Any]) -> list[tuple[int, list[Cell]]]:
+def block_rows(coverage_map: CoverageMap) -> list[tuple[int, list[Cell]]]:
     """(block index, the nine cells of that block) in block order."""
-    modules = coverage_map["modules"]
+    modules = coverage_map.modules
     return [
         (
-            row["block"],
+            row.block,
             [
-                Cell(f"{BLOCK_PREFIX}{row['block']}.{module}", bool(present))
-                for module, present in zip(modules, row["present"], strict=True)
+                Cell(f"{BLOCK_PREFIX}{row.block}.{module}", bool(present))
+                for module, present in zip(modules, row.present, strict=True)
             ],
         )
-        for row in coverage_map["blocks"]
+        for row in coverage_map.blocks
     ]
 
 
-def extra_rows(coverage_map: dict[str, Any]) -> list[tuple[str, Cell]]:
+def extra_rows(coverage_map: CoverageMap) -> list[tuple[str, Cell]]:
     """Top-level then conditioner targets, each with its short label."""
-    extras = {**coverage_map.get("top_level", {}), **coverage_map.get("conditioner", {})}
+    extras = {**coverage_map.top_level, **coverage_map.conditioner}
     return [(short_name(t), Cell(t, bool(present))) for t, present in extras.items()]
 
 
-def max_norm(stats: dict[str, Any] | None) -> float:
+def max_norm(stats: StatsReport | None) -> float:
     """The largest finite update norm over all targets (0.0 when there is none)."""
     if not stats:
         return 0.0
     norms = [
-        r["update_norm"]
-        for r in stats["targets"].values()
-        if r.get("update_norm") is not None and math.isfinite(r["update_norm"])
+        r.update_norm
+        for r in stats.targets.values()
+        if r.update_norm is not None and math.isfinite(r.update_norm)
     ]
     return max(norms, default=0.0)
 
@@ -98,18 +98,18 @@ def heat_level(norm: float, top: float) -> int:
     return min(len(HEAT_GLYPHS) - 1, max(0, math.ceil(len(HEAT_GLYPHS) * norm / top) - 1))
 
 
-def cell_text(cell: Cell, stats: dict[str, Any] | None, top: float) -> Text:
+def cell_text(cell: Cell, stats: StatsReport | None, top: float) -> Text:
     """● present / · absent; with stats a bar coloured by update norm, ○ no effect, ! NaN/Inf."""
     if not cell.present:
         return ABSENT
-    row = stats["targets"].get(cell.target) if stats else None
+    row = stats.targets.get(cell.target) if stats else None
     if row is None:
         return PRESENT
-    if row.get("nonfinite"):
+    if row.nonfinite:
         return Text("!", style="bold red")
-    if row.get("zero_effect"):
+    if row.zero_effect:
         return Text("○", style="yellow")
-    norm = row.get("update_norm")
+    norm = row.update_norm
     if norm is None:
         return PRESENT
     level = heat_level(norm, top)

@@ -16,6 +16,7 @@ from textual.containers import Vertical, VerticalScroll
 from textual.coordinate import Coordinate
 from textual.widgets import DataTable, Static
 
+from sa3ckpt.ops.inspect_report import StatsReport
 from tui.coverage_model import (
     LEGEND,
     Cell,
@@ -55,7 +56,7 @@ class CoverageView(Vertical):
     def __init__(self, **kwargs: Any) -> None:
         super().__init__(**kwargs)
         self._loaded: Loaded | None = None
-        self._stats: dict[str, Any] | None = None
+        self._stats: StatsReport | None = None
         self._grid_cells: dict[tuple[int, int], Cell] = {}
         self._extra_cells: list[Cell] = []
         self._current: Cell | None = None
@@ -70,7 +71,7 @@ class CoverageView(Vertical):
             yield Static(Text(LEGEND, style="dim"), id="coverage-detail-text")
 
     @property
-    def stats(self) -> dict[str, Any] | None:
+    def stats(self) -> StatsReport | None:
         return self._stats
 
     def show(self, loaded: Loaded | None) -> None:
@@ -79,7 +80,7 @@ class CoverageView(Vertical):
         self._rebuild()
         self._set_detail(Text(LEGEND, style="dim"))
 
-    def show_stats(self, stats: dict[str, Any]) -> None:
+    def show_stats(self, stats: StatsReport) -> None:
         """Recolour the cells by update norm and refresh the detail pane."""
         self._stats = stats
         self._rebuild()
@@ -92,7 +93,7 @@ class CoverageView(Vertical):
             return Text("select an adapter to see its coverage", style="dim")
         if loaded.is_base:
             return Text("a base checkpoint has no adapter coverage", style="dim")
-        if loaded.report is None or loaded.report.get("coverage_map") is None:
+        if loaded.report is None or loaded.report.coverage_map is None:
             reason = "unreadable file" if loaded.report is None else "model family unknown"
             return Text(f"no coverage map ({reason})", style="yellow")
         if self._stats is not None:
@@ -108,11 +109,11 @@ class CoverageView(Vertical):
         extras.clear(columns=True)
         self._grid_cells, self._extra_cells = {}, []
         report = self._loaded.report if self._loaded else None
-        coverage_map = report.get("coverage_map") if report else None
+        coverage_map = report.coverage_map if report else None
         if coverage_map is None:
             return
         top = max_norm(self._stats)
-        for module in coverage_map["modules"]:
+        for module in coverage_map.modules:
             grid.add_column(Text(module_head(module), justify="center"), key=module, width=CELL)
         for row_index, (block, cells) in enumerate(block_rows(coverage_map)):
             grid.add_row(
@@ -126,11 +127,11 @@ class CoverageView(Vertical):
         extras.add_column("", key="cell")
         extras.add_column("norm", key="norm")
         for label, cell in extra_rows(coverage_map):
-            row = self._stats["targets"].get(cell.target) if self._stats else None
+            row = self._stats.targets.get(cell.target) if self._stats else None
             extras.add_row(
                 Text(label),
                 cell_text(cell, self._stats, top),
-                Text(norm(row.get("update_norm")) if row else ""),
+                Text(norm(row.update_norm) if row else ""),
                 key=cell.target,
             )
             self._extra_cells.append(cell)

@@ -7,7 +7,8 @@ without a running app.
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from typing import Any
+
+from sa3ckpt.ops.inspect_report import InspectReport, RankReport
 
 _UNITS = ("B", "KiB", "MiB", "GiB", "TiB")
 
@@ -42,11 +43,9 @@ def maybe(value: object) -> str:
     return "-" if value is None else str(value)
 
 
-def rank_text(rank: Mapping[str, object]) -> str:
+def rank_text(rank: RankReport) -> str:
     """The config rank, plus the tensor ranks when they say something else."""
-    config = rank.get("config")
-    tensors = rank.get("tensors") or []
-    assert isinstance(tensors, list)
+    config, tensors = rank.config, rank.tensors
     found = ", ".join(str(r) for r in tensors)
     if config is None:
         return f"{found or '-'} (from tensors)"
@@ -55,12 +54,10 @@ def rank_text(rank: Mapping[str, object]) -> str:
     return str(config)
 
 
-def coverage_line(report: Mapping[str, Any]) -> str:
+def coverage_line(report: InspectReport) -> str:
     """'40/40 targets, 0 missing' (or just the count when no include/exclude is known)."""
-    targets = report["targets"]
-    coverage = targets.get("coverage")
+    targets = report.targets
+    coverage = targets.coverage
     if not coverage:
-        return f"{targets['count']} targets"
-    return (
-        f"{coverage['present']}/{coverage['expected']} targets, {len(coverage['missing'])} missing"
-    )
+        return f"{targets.count} targets"
+    return f"{coverage.present}/{coverage.expected} targets, {len(coverage.missing)} missing"

@@ -17,6 +17,7 @@ from sa3ckpt.io.base_checkpoint import open_base
 from sa3ckpt.io.sources import open_adapter_source
 from sa3ckpt.ops.analysis import analyze
 from sa3ckpt.ops.inspect import inspect_path
+from sa3ckpt.ops.inspect_report import InspectReport, StatsReport
 from sa3ckpt.ops.validate import FileResult, validate_path
 from tui.paths import looks_like_base
 
@@ -37,7 +38,7 @@ class Loaded:
     """What one path is: an adapter (report, validation, tensors), a base, or unreadable."""
 
     path: str
-    report: dict[str, Any] | None = None
+    report: InspectReport | None = None
     error: str | None = None
     validation: FileResult | None = None
     validation_error: str | None = None
@@ -116,9 +117,9 @@ def load_checkpoint(path: str) -> Loaded:
     return loaded
 
 
-def load_stats(path: str) -> tuple[dict[str, Any] | None, str | None]:
+def load_stats(path: str) -> tuple[StatsReport | None, str | None]:
     """The report's `stats` section (reads every tensor), or the one-line reason it failed."""
     try:
-        return inspect_path(path, stats=True).get("stats"), None
+        return inspect_path(path, stats=True).stats, None
     except Exception as exc:
         return None, describe_error(exc)

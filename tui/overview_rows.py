@@ -10,6 +10,7 @@ from typing import Any
 
 from rich.text import Text
 
+from sa3ckpt.ops.inspect_report import InspectReport, TypeReport
 from tui.formatting import counts, coverage_line, human_size, maybe, rank_text
 from tui.safe_text import plain
 
@@ -17,46 +18,45 @@ Row = tuple[str, Text]
 METADATA_VALUE_LIMIT = 160
 
 
-def _type_text(kind: dict[str, Any]) -> Text:
-    resolved = kind.get("resolved")
-    text = plain(maybe(resolved), style="bold")
-    tensors, config = kind.get("from_tensors"), kind.get("from_config")
+def _type_text(typed: TypeReport) -> Text:
+    text = plain(maybe(typed.resolved), style="bold")
+    tensors, config = typed.from_tensors, typed.from_config
     if config is not None and tensors is not None and config != tensors:
         text.append_text(plain(f"  (config says {config}, tensors say {tensors})", "yellow"))
     return text
 
 
-def _family_text(report: dict[str, Any]) -> Text:
-    family = report["family"]
-    text = plain(maybe(family.get("name")))
-    if family.get("forced"):
+def _family_text(report: InspectReport) -> Text:
+    family = report.family
+    text = plain(maybe(family.name))
+    if family.forced:
         text.append(" (forced)")
-    claimed = report.get("base_model")
+    claimed = report.base_model
     if claimed:
         text.append_text(plain(f"  base_model {claimed}", "dim"))
     return text
 
 
-def _alpha_text(report: dict[str, Any]) -> Text:
-    alpha, scale = report.get("alpha"), report.get("scale")
+def _alpha_text(report: InspectReport) -> Text:
+    alpha, scale = report.alpha, report.scale
     if alpha is None:
         return Text("-")
     return Text(f"{alpha:g}" + (f"  (scale {scale:g})" if scale is not None else ""))
 
 
-def _targets_text(report: dict[str, Any]) -> Text:
-    targets = report["targets"]
+def _targets_text(report: InspectReport) -> Text:
+    unknown = report.targets.unknown
     text = Text(coverage_line(report))
-    if targets.get("unknown"):
-        text.append(f"  {len(targets['unknown'])} unknown", "yellow")
+    if unknown:
+        text.append(f"  {len(unknown)} unknown", "yellow")
     return text
 
 
-def _keys_text(report: dict[str, Any]) -> Text:
-    keys = report["keys"]
-    text = Text(f"{keys['parsed']}/{keys['total']} parsed as adapter keys")
-    if keys["unmatched"]:
-        text.append(f"  {len(keys['unmatched'])} unmatched", "yellow")
+def _keys_text(report: InspectReport) -> Text:
+    keys = report.keys
+    text = Text(f"{keys.parsed}/{keys.total} parsed as adapter keys")
+    if keys.unmatched:
+        text.append(f"  {len(keys.unmatched)} unmatched", "yellow")
     return text
 
 
@@ -90,24 +90,24 @@ def base_rows(summary: dict[str, Any]) -> list[Row]:
     ]
 
 
-def overview_rows(report: dict[str, Any]) -> list[Row]:
+def overview_rows(report: InspectReport) -> list[Row]:
     """Rows for one readable checkpoint, most useful first."""
     rows: list[Row] = [
-        ("path", plain(report["path"])),
-        ("format", Text(f"{report['format']}, {human_size(report['size_bytes'])}")),
+        ("path", plain(report.path)),
+        ("format", Text(f"{report.format}, {human_size(report.size_bytes)}")),
     ]
     rows += [
-        ("type", _type_text(report["adapter_type"])),
-        ("rank", Text(rank_text(report["rank"]))),
+        ("type", _type_text(report.adapter_type)),
+        ("rank", Text(rank_text(report.rank))),
         ("alpha", _alpha_text(report)),
         ("family", _family_text(report)),
-        ("dialect", plain(maybe(report["dialect"].get("name")))),
+        ("dialect", plain(maybe(report.dialect.name))),
         ("targets", _targets_text(report)),
-        ("dtypes", Text(counts(report["dtypes"]))),
+        ("dtypes", Text(counts(report.dtypes))),
         ("keys", _keys_text(report)),
     ]
-    if report.get("lora_config_error"):
-        rows.append(("config", plain(report["lora_config_error"], "yellow")))
-    rows += [("note", plain(note, "dim")) for note in report.get("notes", [])]
-    rows += _metadata_rows(report.get("metadata") or {})
+    if report.lora_config_error:
+        rows.append(("config", plain(report.lora_config_error, "yellow")))
+    rows += [("note", plain(note, "dim")) for note in report.notes]
+    rows += _metadata_rows(report.metadata)
     return rows

@@ -2,23 +2,22 @@
 
 from __future__ import annotations
 
-from typing import Any
-
 from rich.text import Text
 
+from sa3ckpt.ops.inspect_report import StatsReport, TargetStats
 from tui.formatting import human_size, norm, shape
 from tui.loading import TensorRow
 from tui.safe_text import plain
 
 
-def _stats_line(row: dict[str, Any]) -> Text:
+def _stats_line(row: TargetStats) -> Text:
     text = Text("update ‖c·ΔW‖ ", style="bold")
-    text.append(norm(row.get("update_norm")))
+    text.append(norm(row.update_norm))
     text.append("  ‖ΔW‖ ", style="bold")
-    text.append(norm(row.get("delta_norm")))
+    text.append(norm(row.delta_norm))
     text.append("\nzero effect ", style="bold")
-    text.append("yes" if row.get("zero_effect") else "no")
-    nonfinite = row.get("nonfinite") or {}
+    text.append("yes" if row.zero_effect else "no")
+    nonfinite = row.nonfinite
     text.append("  NaN/Inf ", style="bold")
     if nonfinite:
         text.append_text(plain(", ".join(f"{p} {n}" for p, n in nonfinite.items()), "red"))
@@ -31,7 +30,7 @@ def target_detail(
     target: str,
     present: bool,
     tensors: list[TensorRow],
-    stats: dict[str, Any] | None,
+    stats: StatsReport | None,
 ) -> Text:
     """Name, one line per stored tensor (param, dtype, shape, bytes), then the stats line."""
     lines = [plain(target, "bold")]
@@ -43,7 +42,7 @@ def target_detail(
         line = plain(f"  {t.param:<{width}}  ", "cyan")
         line.append(f"{t.dtype:<5} {shape(t.shape):<12} {human_size(t.nbytes)}")
         lines.append(line)
-    row = stats["targets"].get(target) if stats else None
+    row = stats.targets.get(target) if stats else None
     if row is not None:
         lines.append(_stats_line(row))
     elif stats is None:

@@ -9,7 +9,8 @@ from textual.app import ComposeResult
 from textual.containers import Horizontal, Vertical, VerticalScroll
 from textual.widgets import DataTable, Static
 
-from sa3ckpt.ops.validate import FileResult, Finding
+from sa3ckpt.findings import Finding
+from sa3ckpt.ops.validate import FileResult
 from tui.badge import StatusBadge
 from tui.safe_text import plain
 

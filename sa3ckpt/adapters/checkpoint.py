@@ -202,21 +202,21 @@ def _squeeze_magnitudes(grouped: dict[str, dict[str, np.ndarray]], ledger: LoadL
 def _detect(grouped: Mapping[str, Mapping[str, np.ndarray]], config: LoraConfig) -> TypeDetection:
     """Type detection; XS magnitudes need fans, which only a family's target table knows.
 
-    When the tensors alone cannot tell rows from cols ("?" in the verdict), the family the
+    When the tensors alone cannot tell rows from cols (orientation open), the family the
     config's `base_model` names supplies (fan_out, fan_in) — only that one: target names are
     shared by every family, so guessing a table from names alone could pick wrong sizes.
     Without it the claimed type decides (with the ambiguity recorded as a finding).
     """
     shapes = {t: {p: tuple(a.shape) for p, a in params.items()} for t, params in grouped.items()}
     detection = detect_type(shapes, config.adapter_type)
-    if "?" not in (detection.from_tensors or ""):
+    if not detection.orientation_open:
         return detection
     fam = family_for_base_model(config.base_model) if config.base_model else None
     if fam is not None and all(t in fam.by_name for t in grouped):
         candidate = detect_type(
             shapes, config.adapter_type, {t: fam.by_name[t].shape for t in grouped}
         )
-        if "?" not in (candidate.from_tensors or "?"):
+        if candidate.from_tensors is not None:
             candidate.evidence.append(
                 f"fans from the {fam.name} table (base_model {config.base_model!r})"
             )
@@ -257,7 +257,7 @@ def checkpoint_from_raw(
         raise MalformedFileError(path, str(exc)) from None
     detection = _detect(grouped, config)
     fatal = [
-        f for f in detection.findings if f.severity == "error" and f.code != "type-disagreement"
+        f for f in detection.findings if f.severity == "error" and f.rule != "type-disagreement"
     ]
     if detection.adapter_type is None or fatal:
         reason = fatal[0].message if fatal else "adapter type cannot be determined"

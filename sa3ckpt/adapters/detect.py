@@ -12,38 +12,45 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 
 from sa3ckpt.adapters.types import ADAPTER_TYPES, ALIASES
+from sa3ckpt.findings import Finding
 
-# Required parameter sets -> the type family they indicate. `magnitude` alone cannot tell
-# rows from cols; its length against (fan_out, fan_in) decides (see _orientation).
-_SIGNATURES: dict[frozenset[str], str] = {
-    frozenset({"lora_A", "lora_B"}): "lora",
-    frozenset({"lora_A", "lora_B", "magnitude"}): "dora-{orient}",
-    frozenset({"lora_A", "lora_B", "magnitude_r", "magnitude_c"}): "bora",
-    frozenset({"M_xs"}): "lora-xs",
-    frozenset({"M_xs", "magnitude"}): "dora-{orient}-xs",
-    frozenset({"M_xs", "magnitude_r", "magnitude_c"}): "bora-xs",
-}
-_EXTRAS = frozenset({"U", "V", "baked_vnorm_row"})
+# The types a target's tensors allow, in ADAPTER_TYPES order (rows before cols).
+Candidates = tuple[str, ...]
 
 
-@dataclass(frozen=True)
-class Finding:
-    """Something detection noticed: a stable code, a severity and one line of text."""
+def _signatures() -> dict[frozenset[str], Candidates]:
+    """Required parameter set -> the types that share it. `magnitude` alone cannot tell
+    dora-rows from dora-cols; its length against (fan_out, fan_in) decides (_orientation)."""
+    table: dict[frozenset[str], Candidates] = {}
+    for kind in ADAPTER_TYPES.values():
+        table[kind.signature] = (*table.get(kind.signature, ()), kind.name)
+    return table
 
-    code: str
-    severity: str  # "error" | "warning" | "info"
-    message: str
+
+_SIGNATURES = _signatures()
+DEFAULT_ORIENTATION = "rows"  # what an open DoRA orientation is assumed to be (adapters.md)
+_EXTRAS = frozenset(p for kind in ADAPTER_TYPES.values() for p in kind.optional)
 
 
 @dataclass
 class TypeDetection:
-    """The resolved adapter type and how it was decided."""
+    """The resolved adapter type and how it was decided.
+
+    from_tensors is the type the tensors alone prove (None when they cannot tell it);
+    candidates are every type the tensors allow (two when a DoRA orientation is open).
+    """
 
     adapter_type: str | None
     from_tensors: str | None
     from_config: str | None  # as written in lora_config (may be an alias or unknown)
     evidence: list[str] = field(default_factory=list)
     findings: list[Finding] = field(default_factory=list)
+    candidates: Candidates = ()
+
+    @property
+    def orientation_open(self) -> bool:
+        """The tensors leave rows vs cols open (square layers, or XS without fans)."""
+        return len(self.candidates) > 1
 
 
 def _orientation(shape: tuple[int, ...], fan: tuple[int, int] | None) -> str | None:
@@ -77,56 +84,51 @@ def fan_from_params(shapes: Mapping[str, tuple[int, ...]]) -> tuple[int, int] | 
     return None
 
 
-def _target_type(
+def _target_candidates(
     shapes: Mapping[str, tuple[int, ...]], fan: tuple[int, int] | None
-) -> tuple[str | None, str]:
-    """(type or None, reason) for one target's parameter shapes."""
+) -> tuple[Candidates, str]:
+    """(the types one target's parameter shapes allow, reason); () when none fits."""
     required = frozenset(shapes) - _EXTRAS
-    pattern = _SIGNATURES.get(required)
-    if pattern is None:
-        return None, f"parameter set {sorted(shapes)} matches no adapter type"
-    if "{orient}" not in pattern:
-        return pattern, "parameter set"
+    candidates = _SIGNATURES.get(required, ())
+    if not candidates:
+        return (), f"parameter set {sorted(shapes)} matches no adapter type"
+    if len(candidates) == 1:
+        return candidates, "parameter set"
     orient = _orientation(tuple(shapes["magnitude"]), fan or fan_from_params(shapes))
     if orient is None:
-        return pattern.replace("{orient}", "?"), "magnitude shape cannot tell rows from cols"
-    return pattern.format(orient=orient), f"magnitude runs along {orient}"
+        return candidates, "magnitude shape cannot tell rows from cols"
+    chosen = tuple(c for c in candidates if ADAPTER_TYPES[c].norm == orient)
+    return chosen, f"magnitude runs along {orient}"
 
 
 def resolve_config_type(
     name: str | None, tensor_type: str | None
 ) -> tuple[str | None, list[Finding]]:
-    """Canonical type for a lora_config adapter_type, resolving aliases with a finding."""
+    """Canonical type for a lora_config adapter_type, resolving aliases with a finding.
+
+    tensor_type: the type the tensors prove, if they prove one.
+    """
     if name is None:
         return None, []
     if name in ADAPTER_TYPES:
         return name, []
     if name in ALIASES:
-        fallback = ALIASES[name]
-        resolved = fallback
+        fallback = ADAPTER_TYPES[ALIASES[name]]
+        resolved = fallback.name
         how = "by default"
         # `dora` / `dora-xs`: the magnitude shape decides rows vs cols when it can.
-        shape_decides = (
-            tensor_type is not None
-            and tensor_type.startswith("dora-")
-            and "?" not in tensor_type
-            and fallback.startswith("dora-")
-            and tensor_type.endswith("-xs") == fallback.endswith("-xs")
-        )
-        if shape_decides:
-            resolved = tensor_type
+        proven = ADAPTER_TYPES.get(tensor_type or "")
+        if proven is not None and proven.is_dora and fallback.is_dora and proven.xs == fallback.xs:
+            resolved = proven.name
             how = "by magnitude shape"
         return resolved, [
-            Finding(
+            Finding.of(
                 "legacy-alias",
-                "warning",
                 f"adapter_type {name!r} is a legacy alias; resolved to {resolved!r} {how}",
             )
         ]
     known = ", ".join(ADAPTER_TYPES)
-    return None, [
-        Finding("unknown-type", "error", f"unknown adapter_type {name!r} (known: {known})")
-    ]
+    return None, [Finding.of("unknown-type", f"unknown adapter_type {name!r} (known: {known})")]
 
 
 def detect_type(
@@ -139,44 +141,41 @@ def detect_type(
     params: target -> param -> shape. fans: optional target -> (fan_out, fan_in) from the
     model's target table, needed for XS magnitudes (nothing else in an XS file reveals fans).
     """
-    votes: Counter[str] = Counter()
+    votes: Counter[Candidates] = Counter()
     unknown: list[str] = []
-    ambiguous: list[str] = []
     for target, shapes in params.items():
-        kind, reason = _target_type(shapes, (fans or {}).get(target))
-        if kind is None:
-            unknown.append(f"{target}: {reason}")
-        elif "?" in kind:
-            ambiguous.append(target)
-            votes[kind] += 1
+        candidates, reason = _target_candidates(shapes, (fans or {}).get(target))
+        if candidates:
+            votes[candidates] += 1
         else:
-            votes[kind] += 1
+            unknown.append(f"{target}: {reason}")
     detection = TypeDetection(None, None, config_type)
-    # Ambiguous dora votes merge into a definite orientation when any target settles it.
-    definite = {k: n for k, n in votes.items() if "?" not in k}
+    # Open dora votes merge into a definite orientation when any target settles it.
+    definite = {c[0]: n for c, n in votes.items() if len(c) == 1}
+    open_votes = sum(n for c, n in votes.items() if len(c) > 1)
     if len(definite) > 1:
         mix = ", ".join(f"{k} x{n}" for k, n in sorted(definite.items()))
         detection.findings.append(
-            Finding("mixed-types", "error", f"targets disagree on the adapter type: {mix}")
+            Finding.of("mixed-types", f"targets disagree on the adapter type: {mix}")
         )
+    tensor_type: str | None = None
     if definite:
         tensor_type = max(definite, key=lambda k: definite[k])
-        agreeing = definite[tensor_type] + sum(n for k, n in votes.items() if "?" in k)
+        detection.candidates = (tensor_type,)
         detection.evidence.append(
-            f"tensors: {agreeing}/{len(params)} targets look like {tensor_type}"
+            f"tensors: {definite[tensor_type] + open_votes}/{len(params)} targets look like "
+            f"{tensor_type}"
         )
     elif votes:
-        tensor_type = next(iter(votes))
-        either = tensor_type.replace("?", "rows|cols")
+        detection.candidates = next(iter(votes))
+        either = "|".join(detection.candidates)
         detection.evidence.append(f"tensors: {either} (every magnitude is square-ambiguous)")
-    else:
-        tensor_type = None
     detection.from_tensors = tensor_type
     for line in unknown[:3]:
-        detection.findings.append(Finding("inconsistent-tensors", "error", line))
+        detection.findings.append(Finding.of("inconsistent-tensors", line))
     if len(unknown) > 3:
         detection.findings.append(
-            Finding("inconsistent-tensors", "error", f"... and {len(unknown) - 3} more targets")
+            Finding.of("inconsistent-tensors", f"... and {len(unknown) - 3} more targets")
         )
 
     config_resolved, alias_findings = resolve_config_type(config_type, tensor_type)
@@ -184,27 +183,25 @@ def detect_type(
     if config_type is not None:
         detection.evidence.append(f"lora_config: adapter_type {config_type!r}")
 
-    if tensor_type and "?" in tensor_type:
+    if detection.orientation_open:
         # Square layers only: the claim (or the documented default) decides.
-        candidates = {tensor_type.replace("?", o) for o in ("rows", "cols")}
         # Only an explicit type settles it: a legacy alias resolved by default is a guess.
-        if config_resolved in candidates and config_type in ADAPTER_TYPES:
-            chosen = config_resolved
+        if config_resolved in detection.candidates and config_type in ADAPTER_TYPES:
+            tensor_type = config_resolved
         else:
-            chosen = tensor_type.replace("?", "rows")
+            tensor_type = next(
+                c for c in detection.candidates if ADAPTER_TYPES[c].norm == DEFAULT_ORIENTATION
+            )
             detection.findings.append(
-                Finding(
+                Finding.of(
                     "ambiguous-orientation",
-                    "warning",
-                    f"square layers only: cannot tell rows from cols, assuming {chosen!r}",
+                    f"square layers only: cannot tell rows from cols, assuming {tensor_type!r}",
                 )
             )
-        tensor_type = chosen
     if tensor_type and config_resolved and tensor_type != config_resolved:
         detection.findings.append(
-            Finding(
+            Finding.of(
                 "type-disagreement",
-                "error",
                 f"lora_config says {config_resolved!r} but the tensors are {tensor_type!r}",
             )
         )

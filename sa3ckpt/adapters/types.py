@@ -1,7 +1,12 @@
 """The eight SA3 adapter types as data: parameters, shapes and which norm each type uses.
 
 A type is a row here, so detection, validation, synthesis and the math all agree on what
-a type's tensors are and how big they must be.
+a type's tensors are and how big they must be. Code asks a row (`kind.xs`, `kind.is_dora`,
+`kind.norm`) instead of testing the spelling of its name.
+
+Names used across the package, one meaning each: `adapter_type` is a canonical type name
+(str, as in lora_config and JSON); `kind` is the AdapterType row; `layer_kind` is
+"linear" | "conv1d"; `basis_param` is "U" | "V"; `dtype_code` is a safetensors dtype code.
 """
 
 from __future__ import annotations
@@ -48,6 +53,21 @@ class AdapterType:
         """DoRA/BoRA types renormalise and have the exact s == 0 bypass."""
         return self.norm is not None
 
+    @property
+    def is_dora(self) -> bool:
+        """DoRA: one magnitude vector, along rows or columns (the orientation is the variant)."""
+        return self.norm in _MAGNITUDE_SHAPE
+
+    @property
+    def params(self) -> tuple[str, ...]:
+        """Every parameter a file of this type may store: required, then optional."""
+        return (*self.required, *self.optional)
+
+    @property
+    def signature(self) -> frozenset[str]:
+        """The required parameter set: what a target's tensors reveal of the type."""
+        return frozenset(self.required)
+
     def param_shape(self, param: str, fan_out: int, fan_in: int, rank: int) -> tuple[int, ...]:
         if param == "magnitude":
             if self.norm not in _MAGNITUDE_SHAPE:
@@ -93,3 +113,11 @@ def adapter_type(name: str) -> AdapterType:
         raise ValueError(
             f"unknown adapter type {name!r} (known: {', '.join(ADAPTER_TYPES)})"
         ) from None
+
+
+def type_for(norm: str | None, xs: bool) -> AdapterType:
+    """The type with this norm direction and XS-ness (e.g. the DoRA variant of another)."""
+    for kind in ADAPTER_TYPES.values():
+        if kind.norm == norm and kind.xs == xs:
+            return kind
+    raise ValueError(f"no adapter type with norm {norm!r} and xs={xs}")

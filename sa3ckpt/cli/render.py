@@ -7,13 +7,12 @@ markup in an adapter can change what the user sees.
 
 from __future__ import annotations
 
-from typing import Any
-
 from rich import box
 from rich.console import Console
 from rich.table import Table
 from rich.text import Text
 
+from sa3ckpt.ops.inspect_report import InspectReport, StatsReport
 from sa3ckpt.ops.validate import FileResult, ValidationRun
 from sa3ckpt.textsafe import escape_control
 
@@ -32,73 +31,69 @@ def _size(n: int) -> str:
     return str(n)
 
 
-def _overview(doc: dict[str, Any]) -> Table:
+def _overview(doc: InspectReport) -> Table:
     table = Table(box=box.SIMPLE, show_header=False, pad_edge=False)
     table.add_column("field", style="bold", no_wrap=True)
     table.add_column("value", overflow="fold")
-    dtypes = ", ".join(f"{k}×{v}" for k, v in doc["dtypes"].items())
+    dtypes = ", ".join(f"{k}×{v}" for k, v in doc.dtypes.items())
     table.add_row(
         "format",
-        safe(f"{doc['format']}, {_size(doc['size_bytes'])}, {doc['tensors']} tensors ({dtypes})"),
+        safe(f"{doc.format}, {_size(doc.size_bytes)}, {doc.tensors} tensors ({dtypes})"),
     )
-    table.add_row("dialect", safe(f"{doc['dialect']['name']} ({doc['dialect']['evidence']})"))
-    kind = doc["adapter_type"]
-    table.add_row("type", safe(f"{kind['resolved']}  [{'; '.join(kind['evidence'])}]"))
-    for finding in kind["findings"]:
-        table.add_row("", safe(f"{finding['severity']}: {finding['message']}"))
-    rank = doc["rank"]
-    if doc["lora_config"] is not None:
+    table.add_row("dialect", safe(f"{doc.dialect.name} ({doc.dialect.evidence})"))
+    typed = doc.adapter_type
+    table.add_row("type", safe(f"{typed.resolved}  [{'; '.join(typed.evidence)}]"))
+    for finding in typed.findings:
+        table.add_row("", safe(f"{finding.severity}: {finding.message}"))
+    rank = doc.rank
+    if doc.lora_config is not None:
+        assert doc.scale is not None  # a parsed lora_config always has a scale
         table.add_row(
             "rank / alpha",
             safe(
-                f"{rank['config']} / {doc['alpha']} (scale {doc['scale']:g}); "
-                f"tensors: rank {rank['tensors']}"
+                f"{rank.config} / {doc.alpha} (scale {doc.scale:g}); tensors: rank {rank.tensors}"
             ),
         )
-        table.add_row("include", safe(doc["include"] or "(all)"))
-        table.add_row("exclude", safe(doc["exclude"] or "(none)"))
+        table.add_row("include", safe(doc.include or "(all)"))
+        table.add_row("exclude", safe(doc.exclude or "(none)"))
     else:
-        table.add_row("lora_config", safe(doc["lora_config_error"]))
-    fam = doc["family"]
-    verdict = fam["name"] or "unknown"
-    if fam["forced"]:
+        table.add_row("lora_config", safe(doc.lora_config_error))
+    fam = doc.family
+    verdict = fam.name or "unknown"
+    if fam.forced:
         why = "--model"
     else:
-        own = [e for e in fam["evidence"] if fam["name"] and e.startswith(fam["name"])]
-        why = "; ".join(own or fam["evidence"][-1:])
+        own = [e for e in fam.evidence if fam.name and e.startswith(fam.name)]
+        why = "; ".join(own or fam.evidence[-1:])
     table.add_row("family", safe(f"{verdict} ({why})"))
-    if doc["base_model"]:
+    if doc.base_model:
         table.add_row(
             "base_model",
-            safe(f"{doc['base_model']} -> {doc['base_model_family'] or 'unknown family'}"),
+            safe(f"{doc.base_model} -> {doc.base_model_family or 'unknown family'}"),
         )
-    targets = doc["targets"]
-    cov = (
-        targets["coverage"]["line"]
-        if targets["coverage"]
-        else "no coverage (family or config unknown)"
-    )
-    table.add_row("targets", safe(f"{targets['count']} ({cov})"))
-    if targets["unknown"]:
+    targets = doc.targets
+    cov = targets.coverage.line if targets.coverage else "no coverage (family or config unknown)"
+    table.add_row("targets", safe(f"{targets.count} ({cov})"))
+    if targets.unknown:
         table.add_row(
             "",
-            safe(f"{len(targets['unknown'])} unknown to the family, e.g. {targets['unknown'][0]}"),
+            safe(f"{len(targets.unknown)} unknown to the family, e.g. {targets.unknown[0]}"),
         )
-    unmatched = doc["keys"]["unmatched"]
+    unmatched = doc.keys.unmatched
     if unmatched:
         table.add_row(
             "unmatched keys",
-            safe(f"{len(unmatched)}, e.g. {unmatched[0]['key']}: {unmatched[0]['reason']}"),
+            safe(f"{len(unmatched)}, e.g. {unmatched[0].key}: {unmatched[0].reason}"),
         )
-    for key, value in doc["metadata"].items():
+    for key, value in doc.metadata.items():
         table.add_row("metadata", safe(f"{key} = {value}", max_len=200))
-    for note in doc["notes"]:
+    for note in doc.notes:
         table.add_row("note", safe(note))
     return table
 
 
-def _coverage(doc: dict[str, Any]) -> Table | None:
-    cmap = doc["coverage_map"]
+def _coverage(doc: InspectReport) -> Table | None:
+    cmap = doc.coverage_map
     if cmap is None:
         return None
     table = Table(
@@ -107,10 +102,10 @@ def _coverage(doc: dict[str, Any]) -> Table | None:
     table.add_column("block", justify="right")
     for name in SHORT_MODULES:
         table.add_column(name, justify="center")
-    for row in cmap["blocks"]:
-        table.add_row(str(row["block"]), *("●" if p else "·" for p in row["present"]))
-    top = cmap["top_level"]
-    cond = cmap["conditioner"]
+    for row in cmap.blocks:
+        table.add_row(str(row.block), *("●" if p else "·" for p in row.present))
+    top = cmap.top_level
+    cond = cmap.conditioner
     table.caption = (
         f"top-level {sum(top.values())}/{len(top)}, conditioner {sum(cond.values())}/{len(cond)}"
     )
@@ -118,8 +113,7 @@ def _coverage(doc: dict[str, Any]) -> Table | None:
     return table
 
 
-def _stats(doc: dict[str, Any], limit: int = 12) -> Table:
-    stats = doc["stats"]
+def _stats(stats: StatsReport, limit: int = 12) -> Table:
     table = Table(
         box=box.SIMPLE,
         title="‖c·ΔW‖ at strength 1 (largest first)",
@@ -130,36 +124,34 @@ def _stats(doc: dict[str, Any], limit: int = 12) -> Table:
     table.add_column("update", justify="right")
     table.add_column("ΔW", justify="right")
     table.add_column("notes")
-    rows = sorted(stats["targets"].items(), key=lambda kv: -(kv[1]["update_norm"] or 0))
+    rows = sorted(stats.targets.items(), key=lambda kv: -(kv[1].update_norm or 0))
     for target, row in rows[:limit]:
         notes = []
-        if row["zero_effect"]:
+        if row.zero_effect:
             notes.append("zero effect")
-        if row["nonfinite"]:
-            notes.append("NaN/Inf: " + ", ".join(f"{p}×{n}" for p, n in row["nonfinite"].items()))
+        if row.nonfinite:
+            notes.append("NaN/Inf: " + ", ".join(f"{p}×{n}" for p, n in row.nonfinite.items()))
         fmt = lambda v: "—" if v is None else f"{v:.4g}"  # noqa: E731
-        table.add_row(
-            safe(target), fmt(row["update_norm"]), fmt(row["delta_norm"]), ", ".join(notes)
-        )
-    total = stats["update_norm_total"]
+        table.add_row(safe(target), fmt(row.update_norm), fmt(row.delta_norm), ", ".join(notes))
+    total = stats.update_norm_total
     table.caption = (
         f"{len(rows)} targets; total {'—' if total is None else f'{total:.4g}'}; "
-        f"{stats['zero_effect_targets']} zero-effect; "
-        f"{stats['nonfinite_tensors']} tensors with NaN/Inf"
-        + (f"\n{stats['cannot_compute']}" if stats["cannot_compute"] else "")
+        f"{stats.zero_effect_targets} zero-effect; "
+        f"{stats.nonfinite_tensors} tensors with NaN/Inf"
+        + (f"\n{stats.cannot_compute}" if stats.cannot_compute else "")
     )
     table.caption_justify = "left"
     return table
 
 
-def print_inspect(console: Console, doc: dict[str, Any]) -> None:
-    console.print(Text("adapter ", style="bold") + safe(doc["path"]))
+def print_inspect(console: Console, doc: InspectReport) -> None:
+    console.print(Text("adapter ", style="bold") + safe(doc.path))
     console.print(_overview(doc))
     coverage = _coverage(doc)
     if coverage is not None:
         console.print(coverage)
-    if "stats" in doc:
-        console.print(_stats(doc))
+    if doc.stats is not None:
+        console.print(_stats(doc.stats))
 
 
 STATUS_STYLE = {"pass": "bold green", "fail": "bold red", "malformed": "bold magenta"}

@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 
 from sa3ckpt.adapters.config import ConfigError, LoraConfig
 from sa3ckpt.adapters.detect import TypeDetection, detect_type
-from sa3ckpt.adapters.types import ADAPTER_TYPES
+from sa3ckpt.adapters.types import ADAPTER_TYPES, AdapterType
 from sa3ckpt.io.sources import AdapterSource, TensorEntry
 from sa3ckpt.names.dialects import DialectGuess, KeyGroups, detect_and_group
 from sa3ckpt.names.modules import to_sa3cpp_stem
@@ -69,6 +69,11 @@ class Analysis:
     @property
     def adapter_type(self) -> str | None:
         return self.detection.adapter_type if self.detection else None
+
+    @property
+    def kind(self) -> AdapterType | None:
+        """The resolved type's row; None when no (known) type was resolved."""
+        return ADAPTER_TYPES.get(self.adapter_type or "")
 
     @property
     def rank(self) -> int | None:
@@ -145,9 +150,8 @@ def _contradicted(detection: FamilyDetection, fam: Family) -> bool:
 def _check_against_family(
     analysis: Analysis, shapes: dict[str, dict[str, tuple[int, ...]]]
 ) -> None:
-    fam, kind_name, rank = analysis.family, analysis.adapter_type, analysis.rank
+    fam, kind, rank = analysis.family, analysis.kind, analysis.rank
     assert fam is not None
-    kind = ADAPTER_TYPES.get(kind_name or "")
     for target, params in shapes.items():
         spec = fam.target(target)
         if spec is None:
@@ -156,7 +160,7 @@ def _check_against_family(
         if kind is None or rank is None:
             continue
         for param, shape in params.items():
-            if param not in kind.required and param not in kind.optional:
+            if param not in kind.params:
                 continue
             want = kind.param_shape(param, *spec.shape, rank)
             legacy_ok = len(shape) == 2 and len(want) == 1 and sorted(shape) == sorted((1, want[0]))
@@ -167,10 +171,10 @@ def _check_against_family(
 
 
 def _check_param_sets(analysis: Analysis, shapes: dict[str, dict[str, tuple[int, ...]]]) -> None:
-    kind = ADAPTER_TYPES.get(analysis.adapter_type or "")
+    kind = analysis.kind
     if kind is None:
         return
-    allowed = set(kind.required) | set(kind.optional)
+    allowed = set(kind.params)
     for target, params in shapes.items():
         missing = [p for p in kind.required if p not in params]
         extra = [p for p in params if p not in allowed]

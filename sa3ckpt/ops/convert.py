@@ -23,6 +23,7 @@ from sa3ckpt import dtypes
 from sa3ckpt.adapters.checkpoint import AdapterCheckpoint, save_checkpoint
 from sa3ckpt.adapters.config import LoraConfig
 from sa3ckpt.adapters.formats import load_adapter
+from sa3ckpt.adapters.types import type_for
 from sa3ckpt.errors import IncompatibleError, UsageError
 from sa3ckpt.io.atomic import check_output_path
 from sa3ckpt.io.base_checkpoint import BaseCheckpoint, open_base
@@ -94,18 +95,18 @@ def _base_2d(base: BaseCheckpoint, target: str) -> np.ndarray:
 
 
 def _resolve_variant(ckpt: AdapterCheckpoint, variant: str | None, ledger: ConvertLedger) -> str:
-    kind = ckpt.adapter_type
-    ambiguous = ckpt.detection is not None and any(
-        f.code == "ambiguous-orientation" for f in ckpt.detection.findings
-    )
+    """The adapter type to write: the detected one, or the DoRA orientation --dora-variant names."""
+    adapter_type = ckpt.adapter_type
+    kind = ckpt.kind
+    ambiguous = ckpt.detection is not None and ckpt.detection.orientation_open
     if variant is not None:
-        if not kind.startswith("dora-"):
-            raise UsageError(f"--dora-variant applies to DoRA adapters, not {kind}")
-        wanted = f"dora-{variant}" + ("-xs" if kind.endswith("-xs") else "")
-        if wanted != kind:
+        if not kind.is_dora:
+            raise UsageError(f"--dora-variant applies to DoRA adapters, not {adapter_type}")
+        wanted = type_for(variant, kind.xs).name
+        if wanted != adapter_type:
             if not ambiguous:
                 raise UsageError(
-                    f"the tensors say {kind}; --dora-variant {variant} contradicts them"
+                    f"the tensors say {adapter_type}; --dora-variant {variant} contradicts them"
                 )
             ledger.repairs.append(f"DoRA orientation set to {wanted} by --dora-variant")
         return wanted
@@ -114,7 +115,7 @@ def _resolve_variant(ckpt: AdapterCheckpoint, variant: str | None, ledger: Conve
             "square layers only: the magnitudes cannot tell dora-rows from dora-cols; "
             "name it with --dora-variant rows|cols"
         )
-    return kind
+    return adapter_type
 
 
 def _prepare(
@@ -125,14 +126,14 @@ def _prepare(
     drop_conditioner: bool,
     ledger: ConvertLedger,
 ) -> AdapterCheckpoint:
-    kind = _resolve_variant(ckpt, variant, ledger)
-    if kind != ckpt.config.adapter_type:
+    adapter_type = _resolve_variant(ckpt, variant, ledger)
+    if adapter_type != ckpt.config.adapter_type:
         ledger.repairs.append(
-            f"lora_config adapter_type {ckpt.config.adapter_type!r} written as {kind!r}"
+            f"lora_config adapter_type {ckpt.config.adapter_type!r} written as {adapter_type!r}"
         )
-    if to == "peft" and kind not in PEFT_TYPES:
+    if to == "peft" and adapter_type not in PEFT_TYPES:
         raise UsageError(
-            f"PEFT cannot express {kind} (only lora, and dora-rows as use_dora); "
+            f"PEFT cannot express {adapter_type} (only lora, and dora-rows as use_dora); "
             "keep it in sa3, mlx or sa3cpp"
         )
     tensors = {t: dict(p) for t, p in ckpt.tensors.items()}
@@ -148,14 +149,13 @@ def _prepare(
     config = LoraConfig(
         ckpt.config.rank,
         ckpt.config.alpha,
-        kind,
+        adapter_type,
         list(ckpt.config.include),
         list(ckpt.config.exclude),
         dict(ckpt.config.extra),
     )
-    out = AdapterCheckpoint(config, kind, tensors, dict(ckpt.metadata))
-    xs = kind.endswith("xs")
-    needs_bases = to == "sa3cpp" and xs
+    out = AdapterCheckpoint(config, adapter_type, tensors, dict(ckpt.metadata))
+    needs_bases = to == "sa3cpp" and out.kind.xs
     if base is not None or needs_bases:
         _bake(out, base, to, ledger)
     return out

@@ -1,6 +1,7 @@
 """inspect: a versioned report of what an adapter is, header-only unless stats are asked for.
 
-The report is plain data (JSON-ready); the CLI renders it as tables, the TUI as widgets.
+The report is a typed dataclass tree (ops/inspect_report.py, which also owns its JSON); the
+CLI renders it as tables, the TUI as widgets.
 `--stats` adds per-target norms computed from the tensors: the low-rank update norm
 ‖c·ΔW‖_F needs no base for any type (for XS, U and V have orthonormal columns, so
 ‖U M Vᵀ‖_F = ‖M‖_F); the true ‖ΔW‖ of DoRA/BoRA depends on the base's norms and is
@@ -20,12 +21,28 @@ from sa3ckpt import __version__, dtypes
 from sa3ckpt.io.sources import AdapterSource, open_adapter_source
 from sa3ckpt.names.modules import BLOCK_MODULES
 from sa3ckpt.ops.analysis import Analysis, analyze
+from sa3ckpt.ops.inspect_report import (
+    BlockRow,
+    CoverageMap,
+    CoverageReport,
+    DialectReport,
+    FamilyReport,
+    InspectReport,
+    KeysReport,
+    RankReport,
+    StatsReport,
+    TargetsReport,
+    TargetStats,
+    TypeReport,
+    UnmatchedKey,
+    report_json,
+)
 from sa3ckpt.targets.families import family_for_base_model
 
 SCHEMA_VERSION = 1
 
 
-def coverage_map(a: Analysis) -> dict[str, Any] | None:
+def coverage_map(a: Analysis) -> CoverageMap | None:
     """Blocks x the 9 per-block modules, plus top-level and conditioner presence."""
     if a.family is None:
         return None
@@ -33,15 +50,12 @@ def coverage_map(a: Analysis) -> dict[str, Any] | None:
     blocks = []
     for block in range(a.family.topology.depth):
         names = [f"model.transformer.layers.{block}.{m.canonical}" for m in BLOCK_MODULES]
-        blocks.append({"block": block, "present": [n in present for n in names]})
+        blocks.append(BlockRow(block, [n in present for n in names]))
     top = {t.name: t.name in present for t in a.family.targets if t.group == "top"}
     cond = {t.name: t.name in present for t in a.family.targets if t.group == "conditioner"}
-    return {
-        "modules": [m.canonical for m in BLOCK_MODULES],
-        "blocks": blocks,
-        "top_level": top,
-        "conditioner": cond,
-    }
+    return CoverageMap(
+        modules=[m.canonical for m in BLOCK_MODULES], blocks=blocks, top_level=top, conditioner=cond
+    )
 
 
 def _float(source: AdapterSource, key: str) -> np.ndarray:
@@ -60,11 +74,10 @@ def _lowrank_norm(params: dict[str, np.ndarray]) -> float | None:
     return None
 
 
-def target_stats(a: Analysis) -> dict[str, Any]:
+def target_stats(a: Analysis) -> StatsReport:
     """Per-target norms, NaN/Inf counts and zero-effect flags (reads the tensors)."""
-    kind = a.adapter_type or ""
     scale = a.config.scale if a.config else None
-    decomposed = kind.startswith(("dora", "bora"))
+    decomposed = a.kind is not None and a.kind.is_weight_decomposed
     rows = {}
     for target, keys in a.groups.targets.items():
         params = {p: _float(a.source, k) for p, k in keys.items()}
@@ -73,94 +86,89 @@ def target_stats(a: Analysis) -> dict[str, Any]:
         finite = all(n == 0 for n in nonfinite.values())
         update = _lowrank_norm(params) if finite else None
         scaled = update * scale if update is not None and scale is not None else None
-        rows[target] = {
-            "update_norm": scaled,
-            "delta_norm": None if decomposed else scaled,
-            "nonfinite": {p: n for p, n in nonfinite.items() if n},
-            "zero_effect": bool(effect is not None and not np.any(effect)),
-        }
-    norms = [r["update_norm"] for r in rows.values() if r["update_norm"] is not None]
-    return {
-        "strength": 1.0,
-        "targets": rows,
-        "update_norm_total": math.sqrt(sum(n * n for n in norms)) if norms else None,
-        "zero_effect_targets": sum(r["zero_effect"] for r in rows.values()),
-        "nonfinite_tensors": sum(len(r["nonfinite"]) for r in rows.values()),
-        "cannot_compute": (
+        rows[target] = TargetStats(
+            update_norm=scaled,
+            delta_norm=None if decomposed else scaled,
+            nonfinite={p: n for p, n in nonfinite.items() if n},
+            zero_effect=bool(effect is not None and not np.any(effect)),
+        )
+    norms = [r.update_norm for r in rows.values() if r.update_norm is not None]
+    return StatsReport(
+        strength=1.0,
+        targets=rows,
+        update_norm_total=math.sqrt(sum(n * n for n in norms)) if norms else None,
+        zero_effect_targets=sum(r.zero_effect for r in rows.values()),
+        nonfinite_tensors=sum(len(r.nonfinite) for r in rows.values()),
+        cannot_compute=(
             "‖ΔW‖ of DoRA/BoRA types depends on the base weights' norms; "
             "update_norm is ‖c·ΔW_lowrank‖"
             if decomposed
             else None
         ),
-    }
+    )
 
 
-def report(a: Analysis, *, stats: bool = False) -> dict[str, Any]:
-    """The inspect document for one analysed source."""
+def _coverage(a: Analysis) -> CoverageReport | None:
+    if a.coverage is None:
+        return None
+    return CoverageReport(
+        line=a.coverage.line(),
+        expected=len(a.coverage.expected),
+        present=len(a.coverage.present),
+        missing=a.coverage.missing,
+        unselected=a.coverage.unselected,
+    )
+
+
+def report(a: Analysis, *, stats: bool = False) -> InspectReport:
+    """The inspect report for one analysed source."""
     src = a.source
     config = a.config
     claimed = config.base_model if config else None
     claimed_family = family_for_base_model(claimed) if claimed else None
-    doc: dict[str, Any] = {
-        "path": src.path,
-        "format": src.format,
-        "size_bytes": src.size,
-        "tensors": len(src.entries),
-        "dialect": {"name": a.dialect.dialect, "evidence": a.dialect.evidence},
-        "adapter_type": {
-            "resolved": a.adapter_type,
-            "from_tensors": a.detection.from_tensors if a.detection else None,
-            "from_config": config.adapter_type if config else None,
-            "evidence": a.detection.evidence if a.detection else [],
-            "findings": [
-                {"code": f.code, "severity": f.severity, "message": f.message}
-                for f in (a.detection.findings if a.detection else [])
-            ],
-        },
-        "rank": {"config": config.rank if config else None, "tensors": sorted(a.ranks)},
-        "alpha": config.alpha if config else None,
-        "scale": config.scale if config else None,
-        "include": config.include if config else None,
-        "exclude": config.exclude if config else None,
-        "lora_config": config.to_dict() if config else None,
-        "lora_config_error": a.config_error,
-        "config_origin": src.config_origin,
-        "metadata": dict(src.metadata),
-        "family": {
-            "name": a.family.name if a.family else None,
-            "forced": a.family_forced,
-            "evidence": a.family_evidence,
-        },
-        "base_model": claimed,
-        "base_model_family": claimed_family.name if claimed_family else None,
-        "targets": {
-            "count": len(a.groups.targets),
-            "family_total": len(a.family.targets) if a.family else None,
-            "unknown": a.unknown_targets,
-            "coverage": (
-                {
-                    "line": a.coverage.line(),
-                    "expected": len(a.coverage.expected),
-                    "present": len(a.coverage.present),
-                    "missing": a.coverage.missing,
-                    "unselected": a.coverage.unselected,
-                }
-                if a.coverage
-                else None
-            ),
-        },
-        "coverage_map": coverage_map(a),
-        "dtypes": dict(sorted(a.dtypes.items())),
-        "keys": {
-            "parsed": a.groups.parsed,
-            "total": len(src.entries),
-            "unmatched": [{"key": r.key, "reason": r.reason} for r in a.groups.rejected],
-        },
-        "notes": list(src.notes),
-    }
-    if stats:
-        doc["stats"] = target_stats(a)
-    return doc
+    return InspectReport(
+        path=src.path,
+        format=src.format,
+        size_bytes=src.size,
+        tensors=len(src.entries),
+        dialect=DialectReport(a.dialect.dialect, a.dialect.evidence),
+        adapter_type=TypeReport(
+            resolved=a.adapter_type,
+            from_tensors=a.detection.from_tensors if a.detection else None,
+            from_config=config.adapter_type if config else None,
+            evidence=a.detection.evidence if a.detection else [],
+            findings=list(a.detection.findings) if a.detection else [],
+        ),
+        rank=RankReport(config.rank if config else None, sorted(a.ranks)),
+        alpha=config.alpha if config else None,
+        scale=config.scale if config else None,
+        include=config.include if config else None,
+        exclude=config.exclude if config else None,
+        lora_config=config.to_dict() if config else None,
+        lora_config_error=a.config_error,
+        config_origin=src.config_origin,
+        metadata=dict(src.metadata),
+        family=FamilyReport(
+            a.family.name if a.family else None, a.family_forced, a.family_evidence
+        ),
+        base_model=claimed,
+        base_model_family=claimed_family.name if claimed_family else None,
+        targets=TargetsReport(
+            count=len(a.groups.targets),
+            family_total=len(a.family.targets) if a.family else None,
+            unknown=a.unknown_targets,
+            coverage=_coverage(a),
+        ),
+        coverage_map=coverage_map(a),
+        dtypes=dict(sorted(a.dtypes.items())),
+        keys=KeysReport(
+            parsed=a.groups.parsed,
+            total=len(src.entries),
+            unmatched=[UnmatchedKey(r.key, r.reason) for r in a.groups.rejected],
+        ),
+        notes=list(src.notes),
+        stats=target_stats(a) if stats else None,
+    )
 
 
 def inspect_path(
@@ -169,14 +177,19 @@ def inspect_path(
     stats: bool = False,
     model: str = "auto",
     allow_pickle: bool = False,
-) -> dict[str, Any]:
+) -> InspectReport:
     """Open, analyse and report one path (MalformedFileError for unreadable input)."""
     with open_adapter_source(path, allow_pickle=allow_pickle) as source:
         return report(analyze(source, model), stats=stats)
 
 
-def inspect_document(reports: list[dict[str, Any]]) -> dict[str, Any]:
-    return {"schema": SCHEMA_VERSION, "tool": f"sa3ckpt {__version__}", "files": reports}
+def inspect_document(reports: list[InspectReport]) -> dict[str, Any]:
+    """The `inspect --json` document: schema version, tool, one entry per report."""
+    return {
+        "schema": SCHEMA_VERSION,
+        "tool": f"sa3ckpt {__version__}",
+        "files": [report_json(r) for r in reports],
+    }
 
 
 def to_json(doc: dict[str, Any]) -> str:

@@ -1,9 +1,9 @@
 """validate: rules over an adapter's analysis, producing findings with stable ids.
 
-Each rule is a row in RULES (id, severity, title, fix hint) and a check function in
-CHECKS; severities follow the minimums in DESIGN.md. The exit code of a run follows the
-CLI contract: 3 if any input is unreadable or malformed, else 1 if any error (or, with
---strict, any warning), else 0.
+Each rule is a row in `sa3ckpt.findings.RULES` (id, severity, title, fix hint) and is
+checked by a function in CHECKS. The exit code of a run follows the CLI contract and comes
+from the error classes: MalformedFileError's if any input is unreadable or malformed, else
+ValidationFailed's if any error (or, with --strict, any warning), else EXIT_OK.
 """
 
 from __future__ import annotations
@@ -15,232 +15,14 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from sa3ckpt import dtypes
-from sa3ckpt.adapters.types import ADAPTER_TYPES
-from sa3ckpt.errors import MalformedFileError, UsageError
+from sa3ckpt.errors import EXIT_OK, MalformedFileError, UsageError, ValidationFailed
+from sa3ckpt.findings import Finding, severity_order
 from sa3ckpt.io.legacy_pickle import PickleRefusedError
 from sa3ckpt.io.sources import AdapterSource, open_adapter_source, sniff_format, walk_adapter_paths
 from sa3ckpt.names.dialects import parse_official_base_key
 from sa3ckpt.names.modules import SECONDS_CONDITIONER
 from sa3ckpt.ops.analysis import Analysis, analyze
 from sa3ckpt.targets.families import FAMILIES, family_for_base_model
-
-SEVERITIES = ("error", "warning", "info")
-
-
-@dataclass(frozen=True)
-class Rule:
-    """A validation rule: stable id, minimum severity, what it means, how to fix it."""
-
-    id: str
-    severity: str
-    title: str
-    hint: str
-
-
-RULES: dict[str, Rule] = {
-    r.id: r
-    for r in (
-        Rule(
-            "malformed",
-            "error",
-            "file is unreadable or not valid safetensors",
-            "re-export the adapter; the file cannot be parsed",
-        ),
-        Rule(
-            "pickle",
-            "error",
-            "legacy pickle checkpoint (.ckpt)",
-            "convert to safetensors: sa3ckpt convert IN -o OUT --to sa3 --allow-pickle",
-        ),
-        Rule(
-            "unsupported-format",
-            "error",
-            "format needs an optional extra",
-            "install the extra it names (e.g. pip install 'sa3ckpt[gguf]')",
-        ),
-        Rule(
-            "config-missing",
-            "error",
-            "no lora_config metadata",
-            "save with lora_config JSON metadata: rank, alpha, adapter_type, include, exclude",
-        ),
-        Rule(
-            "config-invalid",
-            "error",
-            "lora_config is not usable",
-            "fix the lora_config JSON (rank positive integer, alpha number, adapter_type)",
-        ),
-        Rule(
-            "unknown-type",
-            "error",
-            "unknown adapter type",
-            "use one of: " + ", ".join(ADAPTER_TYPES),
-        ),
-        Rule(
-            "legacy-alias",
-            "warning",
-            "legacy adapter type alias",
-            "re-save with the explicit type: sa3ckpt convert IN -o OUT --to sa3",
-        ),
-        Rule(
-            "ambiguous-orientation",
-            "warning",
-            "DoRA rows/cols cannot be told from shapes",
-            "write the explicit type (dora-rows or dora-cols) in lora_config",
-        ),
-        Rule(
-            "type-disagreement",
-            "error",
-            "lora_config type disagrees with the tensors",
-            "fix lora_config.adapter_type to match the tensors (loaders trust the metadata)",
-        ),
-        Rule(
-            "inconsistent-tensors",
-            "error",
-            "tensors inconsistent with the adapter type",
-            "re-export the adapter; every target needs exactly its type's parameters",
-        ),
-        Rule(
-            "no-targets",
-            "error",
-            "no adapter target recognised",
-            "the file has no keys any SA3 loader understands; check the dialect",
-        ),
-        Rule(
-            "not-an-adapter",
-            "error",
-            "a base checkpoint, not an adapter",
-            "validate adapters; base checkpoints are inputs to `sa3ckpt merge`",
-        ),
-        Rule(
-            "unmatched-key",
-            "error",
-            "key that is not an adapter tensor",
-            "remove stray tensors or fix their names; loaders skip them silently",
-        ),
-        Rule(
-            "unknown-target",
-            "error",
-            "target unknown to the model",
-            "check --model; the target does not exist in this model family",
-        ),
-        Rule(
-            "family-unknown",
-            "error",
-            "model family cannot be determined",
-            "pass --model medium|small, or fix the shapes",
-        ),
-        Rule(
-            "shape-mismatch",
-            "error",
-            "tensor shape does not fit the model",
-            "the adapter was trained for another model; check --model and base_model",
-        ),
-        Rule(
-            "rank-mismatch",
-            "error",
-            "tensor ranks disagree with lora_config.rank",
-            "fix lora_config.rank, or re-export consistently ranked tensors",
-        ),
-        Rule(
-            "bare-keys",
-            "warning",
-            "keys without the `model.` root",
-            "the official loader loads nothing from these: sa3ckpt convert IN -o OUT --to sa3",
-        ),
-        Rule(
-            "foreign-dialect",
-            "warning",
-            "not the sa3 key dialect",
-            "the official loader expects sa3 keys: sa3ckpt convert IN -o OUT --to sa3",
-        ),
-        Rule(
-            "nonzero-slot",
-            "warning",
-            "parametrization slot is not 0",
-            "re-save with slot 0: sa3ckpt convert IN -o OUT --to sa3",
-        ),
-        Rule(
-            "nan-inf",
-            "error",
-            "NaN or Inf in tensors",
-            "the training diverged; use an earlier step",
-        ),
-        Rule(
-            "negative-magnitude",
-            "warning",
-            "negative DoRA/BoRA magnitudes",
-            "magnitudes are norms and should be positive; check the trainer",
-        ),
-        Rule(
-            "coverage-missing",
-            "warning",
-            "targets selected by include/exclude are absent",
-            "re-export all targets, or make include/exclude match what was trained",
-        ),
-        Rule(
-            "coverage-unselected",
-            "warning",
-            "targets present but not selected by include/exclude",
-            "the official loader re-applies include/exclude and ignores these tensors",
-        ),
-        Rule(
-            "base-model-mismatch",
-            "warning",
-            "base_model disagrees with the detected family",
-            "fix lora_config.base_model, or check you picked the right adapter",
-        ),
-        Rule(
-            "zero-effect",
-            "warning",
-            "adapter has no effect (all lora_B / M_xs zero)",
-            "this is a fresh, untrained initialisation; export a trained step",
-        ),
-        Rule(
-            "dtype-unconventional",
-            "warning",
-            "tensors not in fp16",
-            "SA3 adapters are saved fp16 (baked_vnorm_row fp32): sa3ckpt convert --dtype fp16",
-        ),
-        Rule(
-            "no-runtime-module",
-            "info",
-            "target has no module in the MLX runtime",
-            "fine: merges write it into cond.seconds_total_weight; live MLX injection skips it",
-        ),
-        Rule(
-            "xs-no-bases",
-            "info",
-            "XS adapter without stored U/V bases",
-            "merging needs the base weights (or a bases file) to rebuild U/V",
-        ),
-        Rule(
-            "pickle-note",
-            "info",
-            "read through the pickle opt-in",
-            "prefer safetensors for distribution",
-        ),
-    )
-}
-
-
-@dataclass(frozen=True)
-class Finding:
-    rule: str
-    severity: str
-    message: str
-
-    @property
-    def hint(self) -> str:
-        return RULES[self.rule].hint
-
-    def to_json(self) -> dict[str, str]:
-        return {
-            "rule": self.rule,
-            "severity": self.severity,
-            "message": self.message,
-            "hint": self.hint,
-        }
 
 
 @dataclass
@@ -276,7 +58,7 @@ class FileResult:
 
 
 def _say(rule: str, message: str) -> Finding:
-    return Finding(rule, RULES[rule].severity, message)
+    return Finding.of(rule, message)
 
 
 def _first(items: list[str], limit: int = 3) -> str:
@@ -303,10 +85,7 @@ def _check_type(a: Analysis, ctx: Context) -> Iterator[Finding]:
     if a.detection is None:
         return
     for f in a.detection.findings:
-        rule = (
-            "inconsistent-tensors" if f.code in ("mixed-types", "inconsistent-tensors") else f.code
-        )
-        yield Finding(rule, RULES[rule].severity, f.message)
+        yield f.reported()
 
 
 def _base_keys(a: Analysis) -> int:
@@ -422,8 +201,8 @@ def _check_runtime(a: Analysis, ctx: Context) -> Iterator[Finding]:
             f"{SECONDS_CONDITIONER} has no MLX runtime module; merge writes it into "
             "cond.seconds_total_weight",
         )
-    kind = a.adapter_type or ""
-    if kind.endswith("xs"):
+    kind = a.kind
+    if kind is not None and kind.xs:
         without = [t for t, p in a.groups.targets.items() if "U" not in p or "V" not in p]
         if without:
             yield _say(
@@ -516,8 +295,7 @@ def validate_path(path: str, *, model: str = "auto", deep: bool = False) -> File
     result.adapter_type = analysis.adapter_type
     result.family = analysis.family.name if analysis.family else None
     result.coverage = analysis.coverage.line() if analysis.coverage else None
-    order = {s: i for i, s in enumerate(SEVERITIES)}
-    result.findings.sort(key=lambda f: order[f.severity])
+    result.findings.sort(key=severity_order)
     return result
 
 
@@ -529,10 +307,10 @@ class ValidationRun:
     @property
     def exit_code(self) -> int:
         if any(f.malformed for f in self.files):
-            return 3
+            return MalformedFileError.exit_code
         if any(f.status(self.strict) == "fail" for f in self.files):
-            return 1
-        return 0
+            return ValidationFailed.exit_code
+        return EXIT_OK
 
     def totals(self) -> dict[str, int]:
         return {

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 from pathlib import Path
 
 import pytest
@@ -10,6 +11,7 @@ from safetensors import safe_open
 from safetensors.numpy import load_file, save_file
 
 from sa3ckpt.ops.inspect import inspect_path
+from sa3ckpt.ops.inspect_report import RankReport, StatsReport, TargetStats
 from tests.tui.helpers import settle, static_text
 from tui.app import Sa3ckptApp
 from tui.coverage_model import (
@@ -56,14 +58,15 @@ def test_formatting() -> None:
     assert human_size(22416) == "21.9 KiB"
     assert counts({"F16": 80, "F32": 2}) == "F16 ×80, F32 ×2"
     assert shape((4, 12)) == "4×12"
-    assert rank_text({"config": 4, "tensors": [4]}) == "4"
-    assert rank_text({"config": 4, "tensors": [8]}) == "4 (tensors: 8)"
-    assert rank_text({"config": None, "tensors": [8]}) == "8 (from tensors)"
+    assert rank_text(RankReport(config=4, tensors=[4])) == "4"
+    assert rank_text(RankReport(config=4, tensors=[8])) == "4 (tensors: 8)"
+    assert rank_text(RankReport(config=None, tensors=[8])) == "8 (from tensors)"
 
 
 def test_overview_rows_escape_file_text_and_never_parse_markup() -> None:
-    report = inspect_path(ADAPTER)
-    report["metadata"] = {"note[1]": "[bold red]hi\x1b[2J\nnext"}
+    report = dataclasses.replace(
+        inspect_path(ADAPTER), metadata={"note[1]": "[bold red]hi\x1b[2J\nnext"}
+    )
     rows = dict((label or "metadata+", value.plain) for label, value in overview_rows(report))
     assert rows["metadata"] == "note[1] = [bold red]hi\\x1b[2J\\x0anext"
     assert rows["type"] == "lora"
@@ -71,7 +74,8 @@ def test_overview_rows_escape_file_text_and_never_parse_markup() -> None:
 
 
 def test_coverage_model_maps_cells_to_targets() -> None:
-    coverage_map = inspect_path(ADAPTER)["coverage_map"]
+    coverage_map = inspect_path(ADAPTER).coverage_map
+    assert coverage_map is not None
     rows = block_rows(coverage_map)
     assert [block for block, _ in rows] == [0, 1, 2]
     assert rows[1][1][0] == Cell("model.transformer.layers.1.self_attn.to_qkv", True)
@@ -85,13 +89,18 @@ def test_heat_scale_and_cell_looks() -> None:
     assert heat_level(0.0, 1.0) == 0
     assert heat_level(1.0, 1.0) == len(HEAT_GLYPHS) - 1
     assert heat_level(0.5, 0.0) == 0
-    stats = {
-        "targets": {
-            "a": {"update_norm": 2.0, "nonfinite": {}, "zero_effect": False},
-            "b": {"update_norm": None, "nonfinite": {"lora_A": 3}, "zero_effect": False},
-            "c": {"update_norm": 0.0, "nonfinite": {}, "zero_effect": True},
-        }
-    }
+    stats = StatsReport(
+        strength=1.0,
+        targets={
+            "a": TargetStats(update_norm=2.0, delta_norm=None, nonfinite={}, zero_effect=False),
+            "b": TargetStats(None, None, nonfinite={"lora_A": 3}, zero_effect=False),
+            "c": TargetStats(update_norm=0.0, delta_norm=None, nonfinite={}, zero_effect=True),
+        },
+        update_norm_total=2.0,
+        zero_effect_targets=1,
+        nonfinite_tensors=1,
+        cannot_compute=None,
+    )
     top = max_norm(stats)
     assert top == 2.0
     assert cell_text(Cell("a", True), stats, top).plain == HEAT_GLYPHS[-1]

@@ -1,0 +1,259 @@
+"""One Finding class and one table of rules: id -> severity, title and fix hint.
+
+Detection (adapters/detect.py) and validation (ops/validate.py) both report problems as
+`Finding`s built from this table, so a rule's severity and hint are written once and every
+report (inspect, validate, JUnit, GitHub annotations, the TUI) agrees on them. Severities
+follow the minimums in DESIGN.md "Validation rules" (a rule may be stricter, never looser);
+tests/test_findings.py checks that.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from sa3ckpt.adapters.types import ADAPTER_TYPES
+
+SEVERITIES = ("error", "warning", "info")  # most severe first: the order findings are listed
+
+
+@dataclass(frozen=True)
+class Rule:
+    """A rule: stable id, severity, what it means, how to fix it.
+
+    reported_as: a finer rule that detection raises but validate reports under a broader id
+    (e.g. `mixed-types` is one way tensors are inconsistent with the type).
+    """
+
+    id: str
+    severity: str
+    title: str
+    hint: str
+    reported_as: str | None = None
+
+
+RULES: dict[str, Rule] = {
+    r.id: r
+    for r in (
+        Rule(
+            "malformed",
+            "error",
+            "file is unreadable or not valid safetensors",
+            "re-export the adapter; the file cannot be parsed",
+        ),
+        Rule(
+            "pickle",
+            "error",
+            "legacy pickle checkpoint (.ckpt)",
+            "convert to safetensors: sa3ckpt convert IN -o OUT --to sa3 --allow-pickle",
+        ),
+        Rule(
+            "unsupported-format",
+            "error",
+            "format needs an optional extra",
+            "install the extra it names (e.g. pip install 'sa3ckpt[gguf]')",
+        ),
+        Rule(
+            "config-missing",
+            "error",
+            "no lora_config metadata",
+            "save with lora_config JSON metadata: rank, alpha, adapter_type, include, exclude",
+        ),
+        Rule(
+            "config-invalid",
+            "error",
+            "lora_config is not usable",
+            "fix the lora_config JSON (rank positive integer, alpha number, adapter_type)",
+        ),
+        Rule(
+            "unknown-type",
+            "error",
+            "unknown adapter type",
+            "use one of: " + ", ".join(ADAPTER_TYPES),
+        ),
+        Rule(
+            "legacy-alias",
+            "warning",
+            "legacy adapter type alias",
+            "re-save with the explicit type: sa3ckpt convert IN -o OUT --to sa3",
+        ),
+        Rule(
+            "ambiguous-orientation",
+            "warning",
+            "DoRA rows/cols cannot be told from shapes",
+            "write the explicit type (dora-rows or dora-cols) in lora_config",
+        ),
+        Rule(
+            "type-disagreement",
+            "error",
+            "lora_config type disagrees with the tensors",
+            "fix lora_config.adapter_type to match the tensors (loaders trust the metadata)",
+        ),
+        Rule(
+            "inconsistent-tensors",
+            "error",
+            "tensors inconsistent with the adapter type",
+            "re-export the adapter; every target needs exactly its type's parameters",
+        ),
+        Rule(
+            "mixed-types",
+            "error",
+            "targets disagree on the adapter type",
+            "re-export the adapter; every target needs exactly its type's parameters",
+            reported_as="inconsistent-tensors",
+        ),
+        Rule(
+            "no-targets",
+            "error",
+            "no adapter target recognised",
+            "the file has no keys any SA3 loader understands; check the dialect",
+        ),
+        Rule(
+            "not-an-adapter",
+            "error",
+            "a base checkpoint, not an adapter",
+            "validate adapters; base checkpoints are inputs to `sa3ckpt merge`",
+        ),
+        Rule(
+            "unmatched-key",
+            "error",
+            "key that is not an adapter tensor",
+            "remove stray tensors or fix their names; loaders skip them silently",
+        ),
+        Rule(
+            "unknown-target",
+            "error",
+            "target unknown to the model",
+            "check --model; the target does not exist in this model family",
+        ),
+        Rule(
+            "family-unknown",
+            "error",
+            "model family cannot be determined",
+            "pass --model medium|small, or fix the shapes",
+        ),
+        Rule(
+            "shape-mismatch",
+            "error",
+            "tensor shape does not fit the model",
+            "the adapter was trained for another model; check --model and base_model",
+        ),
+        Rule(
+            "rank-mismatch",
+            "error",
+            "tensor ranks disagree with lora_config.rank",
+            "fix lora_config.rank, or re-export consistently ranked tensors",
+        ),
+        Rule(
+            "bare-keys",
+            "warning",
+            "keys without the `model.` root",
+            "the official loader loads nothing from these: sa3ckpt convert IN -o OUT --to sa3",
+        ),
+        Rule(
+            "foreign-dialect",
+            "warning",
+            "not the sa3 key dialect",
+            "the official loader expects sa3 keys: sa3ckpt convert IN -o OUT --to sa3",
+        ),
+        Rule(
+            "nonzero-slot",
+            "warning",
+            "parametrization slot is not 0",
+            "re-save with slot 0: sa3ckpt convert IN -o OUT --to sa3",
+        ),
+        Rule(
+            "nan-inf",
+            "error",
+            "NaN or Inf in tensors",
+            "the training diverged; use an earlier step",
+        ),
+        Rule(
+            "negative-magnitude",
+            "warning",
+            "negative DoRA/BoRA magnitudes",
+            "magnitudes are norms and should be positive; check the trainer",
+        ),
+        Rule(
+            "coverage-missing",
+            "warning",
+            "targets selected by include/exclude are absent",
+            "re-export all targets, or make include/exclude match what was trained",
+        ),
+        Rule(
+            "coverage-unselected",
+            "warning",
+            "targets present but not selected by include/exclude",
+            "the official loader re-applies include/exclude and ignores these tensors",
+        ),
+        Rule(
+            "base-model-mismatch",
+            "warning",
+            "base_model disagrees with the detected family",
+            "fix lora_config.base_model, or check you picked the right adapter",
+        ),
+        Rule(
+            "zero-effect",
+            "warning",
+            "adapter has no effect (all lora_B / M_xs zero)",
+            "this is a fresh, untrained initialisation; export a trained step",
+        ),
+        Rule(
+            "dtype-unconventional",
+            "warning",
+            "tensors not in fp16",
+            "SA3 adapters are saved fp16 (baked_vnorm_row fp32): sa3ckpt convert --dtype fp16",
+        ),
+        Rule(
+            "no-runtime-module",
+            "info",
+            "target has no module in the MLX runtime",
+            "fine: merges write it into cond.seconds_total_weight; live MLX injection skips it",
+        ),
+        Rule(
+            "xs-no-bases",
+            "info",
+            "XS adapter without stored U/V bases",
+            "merging needs the base weights (or a bases file) to rebuild U/V",
+        ),
+        Rule(
+            "pickle-note",
+            "info",
+            "read through the pickle opt-in",
+            "prefer safetensors for distribution",
+        ),
+    )
+}
+
+
+@dataclass(frozen=True)
+class Finding:
+    """One problem found in a file: the rule it breaks, its severity, what and how to fix."""
+
+    rule: str
+    severity: str
+    message: str
+    hint: str
+
+    @classmethod
+    def of(cls, rule: str, message: str) -> Finding:
+        """A finding of `rule` with the table's severity and hint (KeyError for unknown ids)."""
+        row = RULES[rule]
+        return cls(rule, row.severity, message, row.hint)
+
+    def reported(self) -> Finding:
+        """The same finding under the id validate reports it as (itself for most rules)."""
+        broader = RULES[self.rule].reported_as
+        return self if broader is None else Finding.of(broader, self.message)
+
+    def to_json(self) -> dict[str, str]:
+        return {
+            "rule": self.rule,
+            "severity": self.severity,
+            "message": self.message,
+            "hint": self.hint,
+        }
+
+
+def severity_order(finding: Finding) -> int:
+    """Sort key: errors first, then warnings, then infos."""
+    return SEVERITIES.index(finding.severity)

@@ -110,7 +110,7 @@ LAYOUTS: dict[str, Layout] = {
     )
 }
 
-# Which layout a base weight of each kind has in each base format.
+# Which layout a base weight of each layer kind has in each base format.
 BASE_LAYOUT: dict[tuple[str, str], str] = {
     ("official", "linear"): "linear",
     ("official", "conv1d"): "torch-conv1d",

@@ -136,7 +136,7 @@ class SynthBase:
         """The base in MLX runtime naming and layout (Conv1d (out, k, in), `cond.*`)."""
         out: dict[str, np.ndarray] = {}
         for target in self.family.targets:
-            layout = BASE_LAYOUT[("mlx", target.kind)]
+            layout = BASE_LAYOUT[("mlx", target.layer_kind)]
             stored = from_canonical_2d(self.weight_2d(target), layout, target.kernel_size)
             out[mlx_base_key(target.name)] = dtypes.cast(np.ascontiguousarray(stored), dtype)
         for key, value in self.extras.items():

@@ -56,7 +56,7 @@ def _expected(base, stack, semantics, target) -> np.ndarray:
 def _stored_2d(flat, target: str) -> np.ndarray:
     w = flat[mlx_base_key(target)]
     t = FAM.by_name[target]
-    return w.transpose(0, 2, 1).reshape(t.shape) if t.kind == "conv1d" else w
+    return w.transpose(0, 2, 1).reshape(t.shape) if t.layer_kind == "conv1d" else w
 
 
 @pytest.mark.parametrize("semantics", ["runtime", "delta"])

@@ -242,4 +242,4 @@ def test_ledger_lines_and_json(tmp_path: Path) -> None:
     assert "bit-exact" in text and "2 Conv1d transposed" in text
     data = json.loads(json.dumps(ledger.to_json()))
     assert data["from"] == "official" and data["to"] == "mlx" and data["container"] == "npz"
-    assert data["worst_rel_error"] == 0.0 and data["dropped"] == []
+    assert data["worst_relative_error"] == 0.0 and data["dropped"] == []

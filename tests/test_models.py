@@ -86,10 +86,10 @@ def test_every_target_is_a_layer_at_its_mlx_name(family: str) -> None:
             continue
         module = layers.get(target.mlx_name)
         assert module is not None, f"no layer at {target.mlx_name}"
-        kind = nn.Conv1d if target.kind == "conv1d" else nn.Linear
+        kind = nn.Conv1d if target.layer_kind == "conv1d" else nn.Linear
         assert isinstance(module, kind), target.mlx_name
         assert _weight_2d_shape(module) == target.shape, target.mlx_name
-        if target.kind == "conv1d":
+        if target.layer_kind == "conv1d":
             out, k_in, k = target.weight_shape
             assert module.weight.shape == (out, k, k_in)  # MLX conv layout (out, k, in)
 

@@ -75,7 +75,7 @@ def test_synth_base_layouts_agree(family_name: str) -> None:
         w_official = official[official_base_key(t.name)]
         w_mlx = mlx[mlx_base_key(t.name)]
         assert w_official.shape == t.weight_shape
-        if t.kind == "conv1d":
+        if t.layer_kind == "conv1d":
             assert np.array_equal(mlx_conv1d_to_2d(w_mlx), w_official.reshape(t.shape))
         else:
             assert np.array_equal(w_mlx, w_official)

@@ -70,7 +70,7 @@ def test_published_shapes(name: str, shapes: dict[str, tuple[int, int]], e: int)
 
 @pytest.mark.parametrize("name", PUBLISHED_FAMILIES)
 def test_conv_targets(name: str) -> None:
-    convs = [t for t in FAMILIES[name].targets if t.kind == "conv1d"]
+    convs = [t for t in FAMILIES[name].targets if t.layer_kind == "conv1d"]
     assert [t.name for t in convs] == ["model.preprocess_conv", "model.postprocess_conv"]
     for t in convs:
         assert t.weight_shape == (256, 256, 1) and t.shape == (256, 256) and t.kernel_size == 1

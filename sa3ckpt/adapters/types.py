@@ -82,7 +82,7 @@ class AdapterType:
 
 _LORA = ("lora_A", "lora_B")
 _XS = ("M_xs",)
-_XS_BASES = ("U", "V")
+BASIS_PARAMS = ("U", "V")  # the frozen XS bases: W0 ~ U S Vᵀ; every `basis_param` is one
 
 ADAPTER_TYPES: dict[str, AdapterType] = {
     t.name: t
@@ -91,12 +91,12 @@ ADAPTER_TYPES: dict[str, AdapterType] = {
         AdapterType("dora-rows", (*_LORA, "magnitude"), ("baked_vnorm_row",), "rows", False),
         AdapterType("dora-cols", (*_LORA, "magnitude"), (), "cols", False),
         AdapterType("bora", (*_LORA, "magnitude_r", "magnitude_c"), (), "both", False),
-        AdapterType("lora-xs", _XS, _XS_BASES, None, True),
+        AdapterType("lora-xs", _XS, BASIS_PARAMS, None, True),
         AdapterType(
-            "dora-rows-xs", (*_XS, "magnitude"), (*_XS_BASES, "baked_vnorm_row"), "rows", True
+            "dora-rows-xs", (*_XS, "magnitude"), (*BASIS_PARAMS, "baked_vnorm_row"), "rows", True
         ),
-        AdapterType("dora-cols-xs", (*_XS, "magnitude"), _XS_BASES, "cols", True),
-        AdapterType("bora-xs", (*_XS, "magnitude_r", "magnitude_c"), _XS_BASES, "both", True),
+        AdapterType("dora-cols-xs", (*_XS, "magnitude"), BASIS_PARAMS, "cols", True),
+        AdapterType("bora-xs", (*_XS, "magnitude_r", "magnitude_c"), BASIS_PARAMS, "both", True),
     )
 }
 

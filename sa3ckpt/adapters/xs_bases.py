@@ -37,6 +37,7 @@ from typing import Any
 import numpy as np
 
 from sa3ckpt import dtypes
+from sa3ckpt.adapters.types import BASIS_PARAMS
 from sa3ckpt.errors import MalformedFileError
 from sa3ckpt.io.atomic import PathLike
 from sa3ckpt.io.safetensors import object_and_duplicate, open_safetensors, write_safetensors
@@ -50,7 +51,6 @@ FORMAT_VERSION = "1"
 _HASH_TAG = b"sa3ckpt-weight-sha256-v1"
 _SHA256_HEX = re.compile(r"[0-9a-f]{64}")
 _RANK_TEXT = re.compile(r"[1-9][0-9]*")
-_KINDS = ("U", "V")
 
 
 # --------------------------------------------------------------------------- the SVD
@@ -241,13 +241,13 @@ def _check_for_save(bases: XsBases) -> None:
     for target, (u, v) in bases.bases.items():
         if not target:
             raise ValueError("empty target name")
-        for kind, array in zip(_KINDS, (u, v), strict=True):
+        for basis_param, array in zip(BASIS_PARAMS, (u, v), strict=True):
             array = np.asarray(array)
             if array.dtype != np.float32:
-                raise ValueError(f"{target}.{kind}: must be float32, got {array.dtype}")
+                raise ValueError(f"{target}.{basis_param}: must be float32, got {array.dtype}")
             if array.ndim != 2 or array.shape[1] != bases.rank or array.shape[0] < bases.rank:
                 raise ValueError(
-                    f"{target}.{kind}: shape {array.shape} does not fit rank {bases.rank}"
+                    f"{target}.{basis_param}: shape {array.shape} does not fit rank {bases.rank}"
                 )
 
 
@@ -328,20 +328,20 @@ def _parse_metadata(metadata: Mapping[str, str]) -> tuple[int, str, dict[str, st
     for target, digest in sha.items():
         if not _SHA256_HEX.fullmatch(digest):
             raise _Bad(f"base_sha256 for {target!r} is not 64 lowercase hex digits")
-    kinds = _json_str_map(metadata, "base_dtype")
-    for target, code in kinds.items():
+    dtype_codes = _json_str_map(metadata, "base_dtype")
+    for target, code in dtype_codes.items():
         if not (dtypes.is_known(code) and dtypes.is_floating(code)):
             raise _Bad(f"base_dtype for {target!r} is {code[:20]!r}, not a floating dtype code")
-    return rank, source_base, sha, kinds
+    return rank, source_base, sha, dtype_codes
 
 
 def _load(path: str) -> XsBases:
     with open_safetensors(path) as f:
-        rank, source_base, sha, kinds = _parse_metadata(f.metadata)
+        rank, source_base, sha, dtype_codes = _parse_metadata(f.metadata)
         found: dict[str, dict[str, np.ndarray]] = {}
         for name in f:
-            target, _, kind = name.rpartition(".")
-            if not target or kind not in _KINDS:
+            target, _, basis_param = name.rpartition(".")
+            if not target or basis_param not in BASIS_PARAMS:
                 raise _Bad(f"unexpected tensor {name[:80]!r} (expected <target>.U or <target>.V)")
             info = f.info(name)
             if info.dtype != "F32":
@@ -354,17 +354,17 @@ def _load(path: str) -> XsBases:
             array = np.array(f.array(name), dtype=np.float32, copy=True)
             if not np.isfinite(array).all():
                 raise _Bad(f"tensor {name[:80]!r} contains NaN or inf values")
-            found.setdefault(target, {})[kind] = array
+            found.setdefault(target, {})[basis_param] = array
     if not found:
         raise _Bad("no bases tensors in file")
     bases: dict[str, tuple[np.ndarray, np.ndarray]] = {}
     for target, pair in found.items():
-        for kind in _KINDS:
-            if kind not in pair:
-                other = "U" if kind == "V" else "V"
-                raise _Bad(f"target {target[:80]!r} has {other} but no {kind}")
+        for basis_param in BASIS_PARAMS:
+            if basis_param not in pair:
+                other = "U" if basis_param == "V" else "V"
+                raise _Bad(f"target {target[:80]!r} has {other} but no {basis_param}")
         bases[target] = (pair["U"], pair["V"])
-    for label, record in (("base_sha256", sha), ("base_dtype", kinds)):
+    for label, record in (("base_sha256", sha), ("base_dtype", dtype_codes)):
         missing = [t for t in bases if t not in record]
         if missing:
             raise _Bad(f"{label} has no entry for target {missing[0][:80]!r}")
@@ -376,7 +376,7 @@ def _load(path: str) -> XsBases:
         source_base=source_base,
         bases=bases,
         base_sha256={t: sha[t] for t in bases},
-        base_dtype={t: kinds[t] for t in bases},
+        base_dtype={t: dtype_codes[t] for t in bases},
     )
 
 

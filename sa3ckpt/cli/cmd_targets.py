@@ -33,7 +33,7 @@ def run(args: argparse.Namespace) -> int:
     for t in selected:
         row: dict[str, Any] = {
             "name": t.name,
-            "kind": t.kind,
+            "kind": t.layer_kind,
             "shape": list(t.shape),
             "weight_shape": list(t.weight_shape),
             "mlx": t.mlx_name,

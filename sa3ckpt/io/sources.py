@@ -183,10 +183,8 @@ def _open_gguf(path: str, allow_pickle: bool) -> AdapterSource:
 
     kv, infos = read_gguf_header(path)
     entries = {
-        name: TensorEntry(
-            name, "F32" if kind == "F32" else kind, tuple(shape), 4 * math.prod(shape)
-        )
-        for name, (shape, kind) in infos.items()
+        name: TensorEntry(name, dtype_code, tuple(shape), 4 * math.prod(shape))
+        for name, (shape, dtype_code) in infos.items()
     }
     config = None
     if all(k in kv for k in ("lora.rank", "lora.alpha", "lora.adapter_type")):

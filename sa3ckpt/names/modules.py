@@ -27,7 +27,7 @@ class ModuleName:
 
     canonical: str
     sa3cpp: str | None
-    kind: str  # "linear" | "conv1d"
+    layer_kind: str  # "linear" | "conv1d"
 
 
 # Per-block modules: canonical suffix after `model.transformer.layers.N.`, sa3.cpp suffix after

@@ -208,7 +208,7 @@ def _conv_kernel(target: str, shape: tuple[int, int]) -> int:
     """Kernel size of a Conv1d target, from the family whose table has this exact shape."""
     for fam in FAMILIES.values():
         spec = fam.target(target)
-        if spec is not None and spec.kind == "conv1d" and spec.shape == shape:
+        if spec is not None and spec.layer_kind == "conv1d" and spec.shape == shape:
             return spec.kernel_size
     return 1
 
@@ -219,7 +219,7 @@ def _write_peft(ckpt: AdapterCheckpoint, path: str, code: str) -> None:
     for target, params in ckpt.tensors.items():
         a, b = np.asarray(params["lora_A"]), np.asarray(params["lora_B"])
         info = module_info(target)
-        if info is not None and info.kind == "conv1d":  # PEFT keeps Conv1d factors as convs
+        if info is not None and info.layer_kind == "conv1d":  # PEFT keeps Conv1d factors as convs
             k = _conv_kernel(target, (b.shape[0], a.shape[1]))
             a, b = a.reshape(a.shape[0], -1, k), b.reshape(b.shape[0], b.shape[1], 1)
         tensors[format_adapter_key(target, "lora_A", "peft")] = dtypes.cast(

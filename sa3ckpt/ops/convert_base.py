@@ -378,7 +378,7 @@ class BaseConvertLedger:
             "transposed": self.transposed,
             "dropped": list(self.dropped),
             "cast": self.cast,
-            "worst_rel_error": self.worst_rel_error,
+            "worst_relative_error": self.worst_rel_error,
         }
 
 

@@ -96,7 +96,7 @@ class Target:
     """
 
     name: str
-    kind: str  # "linear" | "conv1d"
+    layer_kind: str  # "linear" | "conv1d"
     shape: tuple[int, int]
     weight_shape: tuple[int, ...]
     mlx_name: str | None
@@ -107,25 +107,25 @@ class Target:
 
     @property
     def kernel_size(self) -> int:
-        return self.weight_shape[2] if self.kind == "conv1d" else 1
+        return self.weight_shape[2] if self.layer_kind == "conv1d" else 1
 
 
 def _make_target(
     name: str,
-    kind: str,
+    layer_kind: str,
     shape: tuple[int, int],
     t: Topology,
     block: int | None,
     module: str,
     group: str,
 ) -> Target:
-    if kind == "conv1d":
+    if layer_kind == "conv1d":
         weight_shape: tuple[int, ...] = (shape[0], shape[1] // t.conv_kernel, t.conv_kernel)
     else:
         weight_shape = shape
     return Target(
         name=name,
-        kind=kind,
+        layer_kind=layer_kind,
         shape=shape,
         weight_shape=weight_shape,
         mlx_name=to_mlx_module(name),
@@ -140,7 +140,13 @@ def build_targets(t: Topology) -> tuple[Target, ...]:
     """All targets of a topology: top-level, then blocks in order, then the conditioner."""
     targets = [
         _make_target(
-            m.canonical, m.kind, _TOP_LEVEL_SHAPES[m.canonical](t), t, None, m.canonical, "top"
+            m.canonical,
+            m.layer_kind,
+            _TOP_LEVEL_SHAPES[m.canonical](t),
+            t,
+            None,
+            m.canonical,
+            "top",
         )
         for m in TOP_LEVEL_MODULES
     ]
@@ -148,11 +154,11 @@ def build_targets(t: Topology) -> tuple[Target, ...]:
         for m in BLOCK_MODULES:
             name = block_target(block, m.canonical)
             shape = _BLOCK_SHAPES[m.canonical](t)
-            targets.append(_make_target(name, m.kind, shape, t, block, m.canonical, "block"))
+            targets.append(_make_target(name, m.layer_kind, shape, t, block, m.canonical, "block"))
     targets.extend(
         _make_target(
             m.canonical,
-            m.kind,
+            m.layer_kind,
             _CONDITIONER_SHAPES[m.canonical](t),
             t,
             None,

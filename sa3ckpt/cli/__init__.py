@@ -25,7 +25,7 @@ from sa3ckpt.cli import (
     cmd_tui,
     cmd_validate,
 )
-from sa3ckpt.errors import Sa3ckptError, UsageError
+from sa3ckpt.errors import EXIT_OK, Interrupted, Sa3ckptError, UsageError
 
 
 class _Parser(argparse.ArgumentParser):
@@ -122,16 +122,16 @@ def main(argv: Sequence[str] | None = None) -> int:
         return exc.exit_code
     except KeyboardInterrupt:
         print("sa3ckpt: interrupted; nothing was written", file=sys.stderr)
-        return 130
+        return Interrupted.exit_code
     except BrokenPipeError:
-        return 0
+        return EXIT_OK
     except OSError as exc:  # the environment failed us (disk full, permissions on output)
         where = f" {exc.filename}" if exc.filename else ""
         print(
             f"sa3ckpt: error: cannot complete:{where} {exc.strerror or exc} (nothing was written)",
             file=sys.stderr,
         )
-        return 1
+        return Sa3ckptError.exit_code
     except Exception as exc:  # a bug, not bad input: still one line unless debugging
         if os.environ.get("SA3CKPT_DEBUG"):
             raise
@@ -140,6 +140,6 @@ def main(argv: Sequence[str] | None = None) -> int:
             "(a bug; set SA3CKPT_DEBUG=1 for the traceback and please report it)",
             file=sys.stderr,
         )
-        return 1
+        return Sa3ckptError.exit_code
     finally:
         signal.signal(signal.SIGTERM, previous)

@@ -17,7 +17,7 @@ from sa3ckpt import dtypes
 from sa3ckpt.adapters.checkpoint import AdapterCheckpoint
 from sa3ckpt.adapters.config import LoraConfig
 from sa3ckpt.adapters.injection import adapter_modules
-from sa3ckpt.adapters.params import XS_BASES
+from sa3ckpt.adapters.types import BASIS_PARAMS
 from sa3ckpt.adapters.types import adapter_type as lookup_type
 from sa3ckpt.adapters.wrappers import AdaptedLayer
 from sa3ckpt.names import format_adapter_key
@@ -122,8 +122,8 @@ def load_into(model: nn.Module, checkpoint: AdapterCheckpoint) -> list[str]:
         if stored is None:
             continue
         names = list(module.param_names)
-        if module.kind.xs and all(b in stored for b in XS_BASES):
-            names += XS_BASES
+        if module.kind.xs and all(b in stored for b in BASIS_PARAMS):
+            names += BASIS_PARAMS
         for param in names:
             if param not in stored:
                 problems.append(f"{target}: missing parameter {param}")

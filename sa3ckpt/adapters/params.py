@@ -16,10 +16,8 @@ import mlx.core as mx
 import numpy as np
 
 from sa3ckpt.adapters.formulas import identity_magnitudes
-from sa3ckpt.adapters.types import AdapterType
+from sa3ckpt.adapters.types import BASIS_PARAMS, AdapterType
 from sa3ckpt.adapters.xs_bases import svd_bases
-
-XS_BASES = ("U", "V")
 
 
 def _kaiming_uniform(shape: tuple[int, ...]) -> mx.array:
@@ -65,7 +63,7 @@ def xs_bases(w0: mx.array, rank: int) -> dict[str, mx.array]:
     exact).
     """
     u, v = svd_bases(np.array(w0), rank)
-    return dict(zip(XS_BASES, (mx.array(u), mx.array(v)), strict=True))
+    return dict(zip(BASIS_PARAMS, (mx.array(u), mx.array(v)), strict=True))
 
 
 def _is_number(value: Any) -> bool:

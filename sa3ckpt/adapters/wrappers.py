@@ -23,8 +23,8 @@ import mlx.core as mx
 import mlx.nn as nn
 
 from sa3ckpt.adapters.formulas import TargetAdapter, adapted_weight, bypassed, decompose_weight
-from sa3ckpt.adapters.params import XS_BASES, check_hyper, init_params, xs_bases
-from sa3ckpt.adapters.types import AdapterType
+from sa3ckpt.adapters.params import check_hyper, init_params, xs_bases
+from sa3ckpt.adapters.types import BASIS_PARAMS, AdapterType
 from sa3ckpt.adapters.types import adapter_type as lookup_type
 from sa3ckpt.layout import from_canonical_2d, to_canonical_2d
 
@@ -91,7 +91,7 @@ class AdaptedLayer(nn.Module):
         if kind.xs:
             for name, value in xs_bases(w0, self.rank).items():
                 setattr(self, name, value)
-            self.freeze(recurse=False, keys=list(XS_BASES))
+            self.freeze(recurse=False, keys=list(BASIS_PARAMS))
         for name, value in init_params(kind, w0, self.rank).items():
             setattr(self, name, value)
         # Frozen last, so a constructor that fails leaves the layer as it was.
@@ -139,7 +139,7 @@ class AdaptedLayer(nn.Module):
         """This module's adapter as a formulas `TargetAdapter` (with U, V for XS types)."""
         params = self.adapter_params()
         if self.kind.xs:
-            params.update({name: self[name] for name in XS_BASES})
+            params.update({name: self[name] for name in BASIS_PARAMS})
         return TargetAdapter(self.kind, self.scale, params)
 
     def _view(self) -> WeightView:

@@ -23,7 +23,7 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from sa3ckpt.io.safetensors import SafetensorsStreamWriter, write_safetensors
-from sa3ckpt.names import official_base_key
+from sa3ckpt.names import block_target, official_base_key
 from sa3ckpt.synth import synth_adapter
 from sa3ckpt.targets import FAMILIES
 
@@ -33,8 +33,9 @@ def write_medium_base(path: Path) -> int:
     fam = FAMILIES["medium"]
     rng = np.random.default_rng(0)
     specs = [(official_base_key(t.name), "F16", t.weight_shape) for t in fam.targets]
-    norm = "model.model.transformer.layers.{}.pre_norm.gamma"
-    extras = [(norm.format(b), "F16", (1536,)) for b in range(24)]
+    extras = [
+        (official_base_key(block_target(b, "pre_norm"), "gamma"), "F16", (1536,)) for b in range(24)
+    ]
     with SafetensorsStreamWriter(path, specs + extras, {"format": "official-full"}) as writer:
         for (key, _, shape), target in zip(specs, fam.targets, strict=True):
             scale = np.float32(np.sqrt(3.0 / target.shape[1]))

@@ -4,13 +4,16 @@ Adapter math works on the PyTorch 2-D view of a weight: Linear (out, in) as is, 
 (out, in, k) reshaped in-major / k-minor to (out, in*k). Files store other layouts: MLX keeps
 Conv1d as (out, k, in), ggml lists dimensions in reverse, and legacy writers stored
 magnitudes as 2-D column or row vectors. Each stored layout is a row in `LAYOUTS` with a pair
-of functions, so every reader and writer converts through the same tested code.
+of functions and its named axes, so every reader and writer converts (and computes kernel
+sizes and shapes) through the same tested code. `BASE_LAYOUTS` says which layout each base
+naming uses; `PEFT_CONV1D` is how PEFT stores adapter tensors of Conv1d targets.
 
 Functions take numpy or MLX arrays alike (only `.reshape`, `.transpose`, `.shape` are used).
 """
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, Protocol
@@ -76,17 +79,70 @@ def squeeze_magnitude(magnitude: Any, fan_out: int, fan_in: int) -> tuple[Any, s
     raise ValueError(f"magnitude shape {shape} fits neither ({fan_out}, 1) nor (1, {fan_in})")
 
 
+# Stored axes are named over the canonical meaning: `out` (fan_out), `in` (input channels)
+# and `k` (kernel). The canonical 2-D view is (out, in*k), in-major / k-minor like PyTorch's.
+AXIS_NAMES = ("out", "in", "k")
+
+
 @dataclass(frozen=True)
 class Layout:
-    """A stored weight layout and how to reach the canonical 2-D view from it and back.
+    """A stored weight layout and everything callers need to reach canonical 2-D and back.
 
-    `from_2d` takes the canonical 2-D array and the kernel size (1 for Linear).
+    `axes` is the stored axis order over `AXIS_NAMES`; the kernel axis, the canonical shape
+    and the stored shape follow from it. `from_2d` takes the canonical 2-D array and the kernel
+    size (1 for Linear). `layer_kind` ("linear" | "conv1d") is the layer the layout stores.
     """
 
     name: str
     description: str
+    layer_kind: str
+    axes: tuple[str, ...]
     to_2d: Callable[[Any], Any]
     from_2d: Callable[[Any, int], Any]
+
+    @property
+    def ndim(self) -> int:
+        return len(self.axes)
+
+    @property
+    def kernel_axis(self) -> int | None:
+        """Which stored axis holds the kernel size (None for layouts without one)."""
+        return self.axes.index("k") if "k" in self.axes else None
+
+    def _check_rank(self, shape: tuple[int, ...]) -> None:
+        if len(shape) != self.ndim:
+            raise ValueError(f"{self.name} weights are {self.ndim}-D, got shape {shape}")
+
+    def kernel_size(self, shape: tuple[int, ...]) -> int:
+        """The kernel size of a stored weight of this layout (1 without a kernel axis)."""
+        shape = tuple(shape)
+        self._check_rank(shape)
+        axis = self.kernel_axis
+        return 1 if axis is None else shape[axis]
+
+    def canonical_shape(self, shape: tuple[int, ...]) -> tuple[int, int]:
+        """The canonical (fan_out, fan_in) of a stored shape, without touching data."""
+        shape = tuple(shape)
+        self._check_rank(shape)
+        sizes = dict(zip(self.axes, shape, strict=True))
+        return sizes["out"], sizes["in"] * sizes.get("k", 1)
+
+    def stored_shape(self, shape_2d: tuple[int, int], kernel_size: int = 1) -> tuple[int, ...]:
+        """The stored shape of a canonical (fan_out, fan_in) weight with this kernel size."""
+        out, fan_in = shape_2d
+        k = kernel_size if self.kernel_axis is not None else 1
+        if fan_in % k:
+            raise ValueError(f"fan_in {fan_in} is not a multiple of kernel size {k}")
+        sizes = {"out": out, "in": fan_in // k, "k": k}
+        return tuple(sizes[axis] for axis in self.axes)
+
+    def to_canonical(self, weight: Any) -> Any:
+        """Stored weight (or delta) -> canonical 2-D (fan_out, fan_in)."""
+        return self.to_2d(weight)
+
+    def from_canonical(self, weight_2d: Any, kernel_size: int = 1) -> Any:
+        """Canonical 2-D weight (or delta) -> this stored layout."""
+        return self.from_2d(weight_2d, kernel_size)
 
 
 def _identity_to_2d(weight: Any) -> Any:
@@ -102,21 +158,58 @@ def _identity_from_2d(weight_2d: Any, kernel_size: int) -> Any:
 LAYOUTS: dict[str, Layout] = {
     layout.name: layout
     for layout in (
-        Layout("linear", "Linear (out, in) in any runtime", _identity_to_2d, _identity_from_2d),
         Layout(
-            "torch-conv1d", "PyTorch Conv1d (out, in, k)", torch_conv1d_to_2d, torch_conv1d_from_2d
+            "linear",
+            "Linear (out, in) in any runtime",
+            "linear",
+            ("out", "in"),
+            _identity_to_2d,
+            _identity_from_2d,
         ),
-        Layout("mlx-conv1d", "MLX Conv1d (out, k, in)", mlx_conv1d_to_2d, mlx_conv1d_from_2d),
+        Layout(
+            "torch-conv1d",
+            "PyTorch Conv1d (out, in, k)",
+            "conv1d",
+            ("out", "in", "k"),
+            torch_conv1d_to_2d,
+            torch_conv1d_from_2d,
+        ),
+        Layout(
+            "mlx-conv1d",
+            "MLX Conv1d (out, k, in)",
+            "conv1d",
+            ("out", "k", "in"),
+            mlx_conv1d_to_2d,
+            mlx_conv1d_from_2d,
+        ),
     )
 }
 
-# Which layout a base weight of each layer kind has in each base format.
-BASE_LAYOUT: dict[tuple[str, str], str] = {
-    ("official", "linear"): "linear",
-    ("official", "conv1d"): "torch-conv1d",
-    ("mlx", "linear"): "linear",
-    ("mlx", "conv1d"): "mlx-conv1d",
+# The one table of base layouts: which stored layout a weight of each layer kind has under
+# each base naming (`names.BASE_NAMINGS`). The MLX runtime's live module tree is "mlx".
+BASE_LAYOUTS: dict[str, dict[str, str]] = {
+    "official": {"linear": "linear", "conv1d": "torch-conv1d"},
+    "mlx": {"linear": "linear", "conv1d": "mlx-conv1d"},
 }
+
+
+def base_layout(naming: str, layer_kind: str) -> Layout:
+    """The stored layout of a `layer_kind` ("linear" | "conv1d") weight in a base naming."""
+    try:
+        return LAYOUTS[BASE_LAYOUTS[naming][layer_kind]]
+    except KeyError:
+        raise ValueError(
+            f"no stored layout for a {layer_kind} weight in naming {naming!r}"
+        ) from None
+
+
+def stored_layout(naming: str, shape: tuple[int, ...]) -> Layout:
+    """The layout of a stored weight in a base naming, told apart by its rank (2-D or 3-D)."""
+    rank = len(tuple(shape))
+    for name in BASE_LAYOUTS[naming].values():
+        if LAYOUTS[name].ndim == rank:
+            return LAYOUTS[name]
+    raise ValueError(f"no {naming} weight layout is {rank}-D (shape {tuple(shape)})")
 
 
 def to_canonical_2d(weight: Any, layout: str) -> Any:
@@ -131,10 +224,79 @@ def from_canonical_2d(weight_2d: Any, layout: str, kernel_size: int = 1) -> Any:
 
 def stored_shape(shape_2d: tuple[int, int], layout: str, kernel_size: int = 1) -> tuple[int, ...]:
     """The stored shape of a canonical (fan_out, fan_in) weight in a layout."""
-    out, fan_in = shape_2d
-    if layout == "linear":
-        return (out, fan_in)
-    if fan_in % kernel_size:
-        raise ValueError(f"fan_in {fan_in} is not a multiple of kernel size {kernel_size}")
-    cin = fan_in // kernel_size
-    return (out, cin, kernel_size) if layout == "torch-conv1d" else (out, kernel_size, cin)
+    return LAYOUTS[layout].stored_shape(shape_2d, kernel_size)
+
+
+# --- adapter tensors of Conv1d targets in files that keep them as convolutions ---------------
+
+
+@dataclass(frozen=True)
+class FactorShape:
+    """How one adapter tensor of a Conv1d target is stored, given its canonical shape.
+
+    Every such layout is a pure reshape of the canonical view (in-major, k-minor), so only
+    the shapes differ: `stored(canonical_shape, k)`; back is a reshape to `canonical_ndim`.
+    A file tensor is in stored form exactly when it has `stored_ndim` dimensions.
+    """
+
+    param: str
+    canonical_ndim: int
+    stored_ndim: int
+    stored: Callable[[tuple[int, ...], int], tuple[int, ...]]
+    description: str
+
+
+def _split_fan_in(shape: tuple[int, ...], k: int) -> tuple[int, ...]:
+    rows, fan_in = shape
+    if fan_in % k:
+        raise ValueError(f"fan_in {fan_in} is not a multiple of kernel size {k}")
+    return rows, fan_in // k, k
+
+
+@dataclass(frozen=True)
+class FactorLayout:
+    """How a file stores the adapter tensors of Conv1d targets (params it does not list are
+    stored canonically)."""
+
+    name: str
+    description: str
+    params: dict[str, FactorShape]
+
+    def stored_shape(self, param: str, canonical_shape: tuple[int, ...], k: int) -> tuple[int, ...]:
+        """The stored shape of a canonical adapter tensor of a Conv1d target."""
+        rule = self.params.get(param)
+        return tuple(canonical_shape) if rule is None else rule.stored(tuple(canonical_shape), k)
+
+    def is_stored(self, param: str, shape: tuple[int, ...]) -> bool:
+        """Whether a file tensor of this shape is in this layout's conv form (not canonical)."""
+        rule = self.params.get(param)
+        return rule is not None and len(tuple(shape)) == rule.stored_ndim
+
+    def to_canonical(self, param: str, array: Any) -> Any:
+        """A stored adapter tensor -> its canonical shape (unchanged when already canonical)."""
+        if not self.is_stored(param, array.shape):
+            return array
+        shape = tuple(array.shape)
+        if self.params[param].canonical_ndim == 1:
+            return array.reshape(math.prod(shape))
+        return array.reshape(shape[0], math.prod(shape[1:]))
+
+    def from_canonical(self, param: str, array: Any, k: int) -> Any:
+        """A canonical adapter tensor of a Conv1d target with kernel `k` -> stored form."""
+        return array.reshape(*self.stored_shape(param, tuple(array.shape), k))
+
+
+# PEFT (and diffusers, which uses PEFT) keep Conv1d adapters as convolutions.
+PEFT_CONV1D = FactorLayout(
+    "peft-conv1d",
+    "PEFT Conv1d adapter: lora_A (r, in, k), lora_B (out, r, 1), magnitude (1, out, 1)",
+    {
+        "lora_A": FactorShape("lora_A", 2, 3, _split_fan_in, "(r, in*k) <-> (r, in, k)"),
+        "lora_B": FactorShape(
+            "lora_B", 2, 3, lambda s, k: (s[0], s[1], 1), "(out, r) <-> (out, r, 1)"
+        ),
+        "magnitude": FactorShape(
+            "magnitude", 1, 3, lambda s, k: (1, s[0], 1), "(out,) <-> (1, out, 1)"
+        ),
+    },
+)

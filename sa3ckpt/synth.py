@@ -15,8 +15,10 @@ import numpy as np
 
 from sa3ckpt import dtypes
 from sa3ckpt.adapters.types import adapter_type
-from sa3ckpt.layout import BASE_LAYOUT, from_canonical_2d
-from sa3ckpt.names.dialects import (
+from sa3ckpt.layout import base_layout
+from sa3ckpt.names import (
+    SECONDS_CONDITIONER,
+    block_target,
     format_adapter_key,
     mlx_base_key,
     official_base_key,
@@ -103,15 +105,13 @@ def _extra_base_tensors(fam: Family, rng: np.random.Generator) -> dict[str, np.n
     t = fam.topology
     e = t.embed_dim
     extras: dict[str, np.ndarray] = {}
-    for name in ("to_timestep_embed.0", "to_cond_embed.0", "to_global_embed.0"):
-        extras[f"model.model.{name}.bias"] = _uniform(rng, (e,), 0.1)
+    for name in ("model.to_timestep_embed.0", "model.to_cond_embed.0", "model.to_global_embed.0"):
+        extras[official_base_key(name, "bias")] = _uniform(rng, (e,), 0.1)
     for block in range(t.depth):
-        extras[f"model.model.transformer.layers.{block}.pre_norm.gamma"] = 1.0 + _uniform(
+        extras[official_base_key(block_target(block, "pre_norm"), "gamma")] = 1.0 + _uniform(
             rng, (e,), 0.1
         )
-    extras["conditioner.conditioners.seconds_total.embedder.embedding.1.bias"] = _uniform(
-        rng, (t.cond_token_dim,), 0.1
-    )
+    extras[official_base_key(SECONDS_CONDITIONER, "bias")] = _uniform(rng, (t.cond_token_dim,), 0.1)
     return extras
 
 
@@ -136,8 +136,8 @@ class SynthBase:
         """The base in MLX runtime naming and layout (Conv1d (out, k, in), `cond.*`)."""
         out: dict[str, np.ndarray] = {}
         for target in self.family.targets:
-            layout = BASE_LAYOUT[("mlx", target.layer_kind)]
-            stored = from_canonical_2d(self.weight_2d(target), layout, target.kernel_size)
+            layout = base_layout("mlx", target.layer_kind)
+            stored = layout.from_canonical(self.weight_2d(target), target.kernel_size)
             out[mlx_base_key(target.name)] = dtypes.cast(np.ascontiguousarray(stored), dtype)
         for key, value in self.extras.items():
             mlx_key = official_to_mlx_base_key(key)

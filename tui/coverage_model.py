@@ -11,7 +11,7 @@ from dataclasses import dataclass
 
 from rich.text import Text
 
-from sa3ckpt.names.modules import BLOCK_PREFIX, to_sa3cpp_stem
+from sa3ckpt.names.modules import block_target, short_label
 from sa3ckpt.ops.inspect_report import CoverageMap, StatsReport
 
 # Three-letter column heads for the nine per-block modules (the detail pane names them fully).
@@ -49,13 +49,7 @@ def module_head(suffix: str) -> str:
 
 def short_name(target: str) -> str:
     """A top-level or conditioner target as a short row label (sa3.cpp stem when known)."""
-    stem = to_sa3cpp_stem(target)
-    if stem is not None:
-        return stem.removeprefix("dit.")
-    parts = target.split(".")
-    if parts[0] == "conditioners" and len(parts) > 1:
-        return f"cond.{parts[1]}"
-    return ".".join(parts[-2:])
+    return short_label(target)
 
 
 def block_rows(coverage_map: CoverageMap) -> list[tuple[int, list[Cell]]]:
@@ -65,7 +59,7 @@ def block_rows(coverage_map: CoverageMap) -> list[tuple[int, list[Cell]]]:
         (
             row.block,
             [
-                Cell(f"{BLOCK_PREFIX}{row.block}.{module}", bool(present))
+                Cell(block_target(row.block, module), bool(present))
                 for module, present in zip(modules, row.present, strict=True)
             ],
         )

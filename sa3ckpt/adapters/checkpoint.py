@@ -28,7 +28,7 @@ from sa3ckpt.errors import MalformedFileError
 from sa3ckpt.io.legacy_pickle import looks_like_pickle, read_legacy_ckpt
 from sa3ckpt.io.safetensors import open_safetensors, write_safetensors
 from sa3ckpt.layout import squeeze_magnitude
-from sa3ckpt.names.dialects import (
+from sa3ckpt.names.adapter_keys import (
     detect_adapter_dialect,
     format_adapter_key,
     group_adapter_keys,

@@ -22,9 +22,8 @@ from sa3ckpt.io.sources import (
     peft_to_lora_config,
     read_json,
 )
-from sa3ckpt.names.dialects import ParsedKey, parse_adapter_key
-
-FACTOR_PARAMS = ("lora_A", "lora_B")
+from sa3ckpt.layout import PEFT_CONV1D
+from sa3ckpt.names.adapter_keys import ParsedKey, parse_adapter_key
 
 
 def _load_peft(path: str, allow_pickle: bool) -> AdapterCheckpoint:
@@ -39,9 +38,10 @@ def _load_peft(path: str, allow_pickle: bool) -> AdapterCheckpoint:
         for key in f:
             value = np.array(f.array(key))
             parsed = parse_adapter_key(key, "peft")
-            # PEFT keeps Conv1d factors as convolutions: A (r, in, k), B (out, r, 1).
-            if isinstance(parsed, ParsedKey) and parsed.param in FACTOR_PARAMS and value.ndim == 3:
-                value = value.reshape(value.shape[0], -1)
+            # PEFT keeps Conv1d adapters as convolutions (A (r, in, k), B (out, r, 1),
+            # magnitude (1, out, 1)); the rest of the project works on the canonical view.
+            if isinstance(parsed, ParsedKey) and PEFT_CONV1D.is_stored(parsed.param, value.shape):
+                value = PEFT_CONV1D.to_canonical(parsed.param, value)
                 reshaped.append(key)
             raw[key] = value
     config.pop("peft_target_modules", None)
@@ -49,7 +49,9 @@ def _load_peft(path: str, allow_pickle: bool) -> AdapterCheckpoint:
     assert ckpt.ledger is not None
     ckpt.ledger.repairs += notes
     if reshaped:
-        ckpt.ledger.repairs.append(f"{len(reshaped)} PEFT Conv1d factors reshaped to 2-D")
+        ckpt.ledger.repairs.append(
+            f"{len(reshaped)} PEFT Conv1d tensors reshaped to the canonical view"
+        )
     return ckpt
 
 

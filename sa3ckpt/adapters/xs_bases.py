@@ -41,6 +41,7 @@ from sa3ckpt.adapters.types import BASIS_PARAMS
 from sa3ckpt.errors import MalformedFileError
 from sa3ckpt.io.atomic import PathLike
 from sa3ckpt.io.safetensors import object_and_duplicate, open_safetensors, write_safetensors
+from sa3ckpt.names.adapter_keys import format_xs_bases_key, parse_xs_bases_key
 
 FORMAT = "sa3ckpt-xs-bases"
 """Value of the ``format`` metadata key: what makes a safetensors file a bases file."""
@@ -263,8 +264,8 @@ def save_bases(bases: XsBases, path: PathLike, *, inputs: Sequence[PathLike] = (
     _check_for_save(bases)
     tensors: list[tuple[str, np.ndarray]] = []
     for target, (u, v) in bases.bases.items():
-        tensors.append((f"{target}.U", np.asarray(u)))
-        tensors.append((f"{target}.V", np.asarray(v)))
+        for basis_param, array in zip(BASIS_PARAMS, (u, v), strict=True):
+            tensors.append((format_xs_bases_key(target, basis_param), np.asarray(array)))
     metadata = {
         "format": FORMAT,
         "format_version": FORMAT_VERSION,
@@ -340,8 +341,8 @@ def _load(path: str) -> XsBases:
         rank, source_base, sha, dtype_codes = _parse_metadata(f.metadata)
         found: dict[str, dict[str, np.ndarray]] = {}
         for name in f:
-            target, _, basis_param = name.rpartition(".")
-            if not target or basis_param not in BASIS_PARAMS:
+            parsed = parse_xs_bases_key(name)
+            if parsed is None or parsed[1] not in BASIS_PARAMS:
                 raise _Bad(f"unexpected tensor {name[:80]!r} (expected <target>.U or <target>.V)")
             info = f.info(name)
             if info.dtype != "F32":
@@ -354,6 +355,7 @@ def _load(path: str) -> XsBases:
             array = np.array(f.array(name), dtype=np.float32, copy=True)
             if not np.isfinite(array).all():
                 raise _Bad(f"tensor {name[:80]!r} contains NaN or inf values")
+            target, basis_param = parsed
             found.setdefault(target, {})[basis_param] = array
     if not found:
         raise _Bad("no bases tensors in file")

@@ -9,10 +9,9 @@ import zipfile
 from sa3ckpt.cli.common import print_ledger
 from sa3ckpt.dtypes import NAMES as DTYPE_NAMES
 from sa3ckpt.errors import UsageError
-from sa3ckpt.io.base_checkpoint import detect_naming
 from sa3ckpt.io.legacy_pickle import looks_like_pickle
 from sa3ckpt.io.safetensors import read_header
-from sa3ckpt.names.dialects import detect_adapter_dialect
+from sa3ckpt.names import detect_adapter_dialect, detect_base_naming
 from sa3ckpt.ops.convert import ADAPTER_TARGETS, convert_adapter
 
 BASE_TARGETS = ("official", "mlx")
@@ -55,7 +54,7 @@ def is_base_checkpoint(path: str) -> bool:
         keys = list(read_header(path).tensors)
     except Exception:
         return False
-    return detect_adapter_dialect(keys).dialect is None and detect_naming(keys) is not None
+    return detect_adapter_dialect(keys).dialect is None and detect_base_naming(keys) is not None
 
 
 def run(args: argparse.Namespace) -> int:

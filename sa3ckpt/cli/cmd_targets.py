@@ -9,7 +9,7 @@ from typing import Any
 from sa3ckpt.cli.common import JSON_SCHEMA_VERSION
 from sa3ckpt.errors import UsageError
 from sa3ckpt.names import format_adapter_key
-from sa3ckpt.names.dialects import ADAPTER_DIALECTS
+from sa3ckpt.names.adapter_keys import ADAPTER_DIALECTS
 from sa3ckpt.targets import FAMILIES, family
 
 

@@ -22,19 +22,8 @@ from sa3ckpt import dtypes
 from sa3ckpt.errors import MalformedFileError
 from sa3ckpt.io.atomic import AtomicFile
 from sa3ckpt.io.safetensors import SafetensorsStreamWriter, open_safetensors
-from sa3ckpt.names.dialects import (
-    OFFICIAL_CONDITIONER_PREFIX,
-    OFFICIAL_DIT_PREFIX,
-    parse_mlx_base_key,
-    parse_official_base_key,
-)
-
-# Key namings: how to recognise one and how to read a key as (canonical module, param).
-NAMINGS: dict[str, Callable[[str], tuple[str, str] | None]] = {
-    "official": parse_official_base_key,
-    "mlx": parse_mlx_base_key,
-}
-BASE_LAYOUTS = {"official": "torch-conv1d", "mlx": "mlx-conv1d"}
+from sa3ckpt.layout import Layout, stored_layout
+from sa3ckpt.names.base_keys import detect_base_naming, parse_base_key
 
 
 @dataclass(frozen=True)
@@ -50,7 +39,7 @@ class BaseCheckpoint:
 
     path: str
     container: str  # "safetensors" | "npz"
-    naming: str  # "official" | "mlx"
+    naming: str  # a `names.BASE_NAMINGS` key: "official" | "mlx"
     tensors: dict[str, BaseTensor]
     metadata: dict[str, str]
     _read: Callable[[str], np.ndarray]
@@ -67,18 +56,17 @@ class BaseCheckpoint:
     def weight_keys(self) -> dict[str, str]:
         """canonical module -> key of its `weight` (2-D or 3-D tensors only)."""
         if not hasattr(self, "_weight_keys"):
-            parse = NAMINGS[self.naming]
             found: dict[str, str] = {}
             for key, info in self.tensors.items():
-                parsed = parse(key)
+                parsed = parse_base_key(key, self.naming)
                 if parsed is not None and parsed[1] == "weight" and len(info.shape) in (2, 3):
                     found[parsed[0]] = key
             self._weight_keys = found
         return self._weight_keys
 
-    @property
-    def conv_layout(self) -> str:
-        return BASE_LAYOUTS[self.naming]
+    def layout_of(self, shape: tuple[int, ...]) -> Layout:
+        """The stored layout of a weight of this shape in this base's naming."""
+        return stored_layout(self.naming, tuple(shape))
 
     def close(self) -> None:
         self._close()
@@ -88,17 +76,6 @@ class BaseCheckpoint:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
-
-
-def detect_naming(keys: Sequence[str]) -> str | None:
-    """official when keys carry the official roots, mlx when runtime paths parse, else None."""
-    official = sum(k.startswith((OFFICIAL_DIT_PREFIX, OFFICIAL_CONDITIONER_PREFIX)) for k in keys)
-    if official and official >= len(keys) // 2:
-        return "official"
-    mlx = sum(
-        parse_mlx_base_key(k) is not None and k.startswith(("transformer.", "cond.")) for k in keys
-    )
-    return "mlx" if mlx else None
 
 
 _NPY_HEADER_READERS = {
@@ -163,7 +140,7 @@ def open_base(path: str | os.PathLike[str]) -> BaseCheckpoint:
         }
         container, metadata = "safetensors", dict(handle.metadata)
         read, close = handle.read, handle.close
-    naming = detect_naming(list(tensors))
+    naming = detect_base_naming(list(tensors))
     if naming is None:
         close()
         raise MalformedFileError(

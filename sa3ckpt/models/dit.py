@@ -28,12 +28,13 @@ from sa3ckpt.models.block import ADALN_CHUNKS, TransformerBlock
 from sa3ckpt.models.config import DiTConfig
 from sa3ckpt.models.embeddings import Conditioner, FourierFeatures
 from sa3ckpt.models.layers import mlp, run_seq
+from sa3ckpt.names.modules import CONDITIONER_ROOT
 from sa3ckpt.targets.topology import Topology
 
 # Adapter configs trained on this model should carry this exclude: the seconds conditioner has
 # no module in the MLX runtime, so `inject` never adapts it, and a config whose patterns still
 # select it would tell every loader (and `sa3ckpt validate`) that a target is missing.
-DIT_ONLY_EXCLUDE: tuple[str, ...] = ("conditioners.",)
+DIT_ONLY_EXCLUDE: tuple[str, ...] = (CONDITIONER_ROOT,)
 
 
 class ContinuousTransformer(nn.Module):

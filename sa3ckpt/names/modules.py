@@ -14,6 +14,8 @@ from dataclasses import dataclass
 DIT_ROOT = "model."
 CONDITIONER_ROOT = "conditioners."
 BLOCK_PREFIX = "model.transformer.layers."
+# The two canonical roots by the name users give them (`merge --only dit|conditioner`).
+ROOTS: dict[str, str] = {"dit": DIT_ROOT, "conditioner": CONDITIONER_ROOT}
 
 SECONDS_CONDITIONER = "conditioners.seconds_total.embedder.embedding.1"
 
@@ -84,6 +86,31 @@ _FIXED_BY_CANONICAL = {m.canonical: m for m in TOP_LEVEL_MODULES + CONDITIONER_M
 _FIXED_BY_STEM = {m.sa3cpp: m for m in TOP_LEVEL_MODULES if m.sa3cpp}
 
 
+def root_of(canonical: str) -> str | None:
+    """ "dit" or "conditioner" for a canonical name, None when it has neither root."""
+    for name, root in ROOTS.items():
+        if canonical.startswith(root):
+            return name
+    return None
+
+
+def strip_dit_root(canonical: str) -> str:
+    """The module name without the `model.` root (the DiT's own module path); conditioner
+    names keep their root. This is how bare keys and root-less include patterns spell it."""
+    return canonical[len(DIT_ROOT) :] if canonical.startswith(DIT_ROOT) else canonical
+
+
+def short_label(canonical: str) -> str:
+    """A short label for a top-level or conditioner target: its sa3.cpp stem without `dit.`
+    when it has one, `cond.<name>` for conditioner modules, else the last two components."""
+    stem = to_sa3cpp_stem(canonical)
+    if stem is not None:
+        return stem.removeprefix("dit.")
+    if canonical.startswith(CONDITIONER_ROOT):
+        return "cond." + canonical[len(CONDITIONER_ROOT) :].split(".", 1)[0]
+    return ".".join(canonical.split(".")[-2:])
+
+
 def block_target(block: int, suffix: str) -> str:
     """Canonical name of a per-block module, e.g. (3, "ff.ff.2")."""
     return f"{BLOCK_PREFIX}{block}.{suffix}"
@@ -131,6 +158,7 @@ def from_sa3cpp_stem(stem: str) -> str | None:
 
 # MLX optimized runtime module paths: the DiT path without `model.`, with the local-embed
 # Sequential spelled `seq`; the conditioner Linear has no module, its arrays live under `cond.`.
+MLX_ARRAY_PREFIX = "cond."
 MLX_CONDITIONER_NAMES = {SECONDS_CONDITIONER: "cond.seconds_total"}
 MLX_CONDITIONER_ARRAYS = {
     SECONDS_CONDITIONER: {"weight": "cond.seconds_total_weight", "bias": "cond.seconds_total_bias"}

@@ -15,7 +15,7 @@ from sa3ckpt.adapters.config import ConfigError, LoraConfig
 from sa3ckpt.adapters.detect import TypeDetection, detect_type
 from sa3ckpt.adapters.types import ADAPTER_TYPES, AdapterType
 from sa3ckpt.io.sources import AdapterSource, TensorEntry
-from sa3ckpt.names.dialects import DialectGuess, KeyGroups, detect_and_group
+from sa3ckpt.names.adapter_keys import DialectGuess, KeyGroups, detect_and_group
 from sa3ckpt.names.modules import to_sa3cpp_stem
 from sa3ckpt.names.select import peft_selects
 from sa3ckpt.targets.detect import FamilyDetection, PartialShape, detect_family

@@ -20,8 +20,8 @@ from sa3ckpt.adapters.checkpoint import AdapterCheckpoint
 from sa3ckpt.adapters.formulas import SEMANTICS, TargetAdapter, merge
 from sa3ckpt.adapters.xs_bases import XsBases
 from sa3ckpt.errors import IncompatibleError
-from sa3ckpt.layout import from_canonical_2d, to_canonical_2d
-from sa3ckpt.names.dialects import mlx_base_key
+from sa3ckpt.layout import stored_layout
+from sa3ckpt.names.base_keys import mlx_base_key
 
 
 @dataclass
@@ -95,8 +95,8 @@ def merged_updates(
         if weight is None:
             ledger.missing_targets.append(target)
             continue
-        layout = "mlx-conv1d" if weight.ndim == 3 else "linear"
-        w2d = to_canonical_2d(weight, layout)
+        layout = stored_layout("mlx", weight.shape)  # the live model is an MLX runtime tree
+        w2d = layout.to_canonical(weight)
         fan_out, fan_in = w2d.shape
         base_np = None
         stack: list[tuple[TargetAdapter, float]] = []
@@ -117,8 +117,7 @@ def merged_updates(
             ledger.shape_mismatches.append(f"{target}: {problem}")
             continue
         merged = merge(w2d, stack, semantics, dtype=weight.dtype)
-        kernel = weight.shape[1] if layout == "mlx-conv1d" else 1
-        updates.append((key, from_canonical_2d(merged, layout, kernel)))
+        updates.append((key, layout.from_canonical(merged, layout.kernel_size(weight.shape))))
         ledger.applied.append(target)
     if not ledger.applied:
         example = (ledger.missing_targets + ledger.shape_mismatches + ["(no targets)"])[0]

@@ -27,8 +27,7 @@ from sa3ckpt.adapters.formulas import adapted_weight
 from sa3ckpt.errors import IncompatibleError, UsageError
 from sa3ckpt.io.atomic import check_output_path
 from sa3ckpt.io.base_checkpoint import BaseCheckpoint, open_base
-from sa3ckpt.layout import to_canonical_2d
-from sa3ckpt.names.modules import DIT_ROOT
+from sa3ckpt.names.modules import strip_dit_root
 from sa3ckpt.ops.merge import AdapterArg, file_sha256
 
 METHODS = ("cat", "svd")
@@ -101,8 +100,7 @@ def _base_weight(base: BaseCheckpoint, target: str) -> np.ndarray:
     if key is None:
         raise IncompatibleError(f"{target} is not in the base {base.path}")
     stored = np.asarray(base.read(key))
-    layout = base.conv_layout if stored.ndim == 3 else "linear"
-    return to_canonical_2d(dtypes.to_float32(stored), layout)
+    return base.layout_of(stored.shape).to_canonical(dtypes.to_float32(stored))
 
 
 def _dense_delta(ckpt: AdapterCheckpoint, target: str, base: BaseCheckpoint) -> np.ndarray:
@@ -171,7 +169,7 @@ def _output_config(
     if includes is None or excludes is None:
         # Different selections: name exactly the combined targets (root-less, so the
         # official substring rule matches them with or without the `model.` root).
-        includes = [t[len(DIT_ROOT) :] if t.startswith(DIT_ROOT) else t for t in targets]
+        includes = [strip_dit_root(t) for t in targets]
         excludes = []
     extra: dict[str, Any] = {"combined_from": ledger.adapters, "combine_method": method}
     base_model = _shared([ckpt.config.base_model for ckpt, _ in ckpts])

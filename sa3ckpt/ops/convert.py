@@ -29,8 +29,8 @@ from sa3ckpt.io.atomic import check_output_path
 from sa3ckpt.io.base_checkpoint import BaseCheckpoint, open_base
 from sa3ckpt.io.safetensors import write_safetensors
 from sa3ckpt.io.sources import PEFT_CONFIG, PEFT_WEIGHTS
-from sa3ckpt.layout import to_canonical_2d
-from sa3ckpt.names.dialects import format_adapter_key
+from sa3ckpt.layout import PEFT_CONV1D
+from sa3ckpt.names.adapter_keys import format_adapter_key
 from sa3ckpt.names.modules import module_info, to_sa3cpp_stem
 from sa3ckpt.targets.families import FAMILIES
 
@@ -89,9 +89,7 @@ def _base_2d(base: BaseCheckpoint, target: str) -> np.ndarray:
     if key is None:
         raise IncompatibleError(f"{target} is not in the base {base.path}")
     stored = base.read(key)
-    layout = base.conv_layout if stored.ndim == 3 else "linear"
-    w = np.ascontiguousarray(to_canonical_2d(stored, layout))
-    return w
+    return np.ascontiguousarray(base.layout_of(stored.shape).to_canonical(stored))
 
 
 def _resolve_variant(ckpt: AdapterCheckpoint, variant: str | None, ledger: ConvertLedger) -> str:
@@ -219,19 +217,16 @@ def _write_peft(ckpt: AdapterCheckpoint, path: str, code: str) -> None:
     for target, params in ckpt.tensors.items():
         a, b = np.asarray(params["lora_A"]), np.asarray(params["lora_B"])
         info = module_info(target)
-        if info is not None and info.layer_kind == "conv1d":  # PEFT keeps Conv1d factors as convs
-            k = _conv_kernel(target, (b.shape[0], a.shape[1]))
-            a, b = a.reshape(a.shape[0], -1, k), b.reshape(b.shape[0], b.shape[1], 1)
-        tensors[format_adapter_key(target, "lora_A", "peft")] = dtypes.cast(
-            dtypes.to_float32(a), code
-        )
-        tensors[format_adapter_key(target, "lora_B", "peft")] = dtypes.cast(
-            dtypes.to_float32(b), code
-        )
-        if "magnitude" in params:
-            tensors[format_adapter_key(target, "magnitude", "peft")] = dtypes.cast(
-                dtypes.to_float32(np.asarray(params["magnitude"])), code
-            )
+        conv_k = None
+        if info is not None and info.layer_kind == "conv1d":  # PEFT keeps Conv1d adapters as convs
+            conv_k = _conv_kernel(target, (b.shape[0], a.shape[1]))
+        for param in ("lora_A", "lora_B", "magnitude"):
+            if param not in params:
+                continue
+            value = dtypes.to_float32(np.asarray(params[param]))
+            if conv_k is not None:
+                value = PEFT_CONV1D.from_canonical(param, value, conv_k)
+            tensors[format_adapter_key(target, param, "peft")] = dtypes.cast(value, code)
     write_safetensors(os.path.join(path, PEFT_WEIGHTS), tensors, {"format": "pt"})
     config = {
         "peft_type": "LORA",

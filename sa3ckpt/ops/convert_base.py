@@ -15,7 +15,7 @@ shapes) and then streamed through the atomic writer, read one, convert, verify, 
 from __future__ import annotations
 
 import os
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -25,133 +25,17 @@ import numpy as np
 from sa3ckpt import dtypes
 from sa3ckpt.errors import IncompatibleError, UsageError
 from sa3ckpt.io.atomic import check_output_path
-from sa3ckpt.io.base_checkpoint import (
-    BASE_LAYOUTS,
-    BaseCheckpoint,
-    BaseTensor,
-    open_base,
-    stream_writer,
-)
-from sa3ckpt.layout import from_canonical_2d, stored_shape, to_canonical_2d
-from sa3ckpt.names.dialects import (
-    official_base_key,
-    official_to_mlx_base_key,
-    parse_mlx_base_key,
-)
-from sa3ckpt.names.modules import MLX_CONDITIONER_ARRAYS
+from sa3ckpt.io.base_checkpoint import BaseCheckpoint, BaseTensor, open_base, stream_writer
+from sa3ckpt.layout import Layout, stored_layout
+from sa3ckpt.names.base_keys import BASE_NAMINGS, parse_base_key, translate_base_key
 
-NAMINGS: tuple[str, ...] = ("official", "mlx")
+NAMINGS: tuple[str, ...] = tuple(BASE_NAMINGS)
 CONTAINERS: tuple[str, ...] = ("safetensors", "npz")
 
 # How many unmapped keys an error message names before it just counts.
 _SHOWN_KEYS = 5
 # Elements compared per step when verifying a cast, so verification adds bounded memory.
 _VERIFY_CHUNK = 1 << 22
-# Which axis of a stored Conv1d weight holds the kernel size, per stored layout.
-_KERNEL_AXIS = {"torch-conv1d": 2, "mlx-conv1d": 1}
-
-
-# --- key rules --------------------------------------------------------------------------------
-
-
-def _leaf(key: str) -> str:
-    return key.rpartition(".")[2]
-
-
-def _is_norm_module(module: str) -> bool:
-    """Whether a module's own name (its last path component) says it is a norm layer."""
-    return "norm" in module.rpartition(".")[2]
-
-
-@dataclass(frozen=True)
-class ParamRename:
-    """One MLX -> official leaf rename that the key alone cannot decide.
-
-    `applies(module, shape)` sees the canonical module and the tensor shape.
-    """
-
-    mlx_param: str
-    official_param: str
-    applies: Callable[[str, tuple[int, ...]], bool]
-    why: str
-
-
-# The MLX runtime renamed the official RMSNorm `gamma` to `weight`, so the inverse needs more
-# than the name: a 1-D `weight` of a module whose name says "norm" is an RMSNorm scale. Linear
-# weights are 2-D and Conv1d weights 3-D in both namings, so they never match this rule.
-MLX_TO_OFFICIAL_PARAMS: tuple[ParamRename, ...] = (
-    ParamRename(
-        "weight",
-        "gamma",
-        lambda module, shape: len(shape) == 1 and _is_norm_module(module),
-        "MLX spells RMSNorm gamma `weight`; 1-D + norm module name identifies it",
-    ),
-)
-
-
-def _official_param(module: str, param: str, shape: tuple[int, ...]) -> str:
-    for rule in MLX_TO_OFFICIAL_PARAMS:
-        if rule.mlx_param == param and rule.applies(module, shape):
-            return rule.official_param
-    return param
-
-
-def _same_key(key: str, shape: tuple[int, ...]) -> str | None:
-    return key
-
-
-def _official_to_mlx(key: str, shape: tuple[int, ...]) -> str | None:
-    return official_to_mlx_base_key(key)
-
-
-# MLX keeps conditioner tensors as plain `cond.*` arrays; only the listed ones have an official
-# counterpart (`cond.padding_embedding` is MLX's own and has none).
-MLX_CONDITIONER_PREFIX = "cond."
-_MLX_MAPPED_ARRAYS = frozenset(
-    key for arrays in MLX_CONDITIONER_ARRAYS.values() for key in arrays.values()
-)
-
-
-def _mlx_to_official(key: str, shape: tuple[int, ...]) -> str | None:
-    """Inverse of `official_to_mlx_base_key`; None for arrays with no official spelling."""
-    if key.startswith(MLX_CONDITIONER_PREFIX) and key not in _MLX_MAPPED_ARRAYS:
-        return None
-    parsed = parse_mlx_base_key(key)
-    if parsed is None:
-        return None
-    module, param = parsed
-    try:
-        return official_base_key(module, _official_param(module, param, shape))
-    except ValueError:
-        return None
-
-
-@dataclass(frozen=True)
-class NamingRule:
-    """How a tensor of one naming is spelled and laid out in another.
-
-    `conv_layouts` is (source layout, target layout) for 3-D weights, None when equal.
-    """
-
-    source: str
-    target: str
-    rename: Callable[[str, tuple[int, ...]], str | None]
-    conv_layouts: tuple[str, str] | None
-
-
-NAMING_RULES: dict[tuple[str, str], NamingRule] = {
-    (rule.source, rule.target): rule
-    for rule in (
-        NamingRule("official", "official", _same_key, None),
-        NamingRule("mlx", "mlx", _same_key, None),
-        NamingRule(
-            "official", "mlx", _official_to_mlx, (BASE_LAYOUTS["official"], BASE_LAYOUTS["mlx"])
-        ),
-        NamingRule(
-            "mlx", "official", _mlx_to_official, (BASE_LAYOUTS["mlx"], BASE_LAYOUTS["official"])
-        ),
-    )
-}
 
 
 # --- the plan ---------------------------------------------------------------------------------
@@ -167,15 +51,16 @@ class TensorPlan:
     code_out: str
     shape_in: tuple[int, ...]
     shape_out: tuple[int, ...]
-    layouts: tuple[str, str] | None  # (from, to) when the Conv1d axes are swapped
+    layouts: tuple[Layout, Layout] | None  # (from, to) when the stored layouts differ
 
 
-def _is_conv_weight(info: BaseTensor) -> bool:
-    return len(info.shape) == 3 and _leaf(info.key) == "weight"
-
-
-def _kernel_size(shape: tuple[int, ...], layout: str) -> int:
-    return shape[_KERNEL_AXIS[layout]]
+def _layouts(info: BaseTensor, source: str, target: str) -> tuple[Layout, Layout] | None:
+    """(source, target) stored layouts of a weight whose layout changes between namings."""
+    parsed = parse_base_key(info.key, source)
+    if parsed is None or parsed[1] != "weight" or len(info.shape) not in (2, 3):
+        return None
+    pair = (stored_layout(source, info.shape), stored_layout(target, info.shape))
+    return None if pair[0] == pair[1] else pair
 
 
 def _out_code(code: str, cast_to: str | None) -> str:
@@ -183,14 +68,13 @@ def _out_code(code: str, cast_to: str | None) -> str:
 
 
 def _plan_tensor(
-    info: BaseTensor, target: str, rule: NamingRule, cast_to: str | None
+    info: BaseTensor, target: str, source: str, to: str, cast_to: str | None
 ) -> TensorPlan:
-    layouts = rule.conv_layouts if _is_conv_weight(info) else None
+    layouts = _layouts(info, source, to)
     shape_out = info.shape
     if layouts is not None:
-        k = _kernel_size(info.shape, layouts[0])
-        shape_2d = (info.shape[0], int(np.prod(info.shape[1:])))
-        shape_out = stored_shape(shape_2d, layouts[1], k)
+        src, dst = layouts
+        shape_out = dst.stored_shape(src.canonical_shape(info.shape), src.kernel_size(info.shape))
     code_out = _out_code(info.dtype, cast_to)
     return TensorPlan(info.key, target, info.dtype, code_out, info.shape, shape_out, layouts)
 
@@ -218,17 +102,16 @@ def plan_conversion(
 
     Decided from the index alone so naming problems surface before any byte is written.
     """
-    rule = NAMING_RULES[(base.naming, to)]
     plans: list[TensorPlan] = []
     unmapped: list[str] = []
     sources: dict[str, list[str]] = {}
     for key, info in base.tensors.items():
-        target = rule.rename(key, info.shape)
+        target = translate_base_key(key, info.shape, base.naming, to)
         if target is None:
             unmapped.append(key)
             continue
         sources.setdefault(target, []).append(key)
-        plans.append(_plan_tensor(info, target, rule, cast_to))
+        plans.append(_plan_tensor(info, target, base.naming, to, cast_to))
     if unmapped and not drop_unmapped:
         raise _unmapped_error(unmapped, to)
     clashes = {t: s for t, s in sources.items() if len(s) > 1}
@@ -240,11 +123,11 @@ def plan_conversion(
 # --- converting and verifying one tensor ------------------------------------------------------
 
 
-def _relayout(array: np.ndarray, from_layout: str, to_layout: str) -> np.ndarray:
-    """A Conv1d weight moved between stored layouts through the canonical 2-D view."""
-    k = _kernel_size(tuple(array.shape), from_layout)
-    flat = to_canonical_2d(array, from_layout)
-    return np.ascontiguousarray(from_canonical_2d(flat, to_layout, k))
+def _relayout(array: np.ndarray, from_layout: Layout, to_layout: Layout) -> np.ndarray:
+    """A weight moved between stored layouts through the canonical 2-D view."""
+    k = from_layout.kernel_size(tuple(array.shape))
+    flat = from_layout.to_canonical(array)
+    return np.ascontiguousarray(to_layout.from_canonical(flat, k))
 
 
 def convert_tensor(array: np.ndarray, plan: TensorPlan) -> np.ndarray:

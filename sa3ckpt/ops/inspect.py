@@ -19,7 +19,7 @@ import numpy as np
 
 from sa3ckpt import __version__, dtypes
 from sa3ckpt.io.sources import AdapterSource, open_adapter_source
-from sa3ckpt.names.modules import BLOCK_MODULES
+from sa3ckpt.names.modules import BLOCK_MODULES, block_target
 from sa3ckpt.ops.analysis import Analysis, analyze
 from sa3ckpt.ops.inspect_report import (
     BlockRow,
@@ -49,7 +49,7 @@ def coverage_map(a: Analysis) -> CoverageMap | None:
     present = set(a.groups.targets)
     blocks = []
     for block in range(a.family.topology.depth):
-        names = [f"model.transformer.layers.{block}.{m.canonical}" for m in BLOCK_MODULES]
+        names = [block_target(block, m.canonical) for m in BLOCK_MODULES]
         blocks.append(BlockRow(block, [n in present for n in names]))
     top = {t.name: t.name in present for t in a.family.targets if t.group == "top"}
     cond = {t.name: t.name in present for t in a.family.targets if t.group == "conditioner"}

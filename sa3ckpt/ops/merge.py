@@ -29,11 +29,10 @@ from sa3ckpt.adapters.xs_bases import XsBases, load_bases
 from sa3ckpt.errors import IncompatibleError, UsageError
 from sa3ckpt.io.atomic import check_output_path
 from sa3ckpt.io.base_checkpoint import BaseCheckpoint, open_base, stream_writer
-from sa3ckpt.layout import from_canonical_2d, to_canonical_2d
-from sa3ckpt.names.modules import CONDITIONER_ROOT, DIT_ROOT
+from sa3ckpt.names.modules import ROOTS, root_of
 
 PROVENANCE_KEY = "sa3ckpt_merge"
-ONLY_ROOTS = {"dit": DIT_ROOT, "conditioner": CONDITIONER_ROOT}
+ONLY_ROOTS = ROOTS
 
 
 @dataclass(frozen=True)
@@ -123,10 +122,6 @@ class MergeLedger:
         }
 
 
-def _weight_2d_shape(shape: tuple[int, ...]) -> tuple[int, int]:
-    return (shape[0], int(np.prod(shape[1:])))
-
-
 def _fit_problem(ckpt: AdapterCheckpoint, target: str, fan: tuple[int, int]) -> str | None:
     for param, value in ckpt.tensors[target].items():
         want = ckpt.kind.param_shape(param, *fan, ckpt.config.rank)
@@ -151,14 +146,15 @@ def _plan(
     targets: dict[str, str] = {}
     wanted = list(dict.fromkeys(t for ckpt, _ in ckpts for t in ckpt.targets()))
     for target in wanted:
-        if only is not None and not target.startswith(ONLY_ROOTS[only]):
+        if only is not None and root_of(target) != only:
             ledger.skipped.append((target, f"--only {only}"))
             continue
         key = weight_keys.get(target)
         if key is None:
             ledger.missing_from_base.append(target)
             continue
-        fan = _weight_2d_shape(base.tensors[key].shape)
+        shape = base.tensors[key].shape
+        fan = base.layout_of(shape).canonical_shape(shape)
         problems = [
             p
             for ckpt, _ in ckpts
@@ -335,11 +331,9 @@ def _merged(
 ) -> tuple[np.ndarray, dict[str, int]]:
     """One target's merged weight in the stored layout and dtype `code` (worker thread)."""
     stored = base.read(key)
-    layout = base.conv_layout if stored.ndim == 3 else "linear"
-    kernel = stored.shape[1 if layout == "mlx-conv1d" else 2] if stored.ndim == 3 else 1
-    w2d = to_canonical_2d(stored, layout)
-    if layout == "mlx-conv1d":
-        w2d = np.ascontiguousarray(w2d)
+    layout = base.layout_of(stored.shape)
+    kernel = layout.kernel_size(stored.shape)
+    w2d = np.ascontiguousarray(layout.to_canonical(stored))
     base_f32: np.ndarray | None = None
     sources: dict[str, int] = {}
     stack = []
@@ -356,4 +350,4 @@ def _merged(
     merged, finite = merge_to(w2d, stack, semantics, code)
     if not finite:
         raise IncompatibleError(f"merged weight of {target} has NaN/Inf; nothing was written")
-    return np.ascontiguousarray(from_canonical_2d(merged, layout, kernel)), sources
+    return np.ascontiguousarray(layout.from_canonical(merged, kernel)), sources

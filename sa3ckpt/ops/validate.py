@@ -19,7 +19,7 @@ from sa3ckpt.errors import EXIT_OK, MalformedFileError, UsageError, ValidationFa
 from sa3ckpt.findings import Finding, severity_order
 from sa3ckpt.io.legacy_pickle import PickleRefusedError
 from sa3ckpt.io.sources import AdapterSource, open_adapter_source, sniff_format, walk_adapter_paths
-from sa3ckpt.names.dialects import parse_official_base_key
+from sa3ckpt.names.base_keys import looks_like_base_key
 from sa3ckpt.names.modules import SECONDS_CONDITIONER
 from sa3ckpt.ops.analysis import Analysis, analyze
 from sa3ckpt.targets.families import FAMILIES, family_for_base_model
@@ -90,12 +90,7 @@ def _check_type(a: Analysis, ctx: Context) -> Iterator[Finding]:
 
 def _base_keys(a: Analysis) -> int:
     """How many keys read as base-checkpoint weights (official full or MLX runtime)."""
-    return sum(
-        parse_official_base_key(k) is not None
-        or k.startswith("cond.")
-        or k.rsplit(".", 1)[-1] in ("weight", "bias", "gamma")
-        for k in a.source.entries
-    )
+    return sum(looks_like_base_key(k) for k in a.source.entries)
 
 
 def _check_keys(a: Analysis, ctx: Context) -> Iterator[Finding]:

@@ -1,7 +1,9 @@
-"""File-key dialects: translate adapter and base tensor keys to and from canonical names.
+"""Adapter-key dialects: translate adapter tensor keys to and from canonical names.
 
 Every reader turns file keys into (canonical target, param, slot) through this table and
 every writer turns them back; nothing else in the project spells a dialect's key format.
+A new dialect is one more `AdapterDialect` row (plus its parse/format pair). Base-checkpoint
+keys live in `names.base_keys`.
 Parsing never guesses: a key that is not an adapter key comes back as a `Rejected` with
 the precise reason, so ledgers can say why a key was skipped.
 """
@@ -15,9 +17,9 @@ from dataclasses import dataclass
 from sa3ckpt.names.modules import (
     CONDITIONER_ROOT,
     DIT_ROOT,
-    MLX_CONDITIONER_ARRAYS,
     from_mlx_module,
     from_sa3cpp_stem,
+    strip_dit_root,
     to_mlx_module,
     to_sa3cpp_stem,
 )
@@ -99,8 +101,7 @@ def _format_sa3(target: str, param: str, slot: int) -> str:
 
 
 def _format_bare(target: str, param: str, slot: int) -> str:
-    module = target[len(DIT_ROOT) :] if target.startswith(DIT_ROOT) else target
-    return f"{module}.parametrizations.weight.{slot}.{param}"
+    return f"{strip_dit_root(target)}.parametrizations.weight.{slot}.{param}"
 
 
 # --- mlx: `<mlx module path>.<param>` ----------------------------------------------------------
@@ -181,7 +182,11 @@ def _format_sa3cpp(target: str, param: str, slot: int) -> str:
 
 @dataclass(frozen=True)
 class AdapterDialect:
-    """One way of spelling adapter tensor keys in a file."""
+    """One way of spelling adapter tensor keys in a file.
+
+    `detect_order` breaks ties when several dialects explain the same number of keys: the
+    lower number (the more specific spelling) wins, so sa3 beats bare and peft beats mlx.
+    """
 
     name: str
     description: str
@@ -189,6 +194,7 @@ class AdapterDialect:
     parse: Callable[[str], ParseResult]
     format: Callable[[str, str, int], str]
     has_slots: bool
+    detect_order: int
 
 
 ADAPTER_DIALECTS: dict[str, AdapterDialect] = {
@@ -201,6 +207,7 @@ ADAPTER_DIALECTS: dict[str, AdapterDialect] = {
             lambda key: _parse_parametrized(key, "sa3", want_root=True),
             _format_sa3,
             True,
+            0,
         ),
         AdapterDialect(
             "bare",
@@ -209,6 +216,7 @@ ADAPTER_DIALECTS: dict[str, AdapterDialect] = {
             lambda key: _parse_parametrized(key, "bare", want_root=False),
             _format_bare,
             True,
+            3,
         ),
         AdapterDialect(
             "mlx",
@@ -217,6 +225,7 @@ ADAPTER_DIALECTS: dict[str, AdapterDialect] = {
             _parse_mlx,
             _format_mlx,
             False,
+            4,
         ),
         AdapterDialect(
             "peft",
@@ -225,6 +234,7 @@ ADAPTER_DIALECTS: dict[str, AdapterDialect] = {
             _parse_peft,
             _format_peft,
             False,
+            1,
         ),
         AdapterDialect(
             "sa3cpp",
@@ -233,6 +243,7 @@ ADAPTER_DIALECTS: dict[str, AdapterDialect] = {
             _parse_sa3cpp,
             _format_sa3cpp,
             False,
+            2,
         ),
     )
 }
@@ -269,85 +280,8 @@ class DialectGuess:
     evidence: str
 
 
-# Order matters on ties: the most specific spelling wins (sa3 before bare, peft before mlx).
-_DETECTION_ORDER = ("sa3", "peft", "sa3cpp", "bare", "mlx")
-
-
-# --- base checkpoints: where a target's weight lives -----------------------------------------
-
-OFFICIAL_DIT_PREFIX = "model.model."
-OFFICIAL_CONDITIONER_PREFIX = "conditioner.conditioners."
-
-
-def official_base_key(target: str, param: str = "weight") -> str:
-    """Key of a target's weight (or bias) in the official full base checkpoint."""
-    if target.startswith(DIT_ROOT):
-        return f"model.{target}.{param}"
-    if target.startswith(CONDITIONER_ROOT):
-        return f"conditioner.{target}.{param}"
-    raise ValueError(f"{target}: not a canonical target name")
-
-
-def parse_official_base_key(key: str) -> tuple[str, str] | None:
-    """(canonical module, leaf param) of an official full base key, None if not under a root."""
-    for prefix, root in (
-        (OFFICIAL_DIT_PREFIX, DIT_ROOT),
-        (OFFICIAL_CONDITIONER_PREFIX, CONDITIONER_ROOT),
-    ):
-        if key.startswith(prefix):
-            module, _, param = key[len(prefix) :].rpartition(".")
-            if not module:
-                return None
-            return root + module, param
-    return None
-
-
-def mlx_base_key(target: str, param: str = "weight") -> str:
-    """Key of a target's weight (or bias) in an MLX runtime base (npz or safetensors)."""
-    arrays = MLX_CONDITIONER_ARRAYS.get(target)
-    if arrays is not None:
-        return arrays[param]
-    module = to_mlx_module(target)
-    if module is None:
-        raise ValueError(f"{target}: no MLX runtime name")
-    return f"{module}.{param}"
-
-
-_MLX_ARRAY_TO_TARGET = {
-    key: (target, param)
-    for target, arrays in MLX_CONDITIONER_ARRAYS.items()
-    for param, key in arrays.items()
-}
-
-
-def parse_mlx_base_key(key: str) -> tuple[str, str] | None:
-    """(canonical module, leaf param) of an MLX runtime base key."""
-    if key in _MLX_ARRAY_TO_TARGET:
-        return _MLX_ARRAY_TO_TARGET[key]
-    module, _, param = key.rpartition(".")
-    if not module or module == "cond" or module.startswith("cond."):
-        return None  # other conditioner arrays have no canonical module
-    return from_mlx_module(module), param
-
-
-def official_to_mlx_base_key(key: str) -> str | None:
-    """MLX runtime key of any official full-base tensor (targets and the rest), if it has one.
-
-    RMSNorm `.gamma` becomes `.weight`; the seconds conditioner's Linear becomes the plain
-    `cond.seconds_total_weight` / `_bias` arrays; other conditioner tensors have no MLX
-    spelling known to us and return None.
-    """
-    parsed = parse_official_base_key(key)
-    if parsed is None:
-        return None
-    module, param = parsed
-    arrays = MLX_CONDITIONER_ARRAYS.get(module)
-    if arrays is not None:
-        return arrays.get(param)
-    mlx_module = to_mlx_module(module)
-    if mlx_module is None:
-        return None
-    return f"{mlx_module}.{'weight' if param == 'gamma' else param}"
+def _detection_order() -> tuple[str, ...]:
+    return tuple(sorted(ADAPTER_DIALECTS, key=lambda name: ADAPTER_DIALECTS[name].detect_order))
 
 
 @dataclass
@@ -377,7 +311,7 @@ def detect_and_group(keys: Iterable[str]) -> tuple[DialectGuess, KeyGroups]:
     """
     key_list = list(keys)
     best: KeyGroups | None = None
-    for name in _DETECTION_ORDER:
+    for name in _detection_order():
         groups = group_adapter_keys(key_list, name)
         if groups.parsed and (best is None or groups.parsed > best.parsed):
             best = groups
@@ -411,3 +345,21 @@ def group_adapter_keys(keys: Iterable[str], dialect: str) -> KeyGroups:
         groups.slots.setdefault(result.target, set()).add(result.slot)
         groups.targets.setdefault(result.target, {})[result.param] = key
     return groups
+
+
+# --- XS bases files: `<canonical target>.<basis param>` ----------------------------------------
+# Which basis params exist (U, V) is the adapter types' business (`adapters.types.BASIS_PARAMS`);
+# this is only how a bases file spells one.
+
+
+def format_xs_bases_key(target: str, basis_param: str) -> str:
+    """Key of one precomputed XS basis in a bases file (`sa3ckpt bases`)."""
+    return f"{target}.{basis_param}"
+
+
+def parse_xs_bases_key(key: str) -> tuple[str, str] | None:
+    """(canonical target, basis param) of a bases-file key, None without both parts."""
+    target, _, basis_param = key.rpartition(".")
+    if not target or not basis_param:
+        return None
+    return target, basis_param

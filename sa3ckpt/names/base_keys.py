@@ -1,0 +1,280 @@
+"""Base-key dialects: how each base-checkpoint naming spells every tensor it holds.
+
+A base naming (official full checkpoint, MLX optimized runtime) is one `BaseNaming` row: how
+to read a key as (canonical module, leaf as spelled), how to spell one back, which leaves it
+spells differently from the official checkpoint (MLX writes RMSNorm `gamma` as `weight`), and
+what evidence says a key belongs to it. Translating a tensor between namings always goes
+through the canonical module and the official leaf, so a new naming (diffusers) is one more
+row and every pair of namings converts. Adapter keys live in `names.adapter_keys`.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+
+from sa3ckpt.names.modules import (
+    CONDITIONER_ROOT,
+    DIT_ROOT,
+    MLX_ARRAY_PREFIX,
+    MLX_CONDITIONER_ARRAYS,
+    from_mlx_module,
+    to_mlx_module,
+)
+
+Shape = tuple[int, ...]
+
+OFFICIAL_DIT_PREFIX = "model.model."
+OFFICIAL_CONDITIONER_PREFIX = "conditioner.conditioners."
+# Official key prefix -> canonical root it stands for.
+_OFFICIAL_ROOTS: tuple[tuple[str, str], ...] = (
+    (OFFICIAL_DIT_PREFIX, DIT_ROOT),
+    (OFFICIAL_CONDITIONER_PREFIX, CONDITIONER_ROOT),
+)
+
+# Leaves of plain network tensors (Linear/Conv weight and bias, RMSNorm gamma): a file whose
+# keys all end like this holds a network, not an adapter.
+BASE_LEAVES: frozenset[str] = frozenset(("weight", "bias", "gamma"))
+
+
+def _leaf(key: str) -> str:
+    return key.rpartition(".")[2]
+
+
+def _is_norm_module(module: str) -> bool:
+    """Whether a module's own name (its last path component) says it is a norm layer."""
+    return "norm" in module.rpartition(".")[2]
+
+
+@dataclass(frozen=True)
+class LeafRename:
+    """One leaf a naming spells differently from the official checkpoint.
+
+    Official -> naming always renames (the naming has only this spelling); naming -> official
+    needs `applies(module, shape)`, because the naming's spelling is shared with other leaves.
+    """
+
+    official: str
+    spelled: str
+    applies: Callable[[str, Shape], bool]
+    why: str
+
+
+@dataclass(frozen=True)
+class BaseNaming:
+    """One way of spelling base-checkpoint tensor keys.
+
+    `parse` gives (canonical module, leaf as spelled) or None for keys outside the canonical
+    modules; `format` spells (canonical module, leaf as spelled) or None when the naming has
+    no place for it. Detection: a naming claims a file when at least `detect_share` of its keys
+    (and at least one) satisfy `owns`; rows are tried in table order.
+    """
+
+    name: str
+    description: str
+    example: str
+    parse: Callable[[str], tuple[str, str] | None]
+    format: Callable[[str, str], str | None]
+    renames: tuple[LeafRename, ...]
+    owns: Callable[[str], bool]
+    detect_share: float
+
+    def to_official_leaf(self, module: str, leaf: str, shape: Shape) -> str:
+        """The official leaf of a tensor spelled `leaf` here (shape decides ambiguous ones)."""
+        for rule in self.renames:
+            if rule.spelled == leaf and rule.applies(module, shape):
+                return rule.official
+        return leaf
+
+    def from_official_leaf(self, leaf: str) -> str:
+        """How this naming spells an official leaf."""
+        for rule in self.renames:
+            if rule.official == leaf:
+                return rule.spelled
+        return leaf
+
+
+# --- official full checkpoint: `model.model.<DiT path>`, `conditioner.conditioners.<…>` -------
+
+
+def parse_official_base_key(key: str) -> tuple[str, str] | None:
+    """(canonical module, leaf param) of an official full base key, None if not under a root."""
+    for prefix, root in _OFFICIAL_ROOTS:
+        if key.startswith(prefix):
+            module, _, param = key[len(prefix) :].rpartition(".")
+            if not module:
+                return None
+            return root + module, param
+    return None
+
+
+def _format_official(module: str, param: str) -> str | None:
+    for prefix, root in _OFFICIAL_ROOTS:
+        if module.startswith(root):
+            return f"{prefix}{module[len(root) :]}.{param}"
+    return None
+
+
+def official_base_key(target: str, param: str = "weight") -> str:
+    """Key of a target's weight (or bias) in the official full base checkpoint."""
+    key = _format_official(target, param)
+    if key is None:
+        raise ValueError(f"{target}: not a canonical target name")
+    return key
+
+
+def _owns_official(key: str) -> bool:
+    return key.startswith(tuple(prefix for prefix, _ in _OFFICIAL_ROOTS))
+
+
+# --- MLX optimized runtime: DiT path without root, `to_local_embed.seq.N`, `cond.*` arrays ----
+
+_MLX_ARRAY_TO_TARGET = {
+    key: (target, param)
+    for target, arrays in MLX_CONDITIONER_ARRAYS.items()
+    for param, key in arrays.items()
+}
+
+
+def parse_mlx_base_key(key: str) -> tuple[str, str] | None:
+    """(canonical module, leaf param) of an MLX runtime base key.
+
+    Of the `cond.*` arrays only those of a canonical module parse (`cond.padding_embedding`
+    is MLX's own and has no module).
+    """
+    if key in _MLX_ARRAY_TO_TARGET:
+        return _MLX_ARRAY_TO_TARGET[key]
+    module, _, param = key.rpartition(".")
+    if not module or (module + ".").startswith(MLX_ARRAY_PREFIX):
+        return None
+    return from_mlx_module(module), param
+
+
+def _format_mlx(module: str, param: str) -> str | None:
+    arrays = MLX_CONDITIONER_ARRAYS.get(module)
+    if arrays is not None:
+        return arrays.get(param)
+    mlx_module = to_mlx_module(module)
+    return None if mlx_module is None else f"{mlx_module}.{param}"
+
+
+def mlx_base_key(target: str, param: str = "weight") -> str:
+    """Key of a target's weight (or bias) in an MLX runtime base (npz or safetensors)."""
+    key = _format_mlx(target, param)
+    if key is None:
+        raise ValueError(f"{target}: no MLX runtime name for its {param}")
+    return key
+
+
+def _owns_mlx(key: str) -> bool:
+    return parse_mlx_base_key(key) is not None and key.startswith(
+        ("transformer.", MLX_ARRAY_PREFIX)
+    )
+
+
+# The MLX runtime renamed the official RMSNorm `gamma` to `weight`, so the inverse needs more
+# than the name: a 1-D `weight` of a module whose name says "norm" is an RMSNorm scale. Linear
+# weights are 2-D and Conv1d weights 3-D in both namings, so they never match this rule.
+MLX_LEAF_RENAMES: tuple[LeafRename, ...] = (
+    LeafRename(
+        "gamma",
+        "weight",
+        lambda module, shape: len(shape) == 1 and _is_norm_module(module),
+        "MLX spells RMSNorm gamma `weight`; 1-D + norm module name identifies it",
+    ),
+)
+
+
+BASE_NAMINGS: dict[str, BaseNaming] = {
+    n.name: n
+    for n in (
+        BaseNaming(
+            "official",
+            "official full checkpoint: model.model.<DiT path>, conditioner.conditioners.<…>",
+            "model.model.transformer.layers.0.self_attn.to_qkv.weight",
+            parse_official_base_key,
+            _format_official,
+            (),
+            _owns_official,
+            0.5,
+        ),
+        BaseNaming(
+            "mlx",
+            "MLX optimized runtime: no root, to_local_embed.seq.N, RMSNorm weight, cond.* arrays",
+            "transformer.layers.0.self_attn.to_qkv.weight",
+            parse_mlx_base_key,
+            _format_mlx,
+            MLX_LEAF_RENAMES,
+            _owns_mlx,
+            0.0,
+        ),
+    )
+}
+
+
+def base_naming(name: str) -> BaseNaming:
+    """Look up a base naming with a clear error listing the known ones."""
+    try:
+        return BASE_NAMINGS[name]
+    except KeyError:
+        known = ", ".join(BASE_NAMINGS)
+        raise ValueError(f"unknown base naming {name!r} (known: {known})") from None
+
+
+def parse_base_key(key: str, naming: str) -> tuple[str, str] | None:
+    """(canonical module, leaf as spelled) of a base key in a naming, None outside the modules."""
+    return base_naming(naming).parse(key)
+
+
+def translate_base_key(key: str, shape: Shape, source: str, target: str) -> str | None:
+    """The key of the same tensor in another naming; None when `target` has no spelling for it.
+
+    Same naming in and out keeps every key, including ones outside the canonical modules.
+    """
+    if source == target:
+        return key
+    src, dst = base_naming(source), base_naming(target)
+    parsed = src.parse(key)
+    if parsed is None:
+        return None
+    module, leaf = parsed
+    official = src.to_official_leaf(module, leaf, shape)
+    return dst.format(module, dst.from_official_leaf(official))
+
+
+def official_to_mlx_base_key(key: str) -> str | None:
+    """MLX runtime key of any official full-base tensor (targets and the rest), if it has one.
+
+    RMSNorm `.gamma` becomes `.weight`; the seconds conditioner's Linear becomes the plain
+    `cond.seconds_total_weight` / `_bias` arrays; other conditioner tensors have no MLX
+    spelling known to us and return None.
+    """
+    return translate_base_key(key, (), "official", "mlx")
+
+
+def mlx_to_official_base_key(key: str, shape: Shape) -> str | None:
+    """Official key of an MLX runtime tensor (the shape tells RMSNorm scales from weights)."""
+    return translate_base_key(key, shape, "mlx", "official")
+
+
+def detect_base_naming(keys: Sequence[str]) -> str | None:
+    """The first naming that owns enough of the keys (official needs half), else None."""
+    for naming in BASE_NAMINGS.values():
+        owned = sum(naming.owns(k) for k in keys)
+        if owned and owned >= math.floor(len(keys) * naming.detect_share):
+            return naming.name
+    return None
+
+
+def looks_like_base_key(key: str) -> bool:
+    """Whether a key reads as a network tensor rather than an adapter tensor.
+
+    True for official full-base keys, MLX `cond.*` arrays and any key whose leaf is a plain
+    network leaf (weight, bias, gamma), which covers the MLX runtime's DiT keys.
+    """
+    return (
+        parse_official_base_key(key) is not None
+        or key.startswith(MLX_ARRAY_PREFIX)
+        or _leaf(key) in BASE_LEAVES
+    )

@@ -95,6 +95,19 @@ def test_peft_conv_factors_are_convolutions(tmp_path: Path) -> None:
     assert config["r"] == 4 and config["lora_alpha"] == 8 and config["use_dora"] is False
 
 
+def test_peft_conv_magnitude_is_pefts_conv_shape(tmp_path: Path) -> None:
+    out = tmp_path / "peft"
+    convert_adapter(_path("dora-rows"), str(out), to="peft")
+    from safetensors.numpy import load_file
+
+    weights = load_file(str(out / "adapter_model.safetensors"))
+    conv = weights["base_model.model.model.preprocess_conv.lora_magnitude_vector"]
+    linear = weights["base_model.model.model.transformer.project_in.lora_magnitude_vector"]
+    assert conv.shape == (1, 8, 1) and linear.ndim == 1  # PEFT DoRA Conv1d: (1, out, 1)
+    back = load_adapter(out)
+    assert back.tensors["model.preprocess_conv"]["magnitude"].shape == (8,)
+
+
 def test_sa3cpp_refusals(tmp_path: Path) -> None:
     if not HAS_GGUF:
         pytest.skip("gguf extra not installed")

@@ -7,12 +7,16 @@ import numpy as np
 import pytest
 
 from sa3ckpt.layout import (
+    BASE_LAYOUTS,
     LAYOUTS,
+    PEFT_CONV1D,
+    base_layout,
     from_canonical_2d,
     from_ggml_shape,
     ggml_shape,
     mlx_conv1d_to_2d,
     squeeze_magnitude,
+    stored_layout,
     stored_shape,
     to_canonical_2d,
 )
@@ -39,6 +43,61 @@ def test_round_trip_and_stored_shape(layout: str, k: int) -> None:
     stored = from_canonical_2d(w2d, layout, k)
     assert stored.shape == stored_shape((6, 4 * k), layout, k)
     assert np.array_equal(to_canonical_2d(stored, layout), w2d)
+    row = LAYOUTS[layout]
+    assert row.ndim == stored.ndim
+    assert row.canonical_shape(stored.shape) == (6, 4 * k)
+    assert row.kernel_size(stored.shape) == k
+    assert np.array_equal(row.to_canonical(row.from_canonical(w2d, k)), w2d)
+
+
+def test_kernel_axes_and_rank_checks() -> None:
+    assert LAYOUTS["linear"].kernel_axis is None
+    assert LAYOUTS["torch-conv1d"].kernel_axis == 2
+    assert LAYOUTS["mlx-conv1d"].kernel_axis == 1
+    assert LAYOUTS["mlx-conv1d"].stored_shape((8, 24), 3) == (8, 3, 8)
+    assert LAYOUTS["torch-conv1d"].canonical_shape((8, 8, 3)) == (8, 24)
+    with pytest.raises(ValueError, match="3-D"):
+        LAYOUTS["mlx-conv1d"].kernel_size((8, 24))
+    with pytest.raises(ValueError, match="2-D"):
+        LAYOUTS["linear"].canonical_shape((8, 8, 3))
+
+
+def test_base_layouts_table() -> None:
+    assert base_layout("official", "conv1d").name == "torch-conv1d"
+    assert base_layout("mlx", "conv1d").name == "mlx-conv1d"
+    assert stored_layout("mlx", (4, 3, 2)).name == "mlx-conv1d"
+    assert stored_layout("official", (4, 2)).name == "linear"
+    for naming, layer_kinds in BASE_LAYOUTS.items():
+        for layer_kind, name in layer_kinds.items():
+            assert LAYOUTS[name].layer_kind == layer_kind, (naming, layer_kind)
+    with pytest.raises(ValueError, match="1-D"):
+        stored_layout("official", (4,))
+    with pytest.raises(ValueError, match="naming"):
+        base_layout("nonesuch", "linear")
+
+
+@pytest.mark.parametrize("k", [1, 3])
+def test_peft_conv1d_factors(k: int) -> None:
+    rng = np.random.default_rng(k)
+    r, out, cin = 2, 5, 4
+    a = rng.standard_normal((r, cin * k))
+    b = rng.standard_normal((out, r))
+    mag = rng.standard_normal(out)
+    a3 = PEFT_CONV1D.from_canonical("lora_A", a, k)
+    b3 = PEFT_CONV1D.from_canonical("lora_B", b, k)
+    m3 = PEFT_CONV1D.from_canonical("magnitude", mag, k)
+    assert (a3.shape, b3.shape, m3.shape) == ((r, cin, k), (out, r, 1), (1, out, 1))
+    # The two convolutions compose to the PyTorch Conv1d delta of the canonical B @ A.
+    composed = np.einsum("or,rik->oik", b3[:, :, 0], a3)
+    assert np.allclose(to_canonical_2d(composed, "torch-conv1d"), b @ a)
+    for param, stored, canonical in (("lora_A", a3, a), ("lora_B", b3, b), ("magnitude", m3, mag)):
+        assert PEFT_CONV1D.is_stored(param, stored.shape)
+        assert not PEFT_CONV1D.is_stored(param, canonical.shape)
+        assert np.array_equal(PEFT_CONV1D.to_canonical(param, stored), canonical)
+    assert not PEFT_CONV1D.is_stored("magnitude", (out, 1))  # legacy 2-D: not PEFT's conv form
+    assert not PEFT_CONV1D.is_stored("M_xs", (r, r, 1))
+    with pytest.raises(ValueError, match="multiple"):
+        PEFT_CONV1D.from_canonical("lora_A", np.zeros((r, 5)), 3)
 
 
 def test_works_on_mlx_arrays() -> None:

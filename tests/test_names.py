@@ -13,6 +13,7 @@ from sa3ckpt.names import (
     Rejected,
     detect_adapter_dialect,
     format_adapter_key,
+    format_xs_bases_key,
     from_mlx_module,
     from_sa3cpp_stem,
     mlx_base_key,
@@ -22,6 +23,10 @@ from sa3ckpt.names import (
     parse_adapter_key,
     parse_mlx_base_key,
     parse_official_base_key,
+    parse_xs_bases_key,
+    root_of,
+    short_label,
+    strip_dit_root,
     to_mlx_module,
     to_sa3cpp_stem,
 )
@@ -195,3 +200,32 @@ def test_official_base_keys_and_mlx_translation() -> None:
 def test_every_adapter_type_param_is_a_known_param() -> None:
     for kind in ADAPTER_TYPES.values():
         assert set(kind.required) | set(kind.optional) <= set(ADAPTER_PARAMS)
+
+
+def test_detection_order_prefers_specific_spellings() -> None:
+    order = sorted(ADAPTER_DIALECTS, key=lambda name: ADAPTER_DIALECTS[name].detect_order)
+    assert order == ["sa3", "peft", "sa3cpp", "bare", "mlx"]
+    assert len({d.detect_order for d in ADAPTER_DIALECTS.values()}) == len(ADAPTER_DIALECTS)
+
+
+def test_roots_and_short_labels() -> None:
+    assert root_of("model.preprocess_conv") == "dit"
+    assert root_of(SECONDS_CONDITIONER) == "conditioner"
+    assert root_of("transformer.layers.0.ff.ff.2") is None
+    assert strip_dit_root("model.transformer.project_in") == "transformer.project_in"
+    assert strip_dit_root(SECONDS_CONDITIONER) == SECONDS_CONDITIONER
+    assert short_label("model.preprocess_conv") == "pre_conv"
+    assert short_label(SECONDS_CONDITIONER) == "cond.seconds_total"
+    assert short_label("model.something.unknown") == "something.unknown"
+
+
+@pytest.mark.parametrize("family", ["medium", "small"])
+def test_xs_bases_keys_round_trip(family: str) -> None:
+    for target in FAMILIES[family].targets:
+        for param in ("U", "V"):
+            key = format_xs_bases_key(target.name, param)
+            assert parse_xs_bases_key(key) == (target.name, param)
+    with pytest.raises(ValueError, match="U and V"):
+        format_xs_bases_key("model.preprocess_conv", "M_xs")
+    assert parse_xs_bases_key("model.preprocess_conv.M_xs") is None
+    assert parse_xs_bases_key("U") is None

@@ -10,6 +10,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass
 
+from sa3ckpt.layout import base_layout
 from sa3ckpt.names.modules import (
     BLOCK_MODULES,
     CONDITIONER_MODULES,
@@ -107,7 +108,7 @@ class Target:
 
     @property
     def kernel_size(self) -> int:
-        return self.weight_shape[2] if self.layer_kind == "conv1d" else 1
+        return base_layout("official", self.layer_kind).kernel_size(self.weight_shape)
 
 
 def _make_target(
@@ -119,10 +120,7 @@ def _make_target(
     module: str,
     group: str,
 ) -> Target:
-    if layer_kind == "conv1d":
-        weight_shape: tuple[int, ...] = (shape[0], shape[1] // t.conv_kernel, t.conv_kernel)
-    else:
-        weight_shape = shape
+    weight_shape = base_layout("official", layer_kind).stored_shape(shape, t.conv_kernel)
     return Target(
         name=name,
         layer_kind=layer_kind,

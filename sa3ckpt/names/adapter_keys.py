@@ -87,13 +87,14 @@ def _parse_parametrized(key: str, dialect: str, want_root: bool) -> ParseResult:
     if param not in _PARAM_SET:
         return Rejected(key, dialect, f"unknown adapter parameter {param!r}")
     rooted = _rooted(module)
-    if want_root and rooted is None:
-        return Rejected(key, dialect, "module has no `model.`/`conditioners.` root (bare key)")
-    if not want_root:
-        if rooted is not None and module.startswith(DIT_ROOT):
-            return Rejected(key, dialect, "module already has the `model.` root (sa3 key)")
-        rooted = module if module.startswith(CONDITIONER_ROOT) else DIT_ROOT + module
-    return ParsedKey(key, rooted, param, int(slot_text), dialect)
+    if want_root:
+        if rooted is None:
+            return Rejected(key, dialect, "module has no `model.`/`conditioners.` root (bare key)")
+        return ParsedKey(key, rooted, param, int(slot_text), dialect)
+    if module.startswith(DIT_ROOT):
+        return Rejected(key, dialect, "module already has the `model.` root (sa3 key)")
+    target = module if module.startswith(CONDITIONER_ROOT) else DIT_ROOT + module
+    return ParsedKey(key, target, param, int(slot_text), dialect)
 
 
 def _format_sa3(target: str, param: str, slot: int) -> str:

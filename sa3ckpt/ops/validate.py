@@ -19,7 +19,7 @@ from sa3ckpt.errors import EXIT_OK, MalformedFileError, UsageError, ValidationFa
 from sa3ckpt.findings import Finding, severity_order
 from sa3ckpt.io.legacy_pickle import PickleRefusedError
 from sa3ckpt.io.sources import AdapterSource, open_adapter_source, sniff_format, walk_adapter_paths
-from sa3ckpt.names.base_keys import looks_like_base_key
+from sa3ckpt.names.base_keys import looks_like_base_key, mlx_base_key
 from sa3ckpt.names.modules import SECONDS_CONDITIONER
 from sa3ckpt.ops.analysis import Analysis, analyze
 from sa3ckpt.targets.families import FAMILIES, family_for_base_model
@@ -194,7 +194,7 @@ def _check_runtime(a: Analysis, ctx: Context) -> Iterator[Finding]:
         yield _say(
             "no-runtime-module",
             f"{SECONDS_CONDITIONER} has no MLX runtime module; merge writes it into "
-            "cond.seconds_total_weight",
+            f"{mlx_base_key(SECONDS_CONDITIONER)}",
         )
     kind = a.kind
     if kind is not None and kind.xs:

@@ -14,7 +14,7 @@ from typing import Any
 
 from sa3ckpt.errors import MalformedFileError, Sa3ckptError
 from sa3ckpt.io.base_checkpoint import open_base
-from sa3ckpt.io.sources import open_adapter_source
+from sa3ckpt.io.formats import open_adapter_source
 from sa3ckpt.ops.analysis import analyze
 from sa3ckpt.ops.inspect import inspect_path
 from sa3ckpt.ops.inspect_report import InspectReport, StatsReport

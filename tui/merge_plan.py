@@ -10,9 +10,23 @@ import os
 from dataclasses import dataclass
 
 from sa3ckpt.adapters.formulas import SEMANTICS_HELP
+from sa3ckpt.io.atomic import (
+    REFUSED_DIRECTORY,
+    REFUSED_EXISTS,
+    REFUSED_INPUT,
+    OutputRefused,
+    check_output_path,
+)
 from sa3ckpt.ops.merge import AdapterArg
-from tui.paths import same_file
 from tui.strength import parse_strength
+
+# The library's output policy decides; the form only words its refusals for a person who
+# cannot pass --force (the TUI never replaces a file).
+REFUSALS = {
+    REFUSED_INPUT: "output {output} is an input; choose a new file",
+    REFUSED_DIRECTORY: "output {output} is a folder; name a file",
+    REFUSED_EXISTS: "output {output} exists; choose a new file (nothing is replaced)",
+}
 
 
 class PlanError(ValueError):
@@ -48,13 +62,10 @@ def make_plan(base: str, adapters: list[tuple[str, str]], output: str, semantics
         raise PlanError(f"unknown semantics {semantics!r}")
     if not output:
         raise PlanError("choose an output path")
-    for path in (base, *(a.path for a in args)):
-        if same_file(output, path):
-            raise PlanError(f"output {output} is an input; choose a new file")
-    if os.path.isdir(output):
-        raise PlanError(f"output {output} is a folder; name a file")
-    if os.path.lexists(output):
-        raise PlanError(f"output {output} exists; choose a new file (nothing is replaced)")
+    try:
+        check_output_path(output, inputs=[base, *(a.path for a in args)], overwrite=False)
+    except OutputRefused as refused:
+        raise PlanError(REFUSALS[refused.reason].format(output=output)) from None
     return MergePlan(base, tuple(args), output, semantics)
 
 

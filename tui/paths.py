@@ -11,17 +11,8 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from sa3ckpt.errors import Sa3ckptError
-from sa3ckpt.io.base_checkpoint import open_base
-from sa3ckpt.io.sources import PEFT_CONFIG, open_adapter_source
-from sa3ckpt.ops.analysis import analyze
-
-CHECKPOINT_SUFFIXES = (".safetensors", ".ckpt", ".pt", ".pth", ".gguf", ".npz")
-
-
-def is_peft_dir(path: str | os.PathLike[str]) -> bool:
-    """A folder the library opens as one adapter (it holds adapter_config.json)."""
-    return os.path.isdir(path) and os.path.isfile(os.path.join(path, PEFT_CONFIG))
+from sa3ckpt.io.formats import CHECKPOINT_SUFFIXES, is_base_checkpoint
+from sa3ckpt.io.sources import is_peft_dir
 
 
 def is_checkpoint_file(path: str | os.PathLike[str]) -> bool:
@@ -45,23 +36,8 @@ def shown_in_browser(path: Path) -> bool:
 
 
 def looks_like_base(path: str | os.PathLike[str]) -> bool:
-    """A file that opens as an SA3 base and holds no adapter targets (headers only).
-
-    Both tests are needed: adapters with bare keys (`transformer.layers...`) also parse as
-    MLX base names, and a base .npz is not something the adapter reader opens at all.
-    """
-    if not os.path.isfile(path):
-        return False
-    try:
-        with open_base(path):
-            pass
-    except (Sa3ckptError, OSError, ValueError):
-        return False
-    try:
-        with open_adapter_source(path) as source:
-            return not analyze(source).groups.targets
-    except (Sa3ckptError, OSError, ValueError):
-        return True
+    """A base checkpoint, by the format registry's one rule (headers only)."""
+    return is_base_checkpoint(path)
 
 
 def display_path(path: str | os.PathLike[str], cwd: str | None = None) -> str:
@@ -73,13 +49,3 @@ def display_path(path: str | os.PathLike[str], cwd: str | None = None) -> str:
     except ValueError:  # another drive on Windows
         return full
     return full if rel == os.pardir or rel.startswith(os.pardir + os.sep) else rel
-
-
-def same_file(a: str, b: str) -> bool:
-    """Whether two typed paths name the same file (existing files compare by inode)."""
-    try:
-        if os.path.exists(a) and os.path.exists(b):
-            return os.path.samefile(a, b)
-    except OSError:
-        pass
-    return os.path.abspath(a) == os.path.abspath(b)

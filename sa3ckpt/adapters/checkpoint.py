@@ -8,7 +8,6 @@ is dropped silently: callers print the ledger or fail on it under --strict.
 
 from __future__ import annotations
 
-import json
 import os
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -25,8 +24,8 @@ from sa3ckpt.adapters.kernels import NumpyAdapter
 from sa3ckpt.adapters.types import AdapterType, adapter_type
 from sa3ckpt.adapters.xs_bases import XsBases, svd_bases
 from sa3ckpt.errors import MalformedFileError
-from sa3ckpt.io.legacy_pickle import looks_like_pickle, read_legacy_ckpt
-from sa3ckpt.io.safetensors import open_safetensors, write_safetensors
+from sa3ckpt.io.formats import FILE_DIALECTS, load_raw
+from sa3ckpt.io.safetensors import write_safetensors
 from sa3ckpt.layout import squeeze_magnitude
 from sa3ckpt.names.adapter_keys import (
     detect_adapter_dialect,
@@ -37,9 +36,8 @@ from sa3ckpt.targets.families import family_for_base_model
 
 # Dialects whose files carry `lora_config` metadata and load directly (PEFT directories and
 # sa3.cpp GGUF go through `convert`).
-LOADABLE_DIALECTS = ("sa3", "bare", "mlx")
+LOADABLE_DIALECTS = FILE_DIALECTS
 FP32_PARAMS = frozenset({"baked_vnorm_row"})
-PICKLE_SUFFIXES = (".ckpt", ".pt", ".pth", ".bin")
 
 
 @dataclass
@@ -149,21 +147,6 @@ class AdapterCheckpoint:
         out = dict(self.metadata)
         out[CONFIG_KEY] = self.config.to_json()
         return out
-
-
-def _read_raw(
-    path: str, allow_pickle: bool
-) -> tuple[dict[str, np.ndarray], str | None, dict[str, str]]:
-    """(key -> array, lora_config text or None, other metadata) from safetensors or .ckpt."""
-    if path.endswith(PICKLE_SUFFIXES) or looks_like_pickle(path):
-        legacy = read_legacy_ckpt(path, allow_pickle=allow_pickle)
-        config_text = json.dumps(legacy.lora_config) if legacy.lora_config is not None else None
-        return dict(legacy.tensors), config_text, dict(legacy.extra)
-    with open_safetensors(path) as f:
-        tensors = {key: np.array(f.array(key)) for key in f}
-        metadata = dict(f.metadata)
-    config_text = metadata.pop(CONFIG_KEY, None)
-    return tensors, config_text, metadata
 
 
 def _group(
@@ -276,10 +259,14 @@ def checkpoint_from_raw(
 def load_checkpoint(
     path: str | os.PathLike[str], *, allow_pickle: bool = False
 ) -> AdapterCheckpoint:
-    """Load an adapter file (sa3, bare or mlx keys in safetensors; legacy .ckpt opt-in)."""
+    """Load an adapter file (sa3, bare or mlx keys in safetensors; legacy .ckpt opt-in).
+
+    Any container the registry reads is opened, but only plain-file dialects are accepted:
+    PEFT folders and sa3.cpp GGUF are refused with a pointer to `convert`.
+    """
     spath = os.fspath(path)
-    raw, config_text, metadata = _read_raw(spath, allow_pickle)
-    return checkpoint_from_raw(raw, config_text, metadata, spath)
+    raw = load_raw(spath, allow_pickle=allow_pickle)
+    return checkpoint_from_raw(raw.tensors, raw.config_text, raw.metadata, spath)
 
 
 def save_checkpoint(

@@ -3,15 +3,11 @@
 from __future__ import annotations
 
 import argparse
-import os
-import zipfile
 
 from sa3ckpt.cli.common import print_ledger
 from sa3ckpt.dtypes import NAMES as DTYPE_NAMES
 from sa3ckpt.errors import UsageError
-from sa3ckpt.io.legacy_pickle import looks_like_pickle
-from sa3ckpt.io.safetensors import read_header
-from sa3ckpt.names import detect_adapter_dialect, detect_base_naming
+from sa3ckpt.io.formats import is_base_checkpoint
 from sa3ckpt.ops.convert import ADAPTER_TARGETS, convert_adapter
 
 BASE_TARGETS = ("official", "mlx")
@@ -40,21 +36,6 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--allow-pickle", action="store_true", help="read legacy .ckpt input")
     parser.add_argument("--force", action="store_true", help="replace an existing output")
     parser.add_argument("--json", action="store_true", help="print the ledger as one JSON document")
-
-
-def is_base_checkpoint(path: str) -> bool:
-    """A base (weights, no adapter keys): an .npz, or safetensors with base key naming."""
-    if not os.path.isfile(path) or looks_like_pickle(path):
-        return False
-    if zipfile.is_zipfile(path):
-        with zipfile.ZipFile(path) as archive:
-            names = archive.namelist()
-        return bool(names) and all(n.endswith(".npy") for n in names)
-    try:
-        keys = list(read_header(path).tensors)
-    except Exception:
-        return False
-    return detect_adapter_dialect(keys).dialect is None and detect_base_naming(keys) is not None
 
 
 def run(args: argparse.Namespace) -> int:

@@ -5,6 +5,11 @@ leave a truncated file under the real name (a later run would load it), nor over
 input that is still being read (in-place conversion through the same path or a symlink would
 destroy the source). So output goes to a temp file beside the target, which is fsynced and
 renamed over the target only once it is complete.
+
+This module is the one output-path policy of every command and the TUI: `check_output_path`
+(never over an input, folders only by folder outputs, --force to replace), `AtomicFile` /
+`atomic_output` for writers that stream into one file, and `StagedOutput` for outputs built
+by other code under a temp name (PEFT folders, outputs verified before they may appear).
 """
 
 from __future__ import annotations
@@ -12,7 +17,8 @@ from __future__ import annotations
 import contextlib
 import os
 import secrets
-from collections.abc import Iterator, Sequence
+import shutil
+from collections.abc import Callable, Iterator, Sequence
 from typing import BinaryIO
 
 from sa3ckpt.errors import UsageError
@@ -21,8 +27,19 @@ PathLike = str | os.PathLike[str]
 
 _TEMP_ATTEMPTS = 100
 
+# Why an output path is refused; callers that word refusals their own way (the TUI) key on it.
+REFUSED_INPUT, REFUSED_DIRECTORY, REFUSED_EXISTS = "input", "directory", "exists"
 
-def _same_file(a: str, b: str) -> bool:
+
+class OutputRefused(UsageError):
+    """An output path the policy will not write; `reason` is one of the REFUSED_* codes."""
+
+    def __init__(self, reason: str, message: str) -> None:
+        self.reason = reason
+        super().__init__(message)
+
+
+def same_file(a: PathLike, b: PathLike) -> bool:
     """Whether two paths name one file: same resolved path, or same inode (hard links)."""
     if os.path.realpath(a) == os.path.realpath(b):
         return True
@@ -32,21 +49,60 @@ def _same_file(a: str, b: str) -> bool:
         return False
 
 
-def check_output_path(
-    path: PathLike, *, inputs: Sequence[PathLike] = (), overwrite: bool = True
-) -> None:
-    """Refuse an output path that is an input, a directory, or (if not overwriting) exists.
+def _inside(path: str, folder: str) -> bool:
+    """Whether `path` lies below the directory `folder` (symlinks resolved)."""
+    if not os.path.isdir(folder):
+        return False
+    real_path, real_folder = os.path.realpath(path), os.path.realpath(folder)
+    return os.path.commonpath([real_path, real_folder]) == real_folder and real_path != real_folder
 
-    Separate from `AtomicFile` so commands can validate their arguments before doing work.
+
+def _exists(target: str) -> OutputRefused:
+    return OutputRefused(
+        REFUSED_EXISTS, f"output {target} already exists (pass --force to replace it)"
+    )
+
+
+def check_output_path(
+    path: PathLike,
+    *,
+    inputs: Sequence[PathLike] = (),
+    overwrite: bool = True,
+    directory: bool = False,
+    replaceable: Callable[[str], bool] | None = None,
+) -> None:
+    """The output-path policy, checked before any work; raises `OutputRefused`.
+
+    In this order: never over an input (the same file by any path, symlink or hard link;
+    a file inside an input folder; a folder output containing an input); an existing
+    directory is replaced only by a folder output (`directory`) and only when
+    `replaceable` accepts it (a PEFT folder, not the user's home); an existing output
+    needs `overwrite` (the CLI's --force).
     """
     target = os.fspath(path)
-    for inp in inputs:
-        if _same_file(target, os.fspath(inp)):
-            raise UsageError(f"output {target} is the same file as input {os.fspath(inp)}")
+    for inp in map(os.fspath, inputs):
+        if same_file(target, inp) or _inside(target, inp):
+            raise OutputRefused(
+                REFUSED_INPUT, f"output {target} is an input (the same file as input {inp})"
+            )
+        if directory and _inside(inp, target):
+            raise OutputRefused(REFUSED_INPUT, f"output {target} is a folder holding input {inp}")
     if os.path.isdir(target):
-        raise UsageError(f"output {target} is a directory")
+        if not directory:
+            raise OutputRefused(REFUSED_DIRECTORY, f"output {target} is a directory")
+        if replaceable is None or not replaceable(target):
+            raise OutputRefused(
+                REFUSED_DIRECTORY,
+                f"output {target} is a directory of another kind (refusing to replace it)",
+            )
     if not overwrite and os.path.lexists(target):
-        raise UsageError(f"output {target} already exists (refusing to overwrite)")
+        raise _exists(target)
+
+
+def _temp_sibling(path: str) -> str:
+    """A hidden name beside `path` for its temp file or folder (not created)."""
+    folder, name = os.path.split(os.path.abspath(path))
+    return os.path.join(folder, f".{name}.tmp-{secrets.token_hex(4)}")
 
 
 def _fsync_dir(directory: str) -> None:
@@ -61,6 +117,20 @@ def _fsync_dir(directory: str) -> None:
         pass
     finally:
         os.close(fd)
+
+
+def _fsync_file(path: str) -> None:
+    with open(path, "rb") as f:
+        os.fsync(f.fileno())
+
+
+def _remove(path: str) -> None:
+    """Delete a file, symlink or folder tree; missing is fine."""
+    if os.path.isdir(path) and not os.path.islink(path):
+        shutil.rmtree(path, ignore_errors=True)
+    else:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(path)
 
 
 class AtomicFile:
@@ -79,10 +149,9 @@ class AtomicFile:
         self.overwrite = overwrite
         check_output_path(self.path, inputs=inputs, overwrite=overwrite)
         self.directory = os.path.dirname(os.path.abspath(self.path))
-        base = os.path.basename(self.path)
         self.file: BinaryIO
         for _ in range(_TEMP_ATTEMPTS):
-            tmp = os.path.join(self.directory, f".{base}.tmp-{secrets.token_hex(4)}")
+            tmp = _temp_sibling(self.path)
             try:
                 fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
             except FileExistsError:
@@ -114,7 +183,7 @@ class AtomicFile:
             os.fsync(self.file.fileno())
             self.file.close()
             if not self.overwrite and os.path.lexists(self.path):  # appeared while writing
-                raise UsageError(f"output {self.path} already exists (refusing to overwrite)")
+                raise _exists(self.path)
             os.replace(self.temp_path, self.path)
         except BaseException:
             self.discard()
@@ -151,3 +220,88 @@ def atomic_output(
         out.discard()
         raise
     out.commit()
+
+
+class StagedOutput:
+    """An output (file or folder) built under a temp name by any writer, then committed.
+
+    For commands that write with their own code (a folder of files, a third-party writer)
+    or check the result before it may appear (convert reads its output back): the writer
+    creates `temp_path`; `commit` fsyncs everything under it and renames it onto the
+    target, moving an old output aside first when a folder replaces it; `discard` deletes
+    it. Used as a context manager it commits on success and discards on any exception.
+    """
+
+    def __init__(
+        self,
+        path: PathLike,
+        *,
+        inputs: Sequence[PathLike] = (),
+        overwrite: bool = True,
+        directory: bool = False,
+        replaceable: Callable[[str], bool] | None = None,
+    ) -> None:
+        self.path = os.fspath(path)
+        self.inputs = tuple(os.fspath(p) for p in inputs)
+        self.overwrite = overwrite
+        self.directory = directory
+        self.replaceable = replaceable
+        self._check()
+        self.temp_path = _temp_sibling(self.path)
+        self.done = False
+
+    def _check(self) -> None:
+        check_output_path(
+            self.path,
+            inputs=self.inputs,
+            overwrite=self.overwrite,
+            directory=self.directory,
+            replaceable=self.replaceable,
+        )
+
+    def _fsync_temp(self) -> None:
+        if not os.path.isdir(self.temp_path):
+            _fsync_file(self.temp_path)
+            return
+        for root, _dirs, files in os.walk(self.temp_path):
+            for name in files:
+                _fsync_file(os.path.join(root, name))
+            _fsync_dir(root)
+
+    def commit(self) -> None:
+        """Make the temp output the real one; on failure nothing of it is left behind."""
+        if self.done:
+            raise ValueError("staged output already finished")
+        try:
+            if not os.path.lexists(self.temp_path):
+                raise ValueError(f"the writer did not create {self.temp_path}")
+            self._fsync_temp()
+            self._check()  # the target may have changed while the output was written
+            if os.path.isdir(self.temp_path) and os.path.lexists(self.path):
+                old = _temp_sibling(self.path)
+                os.replace(self.path, old)
+                os.replace(self.temp_path, self.path)
+                _remove(old)
+            else:
+                os.replace(self.temp_path, self.path)
+        except BaseException:
+            self.discard()
+            raise
+        self.done = True
+        _fsync_dir(os.path.dirname(os.path.abspath(self.path)))
+
+    def discard(self) -> None:
+        """Delete whatever the writer left under the temp name; safe to call again."""
+        if self.done:
+            return
+        self.done = True
+        _remove(self.temp_path)
+
+    def __enter__(self) -> StagedOutput:
+        return self
+
+    def __exit__(self, exc_type: object, exc: object, tb: object) -> None:
+        if exc_type is None:
+            self.commit()
+        else:
+            self.discard()

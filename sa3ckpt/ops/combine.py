@@ -201,9 +201,7 @@ def combine(
     if method == "svd" and rank is None:
         raise UsageError("--method svd needs --rank R")
     inputs = [a.path for a in adapters] + ([base_path] if base_path else [])
-    if os.path.lexists(output) and not force:
-        raise UsageError(f"output {output} exists (pass --force to replace it)")
-    check_output_path(output, inputs=inputs)
+    check_output_path(output, inputs=inputs, overwrite=force)  # before any work
     code = dtypes.code_from_name(dtype)
     ckpts = [(load_checkpoint(a.path, allow_pickle=allow_pickle), a.strength) for a in adapters]
     _check_inputs(ckpts)
@@ -237,7 +235,7 @@ def combine(
             output,
             dtype=code,
             inputs=tuple(inputs),
-            overwrite=True,
+            overwrite=force,
         )
     finally:
         if base is not None:

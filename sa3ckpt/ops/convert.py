@@ -4,15 +4,14 @@ Readers (`adapters.formats`) bring every container to canonical form, with legac
 the load ledger. Writers are rows in WRITERS. The output is written to a temporary path next
 to the destination, read back with the same reader a user would use, and compared with the
 input target by target — the low-rank update c·ΔW (measured without forming ΔW) and every
-magnitude — before it is renamed into place. The ledger reports the worst relative error.
+magnitude — before it is renamed into place (`io.atomic.StagedOutput`). The ledger reports
+the worst relative error.
 """
 
 from __future__ import annotations
 
 import json
 import os
-import secrets
-import shutil
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -25,10 +24,10 @@ from sa3ckpt.adapters.config import LoraConfig
 from sa3ckpt.adapters.formats import load_adapter
 from sa3ckpt.adapters.types import type_for
 from sa3ckpt.errors import IncompatibleError, UsageError
-from sa3ckpt.io.atomic import check_output_path
+from sa3ckpt.io.atomic import StagedOutput
 from sa3ckpt.io.base_checkpoint import BaseCheckpoint, open_base
 from sa3ckpt.io.safetensors import write_safetensors
-from sa3ckpt.io.sources import PEFT_CONFIG, PEFT_WEIGHTS
+from sa3ckpt.io.sources import PEFT_CONFIG, PEFT_WEIGHTS, is_peft_dir
 from sa3ckpt.layout import PEFT_CONV1D
 from sa3ckpt.names.adapter_keys import format_adapter_key
 from sa3ckpt.names.modules import module_info, to_sa3cpp_stem
@@ -339,39 +338,6 @@ def verify(
 # --- the command ------------------------------------------------------------------------------
 
 
-def _temp_sibling(path: str) -> str:
-    folder, name = os.path.split(os.path.abspath(path))
-    return os.path.join(folder, f".{name}.tmp-{secrets.token_hex(4)}")
-
-
-def _remove(path: str) -> None:
-    if os.path.isdir(path) and not os.path.islink(path):
-        shutil.rmtree(path, ignore_errors=True)
-    elif os.path.lexists(path):
-        os.unlink(path)
-
-
-def _commit(temp: str, output: str) -> None:
-    """Move a verified temp file or folder into place (replacing an old output if forced)."""
-    if os.path.isdir(temp) and os.path.lexists(output):
-        old = _temp_sibling(output)
-        os.replace(output, old)
-        os.replace(temp, output)
-        _remove(old)
-    else:
-        if os.path.isdir(output) and not os.path.islink(output):
-            shutil.rmtree(output)
-        os.replace(temp, output)
-    try:
-        fd = os.open(os.path.dirname(os.path.abspath(output)), os.O_RDONLY)
-        try:
-            os.fsync(fd)
-        finally:
-            os.close(fd)
-    except OSError:
-        pass
-
-
 def convert_adapter(
     input_path: str,
     output: str,
@@ -389,10 +355,11 @@ def convert_adapter(
         raise UsageError(f"unknown --to {to!r} (known: {', '.join(WRITERS)})")
     if dora_variant not in (None, "rows", "cols"):
         raise UsageError("--dora-variant takes rows or cols")
-    if os.path.lexists(output) and not force:
-        raise UsageError(f"output {output} exists (pass --force to replace it)")
     inputs = [input_path] + ([base_path] if base_path else [])
-    check_output_path(output, inputs=inputs)
+    # PEFT output is a folder: it may replace an old PEFT folder under --force, nothing else.
+    staged = StagedOutput(
+        output, inputs=inputs, overwrite=force, directory=to == "peft", replaceable=is_peft_dir
+    )
     ckpt = load_adapter(input_path, allow_pickle=allow_pickle)
     code = FORCED_DTYPE.get(to) or (dtypes.code_from_name(dtype) if dtype else "F16")
     ledger = ConvertLedger(input_path, output, to, ckpt.adapter_type)
@@ -412,10 +379,9 @@ def convert_adapter(
             base.close()
     ledger.adapter_type = prepared.adapter_type
     ledger.targets = len(prepared.tensors)
-    temp = _temp_sibling(output)
-    try:
-        WRITERS[to](prepared, temp, code)
-        rebuilt = load_adapter(temp)
+    with staged:
+        WRITERS[to](prepared, staged.temp_path, code)
+        rebuilt = load_adapter(staged.temp_path)
         source = AdapterCheckpoint(prepared.config, prepared.adapter_type, ckpt.tensors)
         skip = {t for t in ckpt.tensors if t not in prepared.tensors}
         ledger.worst_error, ledger.worst_target = verify(source, rebuilt, skip)
@@ -425,8 +391,4 @@ def convert_adapter(
                 f"verification failed: {ledger.worst_target} differs by {ledger.worst_error:.3g} "
                 f"(> {tolerance:g} for {code}); nothing was written"
             )
-        _commit(temp, output)
-    except BaseException:
-        _remove(temp)
-        raise
     return ledger

@@ -18,7 +18,8 @@ from typing import Any
 import numpy as np
 
 from sa3ckpt import __version__, dtypes
-from sa3ckpt.io.sources import AdapterSource, open_adapter_source
+from sa3ckpt.io.formats import open_adapter_source
+from sa3ckpt.io.sources import AdapterSource
 from sa3ckpt.names.modules import BLOCK_MODULES, block_target
 from sa3ckpt.ops.analysis import Analysis, analyze
 from sa3ckpt.ops.inspect_report import (

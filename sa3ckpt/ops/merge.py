@@ -193,9 +193,7 @@ def merge_checkpoint(
         raise UsageError("merge needs at least one adapter")
     out_code = dtypes.code_from_name(dtype) if dtype else None
     inputs = [base_path, *(a.path for a in adapters), *([bases_path] if bases_path else [])]
-    if os.path.lexists(output) and not force:
-        raise UsageError(f"output {output} exists (pass --force to replace it)")
-    check_output_path(output, inputs=inputs)  # before any work: never over an input
+    check_output_path(output, inputs=inputs, overwrite=force)  # before any work
     ckpts = [(load_checkpoint(a.path, allow_pickle=allow_pickle), a.strength) for a in adapters]
     bases: XsBases | None = load_bases(bases_path) if bases_path else None
     with open_base(base_path) as base:
@@ -230,7 +228,7 @@ def merge_checkpoint(
             raise IncompatibleError(
                 f"--strict: not every adapter tensor has a place in the base ({first})"
             )
-        _write(base, ckpts, plan, output, semantics, out_code, bases, inputs, progress)
+        _write(base, ckpts, plan, output, semantics, out_code, bases, inputs, force, progress)
     ledger.seconds = time.perf_counter() - started
     return ledger
 
@@ -263,6 +261,7 @@ def _write(
     out_code: str | None,
     bases: XsBases | None,
     inputs: Sequence[str],
+    force: bool,
     progress: Callable[[int, int], None] | None,
 ) -> None:
     """Write every tensor in base order; targets are computed ahead by a small thread pool.
@@ -280,7 +279,7 @@ def _write(
     metadata[PROVENANCE_KEY] = _provenance(ledger)
     total = len(specs)
     target_specs = [(key, code) for key, code, _ in specs if key in plan.targets]
-    writer = stream_writer(base.container, output, specs, metadata, inputs=inputs, overwrite=True)
+    writer = stream_writer(base.container, output, specs, metadata, inputs=inputs, overwrite=force)
     with ThreadPoolExecutor(max_workers=WORKERS) as pool, writer:
         pending: dict[str, Future[tuple[np.ndarray, dict[str, int]]]] = {}
         queue = iter(target_specs)

@@ -17,9 +17,16 @@ import numpy as np
 from sa3ckpt import dtypes
 from sa3ckpt.errors import EXIT_OK, MalformedFileError, UsageError, ValidationFailed
 from sa3ckpt.findings import Finding, severity_order
+from sa3ckpt.io.formats import (
+    BASE,
+    classify_keys,
+    open_adapter_source,
+    sniff_format,
+    walk_adapter_paths,
+)
 from sa3ckpt.io.legacy_pickle import PickleRefusedError
-from sa3ckpt.io.sources import AdapterSource, open_adapter_source, sniff_format, walk_adapter_paths
-from sa3ckpt.names.base_keys import looks_like_base_key, mlx_base_key
+from sa3ckpt.io.sources import AdapterSource
+from sa3ckpt.names.base_keys import mlx_base_key
 from sa3ckpt.names.modules import SECONDS_CONDITIONER
 from sa3ckpt.ops.analysis import Analysis, analyze
 from sa3ckpt.targets.families import FAMILIES, family_for_base_model
@@ -88,13 +95,9 @@ def _check_type(a: Analysis, ctx: Context) -> Iterator[Finding]:
         yield f.reported()
 
 
-def _base_keys(a: Analysis) -> int:
-    """How many keys read as base-checkpoint weights (official full or MLX runtime)."""
-    return sum(looks_like_base_key(k) for k in a.source.entries)
-
-
 def _check_keys(a: Analysis, ctx: Context) -> Iterator[Finding]:
-    if not a.groups.targets and a.source.entries and _base_keys(a) == len(a.source.entries):
+    # "Is this a base?" is the format registry's one rule, asked of the keys already read.
+    if not a.groups.targets and classify_keys(a.source.entries)[0] == BASE:
         yield _say(
             "not-an-adapter", f"{len(a.source.entries)} base weight tensors, no adapter keys"
         )

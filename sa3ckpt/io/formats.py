@@ -1,0 +1,516 @@
+"""The one registry of file formats: what a path is, its header view, and its full read.
+
+Every command starts by asking "what is this file?" — an adapter (in which container and key
+dialect), a base checkpoint (in which naming), a legacy pickle (never read without an
+opt-in) or something else. The answer used to be computed in several places with different
+rules; here each container is one row of `FORMATS` (how to sniff it, which suffixes it
+uses, what it may hold, how to list its keys, open its header, read it whole), and
+`identify` is the single decision built on those rows. A new container (diffusers adapter
+files, a diffusers base folder) is a new row.
+
+Adapters have two reads that must agree: `open_header` (shapes, dtypes, metadata and the
+lora_config text, no tensor data: inspect and validate) and `load_raw` (every tensor in
+memory, as stored: convert and the loaders in `adapters`). Both take the config and the
+metadata from the same per-format functions, so a file cannot look configured in one and
+unconfigured in the other.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import zipfile
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from sa3ckpt import dtypes
+from sa3ckpt.errors import MalformedFileError
+from sa3ckpt.io.base_checkpoint import BaseCheckpoint, open_base
+from sa3ckpt.io.gguf_adapter import KEY_ADAPTER_TYPE, KEY_ALPHA, KEY_RANK, RESERVED_KEYS, is_gguf
+from sa3ckpt.io.legacy_pickle import looks_like_pickle, read_legacy_ckpt
+from sa3ckpt.io.safetensors import SafetensorsFile, open_safetensors, read_header
+from sa3ckpt.io.sources import (
+    CONFIG_KEY,
+    PEFT_CONFIG,
+    PEFT_WEIGHTS,
+    AdapterSource,
+    TensorEntry,
+    is_peft_dir,
+    peft_to_lora_config,
+    read_json,
+)
+from sa3ckpt.names.adapter_keys import detect_adapter_dialect
+from sa3ckpt.names.base_keys import detect_base_naming
+
+# What a file can be, as `identify` reports it.
+ADAPTER, BASE, PICKLE, UNKNOWN = "adapter", "base", "pickle", "unknown"
+
+# Key dialects a plain adapter file (safetensors or legacy pickle) may hold.
+FILE_DIALECTS = ("sa3", "bare", "mlx")
+
+PEFT_CONTAINER_METADATA = frozenset({CONFIG_KEY, "format"})
+"""Keys of adapter_model.safetensors that describe the container (save_pretrained's
+`format: pt`, a stray lora_config), not the adapter: adapter_config.json is the config."""
+
+
+@dataclass
+class RawAdapter:
+    """An adapter file read whole: tensors under their file keys, as stored."""
+
+    path: str
+    format: str
+    tensors: dict[str, np.ndarray]
+    config_text: str | None
+    metadata: dict[str, str]
+    dialects: tuple[str, ...]  # key spellings this container may hold
+    config_origin: str  # where config_text comes from, for messages
+    notes: list[str] = field(default_factory=list)  # what the reader should know
+    repairs: list[str] = field(default_factory=list)  # what reading changed (e.g. rsLoRA alpha)
+
+
+HeaderOpener = Callable[[str, bool], AdapterSource]
+RawLoader = Callable[[str, bool], RawAdapter]
+
+
+@dataclass(frozen=True)
+class Format:
+    """One container: how to recognise it and how to read what it holds.
+
+    `holds` says what the container can be (adapter and/or base). `keys` lists tensor keys
+    without reading data, for identification; None means the container itself decides
+    (a PEFT folder or an sa3.cpp GGUF is an adapter in `dialects[0]` by definition).
+    """
+
+    name: str
+    sniff: Callable[[str], bool]
+    suffixes: tuple[str, ...]
+    holds: frozenset[str]
+    dialects: tuple[str, ...] = ()
+    keys: Callable[[str], list[str]] | None = None
+    header: HeaderOpener | None = None
+    load: RawLoader | None = None
+    open_base: Callable[[str], BaseCheckpoint] | None = None
+
+
+SAFETENSORS_ORIGIN = f"metadata {CONFIG_KEY}"
+GGUF_ORIGIN = "GGUF lora.* fields"
+PICKLE_ORIGIN = "pickled lora_config"
+
+# --- safetensors ------------------------------------------------------------------------------
+
+
+def _safetensors_source(path: str, handle: SafetensorsFile, fmt: str) -> AdapterSource:
+    entries = {
+        name: TensorEntry(name, info.dtype, tuple(info.shape), info.nbytes)
+        for name, info in handle.header.tensors.items()
+    }
+    metadata = dict(handle.metadata)
+    config_text = metadata.pop(CONFIG_KEY, None)
+    return AdapterSource(
+        path=path,
+        format=fmt,
+        size=handle.header.file_size,
+        metadata=metadata,
+        entries=entries,
+        config_text=config_text,
+        config_origin=SAFETENSORS_ORIGIN,
+        _reader=handle.array,
+        _closer=handle.close,
+    )
+
+
+def _safetensors_header(path: str, allow_pickle: bool) -> AdapterSource:
+    return _safetensors_source(path, open_safetensors(path), "safetensors")
+
+
+def _read_all(path: str) -> tuple[dict[str, np.ndarray], dict[str, str]]:
+    """Every tensor (copied out of the map, so the arrays outlive the file) and the metadata."""
+    with open_safetensors(path) as f:
+        return {key: np.array(f.array(key)) for key in f}, dict(f.metadata)
+
+
+def _safetensors_load(path: str, allow_pickle: bool) -> RawAdapter:
+    tensors, metadata = _read_all(path)
+    config_text = metadata.pop(CONFIG_KEY, None)
+    return RawAdapter(
+        path, "safetensors", tensors, config_text, metadata, FILE_DIALECTS, SAFETENSORS_ORIGIN
+    )
+
+
+def _safetensors_keys(path: str) -> list[str]:
+    return list(read_header(path).tensors)
+
+
+# --- PEFT folders -----------------------------------------------------------------------------
+
+
+def _peft_weights(path: str) -> str:
+    weights = os.path.join(path, PEFT_WEIGHTS)
+    if not os.path.isfile(weights):
+        raise MalformedFileError(path, f"PEFT folder without {PEFT_WEIGHTS}")
+    return weights
+
+
+def _peft_config(path: str) -> tuple[dict[str, object], list[str]]:
+    config_path = os.path.join(path, PEFT_CONFIG)
+    return peft_to_lora_config(read_json(config_path), config_path)
+
+
+def _peft_metadata(metadata: Mapping[str, str]) -> dict[str, str]:
+    return {k: v for k, v in metadata.items() if k not in PEFT_CONTAINER_METADATA}
+
+
+def _peft_header(path: str, allow_pickle: bool) -> AdapterSource:
+    weights = _peft_weights(path)
+    config, notes = _peft_config(path)
+    source = _safetensors_source(path, open_safetensors(weights), "peft")
+    source.metadata = _peft_metadata(source.metadata)
+    source.config_text = json.dumps(config)
+    source.config_origin = PEFT_CONFIG
+    source.notes.extend(notes)
+    return source
+
+
+def _peft_load(path: str, allow_pickle: bool) -> RawAdapter:
+    """Tensors as stored (Conv1d factors stay 3-D: folding them is the adapter layer's job)."""
+    weights = _peft_weights(path)
+    config, notes = _peft_config(path)
+    # The module list only informs coverage analysis; it is not carried into other formats.
+    config.pop("peft_target_modules", None)
+    tensors, metadata = _read_all(weights)
+    metadata = _peft_metadata(metadata)
+    return RawAdapter(
+        path, "peft", tensors, json.dumps(config), metadata, ("peft",), PEFT_CONFIG, repairs=notes
+    )
+
+
+# --- sa3.cpp GGUF -----------------------------------------------------------------------------
+
+GGUF_NOTE = "sa3.cpp GGUF: include/exclude are not recorded in this format"
+
+
+def _plain(value: object) -> object:
+    """numpy scalars as python values (JSON needs them); everything else unchanged."""
+    return value.item() if isinstance(value, np.generic) else value
+
+
+def gguf_lora_config(kv: Mapping[str, object]) -> str | None:
+    """The lora_config text equivalent to a GGUF's lora.* fields; None when one is missing.
+
+    Values are passed on as the file typed them (not coerced: a float rank is an error for
+    `LoraConfig` to report, not something to truncate), so a GGUF missing a field is a file
+    without a config in the header view and in a full load alike.
+    """
+    fields = {"rank": KEY_RANK, "alpha": KEY_ALPHA, "adapter_type": KEY_ADAPTER_TYPE}
+    if not all(key in kv for key in fields.values()):
+        return None
+    config = {name: _plain(kv[key]) for name, key in fields.items()}
+    return json.dumps({**config, "include": [], "exclude": []})
+
+
+def gguf_metadata(kv: Mapping[str, object]) -> dict[str, str]:
+    """KV fields that are not the adapter's structure (architecture, alignment, lora.*)."""
+    return {
+        k: str(v) for k, v in kv.items() if k not in RESERVED_KEYS and not k.startswith("lora.")
+    }
+
+
+def _gguf_header(path: str, allow_pickle: bool) -> AdapterSource:
+    from sa3ckpt.io.gguf_adapter import read_gguf_adapter, read_gguf_header
+
+    kv, infos = read_gguf_header(path)
+    entries = {
+        name: TensorEntry(name, kind, tuple(shape), 4 * math.prod(shape))
+        for name, (shape, kind) in infos.items()
+    }
+    cache: dict[str, np.ndarray] = {}
+
+    def read(key: str) -> np.ndarray:
+        if not cache:
+            cache.update(read_gguf_adapter(path).tensors)
+        return cache[key]
+
+    return AdapterSource(
+        path=path,
+        format="gguf",
+        size=os.path.getsize(path),
+        metadata=gguf_metadata(kv),
+        entries=entries,
+        config_text=gguf_lora_config(kv),
+        config_origin=GGUF_ORIGIN,
+        notes=[GGUF_NOTE],
+        _reader=read,
+    )
+
+
+def _gguf_load(path: str, allow_pickle: bool) -> RawAdapter:
+    from sa3ckpt.io.gguf_adapter import read_gguf_adapter
+
+    adapter = read_gguf_adapter(path)
+    return RawAdapter(
+        path,
+        "gguf",
+        adapter.tensors,
+        gguf_lora_config(adapter.kv),
+        gguf_metadata(adapter.kv),
+        ("sa3cpp",),
+        GGUF_ORIGIN,
+        [GGUF_NOTE],
+    )
+
+
+# --- legacy pickles ---------------------------------------------------------------------------
+
+PICKLE_NOTE = "read with torch.load(weights_only=True) after an explicit opt-in"
+
+
+def _pickle_load(path: str, allow_pickle: bool) -> RawAdapter:
+    legacy = read_legacy_ckpt(path, allow_pickle=allow_pickle)  # refuses unless allowed
+    config_text = json.dumps(legacy.lora_config) if legacy.lora_config is not None else None
+    return RawAdapter(
+        path,
+        "pickle",
+        dict(legacy.tensors),
+        config_text,
+        dict(legacy.extra),
+        FILE_DIALECTS,
+        PICKLE_ORIGIN,
+        [PICKLE_NOTE],
+    )
+
+
+def _pickle_header(path: str, allow_pickle: bool) -> AdapterSource:
+    """A pickle has no header to read apart from its data: the view is over the full read."""
+    raw = _pickle_load(path, allow_pickle)
+    entries = {
+        key: TensorEntry(key, dtypes.code_for(a.dtype), tuple(a.shape), a.nbytes)
+        for key, a in raw.tensors.items()
+    }
+    return AdapterSource(
+        path=path,
+        format="pickle",
+        size=os.path.getsize(path),
+        metadata=raw.metadata,
+        entries=entries,
+        config_text=raw.config_text,
+        config_origin=raw.config_origin,
+        notes=list(raw.notes),
+        _reader=raw.tensors.__getitem__,
+    )
+
+
+# --- NumPy archives (bases only) --------------------------------------------------------------
+
+
+def _npz_members(path: str) -> list[str] | None:
+    """The member names of a zip archive, None when `path` is not one."""
+    if not zipfile.is_zipfile(path):
+        return None
+    try:
+        with zipfile.ZipFile(path) as archive:
+            return archive.namelist()
+    except (OSError, zipfile.BadZipFile, ValueError, EOFError):
+        return None
+
+
+def is_npz(path: str) -> bool:
+    """A zip archive of `.npy` members only (what numpy.savez writes)."""
+    names = _npz_members(path)
+    return bool(names) and all(n.endswith(".npy") for n in names or ())
+
+
+def _npz_keys(path: str) -> list[str]:
+    return [n[: -len(".npy")] for n in _npz_members(path) or ()]
+
+
+# --- the table --------------------------------------------------------------------------------
+
+# First match wins: folders, then content sniffs, then safetensors as the strict fallback
+# (its parser gives the precise reason a damaged file is not one).
+FORMATS: tuple[Format, ...] = (
+    Format(
+        "peft",
+        is_peft_dir,
+        (),
+        frozenset({ADAPTER}),
+        ("peft",),
+        header=_peft_header,
+        load=_peft_load,
+    ),
+    Format(
+        "pickle",
+        looks_like_pickle,
+        (".ckpt", ".pt", ".pth"),
+        frozenset({ADAPTER}),
+        FILE_DIALECTS,
+        header=_pickle_header,
+        load=_pickle_load,
+    ),
+    Format(
+        "gguf",
+        is_gguf,
+        (".gguf",),
+        frozenset({ADAPTER}),
+        ("sa3cpp",),
+        header=_gguf_header,
+        load=_gguf_load,
+    ),
+    Format("npz", is_npz, (".npz",), frozenset({BASE}), keys=_npz_keys, open_base=open_base),
+    Format(
+        "safetensors",
+        os.path.isfile,
+        (".safetensors",),
+        frozenset({ADAPTER, BASE}),
+        FILE_DIALECTS,
+        keys=_safetensors_keys,
+        header=_safetensors_header,
+        load=_safetensors_load,
+        open_base=open_base,
+    ),
+)
+BY_NAME = {f.name: f for f in FORMATS}
+
+ADAPTER_SUFFIXES = tuple(s for f in FORMATS if ADAPTER in f.holds for s in f.suffixes)
+CHECKPOINT_SUFFIXES = tuple(dict.fromkeys(s for f in FORMATS for s in f.suffixes))
+
+
+def sniff(path: str | os.PathLike[str]) -> Format | None:
+    """The first row whose sniff accepts `path` (no row for folders that are not PEFT)."""
+    spath = os.fspath(path)
+    return next((f for f in FORMATS if f.sniff(spath)), None)
+
+
+def sniff_format(path: str | os.PathLike[str]) -> str | None:
+    found = sniff(path)
+    return found.name if found else None
+
+
+# --- what is this file ------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class FileIdentity:
+    """The answer to "what is this file": kind, container, and the key naming inside.
+
+    `naming` is the adapter key dialect (sa3, bare, mlx, peft, sa3cpp) for adapters and the
+    base naming (official, mlx) for bases; `reason` says why a file is `unknown`.
+    """
+
+    path: str
+    kind: str  # ADAPTER | BASE | PICKLE | UNKNOWN
+    format: str | None
+    naming: str | None = None
+    reason: str = ""
+
+    @property
+    def is_adapter(self) -> bool:
+        return self.kind == ADAPTER
+
+    @property
+    def is_base(self) -> bool:
+        return self.kind == BASE
+
+
+def classify_keys(
+    keys: Iterable[str], holds: frozenset[str] = frozenset({ADAPTER, BASE})
+) -> tuple[str, str | None]:
+    """(kind, naming) of a set of tensor keys: the one rule for "adapter or base".
+
+    Adapter keys win: bare adapter keys (`transformer.layers…lora_A`) also parse as MLX
+    base names, while no base tensor parses as an adapter key.
+    """
+    key_list = list(keys)
+    if ADAPTER in holds:
+        dialect = detect_adapter_dialect(key_list).dialect
+        if dialect is not None:
+            return ADAPTER, dialect
+    if BASE in holds:
+        naming = detect_base_naming(key_list)
+        if naming is not None:
+            return BASE, naming
+    return UNKNOWN, None
+
+
+def identify(path: str | os.PathLike[str]) -> FileIdentity:
+    """What `path` is, from headers only; never raises (unreadable files are `unknown`)."""
+    spath = os.fspath(path)
+    row = sniff(spath)
+    if row is None:
+        reason = (
+            f"a folder, but not a PEFT adapter (no {PEFT_CONFIG})"
+            if os.path.isdir(spath)
+            else "no such file"
+        )
+        return FileIdentity(spath, UNKNOWN, None, reason=reason)
+    if row.name == "pickle":
+        return FileIdentity(spath, PICKLE, row.name, reason="pickles are read only on opt-in")
+    if row.keys is None:
+        return FileIdentity(spath, ADAPTER, row.name, row.dialects[0])
+    try:
+        keys = row.keys(spath)
+    except (MalformedFileError, OSError) as exc:
+        cause = exc.cause if isinstance(exc, MalformedFileError) else str(exc)
+        return FileIdentity(spath, UNKNOWN, row.name, reason=cause)
+    kind, naming = classify_keys(keys, row.holds)
+    if kind == UNKNOWN:
+        held = " or ".join(sorted(row.holds))
+        return FileIdentity(spath, UNKNOWN, row.name, reason=f"no {held} tensor keys")
+    return FileIdentity(spath, kind, row.name, naming)
+
+
+def is_base_checkpoint(path: str | os.PathLike[str]) -> bool:
+    """Whether `path` is a base checkpoint (weights in a known naming, no adapter keys)."""
+    return identify(path).is_base
+
+
+# --- reading ----------------------------------------------------------------------------------
+
+
+def _adapter_row(spath: str) -> Format:
+    row = sniff(spath)
+    if row is None:
+        if os.path.isdir(spath):
+            raise MalformedFileError(spath, f"a folder, but not a PEFT adapter (no {PEFT_CONFIG})")
+        raise MalformedFileError(spath, "no such file")
+    if ADAPTER not in row.holds:
+        raise MalformedFileError(spath, f"a {row.name} file holds base checkpoints, not adapters")
+    return row
+
+
+def open_adapter_source(
+    path: str | os.PathLike[str], *, allow_pickle: bool = False
+) -> AdapterSource:
+    """Open any adapter file or PEFT folder header-only; MalformedFileError when unreadable."""
+    spath = os.fspath(path)
+    row = _adapter_row(spath)
+    assert row.header is not None
+    return row.header(spath, allow_pickle)
+
+
+def load_raw(path: str | os.PathLike[str], *, allow_pickle: bool = False) -> RawAdapter:
+    """Read an adapter whole, tensors as stored; MalformedFileError when unreadable."""
+    spath = os.fspath(path)
+    row = _adapter_row(spath)
+    assert row.load is not None
+    return row.load(spath, allow_pickle)
+
+
+def walk_adapter_paths(paths: list[str]) -> list[str]:
+    """Expand folders into the adapter files and PEFT folders below them (sorted, stable)."""
+    found: list[str] = []
+    for path in paths:
+        if not os.path.isdir(path) or is_peft_dir(path):
+            found.append(path)
+            continue
+        for root, dirs, files in os.walk(path):
+            dirs.sort()
+            peft = [d for d in dirs if is_peft_dir(os.path.join(root, d))]
+            found.extend(os.path.join(root, d) for d in peft)
+            dirs[:] = [d for d in dirs if d not in peft and not d.startswith(".")]
+            found.extend(
+                os.path.join(root, f) for f in sorted(files) if f.endswith(ADAPTER_SUFFIXES)
+            )
+    return found

@@ -11,21 +11,10 @@ from dataclasses import dataclass
 
 from rich.text import Text
 
-from sa3ckpt.names.modules import block_target, short_label
+from sa3ckpt.names.modules import block_target, short_block_module, short_label
 from sa3ckpt.ops.inspect_report import CoverageMap, StatsReport
 
-# Three-letter column heads for the nine per-block modules (the detail pane names them fully).
-MODULE_HEADS = {
-    "self_attn.to_qkv": "qkv",
-    "self_attn.to_out": "sao",
-    "cross_attn.to_q": "caq",
-    "cross_attn.to_kv": "ckv",
-    "cross_attn.to_out": "cao",
-    "ff.ff.0.proj": "ff0",
-    "ff.ff.2": "ff2",
-    "to_local_embed.0": "le0",
-    "to_local_embed.2": "le2",
-}
+# Column heads are the shared abbreviations of names.modules (the detail pane names them fully).
 LEGEND = "qkv/sao self-attn · caq/ckv/cao cross-attn · ff0/ff2 feed-fwd · le0/le2 local"
 
 HEAT_GLYPHS = "▁▂▄▆█"
@@ -44,7 +33,7 @@ class Cell:
 
 def module_head(suffix: str) -> str:
     """Column heading for a per-block module suffix."""
-    return MODULE_HEADS.get(suffix, suffix.rsplit(".", 1)[-1][:3])
+    return short_block_module(suffix)
 
 
 def short_name(target: str) -> str:

@@ -9,18 +9,9 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 
 from sa3ckpt.ops.inspect_report import InspectReport, RankReport
+from sa3ckpt.sizes import human_size
 
-_UNITS = ("B", "KiB", "MiB", "GiB", "TiB")
-
-
-def human_size(size: int) -> str:
-    """1536 -> '1.5 KiB'; bytes stay exact below 1 KiB."""
-    value = float(size)
-    for unit in _UNITS:
-        if value < 1024 or unit == _UNITS[-1]:
-            return f"{size} B" if unit == "B" else f"{value:.1f} {unit}"
-        value /= 1024
-    return f"{size} B"  # unreachable; keeps type checkers calm
+__all__ = ["counts", "coverage_line", "human_size", "maybe", "norm", "rank_text", "shape"]
 
 
 def counts(mapping: Mapping[str, int]) -> str:

@@ -12,23 +12,15 @@ from rich.console import Console
 from rich.table import Table
 from rich.text import Text
 
+from sa3ckpt.names.modules import short_block_module
 from sa3ckpt.ops.inspect_report import InspectReport, StatsReport
 from sa3ckpt.ops.validate import FileResult, ValidationRun
+from sa3ckpt.sizes import human_size
 from sa3ckpt.textsafe import escape_control
-
-SHORT_MODULES = ("qkv", "s.out", "q", "kv", "x.out", "ff0", "ff2", "le0", "le2")
 
 
 def safe(value: object, max_len: int | None = 400) -> Text:
     return Text(escape_control(str(value), max_len=max_len))
-
-
-def _size(n: int) -> str:
-    for unit in ("B", "KB", "MB", "GB"):
-        if n < 1000 or unit == "GB":
-            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
-        n /= 1000
-    return str(n)
 
 
 def _overview(doc: InspectReport) -> Table:
@@ -38,7 +30,7 @@ def _overview(doc: InspectReport) -> Table:
     dtypes = ", ".join(f"{k}×{v}" for k, v in doc.dtypes.items())
     table.add_row(
         "format",
-        safe(f"{doc.format}, {_size(doc.size_bytes)}, {doc.tensors} tensors ({dtypes})"),
+        safe(f"{doc.format}, {human_size(doc.size_bytes)}, {doc.tensors} tensors ({dtypes})"),
     )
     table.add_row("dialect", safe(f"{doc.dialect.name} ({doc.dialect.evidence})"))
     typed = doc.adapter_type
@@ -100,8 +92,8 @@ def _coverage(doc: InspectReport) -> Table | None:
         box=box.SIMPLE, title="coverage (● present, · absent)", title_justify="left", pad_edge=False
     )
     table.add_column("block", justify="right")
-    for name in SHORT_MODULES:
-        table.add_column(name, justify="center")
+    for module in cmap.modules:
+        table.add_column(short_block_module(module), justify="center")
     for row in cmap.blocks:
         table.add_row(str(row.block), *("●" if p else "·" for p in row.present))
     top = cmap.top_level

@@ -46,6 +46,26 @@ BLOCK_MODULES: tuple[ModuleName, ...] = (
     ModuleName("to_local_embed.2", "local.2", "linear"),
 )
 
+# Three-letter abbreviations of the per-block modules for tables and grids (CLI coverage
+# table, TUI coverage grid): short enough for a four-column cell, and one spelling everywhere.
+BLOCK_MODULE_SHORT: dict[str, str] = {
+    "self_attn.to_qkv": "qkv",
+    "self_attn.to_out": "sao",
+    "cross_attn.to_q": "caq",
+    "cross_attn.to_kv": "ckv",
+    "cross_attn.to_out": "cao",
+    "ff.ff.0.proj": "ff0",
+    "ff.ff.2": "ff2",
+    "to_local_embed.0": "le0",
+    "to_local_embed.2": "le2",
+}
+
+
+def short_block_module(suffix: str) -> str:
+    """The abbreviation of a per-block module suffix (its last part, cut, if not tabled)."""
+    return BLOCK_MODULE_SHORT.get(suffix, suffix.rsplit(".", 1)[-1][:3])
+
+
 # Top-level DiT modules (full canonical names) in a stable display order.
 TOP_LEVEL_MODULES: tuple[ModuleName, ...] = (
     ModuleName("model.to_timestep_embed.0", "dit.time_embed.0", "linear"),

@@ -213,6 +213,7 @@ def checkpoint_from_raw(
     metadata: Mapping[str, str],
     path: str = "<memory>",
     dialects: tuple[str, ...] = LOADABLE_DIALECTS,
+    config_origin: str = f"{CONFIG_KEY} metadata",
 ) -> AdapterCheckpoint:
     """Build a checkpoint from file keys + lora_config text; MalformedFileError on failure.
 
@@ -227,7 +228,9 @@ def checkpoint_from_raw(
             path, f"{guess.dialect} keys ({guess.evidence}); convert it to sa3 first"
         )
     if config_text is None:
-        raise MalformedFileError(path, f"no {CONFIG_KEY} metadata (rank and alpha unknown)")
+        raise MalformedFileError(
+            path, f"no {CONFIG_KEY} ({config_origin} absent): rank and alpha unknown"
+        )
     try:
         config = LoraConfig.from_json(config_text)
     except ConfigError as exc:
@@ -266,7 +269,9 @@ def load_checkpoint(
     """
     spath = os.fspath(path)
     raw = load_raw(spath, allow_pickle=allow_pickle)
-    return checkpoint_from_raw(raw.tensors, raw.config_text, raw.metadata, spath)
+    return checkpoint_from_raw(
+        raw.tensors, raw.config_text, raw.metadata, spath, config_origin=raw.config_origin
+    )
 
 
 def save_checkpoint(

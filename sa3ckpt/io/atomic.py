@@ -80,7 +80,7 @@ def check_output_path(
     needs `overwrite` (the CLI's --force).
     """
     target = os.fspath(path)
-    for inp in map(os.fspath, inputs):
+    for inp in (os.fspath(p) for p in inputs):
         if same_file(target, inp) or _inside(target, inp):
             raise OutputRefused(
                 REFUSED_INPUT, f"output {target} is an input (the same file as input {inp})"

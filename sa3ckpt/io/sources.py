@@ -117,6 +117,6 @@ def peft_to_lora_config(
     return config, notes
 
 
-def is_peft_dir(path: str) -> bool:
+def is_peft_dir(path: str | os.PathLike[str]) -> bool:
     """A folder holding a PEFT adapter_config.json: one adapter, not a folder to walk."""
     return os.path.isdir(path) and os.path.isfile(os.path.join(path, PEFT_CONFIG))

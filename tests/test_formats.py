@@ -15,7 +15,6 @@ from sa3ckpt.adapters.formats import load_adapter
 from sa3ckpt.errors import MalformedFileError
 from sa3ckpt.io import formats
 from sa3ckpt.io.base_checkpoint import open_base
-from sa3ckpt.io.ckpt import PickleRefusedError
 from sa3ckpt.io.formats import (
     ADAPTER,
     BASE,
@@ -26,6 +25,7 @@ from sa3ckpt.io.formats import (
     load_raw,
     open_adapter_source,
 )
+from sa3ckpt.io.legacy_pickle import PickleRefusedError
 from sa3ckpt.io.safetensors import write_safetensors
 from sa3ckpt.ops.validate import validate_path
 

@@ -24,7 +24,7 @@ from sa3ckpt.ops.convert import convert_adapter
 from sa3ckpt.ops.convert_base import convert_base
 from sa3ckpt.ops.merge import AdapterArg, merge_checkpoint
 from sa3ckpt.sizes import human_size
-from tests.test_cli import run_cli
+from tests.helpers import run_cli
 from tui.coverage_model import module_head
 from tui.formatting import human_size as tui_human_size
 from tui.merge_plan import PlanError, make_plan

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-from sa3ckpt.cli.common import print_ledger
+from sa3ckpt.cli.common import Ledger, print_ledger
 from sa3ckpt.dtypes import NAMES as DTYPE_NAMES
 from sa3ckpt.errors import UsageError
 from sa3ckpt.io.formats import is_base_checkpoint
@@ -39,6 +39,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    ledger: Ledger
     if is_base_checkpoint(args.input):
         if args.to not in BASE_TARGETS:
             raise UsageError(

@@ -51,9 +51,10 @@ ADAPTER, BASE, PICKLE, UNKNOWN = "adapter", "base", "pickle", "unknown"
 # Key dialects a plain adapter file (safetensors or legacy pickle) may hold.
 FILE_DIALECTS = ("sa3", "bare", "mlx")
 
-PEFT_CONTAINER_METADATA = frozenset({CONFIG_KEY, "format"})
-"""Keys of adapter_model.safetensors that describe the container (save_pretrained's
-`format: pt`, a stray lora_config), not the adapter: adapter_config.json is the config."""
+PEFT_CONTAINER_METADATA = frozenset({CONFIG_KEY})
+"""Keys of adapter_model.safetensors that are not carried as metadata: adapter_config.json is
+the config, so a stray lora_config there is ignored. The rest (save_pretrained's `format: pt`)
+is metadata in both reads, as for any safetensors file."""
 
 
 @dataclass
@@ -302,6 +303,30 @@ def _pickle_header(path: str, allow_pickle: bool) -> AdapterSource:
     )
 
 
+def _looks_like_safetensors(path: str) -> bool:
+    """An 8-byte header length that fits the file, followed by a JSON object's `{`."""
+    try:
+        with open(path, "rb") as f:
+            prefix = f.read(9)
+            size = os.fstat(f.fileno()).st_size
+    except OSError:
+        return False
+    if len(prefix) < 9:
+        return False
+    length = int.from_bytes(prefix[:8], "little")
+    return prefix[8:9] == b"{" and 8 + length <= size
+
+
+def is_pickle(path: str) -> bool:
+    """A torch pickle, but not a safetensors file whose header length starts with 0x80.
+
+    `looks_like_pickle` takes a leading 0x80 byte as the pickle protocol marker; a safetensors
+    header length whose low byte is 0x80 starts the same way, so the safetensors structure
+    is checked too (a real pickle's first eight bytes never give a length that fits).
+    """
+    return looks_like_pickle(path) and not _looks_like_safetensors(path)
+
+
 # --- NumPy archives (bases only) --------------------------------------------------------------
 
 
@@ -342,7 +367,7 @@ FORMATS: tuple[Format, ...] = (
     ),
     Format(
         "pickle",
-        looks_like_pickle,
+        is_pickle,
         (".ckpt", ".pt", ".pth"),
         frozenset({ADAPTER}),
         FILE_DIALECTS,

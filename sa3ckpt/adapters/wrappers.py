@@ -26,7 +26,7 @@ from sa3ckpt.adapters.formulas import TargetAdapter, adapted_weight, bypassed, d
 from sa3ckpt.adapters.params import check_hyper, init_params, xs_bases
 from sa3ckpt.adapters.types import BASIS_PARAMS, AdapterType
 from sa3ckpt.adapters.types import adapter_type as lookup_type
-from sa3ckpt.layout import from_canonical_2d, to_canonical_2d
+from sa3ckpt.layout import LAYOUTS, base_layout
 
 
 class WeightView(NamedTuple):
@@ -39,14 +39,11 @@ class WeightView(NamedTuple):
 def weight_view(layout: str, weight: mx.array) -> WeightView:
     """The canonical-view converters for a weight stored in `layout`.
 
-    The only place the wrappers touch `sa3ckpt.layout`; the kernel size of an MLX Conv1d
-    (out, k, in) is its axis 1.
+    The only place the wrappers touch `sa3ckpt.layout`; the layout row knows its kernel axis.
     """
-    kernel_size = int(weight.shape[1]) if layout == "mlx-conv1d" else 1
-    return WeightView(
-        lambda w: to_canonical_2d(w, layout),
-        lambda w2d: from_canonical_2d(w2d, layout, kernel_size),
-    )
+    row = LAYOUTS[layout]
+    kernel_size = row.kernel_size(tuple(weight.shape))
+    return WeightView(row.to_canonical, lambda w2d: row.from_canonical(w2d, kernel_size))
 
 
 class AdaptedLayer(nn.Module):
@@ -215,7 +212,7 @@ class AdaptedLinear(AdaptedLayer):
     """An `nn.Linear` with an SA3 adapter: y = x @ f(W0; s).T + b, computed in fp32."""
 
     LAYER = nn.Linear
-    LAYOUT = "linear"
+    LAYOUT = base_layout("mlx", "linear").name
 
     def _layer(self, x: mx.array, w2d: mx.array) -> mx.array:
         return x @ w2d.T
@@ -239,7 +236,7 @@ class AdaptedConv1d(AdaptedLayer):
     """
 
     LAYER = nn.Conv1d
-    LAYOUT = "mlx-conv1d"
+    LAYOUT = base_layout("mlx", "conv1d").name
 
     @classmethod
     def _layer_refusal(cls, base: nn.Module) -> str | None:
@@ -252,7 +249,7 @@ class AdaptedConv1d(AdaptedLayer):
 
     @property
     def kernel_size(self) -> int:
-        return int(self.base.weight.shape[1])
+        return LAYOUTS[self.LAYOUT].kernel_size(tuple(self.base.weight.shape))
 
     def _conv(self, x: mx.array, weight: mx.array) -> mx.array:
         b = self.base

@@ -63,7 +63,7 @@ def _keys_text(report: InspectReport) -> Text:
 def _metadata_rows(metadata: dict[str, str]) -> list[Row]:
     if not metadata:
         return [("metadata", Text("-", style="dim"))]
-    rows = []
+    rows: list[Row] = []
     for key, value in sorted(metadata.items()):
         text = plain(key, "italic")
         text.append(" = ")

@@ -145,7 +145,7 @@ def _extra_entries(gguf: ModuleType, extra_kv: Mapping[str, object]) -> list[tup
     value reads back unchanged; bools as BOOL since they are ints to python but not to us.
     """
     vt = gguf.GGUFValueType
-    entries = []
+    entries: list[tuple[str, Any, Any]] = []
     for key, value in extra_kv.items():
         if not isinstance(key, str) or not key:
             raise ValueError(f"invalid KV key {key!r}")

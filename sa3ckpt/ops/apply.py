@@ -61,12 +61,12 @@ def _fit_problem(adapter: TargetAdapter, rank: int, fan_out: int, fan_in: int) -
     return None
 
 
-AdapterSource = Callable[[AdapterCheckpoint, str, np.ndarray], tuple[TargetAdapter, str]]
+AdapterSource = Callable[[AdapterCheckpoint, str, np.ndarray | None], tuple[TargetAdapter, str]]
 
 
 def _plain_source(bases: XsBases | None) -> AdapterSource:
     def build(
-        ckpt: AdapterCheckpoint, target: str, base_2d: np.ndarray
+        ckpt: AdapterCheckpoint, target: str, base_2d: np.ndarray | None
     ) -> tuple[TargetAdapter, str]:
         needs_base = ckpt.kind.xs and not ckpt.has_stored_bases(target)
         return ckpt.target_adapter(target, base_2d=base_2d if needs_base else None, bases=bases)
@@ -92,7 +92,7 @@ def merged_updates(
     for target in targets:
         key = _runtime_key(target)
         weight = originals.get(key) if key is not None else None
-        if weight is None:
+        if key is None or weight is None:
             ledger.missing_targets.append(target)
             continue
         layout = stored_layout("mlx", weight.shape)  # the live model is an MLX runtime tree
@@ -198,7 +198,7 @@ class AdapterSession:
         self._check_lengths()
 
     def _source(
-        self, ckpt: AdapterCheckpoint, target: str, base_2d: np.ndarray
+        self, ckpt: AdapterCheckpoint, target: str, base_2d: np.ndarray | None
     ) -> tuple[TargetAdapter, str]:
         key = (id(ckpt), target)
         if key not in self._cache:

@@ -12,6 +12,8 @@
 
 from __future__ import annotations
 
+import functools
+import operator
 import os
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -309,10 +311,11 @@ def _svd(
             total = float(np.sum(s**2))
         else:
             assert base is not None
-            dense = sum(
+            terms = (
                 w * (_dense_delta(c, target, base) if f is None else f[0] @ f[1])
                 for (f, w), (c, _) in zip(factors, present, strict=True)
             )
+            dense: np.ndarray = functools.reduce(operator.add, terms)
             total = float(np.sum(dense**2))
             if min(dense.shape) > RANDOMIZED_ABOVE:
                 u, s, vt = randomized_svd(dense, rank)

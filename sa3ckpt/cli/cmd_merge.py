@@ -9,7 +9,8 @@ from collections.abc import Callable
 from sa3ckpt.adapters.formulas import SEMANTICS, SEMANTICS_HELP
 from sa3ckpt.cli.common import print_ledger
 from sa3ckpt.dtypes import NAMES as DTYPE_NAMES
-from sa3ckpt.ops.merge import ONLY_ROOTS, merge_checkpoint, parse_adapter_arg
+from sa3ckpt.ops.merge import ONLY_ROOTS, merge_checkpoint
+from sa3ckpt.strengths import parse_adapter_arg
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:

@@ -30,31 +30,10 @@ from sa3ckpt.errors import IncompatibleError, UsageError
 from sa3ckpt.io.atomic import check_output_path
 from sa3ckpt.io.base_checkpoint import BaseCheckpoint, open_base, stream_writer
 from sa3ckpt.names.modules import ROOTS, root_of
+from sa3ckpt.strengths import AdapterArg
 
 PROVENANCE_KEY = "sa3ckpt_merge"
 ONLY_ROOTS = ROOTS
-
-
-@dataclass(frozen=True)
-class AdapterArg:
-    """One `ADAPTER[:STRENGTH]` argument."""
-
-    path: str
-    strength: float
-
-
-def parse_adapter_arg(text: str, default: float = 1.0) -> AdapterArg:
-    """`path:0.7` -> (path, 0.7); a suffix that is not a number stays part of the path."""
-    path, sep, tail = text.rpartition(":")
-    if sep and path:
-        try:
-            value = float(tail)
-        except ValueError:
-            return AdapterArg(text, default)
-        if not np.isfinite(value):
-            raise UsageError(f"strength {tail!r} of {path} is not a finite number")
-        return AdapterArg(path, value)
-    return AdapterArg(text, default)
 
 
 def file_sha256(path: str) -> str:

@@ -14,10 +14,15 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("adapters", nargs="+", metavar="ADAPTER[:W]", help="adapters and weights")
     parser.add_argument("-o", "--output", required=True, metavar="OUT", help="combined adapter")
     parser.add_argument("--method", required=True, choices=METHODS, help="cat (exact, lora) or svd")
-    parser.add_argument("--rank", type=int, help="output rank (svd)")
+    parser.add_argument(
+        "--rank", type=int, help="output rank (svd only; at most the useful rank, else exit 2)"
+    )
     parser.add_argument("--base", metavar="BASE", help="base checkpoint (DoRA/BoRA or XS inputs)")
     parser.add_argument("--dtype", default="fp16", choices=list(DTYPE_NAMES), help="output dtype")
     parser.add_argument("--allow-pickle", action="store_true", help="read legacy .ckpt adapters")
+    parser.add_argument(
+        "--allow-nonfinite", action="store_true", help="cat: carry NaN/Inf over instead of exit 4"
+    )
     parser.add_argument("--force", action="store_true", help="replace an existing output file")
     parser.add_argument("--json", action="store_true", help="print the ledger as one JSON document")
 
@@ -31,6 +36,7 @@ def run(args: argparse.Namespace) -> int:
         base_path=args.base,
         dtype=args.dtype,
         allow_pickle=args.allow_pickle,
+        allow_nonfinite=args.allow_nonfinite,
         force=args.force,
     )
     print_ledger(ledger, "combine", args.json)

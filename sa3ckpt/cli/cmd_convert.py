@@ -34,6 +34,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--drop-unmapped", action="store_true", help="bases: drop tensors with no spelling"
     )
     parser.add_argument("--allow-pickle", action="store_true", help="read legacy .ckpt input")
+    parser.add_argument(
+        "--allow-nonfinite", action="store_true", help="adapters: carry NaN/Inf over, not exit 4"
+    )
     parser.add_argument("--force", action="store_true", help="replace an existing output")
     parser.add_argument("--json", action="store_true", help="print the ledger as one JSON document")
 
@@ -67,6 +70,7 @@ def run(args: argparse.Namespace) -> int:
             dora_variant=args.dora_variant,
             drop_conditioner=args.drop_conditioner,
             allow_pickle=args.allow_pickle,
+            allow_nonfinite=args.allow_nonfinite,
             force=args.force,
         )
     print_ledger(ledger, "convert", args.json)

@@ -27,7 +27,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from sa3ckpt import dtypes
-from sa3ckpt.errors import MalformedFileError
+from sa3ckpt.errors import MalformedFileError, UsageError
 from sa3ckpt.io.base_checkpoint import BaseCheckpoint, open_base
 from sa3ckpt.io.gguf_adapter import KEY_ADAPTER_TYPE, KEY_ALPHA, KEY_RANK, RESERVED_KEYS, is_gguf
 from sa3ckpt.io.legacy_pickle import looks_like_pickle, read_legacy_ckpt
@@ -400,6 +400,39 @@ BY_NAME = {f.name: f for f in FORMATS}
 
 ADAPTER_SUFFIXES = tuple(s for f in FORMATS if ADAPTER in f.holds for s in f.suffixes)
 CHECKPOINT_SUFFIXES = tuple(dict.fromkeys(s for f in FORMATS for s in f.suffixes))
+
+# What `convert --to TO` writes for an adapter or a base, as rows of FORMATS: an output may
+# carry one of those rows' suffixes, no suffix, or one no row claims; a suffix of another
+# row names another format and is refused (`--to sa3cpp -o x.safetensors` would put GGUF
+# under a safetensors name). A PEFT folder has no suffix of its own.
+CONVERT_OUTPUTS: Mapping[tuple[str, str], tuple[str, ...]] = {
+    (ADAPTER, "sa3"): ("safetensors",),
+    (ADAPTER, "bare"): ("safetensors",),
+    (ADAPTER, "mlx"): ("safetensors",),
+    (ADAPTER, "peft"): ("peft",),
+    (ADAPTER, "sa3cpp"): ("gguf",),
+    (BASE, "official"): ("safetensors", "npz"),
+    (BASE, "mlx"): ("safetensors", "npz"),
+}
+
+
+def output_suffixes(kind: str, to: str) -> tuple[str, ...]:
+    """The suffixes a `convert --to TO` output of this kind (ADAPTER or BASE) may carry."""
+    return tuple(s for name in CONVERT_OUTPUTS[(kind, to)] for s in BY_NAME[name].suffixes)
+
+
+def check_output_suffix(path: str | os.PathLike[str], kind: str, to: str) -> None:
+    """Refuse (exit 2) an output whose suffix names a format `--to TO` does not write."""
+    spath = os.fspath(path)
+    suffix = os.path.splitext(spath)[1].lower()
+    allowed = output_suffixes(kind, to)
+    if suffix not in CHECKPOINT_SUFFIXES or suffix in allowed:
+        return
+    if allowed:
+        writes = f"{' or '.join(CONVERT_OUTPUTS[(kind, to)])}: name it *{' or *'.join(allowed)}"
+    else:
+        writes = "a PEFT folder: name it without a checkpoint suffix"
+    raise UsageError(f"output {spath}: --to {to} writes {writes} (not *{suffix})")
 
 
 def sniff(path: str | os.PathLike[str]) -> Format | None:

@@ -25,6 +25,7 @@ import numpy as np
 from sa3ckpt import dtypes
 from sa3ckpt.adapters.checkpoint import AdapterCheckpoint, load_checkpoint, save_checkpoint
 from sa3ckpt.adapters.config import LoraConfig
+from sa3ckpt.adapters.finite import ALLOW_FLAG, find_nonfinite, refuse_nonfinite, summary
 from sa3ckpt.adapters.formulas import adapted_weight
 from sa3ckpt.errors import IncompatibleError, UsageError
 from sa3ckpt.io.atomic import check_output_path
@@ -155,6 +156,64 @@ def _fan(ckpt: AdapterCheckpoint, params: dict[str, np.ndarray]) -> tuple[int, i
     return None
 
 
+def _target_fan(
+    ckpts: Sequence[tuple[AdapterCheckpoint, float]], target: str, base: BaseCheckpoint | None
+) -> tuple[int, int] | None:
+    """(fan_out, fan_in) of a target from the adapters' shapes, else the base header (no data)."""
+    for ckpt, _ in ckpts:
+        if target in ckpt.tensors:
+            fan = _fan(ckpt, ckpt.tensors[target])
+            if fan is not None:
+                return fan
+    key = base.target_key(target) if base is not None else None
+    if base is None or key is None:
+        return None  # XS without U/V and no base: _factors refuses it with the fix
+    return base.layout_of(base.tensors[key].shape).canonical_shape(base.tensors[key].shape)
+
+
+def check_svd_rank(
+    ckpts: Sequence[tuple[AdapterCheckpoint, float]],
+    targets: list[str],
+    base: BaseCheckpoint | None,
+    rank: int,
+) -> list[str]:
+    """Refuse an svd rank no target can use, before anything is allocated; name the padded.
+
+    A target's update has at most min(fan_out, fan_in) singular values, and a sum of
+    low-rank updates (every input lora or lora-xs) at most the sum of the input ranks
+    present at it; DoRA/BoRA deltas renormalise the base and are full-rank in general, so
+    for them only the shape bounds. The output has one rank for every target, so R up to the
+    largest of those bounds is accepted, and targets whose own bound is smaller get zero
+    factor columns past it (returned, for the ledger). Past the largest, every column added
+    would be zeros everywhere: a bigger file (or an out-of-memory kill), never a better fit.
+    """
+    low_rank = not any(c.kind.is_weight_decomposed for c, _ in ckpts)
+    useful: dict[str, tuple[int, str]] = {}
+    for target in targets:
+        fan = _target_fan(ckpts, target, base)
+        if fan is None:
+            continue  # XS without U/V and no base: _factors refuses it with the fix
+        bound = (min(fan), "min(fan_out, fan_in)")
+        if low_rank:
+            summed = sum(c.config.rank for c, _ in ckpts if target in c.tensors)
+            bound = min(bound, (summed, "the sum of the input ranks"))
+        useful[target] = bound
+    if not useful:
+        return []
+    widest = max(useful, key=lambda t: useful[t][0])
+    bound, why = useful[widest]
+    if rank > bound:
+        raise UsageError(
+            f"--rank {rank} is more than any target can use: at most {bound} ({why} at "
+            f"{widest}); past it every factor column would be zero"
+        )
+    return [
+        f"{t} (rank {useful[t][0]}: {useful[t][1]})"
+        for t in targets
+        if t in useful and useful[t][0] < rank
+    ]
+
+
 def _shared(values: list[Any]) -> Any:
     return values[0] if all(v == values[0] for v in values) else None
 
@@ -191,9 +250,14 @@ def combine(
     base_path: str | None = None,
     dtype: str = "fp16",
     allow_pickle: bool = False,
+    allow_nonfinite: bool = False,
     force: bool = False,
 ) -> CombineLedger:
-    """Combine weighted adapters into one LoRA checkpoint written atomically to `output`."""
+    """Combine weighted adapters into one LoRA checkpoint written atomically to `output`.
+
+    NaN/Inf in an input, or in the output once cast to `dtype`, is refused (exit 4, nothing
+    written) unless `allow_nonfinite` (cat only: an SVD cannot factor them).
+    """
     if method not in METHODS:
         raise UsageError(f"unknown method {method!r} (known: {', '.join(METHODS)})")
     if len(adapters) < 1:
@@ -202,15 +266,24 @@ def combine(
         raise UsageError("--rank must be a positive integer")
     if method == "svd" and rank is None:
         raise UsageError("--method svd needs --rank R")
+    if method == "cat" and rank is not None:
+        raise UsageError(
+            "--rank is for --method svd; --method cat is exact and its rank is the sum of the "
+            "input ranks"
+        )
     inputs = [a.path for a in adapters] + ([base_path] if base_path else [])
     check_output_path(output, inputs=inputs, overwrite=force)  # before any work
     code = dtypes.code_from_name(dtype)
     ckpts = [(load_checkpoint(a.path, allow_pickle=allow_pickle), a.strength) for a in adapters]
     _check_inputs(ckpts)
+    kept = _check_finite(adapters, ckpts, method, allow_nonfinite)
     base = open_base(base_path) if base_path else None
     try:
         targets = list(dict.fromkeys(t for ckpt, _ in ckpts for t in ckpt.targets()))
+        padded = check_svd_rank(ckpts, targets, base, rank) if rank is not None else []
         ledger = CombineLedger(output, method, 0)
+        if kept:
+            ledger.notes.append(f"kept NaN/Inf ({ALLOW_FLAG}): {kept}")
         for (ckpt, weight), arg in zip(ckpts, adapters, strict=True):
             ledger.adapters.append(
                 {
@@ -229,6 +302,13 @@ def combine(
         else:
             assert rank is not None
             tensors, out_rank = _svd(ckpts, targets, base, rank, ledger)
+            if padded:
+                ledger.notes.append(
+                    f"{len(padded)} targets hold less than rank {rank}, so their factors are "
+                    f"zero past it: {padded[0]}"
+                    + (f" and {len(padded) - 1} more" if len(padded) > 1 else "")
+                )
+        _check_output_finite(output, tensors, code, allow_nonfinite, ledger)
         ledger.rank = out_rank
         ledger.targets = targets
         config = _output_config(ckpts, targets, out_rank, method, ledger)
@@ -243,6 +323,47 @@ def combine(
         if base is not None:
             base.close()
     return ledger
+
+
+def _check_finite(
+    adapters: Sequence[AdapterArg],
+    ckpts: Sequence[tuple[AdapterCheckpoint, float]],
+    method: str,
+    allow: bool,
+) -> str | None:
+    """Refuse NaN/Inf inputs unless allowed (and never for svd); what was kept, for the ledger."""
+    kept = []
+    for arg, (ckpt, _) in zip(adapters, ckpts, strict=True):
+        found = find_nonfinite(ckpt.tensors)
+        if not allow:
+            refuse_nonfinite(arg.path, found, "combine")
+        if found and method == "svd":
+            raise IncompatibleError(
+                f"{arg.path}: tensor {summary(found)} is not finite and --method svd cannot "
+                "factor NaN/Inf; nothing was written (--method cat carries them over)"
+            )
+        if found:
+            kept.append(f"{arg.path}: {summary(found)}")
+    return "; ".join(kept) or None
+
+
+def _check_output_finite(
+    output: str,
+    tensors: dict[str, dict[str, np.ndarray]],
+    code: str,
+    allowed: bool,
+    ledger: CombineLedger,
+) -> None:
+    """Finite inputs can still overflow the output dtype (fp16 ends at 65504)."""
+    cast = {t: {p: dtypes.cast(v, code) for p, v in ps.items()} for t, ps in tensors.items()}
+    found = find_nonfinite(cast)
+    if found and allowed:
+        ledger.notes.append(f"output holds NaN/Inf in {code} ({ALLOW_FLAG}): {summary(found)}")
+    elif found:
+        raise IncompatibleError(
+            f"{output}: combined tensor {summary(found)} is not finite in {code} (values "
+            "beyond its range); nothing was written (try --dtype fp32)"
+        )
 
 
 def _cat(

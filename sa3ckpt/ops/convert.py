@@ -11,6 +11,7 @@ the worst relative error.
 from __future__ import annotations
 
 import json
+import math
 import os
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -21,11 +22,13 @@ import numpy as np
 from sa3ckpt import dtypes
 from sa3ckpt.adapters.checkpoint import AdapterCheckpoint, save_checkpoint
 from sa3ckpt.adapters.config import LoraConfig
+from sa3ckpt.adapters.finite import ALLOW_FLAG, find_nonfinite, refuse_nonfinite, summary
 from sa3ckpt.adapters.formats import load_adapter
 from sa3ckpt.adapters.types import type_for
 from sa3ckpt.errors import IncompatibleError, UsageError
 from sa3ckpt.io.atomic import StagedOutput
 from sa3ckpt.io.base_checkpoint import BaseCheckpoint, open_base
+from sa3ckpt.io.formats import ADAPTER, check_output_suffix
 from sa3ckpt.io.safetensors import write_safetensors
 from sa3ckpt.io.sources import PEFT_CONFIG, PEFT_WEIGHTS, is_peft_dir
 from sa3ckpt.layout import PEFT_CONV1D
@@ -52,6 +55,7 @@ class ConvertLedger:
     baked: list[str] = field(default_factory=list)
     worst_error: float = 0.0
     worst_target: str | None = None
+    nonfinite: list[str] = field(default_factory=list)  # kept under --allow-nonfinite
 
     def lines(self) -> list[str]:
         out = [
@@ -61,6 +65,11 @@ class ConvertLedger:
         out += [f"repaired: {line}" for line in self.repairs]
         out += [f"dropped: {line}" for line in self.dropped]
         out += [f"baked: {line}" for line in self.baked]
+        if self.nonfinite:
+            out.append(
+                f"kept NaN/Inf ({ALLOW_FLAG}) in {len(self.nonfinite)} tensor(s), e.g. "
+                f"{self.nonfinite[0]}; verified with NaN/Inf positions compared as equal"
+            )
         where = f" ({self.worst_target})" if self.worst_target else ""
         out.append(f"verified: worst relative error {self.worst_error:.3g}{where}")
         return out
@@ -77,6 +86,7 @@ class ConvertLedger:
             "baked": self.baked,
             "worst_relative_error": self.worst_error,
             "worst_target": self.worst_target,
+            "nonfinite_kept": self.nonfinite,
         }
 
 
@@ -305,6 +315,34 @@ def _rel(a: np.ndarray, b: np.ndarray) -> float:
     return float(np.linalg.norm(a - b) / (np.linalg.norm(a) + EPS))
 
 
+SCALED_PARAMS = ("lora_B", "M_xs")  # the factor c multiplies in c·ΔW
+
+
+def _elementwise_errors(
+    source: AdapterCheckpoint, rebuilt: AdapterCheckpoint, target: str
+) -> list[float]:
+    """Tensor-by-tensor errors for a target holding NaN/Inf (norms of it would be NaN).
+
+    NaN and ±Inf must sit at the same positions with the same values (NaN equals NaN);
+    the finite entries are compared by relative error. Anything else is an infinite error.
+    """
+    errors = []
+    for name, value in source.tensors[target].items():
+        other = rebuilt.tensors[target].get(name)
+        if other is None:
+            raise IncompatibleError(f"{target} {name} is missing from the converted output")
+        x, y = _f64(value), _f64(other)
+        if name in SCALED_PARAMS:
+            x, y = source.config.scale * x, rebuilt.config.scale * y
+        bad = ~np.isfinite(x)
+        same_bad = x.shape == y.shape and np.array_equal(bad, ~np.isfinite(y))
+        if not same_bad or not np.array_equal(x[bad], y[bad], equal_nan=True):
+            errors.append(math.inf)
+        else:
+            errors.append(_rel(x[~bad], y[~bad]))
+    return errors
+
+
 def verify(
     source: AdapterCheckpoint, rebuilt: AdapterCheckpoint, skip: set[str]
 ) -> tuple[float, str | None]:
@@ -319,7 +357,11 @@ def verify(
             raise IncompatibleError(f"{target} is missing from the converted output")
         x, y = _factors(source, target), _factors(rebuilt, target)
         errors = []
-        if x is not None and y is not None:
+        if find_nonfinite({target: source.tensors[target]}) or find_nonfinite(
+            {target: rebuilt.tensors[target]}
+        ):
+            errors = _elementwise_errors(source, rebuilt, target)
+        elif x is not None and y is not None:
             errors.append(_lowrank_error(x, y))
         else:
             cx = source.config.scale * _f64(source.tensors[target]["M_xs"])
@@ -330,8 +372,11 @@ def verify(
                 errors.append(
                     _rel(_f64(source.tensors[target][name]), _f64(rebuilt.tensors[target][name]))
                 )
-        if max(errors) > worst:
-            worst, where = max(errors), target
+        error = max(errors)
+        if math.isnan(error):  # NaN compares false with any tolerance: it is a failure
+            error = math.inf
+        if error > worst:
+            worst, where = error, target
     return worst, where
 
 
@@ -348,13 +393,19 @@ def convert_adapter(
     dora_variant: str | None = None,
     drop_conditioner: bool = False,
     allow_pickle: bool = False,
+    allow_nonfinite: bool = False,
     force: bool = False,
 ) -> ConvertLedger:
-    """Convert an adapter to the `to` dialect; verified before the output is committed."""
+    """Convert an adapter to the `to` dialect; verified before the output is committed.
+
+    NaN/Inf in the input is refused (exit 4, nothing written) unless `allow_nonfinite`;
+    then they are carried over, listed in the ledger, and must come back at the same places.
+    """
     if to not in WRITERS:
         raise UsageError(f"unknown --to {to!r} (known: {', '.join(WRITERS)})")
     if dora_variant not in (None, "rows", "cols"):
         raise UsageError("--dora-variant takes rows or cols")
+    check_output_suffix(output, ADAPTER, to)
     inputs = [input_path] + ([base_path] if base_path else [])
     # PEFT output is a folder: it may replace an old PEFT folder under --force, nothing else.
     staged = StagedOutput(
@@ -363,6 +414,10 @@ def convert_adapter(
     ckpt = load_adapter(input_path, allow_pickle=allow_pickle)
     code = FORCED_DTYPE.get(to) or (dtypes.code_from_name(dtype) if dtype else "F16")
     ledger = ConvertLedger(input_path, output, to, ckpt.adapter_type)
+    nonfinite = find_nonfinite(ckpt.tensors)
+    if not allow_nonfinite:
+        refuse_nonfinite(input_path, nonfinite, "convert")
+    ledger.nonfinite = [str(f) for f in nonfinite]
     if ckpt.ledger is not None:
         ledger.repairs += ckpt.ledger.repairs
         if ckpt.ledger.rejected:
@@ -382,6 +437,12 @@ def convert_adapter(
     with staged:
         WRITERS[to](prepared, staged.temp_path, code)
         rebuilt = load_adapter(staged.temp_path)
+        introduced = find_nonfinite(rebuilt.tensors)
+        if introduced and not nonfinite:
+            raise IncompatibleError(
+                f"{output}: converted tensor {summary(introduced)} is not finite in {code} "
+                "(values beyond its range); nothing was written (try --dtype fp32)"
+            )
         source = AdapterCheckpoint(prepared.config, prepared.adapter_type, ckpt.tensors)
         skip = {t for t in ckpt.tensors if t not in prepared.tensors}
         ledger.worst_error, ledger.worst_target = verify(source, rebuilt, skip)

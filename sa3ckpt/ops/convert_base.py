@@ -26,6 +26,7 @@ from sa3ckpt import dtypes
 from sa3ckpt.errors import IncompatibleError, UsageError
 from sa3ckpt.io.atomic import check_output_path
 from sa3ckpt.io.base_checkpoint import BaseCheckpoint, BaseTensor, open_base, stream_writer
+from sa3ckpt.io.formats import BASE, check_output_suffix
 from sa3ckpt.layout import Layout, stored_layout
 from sa3ckpt.names.base_keys import BASE_NAMINGS, parse_base_key, translate_base_key
 
@@ -338,6 +339,8 @@ def convert_base(
     """
     src, out = os.fspath(input_path), os.fspath(output_path)
     _choice(to, NAMINGS, "target naming")
+    if container is None:  # an explicit container is the caller's own choice of name
+        check_output_suffix(out, BASE, to)
     out_container = _output_container(out, container)
     cast_to = _cast_code(dtype)
     check_output_path(out, inputs=[src], overwrite=force)  # before any work

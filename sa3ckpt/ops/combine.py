@@ -193,11 +193,11 @@ def check_svd_rank(
         fan = _target_fan(ckpts, target, base)
         if fan is None:
             continue  # XS without U/V and no base: _factors refuses it with the fix
-        bound = (min(fan), "min(fan_out, fan_in)")
+        limit = (min(fan), "min(fan_out, fan_in)")
         if low_rank:
             summed = sum(c.config.rank for c, _ in ckpts if target in c.tensors)
-            bound = min(bound, (summed, "the sum of the input ranks"))
-        useful[target] = bound
+            limit = min(limit, (summed, "the sum of the input ranks"))
+        useful[target] = limit
     if not useful:
         return []
     widest = max(useful, key=lambda t: useful[t][0])

@@ -1,9 +1,10 @@
 """Canonical target names, file-key dialects and include/exclude selection.
 
 `names/` is the only place that knows how a file spells a target or a base tensor:
-`modules` holds the canonical names and the runtime module paths, `adapter_keys` the
-adapter-key dialects (sa3, bare, mlx, peft, sa3cpp, XS bases files), `base_keys` the
-base-checkpoint namings (official full, MLX runtime), `select` the include/exclude rule.
+`modules` holds the canonical names and the runtime module paths (MLX, sa3.cpp, diffusers),
+`adapter_keys` the adapter-key dialects (sa3, bare, mlx, peft, sa3cpp, XS bases files),
+`base_keys` the base-checkpoint namings (official full, MLX runtime), `select` the
+include/exclude rule.
 """
 
 from sa3ckpt.names.adapter_keys import (
@@ -43,11 +44,17 @@ from sa3ckpt.names.base_keys import (
 from sa3ckpt.names.modules import (
     BLOCK_MODULES,
     CONDITIONER_MODULES,
+    DIFFUSERS_BLOCK_PREFIX,
+    DIFFUSERS_DURATION_EMBEDDER,
+    DIFFUSERS_TRANSFORMER,
     ROOTS,
     SECONDS_CONDITIONER,
     TOP_LEVEL_MODULES,
     UNDERFIT_DEFAULT_INCLUDE,
     block_target,
+    diffusers_component,
+    from_diffusers_dit_path,
+    from_diffusers_path,
     from_mlx_module,
     from_sa3cpp_stem,
     mlx_has_module,
@@ -56,6 +63,8 @@ from sa3ckpt.names.modules import (
     short_label,
     split_block,
     strip_dit_root,
+    to_diffusers_dit_path,
+    to_diffusers_path,
     to_mlx_module,
     to_sa3cpp_stem,
 )
@@ -68,6 +77,9 @@ __all__ = [
     "BASE_NAMINGS",
     "BLOCK_MODULES",
     "CONDITIONER_MODULES",
+    "DIFFUSERS_BLOCK_PREFIX",
+    "DIFFUSERS_DURATION_EMBEDDER",
+    "DIFFUSERS_TRANSFORMER",
     "ROOTS",
     "SECONDS_CONDITIONER",
     "TOP_LEVEL_MODULES",
@@ -85,9 +97,12 @@ __all__ = [
     "detect_adapter_dialect",
     "detect_and_group",
     "detect_base_naming",
+    "diffusers_component",
     "expand_ranges",
     "format_adapter_key",
     "format_xs_bases_key",
+    "from_diffusers_dit_path",
+    "from_diffusers_path",
     "from_mlx_module",
     "from_sa3cpp_stem",
     "group_adapter_keys",
@@ -109,6 +124,8 @@ __all__ = [
     "short_label",
     "split_block",
     "strip_dit_root",
+    "to_diffusers_dit_path",
+    "to_diffusers_path",
     "to_mlx_module",
     "to_sa3cpp_stem",
     "translate_base_key",

@@ -2,8 +2,8 @@
 
 A canonical target name is the official PyTorch module name with its root: `model.` for the
 DiT (relative to the DiT wrapper) and `conditioners.` for the conditioner. Everything that
-differs between runtimes (MLX module paths, sa3.cpp stems) hangs off these two tables, so a
-new runtime is a new column, not new code.
+differs between runtimes (MLX module paths, sa3.cpp stems, diffusers module paths) hangs off
+these two tables, so a new runtime is a new column, not new code.
 """
 
 from __future__ import annotations
@@ -24,26 +24,30 @@ SECONDS_CONDITIONER = "conditioners.seconds_total.embedder.embedding.1"
 class ModuleName:
     """One adapter-targetable module: its canonical name (or per-block suffix) and stems.
 
-    `sa3cpp` is None for modules sa3.cpp has no stem for (the conditioner).
+    `sa3cpp` is None for modules sa3.cpp has no stem for (the conditioner). `diffusers` is the
+    module's path in diffusers' SA3 pipeline: for per-block rows the suffix after
+    `transformer_blocks.N.`, for DiT rows the path inside `StableAudio3DiTModel`, for the
+    conditioner the path from the pipeline (a separate model, `duration_embedder`).
     """
 
     canonical: str
     sa3cpp: str | None
     layer_kind: str  # "linear" | "conv1d"
+    diffusers: str
 
 
 # Per-block modules: canonical suffix after `model.transformer.layers.N.`, sa3.cpp suffix after
 # `dit.N.`. Order is the order of the coverage map's columns.
 BLOCK_MODULES: tuple[ModuleName, ...] = (
-    ModuleName("self_attn.to_qkv", "self.qkv", "linear"),
-    ModuleName("self_attn.to_out", "self.out", "linear"),
-    ModuleName("cross_attn.to_q", "cross.q", "linear"),
-    ModuleName("cross_attn.to_kv", "cross.kv", "linear"),
-    ModuleName("cross_attn.to_out", "cross.out", "linear"),
-    ModuleName("ff.ff.0.proj", "ff.proj", "linear"),
-    ModuleName("ff.ff.2", "ff.out", "linear"),
-    ModuleName("to_local_embed.0", "local.0", "linear"),
-    ModuleName("to_local_embed.2", "local.2", "linear"),
+    ModuleName("self_attn.to_qkv", "self.qkv", "linear", "self_attn.to_qkv"),
+    ModuleName("self_attn.to_out", "self.out", "linear", "self_attn.to_out"),
+    ModuleName("cross_attn.to_q", "cross.q", "linear", "cross_attn.to_q"),
+    ModuleName("cross_attn.to_kv", "cross.kv", "linear", "cross_attn.to_kv"),
+    ModuleName("cross_attn.to_out", "cross.out", "linear", "cross_attn.to_out"),
+    ModuleName("ff.ff.0.proj", "ff.proj", "linear", "ff.proj_in"),
+    ModuleName("ff.ff.2", "ff.out", "linear", "ff.proj_out"),
+    ModuleName("to_local_embed.0", "local.0", "linear", "to_local_embed.0"),
+    ModuleName("to_local_embed.2", "local.2", "linear", "to_local_embed.2"),
 )
 
 # Three-letter abbreviations of the per-block modules for tables and grids (CLI coverage
@@ -68,21 +72,27 @@ def short_block_module(suffix: str) -> str:
 
 # Top-level DiT modules (full canonical names) in a stable display order.
 TOP_LEVEL_MODULES: tuple[ModuleName, ...] = (
-    ModuleName("model.to_timestep_embed.0", "dit.time_embed.0", "linear"),
-    ModuleName("model.to_timestep_embed.2", "dit.time_embed.2", "linear"),
-    ModuleName("model.to_cond_embed.0", "dit.cond_embed.0", "linear"),
-    ModuleName("model.to_cond_embed.2", "dit.cond_embed.2", "linear"),
-    ModuleName("model.to_global_embed.0", "dit.global_embed.0", "linear"),
-    ModuleName("model.to_global_embed.2", "dit.global_embed.2", "linear"),
-    ModuleName("model.transformer.project_in", "dit.proj_in", "linear"),
-    ModuleName("model.transformer.project_out", "dit.proj_out", "linear"),
-    ModuleName("model.transformer.global_cond_embedder.0", "dit.gce.0", "linear"),
-    ModuleName("model.transformer.global_cond_embedder.2", "dit.gce.2", "linear"),
-    ModuleName("model.preprocess_conv", "dit.pre_conv", "conv1d"),
-    ModuleName("model.postprocess_conv", "dit.post_conv", "conv1d"),
+    ModuleName("model.to_timestep_embed.0", "dit.time_embed.0", "linear", "to_timestep_embed.0"),
+    ModuleName("model.to_timestep_embed.2", "dit.time_embed.2", "linear", "to_timestep_embed.2"),
+    ModuleName("model.to_cond_embed.0", "dit.cond_embed.0", "linear", "to_cond_embed.0"),
+    ModuleName("model.to_cond_embed.2", "dit.cond_embed.2", "linear", "to_cond_embed.2"),
+    ModuleName("model.to_global_embed.0", "dit.global_embed.0", "linear", "to_global_embed.0"),
+    ModuleName("model.to_global_embed.2", "dit.global_embed.2", "linear", "to_global_embed.2"),
+    ModuleName("model.transformer.project_in", "dit.proj_in", "linear", "proj_in"),
+    ModuleName("model.transformer.project_out", "dit.proj_out", "linear", "proj_out"),
+    ModuleName(
+        "model.transformer.global_cond_embedder.0", "dit.gce.0", "linear", "global_cond_embedder.0"
+    ),
+    ModuleName(
+        "model.transformer.global_cond_embedder.2", "dit.gce.2", "linear", "global_cond_embedder.2"
+    ),
+    ModuleName("model.preprocess_conv", "dit.pre_conv", "conv1d", "preprocess_conv"),
+    ModuleName("model.postprocess_conv", "dit.post_conv", "conv1d", "postprocess_conv"),
 )
 
-CONDITIONER_MODULES: tuple[ModuleName, ...] = (ModuleName(SECONDS_CONDITIONER, None, "linear"),)
+CONDITIONER_MODULES: tuple[ModuleName, ...] = (
+    ModuleName(SECONDS_CONDITIONER, None, "linear", "duration_embedder.linear"),
+)
 
 # Underfit's default target filter: the 7 attention / feed-forward Linears of every block plus
 # the seconds conditioner Linear (medium 169, small 141).
@@ -219,3 +229,112 @@ def from_mlx_module(path: str) -> str:
 def mlx_has_module(canonical: str) -> bool:
     """False for targets the MLX runtime folds into plain arrays (the seconds conditioner)."""
     return canonical not in MLX_CONDITIONER_NAMES
+
+
+# --- diffusers (0.42+: `StableAudio3DiTModel` and `StableAudio3DurationEmbedder`) -------------
+# A diffusers path is a path from the pipeline: `transformer.<path in StableAudio3DiTModel>` for
+# the DiT, `duration_embedder.<…>` for the seconds conditioner (a separate model there). Module
+# renames come from the `diffusers` column of the rows above; blocks are
+# `transformer.layers.N.` -> `transformer_blocks.N.`; the rest of the DiT only loses `model.`.
+# The same rules spell tensor keys (`….weight`), since they only rewrite module prefixes.
+DIFFUSERS_TRANSFORMER = "transformer"
+DIFFUSERS_DURATION_EMBEDDER = "duration_embedder"
+DIFFUSERS_BLOCK_PREFIX = "transformer_blocks."
+
+# Base-only paths that are not adapter targets but move like them (no `transformer.` in
+# diffusers; the prompt padding embedding moves from the conditioner into the DiT).
+_DIFFUSERS_EXTRA_DIT: dict[str, str] = {
+    "model.transformer.memory_tokens": "memory_tokens",
+    "model.transformer.rotary_pos_emb": "rotary_pos_emb",
+}
+_DIFFUSERS_EXTRA_CONDITIONER: dict[str, str] = {
+    "conditioners.prompt.padding_embedding": "transformer.prompt_padding_embedding",
+}
+
+_DIFFUSERS_BLOCK_RE = re.compile(r"^transformer_blocks\.(\d+)\.(.+)$")
+_DIFFUSERS_DIT_RENAMES: tuple[tuple[str, str], ...] = tuple(
+    (m.canonical, m.diffusers) for m in TOP_LEVEL_MODULES
+) + tuple(_DIFFUSERS_EXTRA_DIT.items())
+_DIFFUSERS_BLOCK_RENAMES: tuple[tuple[str, str], ...] = tuple(
+    (m.canonical, m.diffusers) for m in BLOCK_MODULES
+)
+_DIFFUSERS_PIPELINE_RENAMES: tuple[tuple[str, str], ...] = tuple(
+    (m.canonical, m.diffusers) for m in CONDITIONER_MODULES
+) + tuple(_DIFFUSERS_EXTRA_CONDITIONER.items())
+
+
+def _swap_prefix(path: str, pairs: tuple[tuple[str, str], ...], forward: bool) -> str | None:
+    """`path` with the first matching module prefix swapped (whole components only)."""
+    for official, diffusers in pairs:
+        old, new = (official, diffusers) if forward else (diffusers, official)
+        if path == old or path.startswith(old + "."):
+            return new + path[len(old) :]
+    return None
+
+
+def _to_transformer_path(canonical: str) -> str | None:
+    split = split_block(canonical)
+    if split is not None:
+        block, rest = split
+        inner = _swap_prefix(rest, _DIFFUSERS_BLOCK_RENAMES, forward=True) or rest
+        return f"{DIFFUSERS_BLOCK_PREFIX}{block}.{inner}"
+    if not canonical.startswith(DIT_ROOT):
+        return None
+    renamed = _swap_prefix(canonical, _DIFFUSERS_DIT_RENAMES, forward=True)
+    return renamed if renamed is not None else canonical[len(DIT_ROOT) :]
+
+
+def _from_transformer_path(path: str) -> str:
+    match = _DIFFUSERS_BLOCK_RE.match(path)
+    if match is not None:
+        rest = match.group(2)
+        inner = _swap_prefix(rest, _DIFFUSERS_BLOCK_RENAMES, forward=False) or rest
+        return block_target(int(match.group(1)), inner)
+    renamed = _swap_prefix(path, _DIFFUSERS_DIT_RENAMES, forward=False)
+    return renamed if renamed is not None else DIT_ROOT + path
+
+
+def to_diffusers_path(canonical: str) -> str | None:
+    """Pipeline path of a canonical module or tensor key: `transformer.…` for the DiT (and the
+    prompt padding embedding), `duration_embedder.linear…` for the seconds conditioner; None
+    when diffusers has no place for it."""
+    moved = _swap_prefix(canonical, _DIFFUSERS_PIPELINE_RENAMES, forward=True)
+    if moved is not None:
+        return moved
+    inner = _to_transformer_path(canonical)
+    return None if inner is None else f"{DIFFUSERS_TRANSFORMER}.{inner}"
+
+
+def from_diffusers_path(path: str) -> str | None:
+    """Canonical name of a pipeline path (`transformer.…`, `duration_embedder.…`), None for
+    paths in no component sa3ckpt knows."""
+    moved = _swap_prefix(path, _DIFFUSERS_PIPELINE_RENAMES, forward=False)
+    if moved is not None:
+        return moved
+    prefix = DIFFUSERS_TRANSFORMER + "."
+    if not path.startswith(prefix):
+        return None
+    return _from_transformer_path(path[len(prefix) :])
+
+
+def to_diffusers_dit_path(canonical: str) -> str | None:
+    """Path inside `StableAudio3DiTModel` of a canonical module or tensor key (what its
+    `diffusion_pytorch_model.safetensors` and a LoRA file after `transformer.` spell); None
+    for names that live elsewhere (the seconds conditioner) or have no diffusers place."""
+    path = to_diffusers_path(canonical)
+    prefix = DIFFUSERS_TRANSFORMER + "."
+    return path[len(prefix) :] if path is not None and path.startswith(prefix) else None
+
+
+def from_diffusers_dit_path(path: str) -> str:
+    """Canonical name of a path inside `StableAudio3DiTModel` (module or tensor key)."""
+    canonical = from_diffusers_path(f"{DIFFUSERS_TRANSFORMER}.{path}")
+    assert canonical is not None  # every transformer path has a canonical spelling
+    return canonical
+
+
+def diffusers_component(canonical: str) -> str | None:
+    """The diffusers pipeline component holding a canonical module (`transformer` or
+    `duration_embedder`), None when diffusers has no place for it."""
+    path = to_diffusers_path(canonical)
+    return None if path is None else path.split(".", 1)[0]

@@ -16,6 +16,7 @@ from sa3ckpt.names.modules import (
     CONDITIONER_MODULES,
     TOP_LEVEL_MODULES,
     block_target,
+    to_diffusers_path,
     to_mlx_module,
     to_sa3cpp_stem,
 )
@@ -102,6 +103,7 @@ class Target:
     weight_shape: tuple[int, ...]
     mlx_name: str | None
     sa3cpp_stem: str | None
+    diffusers_name: str | None  # path in diffusers' SA3 pipeline (`transformer.…`)
     block: int | None  # transformer block index, None for top-level / conditioner
     module: str  # per-block suffix, or the full name for top-level / conditioner
     group: str  # "block" | "top" | "conditioner"
@@ -128,6 +130,7 @@ def _make_target(
         weight_shape=weight_shape,
         mlx_name=to_mlx_module(name),
         sa3cpp_stem=to_sa3cpp_stem(name),
+        diffusers_name=to_diffusers_path(name),
         block=block,
         module=module,
         group=group,

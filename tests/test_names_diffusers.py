@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import pytest
 
 from sa3ckpt.names.modules import (
@@ -60,7 +62,7 @@ def test_components_and_unknowns() -> None:
     assert from_diffusers_dit_path("proj_in") == "model.transformer.project_in"
 
 
-def _tiny_model(fam: Family):  # type: ignore[no-untyped-def]
+def _tiny_model(fam: Family) -> Any:
     diffusers = pytest.importorskip("diffusers")
     t = fam.topology
     return diffusers.StableAudio3DiTModel(

@@ -132,6 +132,12 @@ RULES: dict[str, Rule] = {
             "pass --model medium|small, or fix the shapes",
         ),
         Rule(
+            "family-undetermined",
+            "warning",
+            "shapes could not be checked against a family",
+            "pass --model medium|small (the family the adapter was trained for) to check them",
+        ),
+        Rule(
             "shape-mismatch",
             "error",
             "tensor shape does not fit the model",
@@ -142,6 +148,12 @@ RULES: dict[str, Rule] = {
             "error",
             "tensor ranks disagree with lora_config.rank",
             "fix lora_config.rank, or re-export consistently ranked tensors",
+        ),
+        Rule(
+            "rank-exceeds-target",
+            "error",
+            "rank larger than min(fan_in, fan_out) of its target",
+            "the extra directions cannot exist in the layer: re-export with a rank it can hold",
         ),
         Rule(
             "bare-keys",

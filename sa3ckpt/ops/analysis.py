@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import re
 from collections import Counter
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 
 from sa3ckpt.adapters.config import ConfigError, LoraConfig
@@ -18,12 +19,15 @@ from sa3ckpt.io.sources import AdapterSource, TensorEntry
 from sa3ckpt.names.adapter_keys import DialectGuess, KeyGroups, detect_and_group
 from sa3ckpt.names.modules import to_sa3cpp_stem
 from sa3ckpt.names.select import peft_selects
-from sa3ckpt.targets.detect import FamilyDetection, PartialShape, detect_family
-from sa3ckpt.targets.families import FAMILIES, Family, family_for_base_model
+from sa3ckpt.targets.detect import FamilyDetection, TargetEvidence, detect_family
+from sa3ckpt.targets.families import FAMILIES, Family
 
 # Which parameter reveals which side of the weight: (param, axis of its shape, side).
 _FAN_OUT_FROM = (("lora_B", 0), ("U", 0), ("magnitude_r", 0), ("baked_vnorm_row", 0))
 _FAN_IN_FROM = (("lora_A", 1), ("V", 0), ("magnitude_c", 0))
+# A DoRA `magnitude` is fan_out (rows) or fan_in (cols): the type decides, and the type is
+# resolved after the family, so its length counts as a side-less length.
+_EITHER_SIDE_FROM = (("magnitude", 0),)
 # Where the rank can be read: (param, axis).
 _RANK_FROM = (("lora_A", 0), ("lora_B", 1), ("M_xs", 0), ("M_xs", 1), ("U", 1), ("V", 1))
 
@@ -63,6 +67,7 @@ class Analysis:
     unknown_targets: list[str] = field(default_factory=list)
     shape_problems: list[str] = field(default_factory=list)
     param_problems: list[str] = field(default_factory=list)
+    rank_problems: list[str] = field(default_factory=list)
     coverage: Coverage | None = None
     dtypes: Counter[str] = field(default_factory=Counter)
 
@@ -74,6 +79,24 @@ class Analysis:
     def kind(self) -> AdapterType | None:
         """The resolved type's row; None when no (known) type was resolved."""
         return ADAPTER_TYPES.get(self.adapter_type or "")
+
+    @property
+    def family_candidates(self) -> tuple[str, ...]:
+        """The families the file fits when nothing decides between them (else empty)."""
+        if self.family is not None or self.family_detection is None:
+            return ()
+        return self.family_detection.ambiguous
+
+    @property
+    def family_undetermined(self) -> bool:
+        """Several families fit and nothing in the file tells which: not an error."""
+        return bool(self.family_candidates)
+
+    def checked_families(self) -> tuple[Family, ...]:
+        """The family shapes are checked against, or every candidate when undetermined."""
+        if self.family is not None:
+            return (self.family,)
+        return tuple(FAMILIES[name] for name in self.family_candidates)
 
     @property
     def rank(self) -> int | None:
@@ -102,12 +125,17 @@ def _side(shapes: dict[str, tuple[int, ...]], table: tuple[tuple[str, int], ...]
     return None
 
 
-def _observations(shapes: dict[str, dict[str, tuple[int, ...]]]) -> list[tuple[str, PartialShape]]:
+def _observations(shapes: dict[str, dict[str, tuple[int, ...]]]) -> list[TargetEvidence]:
+    """One piece of evidence per target: known sides, side-less lengths, or just its name."""
     obs = []
     for target, params in shapes.items():
+        either = tuple(
+            params[p][axis]
+            for p, axis in _EITHER_SIDE_FROM
+            if p in params and len(params[p]) > axis
+        )
         side = (_side(params, _FAN_OUT_FROM), _side(params, _FAN_IN_FROM))
-        if side != (None, None):
-            obs.append((target, side))
+        obs.append(TargetEvidence(target, side, either))
     return obs
 
 
@@ -127,37 +155,41 @@ def _choose_family(
         analysis.family_forced = True
         analysis.family_evidence.append(f"--model {model}")
         return
-    detection = detect_family(_observations(shapes), candidates=list(FAMILIES))
+    config = analysis.config
+    detection = detect_family(
+        _observations(shapes),
+        candidates=list(FAMILIES),
+        base_model=config.base_model if config else None,
+        selects=lambda fam: _expected_targets(fam, config, analysis.dialect.dialect),
+    )
     analysis.family_detection = detection
     analysis.family_evidence.extend(detection.evidence)
     if detection.family is not None:
         analysis.family = FAMILIES[detection.family]
-        return
-    # Nothing in the tensors tells (e.g. XS without bases): the recorded base_model may.
-    claimed = analysis.config.base_model if analysis.config else None
-    by_name = family_for_base_model(claimed) if claimed else None
-    candidates = detection.ambiguous or tuple(FAMILIES)
-    if by_name is not None and by_name.name in candidates and not _contradicted(detection, by_name):
-        analysis.family = by_name
-        analysis.family_evidence.append(f"base_model {claimed!r} names {by_name.name}")
 
 
-def _contradicted(detection: FamilyDetection, fam: Family) -> bool:
-    score = next((s for s in detection.scores if s.family == fam.name), None)
-    return score is not None and (score.mismatched > 0 or score.unknown > 0)
+def _agreed_fans(analysis: Analysis, targets: Iterable[str]) -> dict[str, tuple[int, int]]:
+    """target -> (fan_out, fan_in) where every checked family has it with the same shape."""
+    families = analysis.checked_families()
+    fans: dict[str, tuple[int, int]] = {}
+    for target in targets:
+        seen = {fam.by_name[target].shape for fam in families if target in fam.by_name}
+        if len(seen) == 1 and all(target in fam.by_name for fam in families):
+            fans[target] = next(iter(seen))
+    return fans
 
 
-def _check_against_family(
-    analysis: Analysis, shapes: dict[str, dict[str, tuple[int, ...]]]
-) -> None:
-    fam, kind, rank = analysis.family, analysis.kind, analysis.rank
-    assert fam is not None
+def _shape_problems(
+    fam: Family,
+    kind: AdapterType,
+    rank: int,
+    shapes: dict[str, dict[str, tuple[int, ...]]],
+) -> dict[tuple[str, str], str]:
+    """(target, param) -> what is wrong with its shape against `fam`'s target table."""
+    problems: dict[tuple[str, str], str] = {}
     for target, params in shapes.items():
         spec = fam.target(target)
         if spec is None:
-            analysis.unknown_targets.append(target)
-            continue
-        if kind is None or rank is None:
             continue
         for param, shape in params.items():
             if param not in kind.params:
@@ -165,9 +197,54 @@ def _check_against_family(
             want = kind.param_shape(param, *spec.shape, rank)
             legacy_ok = len(shape) == 2 and len(want) == 1 and sorted(shape) == sorted((1, want[0]))
             if tuple(shape) != want and not legacy_ok:
-                analysis.shape_problems.append(
+                problems[(target, param)] = (
                     f"{target}.{param}: file {tuple(shape)} vs {fam.name} {want}"
                 )
+    return problems
+
+
+def _check_against_family(
+    analysis: Analysis, shapes: dict[str, dict[str, tuple[int, ...]]]
+) -> None:
+    """Shapes against the family, or (undetermined) problems every candidate family sees."""
+    families = analysis.checked_families()
+    if analysis.family is not None:
+        analysis.unknown_targets.extend(t for t in shapes if analysis.family.target(t) is None)
+    kind, rank = analysis.kind, analysis.rank
+    if not families or kind is None or rank is None:
+        return
+    found = [_shape_problems(fam, kind, rank, shapes) for fam in families]
+    common = set(found[0]).intersection(*found[1:])
+    analysis.shape_problems.extend(msg for key, msg in found[0].items() if key in common)
+
+
+def _target_rank(params: dict[str, tuple[int, ...]]) -> int | None:
+    seen = [params[p][axis] for p, axis in _RANK_FROM if p in params and len(params[p]) > axis]
+    return max(seen) if seen else None
+
+
+def _check_rank_bounds(analysis: Analysis, shapes: dict[str, dict[str, tuple[int, ...]]]) -> None:
+    """A rank above min(fan_out, fan_in) of its target: more directions than the layer has.
+
+    The bound is the family's target shape; when undetermined, the largest bound any candidate
+    allows (so only a rank every candidate rejects is reported); with no family at all, the
+    shape the tensors show when they reveal both sides.
+    """
+    families = analysis.checked_families()
+    for target, params in shapes.items():
+        rank = _target_rank(params) or analysis.rank
+        if rank is None:
+            continue
+        sides = [fam.by_name[target].shape for fam in families if target in fam.by_name]
+        if not families:
+            fan_out, fan_in = _side(params, _FAN_OUT_FROM), _side(params, _FAN_IN_FROM)
+            if fan_out is not None and fan_in is not None:
+                sides = [(fan_out, fan_in)]
+        if not sides:
+            continue
+        bound = max(min(shape) for shape in sides)
+        if rank > bound:
+            analysis.rank_problems.append(f"{target}: rank {rank} > min(fan_out, fan_in) = {bound}")
 
 
 def _check_param_sets(analysis: Analysis, shapes: dict[str, dict[str, tuple[int, ...]]]) -> None:
@@ -188,9 +265,11 @@ def _check_param_sets(analysis: Analysis, shapes: dict[str, dict[str, tuple[int,
             analysis.param_problems.append(f"{target}: XS bases need both U and V")
 
 
-def _coverage(analysis: Analysis) -> Coverage | None:
-    fam, config = analysis.family, analysis.config
-    if fam is None or config is None:
+def _expected_targets(
+    fam: Family, config: LoraConfig | None, dialect: str | None
+) -> list[str] | None:
+    """The family's targets the recorded selection covers (None when it cannot be said)."""
+    if config is None:
         return None
     peft_modules = config.extra.get("peft_target_modules")
     try:
@@ -200,8 +279,18 @@ def _coverage(analysis: Analysis) -> Coverage | None:
             expected = [t.name for t in fam.selected(config.include, config.exclude)]
     except (ValueError, re.error):
         return None
-    if analysis.dialect.dialect == "sa3cpp":  # sa3.cpp has no stem for the conditioner
+    if dialect == "sa3cpp":  # sa3.cpp has no stem for the conditioner
         expected = [t for t in expected if to_sa3cpp_stem(t) is not None]
+    return expected
+
+
+def _coverage(analysis: Analysis) -> Coverage | None:
+    fam = analysis.family
+    if fam is None:
+        return None
+    expected = _expected_targets(fam, analysis.config, analysis.dialect.dialect)
+    if expected is None:
+        return None
     present = [t for t in analysis.groups.targets if fam.target(t) is not None]
     present_set = set(present)
     expected_set = set(expected)
@@ -239,13 +328,11 @@ def analyze(source: AdapterSource, model: str = "auto") -> Analysis:
         dtypes=Counter(entry.dtype for entry in source.entries.values()),
     )
     _choose_family(analysis, shapes, model)
-    fans = None
-    if analysis.family is not None:
-        fans = {t: analysis.family.by_name[t].shape for t in shapes if t in analysis.family.by_name}
     if shapes:
+        fans = _agreed_fans(analysis, shapes) if analysis.checked_families() else None
         analysis.detection = detect_type(shapes, config.adapter_type if config else None, fans)
     _check_param_sets(analysis, shapes)
-    if analysis.family is not None:
-        _check_against_family(analysis, shapes)
+    _check_against_family(analysis, shapes)
+    _check_rank_bounds(analysis, shapes)
     analysis.coverage = _coverage(analysis)
     return analysis

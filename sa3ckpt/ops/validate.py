@@ -129,10 +129,16 @@ def _check_keys(a: Analysis, ctx: Context) -> Iterator[Finding]:
 def _check_family(a: Analysis, ctx: Context) -> Iterator[Finding]:
     if not a.groups.targets:
         return
-    if a.family is None:
+    if a.family_undetermined:  # not an error: check what every fitting family agrees on
+        yield _say(
+            "family-undetermined",
+            f"the file fits {', '.join(a.family_candidates)} equally and nothing in it "
+            "(shapes, target set, base_model) tells which",
+        )
+    elif a.family is None:
         yield _say("family-unknown", _first(a.family_evidence or ["no shapes to compare"]))
         return
-    if a.unknown_targets:
+    if a.unknown_targets and a.family is not None:
         yield _say(
             "unknown-target",
             f"{len(a.unknown_targets)} targets not in {a.family.name}: {_first(a.unknown_targets)}",
@@ -140,7 +146,7 @@ def _check_family(a: Analysis, ctx: Context) -> Iterator[Finding]:
     if a.shape_problems:
         yield _say("shape-mismatch", f"{len(a.shape_problems)} tensors: {_first(a.shape_problems)}")
     claimed = a.config.base_model if a.config else None
-    if claimed:
+    if claimed and a.family is not None:
         named = family_for_base_model(claimed)
         if named is not None and named.name != a.family.name:
             yield _say(
@@ -161,6 +167,10 @@ def _check_tensors(a: Analysis, ctx: Context) -> Iterator[Finding]:
         yield _say(
             "rank-mismatch",
             f"lora_config.rank is {rank} but the tensors have rank {next(iter(a.ranks))}",
+        )
+    if a.rank_problems:
+        yield _say(
+            "rank-exceeds-target", f"{len(a.rank_problems)} targets: {_first(a.rank_problems)}"
         )
     conventional = "F32" if a.source.format == "gguf" else "F16"  # sa3.cpp stores F32
     unusual = sorted(

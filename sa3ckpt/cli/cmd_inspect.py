@@ -1,4 +1,4 @@
-"""`sa3ckpt inspect`: what an adapter is, header-only unless --stats."""
+"""`sa3ckpt inspect`: what an adapter (or a base checkpoint) is, header-only unless --stats."""
 
 from __future__ import annotations
 
@@ -6,13 +6,15 @@ import argparse
 
 from sa3ckpt.cli.common import console
 from sa3ckpt.cli.render import print_inspect
-from sa3ckpt.ops.inspect import inspect_document, inspect_path
+from sa3ckpt.ops.inspect import inspect_document, inspect_file
 from sa3ckpt.ops.inspect import to_json as inspect_to_json
 from sa3ckpt.targets import FAMILIES
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("paths", nargs="+", metavar="PATH", help="adapter files or PEFT folders")
+    parser.add_argument(
+        "paths", nargs="+", metavar="PATH", help="adapter files, PEFT folders or base checkpoints"
+    )
     parser.add_argument("--json", action="store_true", help="one JSON document on stdout")
     parser.add_argument(
         "--stats", action="store_true", help="read tensors: norms, NaN/Inf, zero effect"
@@ -25,7 +27,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     reports = [
-        inspect_path(p, stats=args.stats, model=args.model, allow_pickle=args.allow_pickle)
+        inspect_file(p, stats=args.stats, model=args.model, allow_pickle=args.allow_pickle)
         for p in args.paths
     ]
     if args.json:

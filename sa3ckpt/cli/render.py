@@ -13,7 +13,7 @@ from rich.table import Table
 from rich.text import Text
 
 from sa3ckpt.names.modules import short_block_module
-from sa3ckpt.ops.inspect_report import InspectReport, StatsReport
+from sa3ckpt.ops.inspect_report import BaseReport, FamilyReport, InspectReport, StatsReport
 from sa3ckpt.ops.validate import FileResult, ValidationRun
 from sa3ckpt.sizes import human_size
 from sa3ckpt.textsafe import escape_control
@@ -21,6 +21,21 @@ from sa3ckpt.textsafe import escape_control
 
 def safe(value: object, max_len: int | None = 400) -> Text:
     return Text(escape_control(str(value), max_len=max_len))
+
+
+def _family_line(fam: FamilyReport) -> Text:
+    """The verdict and the evidence that decided it (undetermined: what fits, and --model)."""
+    if fam.forced:
+        return safe(f"{fam.name} (--model)")
+    if fam.undetermined:
+        return safe(
+            f"undetermined: the file fits {', '.join(fam.fits)} equally "
+            "(shapes not checked against a family; --model picks one)"
+        )
+    own = [e for e in fam.evidence if fam.name and e.startswith(fam.name)]
+    deciding = [e for e in fam.evidence if e.startswith(("base_model", "include/exclude"))]
+    why = "; ".join((own + deciding) if fam.name else fam.evidence[-1:])
+    return safe(f"{fam.name or 'unknown'} ({why})")
 
 
 def _overview(doc: InspectReport) -> Table:
@@ -50,14 +65,7 @@ def _overview(doc: InspectReport) -> Table:
         table.add_row("exclude", safe(doc.exclude or "(none)"))
     else:
         table.add_row("lora_config", safe(doc.lora_config_error))
-    fam = doc.family
-    verdict = fam.name or "unknown"
-    if fam.forced:
-        why = "--model"
-    else:
-        own = [e for e in fam.evidence if fam.name and e.startswith(fam.name)]
-        why = "; ".join(own or fam.evidence[-1:])
-    table.add_row("family", safe(f"{verdict} ({why})"))
+    table.add_row("family", _family_line(doc.family))
     if doc.base_model:
         table.add_row(
             "base_model",
@@ -136,7 +144,31 @@ def _stats(stats: StatsReport, limit: int = 12) -> Table:
     return table
 
 
-def print_inspect(console: Console, doc: InspectReport) -> None:
+def _base_overview(doc: BaseReport) -> Table:
+    table = Table(box=box.SIMPLE, show_header=False, pad_edge=False)
+    table.add_column("field", style="bold", no_wrap=True)
+    table.add_column("value", overflow="fold")
+    dtypes = ", ".join(f"{k}×{v}" for k, v in doc.dtypes.items())
+    table.add_row(
+        "format",
+        safe(f"{doc.format}, {human_size(doc.size_bytes)}, {doc.tensors} tensors ({dtypes})"),
+    )
+    table.add_row(
+        "kind", safe(f"base checkpoint, {doc.naming} naming ({doc.weights} target weights)")
+    )
+    table.add_row("family", _family_line(doc.family))
+    for key, value in doc.metadata.items():
+        table.add_row("metadata", safe(f"{key} = {value}", max_len=200))
+    for note in doc.notes:
+        table.add_row("note", safe(note))
+    return table
+
+
+def print_inspect(console: Console, doc: InspectReport | BaseReport) -> None:
+    if isinstance(doc, BaseReport):
+        console.print(Text("base ", style="bold") + safe(doc.path))
+        console.print(_base_overview(doc))
+        return
     console.print(Text("adapter ", style="bold") + safe(doc.path))
     console.print(_overview(doc))
     coverage = _coverage(doc)

@@ -13,16 +13,19 @@ from __future__ import annotations
 import json
 import math
 import os
+from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
 
 from sa3ckpt import __version__, dtypes
-from sa3ckpt.io.formats import open_adapter_source
+from sa3ckpt.io.formats import is_base_checkpoint, open_adapter_source
 from sa3ckpt.io.sources import AdapterSource
 from sa3ckpt.names.modules import BLOCK_MODULES, block_target
 from sa3ckpt.ops.analysis import Analysis, analyze
+from sa3ckpt.ops.inspect_base import inspect_base
 from sa3ckpt.ops.inspect_report import (
+    BaseReport,
     BlockRow,
     CoverageMap,
     CoverageReport,
@@ -150,7 +153,10 @@ def report(a: Analysis, *, stats: bool = False) -> InspectReport:
         config_origin=src.config_origin,
         metadata=dict(src.metadata),
         family=FamilyReport(
-            a.family.name if a.family else None, a.family_forced, a.family_evidence
+            a.family.name if a.family else None,
+            a.family_forced,
+            a.family_evidence,
+            list(a.family_detection.fits) if a.family_detection else [],
         ),
         base_model=claimed,
         base_model_family=claimed_family.name if claimed_family else None,
@@ -184,7 +190,20 @@ def inspect_path(
         return report(analyze(source, model), stats=stats)
 
 
-def inspect_document(reports: list[InspectReport]) -> dict[str, Any]:
+def inspect_file(
+    path: str | os.PathLike[str],
+    *,
+    stats: bool = False,
+    model: str = "auto",
+    allow_pickle: bool = False,
+) -> InspectReport | BaseReport:
+    """inspect_path for adapters; a base checkpoint (format registry's rule) gets a BaseReport."""
+    if is_base_checkpoint(path):
+        return inspect_base(path, stats=stats)
+    return inspect_path(path, stats=stats, model=model, allow_pickle=allow_pickle)
+
+
+def inspect_document(reports: Sequence[InspectReport | BaseReport]) -> dict[str, Any]:
     """The `inspect --json` document: schema version, tool, one entry per report."""
     return {
         "schema": SCHEMA_VERSION,

@@ -48,9 +48,20 @@ class RankReport:
 
 @dataclass(frozen=True)
 class FamilyReport:
+    """The family (None: unknown or undetermined), whether --model forced it, and why.
+
+    fits: every family the evidence allows; several with name None means undetermined (the
+    file fits them equally and `--model` picks), none with name None means no family fits.
+    """
+
     name: str | None
     forced: bool
     evidence: list[str]
+    fits: list[str] = field(default_factory=list)
+
+    @property
+    def undetermined(self) -> bool:
+        return self.name is None and len(self.fits) > 1
 
 
 @dataclass(frozen=True)
@@ -149,6 +160,31 @@ class InspectReport:
     keys: KeysReport
     notes: list[str]
     stats: StatsReport | None = field(default=None, metadata={OMIT_NONE: True})
+
+
+BASE_KIND = "base"
+
+
+@dataclass(frozen=True)
+class BaseReport:
+    """What inspect says of a base checkpoint instead of an adapter report.
+
+    `kind` ("base") is what tells the two apart in the JSON: adapter entries keep the schema-1
+    fields unchanged and have no `kind`. `naming` is the base key naming (official, mlx) and
+    `family` is detected from the weights' shapes.
+    """
+
+    path: str
+    kind: str
+    format: str
+    size_bytes: int
+    tensors: int
+    naming: str
+    family: FamilyReport
+    weights: int  # tensors that are a known target's weight
+    dtypes: dict[str, int]
+    metadata: dict[str, str]
+    notes: list[str]
 
 
 def report_json(value: Any) -> Any:

@@ -1,0 +1,50 @@
+"""inspect of a base checkpoint: its container, naming, family and tensor count, header-only.
+
+A base given to `inspect` is a normal thing to look at (it is merge's first input), so it
+gets its own short report instead of an adapter report full of "type None" and unmatched
+keys. "Is this a base?" is the format registry's rule (`io.formats.identify`), the same one
+the TUI uses for its BASE badge.
+"""
+
+from __future__ import annotations
+
+import os
+from collections import Counter
+
+from sa3ckpt.io.base_checkpoint import BaseCheckpoint, open_base
+from sa3ckpt.ops.inspect_report import BASE_KIND, BaseReport, FamilyReport
+from sa3ckpt.targets.detect import FamilyDetection, detect_family
+from sa3ckpt.targets.families import FAMILIES
+
+STATS_NOTE = "--stats describes adapter tensors; a base has none"
+
+
+def base_family(base: BaseCheckpoint) -> FamilyDetection:
+    """The family whose target table the base's weight shapes (canonical 2-D) match."""
+    observations = []
+    for target, key in base.weight_keys().items():
+        shape = base.tensors[key].shape
+        fan_out, fan_in = base.layout_of(shape).canonical_shape(shape)
+        observations.append((target, (fan_out, fan_in)))
+    return detect_family(observations, candidates=list(FAMILIES))
+
+
+def inspect_base(path: str | os.PathLike[str], *, stats: bool = False) -> BaseReport:
+    """The report for one base checkpoint (MalformedFileError when it cannot be read)."""
+    with open_base(path) as base:
+        detection = base_family(base)
+        return BaseReport(
+            path=base.path,
+            kind=BASE_KIND,
+            format=base.container,
+            size_bytes=os.path.getsize(base.path),
+            tensors=len(base.tensors),
+            naming=base.naming,
+            family=FamilyReport(
+                detection.family, False, list(detection.evidence), list(detection.fits)
+            ),
+            weights=len(base.weight_keys()),
+            dtypes=dict(sorted(Counter(t.dtype for t in base.tensors.values()).items())),
+            metadata=dict(base.metadata),
+            notes=[STATS_NOTE] if stats else [],
+        )

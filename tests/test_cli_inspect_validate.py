@@ -200,3 +200,40 @@ def test_validate_every_malformed_file_in_one_run() -> None:
     _no_traceback(result)
     doc = json.loads(result.stdout)
     assert result.returncode == 3 and doc["summary"]["malformed"] == len(malformed_corpus())
+
+
+BASES = DATA_DIR / "bases"
+
+
+@pytest.mark.parametrize(
+    ("name", "naming", "family"),
+    [
+        ("tiny-small.official.safetensors", "official", "tiny-small"),
+        ("tiny-medium.mlx.safetensors", "mlx", "tiny-medium"),
+    ],
+)
+def test_inspect_of_a_base_says_it_is_a_base(name: str, naming: str, family: str) -> None:
+    path = str(BASES / name)
+    text = run_cli("inspect", path)
+    _no_traceback(text)
+    assert text.returncode == 0
+    assert text.stdout.startswith(f"base {path}")
+    assert f"base checkpoint, {naming} naming" in text.stdout and family in text.stdout
+    assert "type" not in text.stdout.split() and "unmatched" not in text.stdout
+    with st.open_safetensors(path) as handle:
+        count = len(handle.header.tensors)
+    assert f"{count} tensors" in text.stdout
+
+
+def test_inspect_json_marks_bases_and_leaves_adapters_unchanged() -> None:
+    base = str(BASES / "tiny-small.official.safetensors")
+    adapter = str(ADAPTERS / "tiny-small" / "lora.safetensors")
+    result = run_cli("inspect", "--json", base, adapter)
+    assert result.returncode == 0
+    base_doc, adapter_doc = json.loads(result.stdout)["files"]
+    assert base_doc["kind"] == "base" and base_doc["naming"] == "official"
+    assert base_doc["family"]["name"] == "tiny-small" and base_doc["tensors"] == 47
+    assert base_doc["weights"] == 40 and "adapter_type" not in base_doc
+    assert "kind" not in adapter_doc and adapter_doc["adapter_type"]["resolved"] == "lora"
+    alone = json.loads(run_cli("inspect", "--json", adapter).stdout)["files"][0]
+    assert adapter_doc == alone

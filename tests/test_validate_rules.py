@@ -210,3 +210,44 @@ def test_strict_turns_warnings_into_failures() -> None:
 def test_every_rule_has_a_hint_and_known_severity() -> None:
     for rule in RULES.values():
         assert rule.severity in ("error", "warning", "info") and rule.hint and rule.title
+
+
+def test_rank_exceeds_target(tmp_path: Path) -> None:
+    # tiny-medium: to_timestep_embed.0 is (16, 8), so rank 12 > min(fan_out, fan_in) = 8 there,
+    # while the shapes themselves fit the family (lora_A (12, 8), lora_B (16, 12))
+    adapter = synth_adapter(FAM, "lora", rank=12, seed=3, include=["to_timestep_embed.0"])
+    path = _write(tmp_path, adapter.file_tensors(), adapter.metadata(), "r12.safetensors")
+    result = validate_path(path)
+    rules = {f.rule: f for f in result.findings}
+    assert result.family == "tiny-medium" and "shape-mismatch" not in rules
+    assert rules["rank-exceeds-target"].severity == "error"
+    assert "model.to_timestep_embed.0: rank 12 > min(fan_out, fan_in) = 8" in (
+        rules["rank-exceeds-target"].message
+    )
+    at_bound = synth_adapter(FAM, "lora", rank=8, seed=3, include=["to_timestep_embed.0"])
+    ok = _write(tmp_path, at_bound.file_tensors(), at_bound.metadata(), "r8.safetensors")
+    assert "rank-exceeds-target" not in _rules(ok)
+    forced = _rules(path, model="tiny-medium")
+    assert "rank-exceeds-target" in forced
+
+
+def test_rank_exceeds_target_for_xs_and_without_a_family(tmp_path: Path) -> None:
+    # lora-xs reveals no fans: the family's table gives the bound
+    xs = synth_adapter(FAM, "lora-xs", rank=9, seed=3, include=["to_local_embed.0"])
+    path = _write(tmp_path, xs.file_tensors(), xs.metadata(), "xs.safetensors")
+    assert validate_path(path).family == "tiny-medium"  # named by base_model
+    assert "rank-exceeds-target" not in _rules(path)  # 9 == min(16, 9): allowed
+    xs = synth_adapter(FAM, "lora-xs", rank=10, seed=3, include=["to_local_embed.0"])
+    path = _write(tmp_path, xs.file_tensors(), xs.metadata(), "xs10.safetensors")
+    assert "rank 10 > min(fan_out, fan_in) = 9" in _rules(path)["rank-exceeds-target"]
+    # no family fits: the bound is the shape the tensors show
+    tensors = {
+        f"{QKV0}.parametrizations.weight.0.lora_A": np.zeros((20, 10), np.float16),
+        f"{QKV0}.parametrizations.weight.0.lora_B": np.zeros((7, 20), np.float16),
+    }
+    config = {"rank": 20, "alpha": 20, "adapter_type": "lora"}
+    rules = _rules(_write(tmp_path, tensors, _meta(config), "none.safetensors"))
+    assert (
+        "family-unknown" in rules
+        and "rank 20 > min(fan_out, fan_in) = 7" in (rules["rank-exceeds-target"])
+    )

@@ -68,7 +68,8 @@ class FamilyDetection:
 
     family is None when no family fits (`fits` empty: the shapes are wrong for every family)
     or when several fit and nothing decides (`ambiguous`: the family is undetermined).
-    decided_by says which evidence picked the family: "shapes", "base_model" or "selection".
+    decided_by says which evidence picked the family: "targets" (their shapes and names),
+    "base_model" or "selection".
     """
 
     family: str | None
@@ -189,7 +190,7 @@ def detect_family(
     fits = tuple(s.family for s in scores if s.consistent)
     evidence = [_score_line(s) for s in scores]
     if len(fits) == 1:
-        return FamilyDetection(fits[0], tuple(evidence), scores, fits=fits, decided_by="shapes")
+        return FamilyDetection(fits[0], tuple(evidence), scores, fits=fits, decided_by="targets")
     if not fits:
         if not obs:
             evidence.append("no target shapes observed")

@@ -185,11 +185,83 @@ LAYOUTS: dict[str, Layout] = {
     )
 }
 
+# --- row orders: fused projections whose row blocks a runtime orders differently ------------
+
+# diffusers' differential self-attention `to_qkv` computes [q|q2|k|k2|v] where the official
+# checkpoint (and every sa3ckpt canonical view) has [q|k|v|q2|k2], in blocks of E rows.
+# Entry i is the official block that diffusers' block i holds.
+DIFFUSERS_DIFF_QKV_ORDER: tuple[int, ...] = (0, 3, 1, 4, 2)
+
+
+def inverse_order(order: tuple[int, ...]) -> tuple[int, ...]:
+    """The block order that undoes `order` (applying both in turn gives the identity)."""
+    inverse = [0] * len(order)
+    for position, block in enumerate(order):
+        inverse[block] = position
+    return tuple(inverse)
+
+
+def reorder_row_blocks(array: Any, order: tuple[int, ...]) -> Any:
+    """Rows split into len(order) equal blocks; block i of the result is block order[i] of
+    the input. Rows are axis 0, so it serves weights, lora_B and row magnitudes alike
+    (NumPy arrays: files are read as NumPy)."""
+    rows = array.shape[0]
+    if rows % len(order):
+        raise ValueError(f"{rows} rows do not split into {len(order)} equal blocks")
+    size = rows // len(order)
+    index = [b * size + i for b in order for i in range(size)]
+    return array.take(index, axis=0)
+
+
+def _diffusers_qkv_to_2d(weight: Any) -> Any:
+    """diffusers [q|q2|k|k2|v] rows -> canonical [q|k|v|q2|k2]."""
+    return reorder_row_blocks(_identity_to_2d(weight), inverse_order(DIFFUSERS_DIFF_QKV_ORDER))
+
+
+def _diffusers_qkv_from_2d(weight_2d: Any, kernel_size: int) -> Any:
+    """Canonical [q|k|v|q2|k2] rows -> diffusers [q|q2|k|k2|v]."""
+    return reorder_row_blocks(weight_2d, DIFFUSERS_DIFF_QKV_ORDER)
+
+
+LAYOUTS["diffusers-diff-qkv"] = Layout(
+    "diffusers-diff-qkv",
+    "diffusers differential self-attention to_qkv: Linear rows [q|q2|k|k2|v]",
+    "linear",
+    ("out", "in"),
+    _diffusers_qkv_to_2d,
+    _diffusers_qkv_from_2d,
+)
+
 # The one table of base layouts: which stored layout a weight of each layer kind has under
 # each base naming (`names.BASE_NAMINGS`). The MLX runtime's live module tree is "mlx".
 BASE_LAYOUTS: dict[str, dict[str, str]] = {
     "official": {"linear": "linear", "conv1d": "torch-conv1d"},
     "mlx": {"linear": "linear", "conv1d": "mlx-conv1d"},
+    "diffusers": {"linear": "linear", "conv1d": "torch-conv1d"},
+}
+
+
+@dataclass(frozen=True)
+class ModuleLayout:
+    """A layout one module of a naming uses instead of its layer kind's (`BASE_LAYOUTS`).
+
+    `module_suffix` matches the end of the canonical module name; `applies(shape)` decides
+    from the stored shape (diffusers reorders only the differential, 5E-row, `to_qkv`).
+    """
+
+    module_suffix: str
+    applies: Callable[[tuple[int, ...]], bool]
+    layout: str
+
+
+BASE_MODULE_LAYOUTS: dict[str, tuple[ModuleLayout, ...]] = {
+    "diffusers": (
+        ModuleLayout(
+            "self_attn.to_qkv",
+            lambda shape: len(shape) == 2 and shape[0] == 5 * shape[1],
+            "diffusers-diff-qkv",
+        ),
+    ),
 }
 
 
@@ -203,9 +275,18 @@ def base_layout(naming: str, layer_kind: str) -> Layout:
         ) from None
 
 
-def stored_layout(naming: str, shape: tuple[int, ...]) -> Layout:
-    """The layout of a stored weight in a base naming, told apart by its rank (2-D or 3-D)."""
-    rank = len(tuple(shape))
+def stored_layout(naming: str, shape: tuple[int, ...], module: str | None = None) -> Layout:
+    """The layout of a stored weight in a base naming, told apart by its rank (2-D or 3-D).
+
+    With the canonical `module`, a naming's per-module layout (`BASE_MODULE_LAYOUTS`) wins;
+    callers that hold a weight of a known module must pass it.
+    """
+    shape = tuple(shape)
+    if module is not None:
+        for rule in BASE_MODULE_LAYOUTS.get(naming, ()):
+            if module.endswith(rule.module_suffix) and rule.applies(shape):
+                return LAYOUTS[rule.layout]
+    rank = len(shape)
     for name in BASE_LAYOUTS[naming].values():
         if LAYOUTS[name].ndim == rank:
             return LAYOUTS[name]

@@ -153,3 +153,63 @@ def synth_base(fam: Family, *, seed: int = 0) -> SynthBase:
         t.name: _uniform(rng, t.weight_shape, np.sqrt(3.0 / t.shape[1])) for t in fam.targets
     }
     return SynthBase(fam, weights, _extra_base_tensors(fam, rng))
+
+
+# --- a complete official checkpoint (every tensor the official DiT and conditioner hold) ----
+
+HEAD_DIM = 64  # the official attention head width: heads = E / 64
+# Targets whose Linear has a bias in the official model (the rest are bias-free).
+_BIASED_TOP = frozenset(
+    {
+        "model.to_timestep_embed.0",
+        "model.to_timestep_embed.2",
+        "model.transformer.global_cond_embedder.0",
+        "model.transformer.global_cond_embedder.2",
+        SECONDS_CONDITIONER,
+    }
+)
+_BIASED_BLOCK = frozenset({"ff.ff.0.proj", "ff.ff.2", "to_local_embed.0", "to_local_embed.2"})
+_BLOCK_NORMS = ("pre_norm", "cross_attend_norm", "ff_norm")
+_HEAD_NORMS = ("self_attn.q_norm", "self_attn.k_norm", "cross_attn.q_norm", "cross_attn.k_norm")
+
+
+def official_full_tensors(
+    fam: Family, *, seed: int = 0, memory_tokens: int = 4, dtype: str = "F32"
+) -> dict[str, np.ndarray]:
+    """Every tensor of an official full base of `fam` (reference/dit.md): target weights,
+    the biases of the biased Linears, block and q/k RMSNorm gammas, the per-block
+    `to_scale_shift_gate`, memory tokens, RoPE `inv_freq`, the prompt padding embedding and
+    the seconds conditioner. What a runtime that loads strictly (diffusers) needs; the
+    embed width must be a multiple of HEAD_DIM."""
+    t = fam.topology
+    e = t.embed_dim
+    if e % HEAD_DIM:
+        raise ValueError(f"embed_dim {e} is not a multiple of the head width {HEAD_DIM}")
+    base = synth_base(fam, seed=seed)
+    rng = np.random.default_rng(seed + 1)
+    out: dict[str, np.ndarray] = {}
+    for target in fam.targets:
+        out[official_base_key(target.name)] = base.weights[target.name]
+        if target.name in _BIASED_TOP or (
+            target.module in _BIASED_BLOCK and target.block is not None
+        ):
+            out[official_base_key(target.name, "bias")] = _uniform(rng, (target.shape[0],), 0.1)
+    for block in range(t.depth):
+        for norm in _BLOCK_NORMS:
+            key = official_base_key(block_target(block, norm), "gamma")
+            out[key] = 1.0 + _uniform(rng, (e,), 0.1)
+        for norm in _HEAD_NORMS:
+            key = official_base_key(block_target(block, norm), "gamma")
+            out[key] = 1.0 + _uniform(rng, (HEAD_DIM,), 0.1)
+        key = official_base_key(f"model.transformer.layers.{block}", "to_scale_shift_gate")
+        out[key] = _uniform(rng, (t.global_mult * e,), 0.1)
+    out[official_base_key("model.transformer", "memory_tokens")] = _uniform(
+        rng, (memory_tokens, e), 0.02
+    )
+    rot = HEAD_DIM // 2
+    inv_freq = 1.0 / (10000.0 ** (np.arange(0, rot, 2, dtype=np.float64) / rot))
+    out[official_base_key("model.transformer.rotary_pos_emb", "inv_freq")] = inv_freq
+    out[official_base_key("conditioners.prompt", "padding_embedding")] = _uniform(
+        rng, (t.cond_token_dim,), 0.1
+    )
+    return {key: dtypes.cast(value, dtype) for key, value in out.items()}

@@ -1,6 +1,6 @@
 """Base-key dialects: how each base-checkpoint naming spells every tensor it holds.
 
-A base naming (official full checkpoint, MLX optimized runtime) is one `BaseNaming` row: how
+A base naming (official full checkpoint, MLX optimized runtime, diffusers) is one `BaseNaming` row: how
 to read a key as (canonical module, leaf as spelled), how to spell one back, which leaves it
 spells differently from the official checkpoint (MLX writes RMSNorm `gamma` as `weight`), and
 what evidence says a key belongs to it. Translating a tensor between namings always goes
@@ -16,10 +16,16 @@ from dataclasses import dataclass
 
 from sa3ckpt.names.modules import (
     CONDITIONER_ROOT,
+    DIFFUSERS_BLOCK_PREFIX,
+    DIFFUSERS_DURATION_EMBEDDER,
     DIT_ROOT,
     MLX_ARRAY_PREFIX,
     MLX_CONDITIONER_ARRAYS,
+    from_diffusers_dit_path,
+    from_diffusers_path,
     from_mlx_module,
+    to_diffusers_dit_path,
+    to_diffusers_path,
     to_mlx_module,
 )
 
@@ -186,6 +192,43 @@ MLX_LEAF_RENAMES: tuple[LeafRename, ...] = (
 )
 
 
+# --- diffusers StableAudio3DiTModel: paths inside the DiT model, `names.modules` rules -------
+
+# A diffusers transformer folder spells the DiT's own tensors by their path inside
+# `StableAudio3DiTModel` (the module rules, prompt padding embedding included, are
+# `names.modules.to_diffusers_path`'s). The seconds conditioner lives in another pipeline
+# component, so its Linear is spelled with that component's prefix
+# (`duration_embedder.linear.weight`): a transformer folder has no home for it
+# (`io.diffusers_folder.has_transformer_home`).
+_DIFFUSERS_OTHER_COMPONENT = DIFFUSERS_DURATION_EMBEDDER + "."
+
+
+def _split_leaf(canonical_key: str) -> tuple[str, str] | None:
+    module, _, param = canonical_key.rpartition(".")
+    return (module, param) if module else None
+
+
+def parse_diffusers_base_key(key: str) -> tuple[str, str] | None:
+    """(canonical module, leaf param) of a diffusers transformer (or duration embedder) key."""
+    if key.startswith(_DIFFUSERS_OTHER_COMPONENT):
+        canonical = from_diffusers_path(key)
+        return None if canonical is None else _split_leaf(canonical)
+    return _split_leaf(from_diffusers_dit_path(key))
+
+
+def _format_diffusers(module: str, param: str) -> str | None:
+    canonical = f"{module}.{param}"
+    inside = to_diffusers_dit_path(canonical)
+    if inside is not None:
+        return inside
+    path = to_diffusers_path(canonical)
+    return path if path is not None and path.startswith(_DIFFUSERS_OTHER_COMPONENT) else None
+
+
+def _owns_diffusers(key: str) -> bool:
+    return key.startswith(DIFFUSERS_BLOCK_PREFIX)
+
+
 BASE_NAMINGS: dict[str, BaseNaming] = {
     n.name: n
     for n in (
@@ -197,6 +240,17 @@ BASE_NAMINGS: dict[str, BaseNaming] = {
             _format_official,
             (),
             _owns_official,
+            0.5,
+        ),
+        BaseNaming(
+            "diffusers",
+            "diffusers StableAudio3DiTModel: no root, transformer_blocks.N, proj_in/out, "
+            "ff.proj_in/out, to_qkv rows [q|q2|k|k2|v] (medium)",
+            "transformer_blocks.0.self_attn.to_qkv.weight",
+            parse_diffusers_base_key,
+            _format_diffusers,
+            (),
+            _owns_diffusers,
             0.5,
         ),
         BaseNaming(

@@ -223,7 +223,9 @@ def _diffusers_qkv_from_2d(weight_2d: Any, kernel_size: int) -> Any:
     return reorder_row_blocks(weight_2d, DIFFUSERS_DIFF_QKV_ORDER)
 
 
-LAYOUTS["diffusers-diff-qkv"] = Layout(
+# Not in LAYOUTS (whose rows are the per-layer-kind layouts): a module's own layout, used
+# only through BASE_MODULE_LAYOUTS.
+DIFFUSERS_DIFF_QKV = Layout(
     "diffusers-diff-qkv",
     "diffusers differential self-attention to_qkv: Linear rows [q|q2|k|k2|v]",
     "linear",
@@ -251,7 +253,7 @@ class ModuleLayout:
 
     module_suffix: str
     applies: Callable[[tuple[int, ...]], bool]
-    layout: str
+    layout: Layout
 
 
 BASE_MODULE_LAYOUTS: dict[str, tuple[ModuleLayout, ...]] = {
@@ -259,7 +261,7 @@ BASE_MODULE_LAYOUTS: dict[str, tuple[ModuleLayout, ...]] = {
         ModuleLayout(
             "self_attn.to_qkv",
             lambda shape: len(shape) == 2 and shape[0] == 5 * shape[1],
-            "diffusers-diff-qkv",
+            DIFFUSERS_DIFF_QKV,
         ),
     ),
 }
@@ -285,7 +287,7 @@ def stored_layout(naming: str, shape: tuple[int, ...], module: str | None = None
     if module is not None:
         for rule in BASE_MODULE_LAYOUTS.get(naming, ()):
             if module.endswith(rule.module_suffix) and rule.applies(shape):
-                return LAYOUTS[rule.layout]
+                return rule.layout
     rank = len(shape)
     for name in BASE_LAYOUTS[naming].values():
         if LAYOUTS[name].ndim == rank:

@@ -1,8 +1,10 @@
 """Base checkpoints (the weights adapters are merged into), read lazily and written in streams.
 
-Two namings (official full: `model.model.…`, `conditioner.conditioners.…`; MLX runtime:
-no root, `to_local_embed.seq.N`, Conv1d (out, k, in), `cond.seconds_total_weight`) in two
-containers (safetensors; NumPy `.npz`). A `BaseCheckpoint` lists every tensor with its dtype
+Three namings (official full: `model.model.…`, `conditioner.conditioners.…`; MLX runtime:
+no root, `to_local_embed.seq.N`, Conv1d (out, k, in), `cond.seconds_total_weight`;
+diffusers: `transformer_blocks.N`, medium to_qkv rows [q|q2|k|k2|v]) in three containers
+(safetensors; NumPy `.npz`; a diffusers transformer folder of safetensors shards,
+`io.diffusers_folder`). A `BaseCheckpoint` lists every tensor with its dtype
 and shape without reading data, maps adapter targets to keys, and reads one tensor at a time,
 so a merge never holds more than the tensor it is working on.
 """
@@ -20,7 +22,15 @@ import numpy as np
 
 from sa3ckpt import dtypes
 from sa3ckpt.errors import MalformedFileError
-from sa3ckpt.io.atomic import AtomicFile
+from sa3ckpt.io.atomic import AtomicFile, check_output_path
+from sa3ckpt.io.diffusers_folder import CONTAINER as FOLDER_CONTAINER
+from sa3ckpt.io.diffusers_folder import (
+    DEFAULT_MAX_SHARD_SIZE,
+    FolderLayout,
+    FolderStreamWriter,
+    is_diffusers_dir,
+    open_folder,
+)
 from sa3ckpt.io.safetensors import SafetensorsStreamWriter, open_safetensors
 from sa3ckpt.layout import Layout, stored_layout
 from sa3ckpt.names.base_keys import detect_base_naming, parse_base_key
@@ -38,12 +48,13 @@ class BaseCheckpoint:
     """A base checkpoint's index plus a reader; use as a context manager."""
 
     path: str
-    container: str  # "safetensors" | "npz"
-    naming: str  # a `names.BASE_NAMINGS` key: "official" | "mlx"
+    container: str  # "safetensors" | "npz" | "diffusers-folder"
+    naming: str  # a `names.BASE_NAMINGS` key: "official" | "mlx" | "diffusers"
     tensors: dict[str, BaseTensor]
     metadata: dict[str, str]
     _read: Callable[[str], np.ndarray]
     _close: Callable[[], None]
+    folder: FolderLayout | None = None  # config and shards of a folder container
 
     def read(self, key: str) -> np.ndarray:
         """One tensor's data as a private array (read, not mapped: RSS stays one tensor)."""
@@ -64,9 +75,11 @@ class BaseCheckpoint:
             self._weight_keys = found
         return self._weight_keys
 
-    def layout_of(self, shape: tuple[int, ...]) -> Layout:
-        """The stored layout of a weight of this shape in this base's naming."""
-        return stored_layout(self.naming, tuple(shape))
+    def layout_of(self, shape: tuple[int, ...], key: str | None = None) -> Layout:
+        """The stored layout of a weight of this shape in this base's naming; with its `key`,
+        a per-module layout (diffusers' medium to_qkv row order) is taken into account."""
+        parsed = parse_base_key(key, self.naming) if key is not None else None
+        return stored_layout(self.naming, tuple(shape), parsed[0] if parsed else None)
 
     def close(self) -> None:
         self._close()
@@ -123,9 +136,30 @@ def _read_npz_member(path: str, archive: zipfile.ZipFile, key: str) -> np.ndarra
         raise MalformedFileError(path, f"member {key!r} cannot be read ({exc})") from None
 
 
+def _open_folder_base(spath: str) -> BaseCheckpoint:
+    opened = open_folder(spath)
+    tensors = {k: BaseTensor(k, code, shape) for k, (code, shape) in opened.tensors.items()}
+    if detect_base_naming(list(tensors)) != "diffusers":
+        opened.close()
+        raise MalformedFileError(spath, "a diffusers folder, but not of an SA3 transformer")
+    return BaseCheckpoint(
+        spath,
+        FOLDER_CONTAINER,
+        "diffusers",
+        tensors,
+        opened.metadata,
+        opened.read,
+        opened.close,
+        opened.layout,
+    )
+
+
 def open_base(path: str | os.PathLike[str]) -> BaseCheckpoint:
-    """Open a base checkpoint (safetensors or .npz, official or MLX naming) header-only."""
+    """Open a base checkpoint header-only: a safetensors or .npz file (official, MLX or
+    diffusers naming) or a diffusers transformer folder."""
     spath = os.fspath(path)
+    if os.path.isdir(spath):
+        return _open_folder_base(spath)
     if not os.path.isfile(spath):
         raise MalformedFileError(spath, "no such file")
     if zipfile.is_zipfile(spath):
@@ -183,6 +217,44 @@ class NpzStreamWriter:
             self._out.discard()
 
 
+def base_container_of(path: str | os.PathLike[str]) -> str:
+    """The container a base at `path` is (decided from the path alone: folders are diffusers
+    folders, .npz archives npz, the rest safetensors), so outputs can be checked first."""
+    spath = os.fspath(path)
+    if os.path.isdir(spath):
+        return FOLDER_CONTAINER
+    return "npz" if zipfile.is_zipfile(spath) else "safetensors"
+
+
+def check_base_output(
+    path: str | os.PathLike[str],
+    container: str,
+    *,
+    inputs: Sequence[str | os.PathLike[str]] = (),
+    overwrite: bool = True,
+) -> None:
+    """The output-path policy for a base written in `container`: a folder container may
+    replace only a diffusers folder, a file container never a folder."""
+    folder = container == FOLDER_CONTAINER
+    check_output_path(
+        path,
+        inputs=inputs,
+        overwrite=overwrite,
+        directory=folder,
+        replaceable=is_diffusers_dir if folder else None,
+    )
+
+
+@dataclass(frozen=True)
+class FolderSpec:
+    """How to write a folder container: its config.json and its shards (kept as given, e.g.
+    a merged base's, or cut at `max_shard_size`)."""
+
+    config: dict[str, Any]
+    shards: tuple[tuple[str, tuple[str, ...]], ...] | None = None
+    max_shard_size: int = DEFAULT_MAX_SHARD_SIZE
+
+
 def stream_writer(
     container: str,
     path: str | os.PathLike[str],
@@ -191,8 +263,23 @@ def stream_writer(
     *,
     inputs: Sequence[str] = (),
     overwrite: bool = True,
-) -> SafetensorsStreamWriter | NpzStreamWriter:
-    """A streaming writer for the container (npz keeps no metadata: it has no place for it)."""
+    folder: FolderSpec | None = None,
+) -> SafetensorsStreamWriter | NpzStreamWriter | FolderStreamWriter:
+    """A streaming writer for the container (npz keeps no metadata: it has no place for it;
+    a folder needs its `folder` spec)."""
     if container == "npz":
         return NpzStreamWriter(path, inputs=inputs, overwrite=overwrite)
+    if container == FOLDER_CONTAINER:
+        if folder is None:
+            raise ValueError("a diffusers folder output needs its config (FolderSpec)")
+        return FolderStreamWriter(
+            path,
+            specs,
+            metadata,
+            folder.config,
+            shards=folder.shards,
+            max_shard_size=folder.max_shard_size,
+            inputs=inputs,
+            overwrite=overwrite,
+        )
     return SafetensorsStreamWriter(path, specs, metadata, inputs=inputs, overwrite=overwrite)

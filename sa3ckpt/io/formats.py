@@ -29,6 +29,8 @@ import numpy as np
 from sa3ckpt import dtypes
 from sa3ckpt.errors import MalformedFileError, UsageError
 from sa3ckpt.io.base_checkpoint import BaseCheckpoint, open_base
+from sa3ckpt.io.diffusers_folder import CONTAINER as DIFFUSERS_FOLDER
+from sa3ckpt.io.diffusers_folder import folder_keys, is_diffusers_dir
 from sa3ckpt.io.gguf_adapter import KEY_ADAPTER_TYPE, KEY_ALPHA, KEY_RANK, RESERVED_KEYS, is_gguf
 from sa3ckpt.io.legacy_pickle import looks_like_pickle, read_legacy_ckpt
 from sa3ckpt.io.safetensors import SafetensorsFile, open_safetensors, read_header
@@ -366,6 +368,14 @@ FORMATS: tuple[Format, ...] = (
         load=_peft_load,
     ),
     Format(
+        DIFFUSERS_FOLDER,
+        is_diffusers_dir,
+        (),
+        frozenset({BASE}),
+        keys=folder_keys,
+        open_base=open_base,
+    ),
+    Format(
         "pickle",
         is_pickle,
         (".ckpt", ".pt", ".pth"),
@@ -498,7 +508,7 @@ def identify(path: str | os.PathLike[str]) -> FileIdentity:
     row = sniff(spath)
     if row is None:
         reason = (
-            f"a folder, but not a PEFT adapter (no {PEFT_CONFIG})"
+            f"a folder, but not a PEFT adapter (no {PEFT_CONFIG}) nor a diffusers model"
             if os.path.isdir(spath)
             else "no such file"
         )

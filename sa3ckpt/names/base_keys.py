@@ -1,11 +1,11 @@
 """Base-key dialects: how each base-checkpoint naming spells every tensor it holds.
 
-A base naming (official full checkpoint, MLX optimized runtime, diffusers) is one `BaseNaming` row: how
-to read a key as (canonical module, leaf as spelled), how to spell one back, which leaves it
-spells differently from the official checkpoint (MLX writes RMSNorm `gamma` as `weight`), and
-what evidence says a key belongs to it. Translating a tensor between namings always goes
-through the canonical module and the official leaf, so a new naming (diffusers) is one more
-row and every pair of namings converts. Adapter keys live in `names.adapter_keys`.
+A base naming (official full checkpoint, MLX optimized runtime, diffusers) is one
+`BaseNaming` row: how to read a key as (canonical module, leaf as spelled), how to spell one
+back, which leaves it spells differently from the official checkpoint (MLX writes RMSNorm
+`gamma` as `weight`), and what evidence says a key belongs to it. Translating a tensor
+between namings always goes through the canonical module and the official leaf, so every pair
+of namings converts. Adapter keys live in `names.adapter_keys`.
 """
 
 from __future__ import annotations

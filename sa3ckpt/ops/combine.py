@@ -103,7 +103,7 @@ def _base_weight(base: BaseCheckpoint, target: str) -> np.ndarray:
     if key is None:
         raise IncompatibleError(f"{target} is not in the base {base.path}")
     stored = np.asarray(base.read(key))
-    return base.layout_of(stored.shape).to_canonical(dtypes.to_float32(stored))
+    return base.layout_of(stored.shape, key).to_canonical(dtypes.to_float32(stored))
 
 
 def _dense_delta(ckpt: AdapterCheckpoint, target: str, base: BaseCheckpoint) -> np.ndarray:

@@ -98,7 +98,7 @@ def _base_2d(base: BaseCheckpoint, target: str) -> np.ndarray:
     if key is None:
         raise IncompatibleError(f"{target} is not in the base {base.path}")
     stored = base.read(key)
-    return np.ascontiguousarray(base.layout_of(stored.shape).to_canonical(stored))
+    return np.ascontiguousarray(base.layout_of(stored.shape, key).to_canonical(stored))
 
 
 def _resolve_variant(ckpt: AdapterCheckpoint, variant: str | None, ledger: ConvertLedger) -> str:

@@ -1,11 +1,13 @@
 """merge: bake adapters into a base checkpoint at fixed strengths, streaming tensor by tensor.
 
-The output keeps the base's container (safetensors / npz), naming (official / MLX) and dtype
-unless asked; every tensor that is not a merged target is copied bit-exactly; merged targets
-are computed in float32 (the NumPy kernel in `adapters.kernels`, two targets in parallel) and
-cast once. Peak memory is bounded by one tensor's working
-set, not the model. Every run returns a ledger, and nothing is written unless the whole merge
-succeeds (atomic output; NaN/Inf in a merged weight aborts it).
+The output keeps the base's container (safetensors / npz / diffusers folder, with the folder's
+config and sharding), naming (official / MLX / diffusers) and dtype unless asked; targets are
+merged in the canonical view (diffusers' medium to_qkv rows are put in official order for the
+merge and back after it, `layout.BASE_MODULE_LAYOUTS`); every tensor that is not a merged
+target is copied bit-exactly; merged targets are computed in float32 (the NumPy kernel in
+`adapters.kernels`, two targets in parallel) and cast once. Peak memory is bounded by one
+tensor's working set, not the model. Every run returns a ledger, and nothing is written
+unless the whole merge succeeds (atomic output; NaN/Inf in a merged weight aborts it).
 """
 
 from __future__ import annotations
@@ -27,8 +29,14 @@ from sa3ckpt.adapters.formulas import SEMANTICS, SEMANTICS_HELP
 from sa3ckpt.adapters.kernels import merge_to
 from sa3ckpt.adapters.xs_bases import XsBases, load_bases
 from sa3ckpt.errors import IncompatibleError, UsageError
-from sa3ckpt.io.atomic import check_output_path
-from sa3ckpt.io.base_checkpoint import BaseCheckpoint, open_base, stream_writer
+from sa3ckpt.io.base_checkpoint import (
+    BaseCheckpoint,
+    FolderSpec,
+    base_container_of,
+    check_base_output,
+    open_base,
+    stream_writer,
+)
 from sa3ckpt.names.modules import ROOTS, root_of
 from sa3ckpt.strengths import AdapterArg
 
@@ -133,7 +141,7 @@ def _plan(
             ledger.missing_from_base.append(target)
             continue
         shape = base.tensors[key].shape
-        fan = base.layout_of(shape).canonical_shape(shape)
+        fan = base.layout_of(shape, key).canonical_shape(shape)
         problems = [
             p
             for ckpt, _ in ckpts
@@ -172,7 +180,7 @@ def merge_checkpoint(
         raise UsageError("merge needs at least one adapter")
     out_code = dtypes.code_from_name(dtype) if dtype else None
     inputs = [base_path, *(a.path for a in adapters), *([bases_path] if bases_path else [])]
-    check_output_path(output, inputs=inputs, overwrite=force)  # before any work
+    check_base_output(output, base_container_of(base_path), inputs=inputs, overwrite=force)
     ckpts = [(load_checkpoint(a.path, allow_pickle=allow_pickle), a.strength) for a in adapters]
     bases: XsBases | None = load_bases(bases_path) if bases_path else None
     with open_base(base_path) as base:
@@ -258,7 +266,11 @@ def _write(
     metadata[PROVENANCE_KEY] = _provenance(ledger)
     total = len(specs)
     target_specs = [(key, code) for key, code, _ in specs if key in plan.targets]
-    writer = stream_writer(base.container, output, specs, metadata, inputs=inputs, overwrite=force)
+    # A folder keeps its config and its sharding (each shard holds the same keys as before).
+    folder = FolderSpec(base.folder.config, base.folder.shards) if base.folder else None
+    writer = stream_writer(
+        base.container, output, specs, metadata, inputs=inputs, overwrite=force, folder=folder
+    )
     with ThreadPoolExecutor(max_workers=WORKERS) as pool, writer:
         pending: dict[str, Future[tuple[np.ndarray, dict[str, int]]]] = {}
         queue = iter(target_specs)
@@ -309,7 +321,7 @@ def _merged(
 ) -> tuple[np.ndarray, dict[str, int]]:
     """One target's merged weight in the stored layout and dtype `code` (worker thread)."""
     stored = base.read(key)
-    layout = base.layout_of(stored.shape)
+    layout = base.layout_of(stored.shape, key)
     kernel = layout.kernel_size(stored.shape)
     w2d = np.ascontiguousarray(layout.to_canonical(stored))
     base_f32: np.ndarray | None = None

@@ -1,4 +1,5 @@
-"""`sa3ckpt convert`: adapters between dialects (verified), bases between official and MLX."""
+"""`sa3ckpt convert`: adapters between dialects (verified), bases between official, MLX and
+diffusers (a transformer folder)."""
 
 from __future__ import annotations
 
@@ -7,10 +8,19 @@ import argparse
 from sa3ckpt.cli.common import Ledger, print_ledger
 from sa3ckpt.dtypes import NAMES as DTYPE_NAMES
 from sa3ckpt.errors import UsageError
+from sa3ckpt.io.diffusers_folder import DEFAULT_MAX_SHARD_SIZE
 from sa3ckpt.io.formats import is_base_checkpoint
 from sa3ckpt.ops.convert import ADAPTER_TARGETS, convert_adapter
+from sa3ckpt.sizes import parse_size
 
-BASE_TARGETS = ("official", "mlx")
+BASE_TARGETS = ("official", "mlx", "diffusers")
+
+
+def _size(text: str) -> int:
+    try:
+        return parse_size(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -20,7 +30,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--to",
         required=True,
         choices=sorted({*ADAPTER_TARGETS, *BASE_TARGETS}),
-        help="adapters: sa3, bare, mlx, peft, sa3cpp; bases: official, mlx",
+        help="adapters: sa3, bare, mlx, peft, sa3cpp; bases: official, mlx, diffusers (folder)",
     )
     parser.add_argument("--dtype", choices=list(DTYPE_NAMES), help="output dtype (default fp16)")
     parser.add_argument("--base", metavar="BASE", help="bake XS bases U/V and baked_vnorm_row")
@@ -32,6 +42,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument(
         "--drop-unmapped", action="store_true", help="bases: drop tensors with no spelling"
+    )
+    parser.add_argument(
+        "--max-shard-size",
+        type=_size,
+        default=DEFAULT_MAX_SHARD_SIZE,
+        metavar="SIZE",
+        help="bases --to diffusers: shard limit (default 10GB, diffusers' own; e.g. 5GB)",
     )
     parser.add_argument("--allow-pickle", action="store_true", help="read legacy .ckpt input")
     parser.add_argument(
@@ -46,7 +63,8 @@ def run(args: argparse.Namespace) -> int:
     if is_base_checkpoint(args.input):
         if args.to not in BASE_TARGETS:
             raise UsageError(
-                f"{args.input} is a base checkpoint: convert it --to official or --to mlx"
+                f"{args.input} is a base checkpoint: convert it --to "
+                + ", --to ".join(BASE_TARGETS)
             )
         from sa3ckpt.ops.convert_base import convert_base
 
@@ -57,6 +75,7 @@ def run(args: argparse.Namespace) -> int:
             dtype=args.dtype,
             drop_unmapped=args.drop_unmapped,
             force=args.force,
+            max_shard_size=args.max_shard_size,
         )
     else:
         if args.to == "official":

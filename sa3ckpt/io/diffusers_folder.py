@@ -27,7 +27,8 @@ from sa3ckpt.errors import MalformedFileError
 from sa3ckpt.io.atomic import StagedOutput
 from sa3ckpt.io.safetensors import SafetensorsFile, SafetensorsStreamWriter, open_safetensors
 from sa3ckpt.io.sources import read_json
-from sa3ckpt.names.modules import DIFFUSERS_BLOCK_PREFIX, DIFFUSERS_COMPONENT_PREFIXES
+from sa3ckpt.names.base_keys import parse_diffusers_base_key
+from sa3ckpt.names.modules import DIFFUSERS_BLOCK_PREFIX, DIFFUSERS_TRANSFORMER, diffusers_component
 
 CONTAINER = "diffusers-folder"
 CONFIG_NAME = "config.json"
@@ -64,7 +65,8 @@ def is_diffusers_dir(path: str | os.PathLike[str]) -> bool:
 def has_transformer_home(key: str) -> bool:
     """Whether a diffusers-named tensor belongs in the transformer folder (not in another
     pipeline component such as the duration embedder)."""
-    return not key.startswith(DIFFUSERS_COMPONENT_PREFIXES)
+    parsed = parse_diffusers_base_key(key)
+    return parsed is None or diffusers_component(".".join(parsed)) == DIFFUSERS_TRANSFORMER
 
 
 # --- reading ----------------------------------------------------------------------------------

@@ -423,6 +423,7 @@ CONVERT_OUTPUTS: Mapping[tuple[str, str], tuple[str, ...]] = {
     (ADAPTER, "sa3cpp"): ("gguf",),
     (BASE, "official"): ("safetensors", "npz"),
     (BASE, "mlx"): ("safetensors", "npz"),
+    (BASE, "diffusers"): (DIFFUSERS_FOLDER, "safetensors", "npz"),
 }
 
 

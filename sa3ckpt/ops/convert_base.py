@@ -1,12 +1,15 @@
-"""Convert a base checkpoint between the official and MLX runtime namings, tensor by tensor.
+"""Convert a base checkpoint between the official, MLX runtime and diffusers namings.
 
 The official full checkpoint (`model.model.…`, PyTorch Conv1d (out, in, k), RMSNorm
-`.gamma`) and the MLX optimized runtime (no root, `to_local_embed.seq.N`, Conv1d
-(out, k, in), `.weight` norms, `cond.seconds_total_*` arrays) hold the same numbers under
-different names and layouts. A conversion is therefore a pure relabelling plus an axis swap:
-it must never change a value, so every converted tensor is checked against its source (after
-undoing the layout change) before the output is committed, and the ledger reports the worst
-relative error (0.0 unless a dtype cast was requested).
+`.gamma`), the MLX optimized runtime (no root, `to_local_embed.seq.N`, Conv1d
+(out, k, in), `.weight` norms, `cond.seconds_total_*` arrays) and a diffusers
+`StableAudio3DiTModel` folder (`transformer_blocks.N`, medium to_qkv rows [q|q2|k|k2|v],
+config.json, shards) hold the same numbers under different names and layouts. A conversion
+is therefore a pure relabelling plus an axis swap or row reorder: it must never change a
+value, so every converted tensor is checked against its source (after undoing the layout
+change) before the output is committed, and the ledger reports the worst relative error
+(0.0 unless a dtype cast was requested). Tensors the output container has no home for (the
+seconds conditioner in a diffusers transformer folder) are dropped and named in the ledger.
 
 Peak memory is one tensor: the output is planned from the input's index (names, dtypes,
 shapes) and then streamed through the atomic writer, read one, convert, verify, write.
@@ -24,14 +27,31 @@ import numpy as np
 
 from sa3ckpt import dtypes
 from sa3ckpt.errors import IncompatibleError, UsageError
-from sa3ckpt.io.atomic import check_output_path
-from sa3ckpt.io.base_checkpoint import BaseCheckpoint, BaseTensor, open_base, stream_writer
+from sa3ckpt.io.base_checkpoint import (
+    BaseCheckpoint,
+    BaseTensor,
+    FolderSpec,
+    check_base_output,
+    open_base,
+    stream_writer,
+)
+from sa3ckpt.io.diffusers_folder import CONTAINER as FOLDER
+from sa3ckpt.io.diffusers_folder import (
+    DEFAULT_MAX_SHARD_SIZE,
+    has_transformer_home,
+    transformer_config,
+)
 from sa3ckpt.io.formats import BASE, check_output_suffix
 from sa3ckpt.layout import Layout, stored_layout
 from sa3ckpt.names.base_keys import BASE_NAMINGS, parse_base_key, translate_base_key
 
 NAMINGS: tuple[str, ...] = tuple(BASE_NAMINGS)
-CONTAINERS: tuple[str, ...] = ("safetensors", "npz")
+CONTAINERS: tuple[str, ...] = ("safetensors", "npz", FOLDER)
+# Why a tensor with a spelling in the target naming still has no place in the container.
+NO_HOME_REASON = {
+    FOLDER: "no home in a diffusers transformer folder: it is the separate "
+    "StableAudio3DurationEmbedder's `linear` (its effect on the seconds conditioning is lost)"
+}
 
 # How many unmapped keys an error message names before it just counts.
 _SHOWN_KEYS = 5
@@ -60,7 +80,10 @@ def _layouts(info: BaseTensor, source: str, target: str) -> tuple[Layout, Layout
     parsed = parse_base_key(info.key, source)
     if parsed is None or parsed[1] != "weight" or len(info.shape) not in (2, 3):
         return None
-    pair = (stored_layout(source, info.shape), stored_layout(target, info.shape))
+    # Every naming keeps a weight's rank and (fan_out, fan_in), so the per-module rule (the
+    # diffusers to_qkv row order) decides from the same shape on both sides.
+    module = parsed[0]
+    pair = (stored_layout(source, info.shape, module), stored_layout(target, info.shape, module))
     return None if pair[0] == pair[1] else pair
 
 
@@ -97,19 +120,28 @@ def _collision_error(clashes: dict[str, list[str]]) -> IncompatibleError:
 
 
 def plan_conversion(
-    base: BaseCheckpoint, to: str, cast_to: str | None, drop_unmapped: bool
-) -> tuple[list[TensorPlan], list[str]]:
-    """Every output tensor in input order, plus the input keys dropped as unmapped.
+    base: BaseCheckpoint,
+    to: str,
+    cast_to: str | None,
+    drop_unmapped: bool,
+    container: str | None = None,
+) -> tuple[list[TensorPlan], list[str], list[str]]:
+    """Every output tensor in input order, the input keys dropped as unmapped, and those
+    dropped because the output container has no home for them (always reported).
 
     Decided from the index alone so naming problems surface before any byte is written.
     """
     plans: list[TensorPlan] = []
     unmapped: list[str] = []
+    homeless: list[str] = []
     sources: dict[str, list[str]] = {}
     for key, info in base.tensors.items():
         target = translate_base_key(key, info.shape, base.naming, to)
         if target is None:
             unmapped.append(key)
+            continue
+        if container == FOLDER and not has_transformer_home(target):
+            homeless.append(key)
             continue
         sources.setdefault(target, []).append(key)
         plans.append(_plan_tensor(info, target, base.naming, to, cast_to))
@@ -118,7 +150,7 @@ def plan_conversion(
     clashes = {t: s for t, s in sources.items() if len(s) > 1}
     if clashes:
         raise _collision_error(clashes)
-    return plans, unmapped
+    return plans, unmapped, homeless
 
 
 # --- converting and verifying one tensor ------------------------------------------------------
@@ -225,7 +257,9 @@ class BaseConvertLedger:
     tensors: int = 0
     renamed: int = 0
     transposed: int = 0
+    reordered: int = 0
     dropped: list[str] = field(default_factory=list)
+    no_home: list[str] = field(default_factory=list)
     cast: int = 0
     worst_rel_error: float = 0.0
 
@@ -240,11 +274,13 @@ class BaseConvertLedger:
             f"{self.input_path} ({self.from_naming} {self.input_container}) -> "
             f"{self.output_path} ({self.to_naming} {self.container})",
             f"{self.tensors} tensors converted: {self.renamed} renamed, "
-            f"{self.transposed} Conv1d transposed, {self.cast} cast"
-            + (f" to {self.dtype}" if self.dtype else ""),
+            f"{self.transposed} Conv1d transposed, {self.reordered} rows reordered, "
+            f"{self.cast} cast" + (f" to {self.dtype}" if self.dtype else ""),
             f"verified against the input: {exact}",
         ]
         out += [f"dropped (no {self.to_naming} spelling): {key}" for key in self.dropped]
+        reason = NO_HOME_REASON.get(self.container, "no home in the output")
+        out += [f"dropped ({reason}): {key}" for key in self.no_home]
         return out
 
     def to_json(self) -> dict[str, Any]:
@@ -260,7 +296,9 @@ class BaseConvertLedger:
             "tensors": self.tensors,
             "renamed": self.renamed,
             "transposed": self.transposed,
+            "reordered": self.reordered,
             "dropped": list(self.dropped),
+            "no_home": list(self.no_home),
             "cast": self.cast,
             "worst_relative_error": self.worst_rel_error,
         }
@@ -275,11 +313,34 @@ def _choice(value: str, allowed: tuple[str, ...], what: str) -> str:
     return value
 
 
-def _output_container(output: str, container: str | None) -> str:
-    """The requested container, else the output suffix's (`.npz` -> npz, else safetensors)."""
+def _output_container(output: str, container: str | None, to: str) -> str:
+    """The requested container, else the output suffix's (`.npz` -> npz, `.safetensors` ->
+    safetensors), else a folder for diffusers and safetensors for the others."""
     if container is not None:
-        return _choice(container, CONTAINERS, "container")
-    return "npz" if output.lower().endswith(".npz") else "safetensors"
+        _choice(container, CONTAINERS, "container")
+        if container == FOLDER and to != "diffusers":
+            raise UsageError(f"a {FOLDER} output holds the diffusers naming, not {to}")
+        return container
+    lowered = output.lower()
+    if lowered.endswith(".npz"):
+        return "npz"
+    if lowered.endswith(".safetensors") or to != "diffusers":
+        return "safetensors"
+    return FOLDER
+
+
+def _folder_spec(base: BaseCheckpoint, plans: list[TensorPlan], max_shard_size: int) -> FolderSpec:
+    """config.json (the input folder's, else derived from the output shapes) and the cut."""
+    if base.folder is not None:
+        config = dict(base.folder.config)
+    else:
+        try:
+            config = transformer_config({p.target: p.shape_out for p in plans})
+        except ValueError as exc:
+            raise IncompatibleError(
+                f"{base.path} is not a complete SA3 DiT for a diffusers folder ({exc})"
+            ) from None
+    return FolderSpec(config, None, max_shard_size)
 
 
 def _cast_code(dtype: str | None) -> str | None:
@@ -294,13 +355,20 @@ def _cast_code(dtype: str | None) -> str | None:
 def _record(ledger: BaseConvertLedger, plan: TensorPlan, rel_error: float) -> None:
     ledger.tensors += 1
     ledger.renamed += plan.target != plan.source
-    ledger.transposed += plan.layouts is not None
+    if plan.layouts is not None:
+        moved_axes = plan.layouts[0].axes != plan.layouts[1].axes
+        ledger.transposed += moved_axes
+        ledger.reordered += not moved_axes
     ledger.cast += plan.code_out != plan.code_in
     ledger.worst_rel_error = max(ledger.worst_rel_error, rel_error)
 
 
 def _stream(
-    base: BaseCheckpoint, plans: list[TensorPlan], ledger: BaseConvertLedger, force: bool
+    base: BaseCheckpoint,
+    plans: list[TensorPlan],
+    ledger: BaseConvertLedger,
+    force: bool,
+    folder: FolderSpec | None,
 ) -> None:
     """Read, convert, verify and write each tensor; the output appears only if all pass."""
     specs = [(p.target, p.code_out, p.shape_out) for p in plans]
@@ -311,6 +379,7 @@ def _stream(
         dict(base.metadata),
         inputs=[ledger.input_path],
         overwrite=force,
+        folder=folder,
     )
     with writer:
         for plan in plans:
@@ -330,24 +399,38 @@ def convert_base(
     dtype: str | None = None,
     drop_unmapped: bool = False,
     force: bool = False,
+    max_shard_size: int = DEFAULT_MAX_SHARD_SIZE,
 ) -> BaseConvertLedger:
     """Write the base at `input_path` in naming `to` to `output_path`, verified and atomic.
 
-    Same naming in and out is a pure container and/or dtype change. Raises UsageError for
-    bad arguments, an output that is the input or exists without `force`; IncompatibleError
-    for tensors with no spelling in `to` (unless `drop_unmapped`) or a failed verification.
+    Same naming in and out is a pure container and/or dtype change. `to="diffusers"` writes
+    a diffusers transformer folder (config.json, shards of at most `max_shard_size` bytes
+    with an index when there is more than one) unless the output ends in .safetensors/.npz;
+    the seconds conditioner Linear has no home there and is dropped, named in the ledger.
+    Raises UsageError for bad arguments, an output that is the input or exists without
+    `force`; IncompatibleError for tensors with no spelling in `to` (unless `drop_unmapped`)
+    or a failed verification.
     """
     src, out = os.fspath(input_path), os.fspath(output_path)
     _choice(to, NAMINGS, "target naming")
     if container is None:  # an explicit container is the caller's own choice of name
         check_output_suffix(out, BASE, to)
-    out_container = _output_container(out, container)
+    out_container = _output_container(out, container, to)
     cast_to = _cast_code(dtype)
-    check_output_path(out, inputs=[src], overwrite=force)  # before any work
+    check_base_output(out, out_container, inputs=[src], overwrite=force)  # before any work
     with open_base(src) as base:
-        plans, dropped = plan_conversion(base, to, cast_to, drop_unmapped)
+        plans, dropped, homeless = plan_conversion(base, to, cast_to, drop_unmapped, out_container)
+        folder = _folder_spec(base, plans, max_shard_size) if out_container == FOLDER else None
         ledger = BaseConvertLedger(
-            src, out, base.naming, to, out_container, base.container, dtype, dropped=dropped
+            src,
+            out,
+            base.naming,
+            to,
+            out_container,
+            base.container,
+            dtype,
+            dropped=dropped,
+            no_home=homeless,
         )
-        _stream(base, plans, ledger, force)
+        _stream(base, plans, ledger, force, folder)
     return ledger

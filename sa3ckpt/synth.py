@@ -173,43 +173,57 @@ _BLOCK_NORMS = ("pre_norm", "cross_attend_norm", "ff_norm")
 _HEAD_NORMS = ("self_attn.q_norm", "self_attn.k_norm", "cross_attn.q_norm", "cross_attn.k_norm")
 
 
-def official_full_tensors(
-    fam: Family, *, seed: int = 0, memory_tokens: int = 4, dtype: str = "F32"
-) -> dict[str, np.ndarray]:
-    """Every tensor of an official full base of `fam` (reference/dit.md): target weights,
-    the biases of the biased Linears, block and q/k RMSNorm gammas, the per-block
-    `to_scale_shift_gate`, memory tokens, RoPE `inv_freq`, the prompt padding embedding and
-    the seconds conditioner. What a runtime that loads strictly (diffusers) needs; the
-    embed width must be a multiple of HEAD_DIM."""
+def official_full_shapes(fam: Family, *, memory_tokens: int = 64) -> dict[str, tuple[int, ...]]:
+    """The key and shape of every tensor of an official full base of `fam` (reference/dit.md):
+    target weights, the biases of the biased Linears, block and q/k RMSNorm gammas, the
+    per-block `to_scale_shift_gate`, memory tokens, RoPE `inv_freq`, the prompt padding
+    embedding and the seconds conditioner. The embed width must be a multiple of HEAD_DIM."""
     t = fam.topology
     e = t.embed_dim
     if e % HEAD_DIM:
         raise ValueError(f"embed_dim {e} is not a multiple of the head width {HEAD_DIM}")
-    base = synth_base(fam, seed=seed)
-    rng = np.random.default_rng(seed + 1)
-    out: dict[str, np.ndarray] = {}
+    out: dict[str, tuple[int, ...]] = {}
     for target in fam.targets:
-        out[official_base_key(target.name)] = base.weights[target.name]
-        if target.name in _BIASED_TOP or (
-            target.module in _BIASED_BLOCK and target.block is not None
-        ):
-            out[official_base_key(target.name, "bias")] = _uniform(rng, (target.shape[0],), 0.1)
+        out[official_base_key(target.name)] = target.weight_shape
+        biased = target.name in _BIASED_TOP or (
+            target.block is not None and target.module in _BIASED_BLOCK
+        )
+        if biased:
+            out[official_base_key(target.name, "bias")] = (target.shape[0],)
     for block in range(t.depth):
         for norm in _BLOCK_NORMS:
-            key = official_base_key(block_target(block, norm), "gamma")
-            out[key] = 1.0 + _uniform(rng, (e,), 0.1)
+            out[official_base_key(block_target(block, norm), "gamma")] = (e,)
         for norm in _HEAD_NORMS:
-            key = official_base_key(block_target(block, norm), "gamma")
-            out[key] = 1.0 + _uniform(rng, (HEAD_DIM,), 0.1)
-        key = official_base_key(f"model.transformer.layers.{block}", "to_scale_shift_gate")
-        out[key] = _uniform(rng, (t.global_mult * e,), 0.1)
-    out[official_base_key("model.transformer", "memory_tokens")] = _uniform(
-        rng, (memory_tokens, e), 0.02
-    )
+            out[official_base_key(block_target(block, norm), "gamma")] = (HEAD_DIM,)
+        gate = official_base_key(f"model.transformer.layers.{block}", "to_scale_shift_gate")
+        out[gate] = (t.global_mult * e,)
+    out[official_base_key("model.transformer", "memory_tokens")] = (memory_tokens, e)
+    out[official_base_key("model.transformer.rotary_pos_emb", "inv_freq")] = (HEAD_DIM // 4,)
+    out[official_base_key("conditioners.prompt", "padding_embedding")] = (t.cond_token_dim,)
+    return out
+
+
+def official_full_tensors(
+    fam: Family, *, seed: int = 0, memory_tokens: int = 4, dtype: str = "F32"
+) -> dict[str, np.ndarray]:
+    """A complete official full base of `fam` (`official_full_shapes`) with values: the
+    target weights of `synth_base`, gammas near 1, the real RoPE frequencies, small uniform
+    values elsewhere. What a runtime that loads strictly (diffusers) needs."""
+    base = synth_base(fam, seed=seed)
+    rng = np.random.default_rng(seed + 1)
+    by_key = {official_base_key(name): w for name, w in base.weights.items()}
     rot = HEAD_DIM // 2
     inv_freq = 1.0 / (10000.0 ** (np.arange(0, rot, 2, dtype=np.float64) / rot))
-    out[official_base_key("model.transformer.rotary_pos_emb", "inv_freq")] = inv_freq
-    out[official_base_key("conditioners.prompt", "padding_embedding")] = _uniform(
-        rng, (t.cond_token_dim,), 0.1
-    )
-    return {key: dtypes.cast(value, dtype) for key, value in out.items()}
+    out: dict[str, np.ndarray] = {}
+    for key, shape in official_full_shapes(fam, memory_tokens=memory_tokens).items():
+        leaf = key.rpartition(".")[2]
+        if key in by_key:
+            value = by_key[key]
+        elif leaf == "gamma":
+            value = 1.0 + _uniform(rng, shape, 0.1)
+        elif leaf == "inv_freq":
+            value = inv_freq
+        else:
+            value = _uniform(rng, shape, 0.1 if leaf != "memory_tokens" else 0.02)
+        out[key] = dtypes.cast(value, dtype)
+    return out

@@ -80,11 +80,12 @@ class FolderLayout:
     shards: tuple[tuple[str, tuple[str, ...]], ...]  # (file name, keys in file order)
 
 
-def _shard_files(path: str) -> list[str]:
-    """The shard file names in order: the index's files, or the single weights file."""
+def _shard_files(path: str) -> tuple[list[str], dict[str, str] | None]:
+    """The shard file names in order (the index's files, or the single weights file) and
+    the index's weight_map when there is one."""
     index_path = os.path.join(path, INDEX_NAME)
     if not os.path.isfile(index_path):
-        return [WEIGHTS_NAME]
+        return [WEIGHTS_NAME], None
     index = read_json(index_path)
     weight_map = index.get("weight_map") if isinstance(index, dict) else None
     if not isinstance(weight_map, dict) or not all(isinstance(v, str) for v in weight_map.values()):
@@ -93,15 +94,16 @@ def _shard_files(path: str) -> list[str]:
     for name in files:
         if os.path.basename(name) != name or not name.endswith(".safetensors"):
             raise MalformedFileError(index_path, f"shard {name!r} is not a file in the folder")
-    return files
+    return files, dict(weight_map)
 
 
-def _check_index(path: str, handles: Mapping[str, SafetensorsFile]) -> None:
+def _check_index(
+    path: str, handles: Mapping[str, SafetensorsFile], weight_map: dict[str, str] | None
+) -> None:
     """The index must list exactly the tensors the shards hold, each in its own shard."""
-    index_path = os.path.join(path, INDEX_NAME)
-    if not os.path.isfile(index_path):
+    if weight_map is None:
         return
-    weight_map = read_json(index_path)["weight_map"]
+    index_path = os.path.join(path, INDEX_NAME)
     held = {key: name for name, handle in handles.items() for key in handle.header.tensors}
     if held != weight_map:
         wrong = sorted(set(held.items()) ^ set(weight_map.items()))
@@ -133,12 +135,13 @@ def open_folder(path: str | os.PathLike[str]) -> OpenFolder:
         raise MalformedFileError(os.path.join(spath, CONFIG_NAME), "not a JSON object")
     handles: dict[str, SafetensorsFile] = {}
     try:
-        for name in _shard_files(spath):
+        files, weight_map = _shard_files(spath)
+        for name in files:
             shard = os.path.join(spath, name)
             if not os.path.isfile(shard):
                 raise MalformedFileError(spath, f"shard {name} is missing")
             handles[name] = open_safetensors(shard)
-        _check_index(spath, handles)
+        _check_index(spath, handles, weight_map)
     except BaseException:
         for handle in handles.values():
             handle.close()

@@ -127,3 +127,39 @@ def test_legacy_magnitudes() -> None:
     assert flat.shape == (6,) and orient is None
     with pytest.raises(ValueError, match="fits neither"):
         squeeze_magnitude(np.ones((2, 2)), 6, 4)
+
+
+# --- row orders (diffusers' medium to_qkv) ----------------------------------------------------
+
+
+def test_diffusers_medium_qkv_rows_are_q_q2_k_k2_v() -> None:
+    from sa3ckpt.layout import rows_from_naming, rows_to_naming
+
+    e = 3
+    labels = {"q": 1, "k": 2, "v": 3, "q2": 4, "k2": 5}
+    official = np.concatenate(
+        [np.full((e, 2), labels[b]) for b in ("q", "k", "v", "q2", "k2")]
+    )  # rows of lora_B / a weight in the official [q|k|v|q2|k2] order
+    target = "model.transformer.layers.0.self_attn.to_qkv"
+    theirs = rows_to_naming("diffusers", target, (5 * e, e), official)
+    # diffusers' processor: q1, q2, k1, k2, v = to_qkv(x).chunk(5, dim=-1)
+    chunks = [c[0, 0] for c in np.split(theirs, 5)]
+    assert chunks == [labels[b] for b in ("q", "q2", "k", "k2", "v")]
+    np.testing.assert_array_equal(
+        rows_from_naming("diffusers", target, (5 * e, e), theirs), official
+    )
+    magnitude = official[:, 0]
+    assert (
+        rows_to_naming("diffusers", target, (5 * e, e), magnitude).tolist() == theirs[:, 0].tolist()
+    )
+
+
+def test_row_order_only_for_the_differential_self_attention() -> None:
+    from sa3ckpt.layout import row_order
+
+    e = 4
+    assert row_order("diffusers", "model.transformer.layers.1.self_attn.to_qkv", (3 * e, e)) is None
+    assert row_order("diffusers", "model.transformer.layers.1.cross_attn.to_kv", (3 * e, e)) is None
+    assert row_order("diffusers", "model.transformer.layers.1.cross_attn.to_q", (2 * e, e)) is None
+    assert row_order("official", "model.transformer.layers.1.self_attn.to_qkv", (5 * e, e)) is None
+    assert row_order("diffusers", "model.transformer.layers.1.self_attn.to_qkv", (5 * e, e))

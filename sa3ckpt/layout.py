@@ -215,6 +215,57 @@ def reorder_row_blocks(array: Any, order: tuple[int, ...]) -> Any:
     return array.take(index, axis=0)
 
 
+def _is_differential_qkv(fan_out: int, fan_in: int) -> bool:
+    """A differential `to_qkv` (5E rows of E inputs); the small model's 3E keep their order."""
+    return fan_out == 5 * fan_in
+
+
+@dataclass(frozen=True)
+class RowOrder:
+    """A module whose output rows a naming stores in another block order than canonical.
+
+    `module_suffix` matches the end of the canonical module name; `applies(fan_out, fan_in)`
+    decides from the canonical 2-D shape (diffusers reorders only the differential, 5E-row,
+    `to_qkv`; the small model's 3E rows are in the same order). `order[i]` is the canonical
+    block that the naming's block i holds.
+    """
+
+    module_suffix: str
+    applies: Callable[[int, int], bool]
+    order: tuple[int, ...]
+
+
+ROW_ORDERS: dict[str, tuple[RowOrder, ...]] = {
+    "diffusers": (
+        RowOrder(
+            "self_attn.to_qkv",
+            _is_differential_qkv,
+            DIFFUSERS_DIFF_QKV_ORDER,
+        ),
+    ),
+}
+
+
+def row_order(naming: str, module: str, shape_2d: tuple[int, int]) -> tuple[int, ...] | None:
+    """The block order `naming` stores the rows of canonical `module` in (None: canonical)."""
+    for rule in ROW_ORDERS.get(naming, ()):
+        if module.endswith(rule.module_suffix) and rule.applies(*shape_2d):
+            return rule.order
+    return None
+
+
+def rows_to_naming(naming: str, module: str, shape_2d: tuple[int, int], rows: Any) -> Any:
+    """Canonical rows (weight, lora_B, row magnitude) -> the naming's row order."""
+    order = row_order(naming, module, shape_2d)
+    return rows if order is None else reorder_row_blocks(rows, order)
+
+
+def rows_from_naming(naming: str, module: str, shape_2d: tuple[int, int], rows: Any) -> Any:
+    """The naming's row order -> canonical rows (the inverse of `rows_to_naming`)."""
+    order = row_order(naming, module, shape_2d)
+    return rows if order is None else reorder_row_blocks(rows, inverse_order(order))
+
+
 def _diffusers_qkv_to_2d(weight: Any) -> Any:
     """diffusers [q|q2|k|k2|v] rows -> canonical [q|k|v|q2|k2]."""
     return reorder_row_blocks(_identity_to_2d(weight), inverse_order(DIFFUSERS_DIFF_QKV_ORDER))
@@ -262,7 +313,7 @@ BASE_MODULE_LAYOUTS: dict[str, tuple[ModuleLayout, ...]] = {
     "diffusers": (
         ModuleLayout(
             "self_attn.to_qkv",
-            lambda shape: len(shape) == 2 and shape[0] == 5 * shape[1],
+            lambda shape: len(shape) == 2 and _is_differential_qkv(shape[0], shape[1]),
             DIFFUSERS_DIFF_QKV,
         ),
     ),
@@ -310,79 +361,6 @@ def from_canonical_2d(weight_2d: Any, layout: str, kernel_size: int = 1) -> Any:
 def stored_shape(shape_2d: tuple[int, int], layout: str, kernel_size: int = 1) -> tuple[int, ...]:
     """The stored shape of a canonical (fan_out, fan_in) weight in a layout."""
     return LAYOUTS[layout].stored_shape(shape_2d, kernel_size)
-
-
-# --- row orders: fused projections whose row blocks a runtime orders differently ------------
-
-# diffusers' differential self-attention `to_qkv` computes [q|q2|k|k2|v] where the official
-# checkpoint (and every sa3ckpt canonical view) has [q|k|v|q2|k2], in blocks of E rows.
-# Entry i is the official block that diffusers' block i holds.
-DIFFUSERS_DIFF_QKV_ORDER: tuple[int, ...] = (0, 3, 1, 4, 2)
-
-
-def inverse_order(order: tuple[int, ...]) -> tuple[int, ...]:
-    """The block order that undoes `order` (reordering by both in turn is the identity)."""
-    return tuple(sorted(range(len(order)), key=order.__getitem__))
-
-
-def reorder_row_blocks(array: Any, order: tuple[int, ...]) -> Any:
-    """Axis 0 cut into len(order) equal blocks; block i of the result is block order[i].
-
-    Rows are axis 0 of a weight, of lora_B, of B = U·M and of a row magnitude alike, so one
-    function serves bases and adapters (NumPy arrays: files are read as NumPy).
-    """
-    rows = array.shape[0]
-    if rows % len(order):
-        raise ValueError(f"{rows} rows do not split into {len(order)} equal blocks")
-    size = rows // len(order)
-    index = [block * size + i for block in order for i in range(size)]
-    return array.take(index, axis=0)
-
-
-@dataclass(frozen=True)
-class RowOrder:
-    """A module whose output rows a naming stores in another block order than canonical.
-
-    `module_suffix` matches the end of the canonical module name; `applies(fan_out, fan_in)`
-    decides from the canonical 2-D shape (diffusers reorders only the differential, 5E-row,
-    `to_qkv`; the small model's 3E rows are in the same order). `order[i]` is the canonical
-    block that the naming's block i holds.
-    """
-
-    module_suffix: str
-    applies: Callable[[int, int], bool]
-    order: tuple[int, ...]
-
-
-ROW_ORDERS: dict[str, tuple[RowOrder, ...]] = {
-    "diffusers": (
-        RowOrder(
-            "self_attn.to_qkv",
-            lambda fan_out, fan_in: fan_out == 5 * fan_in,
-            DIFFUSERS_DIFF_QKV_ORDER,
-        ),
-    ),
-}
-
-
-def row_order(naming: str, module: str, shape_2d: tuple[int, int]) -> tuple[int, ...] | None:
-    """The block order `naming` stores the rows of canonical `module` in (None: canonical)."""
-    for rule in ROW_ORDERS.get(naming, ()):
-        if module.endswith(rule.module_suffix) and rule.applies(*shape_2d):
-            return rule.order
-    return None
-
-
-def rows_to_naming(naming: str, module: str, shape_2d: tuple[int, int], rows: Any) -> Any:
-    """Canonical rows (weight, lora_B, row magnitude) -> the naming's row order."""
-    order = row_order(naming, module, shape_2d)
-    return rows if order is None else reorder_row_blocks(rows, order)
-
-
-def rows_from_naming(naming: str, module: str, shape_2d: tuple[int, int], rows: Any) -> Any:
-    """The naming's row order -> canonical rows (the inverse of `rows_to_naming`)."""
-    order = row_order(naming, module, shape_2d)
-    return rows if order is None else reorder_row_blocks(rows, inverse_order(order))
 
 
 # --- adapter tensors of Conv1d targets in files that keep them as convolutions ---------------

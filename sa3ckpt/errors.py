@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import os
 
+from sa3ckpt.textsafe import escape_control
+
 EXIT_OK = 0  # the one exit code no error class carries
 
 
@@ -18,8 +20,12 @@ class Sa3ckptError(Exception):
     exit_code: int = 1
 
     def one_line(self) -> str:
-        """The message folded to a single line, safe to print on stderr."""
-        return " ".join(str(self).split())
+        """The message folded to a single line, safe to print on stderr.
+
+        Messages quote file names and keys from strangers: control characters are escaped
+        so a name with an ESC cannot rewrite the terminal or a CI log.
+        """
+        return escape_control(" ".join(str(self).split()))
 
 
 class ValidationFailed(Sa3ckptError):
@@ -55,6 +61,26 @@ class IncompatibleError(Sa3ckptError):
     """Inputs that are each valid but do not fit together (exit 4)."""
 
     exit_code = 4
+
+
+class OutputError(Sa3ckptError):
+    """The output cannot be written: permissions, a full disk, a missing folder (exit 5).
+
+    Always names the user's output path (never the temp name it was being written under)
+    and promises what the atomic writers guarantee: nothing was written.
+    """
+
+    exit_code = 5
+
+    def __init__(self, path: str | os.PathLike[str], cause: str) -> None:
+        self.path = os.fspath(path)
+        self.cause = cause
+        super().__init__(f"cannot write {self.path}: {cause} (nothing was written)")
+
+    @classmethod
+    def from_os_error(cls, path: str | os.PathLike[str], exc: OSError) -> OutputError:
+        """The OSError of writing `path` (or its temp file), worded without the temp name."""
+        return cls(path, exc.strerror or type(exc).__name__)
 
 
 class Interrupted(Sa3ckptError):

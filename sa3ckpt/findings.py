@@ -41,6 +41,12 @@ RULES: dict[str, Rule] = {
             "re-export the adapter; the file cannot be parsed",
         ),
         Rule(
+            "not-found",
+            "error",
+            "the path does not exist (exit 3, like a file that cannot be read)",
+            "check the path: there is no file or folder by that name",
+        ),
+        Rule(
             "pickle",
             "error",
             "legacy pickle checkpoint (.ckpt)",

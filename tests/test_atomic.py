@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from sa3ckpt.errors import UsageError
+from sa3ckpt.errors import OutputError, UsageError
 from sa3ckpt.io.atomic import AtomicFile, atomic_output, check_output_path
 
 
@@ -139,7 +139,8 @@ def test_overwrite_false_rechecks_at_commit(tmp_path: Path) -> None:
 def test_refuses_directory_and_missing_parent(tmp_path: Path) -> None:
     with pytest.raises(UsageError, match="is a directory"), atomic_output(tmp_path):
         pass
-    with pytest.raises(UsageError, match="cannot write"), atomic_output(tmp_path / "no" / "x"):
+    # a missing folder is an output that cannot be written (exit 5), not a usage error
+    with pytest.raises(OutputError, match="cannot write"), atomic_output(tmp_path / "no" / "x"):
         pass
     with pytest.raises(UsageError):
         check_output_path(tmp_path)

@@ -295,7 +295,8 @@ def test_dtype_choices(tmp_path) -> None:
             str(BASE_OFFICIAL), [AdapterArg(_adapter_path("lora"), 1.0)], str(out), dtype=name
         )
         assert {i.dtype for i in read_header(out).tensors.values()} == {code}
-        assert ledger.cast == ledger.copied
+        # every non-target tensor is cast (the base is fp16), and counted once: not as copied
+        assert ledger.cast > 0 and ledger.copied == 0
 
 
 def test_adapter_argument_parsing() -> None:

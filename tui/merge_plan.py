@@ -14,6 +14,7 @@ from sa3ckpt.io.atomic import (
     REFUSED_DIRECTORY,
     REFUSED_EXISTS,
     REFUSED_INPUT,
+    REFUSED_SPECIAL,
     OutputRefused,
     check_output_path,
 )
@@ -26,6 +27,7 @@ REFUSALS = {
     REFUSED_INPUT: "output {output} is an input; choose a new file",
     REFUSED_DIRECTORY: "output {output} is a folder; name a file",
     REFUSED_EXISTS: "output {output} exists; choose a new file (nothing is replaced)",
+    REFUSED_SPECIAL: "output {output} is a device or pipe; name a file",
 }
 
 

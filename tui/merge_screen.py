@@ -27,6 +27,7 @@ from textual.widgets import (
 )
 
 from sa3ckpt.adapters.formulas import SEMANTICS_HELP
+from sa3ckpt.errors import OutputError
 from sa3ckpt.ops.merge import MergeLedger, merge_checkpoint
 from tui.loading import describe_error
 from tui.merge_plan import MergePlan, PlanError, make_plan, suggested_output
@@ -217,6 +218,9 @@ class MergeScreen(Screen[bool]):
                 semantics=plan.semantics,
                 progress=report,
             )
+        except OSError as exc:  # the environment, while writing: name the output, exit-5 words
+            error = OutputError.from_os_error(plan.output, exc)
+            self.app.call_from_thread(self._finished, None, describe_error(error))
         except Exception as exc:
             self.app.call_from_thread(self._finished, None, describe_error(exc))
         else:

@@ -25,7 +25,12 @@ from sa3ckpt.cli import (
     cmd_tui,
     cmd_validate,
 )
-from sa3ckpt.errors import EXIT_OK, Interrupted, Sa3ckptError, UsageError
+from sa3ckpt.errors import EXIT_OK, Interrupted, OutputError, Sa3ckptError, UsageError
+from sa3ckpt.io.atomic import user_path
+from sa3ckpt.textsafe import escape_control
+
+# The argparse destinations that name what a command writes, for errors that lost the path.
+OUTPUT_OPTIONS = ("output", "junit", "dir")
 
 
 class _Parser(argparse.ArgumentParser):
@@ -111,9 +116,21 @@ def _terminate(signum: int, frame: object) -> None:
     raise KeyboardInterrupt
 
 
+def _failed_output(exc: OSError, args: argparse.Namespace | None) -> str:
+    """The output an unmapped OSError was writing: its file (temp names undone), else -o."""
+    if exc.filename:
+        return user_path(os.fsdecode(exc.filename))
+    for option in OUTPUT_OPTIONS:
+        value = getattr(args, option, None)
+        if value:
+            return str(value)
+    return "the output"
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the CLI; return the process exit code (documented in README and DESIGN.md)."""
     previous = signal.signal(signal.SIGTERM, _terminate)
+    args: argparse.Namespace | None = None
     try:
         args = build_parser().parse_args(argv)
         return args.run(args)
@@ -126,17 +143,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     except BrokenPipeError:
         return EXIT_OK
     except OSError as exc:  # the environment failed us (disk full, permissions on output)
-        where = f" {exc.filename}" if exc.filename else ""
-        print(
-            f"sa3ckpt: error: cannot complete:{where} {exc.strerror or exc} (nothing was written)",
-            file=sys.stderr,
-        )
-        return Sa3ckptError.exit_code
+        error = OutputError.from_os_error(_failed_output(exc, args), exc)
+        print(f"sa3ckpt: error: {error.one_line()}", file=sys.stderr)
+        return error.exit_code
     except Exception as exc:  # a bug, not bad input: still one line unless debugging
         if os.environ.get("SA3CKPT_DEBUG"):
             raise
         print(
-            f"sa3ckpt: internal error: {type(exc).__name__}: {' '.join(str(exc).split())[:300]} "
+            f"sa3ckpt: internal error: {type(exc).__name__}: "
+            f"{escape_control(' '.join(str(exc).split()))[:300]} "
             "(a bug; set SA3CKPT_DEBUG=1 for the traceback and please report it)",
             file=sys.stderr,
         )

@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 import os
 
-from sa3ckpt.errors import UsageError
+from sa3ckpt.errors import MalformedFileError
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -20,7 +20,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     if not os.path.exists(args.path):
-        raise UsageError(f"{args.path}: no such file or folder")
+        # exit 3 like every other command given a path that is not there
+        raise MalformedFileError(args.path, "no such file or folder")
     from tui.app import Sa3ckptApp  # lazy: the rest of the CLI never loads Textual
 
     Sa3ckptApp(args.path).run()

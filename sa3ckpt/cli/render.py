@@ -12,6 +12,7 @@ from rich.console import Console
 from rich.table import Table
 from rich.text import Text
 
+from sa3ckpt.errors import MalformedFileError
 from sa3ckpt.names.modules import short_block_module
 from sa3ckpt.ops.inspect_report import BaseReport, FamilyReport, InspectReport, StatsReport
 from sa3ckpt.ops.validate import FileResult, ValidationRun
@@ -176,6 +177,12 @@ def print_inspect(console: Console, doc: InspectReport | BaseReport) -> None:
         console.print(coverage)
     if doc.stats is not None:
         console.print(_stats(doc.stats))
+
+
+def print_malformed(console: Console, exc: MalformedFileError) -> None:
+    """A path inspect could not read, in the place its report would have been."""
+    console.print(Text("adapter ", style="bold") + safe(exc.path))
+    console.print(Text("MALFORMED ", style="bold magenta") + safe(" ".join(exc.cause.split())))
 
 
 STATUS_STYLE = {"pass": "bold green", "fail": "bold red", "malformed": "bold magenta"}

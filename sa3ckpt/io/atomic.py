@@ -16,12 +16,14 @@ from __future__ import annotations
 
 import contextlib
 import os
+import re
 import secrets
 import shutil
+import stat
 from collections.abc import Callable, Iterator, Sequence
 from typing import BinaryIO
 
-from sa3ckpt.errors import UsageError
+from sa3ckpt.errors import OutputError, UsageError
 
 PathLike = str | os.PathLike[str]
 
@@ -29,6 +31,7 @@ _TEMP_ATTEMPTS = 100
 
 # Why an output path is refused; callers that word refusals their own way (the TUI) key on it.
 REFUSED_INPUT, REFUSED_DIRECTORY, REFUSED_EXISTS = "input", "directory", "exists"
+REFUSED_SPECIAL = "special"  # a device, FIFO or socket: renaming over it would destroy it
 
 
 class OutputRefused(UsageError):
@@ -57,6 +60,28 @@ def _inside(path: str, folder: str) -> bool:
     return os.path.commonpath([real_path, real_folder]) == real_folder and real_path != real_folder
 
 
+def output_error(path: PathLike, exc: BaseException) -> OutputError:
+    """A failure while writing `path` worded for the user: their path, never a temp name.
+
+    An OutputError raised deeper (a file written inside a staged folder) is re-aimed at
+    `path`, so a PEFT folder's error names the folder the user asked for.
+    """
+    if isinstance(exc, OutputError):
+        return OutputError(path, exc.cause)
+    if isinstance(exc, OSError):
+        return OutputError.from_os_error(path, exc)
+    raise TypeError(f"not an output failure: {exc!r}")
+
+
+def _is_special(path: str) -> bool:
+    """A device, FIFO or socket at `path` itself (a symlink is replaced as a link: fine)."""
+    try:
+        mode = os.lstat(path).st_mode
+    except OSError:
+        return False
+    return not (stat.S_ISREG(mode) or stat.S_ISDIR(mode) or stat.S_ISLNK(mode))
+
+
 def _exists(target: str) -> OutputRefused:
     return OutputRefused(
         REFUSED_EXISTS, f"output {target} already exists (pass --force to replace it)"
@@ -80,6 +105,9 @@ def check_output_path(
     needs `overwrite` (the CLI's --force).
     """
     target = os.fspath(path)
+    if not target.strip():
+        # '' would resolve to the current folder and write beside it, in its parent.
+        raise UsageError("the output path is empty")
     for inp in (os.fspath(p) for p in inputs):
         if same_file(target, inp) or _inside(target, inp):
             raise OutputRefused(
@@ -95,6 +123,10 @@ def check_output_path(
                 REFUSED_DIRECTORY,
                 f"output {target} is a directory of another kind (refusing to replace it)",
             )
+    if _is_special(target):
+        raise OutputRefused(
+            REFUSED_SPECIAL, f"output {target} is not a regular file (refusing to replace it)"
+        )
     if not overwrite and os.path.lexists(target):
         raise _exists(target)
 
@@ -103,6 +135,23 @@ def _temp_sibling(path: str) -> str:
     """A hidden name beside `path` for its temp file or folder (not created)."""
     folder, name = os.path.split(os.path.abspath(path))
     return os.path.join(folder, f".{name}.tmp-{secrets.token_hex(4)}")
+
+
+_TEMP_NAME = re.compile(r"^\.(?P<name>.+)\.tmp-[0-9a-f]{8}$")
+
+
+def user_path(path: PathLike) -> str:
+    """The output a temp name stands for (`d/.out.tmp-1a2b3c4d/x` -> `d/out`), else `path`.
+
+    For messages only: a failure inside a temp file or folder must name what the user
+    asked for, not a hidden name that is already deleted.
+    """
+    parts = os.fspath(path).split(os.sep)
+    for i, part in enumerate(parts):
+        match = _TEMP_NAME.match(part)
+        if match:
+            return os.sep.join([*parts[:i], match["name"]])
+    return os.fspath(path)
 
 
 def _fsync_dir(directory: str) -> None:
@@ -157,10 +206,10 @@ class AtomicFile:
             except FileExistsError:
                 continue
             except OSError as exc:
-                raise UsageError(f"cannot write {self.path}: {exc.strerror}") from exc
+                raise output_error(self.path, exc) from exc
             break
         else:
-            raise UsageError(f"cannot create a temp file next to {self.path}")
+            raise OutputError(self.path, "cannot create a temp file next to it")
         self.temp_path = tmp
         try:
             self.file = os.fdopen(fd, "wb")
@@ -185,6 +234,9 @@ class AtomicFile:
             if not self.overwrite and os.path.lexists(self.path):  # appeared while writing
                 raise _exists(self.path)
             os.replace(self.temp_path, self.path)
+        except OSError as exc:
+            self.discard()
+            raise output_error(self.path, exc) from exc
         except BaseException:
             self.discard()
             raise
@@ -216,6 +268,9 @@ def atomic_output(
     out = AtomicFile(path, inputs=inputs, overwrite=overwrite)
     try:
         yield out.file
+    except OSError as exc:
+        out.discard()
+        raise output_error(out.path, exc) from exc
     except BaseException:
         out.discard()
         raise
@@ -228,8 +283,11 @@ class StagedOutput:
     For commands that write with their own code (a folder of files, a third-party writer)
     or check the result before it may appear (convert reads its output back): the writer
     creates `temp_path`; `commit` fsyncs everything under it and renames it onto the
-    target, moving an old output aside first when a folder replaces it; `discard` deletes
-    it. Used as a context manager it commits on success and discards on any exception.
+    target, swapping when a folder replaces an old output (new beside, old renamed aside,
+    new renamed in, old removed; the old is renamed back if the swap fails); `discard`
+    deletes it. Used as a context manager it commits on success and discards on any
+    exception; write failures (OSError, or an OutputError naming a file inside the temp
+    folder) come out as an OutputError naming `path`.
     """
 
     def __init__(
@@ -278,17 +336,32 @@ class StagedOutput:
             self._fsync_temp()
             self._check()  # the target may have changed while the output was written
             if os.path.isdir(self.temp_path) and os.path.lexists(self.path):
-                old = _temp_sibling(self.path)
-                os.replace(self.path, old)
-                os.replace(self.temp_path, self.path)
-                _remove(old)
+                self._swap_in()
             else:
                 os.replace(self.temp_path, self.path)
+        except OSError as exc:
+            self.discard()
+            raise output_error(self.path, exc) from exc
         except BaseException:
             self.discard()
             raise
         self.done = True
         _fsync_dir(os.path.dirname(os.path.abspath(self.path)))
+
+    def _swap_in(self) -> None:
+        """Replace the old output by the new folder; the old one survives any failure.
+
+        Two renames cannot be one atomic step, so the old output is renamed aside (not
+        deleted) first and only removed once the new folder is in place.
+        """
+        old = _temp_sibling(self.path)
+        os.replace(self.path, old)
+        try:
+            os.replace(self.temp_path, self.path)
+        except BaseException:
+            os.replace(old, self.path)
+            raise
+        _remove(old)
 
     def discard(self) -> None:
         """Delete whatever the writer left under the temp name; safe to call again."""
@@ -300,8 +373,10 @@ class StagedOutput:
     def __enter__(self) -> StagedOutput:
         return self
 
-    def __exit__(self, exc_type: object, exc: object, tb: object) -> None:
-        if exc_type is None:
+    def __exit__(self, exc_type: object, exc: BaseException | None, tb: object) -> None:
+        if exc is None:
             self.commit()
-        else:
-            self.discard()
+            return
+        self.discard()
+        if isinstance(exc, OSError | OutputError):
+            raise output_error(self.path, exc) from exc

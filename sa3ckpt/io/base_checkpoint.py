@@ -22,7 +22,7 @@ import numpy as np
 
 from sa3ckpt import dtypes
 from sa3ckpt.errors import MalformedFileError
-from sa3ckpt.io.atomic import AtomicFile, check_output_path
+from sa3ckpt.io.atomic import AtomicFile, check_output_path, output_error
 from sa3ckpt.io.diffusers_folder import CONTAINER as FOLDER_CONTAINER
 from sa3ckpt.io.diffusers_folder import (
     DEFAULT_MAX_SHARD_SIZE,
@@ -209,12 +209,18 @@ class NpzStreamWriter:
     def __exit__(self, exc_type: Any, exc: Any, tb: Any) -> None:
         assert self._out is not None and self._zip is not None
         if exc_type is None:
-            self._zip.close()
+            try:
+                self._zip.close()  # writes the central directory: can still hit a full disk
+            except OSError as close_exc:
+                self._out.discard()
+                raise output_error(self.path, close_exc) from close_exc
             self._out.commit()
         else:
             with contextlib.suppress(Exception):
                 self._zip.close()
             self._out.discard()
+            if isinstance(exc, OSError):  # a full disk, not a bad input: exit 5, user's name
+                raise output_error(self.path, exc) from exc
 
 
 def base_container_of(path: str | os.PathLike[str]) -> str:

@@ -33,7 +33,7 @@ import numpy as np
 
 from sa3ckpt import dtypes
 from sa3ckpt.errors import MalformedFileError, UsageError
-from sa3ckpt.io.atomic import AtomicFile, PathLike
+from sa3ckpt.io.atomic import AtomicFile, PathLike, output_error
 
 GGUF_MISSING = "sa3.cpp GGUF needs the gguf extra: pip install 'sa3ckpt[gguf]'"
 
@@ -221,6 +221,9 @@ def write_gguf_adapter(
             writer.write_tensors_to_file()
         finally:
             writer.close()
+    except OSError as exc:  # GGUFWriter opened the temp name itself: word it as the output
+        out.discard()
+        raise output_error(out.path, exc) from exc
     except BaseException:
         out.discard()
         raise

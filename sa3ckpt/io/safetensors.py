@@ -34,7 +34,7 @@ import numpy as np
 
 from sa3ckpt import dtypes
 from sa3ckpt.errors import MalformedFileError
-from sa3ckpt.io.atomic import AtomicFile, PathLike
+from sa3ckpt.io.atomic import AtomicFile, PathLike, output_error
 
 MAX_HEADER_BYTES = 100 * 1024 * 1024
 """Largest header we parse: far above any real checkpoint, small enough to never OOM."""
@@ -595,6 +595,8 @@ class SafetensorsStreamWriter:
             return
         if exc_type is not None:
             out.discard()
+            if isinstance(exc, OSError):  # a full disk, not a bad input: exit 5, user's name
+                raise output_error(self.path, exc) from exc
             return
         if self._next != len(self._specs):
             out.discard()

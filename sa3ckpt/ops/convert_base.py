@@ -107,7 +107,7 @@ def _unmapped_error(keys: list[str], to: str) -> IncompatibleError:
     shown = ", ".join(keys[:_SHOWN_KEYS]) + (", …" if len(keys) > _SHOWN_KEYS else "")
     return IncompatibleError(
         f"{len(keys)} tensors have no {to} spelling ({shown}); "
-        "pass drop_unmapped (--drop-unmapped) to leave them out"
+        "pass --drop-unmapped to leave them out"
     )
 
 

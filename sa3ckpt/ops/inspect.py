@@ -19,6 +19,7 @@ from typing import Any
 import numpy as np
 
 from sa3ckpt import __version__, dtypes
+from sa3ckpt.errors import MalformedFileError
 from sa3ckpt.io.formats import is_base_checkpoint, open_adapter_source
 from sa3ckpt.io.sources import AdapterSource
 from sa3ckpt.names.modules import BLOCK_MODULES, block_target
@@ -203,12 +204,22 @@ def inspect_file(
     return inspect_path(path, stats=stats, model=model, allow_pickle=allow_pickle)
 
 
-def inspect_document(reports: Sequence[InspectReport | BaseReport]) -> dict[str, Any]:
-    """The `inspect --json` document: schema version, tool, one entry per report."""
+def malformed_json(exc: MalformedFileError) -> dict[str, Any]:
+    """The `inspect --json` entry of a file that could not be read: its path and the cause."""
+    return {"path": exc.path, "status": "malformed", "error": " ".join(exc.cause.split())}
+
+
+def inspect_document(
+    reports: Sequence[InspectReport | BaseReport | MalformedFileError],
+) -> dict[str, Any]:
+    """The `inspect --json` document: schema version, tool, one entry per path, in order."""
     return {
         "schema": SCHEMA_VERSION,
         "tool": f"sa3ckpt {__version__}",
-        "files": [report_json(r) for r in reports],
+        "files": [
+            malformed_json(r) if isinstance(r, MalformedFileError) else report_json(r)
+            for r in reports
+        ],
     }
 
 

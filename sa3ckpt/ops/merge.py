@@ -37,6 +37,7 @@ from sa3ckpt.io.base_checkpoint import (
     open_base,
     stream_writer,
 )
+from sa3ckpt.io.formats import identify
 from sa3ckpt.names.modules import ROOTS, root_of
 from sa3ckpt.strengths import AdapterArg
 
@@ -78,7 +79,7 @@ class MergeLedger:
             f"{len(self.merged)}/{total} adapter targets merged into {self.base} "
             f"({self.naming} {self.container}, {self.semantics} semantics) -> {self.output}",
             f"{self.copied} other tensors copied bit-exactly"
-            + (f", {self.cast} cast to the requested dtype" if self.cast else ""),
+            + (f", {self.cast} other tensors cast to the requested dtype" if self.cast else ""),
         ]
         out += [f"skipped {t}: {why}" for t, why in self.skipped]
         out += [f"missing from base: {t}" for t in self.missing_from_base]
@@ -156,6 +157,15 @@ def _plan(
     return _Plan(targets, ledger)
 
 
+def _check_base_first(base_path: str) -> None:
+    """An adapter where the base belongs is the arguments swapped: say so, not "no base keys"."""
+    if identify(base_path).is_adapter:
+        raise UsageError(
+            f"{base_path}: the first argument is an adapter; merge takes BASE first "
+            "(sa3ckpt merge BASE ADAPTER[:STRENGTH]... -o OUT)"
+        )
+
+
 def merge_checkpoint(
     base_path: str,
     adapters: Sequence[AdapterArg],
@@ -180,6 +190,7 @@ def merge_checkpoint(
         raise UsageError("merge needs at least one adapter")
     out_code = dtypes.code_from_name(dtype) if dtype else None
     inputs = [base_path, *(a.path for a in adapters), *([bases_path] if bases_path else [])]
+    _check_base_first(base_path)  # before the output check: swapped arguments say so
     check_base_output(output, base_container_of(base_path), inputs=inputs, overwrite=force)
     ckpts = [(load_checkpoint(a.path, allow_pickle=allow_pickle), a.strength) for a in adapters]
     bases: XsBases | None = load_bases(bases_path) if bases_path else None
@@ -293,9 +304,10 @@ def _write(
                     stored = base.read(key)
                     if code != base.tensors[key].dtype:
                         stored = dtypes.cast(dtypes.to_float32(stored), code)
-                        ledger.cast += 1
+                        ledger.cast += 1  # each tensor counted once: cast or copied
+                    else:
+                        ledger.copied += 1
                     writer.write(key, stored)
-                    ledger.copied += 1
                 else:
                     array, sources = pending.pop(key).result()
                     writer.write(key, array)

@@ -275,6 +275,10 @@ CHECKS: tuple[Check, ...] = (
 def validate_path(path: str, *, model: str = "auto", deep: bool = False) -> FileResult:
     """Validate one adapter path; never raises for a bad adapter (it becomes findings)."""
     result = FileResult(path)
+    if not os.path.exists(path):  # nothing to re-export: the path itself is wrong
+        result.malformed = True
+        result.findings.append(_say("not-found", f"{path} does not exist"))
+        return result
     if sniff_format(path) == "pickle":
         result.findings.append(_say("pickle", "legacy pickle: not read (pickles can run code)"))
         return result

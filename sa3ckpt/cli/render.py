@@ -167,10 +167,10 @@ def _base_overview(doc: BaseReport) -> Table:
 
 def print_inspect(console: Console, doc: InspectReport | BaseReport) -> None:
     if isinstance(doc, BaseReport):
-        console.print(Text("base ", style="bold") + safe(doc.path))
+        console.print(Text("base ", style="bold") + safe(doc.path), soft_wrap=True)
         console.print(_base_overview(doc))
         return
-    console.print(Text("adapter ", style="bold") + safe(doc.path))
+    console.print(Text("adapter ", style="bold") + safe(doc.path), soft_wrap=True)
     console.print(_overview(doc))
     coverage = _coverage(doc)
     if coverage is not None:
@@ -181,8 +181,11 @@ def print_inspect(console: Console, doc: InspectReport | BaseReport) -> None:
 
 def print_malformed(console: Console, exc: MalformedFileError) -> None:
     """A path inspect could not read, in the place its report would have been."""
-    console.print(Text("adapter ", style="bold") + safe(exc.path))
-    console.print(Text("MALFORMED ", style="bold magenta") + safe(" ".join(exc.cause.split())))
+    console.print(Text("adapter ", style="bold") + safe(exc.path), soft_wrap=True)
+    console.print(
+        Text("MALFORMED ", style="bold magenta") + safe(" ".join(exc.cause.split())),
+        soft_wrap=True,
+    )
 
 
 STATUS_STYLE = {"pass": "bold green", "fail": "bold red", "malformed": "bold magenta"}

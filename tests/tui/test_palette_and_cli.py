@@ -11,7 +11,7 @@ import pytest
 from textual.widgets import TabbedContent
 
 from sa3ckpt.cli import cmd_tui
-from sa3ckpt.errors import UsageError
+from sa3ckpt.errors import MalformedFileError
 from tests.tui.helpers import settle
 from tui.app import Sa3ckptApp, split_start
 from tui.browser_screen import BrowserScreen
@@ -91,7 +91,8 @@ def test_cli_parser_defaults_to_the_current_folder() -> None:
 
 
 def test_cli_refuses_a_missing_path() -> None:
-    with pytest.raises(UsageError, match="no such file or folder"):
+    # exit 3 like inspect of a missing path (issue 13), no longer a usage error
+    with pytest.raises(MalformedFileError, match="no such file or folder"):
         cmd_tui.run(argparse.Namespace(path="does-not-exist"))
 
 

@@ -11,7 +11,7 @@ import pytest
 
 gguf = pytest.importorskip("gguf")
 
-from sa3ckpt.errors import MalformedFileError, UsageError  # noqa: E402
+from sa3ckpt.errors import MalformedFileError, OutputError, UsageError  # noqa: E402
 from sa3ckpt.io.gguf_adapter import (  # noqa: E402
     GGUF_MISSING,
     GgufAdapter,
@@ -269,7 +269,7 @@ def test_failure_mid_write_keeps_the_old_file(
         raise OSError(28, "No space left on device")
 
     monkeypatch.setattr(gguf.GGUFWriter, "write_tensors_to_file", fail)
-    with pytest.raises(OSError):
+    with pytest.raises(OutputError, match=r"a\.gguf: No space left on device"):  # exit 5
         _write(out)
     assert out.read_bytes() == b"old"
     assert _listing(tmp_path) == ["a.gguf"]

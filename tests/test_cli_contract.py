@@ -17,6 +17,8 @@ import stat
 import subprocess
 import sys
 import xml.etree.ElementTree as ET
+from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -27,7 +29,12 @@ from fixtures.generate import DATA_DIR
 from sa3ckpt.errors import EXIT_OK, OutputError, Sa3ckptError
 from sa3ckpt.io import atomic
 from sa3ckpt.io.atomic import StagedOutput
+from sa3ckpt.io.safetensors import SafetensorsStreamWriter
 from sa3ckpt.io.sources import is_peft_dir
+from sa3ckpt.ops.convert_base import convert_base
+from sa3ckpt.synth import official_full_tensors, synth_adapter
+from sa3ckpt.targets.families import Family
+from sa3ckpt.targets.topology import Topology
 from tests.helpers import BASE_OFFICIAL, run_cli
 
 SMALL = DATA_DIR / "adapters" / "tiny-small"
@@ -148,27 +155,65 @@ def _run_with_fault(fault: str, folder: Path, *args: str) -> subprocess.Complete
     )
 
 
-WRITERS = {
-    "convert-sa3": lambda out: ["convert", LORA, "-o", out, "--to", "sa3"],
-    "convert-peft": lambda out: ["convert", LORA, "-o", out, "--to", "peft"],
-    "convert-base": lambda out: ["convert", BASE, "-o", out, "--to", "mlx"],
-    "merge": lambda out: ["merge", BASE, LORA, "-o", out],
-    "combine": lambda out: ["combine", LORA, "-o", out, "--method", "cat"],
-    "junit": lambda out: ["validate", LORA, "--junit", out],
+@dataclass(frozen=True)
+class DiffusersInputs:
+    """A complete DiT base small enough for tests (diffusers needs E a multiple of 64), the
+    same base as a diffusers folder, and an adapter that fits it."""
+
+    official: str
+    folder: str
+    adapter: str
+
+
+@pytest.fixture(scope="module")
+def diffusers_inputs(tmp_path_factory: pytest.TempPathFactory) -> DiffusersInputs:
+    work = tmp_path_factory.mktemp("diffusers-inputs")
+    topology = Topology(
+        embed_dim=64,
+        depth=2,
+        differential=False,
+        io_channels=8,
+        cond_token_dim=12,
+        timestep_features=8,
+        seconds_features=8,
+    )
+    fam = Family("tiny-small-64", "diffusers-shaped test family", topology, (), test_only=True)
+    official = work / "official.safetensors"
+    save_file(official_full_tensors(fam, seed=0), str(official))
+    folder = work / "diffusers"
+    convert_base(official, folder, to="diffusers")
+    adapter = synth_adapter(fam, "lora", rank=4, seed=5)
+    adapter_path = work / "adapter.safetensors"
+    save_file(adapter.file_tensors("sa3", "F32"), str(adapter_path), adapter.metadata())
+    return DiffusersInputs(str(official), str(folder), str(adapter_path))
+
+
+# command -> (arguments writing OUT, the output's name: a file or a folder)
+WRITERS: dict[str, tuple[Callable[[str, DiffusersInputs], list[str]], str]] = {
+    "convert-sa3": (lambda o, d: ["convert", LORA, "-o", o, "--to", "sa3"], "r.safetensors"),
+    "convert-peft": (lambda o, d: ["convert", LORA, "-o", o, "--to", "peft"], "r-peft"),
+    "convert-base": (lambda o, d: ["convert", BASE, "-o", o, "--to", "mlx"], "r.safetensors"),
+    "convert-diffusers": (
+        lambda o, d: ["convert", d.official, "-o", o, "--to", "diffusers"],
+        "r-diffusers",
+    ),
+    "merge": (lambda o, d: ["merge", BASE, LORA, "-o", o], "r.safetensors"),
+    "merge-folder": (lambda o, d: ["merge", d.folder, d.adapter, "-o", o], "r-folder"),
+    "combine": (lambda o, d: ["combine", LORA, "-o", o, "--method", "cat"], "r.safetensors"),
+    "junit": (lambda o, d: ["validate", LORA, "--junit", o], "r.xml"),
 }
 
 
 @pytest.mark.parametrize("fault", sorted(FAULTS))
 @pytest.mark.parametrize("command", sorted(WRITERS))
 def test_unwritable_output_is_exit_5_naming_the_output(
-    tmp_path: Path, fault: str, command: str
+    tmp_path: Path, fault: str, command: str, diffusers_inputs: DiffusersInputs
 ) -> None:
     folder = tmp_path / "out"
     folder.mkdir()
-    out = str(folder / ("result.xml" if command == "junit" else "result.safetensors"))
-    if command == "convert-peft":
-        out = str(folder / "result-peft")
-    result = _run_with_fault(fault, folder, *WRITERS[command](out))
+    arguments, name = WRITERS[command]
+    out = str(folder / name)
+    result = _run_with_fault(fault, folder, *arguments(out, diffusers_inputs))
     assert result.returncode == 5, result.stderr
     line = _stderr_line(result)
     assert line == f"sa3ckpt: error: cannot write {out}: {CAUSE[fault]} (nothing was written)"
@@ -275,6 +320,22 @@ def test_demo_twice_into_one_folder(tmp_path: Path) -> None:
     assert not [n for n in os.listdir(work) if TEMP_NAME.search(n)]
 
 
+@pytest.mark.parametrize("command", ["convert-diffusers", "merge-folder"])
+def test_force_replaces_a_diffusers_folder(
+    tmp_path: Path, command: str, diffusers_inputs: DiffusersInputs
+) -> None:
+    out = tmp_path / "folder"
+    arguments = WRITERS[command][0](str(out), diffusers_inputs)
+    assert run_cli(*arguments).returncode == 0
+    (out / "stale.txt").write_text("from the old folder")
+    again = run_cli(*arguments)
+    assert again.returncode == 2 and "--force" in _stderr_line(again)
+    forced = run_cli(*arguments, "--force")
+    assert forced.returncode == 0, forced.stderr
+    assert not (out / "stale.txt").exists() and (out / "config.json").is_file()
+    assert os.listdir(tmp_path) == ["folder"]
+
+
 def test_convert_force_replaces_a_peft_folder_from_the_cli(tmp_path: Path) -> None:
     out = tmp_path / "peft"
     assert run_cli("convert", LORA, "-o", str(out), "--to", "peft").returncode == 0
@@ -313,3 +374,25 @@ def test_failed_folder_swap_restores_the_old_output(
     assert (out / "adapter_config.json").read_text() == "old"
     assert os.listdir(tmp_path) == ["out"]
     assert calls[0][0] == str(out) and calls[2] == (calls[0][1], str(out))  # renamed back
+
+
+def test_full_disk_mid_folder_names_the_folder_and_leaves_nothing(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, diffusers_inputs: DiffusersInputs
+) -> None:
+    """A shard failing mid-write: the folder (not the shard's temp name) is named, and the
+    staged folder is removed although the shard writer's own exit raises."""
+    original = SafetensorsStreamWriter.write
+    calls = {"n": 0}
+
+    def failing(self: SafetensorsStreamWriter, name: str, array: np.ndarray) -> None:
+        calls["n"] += 1
+        if calls["n"] == 3:
+            raise OSError(28, "No space left on device")
+        original(self, name, array)
+
+    monkeypatch.setattr(SafetensorsStreamWriter, "write", failing)
+    out = tmp_path / "folder"
+    with pytest.raises(OutputError) as info:
+        convert_base(diffusers_inputs.official, out, to="diffusers")
+    assert info.value.path == str(out) and not TEMP_NAME.search(str(info.value))
+    assert os.listdir(tmp_path) == []

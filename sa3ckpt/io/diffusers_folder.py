@@ -23,8 +23,8 @@ from typing import Any
 import numpy as np
 
 from sa3ckpt import dtypes
-from sa3ckpt.errors import MalformedFileError
-from sa3ckpt.io.atomic import StagedOutput
+from sa3ckpt.errors import MalformedFileError, OutputError
+from sa3ckpt.io.atomic import StagedOutput, output_error
 from sa3ckpt.io.safetensors import SafetensorsFile, SafetensorsStreamWriter, open_safetensors
 from sa3ckpt.io.sources import read_json
 from sa3ckpt.names.base_keys import parse_diffusers_base_key
@@ -308,7 +308,10 @@ class FolderStreamWriter:
             raise ValueError("the shard plan does not list the tensors once each, in order")
 
     def __enter__(self) -> FolderStreamWriter:
-        os.mkdir(self._staged.temp_path)
+        try:
+            os.mkdir(self._staged.temp_path)
+        except OSError as exc:
+            raise output_error(self.path, exc) from exc
         return self
 
     def _next_shard(self) -> None:
@@ -359,13 +362,22 @@ class FolderStreamWriter:
 
     def __exit__(self, exc_type: Any, exc: Any, tb: Any) -> None:
         if exc_type is not None:
-            if self._writer is not None:
-                writer, self._writer = self._writer, None
-                writer.__exit__(exc_type, exc, tb)
-            self._staged.discard()
+            try:
+                if self._writer is not None:
+                    writer, self._writer = self._writer, None
+                    writer.__exit__(exc_type, exc, tb)
+            except (OSError, OutputError) as shard_exc:
+                exc = shard_exc
+            finally:
+                self._staged.discard()
+            if isinstance(exc, OSError | OutputError):  # name the folder, not a shard's temp
+                raise output_error(self.path, exc) from exc
             return
         try:
             self._finish()
+        except (OSError, OutputError) as finish_exc:
+            self._staged.discard()
+            raise output_error(self.path, finish_exc) from finish_exc
         except BaseException:
             self._staged.discard()
             raise

@@ -408,14 +408,20 @@ class FactorLayout:
         rule = self.params.get(param)
         return rule is not None and len(tuple(shape)) == rule.stored_ndim
 
+    def canonical_shape(self, param: str, shape: tuple[int, ...]) -> tuple[int, ...]:
+        """The canonical shape of a file tensor's shape (unchanged when already canonical)."""
+        shape = tuple(shape)
+        if not self.is_stored(param, shape):
+            return shape
+        if self.params[param].canonical_ndim == 1:
+            return (math.prod(shape),)
+        return shape[0], math.prod(shape[1:])
+
     def to_canonical(self, param: str, array: Any) -> Any:
         """A stored adapter tensor -> its canonical shape (unchanged when already canonical)."""
         if not self.is_stored(param, array.shape):
             return array
-        shape = tuple(array.shape)
-        if self.params[param].canonical_ndim == 1:
-            return array.reshape(math.prod(shape))
-        return array.reshape(shape[0], math.prod(shape[1:]))
+        return array.reshape(*self.canonical_shape(param, tuple(array.shape)))
 
     def from_canonical(self, param: str, array: Any, k: int) -> Any:
         """A canonical adapter tensor of a Conv1d target with kernel `k` -> stored form."""
@@ -436,3 +442,13 @@ PEFT_CONV1D = FactorLayout(
         ),
     },
 )
+
+
+# Key dialects whose files keep Conv1d adapter tensors as convolutions, and in which layout.
+# Dialects not listed store every adapter tensor canonically (2-D factors, 1-D magnitudes).
+DIALECT_FACTOR_LAYOUTS: dict[str, FactorLayout] = {"peft": PEFT_CONV1D}
+
+
+def factor_layout(dialect: str | None) -> FactorLayout | None:
+    """How a dialect stores the adapter tensors of Conv1d targets (None: canonically)."""
+    return DIALECT_FACTOR_LAYOUTS.get(dialect or "")

@@ -11,19 +11,24 @@ import os
 
 from sa3ckpt.adapters.checkpoint import AdapterCheckpoint, checkpoint_from_raw
 from sa3ckpt.io.formats import RawAdapter, load_raw
-from sa3ckpt.layout import PEFT_CONV1D
+from sa3ckpt.layout import factor_layout
 from sa3ckpt.names.adapter_keys import ParsedKey, parse_adapter_key
 
 
-def _fold_peft_convs(raw: RawAdapter) -> list[str]:
-    """PEFT keeps Conv1d adapters as convolutions (A (r, in, k), B (out, r, 1), magnitude
-    (1, out, 1)); the rest of the project works on the canonical view."""
+def _fold_convs(raw: RawAdapter) -> list[str]:
+    """Dialects with a factor layout keep Conv1d adapters as convolutions (PEFT: A (r, in, k),
+    B (out, r, 1), magnitude (1, out, 1)); the rest of the project works on the canonical
+    view. Returns the keys reshaped."""
     reshaped = []
-    for key, value in raw.tensors.items():
-        parsed = parse_adapter_key(key, "peft")
-        if isinstance(parsed, ParsedKey) and PEFT_CONV1D.is_stored(parsed.param, value.shape):
-            raw.tensors[key] = PEFT_CONV1D.to_canonical(parsed.param, value)
-            reshaped.append(key)
+    for dialect in raw.dialects:
+        layout = factor_layout(dialect)
+        if layout is None:
+            continue
+        for key, value in raw.tensors.items():
+            parsed = parse_adapter_key(key, dialect)
+            if isinstance(parsed, ParsedKey) and layout.is_stored(parsed.param, value.shape):
+                raw.tensors[key] = layout.to_canonical(parsed.param, value)
+                reshaped.append(key)
     return reshaped
 
 
@@ -31,7 +36,7 @@ def canonical_checkpoint(
     raw: RawAdapter, dialects: tuple[str, ...] | None = None
 ) -> AdapterCheckpoint:
     """A checkpoint from a container read; `dialects` narrows the key spellings accepted."""
-    reshaped = _fold_peft_convs(raw) if raw.format == "peft" else []
+    reshaped = _fold_convs(raw)
     ckpt = checkpoint_from_raw(
         raw.tensors,
         raw.config_text,
@@ -44,7 +49,8 @@ def canonical_checkpoint(
     ckpt.ledger.repairs += raw.repairs
     if reshaped:
         ckpt.ledger.repairs.append(
-            f"{len(reshaped)} PEFT Conv1d tensors reshaped to the canonical view"
+            f"{len(reshaped)} Conv1d adapter tensors stored as convolutions "
+            "reshaped to the canonical view"
         )
     return ckpt
 

@@ -35,6 +35,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--dtype", choices=list(DTYPE_NAMES), help="output dtype (default fp16)")
     parser.add_argument("--base", metavar="BASE", help="bake XS bases U/V and baked_vnorm_row")
     parser.add_argument(
+        "--bases", metavar="FILE", help="XS bases U/V from a `sa3ckpt bases` file (sa3cpp, peft)"
+    )
+    parser.add_argument(
         "--dora-variant", choices=["rows", "cols"], help="name an ambiguous legacy dora"
     )
     parser.add_argument(
@@ -86,6 +89,7 @@ def run(args: argparse.Namespace) -> int:
             to=args.to,
             dtype=args.dtype,
             base_path=args.base,
+            bases_path=args.bases,
             dora_variant=args.dora_variant,
             drop_conditioner=args.drop_conditioner,
             allow_pickle=args.allow_pickle,

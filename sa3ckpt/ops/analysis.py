@@ -11,11 +11,13 @@ import re
 from collections import Counter
 from collections.abc import Iterable
 from dataclasses import dataclass, field
+from typing import Any
 
 from sa3ckpt.adapters.config import ConfigError, LoraConfig
 from sa3ckpt.adapters.detect import TypeDetection, detect_type
 from sa3ckpt.adapters.types import ADAPTER_TYPES, AdapterType
 from sa3ckpt.io.sources import AdapterSource, TensorEntry
+from sa3ckpt.layout import FactorLayout, factor_layout
 from sa3ckpt.names.adapter_keys import DialectGuess, KeyGroups, detect_and_group
 from sa3ckpt.names.modules import to_sa3cpp_stem
 from sa3ckpt.names.select import peft_selects
@@ -70,6 +72,8 @@ class Analysis:
     rank_problems: list[str] = field(default_factory=list)
     coverage: Coverage | None = None
     dtypes: Counter[str] = field(default_factory=Counter)
+    # How the dialect stores Conv1d adapter tensors (PEFT: as convolutions); None: canonically.
+    factor_layout: FactorLayout | None = None
 
     @property
     def adapter_type(self) -> str | None:
@@ -107,12 +111,23 @@ class Analysis:
     def entry(self, target: str, param: str) -> TensorEntry:
         return self.source.entries[self.groups.targets[target][param]]
 
+    def canonical(self, param: str, array: Any) -> Any:
+        """A tensor as read from the file -> its canonical shape (folds PEFT convolutions)."""
+        layout = self.factor_layout
+        return array if layout is None else layout.to_canonical(param, array)
+
 
 def _param_shapes(
-    source: AdapterSource, groups: KeyGroups
+    source: AdapterSource, groups: KeyGroups, layout: FactorLayout | None = None
 ) -> dict[str, dict[str, tuple[int, ...]]]:
+    """Shapes per target and param: as stored, or canonical when `layout` folds them."""
     return {
-        target: {param: source.entries[key].shape for param, key in params.items()}
+        target: {
+            param: layout.canonical_shape(param, source.entries[key].shape)
+            if layout is not None
+            else tuple(source.entries[key].shape)
+            for param, key in params.items()
+        }
         for target, params in groups.targets.items()
     }
 
@@ -183,37 +198,54 @@ def _shape_problems(
     fam: Family,
     kind: AdapterType,
     rank: int,
-    shapes: dict[str, dict[str, tuple[int, ...]]],
+    stored: dict[str, dict[str, tuple[int, ...]]],
+    layout: FactorLayout | None,
 ) -> dict[tuple[str, str], str]:
-    """(target, param) -> what is wrong with its shape against `fam`'s target table."""
+    """(target, param) -> what is wrong with its shape against `fam`'s target table.
+
+    Shapes are compared as the file's dialect stores them: a dialect with a factor layout
+    (PEFT) keeps Conv1d adapter tensors as convolutions, so there a Conv1d target's lora_A
+    must be (r, in, k), not the canonical (r, in*k): the library the file is for would
+    refuse the canonical shape.
+    """
     problems: dict[tuple[str, str], str] = {}
-    for target, params in shapes.items():
+    for target, params in stored.items():
         spec = fam.target(target)
         if spec is None:
             continue
+        conv_layout = layout if layout is not None and spec.layer_kind == "conv1d" else None
         for param, shape in params.items():
             if param not in kind.params:
                 continue
             want = kind.param_shape(param, *spec.shape, rank)
-            legacy_ok = len(shape) == 2 and len(want) == 1 and sorted(shape) == sorted((1, want[0]))
+            if conv_layout is not None:
+                want = conv_layout.stored_shape(param, want, spec.kernel_size)
+            legacy_ok = (
+                conv_layout is None
+                and len(shape) == 2
+                and len(want) == 1
+                and sorted(shape) == sorted((1, want[0]))
+            )
             if tuple(shape) != want and not legacy_ok:
+                where = f"{fam.name} {conv_layout.name}" if conv_layout else fam.name
                 problems[(target, param)] = (
-                    f"{target}.{param}: file {tuple(shape)} vs {fam.name} {want}"
+                    f"{target}.{param}: file {tuple(shape)} vs {where} {want}"
                 )
     return problems
 
 
 def _check_against_family(
-    analysis: Analysis, shapes: dict[str, dict[str, tuple[int, ...]]]
+    analysis: Analysis, stored: dict[str, dict[str, tuple[int, ...]]]
 ) -> None:
-    """Shapes against the family, or (undetermined) problems every candidate family sees."""
+    """Stored shapes against the family, or (undetermined) problems every candidate family
+    sees."""
     families = analysis.checked_families()
     if analysis.family is not None:
-        analysis.unknown_targets.extend(t for t in shapes if analysis.family.target(t) is None)
+        analysis.unknown_targets.extend(t for t in stored if analysis.family.target(t) is None)
     kind, rank = analysis.kind, analysis.rank
     if not families or kind is None or rank is None:
         return
-    found = [_shape_problems(fam, kind, rank, shapes) for fam in families]
+    found = [_shape_problems(fam, kind, rank, stored, analysis.factor_layout) for fam in families]
     common = set(found[0]).intersection(*found[1:])
     analysis.shape_problems.extend(msg for key, msg in found[0].items() if key in common)
 
@@ -314,7 +346,9 @@ def analyze(source: AdapterSource, model: str = "auto") -> Analysis:
             config = LoraConfig.from_json(source.config_text)
         except ConfigError as exc:
             config_error = str(exc)
-    shapes = _param_shapes(source, groups)
+    layout = factor_layout(dialect.dialect)
+    stored = _param_shapes(source, groups)
+    shapes = _param_shapes(source, groups, layout)  # canonical: what detection works on
     analysis = Analysis(
         source=source,
         dialect=dialect,
@@ -326,13 +360,14 @@ def analyze(source: AdapterSource, model: str = "auto") -> Analysis:
         family=None,
         family_detection=None,
         dtypes=Counter(entry.dtype for entry in source.entries.values()),
+        factor_layout=layout,
     )
     _choose_family(analysis, shapes, model)
     if shapes:
         fans = _agreed_fans(analysis, shapes) if analysis.checked_families() else None
         analysis.detection = detect_type(shapes, config.adapter_type if config else None, fans)
     _check_param_sets(analysis, shapes)
-    _check_against_family(analysis, shapes)
+    _check_against_family(analysis, stored)
     _check_rank_bounds(analysis, shapes)
     analysis.coverage = _coverage(analysis)
     return analysis

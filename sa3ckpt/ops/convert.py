@@ -6,6 +6,15 @@ to the destination, read back with the same reader a user would use, and compare
 input target by target — the low-rank update c·ΔW (measured without forming ΔW) and every
 magnitude — before it is renamed into place (`io.atomic.StagedOutput`). The ledger reports
 the worst relative error.
+
+For dialects that keep Conv1d adapter tensors as convolutions (PEFT), the read-back also
+checks the files as that library reads them: the stored 3-D factors must have the shapes
+it allocates for the torch Conv1d, and the update it forms from them (a 1-wide conv of
+lora_B over lora_A) must equal c·ΔW in the torch (out, in, k) weight layout.
+
+PEFT expresses lora and dora-rows, and their -xs forms exactly: B = U·M, A = Vᵀ with the same
+scale alpha/rank (the XS bases from the file, `--bases` or an SVD of `--base`). Its DoRA
+magnitude is per output row, so dora-cols and bora(-xs) have no PEFT form.
 """
 
 from __future__ import annotations
@@ -23,21 +32,29 @@ from sa3ckpt import dtypes
 from sa3ckpt.adapters.checkpoint import AdapterCheckpoint, save_checkpoint
 from sa3ckpt.adapters.config import LoraConfig
 from sa3ckpt.adapters.finite import ALLOW_FLAG, find_nonfinite, refuse_nonfinite, summary
-from sa3ckpt.adapters.formats import load_adapter
+from sa3ckpt.adapters.formats import canonical_checkpoint, load_adapter
+from sa3ckpt.adapters.types import adapter_type as lookup_type
 from sa3ckpt.adapters.types import type_for
+from sa3ckpt.adapters.xs_bases import XsBases, load_bases
 from sa3ckpt.errors import IncompatibleError, UsageError
 from sa3ckpt.io.atomic import StagedOutput
 from sa3ckpt.io.base_checkpoint import BaseCheckpoint, open_base
-from sa3ckpt.io.formats import ADAPTER, check_output_suffix
+from sa3ckpt.io.formats import ADAPTER, check_output_suffix, load_raw
 from sa3ckpt.io.safetensors import write_safetensors
 from sa3ckpt.io.sources import PEFT_CONFIG, PEFT_WEIGHTS, is_peft_dir
-from sa3ckpt.layout import PEFT_CONV1D
+from sa3ckpt.layout import LAYOUTS, FactorLayout, factor_layout
 from sa3ckpt.names.adapter_keys import format_adapter_key
 from sa3ckpt.names.modules import module_info, to_sa3cpp_stem
 from sa3ckpt.targets.families import FAMILIES
 
 ADAPTER_TARGETS = ("sa3", "bare", "mlx", "peft", "sa3cpp")
-PEFT_TYPES = ("lora", "dora-rows")  # what PEFT can express (use_dora = per-row magnitudes)
+# What PEFT can express: plain LoRA and per-output-row DoRA (use_dora), XS or not. An XS
+# adapter is written as the plain type it equals (B = U·M, A = Vᵀ).
+PEFT_TYPES = ("lora", "dora-rows", "lora-xs", "dora-rows-xs")
+PEFT_REFUSAL = (
+    "PEFT cannot express {type}: PEFT's DoRA magnitude is per output row (use_dora), so only "
+    "lora, dora-rows and their -xs forms map; keep it in sa3, mlx or sa3cpp"
+)
 # Relative error allowed between input and rebuilt output, by output dtype (a few roundings).
 TOLERANCE = {"F16": 4e-3, "BF16": 3e-2, "F32": 1e-6, "F64": 1e-12}
 EPS = 1e-12
@@ -125,10 +142,17 @@ def _resolve_variant(ckpt: AdapterCheckpoint, variant: str | None, ledger: Conve
     return adapter_type
 
 
+def written_type(adapter_type: str, to: str) -> str:
+    """The adapter type a `to` output holds: PEFT writes an XS adapter as its plain type."""
+    kind = lookup_type(adapter_type)
+    return type_for(kind.norm, False).name if to == "peft" and kind.xs else adapter_type
+
+
 def _prepare(
     ckpt: AdapterCheckpoint,
     to: str,
     base: BaseCheckpoint | None,
+    bases: XsBases | None,
     variant: str | None,
     drop_conditioner: bool,
     ledger: ConvertLedger,
@@ -139,10 +163,7 @@ def _prepare(
             f"lora_config adapter_type {ckpt.config.adapter_type!r} written as {adapter_type!r}"
         )
     if to == "peft" and adapter_type not in PEFT_TYPES:
-        raise UsageError(
-            f"PEFT cannot express {adapter_type} (only lora, and dora-rows as use_dora); "
-            "keep it in sa3, mlx or sa3cpp"
-        )
+        raise UsageError(PEFT_REFUSAL.format(type=adapter_type))
     tensors = {t: dict(p) for t, p in ckpt.tensors.items()}
     if to == "sa3cpp":
         for target in [t for t in tensors if to_sa3cpp_stem(t) is None]:
@@ -162,29 +183,50 @@ def _prepare(
         dict(ckpt.config.extra),
     )
     out = AdapterCheckpoint(config, adapter_type, tensors, dict(ckpt.metadata))
-    needs_bases = to == "sa3cpp" and out.kind.xs
-    if base is not None or needs_bases:
-        _bake(out, base, to, ledger)
+    needs_bases = to in XS_BASES_NEEDED and out.kind.xs
+    if base is not None or bases is not None or needs_bases:
+        _bake(out, base, bases, to, ledger)
     return out
 
 
+# Outputs that cannot hold an XS adapter without its bases: sa3.cpp does no SVD at load, and
+# PEFT's factors are B = U·M, A = Vᵀ.
+XS_BASES_NEEDED = {"sa3cpp": "sa3.cpp", "peft": "PEFT"}
+
+
 def _bake(
-    out: AdapterCheckpoint, base: BaseCheckpoint | None, to: str, ledger: ConvertLedger
+    out: AdapterCheckpoint,
+    base: BaseCheckpoint | None,
+    bases: XsBases | None,
+    to: str,
+    ledger: ConvertLedger,
 ) -> None:
-    """U/V for XS (stored in the output) and baked_vnorm_row for dora-rows types, from the base."""
+    """U/V for XS (stored in the output; from `bases`, else an SVD of the base) and
+    baked_vnorm_row for dora-rows types, from the base."""
     kind = out.kind
-    baked_uv = baked_norms = 0
+    if kind.xs and bases is not None and bases.rank != out.config.rank:
+        raise IncompatibleError(
+            f"the XS bases file has rank {bases.rank}, the adapter rank {out.config.rank}"
+        )
+    baked_uv: dict[str, int] = {}
+    baked_norms = 0
     for target, params in out.tensors.items():
         if kind.xs and not ("U" in params and "V" in params):
-            if base is None:
+            in_file = bases is not None and bases.get(target) is not None
+            if base is None and not in_file:
+                runtime = XS_BASES_NEEDED.get(to, to)
                 raise UsageError(
-                    f"sa3.cpp needs XS bases U/V and {target} has none stored; pass --base BASE"
+                    f"{runtime} needs XS bases U/V and {target} has none stored; "
+                    "pass --bases FILE or --base BASE"
                 )
-            resolved, _ = out.resolved_params(
-                target, base_2d=dtypes.to_float32(_base_2d(base, target))
+            base_2d = (
+                dtypes.to_float32(_base_2d(base, target))
+                if base is not None and not in_file
+                else None
             )
+            resolved, origin = out.resolved_params(target, base_2d=base_2d, bases=bases)
             params["U"], params["V"] = resolved["U"], resolved["V"]
-            baked_uv += 1
+            baked_uv[origin] = baked_uv.get(origin, 0) + 1
         if base is not None and kind.norm == "rows" and to != "peft":
             w0 = dtypes.to_float32(_base_2d(base, target)).astype(np.float64)
             p = {k: dtypes.to_float32(np.asarray(v)).astype(np.float64) for k, v in params.items()}
@@ -192,8 +234,9 @@ def _bake(
             v = w0 + out.config.scale * delta
             params["baked_vnorm_row"] = np.sqrt(np.einsum("ij,ij->i", v, v)).astype(np.float32)
             baked_norms += 1
-    if baked_uv:
-        ledger.baked.append(f"XS bases U/V for {baked_uv} targets (SVD of the base)")
+    for origin, count in sorted(baked_uv.items()):
+        what = "SVD of the base" if origin == "base SVD" else origin
+        ledger.baked.append(f"XS bases U/V for {count} targets ({what})")
     if baked_norms:
         out.config.extra["baked_norms"] = True
         ledger.baked.append(
@@ -217,31 +260,71 @@ def _conv_kernel(target: str, shape: tuple[int, int]) -> int:
         spec = fam.target(target)
         if spec is not None and spec.layer_kind == "conv1d" and spec.shape == shape:
             return spec.kernel_size
-    return 1
+    raise UsageError(
+        f"{target}: no known model family has a Conv1d of canonical shape {shape}, so its "
+        "kernel size is unknown (PEFT stores Conv1d factors as (r, in, k))"
+    )
+
+
+def conv_kernels(ckpt: AdapterCheckpoint) -> dict[str, int]:
+    """Kernel sizes of the checkpoint's Conv1d targets (the writers of conv layouts need k)."""
+    kernels = {}
+    for target in ckpt.tensors:
+        info = module_info(target)
+        if info is not None and info.layer_kind == "conv1d":
+            kernels[target] = _conv_kernel(target, _fans(ckpt, target))
+    return kernels
+
+
+def _fans(ckpt: AdapterCheckpoint, target: str) -> tuple[int, int]:
+    """(fan_out, fan_in) of a target from its tensors (factors, or the XS bases)."""
+    p = ckpt.tensors[target]
+    if "lora_A" in p:
+        return int(np.shape(p["lora_B"])[0]), int(np.shape(p["lora_A"])[1])
+    return int(np.shape(p["U"])[0]), int(np.shape(p["V"])[0])
+
+
+def peft_factors(ckpt: AdapterCheckpoint, target: str) -> dict[str, np.ndarray]:
+    """A target's tensors as PEFT's canonical params: lora_A, lora_B and, for DoRA, magnitude.
+
+    XS adapters become the plain factors they equal: B = U·M (fan_out, r), A = Vᵀ (r, fan_in),
+    with the scale alpha/rank unchanged (computed in float64, cast once by the writer).
+    """
+    p = ckpt.tensors[target]
+    out: dict[str, np.ndarray] = {}
+    if ckpt.kind.xs:
+        out["lora_A"] = np.ascontiguousarray(_f64(p["V"]).T)
+        out["lora_B"] = _f64(p["U"]) @ _f64(p["M_xs"])
+    else:
+        out["lora_A"], out["lora_B"] = _f64(p["lora_A"]), _f64(p["lora_B"])
+    if "magnitude" in p:
+        out["magnitude"] = _f64(p["magnitude"])
+    return out
+
+
+def write_factor_tensors(ckpt: AdapterCheckpoint, dialect: str, code: str) -> dict[str, np.ndarray]:
+    """File tensors of a PEFT-style dialect, Conv1d targets in the dialect's factor layout."""
+    layout = factor_layout(dialect)
+    kernels = conv_kernels(ckpt) if layout is not None else {}
+    tensors: dict[str, np.ndarray] = {}
+    for target in ckpt.tensors:
+        for param, value in peft_factors(ckpt, target).items():
+            if layout is not None and target in kernels:
+                value = layout.from_canonical(param, value, kernels[target])
+            key = format_adapter_key(target, param, dialect)
+            tensors[key] = dtypes.cast(np.ascontiguousarray(value), code)
+    return tensors
 
 
 def _write_peft(ckpt: AdapterCheckpoint, path: str, code: str) -> None:
     os.makedirs(path, exist_ok=False)
-    tensors: dict[str, np.ndarray] = {}
-    for target, params in ckpt.tensors.items():
-        a, b = np.asarray(params["lora_A"]), np.asarray(params["lora_B"])
-        info = module_info(target)
-        conv_k = None
-        if info is not None and info.layer_kind == "conv1d":  # PEFT keeps Conv1d adapters as convs
-            conv_k = _conv_kernel(target, (b.shape[0], a.shape[1]))
-        for param in ("lora_A", "lora_B", "magnitude"):
-            if param not in params:
-                continue
-            value = dtypes.to_float32(np.asarray(params[param]))
-            if conv_k is not None:
-                value = PEFT_CONV1D.from_canonical(param, value, conv_k)
-            tensors[format_adapter_key(target, param, "peft")] = dtypes.cast(value, code)
+    tensors = write_factor_tensors(ckpt, "peft", code)
     write_safetensors(os.path.join(path, PEFT_WEIGHTS), tensors, {"format": "pt"})
     config = {
         "peft_type": "LORA",
         "r": ckpt.config.rank,
         "lora_alpha": ckpt.config.alpha,
-        "use_dora": ckpt.adapter_type == "dora-rows",
+        "use_dora": ckpt.kind.norm == "rows",
         "use_rslora": False,
         "lora_dropout": ckpt.config.extra.get("dropout", 0.0),
         "bias": "none",
@@ -344,11 +427,19 @@ def _elementwise_errors(
 
 
 def verify(
-    source: AdapterCheckpoint, rebuilt: AdapterCheckpoint, skip: set[str]
+    source: AdapterCheckpoint,
+    rebuilt: AdapterCheckpoint,
+    skip: set[str],
+    expected_type: str | None = None,
 ) -> tuple[float, str | None]:
-    """Worst relative error of c·ΔW and magnitudes over targets; raises on a structural loss."""
-    if rebuilt.adapter_type != source.adapter_type:
-        raise IncompatibleError(f"rebuilt type {rebuilt.adapter_type} != {source.adapter_type}")
+    """Worst relative error of c·ΔW and magnitudes over targets; raises on a structural loss.
+
+    `expected_type` is the type the output should hold when it differs from the source's
+    (an XS adapter written to PEFT comes back as the plain type it equals).
+    """
+    want = expected_type or source.adapter_type
+    if rebuilt.adapter_type != want:
+        raise IncompatibleError(f"rebuilt type {rebuilt.adapter_type} != {want}")
     worst, where = 0.0, None
     for target in source.tensors:
         if target in skip:
@@ -380,6 +471,79 @@ def verify(
     return worst, where
 
 
+def _bases_of(ckpt: AdapterCheckpoint, target: str) -> dict[str, Any]:
+    """The XS bases U/V a prepared target carries (none for non-XS or dropped targets)."""
+    params = ckpt.tensors.get(target, {})
+    return {b: params[b] for b in ("U", "V") if b in params}
+
+
+def conv_factor_delta(lora_a: np.ndarray, lora_b: np.ndarray) -> np.ndarray:
+    """The (out, in, k) update PEFT forms from Conv1d factors A (r, in, k), B (out, r, 1).
+
+    PEFT's lora_B of a Conv1d is a 1-wide convolution applied after lora_A, so its weight
+    update is ΔW[o, i, t] = Σ_r B[o, r, 0] · A[r, i, t] (PEFT then adds scale · ΔW to the
+    torch Conv1d weight, whose layout is (out, in, k)).
+    """
+    if lora_a.ndim != 3 or lora_b.ndim != 3 or lora_b.shape[2] != 1:
+        raise IncompatibleError(
+            f"Conv1d factors {lora_a.shape} / {lora_b.shape} are not (r, in, k) / (out, r, 1)"
+        )
+    return np.einsum("or,rit->oit", lora_b[:, :, 0], lora_a)
+
+
+def verify_factor_layout(
+    source: AdapterCheckpoint,
+    stored: dict[str, np.ndarray],
+    dialect: str,
+    skip: set[str],
+) -> tuple[float, str | None]:
+    """Check the Conv1d targets of a PEFT-style output as the library reads them.
+
+    Not after folding back: the stored 3-D tensors must have the shapes PEFT allocates for
+    the torch Conv1d of the family (lora_A (r, in, k), lora_B (out, r, 1), magnitude
+    (1, out, 1)), and the update PEFT forms from them must equal the source's c·ΔW laid out
+    as the torch weight (out, in, k). Returns the worst relative error over these targets.
+    """
+    layout: FactorLayout | None = factor_layout(dialect)
+    if layout is None:
+        return 0.0, None
+    worst, where = 0.0, None
+    torch_conv = LAYOUTS["torch-conv1d"]
+    for target, k in conv_kernels(source).items():
+        if target in skip:
+            continue
+        keys = {p: format_adapter_key(target, p, dialect) for p in ("lora_A", "lora_B")}
+        a, b = (_f64(stored[keys[p]]) for p in ("lora_A", "lora_B"))
+        fan_out, fan_in = _fans(source, target)
+        rank = source.config.rank
+        want = {"lora_A": (rank, fan_in // k, k), "lora_B": (fan_out, rank, 1)}
+        for param, shape in want.items():
+            got = tuple(stored[keys[param]].shape)
+            if got != shape:
+                raise IncompatibleError(
+                    f"{target}.{param} is stored as {got}; {dialect} reads {shape}"
+                )
+        magnitude = None
+        if "magnitude" in source.tensors[target]:
+            magnitude = stored[format_adapter_key(target, "magnitude", dialect)]
+            if tuple(magnitude.shape) != (1, fan_out, 1):
+                raise IncompatibleError(
+                    f"{target}.magnitude is stored as {tuple(magnitude.shape)}; "
+                    f"{dialect} reads {(1, fan_out, 1)}"
+                )
+        if find_nonfinite({target: source.tensors[target]}):
+            continue  # NaN/Inf kept on request: `verify` compares them element by element
+        factors = _factors(source, target)
+        assert factors is not None  # XS bases were resolved before writing
+        expected = torch_conv.from_canonical(factors[0] @ factors[1], k)
+        errors = [_rel(expected, source.config.scale * conv_factor_delta(a, b))]
+        if magnitude is not None:
+            errors.append(_rel(_f64(source.tensors[target]["magnitude"]), _f64(magnitude[0, :, 0])))
+        if max(errors) > worst:
+            worst, where = max(errors), target
+    return worst, where
+
+
 # --- the command ------------------------------------------------------------------------------
 
 
@@ -390,6 +554,7 @@ def convert_adapter(
     to: str,
     dtype: str | None = None,
     base_path: str | None = None,
+    bases_path: str | None = None,
     dora_variant: str | None = None,
     drop_conditioner: bool = False,
     allow_pickle: bool = False,
@@ -406,7 +571,7 @@ def convert_adapter(
     if dora_variant not in (None, "rows", "cols"):
         raise UsageError("--dora-variant takes rows or cols")
     check_output_suffix(output, ADAPTER, to)
-    inputs = [input_path] + ([base_path] if base_path else [])
+    inputs = [input_path] + [p for p in (base_path, bases_path) if p]
     # PEFT output is a folder: it may replace an old PEFT folder under --force, nothing else.
     staged = StagedOutput(
         output, inputs=inputs, overwrite=force, directory=to == "peft", replaceable=is_peft_dir
@@ -426,26 +591,40 @@ def convert_adapter(
                 f"{len(ckpt.ledger.rejected)} keys are not adapter tensors (e.g. {key}: {reason}); "
                 "converting would drop them"
             )
+    bases = load_bases(bases_path) if bases_path else None
     base = open_base(base_path) if base_path else None
     try:
-        prepared = _prepare(ckpt, to, base, dora_variant, drop_conditioner, ledger)
+        prepared = _prepare(ckpt, to, base, bases, dora_variant, drop_conditioner, ledger)
     finally:
         if base is not None:
             base.close()
     ledger.adapter_type = prepared.adapter_type
+    out_type = written_type(prepared.adapter_type, to)
+    if out_type != prepared.adapter_type:
+        ledger.repairs.append(
+            f"{prepared.adapter_type} written as the {out_type} it equals (B = U·M, A = Vᵀ)"
+        )
     ledger.targets = len(prepared.tensors)
     with staged:
         WRITERS[to](prepared, staged.temp_path, code)
-        rebuilt = load_adapter(staged.temp_path)
+        raw = load_raw(staged.temp_path)
+        stored = dict(raw.tensors)  # as written: the canonical read below folds convolutions
+        rebuilt = canonical_checkpoint(raw)
         introduced = find_nonfinite(rebuilt.tensors)
         if introduced and not nonfinite:
             raise IncompatibleError(
                 f"{output}: converted tensor {summary(introduced)} is not finite in {code} "
                 "(values beyond its range); nothing was written (try --dtype fp32)"
             )
-        source = AdapterCheckpoint(prepared.config, prepared.adapter_type, ckpt.tensors)
+        # The input's tensors (not the prepared copy) and, for XS, the bases the output used.
+        tensors = {t: {**p, **_bases_of(prepared, t)} for t, p in ckpt.tensors.items()}
+        source = AdapterCheckpoint(prepared.config, prepared.adapter_type, tensors)
         skip = {t for t in ckpt.tensors if t not in prepared.tensors}
-        ledger.worst_error, ledger.worst_target = verify(source, rebuilt, skip)
+        checks = [
+            verify(source, rebuilt, skip, out_type),
+            verify_factor_layout(source, stored, to, skip),  # writer names are dialect names
+        ]
+        ledger.worst_error, ledger.worst_target = max(checks, key=lambda c: c[0])
         tolerance = TOLERANCE.get(code, 1e-3)
         if ledger.worst_error > tolerance:
             raise IncompatibleError(

@@ -85,7 +85,7 @@ def target_stats(a: Analysis) -> StatsReport:
     decomposed = a.kind is not None and a.kind.is_weight_decomposed
     rows = {}
     for target, keys in a.groups.targets.items():
-        params = {p: _float(a.source, k) for p, k in keys.items()}
+        params = {p: a.canonical(p, _float(a.source, k)) for p, k in keys.items()}
         nonfinite = {p: int(v.size - np.count_nonzero(np.isfinite(v))) for p, v in params.items()}
         effect = params.get("lora_B", params.get("M_xs"))
         finite = all(n == 0 for n in nonfinite.values())

@@ -9,13 +9,13 @@ from __future__ import annotations
 
 import json
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 
 from sa3ckpt import dtypes
 from sa3ckpt.adapters.types import adapter_type
-from sa3ckpt.layout import base_layout
+from sa3ckpt.layout import base_layout, factor_layout
 from sa3ckpt.names import (
     SECONDS_CONDITIONER,
     block_target,
@@ -39,13 +39,20 @@ class SynthAdapter:
 
     tensors: dict[str, dict[str, np.ndarray]]  # target -> param -> array (float64)
     config: dict[str, object]
+    kernels: dict[str, int] = field(default_factory=dict)  # Conv1d target -> kernel size
 
     def file_tensors(self, dialect: str = "sa3", dtype: str = "F16") -> dict[str, np.ndarray]:
-        """Tensors keyed in a file dialect and cast to `dtype` (baked norms stay fp32)."""
+        """Tensors keyed in a file dialect and cast to `dtype` (baked norms stay fp32).
+
+        Conv1d targets are laid out as the dialect stores them (PEFT: as convolutions).
+        """
+        layout = factor_layout(dialect)
         out: dict[str, np.ndarray] = {}
         for target, params in self.tensors.items():
             for param, value in params.items():
                 code = "F32" if param == "baked_vnorm_row" else dtype
+                if layout is not None and target in self.kernels:
+                    value = layout.from_canonical(param, value, self.kernels[target])
                 out[format_adapter_key(target, param, dialect)] = dtypes.cast(value, code)
         return out
 
@@ -96,7 +103,12 @@ def synth_adapter(
         "base_model": fam.name,
     }
     config.update(extra_config or {})
-    return SynthAdapter(tensors, config)
+    kernels = {
+        t.name: t.kernel_size
+        for t in fam.targets
+        if t.name in tensors and t.layer_kind == "conv1d"
+    }
+    return SynthAdapter(tensors, config, kernels)
 
 
 # Non-target tensors a base carries besides the target weights, so that merges and

@@ -104,9 +104,7 @@ def synth_adapter(
     }
     config.update(extra_config or {})
     kernels = {
-        t.name: t.kernel_size
-        for t in fam.targets
-        if t.name in tensors and t.layer_kind == "conv1d"
+        t.name: t.kernel_size for t in fam.targets if t.name in tensors and t.layer_kind == "conv1d"
     }
     return SynthAdapter(tensors, config, kernels)
 

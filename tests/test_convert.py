@@ -278,3 +278,43 @@ def test_every_dialect_pair(tmp_path: Path, type_name: str, start: str, to: str)
     rebuilt = load_adapter(second)
     assert set(rebuilt.tensors) == set(original.tensors)
     _same(original, rebuilt)
+
+
+def test_peft_read_back_checks_the_conv_layout_peft_reads(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A writer that stores lora_A as (r, k, in) folds back to the same canonical view, so only
+    a check in PEFT's own layout (r, in, k) can catch it."""
+    original = convert_mod.write_factor_tensors
+
+    def swapped(ckpt, dialect, code):
+        tensors = original(ckpt, dialect, code)
+        key = "base_model.model.model.preprocess_conv.lora_A.weight"
+        r, cin, k = tensors[key].shape
+        tensors[key] = np.ascontiguousarray(tensors[key].reshape(r, k, cin))
+        return tensors
+
+    monkeypatch.setattr(convert_mod, "write_factor_tensors", swapped)
+    with pytest.raises(IncompatibleError, match=r"stored as \(4, 3, 8\); peft reads \(4, 8, 3\)"):
+        convert_adapter(_path("lora"), str(tmp_path / "p"), to="peft")
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_peft_conv_update_is_pefts_conv_of_the_factors() -> None:
+    rng = np.random.default_rng(0)
+    a, b = rng.standard_normal((4, 8, 3)), rng.standard_normal((6, 4, 1))
+    delta = convert_mod.conv_factor_delta(a, b)
+    assert delta.shape == (6, 8, 3)
+    assert np.allclose(delta[2, 5, 1], sum(b[2, r, 0] * a[r, 5, 1] for r in range(4)))
+    with pytest.raises(IncompatibleError):
+        convert_mod.conv_factor_delta(a, rng.standard_normal((6, 4, 3)))
+
+
+def test_xs_to_peft_with_a_bases_file_of_another_rank_is_refused(tmp_path: Path) -> None:
+    from sa3ckpt.adapters.xs_bases import compute_bases, save_bases
+
+    weights = {t.name: base_2d(t).astype(np.float32) for t in FAM.targets}
+    bases = tmp_path / "bases.safetensors"
+    save_bases(compute_bases(weights, 3, "tiny-small"), bases)
+    with pytest.raises(IncompatibleError, match="rank 3"):
+        convert_adapter(_path("lora-xs"), str(tmp_path / "p"), to="peft", bases_path=str(bases))

@@ -13,6 +13,7 @@ from fixtures.generate import DATA_DIR
 from sa3ckpt.adapters.types import ADAPTER_TYPES
 from sa3ckpt.findings import RULES
 from sa3ckpt.io.safetensors import write_safetensors
+from sa3ckpt.names import format_adapter_key
 from sa3ckpt.ops.validate import validate_path, validate_paths
 from sa3ckpt.synth import synth_adapter, synth_base
 from sa3ckpt.targets import FAMILIES
@@ -251,3 +252,34 @@ def test_rank_exceeds_target_for_xs_and_without_a_family(tmp_path: Path) -> None
         "family-unknown" in rules
         and "rank 20 > min(fan_out, fan_in) = 7" in (rules["rank-exceeds-target"])
     )
+
+
+@pytest.mark.parametrize("family", ["tiny-medium", "tiny-small"])
+def test_peft_folders_with_conv1d_targets_pass(family: str) -> None:
+    """PEFT stores Conv1d factors as (r, in, k) / (out, r, 1) / (1, out, 1): that is right."""
+    for stem in ("peft-lora", "peft-dora", "peft-rslora"):
+        result = validate_path(str(DATA_DIR / "adapters" / family / stem))
+        assert [f.rule for f in result.findings if f.severity == "error"] == [], stem
+        assert result.family == family, stem
+
+
+def test_peft_folder_with_canonical_conv1d_factors_is_a_shape_mismatch(tmp_path: Path) -> None:
+    """2-D factors on a PEFT Conv1d target fold to the right canonical view, but PEFT itself
+    would refuse them: validate compares in the layout PEFT reads."""
+    fam = FAMILIES["tiny-small"]
+    adapter = synth_adapter(fam, "dora-rows", rank=4, alpha=8, seed=5)
+    folder = tmp_path / "peft"
+    folder.mkdir()
+    flat = adapter.file_tensors("peft")
+    for param, value in adapter.tensors["model.preprocess_conv"].items():
+        key = format_adapter_key("model.preprocess_conv", param, "peft")
+        flat[key] = value.astype(np.float16)  # the canonical 2-D / 1-D view
+    write_safetensors(folder / "adapter_model.safetensors", flat, {"format": "pt"})
+    config = {"peft_type": "LORA", "r": 4, "lora_alpha": 8, "use_dora": True, "target_modules": []}
+    (folder / "adapter_config.json").write_text(json.dumps(config))
+    rules = _rules(str(folder))
+    message = rules["shape-mismatch"]
+    assert (
+        "model.preprocess_conv.lora_A: file (4, 24) vs tiny-small peft-conv1d (4, 8, 3)" in message
+    )
+    assert "3 tensors" in message

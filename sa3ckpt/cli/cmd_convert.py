@@ -35,7 +35,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--dtype", choices=list(DTYPE_NAMES), help="output dtype (default fp16)")
     parser.add_argument("--base", metavar="BASE", help="bake XS bases U/V and baked_vnorm_row")
     parser.add_argument(
-        "--bases", metavar="FILE", help="XS bases U/V from a `sa3ckpt bases` file (sa3cpp, peft)"
+        "--bases", metavar="FILE", help="XS bases file (U/V) for -xs adapters (sa3cpp, peft)"
     )
     parser.add_argument(
         "--dora-variant", choices=["rows", "cols"], help="name an ambiguous legacy dora"

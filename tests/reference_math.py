@@ -33,6 +33,37 @@ def ref_adapted(
     raise AssertionError(kind)
 
 
+def ref_blend_adapted(
+    w_in: np.ndarray, kind: str, p: dict[str, np.ndarray], c: float, s: float
+) -> np.ndarray:
+    """f(W_in; s) under blend: every magnitude m is replaced by n + s (m − n) first.
+
+    n is the plain L2 norm of the incoming weight W_in: its row norms for dora-rows(-xs) and
+    bora's magnitude_r, its column norms for dora-cols(-xs) and bora's magnitude_c. At s == 1
+    the stored magnitudes are used as they are.
+    """
+    w_in = np.asarray(w_in, dtype=np.float64)
+    rows = np.linalg.norm(w_in, axis=1)
+    cols = np.linalg.norm(w_in, axis=0)
+    blended = dict(p)
+    if s != 1:
+        toward = {"magnitude_r": rows, "magnitude_c": cols}
+        if kind.startswith("dora"):
+            toward["magnitude"] = cols if "cols" in kind else rows
+        for name, n in toward.items():
+            if name in p:
+                blended[name] = n + s * (np.asarray(p[name], np.float64) - n)
+    return ref_adapted(w_in, kind, blended, c, s)
+
+
+def ref_blend(w0: np.ndarray, stack: list[tuple[str, dict, float, float]]) -> np.ndarray:
+    """Chain under blend: W_i = f_i(W_{i-1}; s_i), magnitudes blended toward W_{i-1}'s norms."""
+    w = np.asarray(w0, dtype=np.float64)
+    for kind, p, c, s in stack:
+        w = ref_blend_adapted(w, kind, p, c, s)
+    return w
+
+
 def ref_runtime(w0: np.ndarray, stack: list[tuple[str, dict, float, float]]) -> np.ndarray:
     """Chain: W_i = f_i(W_{i-1}; s_i). stack items: (kind, params, c, s)."""
     w = np.asarray(w0, dtype=np.float64)

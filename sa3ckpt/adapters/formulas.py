@@ -9,8 +9,10 @@ dropout split of the trainable modules and their fresh magnitudes all walk it. (
 streaming kernel in `kernels` keeps its own fused copy; it is tested against the same
 float64 reference.)
 
-Two multi-adapter semantics exist in the wild and both are named here:
+Three fixed-strength semantics exist in the wild and all are named here:
 - runtime: adapters chain in order, W_i = f_i(W_{i-1}; s_i) (official strength slider, sa3.cpp)
+- blend:   the same chain, but each DoRA/BoRA magnitude m becomes n + s (m − n), n the matching
+           norms of the adapter's incoming weight (official PyTorch with PR #102)
 - delta:   W = W0 + Σ s_i (f_i(W0; 1) − W0) (official merge_loras_into_base_model)
 """
 
@@ -138,9 +140,10 @@ def identity_magnitudes(w: mx.array, kind: AdapterType) -> dict[str, mx.array]:
 # --------------------------------------------------------------------------- one adapter
 
 # Chained semantics differ only in the magnitudes one adapter uses at strength s, given the
-# weight that comes into it; runtime uses the stored ones. This is the one place such a rule
-# lives: `adapted_weight` and `decompose_weight` (the merge and the trainable modules) both
-# read the magnitudes from here. (`delta` is not a chain: it evaluates each adapter at s = 1.)
+# weight that comes into it: runtime uses the stored ones, blend interpolates them toward the
+# incoming weight's norms. This is the one place such a rule lives: `adapted_weight` and
+# `decompose_weight` (the merge and the trainable modules) both read the magnitudes from
+# here. (`delta` is not a chain: it evaluates each adapter at s = 1.)
 MagnitudeRule = Callable[[mx.array, TargetAdapter, float], Mapping[str, mx.array]]
 
 
@@ -151,7 +154,31 @@ def stored_magnitudes(
     return adapter.params
 
 
-CHAIN_MAGNITUDES: dict[str, MagnitudeRule] = {"runtime": stored_magnitudes}
+def blended_magnitudes(
+    w_in: mx.array, adapter: TargetAdapter, strength: float
+) -> Mapping[str, mx.array]:
+    """Blend semantics: each magnitude m becomes n + s (m − n), n the plain norms of W_in.
+
+    Every normaliser step blends toward the norms of the incoming weight itself in that
+    step's direction (BoRA: m_r toward W_in's row norms, m_c toward W_in's column norms, not
+    those of the row-normalised intermediate). s == 1 is the stored m exactly, with no norm
+    computed; s is not clamped. Types without magnitudes keep their parameters as they are.
+    """
+    steps = NORM_STEPS[adapter.kind.norm]
+    if strength == 1 or not steps:
+        return adapter.params
+    blended = dict(adapter.params)
+    w32 = w_in.astype(mx.float32)
+    for param, direction in steps:
+        n = _NORMS[direction](w32).reshape(-1)
+        blended[param] = n + strength * (adapter.params[param].astype(mx.float32) - n)
+    return blended
+
+
+CHAIN_MAGNITUDES: dict[str, MagnitudeRule] = {
+    "runtime": stored_magnitudes,
+    "blend": blended_magnitudes,
+}
 
 
 def bypassed(adapter: TargetAdapter, strength: float) -> bool:
@@ -227,6 +254,11 @@ def merge_runtime(w0: mx.array, adapters: Sequence[tuple[TargetAdapter, float]])
     return merge_chain(w0, adapters, "runtime")
 
 
+def merge_blend(w0: mx.array, adapters: Sequence[tuple[TargetAdapter, float]]) -> mx.array:
+    """Chain adapters in order, magnitudes blended toward each incoming weight's norms."""
+    return merge_chain(w0, adapters, "blend")
+
+
 def merge_delta(w0: mx.array, adapters: Sequence[tuple[TargetAdapter, float]]) -> mx.array:
     """W0 + Σ s_i (f_i(W0; 1) − W0): order-independent, each adapter judged against W0."""
     base = w0.astype(mx.float32)
@@ -239,11 +271,13 @@ def merge_delta(w0: mx.array, adapters: Sequence[tuple[TargetAdapter, float]]) -
 SEMANTICS: dict[str, Callable[[mx.array, Sequence[tuple[TargetAdapter, float]]], mx.array]] = {
     "runtime": merge_runtime,
     "delta": merge_delta,
+    "blend": merge_blend,
 }
 
 SEMANTICS_HELP: dict[str, str] = {
     "runtime": "adapters chained in order, strength inside each (official slider, sa3.cpp)",
     "delta": "W0 + Σ s·(f(W0; 1) − W0), order-independent (official merge_loras_into_base_model)",
+    "blend": "chained like runtime, DoRA/BoRA magnitudes also fade toward W_in's norms (PR #102)",
 }
 
 

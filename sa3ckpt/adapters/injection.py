@@ -15,7 +15,7 @@ from mlx.utils import tree_unflatten
 
 from sa3ckpt.adapters.params import check_hyper
 from sa3ckpt.adapters.types import adapter_type as lookup_type
-from sa3ckpt.adapters.wrappers import AdaptedLayer, wrapper_for
+from sa3ckpt.adapters.wrappers import AdaptedLayer, check_semantics, wrapper_for
 from sa3ckpt.names import from_mlx_module, select
 
 
@@ -60,6 +60,7 @@ def inject(
     dropout: float = 0.0,
     *,
     freeze_rest: bool = True,
+    semantics: str = "runtime",
 ) -> list[str]:
     """Wrap the selected Linear / Conv1d modules of `model` in adapters; return their names.
 
@@ -67,10 +68,12 @@ def inject(
     unadapted model), when a selected module is already adapted, or when a selected layer
     cannot be adapted (e.g. grouped Conv1d); the model is left untouched on error. With
     `freeze_rest` (default) every non-adapter array of the model is frozen too, so
-    `nn.value_and_grad(model, ...)` trains the adapters only.
+    `nn.value_and_grad(model, ...)` trains the adapters only. `semantics` (runtime or blend)
+    is how every wrapper's strength acts on its magnitudes.
     """
     kind = lookup_type(adapter_type)
     check_hyper(rank, alpha, dropout, 1.0)
+    check_semantics(semantics)
     walked = _walk(model)
     adapted_prefixes = {path for path, m in walked if isinstance(m, AdaptedLayer)}
     fresh: list[tuple[str, str, nn.Module, type[AdaptedLayer]]] = []
@@ -112,7 +115,7 @@ def inject(
         if problem:
             raise ValueError(f"inject: {name}: {problem}")
     wrappers = [
-        (path, wrapper(module, kind.name, rank, alpha, dropout))
+        (path, wrapper(module, kind.name, rank, alpha, dropout, semantics=semantics))
         for path, _, module, wrapper in picked
     ]
     model.update_modules(tree_unflatten(wrappers))

@@ -17,7 +17,7 @@ bound cannot rule out an overflow.
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 
 import ml_dtypes
@@ -54,20 +54,42 @@ def _norms(v: np.ndarray, axis: int) -> np.ndarray:
     return np.sqrt(np.einsum("ij,ij->i" if axis == 1 else "ij,ij->j", v, v))
 
 
-def _scales(v: np.ndarray, adapter: NumpyAdapter) -> Scales:
+def _scales(v: np.ndarray, kind: AdapterType, mags: Mapping[str, np.ndarray]) -> Scales:
     """(row scale, column scale) the type's normaliser applies to V' (None = 1)."""
-    p = adapter.params
-    norm = adapter.kind.norm
+    norm = kind.norm
     if norm is None:
         return None, None
     if norm == "rows":
-        return p["magnitude"] / (_norms(v, 1) + EPS), None
+        return mags["magnitude"] / (_norms(v, 1) + EPS), None
     if norm == "cols":
-        return None, p["magnitude"] / (_norms(v, 0) + EPS)
-    rows = p["magnitude_r"] / (_norms(v, 1) + EPS)
+        return None, mags["magnitude"] / (_norms(v, 0) + EPS)
+    rows = mags["magnitude_r"] / (_norms(v, 1) + EPS)
     # column norms of R = rows[:, None] * v without forming R: sqrt(Σ_i rows_i² v_ij²)
     cols_sq = np.einsum("ij,ij,i->j", v, v, rows * rows)
-    return rows, p["magnitude_c"] / (np.sqrt(cols_sq) + EPS)
+    return rows, mags["magnitude_c"] / (np.sqrt(cols_sq) + EPS)
+
+
+NORM_BLOCK = 1024  # rows upcast at a time when a non-fp32 weight's norms are taken
+
+
+def _norms_f32(w: np.ndarray, axis: int) -> np.ndarray:
+    """Float32 L2 norms of any floating weight along an axis, upcasting one row block at a time.
+
+    An fp16/bf16 base is never squared in its own precision, and never copied whole.
+    """
+    if w.dtype == np.float32:
+        return _norms(w, axis)
+    if axis == 1:
+        parts = [
+            _norms(dtypes.to_float32(w[i : i + NORM_BLOCK]), 1)
+            for i in range(0, len(w), NORM_BLOCK)
+        ]
+        return np.concatenate(parts) if parts else np.zeros(0, np.float32)
+    sq = np.zeros(w.shape[1], np.float32)
+    for i in range(0, len(w), NORM_BLOCK):
+        block = dtypes.to_float32(w[i : i + NORM_BLOCK])
+        sq += np.einsum("ij,ij->j", block, block)
+    return np.sqrt(sq)
 
 
 def _apply(v: np.ndarray, scales: Scales) -> None:
@@ -85,8 +107,48 @@ def _fresh_v(w0: np.ndarray, adapter: NumpyAdapter, strength: float) -> np.ndarr
     return v
 
 
-def runtime_pending(
-    w0: np.ndarray, stack: Sequence[tuple[NumpyAdapter, float]]
+# A chained semantics differs from another only in the magnitudes an adapter uses at strength
+# s given its incoming weight W_in (the formulas' CHAIN_MAGNITUDES, here over NumPy arrays).
+MagnitudeRule = Callable[[np.ndarray, NumpyAdapter, float], Mapping[str, np.ndarray]]
+
+
+def stored_magnitudes(
+    w_in: np.ndarray, adapter: NumpyAdapter, strength: float
+) -> Mapping[str, np.ndarray]:
+    """Runtime semantics: the magnitudes as stored."""
+    return adapter.params
+
+
+# The norm direction each magnitude parameter blends toward (plain norms of W_in).
+BLEND_AXES: dict[str | None, tuple[tuple[str, int], ...]] = {
+    None: (),
+    "rows": (("magnitude", 1),),
+    "cols": (("magnitude", 0),),
+    "both": (("magnitude_r", 1), ("magnitude_c", 0)),
+}
+
+
+def blended_magnitudes(
+    w_in: np.ndarray, adapter: NumpyAdapter, strength: float
+) -> Mapping[str, np.ndarray]:
+    """Blend semantics: m -> n + s (m − n), n the row / column norms of W_in itself.
+
+    At s == 1 the stored magnitudes are returned untouched (bit-identical to runtime). BoRA's
+    column magnitude needs W_in's column norms: a full pass over the columns.
+    """
+    axes = BLEND_AXES[adapter.kind.norm]
+    if strength == 1 or not axes:
+        return adapter.params
+    s = np.float32(strength)
+    blended = dict(adapter.params)
+    for name, axis in axes:
+        n = _norms_f32(w_in, axis)
+        blended[name] = n + s * (adapter.params[name] - n)
+    return blended
+
+
+def _chain_pending(
+    w0: np.ndarray, stack: Sequence[tuple[NumpyAdapter, float]], rule: MagnitudeRule
 ) -> tuple[np.ndarray | None, Scales]:
     """Chain W_i = f_i(W_{i-1}; s_i); the last normaliser's scales are returned, not applied.
 
@@ -98,12 +160,28 @@ def runtime_pending(
         if strength == 0 and adapter.kind.is_weight_decomposed:
             continue  # exact bypass
         if w is None:
+            mags = rule(w0, adapter, strength)
             w = _fresh_v(w0, adapter, strength)
         else:
             _apply(w, pending)
+            mags = rule(w, adapter, strength)
             w += adapter.low_rank(adapter.scale * strength)
-        pending = _scales(w, adapter)
+        pending = _scales(w, adapter.kind, mags)
     return w, pending
+
+
+def runtime_pending(
+    w0: np.ndarray, stack: Sequence[tuple[NumpyAdapter, float]]
+) -> tuple[np.ndarray | None, Scales]:
+    """Runtime: the chain with stored magnitudes."""
+    return _chain_pending(w0, stack, stored_magnitudes)
+
+
+def blend_pending(
+    w0: np.ndarray, stack: Sequence[tuple[NumpyAdapter, float]]
+) -> tuple[np.ndarray | None, Scales]:
+    """Blend: the chain with each magnitude blended toward its incoming weight's norms."""
+    return _chain_pending(w0, stack, blended_magnitudes)
 
 
 def delta_pending(
@@ -118,7 +196,7 @@ def delta_pending(
             term = adapter.low_rank(adapter.scale * strength)
         else:
             term = _fresh_v(w0, adapter, 1.0)
-            _apply(term, _scales(term, adapter))
+            _apply(term, _scales(term, adapter.kind, adapter.params))
             np.subtract(term, w0, out=term, casting="unsafe")
             term *= np.float32(strength)
         if acc is None:
@@ -129,7 +207,7 @@ def delta_pending(
     return acc, (None, None)
 
 
-PENDING = {"runtime": runtime_pending, "delta": delta_pending}
+PENDING = {"runtime": runtime_pending, "delta": delta_pending, "blend": blend_pending}
 
 
 def merge_f32(

@@ -12,6 +12,9 @@ Dropout follows the official code: it is applied to the input of the adapter pat
 DoRA/BoRA types the adapted weight is written as P ⊙ (W0 + c s ΔW), where P is the
 elementwise scale the type's normaliser applies, and the layer output as
 layer(x, P ⊙ W0) + layer(dropout(x), P ⊙ c s ΔW).
+
+The strength semantics (`runtime` by default, or `blend`) says which magnitudes a strength
+other than 1 uses; each wrapper sees the base layer's weight as its incoming weight.
 """
 
 from __future__ import annotations
@@ -22,11 +25,28 @@ from typing import ClassVar, NamedTuple
 import mlx.core as mx
 import mlx.nn as nn
 
-from sa3ckpt.adapters.formulas import TargetAdapter, adapted_weight, bypassed, decompose_weight
+from sa3ckpt.adapters.formulas import (
+    CHAIN_MAGNITUDES,
+    TargetAdapter,
+    adapted_weight,
+    bypassed,
+    decompose_weight,
+)
 from sa3ckpt.adapters.params import check_hyper, init_params, xs_bases
 from sa3ckpt.adapters.types import BASIS_PARAMS, AdapterType
 from sa3ckpt.adapters.types import adapter_type as lookup_type
 from sa3ckpt.layout import LAYOUTS, base_layout
+
+
+def check_semantics(semantics: str) -> None:
+    """A live module runs one adapter on its own base weight: only chained semantics apply.
+
+    (`delta` is a rule for merging several adapters against one W0, not a module's forward.)
+    """
+    if semantics not in CHAIN_MAGNITUDES:
+        raise ValueError(
+            f"adapter modules take semantics {' or '.join(CHAIN_MAGNITUDES)}, not {semantics!r}"
+        )
 
 
 class WeightView(NamedTuple):
@@ -64,6 +84,7 @@ class AdaptedLayer(nn.Module):
         alpha: float,
         dropout: float = 0.0,
         strength: float = 1.0,
+        semantics: str = "runtime",
     ) -> None:
         super().__init__()
         if not isinstance(base, self.LAYER):
@@ -73,6 +94,7 @@ class AdaptedLayer(nn.Module):
             )
         kind = lookup_type(adapter_type)
         check_hyper(rank, alpha, dropout, strength)
+        check_semantics(semantics)
         problem = self.refusal(base, kind, int(rank))
         if problem:
             raise ValueError(problem)
@@ -83,6 +105,7 @@ class AdaptedLayer(nn.Module):
         self.alpha = alpha
         self.dropout = float(dropout)
         self.strength = float(strength)
+        self.semantics = semantics
         w0 = self.base_weight_2d()
         self.fan_out, self.fan_in = (int(n) for n in w0.shape)
         if kind.xs:
@@ -149,12 +172,12 @@ class AdaptedLayer(nn.Module):
     def merged_weight(self, strength: float | None = None) -> mx.array:
         """f(W0; s) on the canonical 2-D view, float32 (s defaults to `self.strength`)."""
         s = self.strength if strength is None else strength
-        return adapted_weight(self.base_weight_2d(), self.adapter(), s)
+        return adapted_weight(self.base_weight_2d(), self.adapter(), s, self.semantics)
 
     def _extra_repr(self) -> str:
         return (
             f"{self.adapter_type}, rank={self.rank}, alpha={self.alpha}, "
-            f"dropout={self.dropout}, strength={self.strength}"
+            f"dropout={self.dropout}, strength={self.strength}, semantics={self.semantics}"
         )
 
     # ---- layer specifics (subclasses)
@@ -204,7 +227,7 @@ class AdaptedLayer(nn.Module):
             low = self._low_rank_apply(dropped)
             if low is not None:
                 return self._with_bias(self._layer(x, w0) + (self.scale * s) * low)
-        base_part, delta_part = decompose_weight(w0, adapter, s)
+        base_part, delta_part = decompose_weight(w0, adapter, s, self.semantics)
         return self._with_bias(self._layer(x, base_part) + self._layer(dropped, delta_part))
 
 

@@ -51,7 +51,7 @@ def base_2d(target: Target) -> np.ndarray:
 
 # --- random adapter cases for the math tests -------------------------------------------------
 
-STRENGTHS = (0.0, 0.5, 1.0, 1.7)
+STRENGTHS = (0.0, 1e-5, 0.5, 1.0, 1.7)  # 1e-5: where blend and runtime differ most
 LAYERS = {"linear": (24, 20, 1), "conv1d-k1": (16, 12, 1), "conv1d-k3": (10, 6, 3)}
 RANK = 4
 TOLERANCE = 1e-5  # relative to the largest weight entry (fp32 against float64)

@@ -81,6 +81,10 @@ def ref_delta(w0: np.ndarray, stack: list[tuple[str, dict, float, float]]) -> np
     return out
 
 
+# Each named semantics' reference, for tests that run all of them.
+REFERENCES = {"runtime": ref_runtime, "delta": ref_delta, "blend": ref_blend}
+
+
 def ref_svd_bases(w: np.ndarray, rank: int) -> tuple[np.ndarray, np.ndarray]:
     """XS bases in float64 with the SA3 sign convention."""
     u, _, vh = np.linalg.svd(np.asarray(w, dtype=np.float64), full_matrices=False)

@@ -1,7 +1,7 @@
 """MLX adapter math vs the independent float64 reference: every type, layer kind, strength.
 
-Matrix: 8 types x {Linear, Conv1d k=1, Conv1d k=3} x strengths {0, 0.5, 1, 1.7} x
-{single, two stacked of different types} x semantics {runtime, delta}. The weight goes
+Matrix: 8 types x {Linear, Conv1d k=1, Conv1d k=3} x strengths {0, 1e-5, 0.5, 1, 1.7} x
+{single, two stacked of different types} x semantics {runtime, delta, blend}. The weight goes
 through the real layout code (PyTorch Conv1d (out,in,k) and MLX (out,k,in)) so layout and
 math are checked together. Tolerance: 1e-5 relative to the largest weight entry (fp32).
 """
@@ -13,12 +13,15 @@ import numpy as np
 import pytest
 
 from sa3ckpt.adapters.formulas import (
+    CHAIN_MAGNITUDES,
+    SEMANTICS_HELP,
     TargetAdapter,
     adapted_weight,
     identity_magnitudes,
     merge,
     weight_delta,
 )
+from sa3ckpt.adapters.formulas import SEMANTICS as FORMULA_SEMANTICS
 from sa3ckpt.adapters.types import ADAPTER_TYPES
 from sa3ckpt.layout import from_canonical_2d, to_canonical_2d
 from tests.helpers import (
@@ -30,7 +33,10 @@ from tests.helpers import (
     random_base,
     random_params,
 )
-from tests.reference_math import ref_delta, ref_runtime
+from tests.reference_math import REFERENCES, ref_runtime
+
+SEMANTICS = list(REFERENCES)
+DECOMPOSED = [name for name, kind in ADAPTER_TYPES.items() if kind.is_weight_decomposed]
 
 
 def _target_adapter(kind_name: str, p: dict, c: float) -> TargetAdapter:
@@ -54,7 +60,7 @@ def _case(layer: str, stacked: tuple[str, ...], strengths: tuple[float, ...], se
         c = (2.0 * RANK if i == 0 else 1.5 * RANK) / RANK
         ref_stack.append((kind_name, p, c, s))
         ours.append((_target_adapter(kind_name, p, c), s))
-    reference = (ref_runtime if semantics == "runtime" else ref_delta)(w0_2d, ref_stack)
+    reference = REFERENCES[semantics](w0_2d, ref_stack)
 
     # Through the MLX layout too: MLX keeps Conv1d as (out, k, in).
     mlx_layout = "linear" if layer == "linear" else "mlx-conv1d"
@@ -65,7 +71,7 @@ def _case(layer: str, stacked: tuple[str, ...], strengths: tuple[float, ...], se
     return got, reference, w0_2d
 
 
-@pytest.mark.parametrize("semantics", ["runtime", "delta"])
+@pytest.mark.parametrize("semantics", SEMANTICS)
 @pytest.mark.parametrize("strength", STRENGTHS)
 @pytest.mark.parametrize("layer", list(LAYERS))
 @pytest.mark.parametrize("kind_name", list(ADAPTER_TYPES))
@@ -77,13 +83,58 @@ def test_single_adapter_matches_reference(kind_name, layer, strength, semantics)
         assert np.array_equal(got, w0), "strength 0 must leave the base bit-identical"
 
 
-@pytest.mark.parametrize("semantics", ["runtime", "delta"])
+@pytest.mark.parametrize("semantics", SEMANTICS)
 @pytest.mark.parametrize("strength", STRENGTHS)
 @pytest.mark.parametrize("layer", list(LAYERS))
 @pytest.mark.parametrize("pair", STACK_PAIRS, ids="+".join)
 def test_two_stacked_adapters_match_reference(pair, layer, strength, semantics) -> None:
     got, want, _ = _case(layer, pair, (strength, 1.7 - strength / 2), semantics)
     assert _rel_err(got, want) <= TOLERANCE
+
+
+@pytest.mark.parametrize("layer", list(LAYERS))
+@pytest.mark.parametrize("stack", [(k,) for k in ADAPTER_TYPES] + STACK_PAIRS, ids="+".join)
+def test_blend_at_one_is_runtime_and_at_zero_is_the_base_bit_for_bit(stack, layer) -> None:
+    ones = (1.0,) * len(stack)
+    blend, _, _ = _case(layer, stack, ones, "blend")
+    runtime, _, _ = _case(layer, stack, ones, "runtime")
+    assert np.array_equal(blend, runtime)
+    got, _, w0 = _case(layer, stack, (0.0,) * len(stack), "blend")
+    assert np.array_equal(got, w0)
+
+
+@pytest.mark.parametrize("strength", [1e-5, 0.5, 1.7])
+@pytest.mark.parametrize("kind_name", DECOMPOSED)
+def test_blend_is_not_runtime_for_dora_and_bora(kind_name, strength) -> None:
+    """Away from s = 1 the blended magnitudes matter: an alias of runtime must fail here."""
+    blend, want, _ = _case("linear", (kind_name,), (strength,), "blend")
+    runtime, _, _ = _case("linear", (kind_name,), (strength,), "runtime")
+    assert _rel_err(blend, want) <= TOLERANCE
+    assert _rel_err(blend, runtime) > 1e-3
+
+
+def test_blend_fades_a_dora_out_as_strength_goes_to_zero() -> None:
+    """The motivation for blend: at s = 1e-5 runtime still applies the learned magnitudes."""
+    blend, _, w0 = _case("linear", ("dora-rows",), (1e-5,), "blend")
+    runtime, _, _ = _case("linear", ("dora-rows",), (1e-5,), "runtime")
+    assert _rel_err(blend, w0) < 1e-4 < _rel_err(runtime, w0)
+
+
+def test_bora_blend_targets_the_incoming_weights_own_column_norms() -> None:
+    """m_c blends toward W_in's column norms, not those of the row-normalised intermediate."""
+    w0, _ = random_base("linear", 9)
+    w0 = w0 * np.linspace(0.2, 3.0, w0.shape[0])[:, None]  # row norms far from equal
+    kind = ADAPTER_TYPES["bora"]
+    p = random_params("bora", *w0.shape, w0.astype(np.float64), 4)
+    p["lora_B"] = np.zeros_like(p["lora_B"])  # no update: V' = W_in, only magnitudes act
+    adapter = _target_adapter("bora", p, 2.0)
+    got = np.array(adapted_weight(mx.array(w0), adapter, 0.5, "blend"))
+    rows, cols = np.linalg.norm(w0, axis=1), np.linalg.norm(w0, axis=0)
+    m_r = rows + 0.5 * (p["magnitude_r"] - rows)
+    m_c = cols + 0.5 * (p["magnitude_c"] - cols)
+    r = m_r[:, None] * w0 / rows[:, None]
+    want = m_c[None, :] * r / np.linalg.norm(r, axis=0)[None, :]
+    assert kind.norm == "both" and _rel_err(got, want) <= TOLERANCE
 
 
 def test_stack_pairs_cover_every_type_in_both_positions() -> None:
@@ -136,6 +187,13 @@ def test_xs_without_bases_is_a_clear_error() -> None:
 def test_unknown_semantics() -> None:
     with pytest.raises(ValueError, match="known: runtime, delta"):
         merge(mx.zeros((2, 2)), [], "sideways")
+
+
+def test_every_semantics_has_a_help_line_and_a_reference() -> None:
+    assert list(SEMANTICS_HELP) == list(FORMULA_SEMANTICS) and set(REFERENCES) == set(
+        FORMULA_SEMANTICS
+    )
+    assert set(CHAIN_MAGNITUDES) == {"runtime", "blend"}
 
 
 # Independent float64 norms a fresh adapter's magnitudes must equal, per norm direction.

@@ -1,18 +1,26 @@
 """The NumPy merge kernel against the same float64 reference as the MLX math: every type,
-Linear / Conv1d k=1 / k=3 views, strengths {0, 0.5, 1, 1.7}, single and stacked, both semantics."""
+Linear / Conv1d k=1 / k=3 views, strengths {0, 1e-5, 0.5, 1, 1.7}, single and stacked, all three
+semantics."""
 
 from __future__ import annotations
 
+import ml_dtypes
 import numpy as np
 import pytest
 
-from sa3ckpt.adapters.kernels import NumpyAdapter, merge_f32, merge_to
+from sa3ckpt.adapters import kernels
+from sa3ckpt.adapters.formulas import SEMANTICS
+from sa3ckpt.adapters.kernels import PENDING, NumpyAdapter, merge_f32, merge_to
 from sa3ckpt.adapters.types import ADAPTER_TYPES
 from tests.helpers import LAYERS, STACK_PAIRS, STRENGTHS, TOLERANCE, random_base, random_params
-from tests.reference_math import ref_delta, ref_runtime
+from tests.reference_math import REFERENCES
 
-REFERENCES = {"runtime": ref_runtime, "delta": ref_delta}
 KERNELS = list(REFERENCES)
+DECOMPOSED = [name for name, kind in ADAPTER_TYPES.items() if kind.is_weight_decomposed]
+
+
+def _numpy_adapter(kind: str, c: float, p: dict) -> NumpyAdapter:
+    return NumpyAdapter(ADAPTER_TYPES[kind], c, {k: v.astype(np.float32) for k, v in p.items()})
 
 
 def _run(layer: str, kinds: tuple[str, ...], strengths: tuple[float, ...], semantics: str):
@@ -53,9 +61,57 @@ def test_single(kind, layer, strength, semantics) -> None:
 
 @pytest.mark.parametrize("semantics", KERNELS)
 @pytest.mark.parametrize("strength", STRENGTHS)
+@pytest.mark.parametrize("layer", list(LAYERS))
 @pytest.mark.parametrize("pair", STACK_PAIRS, ids="+".join)
-def test_stacked(pair, strength, semantics) -> None:
-    got, want, _ = _run("conv1d-k3", pair, (strength, 1.7 - strength / 2), semantics)
+def test_stacked(pair, layer, strength, semantics) -> None:
+    got, want, _ = _run(layer, pair, (strength, 1.7 - strength / 2), semantics)
+    assert np.max(np.abs(got - want)) <= TOLERANCE * np.max(np.abs(want))
+
+
+def test_every_named_semantics_has_a_kernel() -> None:
+    assert set(PENDING) == set(SEMANTICS) == set(REFERENCES)
+
+
+@pytest.mark.parametrize("layer", list(LAYERS))
+@pytest.mark.parametrize("stack", [(k,) for k in ADAPTER_TYPES] + STACK_PAIRS, ids="+".join)
+def test_blend_at_one_is_runtime_and_at_zero_is_the_base_bit_for_bit(stack, layer) -> None:
+    ones, zeros = (1.0,) * len(stack), (0.0,) * len(stack)
+    assert np.array_equal(
+        _run(layer, stack, ones, "blend")[0], _run(layer, stack, ones, "runtime")[0]
+    )
+    got, _, w0 = _run(layer, stack, zeros, "blend")
+    assert np.array_equal(got, w0.astype(np.float32))
+    fused, _ = merge_to(w0, [], "blend", "F16")
+    assert np.array_equal(fused, w0)
+
+
+@pytest.mark.parametrize("strength", [1e-5, 0.5, 1.7])
+@pytest.mark.parametrize("kind", DECOMPOSED)
+def test_blend_is_not_runtime_for_dora_and_bora(kind, strength) -> None:
+    blend, want, _ = _run("linear", (kind,), (strength,), "blend")
+    runtime, _, _ = _run("linear", (kind,), (strength,), "runtime")
+    scale = np.max(np.abs(want))
+    assert np.max(np.abs(blend - want)) <= TOLERANCE * scale
+    assert np.max(np.abs(blend - runtime)) > 1e-3 * scale
+
+
+@pytest.mark.parametrize("base_dtype", [np.float16, ml_dtypes.bfloat16, np.float32])
+@pytest.mark.parametrize("pair", [("bora", "dora-cols-xs"), ("dora-rows", "bora-xs")], ids="+".join)
+def test_blend_norms_of_a_low_precision_base_are_taken_in_row_blocks(
+    monkeypatch, pair, base_dtype
+) -> None:
+    """The first adapter's W_in is the stored base: its norms are upcast block by block."""
+    monkeypatch.setattr(kernels, "NORM_BLOCK", 7)  # 40 rows: several blocks and a short one
+    fan_out, fan_in = 40, 9
+    w0 = np.random.default_rng(8).standard_normal((fan_out, fan_in)).astype(base_dtype)
+    w64 = w0.astype(np.float32).astype(np.float64)
+    ref_stack, ours = [], []
+    for i, kind in enumerate(pair):
+        p = random_params(kind, fan_out, fan_in, w64, 40 + i)
+        ref_stack.append((kind, p, 1.5, 0.6 + i))
+        ours.append((_numpy_adapter(kind, 1.5, p), 0.6 + i))
+    got = merge_f32(w0, ours, "blend")
+    want = REFERENCES["blend"](w64, ref_stack)
     assert np.max(np.abs(got - want)) <= TOLERANCE * np.max(np.abs(want))
 
 

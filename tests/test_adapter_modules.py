@@ -24,7 +24,7 @@ from sa3ckpt.adapters.types import ADAPTER_TYPES
 from sa3ckpt.adapters.wrappers import AdaptedConv1d, AdaptedLinear
 from sa3ckpt.layout import from_canonical_2d, to_canonical_2d
 from sa3ckpt.names import format_adapter_key
-from tests.reference_math import ref_adapted
+from tests.reference_math import ref_adapted, ref_blend_adapted
 
 E = 8
 RANK = 2
@@ -288,6 +288,53 @@ def test_inference_forward_is_the_formulas_merge(kind: str) -> None:
             want = module._with_bias(module._layer(x, merged))
             assert rel_err(module(x), want) < 1e-6, (name, s)
             assert rel_err(module(x), expected_output(module, x)) < 1e-5, (name, s)
+
+
+@pytest.mark.parametrize("kind", TYPES)
+def test_blend_modules_match_the_reference(kind: str) -> None:
+    """semantics="blend": the merged weight is the float64 blend reference, the eval forward is
+    formulas.merge under blend, the dropout split sums to it, and s == 1 is runtime exactly."""
+    model = toy()
+    inject(model, kind, RANK, ALPHA, dropout=0.2, semantics="blend")
+    randomize(model, seed=5)
+    model.eval()
+    x = inputs(6)
+    modules = adapter_modules(model)
+    assert {m.semantics for m in modules.values()} == {"blend"}
+    for name in INFERENCE_TARGETS:
+        module = modules[name]
+        w0 = module.base_weight_2d()
+        params = {n: np.array(v, np.float64) for n, v in module.adapter().params.items()}
+        for s in (1e-5, 0.5, 1.7):
+            module.strength = s
+            ref = ref_blend_adapted(np.array(w0, np.float64), kind, params, ALPHA / RANK, s)
+            assert rel_err(module.merged_weight(), mx.array(ref.astype(np.float32))) < 1e-5
+            merged = merge(w0, [(module.adapter(), s)], "blend")
+            want = module._with_bias(module._layer(x, merged))
+            assert rel_err(module(x), want) < 1e-6, (name, s)
+            base_part, delta_part = decompose_weight(w0, module.adapter(), s, "blend")
+            assert rel_err(base_part + delta_part, module.merged_weight()) < 1e-6
+            if kind in DECOMPOSED:
+                runtime = adapted_weight(w0, module.adapter(), s, "runtime")
+                assert rel_err(module.merged_weight(), runtime) > 1e-4, (name, s)
+        blend_at_one = np.array(module.merged_weight(1.0))
+        module.semantics = "runtime"
+        assert np.array_equal(blend_at_one, np.array(module.merged_weight(1.0)))
+
+
+def test_modules_take_chained_semantics_only() -> None:
+    model = toy()
+    before = tree_flatten(model.parameters())
+    with pytest.raises(ValueError, match="runtime or blend, not 'delta'"):
+        inject(model, "dora-rows", RANK, ALPHA, semantics="delta")
+    assert not adapter_modules(model)
+    assert all(
+        np.array_equal(a, b)
+        for (_, a), (_, b) in zip(before, tree_flatten(model.parameters()), strict=True)
+    )
+    with pytest.raises(ValueError, match="not 'sideways'"):
+        AdaptedLinear(nn.Linear(4, 4), "lora", 2, 2, semantics="sideways")
+    assert AdaptedLinear(nn.Linear(4, 4), "lora", 2, 2).semantics == "runtime"
 
 
 def test_wrappers_refuse_the_other_layer_kind() -> None:

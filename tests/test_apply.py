@@ -15,7 +15,7 @@ from sa3ckpt.ops.apply import AdapterSession, apply_checkpoints
 from sa3ckpt.synth import synth_base
 from sa3ckpt.targets import FAMILIES
 from tests.mlx_tree import model_from_arrays
-from tests.reference_math import ref_delta, ref_runtime, ref_svd_bases
+from tests.reference_math import REFERENCES, ref_svd_bases
 
 FAMILY = "tiny-small"  # Conv1d kernel 3: exercises the MLX (out, k, in) layout
 FAM = FAMILIES[FAMILY]
@@ -44,7 +44,7 @@ def _ref_params(ckpt, target: str, w0: np.ndarray) -> dict[str, np.ndarray]:
 def _expected(base, stack, semantics, target) -> np.ndarray:
     t = FAM.by_name[target]
     w0 = base.weight_2d(t).astype(np.float32).astype(np.float64)
-    ref = ref_runtime if semantics == "runtime" else ref_delta
+    ref = REFERENCES[semantics]
     items = [
         (c.adapter_type, _ref_params(c, target, w0), c.config.scale, s)
         for c, s in stack
@@ -59,9 +59,10 @@ def _stored_2d(flat, target: str) -> np.ndarray:
     return w.transpose(0, 2, 1).reshape(t.shape) if t.layer_kind == "conv1d" else w
 
 
-@pytest.mark.parametrize("semantics", ["runtime", "delta"])
+@pytest.mark.parametrize("semantics", list(REFERENCES))
 @pytest.mark.parametrize(
-    "stems", [("lora",), ("dora-rows",), ("bora-xs",), ("dora-cols", "lora-xs")]
+    "stems",
+    [("lora",), ("dora-rows",), ("bora-xs",), ("dora-cols", "lora-xs"), ("bora", "dora-rows-xs")],
 )
 def test_apply_matches_reference_for_every_target(stems, semantics) -> None:
     base, model = _model()
@@ -146,6 +147,39 @@ def test_session_changes_strength_without_compounding() -> None:
     session.materialize()
     session.restore()
     assert all(np.array_equal(original[k], v) for k, v in _flat(model).items())
+
+
+@pytest.mark.parametrize("strengths", [(1e-5, 0.5), (1.7, 1e-5)])
+def test_blend_session_matches_reference_and_its_ends(strengths) -> None:
+    base, model = _model()
+    original = _flat(model)
+    ckpts = [_adapter("bora"), _adapter("dora-cols-xs")]
+    session = AdapterSession(model, ckpts, list(strengths), "blend")
+    assert session.materialize().semantics == "blend"
+    got = _flat(model)
+    stack = list(zip(ckpts, strengths, strict=True))
+    for target in FAM.targets:
+        want = _expected(base, stack, "blend", target.name)
+        assert np.max(np.abs(_stored_2d(got, target.name) - want)) <= 1e-5 * np.max(np.abs(want))
+    session.set_strengths([0.0, 0.0])
+    session.materialize()
+    assert all(np.array_equal(original[k], v) for k, v in _flat(model).items())
+    session.set_strengths([1.0, 1.0])
+    session.materialize()
+    via_blend = _flat(model)
+    _, fresh = _model()
+    apply_checkpoints(fresh, [(c, 1.0) for c in ckpts], "runtime")
+    assert all(np.array_equal(via_blend[k], v) for k, v in _flat(fresh).items())
+
+
+def test_blend_apply_differs_from_runtime_for_dora() -> None:
+    _, a = _model()
+    _, b = _model()
+    apply_checkpoints(a, [(_adapter("dora-rows"), 0.5)], "runtime")
+    apply_checkpoints(b, [(_adapter("dora-rows"), 0.5)], "blend")
+    key = mlx_base_key("model.transformer.layers.1.ff.ff.0.proj")
+    runtime, blend = _flat(a)[key], _flat(b)[key]
+    assert np.max(np.abs(blend - runtime)) > 1e-3 * np.max(np.abs(runtime))
 
 
 def test_session_validates_lengths() -> None:

@@ -24,7 +24,7 @@ from sa3ckpt.strengths import parse_adapter_arg
 from sa3ckpt.synth import synth_adapter
 from sa3ckpt.targets import FAMILIES
 from tests.helpers import BASE_FAMILY, BASE_MLX, BASE_OFFICIAL, base_2d, run_cli
-from tests.reference_math import ref_delta, ref_runtime, ref_svd_bases
+from tests.reference_math import REFERENCES, ref_svd_bases
 
 FAMILY = BASE_FAMILY
 FAM = FAMILIES[FAMILY]
@@ -50,7 +50,7 @@ def _reference(stack: list[tuple[str, float]], semantics: str, target) -> np.nda
         if ckpt.kind.xs:
             p["U"], p["V"] = ref_svd_bases(w0.astype(np.float32), ckpt.config.rank)
         items.append((ckpt.adapter_type, p, ckpt.config.scale, strength))
-    return (ref_runtime if semantics == "runtime" else ref_delta)(w0, items)
+    return REFERENCES[semantics](w0, items)
 
 
 def _merged_2d(out: Path, naming: str, target) -> np.ndarray:
@@ -68,8 +68,8 @@ def _check_all_targets(out: Path, naming: str, stack, semantics) -> None:
         assert np.max(np.abs(got - want)) <= 1e-5 * np.max(np.abs(want)), target.name
 
 
-@pytest.mark.parametrize("semantics", ["runtime", "delta"])
-@pytest.mark.parametrize("strength", [0.0, 0.5, 1.0, 1.7])
+@pytest.mark.parametrize("semantics", list(REFERENCES))
+@pytest.mark.parametrize("strength", [0.0, 1e-5, 0.5, 1.0, 1.7])
 @pytest.mark.parametrize("type_name", list(ADAPTER_TYPES))
 def test_single_adapter_merge_matches_reference(tmp_path, type_name, strength, semantics) -> None:
     out = tmp_path / "out.safetensors"
@@ -91,7 +91,7 @@ STACKS = [
 ]
 
 
-@pytest.mark.parametrize("semantics", ["runtime", "delta"])
+@pytest.mark.parametrize("semantics", list(REFERENCES))
 @pytest.mark.parametrize("naming", ["official", "mlx"])
 @pytest.mark.parametrize("stack", STACKS, ids=lambda s: "+".join(f"{t}@{w}" for t, w in s))
 def test_stacked_mixed_merges_match_reference(tmp_path, stack, naming, semantics) -> None:
@@ -106,6 +106,47 @@ def test_stacked_mixed_merges_match_reference(tmp_path, stack, naming, semantics
     )
     assert len(ledger.merged) == len(FAM.targets) and ledger.naming == naming
     _check_all_targets(out, naming, stack, semantics)
+
+
+@pytest.mark.parametrize(
+    "stems", [("dora-rows",), ("bora-xs",), ("dora-cols", "bora"), ("lora", "dora-rows-xs")]
+)
+def test_blend_at_one_is_the_runtime_file_and_at_zero_the_base(tmp_path, stems) -> None:
+    """Bit for bit: s == 1 uses the stored magnitudes, s == 0 bypasses every DoRA/BoRA."""
+    outputs = {}
+    for semantics, strength in (("runtime", 1.0), ("blend", 1.0), ("blend", 0.0)):
+        out = tmp_path / f"{semantics}-{strength}.safetensors"
+        merge_checkpoint(
+            str(BASE_OFFICIAL),
+            [AdapterArg(_adapter_path(stem), strength) for stem in stems],
+            str(out),
+            semantics=semantics,
+        )
+        outputs[semantics, strength] = load_file(str(out))
+    base = load_file(str(BASE_OFFICIAL))
+    for key, value in base.items():
+        assert np.array_equal(outputs["blend", 1.0][key], outputs["runtime", 1.0][key]), key
+        assert outputs["blend", 0.0][key].tobytes() == value.tobytes(), key
+
+
+def test_blend_differs_from_runtime_for_dora(tmp_path) -> None:
+    merged = {}
+    for semantics in ("runtime", "blend"):
+        out = tmp_path / f"{semantics}.safetensors"
+        merge_checkpoint(
+            str(BASE_OFFICIAL),
+            [AdapterArg(_adapter_path("dora-rows"), 0.5)],
+            str(out),
+            semantics=semantics,
+            dtype="fp32",
+        )
+        merged[semantics] = out
+    target = FAM.by_name["model.transformer.layers.1.ff.ff.0.proj"]
+    runtime = _merged_2d(merged["runtime"], "official", target)
+    blend = _merged_2d(merged["blend"], "official", target)
+    assert np.max(np.abs(blend - runtime)) > 1e-3 * np.max(np.abs(runtime))
+    want = _reference([("dora-rows", 0.5)], "blend", target)
+    assert np.max(np.abs(blend - want)) <= 1e-5 * np.max(np.abs(want))
 
 
 def test_default_keeps_dtype_and_copies_other_tensors_bit_exactly(tmp_path) -> None:
@@ -330,3 +371,24 @@ def test_cli_merge_json_ledger(tmp_path) -> None:
     )
     assert doc["adapters"][0]["strength"] == 0.5 and doc["naming"] == "mlx"
     assert os.path.exists(out)
+
+
+def test_cli_merge_takes_blend(tmp_path) -> None:
+    out = tmp_path / "m.safetensors"
+    result = run_cli(
+        "merge",
+        str(BASE_OFFICIAL),
+        _adapter_path("bora") + ":0.5",
+        "-o",
+        str(out),
+        "--semantics",
+        "blend",
+        "--dtype",
+        "fp32",
+        "--json",
+    )
+    assert result.returncode == 0, result.stderr
+    assert json.loads(result.stdout)["semantics"] == "blend"
+    prov = json.loads(read_header(out).metadata[PROVENANCE_KEY])
+    assert prov["semantics"] == "blend"
+    _check_all_targets(out, "official", [("bora", 0.5)], "blend")

@@ -12,7 +12,8 @@ Passes over a weight, for the common single DoRA adapter: the low-rank GEMM writ
 c·s folded into B; the base is added with its upcast fused in; one einsum gives the norms;
 the normaliser's scale is fused into the final cast. Finiteness of the output is certified
 from the norms (|w_ij| <= |a_i| · ‖v_i‖ · max|g|) and only checked element-wise when the
-bound cannot rule out an overflow.
+bound cannot rule out an overflow. Blend semantics adds one norm pass over each adapter's
+incoming weight per magnitude (BoRA: a row pass and a column pass), skipped at s == 1.
 """
 
 from __future__ import annotations

@@ -171,47 +171,139 @@ def _target_fan(
     return base.layout_of(base.tensors[key].shape).canonical_shape(base.tensors[key].shape)
 
 
+SHAPE_BOUND = "min(fan_out, fan_in)"
+SUM_BOUND = "the sum of the input ranks"
+
+
+@dataclass(frozen=True)
+class RankBounds:
+    """Per-target ceilings on a combined rank, read from shapes only (nothing allocated).
+
+    `shape` is min(fan_out, fan_in): a layer has no more directions, and validate's
+    `rank-exceeds-target` rejects a file whose rank passes it at any target. An sa3 adapter
+    file has ONE rank for every target, so the narrowest target bounds the whole output.
+    `useful` is how many singular values the combined update can have at a target: the shape
+    bound, and for low-rank inputs (every one lora or lora-xs) also the sum of the input ranks
+    present there (DoRA/BoRA deltas renormalise the base and are full-rank in general).
+    """
+
+    shape: dict[str, int]
+    useful: dict[str, tuple[int, str]]
+
+    def narrowest(self) -> tuple[str, int] | None:
+        """The target with the smallest min(fan_out, fan_in), and that bound."""
+        if not self.shape:
+            return None
+        target = min(self.shape, key=self.shape.__getitem__)
+        return target, self.shape[target]
+
+    def widest_useful(self) -> tuple[str, int, str] | None:
+        """The target whose update can hold the most singular values, its bound and why."""
+        if not self.useful:
+            return None
+        target = max(self.useful, key=lambda t: self.useful[t][0])
+        return target, *self.useful[target]
+
+    def largest_svd_rank(self) -> int | None:
+        """The largest R `--method svd` accepts: fits every target and is useful at one."""
+        narrow, wide = self.narrowest(), self.widest_useful()
+        if narrow is None or wide is None:
+            return None
+        return min(narrow[1], wide[1])
+
+
+def rank_bounds(
+    ckpts: Sequence[tuple[AdapterCheckpoint, float]],
+    targets: list[str],
+    base: BaseCheckpoint | None,
+) -> RankBounds:
+    """The shape and useful rank bounds of every target whose shape is known."""
+    low_rank = not any(c.kind.is_weight_decomposed for c, _ in ckpts)
+    shape: dict[str, int] = {}
+    useful: dict[str, tuple[int, str]] = {}
+    for target in targets:
+        fan = _target_fan(ckpts, target, base)
+        if fan is None:
+            continue  # XS without U/V and no base: _factors refuses it with the fix
+        shape[target] = min(fan)
+        limit = (min(fan), SHAPE_BOUND)
+        if low_rank:
+            summed = sum(c.config.rank for c, _ in ckpts if target in c.tensors)
+            limit = min(limit, (summed, SUM_BOUND))
+        useful[target] = limit
+    return RankBounds(shape, useful)
+
+
 def check_svd_rank(
     ckpts: Sequence[tuple[AdapterCheckpoint, float]],
     targets: list[str],
     base: BaseCheckpoint | None,
     rank: int,
 ) -> list[str]:
-    """Refuse an svd rank no target can use, before anything is allocated; name the padded.
+    """Refuse an svd rank the output cannot hold or no target can use; name the padded.
 
-    A target's update has at most min(fan_out, fan_in) singular values, and a sum of
-    low-rank updates (every input lora or lora-xs) at most the sum of the input ranks
-    present at it; DoRA/BoRA deltas renormalise the base and are full-rank in general, so
-    for them only the shape bounds. The output has one rank for every target, so R up to the
-    largest of those bounds is accepted, and targets whose own bound is smaller get zero
-    factor columns past it (returned, for the ledger). Past the largest, every column added
-    would be zeros everywhere: a bigger file (or an out-of-memory kill), never a better fit.
+    Refused (exit 2), before anything is allocated, naming the largest R allowed:
+    - R above the narrowest target's min(fan_out, fan_in): the one-rank file would fail
+      validate (`rank-exceeds-target`) there. Refused, not clamped: a clamped R is not what
+      was asked for, and the user picks the trade-off.
+    - R above every target's useful bound: every column past it would be zeros everywhere,
+      a bigger file (or an out-of-memory kill), never a better fit.
+    When both apply, the smaller bound is the one named, so the message gives the true
+    largest R. Accepted R can still pass some targets' useful bound (their input ranks sum
+    to less): those get zero factor columns past it, stay valid, and are returned for the
+    ledger.
     """
-    low_rank = not any(c.kind.is_weight_decomposed for c, _ in ckpts)
-    useful: dict[str, tuple[int, str]] = {}
-    for target in targets:
-        fan = _target_fan(ckpts, target, base)
-        if fan is None:
-            continue  # XS without U/V and no base: _factors refuses it with the fix
-        limit = (min(fan), "min(fan_out, fan_in)")
-        if low_rank:
-            summed = sum(c.config.rank for c, _ in ckpts if target in c.tensors)
-            limit = min(limit, (summed, "the sum of the input ranks"))
-        useful[target] = limit
-    if not useful:
+    bounds = rank_bounds(ckpts, targets, base)
+    narrow, wide = bounds.narrowest(), bounds.widest_useful()
+    if narrow is None or wide is None:
         return []
-    widest = max(useful, key=lambda t: useful[t][0])
-    bound, why = useful[widest]
-    if rank > bound:
-        raise UsageError(
-            f"--rank {rank} is more than any target can use: at most {bound} ({why} at "
-            f"{widest}); past it every factor column would be zero"
-        )
-    return [
-        f"{t} (rank {useful[t][0]}: {useful[t][1]})"
-        for t in targets
-        if t in useful and useful[t][0] < rank
+    refusals = [  # (bound, message); on a tie the useful one is named
+        (
+            wide[1],
+            f"--rank {rank} is more than any target can use: at most {wide[1]} ({wide[2]} at "
+            f"{wide[0]}); past it every factor column would be zero",
+        ),
+        (
+            narrow[1],
+            f"--rank {rank} does not fit {narrow[0]}: at most {narrow[1]} ({SHAPE_BOUND} "
+            "there); the output has one rank for every target, and validate rejects a rank "
+            "above any target's",
+        ),
     ]
+    broken = [(bound, message) for bound, message in refusals if rank > bound]
+    if broken:
+        raise UsageError(min(broken, key=lambda b: b[0])[1])
+    return [
+        f"{t} (rank {bounds.useful[t][0]}: {bounds.useful[t][1]})"
+        for t in targets
+        if t in bounds.useful and bounds.useful[t][0] < rank
+    ]
+
+
+def check_cat_rank(
+    ckpts: Sequence[tuple[AdapterCheckpoint, float]],
+    targets: list[str],
+    base: BaseCheckpoint | None,
+) -> None:
+    """Refuse a cat whose rank Σ r_i passes the narrowest target's min(fan_out, fan_in).
+
+    cat is exact only at rank Σ r_i, and the one-rank output would fail validate
+    (`rank-exceeds-target`) at that target, so it is refused (exit 2) rather than clamped
+    (a clamped cat is an svd). The fix named is svd at a rank every target holds.
+    """
+    if any(c.kind.is_weight_decomposed for c, _ in ckpts):
+        return  # _cat refuses them with its own reason
+    out_rank = sum(c.config.rank for c, _ in ckpts)
+    bounds = rank_bounds(ckpts, targets, base)
+    narrow = bounds.narrowest()
+    if narrow is None or out_rank <= narrow[1]:
+        return
+    raise UsageError(
+        f"--method cat would write rank {out_rank} (the sum of the input ranks) but "
+        f"{narrow[0]} holds at most {narrow[1]} ({SHAPE_BOUND}), and the output has one "
+        f"rank for every target; use --method svd --rank R with R <= "
+        f"{bounds.largest_svd_rank()} (exact when R is at least the rank of the sum)"
+    )
 
 
 def _shared(values: list[Any]) -> Any:
@@ -281,6 +373,8 @@ def combine(
     try:
         targets = list(dict.fromkeys(t for ckpt, _ in ckpts for t in ckpt.targets()))
         padded = check_svd_rank(ckpts, targets, base, rank) if rank is not None else []
+        if method == "cat":
+            check_cat_rank(ckpts, targets, base)
         ledger = CombineLedger(output, method, 0)
         if kept:
             ledger.notes.append(f"kept NaN/Inf ({ALLOW_FLAG}): {kept}")

@@ -38,14 +38,14 @@ BASE_MLX = DATA_DIR / "bases" / f"{BASE_FAMILY}.mlx.safetensors"
 
 
 @functools.cache
-def official_base_arrays() -> dict[str, np.ndarray]:
-    """The tiny-small official base, loaded once per test session."""
-    return load_file(str(BASE_OFFICIAL))
+def official_base_arrays(family: str = BASE_FAMILY) -> dict[str, np.ndarray]:
+    """A tiny family's official base (tiny-small unless named), loaded once per test session."""
+    return load_file(str(DATA_DIR / "bases" / f"{family}.official.safetensors"))
 
 
-def base_2d(target: Target) -> np.ndarray:
-    """A target's tiny-small base weight as float64 in its canonical 2-D shape."""
-    weights = official_base_arrays()
+def base_2d(target: Target, family: str = BASE_FAMILY) -> np.ndarray:
+    """A target's base weight (tiny-small unless named) as float64 in its canonical 2-D shape."""
+    weights = official_base_arrays(family)
     return weights[official_base_key(target.name)].astype(np.float64).reshape(target.shape)
 
 

@@ -27,6 +27,9 @@ from tests.helpers import BASE_OFFICIAL, run_cli
 SMALL = DATA_DIR / "adapters" / "tiny-small"
 LORA = str(SMALL / "lora.safetensors")
 LAYERS0 = str(SMALL / "lora.layers-0.safetensors")
+# tiny-medium's narrowest targets are 8 wide; tiny-small has 6-wide ones (to_timestep_embed.0)
+MEDIUM = DATA_DIR / "adapters" / "tiny-medium"
+MEDIUM_BASE = DATA_DIR / "bases" / "tiny-medium.official.safetensors"
 FAM = FAMILIES["tiny-small"]
 HAS_GGUF = importlib.util.find_spec("gguf") is not None
 
@@ -50,35 +53,76 @@ def test_svd_rank_past_what_any_target_holds_is_exit_2(tmp_path: Path, rank: str
     assert list(tmp_path.iterdir()) == []
 
 
-def test_svd_rank_bound_is_the_widest_target_for_dora(tmp_path: Path) -> None:
-    """DoRA deltas are full-rank: the bound is the shape (12 here), not the input ranks (4)."""
-    dora = str(SMALL / "dora-rows.safetensors")
-    base = ["--base", str(BASE_OFFICIAL)]
+def _validates_strict(path: Path) -> None:
+    check = run_cli("validate", "--strict", str(path))
+    assert check.returncode == 0, check.stdout
+
+
+def test_svd_rank_bound_for_dora_is_the_shape_not_the_input_ranks(tmp_path: Path) -> None:
+    """DoRA deltas are full-rank: the bound is the shape (8 here), not the input ranks (4)."""
+    dora = str(MEDIUM / "dora-rows.safetensors")
+    base = ["--base", str(MEDIUM_BASE)]
     over = run_cli(
-        "combine", dora, "-o", str(tmp_path / "a.safetensors"), "--method", "svd", "--rank", "13",
+        "combine", dora, "-o", str(tmp_path / "a.safetensors"), "--method", "svd", "--rank", "9",
         *base,
     )  # fmt: skip
-    assert "at most 12 (min(fan_out, fan_in)" in _one_error_line(over, 2)
+    assert "at most 8 (min(fan_out, fan_in)" in _one_error_line(over, 2)
+    out = tmp_path / "b.safetensors"
     fits = run_cli(
-        "combine", dora, "-o", str(tmp_path / "b.safetensors"), "--method", "svd", "--rank", "12",
-        *base, "--json",
+        "combine", dora, "-o", str(out), "--method", "svd", "--rank", "8", *base, "--json",
     )  # fmt: skip
     assert fits.returncode == 0, fits.stderr
-    notes = json.loads(fits.stdout)["notes"]
-    assert any("factors are zero past it" in n for n in notes), notes
+    assert json.loads(fits.stdout)["rank"] == 8  # twice the input rank: the shape bounds DoRA
+    _validates_strict(out)
+
+
+def test_svd_rank_past_the_narrowest_target_is_exit_2(tmp_path: Path) -> None:
+    """Ranks 7 and 8 are useful at tiny-small's 12-wide layers-0 targets (4 + 4 input ranks),
+    but the one-rank output cannot hold them at the 6-wide to_timestep_embed.0."""
+    for rank in ("7", "8"):
+        out = tmp_path / f"c{rank}.safetensors"
+        result = run_cli(
+            "combine", LORA, LAYERS0, "-o", str(out), "--method", "svd", "--rank", rank
+        )
+        line = _one_error_line(result, 2)
+        assert f"--rank {rank} does not fit model.to_timestep_embed.0: at most 6 (" in line
+        assert "min(fan_out, fan_in)" in line and "validate" in line
+        assert not out.exists()
+    out = tmp_path / "c6.safetensors"
+    fits = run_cli("combine", LORA, LAYERS0, "-o", str(out), "--method", "svd", "--rank", "6")
+    assert fits.returncode == 0, fits.stderr
+    _validates_strict(out)
+
+
+def test_cat_past_the_narrowest_target_is_exit_2_naming_svd(tmp_path: Path) -> None:
+    out = tmp_path / "c.safetensors"
+    result = run_cli("combine", LORA, LAYERS0, "-o", str(out), "--method", "cat")
+    line = _one_error_line(result, 2)
+    assert "--method cat would write rank 8" in line
+    assert "model.to_timestep_embed.0 holds at most 6 (min(fan_out, fan_in))" in line
+    assert "--method svd --rank R with R <= 6" in line and "exact when R" in line
+    assert list(tmp_path.iterdir()) == []
+    medium = run_cli(
+        "combine", str(MEDIUM / "lora.safetensors"), str(MEDIUM / "lora.layers-0.safetensors"),
+        "-o", str(out), "--method", "cat",
+    )  # fmt: skip
+    assert medium.returncode == 0, medium.stderr  # rank 8 fits tiny-medium's 8-wide targets
+    _validates_strict(out)
 
 
 def test_svd_rank_at_the_bound_is_exact_and_validates(tmp_path: Path) -> None:
     out = tmp_path / "c.safetensors"
+    lora, layers0 = (str(MEDIUM / f"{s}.safetensors") for s in ("lora", "lora.layers-0"))
     result = run_cli(
-        "combine", LORA, LAYERS0, "-o", str(out), "--method", "svd", "--rank", "8", "--json"
+        "combine", lora, layers0, "-o", str(out), "--method", "svd", "--rank", "8", "--json"
     )
     assert result.returncode == 0, result.stderr
     doc = json.loads(result.stdout)
     assert doc["rank"] == 8
-    # layers-0 targets hold rank 4 + 4; the others only 4 (and some have a fan of 6): padded.
+    # layers-0 targets hold rank 4 + 4; the others only 4: padded with zeros (still valid).
     assert any("targets hold less than rank 8" in n for n in doc["notes"]), doc["notes"]
     assert min(doc["retained_energy"].values()) == pytest.approx(1.0)
+    _validates_strict(out)
 
 
 def test_rank_with_cat_is_a_usage_error(tmp_path: Path) -> None:

@@ -15,7 +15,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("-o", "--output", required=True, metavar="OUT", help="combined adapter")
     parser.add_argument("--method", required=True, choices=METHODS, help="cat (exact, lora) or svd")
     parser.add_argument(
-        "--rank", type=int, help="output rank (svd only; at most the useful rank, else exit 2)"
+        "--rank",
+        type=int,
+        help="output rank (svd only; at most every target's min(fan) and the useful rank, "
+        "else exit 2)",
     )
     parser.add_argument("--base", metavar="BASE", help="base checkpoint (DoRA/BoRA or XS inputs)")
     parser.add_argument("--dtype", default="fp16", choices=list(DTYPE_NAMES), help="output dtype")

@@ -8,6 +8,9 @@
   (QR of the stacked factors, SVD of the small core); DoRA/BoRA inputs need `--base` (their
   ΔW = f(W0; 1) − W0 depends on the base norms) and are re-factored by a randomised SVD on
   large layers. The output is then a plain LoRA of the merged delta, and the ledger says so.
+- Ranks are refused, never clamped (exit 2): an adapter file has one rank for every target,
+  so neither method may write a rank above the narrowest target's min(fan_out, fan_in)
+  (validate's `rank-exceeds-target`), and svd refuses a rank no target can use.
 """
 
 from __future__ import annotations

@@ -266,6 +266,16 @@ def rows_from_naming(naming: str, module: str, shape_2d: tuple[int, int], rows: 
     return rows if order is None else reorder_row_blocks(rows, inverse_order(order))
 
 
+# Adapter key dialects whose files keep rows in a naming's order (lora_B and row magnitudes of
+# the modules `ROW_ORDERS` lists): diffusers' LoRA files and PEFT saved from its DiT.
+DIALECT_ROW_NAMINGS: dict[str, str] = {"diffusers": "diffusers", "peft-diffusers": "diffusers"}
+
+
+def dialect_row_naming(dialect: str | None) -> str | None:
+    """The naming whose row orders a dialect's adapter tensors are stored in (None: canonical)."""
+    return DIALECT_ROW_NAMINGS.get(dialect or "")
+
+
 def _diffusers_qkv_to_2d(weight: Any) -> Any:
     """diffusers [q|q2|k|k2|v] rows -> canonical [q|k|v|q2|k2]."""
     return reorder_row_blocks(_identity_to_2d(weight), inverse_order(DIFFUSERS_DIFF_QKV_ORDER))

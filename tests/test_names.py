@@ -204,7 +204,7 @@ def test_every_adapter_type_param_is_a_known_param() -> None:
 
 def test_detection_order_prefers_specific_spellings() -> None:
     order = sorted(ADAPTER_DIALECTS, key=lambda name: ADAPTER_DIALECTS[name].detect_order)
-    assert order == ["sa3", "peft", "sa3cpp", "bare", "mlx"]
+    assert order == ["sa3", "diffusers", "peft-diffusers", "peft", "sa3cpp", "bare", "mlx"]
     assert len({d.detect_order for d in ADAPTER_DIALECTS.values()}) == len(ADAPTER_DIALECTS)
 
 

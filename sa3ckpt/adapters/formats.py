@@ -11,8 +11,11 @@ import os
 
 from sa3ckpt.adapters.checkpoint import AdapterCheckpoint, checkpoint_from_raw
 from sa3ckpt.io.formats import RawAdapter, load_raw
-from sa3ckpt.layout import factor_layout
-from sa3ckpt.names.adapter_keys import ParsedKey, parse_adapter_key
+from sa3ckpt.layout import dialect_row_naming, factor_layout, row_order, rows_from_naming
+from sa3ckpt.names.adapter_keys import ParsedKey, group_adapter_keys, parse_adapter_key
+
+# Params whose axis 0 is the target's output rows (what a row order reorders).
+ROW_PARAMS = ("lora_B", "magnitude")
 
 
 def _fold_convs(raw: RawAdapter) -> list[str]:
@@ -32,11 +35,36 @@ def _fold_convs(raw: RawAdapter) -> list[str]:
     return reshaped
 
 
+def _canonical_rows(raw: RawAdapter) -> list[str]:
+    """Dialects that store some modules' rows in another block order (diffusers' medium
+    `to_qkv`: [q|q2|k|k2|v]) get lora_B and row magnitudes back in the canonical order;
+    lora_A (the inputs) is unchanged. Runs on the canonical (folded) view. Returns the
+    targets reordered."""
+    reordered = []
+    for dialect in raw.dialects:
+        naming = dialect_row_naming(dialect)
+        if naming is None:
+            continue
+        for target, params in group_adapter_keys(raw.tensors, dialect).targets.items():
+            if "lora_A" not in params or "lora_B" not in params:
+                continue
+            fans = (raw.tensors[params["lora_B"]].shape[0], raw.tensors[params["lora_A"]].shape[1])
+            if row_order(naming, target, fans) is None:
+                continue
+            for param in ROW_PARAMS:
+                if param in params:
+                    key = params[param]
+                    raw.tensors[key] = rows_from_naming(naming, target, fans, raw.tensors[key])
+            reordered.append(target)
+    return reordered
+
+
 def canonical_checkpoint(
     raw: RawAdapter, dialects: tuple[str, ...] | None = None
 ) -> AdapterCheckpoint:
     """A checkpoint from a container read; `dialects` narrows the key spellings accepted."""
     reshaped = _fold_convs(raw)
+    reordered = _canonical_rows(raw)
     ckpt = checkpoint_from_raw(
         raw.tensors,
         raw.config_text,
@@ -51,6 +79,11 @@ def canonical_checkpoint(
         ckpt.ledger.repairs.append(
             f"{len(reshaped)} Conv1d adapter tensors stored as convolutions "
             "reshaped to the canonical view"
+        )
+    if reordered:
+        ckpt.ledger.repairs.append(
+            f"{len(reordered)} to_qkv targets: lora_B rows from diffusers' [q|q2|k|k2|v] to "
+            "the official [q|k|v|q2|k2] order"
         )
     return ckpt
 

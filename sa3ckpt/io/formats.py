@@ -31,6 +31,10 @@ from sa3ckpt.errors import MalformedFileError, UsageError
 from sa3ckpt.io.base_checkpoint import BaseCheckpoint, open_base
 from sa3ckpt.io.diffusers_folder import CONTAINER as DIFFUSERS_FOLDER
 from sa3ckpt.io.diffusers_folder import folder_keys, is_diffusers_dir
+from sa3ckpt.io.diffusers_lora import METADATA_KEY as DIFFUSERS_LORA_METADATA
+from sa3ckpt.io.diffusers_lora import METADATA_ORIGIN as DIFFUSERS_LORA_ORIGIN
+from sa3ckpt.io.diffusers_lora import is_diffusers_lora, lora_files
+from sa3ckpt.io.diffusers_lora import lora_config as diffusers_lora_config
 from sa3ckpt.io.gguf_adapter import KEY_ADAPTER_TYPE, KEY_ALPHA, KEY_RANK, RESERVED_KEYS, is_gguf
 from sa3ckpt.io.legacy_pickle import looks_like_pickle, read_legacy_ckpt
 from sa3ckpt.io.safetensors import SafetensorsFile, open_safetensors, read_header
@@ -52,6 +56,8 @@ ADAPTER, BASE, PICKLE, UNKNOWN = "adapter", "base", "pickle", "unknown"
 
 # Key dialects a plain adapter file (safetensors or legacy pickle) may hold.
 FILE_DIALECTS = ("sa3", "bare", "mlx")
+# A PEFT folder saved from the official DiT (or its wrapper), or from diffusers' DiT.
+PEFT_DIALECTS = ("peft", "peft-diffusers")
 
 PEFT_CONTAINER_METADATA = frozenset({CONFIG_KEY})
 """Keys of adapter_model.safetensors that are not carried as metadata: adapter_config.json is
@@ -186,7 +192,103 @@ def _peft_load(path: str, allow_pickle: bool) -> RawAdapter:
     tensors, metadata = _read_all(weights)
     metadata = _peft_metadata(metadata)
     return RawAdapter(
-        path, "peft", tensors, json.dumps(config), metadata, ("peft",), PEFT_CONFIG, repairs=notes
+        path,
+        "peft",
+        tensors,
+        json.dumps(config),
+        metadata,
+        PEFT_DIALECTS,
+        PEFT_CONFIG,
+        repairs=notes,
+    )
+
+
+# --- diffusers LoRA (a folder with pytorch_lora_weights.safetensors, or that file) -----------
+
+DIFFUSERS_LORA = "diffusers-lora"
+
+
+def _diffusers_config(
+    path: str,
+    metadata_texts: Mapping[str, str | None],
+    shapes: Mapping[str, tuple[int, ...]],
+    keep_modules: bool,
+) -> tuple[str, list[str]]:
+    config, notes = diffusers_lora_config(metadata_texts, shapes, path)
+    if not keep_modules:  # as for PEFT: the module rule only informs coverage analysis
+        config.pop("peft_target_modules", None)
+    return json.dumps(config), notes
+
+
+def _diffusers_metadata(handles: Iterable[SafetensorsFile]) -> dict[str, str]:
+    """Every file's metadata but the LoRA config (it is the config, not metadata)."""
+    merged: dict[str, str] = {}
+    for handle in handles:
+        merged.update({k: v for k, v in handle.metadata.items() if k != DIFFUSERS_LORA_METADATA})
+    return merged
+
+
+def _diffusers_header(path: str, allow_pickle: bool) -> AdapterSource:
+    handles = [open_safetensors(f) for f in lora_files(path)]
+    try:
+        entries: dict[str, TensorEntry] = {}
+        owner: dict[str, SafetensorsFile] = {}
+        for handle in handles:
+            for name, info in handle.header.tensors.items():
+                if name in entries:
+                    raise MalformedFileError(path, f"tensor {name} is in two of its files")
+                entries[name] = TensorEntry(name, info.dtype, tuple(info.shape), info.nbytes)
+                owner[name] = handle
+        texts = {h.path: h.metadata.get(DIFFUSERS_LORA_METADATA) for h in handles}
+        shapes = {name: entry.shape for name, entry in entries.items()}
+        config_text, notes = _diffusers_config(path, texts, shapes, keep_modules=True)
+    except BaseException:
+        for handle in handles:
+            handle.close()
+        raise
+
+    def close() -> None:
+        for handle in handles:
+            handle.close()
+
+    return AdapterSource(
+        path=path,
+        format=DIFFUSERS_LORA,
+        size=sum(h.header.file_size for h in handles),
+        metadata=_diffusers_metadata(handles),
+        entries=entries,
+        config_text=config_text,
+        config_origin=DIFFUSERS_LORA_ORIGIN,
+        notes=notes,
+        _reader=lambda key: owner[key].array(key),
+        _closer=close,
+    )
+
+
+def _diffusers_load(path: str, allow_pickle: bool) -> RawAdapter:
+    """Tensors as stored: diffusers' row order and conv layouts are the adapter layer's job."""
+    tensors: dict[str, np.ndarray] = {}
+    texts: dict[str, str | None] = {}
+    metadata: dict[str, str] = {}
+    for file in lora_files(path):
+        file_tensors, file_metadata = _read_all(file)
+        clash = sorted(set(file_tensors) & set(tensors))
+        if clash:
+            raise MalformedFileError(path, f"tensor {clash[0]} is in two of its files")
+        tensors.update(file_tensors)
+        texts[file] = file_metadata.pop(DIFFUSERS_LORA_METADATA, None)
+        metadata.update(file_metadata)
+    shapes = {name: tuple(value.shape) for name, value in tensors.items()}
+    config_text, notes = _diffusers_config(path, texts, shapes, keep_modules=False)
+    return RawAdapter(
+        path,
+        DIFFUSERS_LORA,
+        tensors,
+        config_text,
+        metadata,
+        ("diffusers",),
+        DIFFUSERS_LORA_ORIGIN,
+        repairs=notes,
     )
 
 
@@ -363,7 +465,7 @@ FORMATS: tuple[Format, ...] = (
         is_peft_dir,
         (),
         frozenset({ADAPTER}),
-        ("peft",),
+        PEFT_DIALECTS,
         header=_peft_header,
         load=_peft_load,
     ),
@@ -374,6 +476,15 @@ FORMATS: tuple[Format, ...] = (
         frozenset({BASE}),
         keys=folder_keys,
         open_base=open_base,
+    ),
+    Format(
+        DIFFUSERS_LORA,
+        is_diffusers_lora,
+        (),
+        frozenset({ADAPTER}),
+        ("diffusers",),
+        header=_diffusers_header,
+        load=_diffusers_load,
     ),
     Format(
         "pickle",
@@ -414,17 +525,23 @@ CHECKPOINT_SUFFIXES = tuple(dict.fromkeys(s for f in FORMATS for s in f.suffixes
 # What `convert --to TO` writes for an adapter or a base, as rows of FORMATS: an output may
 # carry one of those rows' suffixes, no suffix, or one no row claims; a suffix of another
 # row names another format and is refused (`--to sa3cpp -o x.safetensors` would put GGUF
-# under a safetensors name). A PEFT folder has no suffix of its own.
+# under a safetensors name). A PEFT folder and a diffusers LoRA folder (which gets
+# `pytorch_lora_weights.safetensors`) have no suffix of their own.
 CONVERT_OUTPUTS: Mapping[tuple[str, str], tuple[str, ...]] = {
     (ADAPTER, "sa3"): ("safetensors",),
     (ADAPTER, "bare"): ("safetensors",),
     (ADAPTER, "mlx"): ("safetensors",),
     (ADAPTER, "peft"): ("peft",),
     (ADAPTER, "sa3cpp"): ("gguf",),
+    (ADAPTER, "diffusers"): (DIFFUSERS_LORA,),
     (BASE, "official"): ("safetensors", "npz"),
     (BASE, "mlx"): ("safetensors", "npz"),
     (BASE, "diffusers"): (DIFFUSERS_FOLDER, "safetensors", "npz"),
 }
+
+
+# How the messages name the folder a suffix-less `--to` writes.
+FOLDER_OUTPUTS = {"peft": "a PEFT", "diffusers": "a diffusers LoRA"}
 
 
 def output_suffixes(kind: str, to: str) -> tuple[str, ...]:
@@ -442,7 +559,8 @@ def check_output_suffix(path: str | os.PathLike[str], kind: str, to: str) -> Non
     if allowed:
         writes = f"{' or '.join(CONVERT_OUTPUTS[(kind, to)])}: name it *{' or *'.join(allowed)}"
     else:
-        writes = "a PEFT folder: name it without a checkpoint suffix"
+        folder = FOLDER_OUTPUTS.get(to, to)
+        writes = f"{folder} folder: name it without a checkpoint suffix"
     raise UsageError(f"output {spath}: --to {to} writes {writes} (not *{suffix})")
 
 
@@ -567,16 +685,21 @@ def load_raw(path: str | os.PathLike[str], *, allow_pickle: bool = False) -> Raw
     return row.load(spath, allow_pickle)
 
 
+def is_adapter_dir(path: str | os.PathLike[str]) -> bool:
+    """A folder that is one adapter (PEFT, diffusers LoRA), not a folder of adapters."""
+    return os.path.isdir(path) and (is_peft_dir(path) or is_diffusers_lora(path))
+
+
 def walk_adapter_paths(paths: list[str]) -> list[str]:
-    """Expand folders into the adapter files and PEFT folders below them (sorted, stable)."""
+    """Expand folders into the adapter files and adapter folders below them (sorted, stable)."""
     found: list[str] = []
     for path in paths:
-        if not os.path.isdir(path) or is_peft_dir(path):
+        if not os.path.isdir(path) or is_adapter_dir(path):
             found.append(path)
             continue
         for root, dirs, files in os.walk(path):
             dirs.sort()
-            peft = [d for d in dirs if is_peft_dir(os.path.join(root, d))]
+            peft = [d for d in dirs if is_adapter_dir(os.path.join(root, d))]
             found.extend(os.path.join(root, d) for d in peft)
             dirs[:] = [d for d in dirs if d not in peft and not d.startswith(".")]
             found.extend(

@@ -2,9 +2,9 @@
 
 `names/` is the only place that knows how a file spells a target or a base tensor:
 `modules` holds the canonical names and the runtime module paths (MLX, sa3.cpp, diffusers),
-`adapter_keys` the adapter-key dialects (sa3, bare, mlx, peft, sa3cpp, XS bases files),
-`base_keys` the base-checkpoint namings (official full, MLX runtime), `select` the
-include/exclude rule.
+`adapter_keys` the adapter-key dialects (sa3, bare, mlx, peft, sa3cpp, diffusers,
+peft-diffusers, XS bases files), `base_keys` the base-checkpoint namings (official full, MLX
+runtime, diffusers), `select` the include/exclude rule.
 """
 
 from sa3ckpt.names.adapter_keys import (
@@ -45,6 +45,7 @@ from sa3ckpt.names.modules import (
     BLOCK_MODULES,
     CONDITIONER_MODULES,
     DIFFUSERS_BLOCK_PREFIX,
+    DIFFUSERS_DIT_CHILDREN,
     DIFFUSERS_DURATION_EMBEDDER,
     DIFFUSERS_TRANSFORMER,
     ROOTS,
@@ -53,6 +54,8 @@ from sa3ckpt.names.modules import (
     UNDERFIT_DEFAULT_INCLUDE,
     block_target,
     diffusers_component,
+    diffusers_suffix_clashes,
+    diffusers_target,
     from_diffusers_dit_path,
     from_diffusers_path,
     from_mlx_module,
@@ -78,6 +81,7 @@ __all__ = [
     "BLOCK_MODULES",
     "CONDITIONER_MODULES",
     "DIFFUSERS_BLOCK_PREFIX",
+    "DIFFUSERS_DIT_CHILDREN",
     "DIFFUSERS_DURATION_EMBEDDER",
     "DIFFUSERS_TRANSFORMER",
     "ROOTS",
@@ -98,6 +102,8 @@ __all__ = [
     "detect_and_group",
     "detect_base_naming",
     "diffusers_component",
+    "diffusers_suffix_clashes",
+    "diffusers_target",
     "expand_ranges",
     "format_adapter_key",
     "format_xs_bases_key",

@@ -16,10 +16,14 @@ from dataclasses import dataclass
 
 from sa3ckpt.names.modules import (
     CONDITIONER_ROOT,
+    DIFFUSERS_TRANSFORMER,
     DIT_ROOT,
+    diffusers_target,
     from_mlx_module,
     from_sa3cpp_stem,
     strip_dit_root,
+    to_diffusers_dit_path,
+    to_diffusers_path,
     to_mlx_module,
     to_sa3cpp_stem,
 )
@@ -159,6 +163,61 @@ def _format_peft(target: str, param: str, slot: int) -> str:
     return f"base_model.model.{target}.{_PEFT_PARAMS[param]}"
 
 
+# --- diffusers: `transformer.<StableAudio3DiTModel module>.lora_A.weight` -----------------------
+# The file form diffusers' LoRA loaders read (component prefix, PEFT leaves); the seconds
+# conditioner is `duration_embedder.linear.*` (another component). `peft-diffusers` is a PEFT
+# folder saved from a `StableAudio3DiTModel`: PEFT's prefix, diffusers' module names.
+
+_LORA_LEAF_RE = re.compile(
+    r"^(?P<module>.+?)\.(?P<param>lora_A\.weight|lora_B\.weight|lora_magnitude_vector)$"
+)
+_PARAM_BY_LORA_LEAF = {leaf: param for param, leaf in _PEFT_PARAMS.items()}
+
+
+def _parse_diffusers(key: str) -> ParseResult:
+    match = _LORA_LEAF_RE.match(key)
+    if match is None:
+        return Rejected(key, "diffusers", "not a lora_A / lora_B / lora_magnitude_vector tensor")
+    target = diffusers_target(match.group("module"))
+    if target is None:
+        return Rejected(
+            key, "diffusers", "not a diffusers module path (transformer.… or duration_embedder.…)"
+        )
+    return ParsedKey(key, target, _PARAM_BY_LORA_LEAF[match.group("param")], 0, "diffusers")
+
+
+def _format_diffusers(target: str, param: str, slot: int) -> str:
+    if param not in _PEFT_PARAMS:
+        raise ValueError(f"diffusers (PEFT layers) cannot express adapter parameter {param!r}")
+    path = to_diffusers_path(target)
+    if path is None:
+        raise ValueError(f"{target}: no diffusers module")
+    return f"{path}.{_PEFT_PARAMS[param]}"
+
+
+def _parse_peft_diffusers(key: str) -> ParseResult:
+    if not key.startswith("base_model.model."):
+        return Rejected(key, "peft-diffusers", "no `base_model.model.` prefix")
+    match = _PEFT_RE.match(key)
+    if match is None:
+        return Rejected(
+            key, "peft-diffusers", "not a lora_A / lora_B / lora_magnitude_vector tensor"
+        )
+    target = diffusers_target(f"{DIFFUSERS_TRANSFORMER}.{match.group('module')}")
+    if target is None:
+        return Rejected(key, "peft-diffusers", "not a StableAudio3DiTModel module path")
+    return ParsedKey(key, target, _PEFT_BY_FILE_PARAM[match.group("param")], 0, "peft-diffusers")
+
+
+def _format_peft_diffusers(target: str, param: str, slot: int) -> str:
+    if param not in _PEFT_PARAMS:
+        raise ValueError(f"PEFT cannot express adapter parameter {param!r}")
+    path = to_diffusers_dit_path(target)
+    if path is None:
+        raise ValueError(f"{target}: not a module of diffusers' StableAudio3DiTModel")
+    return f"base_model.model.{path}.{_PEFT_PARAMS[param]}"
+
+
 # --- sa3cpp: `<stem>.<param>` -------------------------------------------------------------------
 
 
@@ -181,12 +240,27 @@ def _format_sa3cpp(target: str, param: str, slot: int) -> str:
     return f"{stem}.{param}"
 
 
+# How a dialect's own selection rules (PEFT-style `target_modules`) spell a target's module;
+# dialects not listed select by the canonical name.
+_SELECTION_SPELLING: dict[str, Callable[[str], str | None]] = {
+    "diffusers": to_diffusers_path,
+    "peft-diffusers": to_diffusers_dit_path,
+}
+
+
+def selection_name(target: str, dialect: str | None) -> str | None:
+    """The module name a dialect's `target_modules` are matched against (None: no module)."""
+    spell = _SELECTION_SPELLING.get(dialect or "")
+    return target if spell is None else spell(target)
+
+
 @dataclass(frozen=True)
 class AdapterDialect:
     """One way of spelling adapter tensor keys in a file.
 
     `detect_order` breaks ties when several dialects explain the same number of keys: the
-    lower number (the more specific spelling) wins, so sa3 beats bare and peft beats mlx.
+    lower number (the more specific spelling) wins, so sa3 beats bare, peft beats mlx, and
+    peft-diffusers (which accepts only diffusers paths) beats peft (which accepts any path).
     """
 
     name: str
@@ -217,7 +291,7 @@ ADAPTER_DIALECTS: dict[str, AdapterDialect] = {
             lambda key: _parse_parametrized(key, "bare", want_root=False),
             _format_bare,
             True,
-            3,
+            5,
         ),
         AdapterDialect(
             "mlx",
@@ -226,7 +300,7 @@ ADAPTER_DIALECTS: dict[str, AdapterDialect] = {
             _parse_mlx,
             _format_mlx,
             False,
-            4,
+            6,
         ),
         AdapterDialect(
             "peft",
@@ -235,7 +309,7 @@ ADAPTER_DIALECTS: dict[str, AdapterDialect] = {
             _parse_peft,
             _format_peft,
             False,
-            1,
+            3,
         ),
         AdapterDialect(
             "sa3cpp",
@@ -243,6 +317,25 @@ ADAPTER_DIALECTS: dict[str, AdapterDialect] = {
             "dit.0.self.qkv.lora_A",
             _parse_sa3cpp,
             _format_sa3cpp,
+            False,
+            4,
+        ),
+        AdapterDialect(
+            "diffusers",
+            "diffusers LoRA file: transformer.<StableAudio3DiTModel module>.lora_A.weight "
+            "(the seconds conditioner as duration_embedder.linear.*)",
+            "transformer.transformer_blocks.0.self_attn.to_qkv.lora_A.weight",
+            _parse_diffusers,
+            _format_diffusers,
+            False,
+            1,
+        ),
+        AdapterDialect(
+            "peft-diffusers",
+            "PEFT saved from diffusers' StableAudio3DiTModel: base_model.model.<diffusers module>",
+            "base_model.model.transformer_blocks.0.self_attn.to_qkv.lora_A.weight",
+            _parse_peft_diffusers,
+            _format_peft_diffusers,
             False,
             2,
         ),

@@ -263,6 +263,15 @@ _DIFFUSERS_PIPELINE_RENAMES: tuple[tuple[str, str], ...] = tuple(
 ) + tuple(_DIFFUSERS_EXTRA_CONDITIONER.items())
 
 
+# The children of `StableAudio3DiTModel` (modules and root parameters): the first component of
+# every path inside it. A path starting otherwise (`model.`, `transformer.`) is not diffusers'.
+DIFFUSERS_DIT_CHILDREN: frozenset[str] = frozenset(
+    {m.diffusers.split(".", 1)[0] for m in TOP_LEVEL_MODULES}
+    | {path.split(".", 1)[0] for path in _DIFFUSERS_EXTRA_DIT.values()}
+    | {DIFFUSERS_BLOCK_PREFIX.rstrip("."), "timestep_features", "prompt_padding_embedding"}
+)
+
+
 def _swap_prefix(path: str, pairs: tuple[tuple[str, str], ...], forward: bool) -> str | None:
     """`path` with the first matching module prefix swapped (whole components only)."""
     for official, diffusers in pairs:
@@ -338,3 +347,28 @@ def diffusers_component(canonical: str) -> str | None:
     `duration_embedder`), None when diffusers has no place for it."""
     path = to_diffusers_path(canonical)
     return None if path is None else path.split(".", 1)[0]
+
+
+def diffusers_target(path: str) -> str | None:
+    """The canonical module of a pipeline path spelled exactly as diffusers spells it, else
+    None: readers of diffusers-named keys accept nothing else (an official path under a
+    `transformer.` prefix is not a diffusers path, though the rules would map it)."""
+    component, _, inside = path.partition(".")
+    if component == DIFFUSERS_TRANSFORMER and inside.split(".", 1)[0] not in DIFFUSERS_DIT_CHILDREN:
+        return None
+    canonical = from_diffusers_path(path)
+    if canonical is None or to_diffusers_path(canonical) != path:
+        return None
+    return canonical
+
+
+def diffusers_suffix_clashes(path: str, depth: int) -> list[str]:
+    """Other DiT module paths (blocks 0..depth-1) ending in `.<path>`: the modules PEFT would
+    also adapt for a `target_modules` list naming `path` (it matches names as suffixes, so
+    the top-level `proj_in` also names every block's `ff.proj_in`)."""
+    paths = [m.diffusers for m in TOP_LEVEL_MODULES] + [
+        f"{DIFFUSERS_BLOCK_PREFIX}{block}.{m.diffusers}"
+        for block in range(depth)
+        for m in BLOCK_MODULES
+    ]
+    return [p for p in paths if p != path and p.endswith("." + path)]

@@ -18,7 +18,7 @@ from sa3ckpt.adapters.detect import TypeDetection, detect_type
 from sa3ckpt.adapters.types import ADAPTER_TYPES, AdapterType
 from sa3ckpt.io.sources import AdapterSource, TensorEntry
 from sa3ckpt.layout import FactorLayout, factor_layout
-from sa3ckpt.names.adapter_keys import DialectGuess, KeyGroups, detect_and_group
+from sa3ckpt.names.adapter_keys import DialectGuess, KeyGroups, detect_and_group, selection_name
 from sa3ckpt.names.modules import to_sa3cpp_stem
 from sa3ckpt.names.select import peft_selects
 from sa3ckpt.targets.detect import FamilyDetection, TargetEvidence, detect_family
@@ -306,7 +306,12 @@ def _expected_targets(
     peft_modules = config.extra.get("peft_target_modules")
     try:
         if peft_modules is not None:  # PEFT folders select by their own rule
-            expected = [t.name for t in fam.targets if peft_selects(t.name, peft_modules)]
+            expected = [
+                t.name
+                for t in fam.targets
+                if (name := selection_name(t.name, dialect)) is not None
+                and peft_selects(name, peft_modules)
+            ]
         else:
             expected = [t.name for t in fam.selected(config.include, config.exclude)]
     except (ValueError, re.error):

@@ -456,7 +456,11 @@ PEFT_CONV1D = FactorLayout(
 
 # Key dialects whose files keep Conv1d adapter tensors as convolutions, and in which layout.
 # Dialects not listed store every adapter tensor canonically (2-D factors, 1-D magnitudes).
-DIALECT_FACTOR_LAYOUTS: dict[str, FactorLayout] = {"peft": PEFT_CONV1D}
+DIALECT_FACTOR_LAYOUTS: dict[str, FactorLayout] = {
+    "peft": PEFT_CONV1D,
+    "peft-diffusers": PEFT_CONV1D,
+    "diffusers": PEFT_CONV1D,  # diffusers' LoRA layers are PEFT's
+}
 
 
 def factor_layout(dialect: str | None) -> FactorLayout | None:

@@ -22,7 +22,7 @@ from sa3ckpt.adapters.types import adapter_type
 from sa3ckpt.io.safetensors import write_safetensors
 from sa3ckpt.layout import rows_from_naming, rows_to_naming
 from sa3ckpt.names.adapter_keys import format_adapter_key
-from sa3ckpt.names.base_keys import official_base_key
+from sa3ckpt.names.base_keys import official_base_key, parse_official_base_key
 from sa3ckpt.names.modules import SECONDS_CONDITIONER, from_diffusers_path, to_diffusers_dit_path
 from tests.helpers import run_cli
 
@@ -147,21 +147,24 @@ def _ok(*args: str) -> str:
 
 
 def _fused(model: Any, folder: Path) -> dict[str, np.ndarray]:
-    model.load_lora_adapter(str(folder), prefix="transformer", adapter_name="sa3")
+    model.load_lora_adapter(
+        str(folder), prefix="transformer", adapter_name="sa3", use_safetensors=True
+    )
     model.fuse_lora(adapter_names=["sa3"])
     model.unload_lora()
     return {k: v.detach().numpy().astype(np.float64) for k, v in model.state_dict().items()}
 
 
 def _merged_in_diffusers_names(merged: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    """An official checkpoint's transformer tensors under diffusers names, rows permuted."""
     out = {}
     for key, value in merged.items():
-        prefix = "model.model."
-        if not key.startswith(prefix):
-            continue
-        module, _, leaf = ("model." + key[len(prefix) :]).rpartition(".")
+        parsed = parse_official_base_key(key)
+        assert parsed is not None, key
+        module, leaf = parsed
         path = to_diffusers_dit_path(f"{module}.{leaf}")
-        assert path is not None, key
+        if path is None:  # the seconds conditioner: the duration embedder's
+            continue
         array = value.astype(np.float64)
         if leaf == "weight":
             array = rows_to_naming("diffusers", module, _fan_shape(array), array)
@@ -198,23 +201,18 @@ def test_converted_adapter_fused_by_diffusers_equals_sa3ckpt_merge(
 
     fused = _fused(model, out)
     expected = _merged_in_diffusers_names(merged)
+    before = _merged_in_diffusers_names(load_file(str(base)))
     assert set(fused) == set(expected)
     changed = 0
     for key, value in fused.items():
         assert _rel(value, expected[key]) <= TOLERANCE, key
-        changed += not np.array_equal(value, _merged_in_diffusers_names_base(base)[key])
+        changed += not np.array_equal(value, before[key])
     assert changed == sum(1 for t in layers if t != SECONDS_CONDITIONER)
 
     # The seconds conditioner: the sidecar loaded with PEFT into the duration embedder.
     fused_linear = _sidecar_fused(embedder, out)
     want = merged["conditioner.conditioners.seconds_total.embedder.embedding.1.weight"]
     assert _rel(fused_linear, want.astype(np.float64)) <= TOLERANCE
-
-
-def _merged_in_diffusers_names_base(base: Path) -> dict[str, np.ndarray]:
-    from safetensors.numpy import load_file
-
-    return _merged_in_diffusers_names(load_file(str(base)))
 
 
 def _sidecar_fused(embedder: Any, folder: Path) -> np.ndarray:

@@ -30,7 +30,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--to",
         required=True,
         choices=sorted({*ADAPTER_TARGETS, *BASE_TARGETS}),
-        help="adapters: sa3, bare, mlx, peft, sa3cpp; bases: official, mlx, diffusers (folder)",
+        help="adapters: sa3, bare, mlx, peft, sa3cpp, diffusers; bases: official, mlx, diffusers",
     )
     parser.add_argument("--dtype", choices=list(DTYPE_NAMES), help="output dtype (default fp16)")
     parser.add_argument("--base", metavar="BASE", help="bake XS bases U/V and baked_vnorm_row")
@@ -41,7 +41,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--dora-variant", choices=["rows", "cols"], help="name an ambiguous legacy dora"
     )
     parser.add_argument(
-        "--drop-conditioner", action="store_true", help="sa3cpp: drop the conditioner target"
+        "--drop-conditioner",
+        action="store_true",
+        help="sa3cpp, diffusers: drop the conditioner target (its effect is lost)",
+    )
+    parser.add_argument(
+        "--include-conditioner",
+        action="store_true",
+        help="diffusers: write the conditioner target for the duration embedder to a sidecar",
     )
     parser.add_argument(
         "--drop-unmapped", action="store_true", help="bases: drop tensors with no spelling"
@@ -92,6 +99,7 @@ def run(args: argparse.Namespace) -> int:
             bases_path=args.bases,
             dora_variant=args.dora_variant,
             drop_conditioner=args.drop_conditioner,
+            include_conditioner=args.include_conditioner,
             allow_pickle=args.allow_pickle,
             allow_nonfinite=args.allow_nonfinite,
             force=args.force,

@@ -39,15 +39,22 @@ from sa3ckpt.adapters.xs_bases import XsBases, load_bases
 from sa3ckpt.errors import IncompatibleError, UsageError
 from sa3ckpt.io.atomic import StagedOutput
 from sa3ckpt.io.base_checkpoint import BaseCheckpoint, open_base
+from sa3ckpt.io.diffusers_lora import SIDECAR_WEIGHTS, is_diffusers_lora
 from sa3ckpt.io.formats import ADAPTER, check_output_suffix, load_raw
 from sa3ckpt.io.safetensors import write_safetensors
 from sa3ckpt.io.sources import PEFT_CONFIG, PEFT_WEIGHTS, is_peft_dir
 from sa3ckpt.layout import LAYOUTS, FactorLayout, factor_layout
 from sa3ckpt.names.adapter_keys import format_adapter_key
-from sa3ckpt.names.modules import module_info, to_sa3cpp_stem
+from sa3ckpt.names.modules import (
+    DIFFUSERS_TRANSFORMER,
+    diffusers_component,
+    module_info,
+    to_sa3cpp_stem,
+)
+from sa3ckpt.ops.convert_diffusers import check_expressible, diffusers_conv_kernels, write_diffusers
 from sa3ckpt.targets.families import FAMILIES
 
-ADAPTER_TARGETS = ("sa3", "bare", "mlx", "peft", "sa3cpp")
+ADAPTER_TARGETS = ("sa3", "bare", "mlx", "peft", "sa3cpp", "diffusers")
 # What PEFT can express: plain LoRA and per-output-row DoRA (use_dora), XS or not. An XS
 # adapter is written as the plain type it equals (B = U·M, A = Vᵀ).
 PEFT_TYPES = ("lora", "dora-rows", "lora-xs", "dora-rows-xs")
@@ -55,6 +62,9 @@ PEFT_REFUSAL = (
     "PEFT cannot express {type}: PEFT's DoRA magnitude is per output row (use_dora), so only "
     "lora, dora-rows and their -xs forms map; keep it in sa3, mlx or sa3cpp"
 )
+# Outputs made of PEFT LoRA layers (diffusers' LoRA files are PEFT's layers too): the types
+# they hold, an XS adapter written as the plain type it equals, and nothing baked for DoRA.
+PEFT_LAYER_OUTPUTS = ("peft", "diffusers")
 # Relative error allowed between input and rebuilt output, by output dtype (a few roundings).
 TOLERANCE = {"F16": 4e-3, "BF16": 3e-2, "F32": 1e-6, "F64": 1e-12}
 EPS = 1e-12
@@ -143,9 +153,10 @@ def _resolve_variant(ckpt: AdapterCheckpoint, variant: str | None, ledger: Conve
 
 
 def written_type(adapter_type: str, to: str) -> str:
-    """The adapter type a `to` output holds: PEFT writes an XS adapter as its plain type."""
+    """The adapter type a `to` output holds: PEFT layers hold an XS adapter as its plain type."""
     kind = lookup_type(adapter_type)
-    return type_for(kind.norm, False).name if to == "peft" and kind.xs else adapter_type
+    plain = to in PEFT_LAYER_OUTPUTS and kind.xs
+    return type_for(kind.norm, False).name if plain else adapter_type
 
 
 def _prepare(
@@ -156,6 +167,7 @@ def _prepare(
     variant: str | None,
     drop_conditioner: bool,
     ledger: ConvertLedger,
+    include_conditioner: bool = False,
 ) -> AdapterCheckpoint:
     adapter_type = _resolve_variant(ckpt, variant, ledger)
     if adapter_type != ckpt.config.adapter_type:
@@ -174,6 +186,14 @@ def _prepare(
                 )
             del tensors[target]
             ledger.dropped.append(f"{target} (sa3.cpp has no stem: its effect is lost)")
+    if to == "diffusers":
+        if adapter_type not in PEFT_TYPES:
+            raise UsageError(
+                f"diffusers cannot express {adapter_type}: its LoRA layers are PEFT's (DoRA "
+                "magnitude per output row), so only lora, dora-rows and their -xs forms map; "
+                "keep it in sa3, mlx or sa3cpp"
+            )
+        _diffusers_conditioner(tensors, drop_conditioner, include_conditioner, ledger)
     config = LoraConfig(
         ckpt.config.rank,
         ckpt.config.alpha,
@@ -186,12 +206,40 @@ def _prepare(
     needs_bases = to in XS_BASES_NEEDED and out.kind.xs
     if base is not None or bases is not None or needs_bases:
         _bake(out, base, bases, to, ledger)
+    if to == "diffusers":
+        check_expressible(out)  # after the bake: an XS target's fans come from U/V
     return out
 
 
 # Outputs that cannot hold an XS adapter without its bases: sa3.cpp does no SVD at load, and
-# PEFT's factors are B = U·M, A = Vᵀ.
-XS_BASES_NEEDED = {"sa3cpp": "sa3.cpp", "peft": "PEFT"}
+# PEFT's (and diffusers') factors are B = U·M, A = Vᵀ.
+XS_BASES_NEEDED = {"sa3cpp": "sa3.cpp", "peft": "PEFT", "diffusers": "diffusers"}
+
+
+def _diffusers_conditioner(
+    tensors: dict[str, dict[str, Any]], drop: bool, include: bool, ledger: ConvertLedger
+) -> None:
+    """The seconds conditioner has no LoRA slot in diffusers: written to the sidecar only on
+    request (--include-conditioner), dropped with its loss reported (--drop-conditioner),
+    else refused."""
+    for target in [t for t in tensors if diffusers_component(t) != DIFFUSERS_TRANSFORMER]:
+        if include:
+            ledger.repairs.append(
+                f"{target} written to {SIDECAR_WEIGHTS} as duration_embedder.linear: diffusers "
+                "has no LoRA hook for the duration embedder, load it there with PEFT"
+            )
+        elif drop:
+            del tensors[target]
+            ledger.dropped.append(
+                f"{target} (diffusers' transformer has no such module: its effect is lost)"
+            )
+        else:
+            raise UsageError(
+                f"{target} is the seconds conditioner, which lives in diffusers' duration "
+                "embedder and has no LoRA slot there; pass --include-conditioner to write it "
+                f"to {SIDECAR_WEIGHTS} (loaded with PEFT by hand), or --drop-conditioner to "
+                "convert without it (its adaptation of the seconds conditioning is then lost)"
+            )
 
 
 def _bake(
@@ -227,7 +275,7 @@ def _bake(
             resolved, origin = out.resolved_params(target, base_2d=base_2d, bases=bases)
             params["U"], params["V"] = resolved["U"], resolved["V"]
             baked_uv[origin] = baked_uv.get(origin, 0) + 1
-        if base is not None and kind.norm == "rows" and to != "peft":
+        if base is not None and kind.norm == "rows" and to not in PEFT_LAYER_OUTPUTS:
             w0 = dtypes.to_float32(_base_2d(base, target)).astype(np.float64)
             p = {k: dtypes.to_float32(np.asarray(v)).astype(np.float64) for k, v in params.items()}
             delta = p["U"] @ p["M_xs"] @ p["V"].T if kind.xs else p["lora_B"] @ p["lora_A"]
@@ -362,6 +410,7 @@ WRITERS: dict[str, Callable[[AdapterCheckpoint, str, str], None]] = {
     "mlx": _write_dialect("mlx"),
     "peft": _write_peft,
     "sa3cpp": _write_sa3cpp,
+    "diffusers": lambda ckpt, path, code: write_diffusers(ckpt, path, code, peft_factors),
 }
 FORCED_DTYPE = {"sa3cpp": "F32"}  # sa3.cpp adapters are F32 by definition
 
@@ -435,7 +484,7 @@ def verify(
     """Worst relative error of c·ΔW and magnitudes over targets; raises on a structural loss.
 
     `expected_type` is the type the output should hold when it differs from the source's
-    (an XS adapter written to PEFT comes back as the plain type it equals).
+    (an XS adapter written to PEFT or diffusers comes back as the plain type it equals).
     """
     want = expected_type or source.adapter_type
     if rebuilt.adapter_type != want:
@@ -496,6 +545,7 @@ def verify_factor_layout(
     stored: dict[str, np.ndarray],
     dialect: str,
     skip: set[str],
+    kernels: Callable[[AdapterCheckpoint], dict[str, int]] | None = None,
 ) -> tuple[float, str | None]:
     """Check the Conv1d targets of a PEFT-style output as the library reads them.
 
@@ -509,7 +559,7 @@ def verify_factor_layout(
         return 0.0, None
     worst, where = 0.0, None
     torch_conv = LAYOUTS["torch-conv1d"]
-    for target, k in conv_kernels(source).items():
+    for target, k in (kernels or conv_kernels)(source).items():
         if target in skip:
             continue
         keys = {p: format_adapter_key(target, p, dialect) for p in ("lora_A", "lora_B")}
@@ -544,6 +594,17 @@ def verify_factor_layout(
     return worst, where
 
 
+# Outputs that are folders, and what an existing folder must be for --force to replace it.
+FOLDER_OUTPUTS: dict[str, Callable[[str], bool]] = {
+    "peft": is_peft_dir,
+    "diffusers": lambda path: os.path.isdir(path) and is_diffusers_lora(path),
+}
+# Outputs whose runtime fixes the Conv1d kernel sizes (not looked up in the family tables).
+OUTPUT_KERNELS: dict[str, Callable[[AdapterCheckpoint], dict[str, int]]] = {
+    "diffusers": diffusers_conv_kernels,
+}
+
+
 # --- the command ------------------------------------------------------------------------------
 
 
@@ -557,6 +618,7 @@ def convert_adapter(
     bases_path: str | None = None,
     dora_variant: str | None = None,
     drop_conditioner: bool = False,
+    include_conditioner: bool = False,
     allow_pickle: bool = False,
     allow_nonfinite: bool = False,
     force: bool = False,
@@ -572,9 +634,17 @@ def convert_adapter(
         raise UsageError("--dora-variant takes rows or cols")
     check_output_suffix(output, ADAPTER, to)
     inputs = [input_path] + [p for p in (base_path, bases_path) if p]
-    # PEFT output is a folder: it may replace an old PEFT folder under --force, nothing else.
+    if include_conditioner and to != "diffusers":
+        raise UsageError("--include-conditioner applies to --to diffusers")
+    # PEFT and diffusers outputs are folders: under --force they may replace an old folder
+    # of their own kind, nothing else.
+    folder_kind = FOLDER_OUTPUTS.get(to)
     staged = StagedOutput(
-        output, inputs=inputs, overwrite=force, directory=to == "peft", replaceable=is_peft_dir
+        output,
+        inputs=inputs,
+        overwrite=force,
+        directory=folder_kind is not None,
+        replaceable=folder_kind,
     )
     ckpt = load_adapter(input_path, allow_pickle=allow_pickle)
     code = FORCED_DTYPE.get(to) or (dtypes.code_from_name(dtype) if dtype else "F16")
@@ -594,7 +664,9 @@ def convert_adapter(
     bases = load_bases(bases_path) if bases_path else None
     base = open_base(base_path) if base_path else None
     try:
-        prepared = _prepare(ckpt, to, base, bases, dora_variant, drop_conditioner, ledger)
+        prepared = _prepare(
+            ckpt, to, base, bases, dora_variant, drop_conditioner, ledger, include_conditioner
+        )
     finally:
         if base is not None:
             base.close()
@@ -622,7 +694,8 @@ def convert_adapter(
         skip = {t for t in ckpt.tensors if t not in prepared.tensors}
         checks = [
             verify(source, rebuilt, skip, out_type),
-            verify_factor_layout(source, stored, to, skip),  # writer names are dialect names
+            # writer names are dialect names; diffusers' convs are 1-wide whatever the family
+            verify_factor_layout(source, stored, to, skip, OUTPUT_KERNELS.get(to)),
         ]
         ledger.worst_error, ledger.worst_target = max(checks, key=lambda c: c[0])
         tolerance = TOLERANCE.get(code, 1e-3)

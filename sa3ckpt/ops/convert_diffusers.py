@@ -35,14 +35,16 @@ from sa3ckpt.names.modules import (
     diffusers_component,
     diffusers_suffix_clashes,
     module_info,
+    split_block,
     to_diffusers_path,
 )
-from sa3ckpt.targets.families import FAMILIES
+from sa3ckpt.targets.families import FAMILIES, family_for_base_model
 
 DIALECT = "diffusers"
 # diffusers' StableAudio3DiTModel builds its pre/post-process convs with kernel size 1.
 CONV_KERNEL = 1
-# The deepest known family: PEFT suffix clashes are named for every block it could have.
+# The deepest known family: without a better guess, PEFT suffix clashes are named for as
+# many blocks.
 MAX_DEPTH = max(f.topology.depth for f in FAMILIES.values())
 
 Factors = Callable[[AdapterCheckpoint, str], dict[str, np.ndarray]]
@@ -88,6 +90,16 @@ def _stored(target: str, factors: dict[str, np.ndarray]) -> dict[str, np.ndarray
     return out
 
 
+def _depth(ckpt: AdapterCheckpoint) -> int:
+    """The model's block count as far as the adapter says: its family's, else one past its
+    last block, else the deepest known family's."""
+    fam = family_for_base_model(ckpt.config.base_model) if ckpt.config.base_model else None
+    if fam is not None:
+        return fam.topology.depth
+    blocks = [split[0] for t in ckpt.tensors if (split := split_block(t)) is not None]
+    return max(blocks) + 1 if blocks else MAX_DEPTH
+
+
 def _arguments(ckpt: AdapterCheckpoint, modules: list[str]) -> dict[str, object]:
     """`peft.LoraConfig` arguments for one component (module paths relative to it)."""
     arguments: dict[str, object] = {
@@ -100,10 +112,20 @@ def _arguments(ckpt: AdapterCheckpoint, modules: list[str]) -> dict[str, object]
         "target_modules": sorted(modules),
     }
     targeted = set(modules)
-    clashes = {c for m in modules for c in diffusers_suffix_clashes(m, MAX_DEPTH)} - targeted
+    depth = _depth(ckpt)
+    clashes = {c for m in modules for c in diffusers_suffix_clashes(m, depth)} - targeted
     if clashes:
         arguments["exclude_modules"] = sorted(clashes)
     return arguments
+
+
+def diffusers_conv_kernels(ckpt: AdapterCheckpoint) -> dict[str, int]:
+    """Kernel sizes of the Conv1d targets as diffusers' model has them (all 1-wide)."""
+    return {
+        t: CONV_KERNEL
+        for t in ckpt.tensors
+        if (info := module_info(t)) is not None and info.layer_kind == "conv1d"
+    }
 
 
 def write_diffusers(ckpt: AdapterCheckpoint, path: str, code: str, factors: Factors) -> None:

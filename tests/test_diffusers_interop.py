@@ -39,8 +39,8 @@ RANK = 4
 ALPHA = 6.0
 TOLERANCE = 1e-5
 SHAPES = {  # the issue's two cases: small (no permutation) and medium-shaped (permutation)
-    "small": {"embed_dim": 32, "use_differential_attention": False},
-    "medium": {"embed_dim": 32, "use_differential_attention": True},
+    "small": {"embed_dim": 32, "use_differential_attention": False},  # no sa3ckpt family
+    "medium": {"embed_dim": 16, "use_differential_attention": True},  # the tiny-medium family
 }
 COMMON = {
     "io_channels": 8,
@@ -176,7 +176,7 @@ def _rel(a: np.ndarray, b: np.ndarray) -> float:
     return float(np.linalg.norm(a - b) / max(np.linalg.norm(b), 1e-30))
 
 
-@pytest.mark.parametrize("type_name", ["lora", "dora-rows"])
+@pytest.mark.parametrize("type_name", ["lora", "dora-rows", "lora-xs", "dora-rows-xs"])
 @pytest.mark.parametrize("shape", ["small", "medium"])
 def test_converted_adapter_fused_by_diffusers_equals_sa3ckpt_merge(
     tmp_path: Path, shape: str, type_name: str
@@ -193,8 +193,11 @@ def test_converted_adapter_fused_by_diffusers_equals_sa3ckpt_merge(
     write_safetensors(adapter, tensors, metadata)
 
     out = tmp_path / "diffusers-lora"
+    xs = ["--base", str(base)] if type_name.endswith("-xs") else []  # U, V from the base's SVD
+    if type_name == "dora-rows-xs":  # no family table here to tell the magnitudes' orientation
+        xs += ["--dora-variant", "rows"]
     _ok("convert", str(adapter), "-o", str(out), "--to", "diffusers", "--dtype", "fp32",
-        "--include-conditioner")  # fmt: skip
+        "--include-conditioner", *xs)  # fmt: skip
     merged_path = tmp_path / "merged.safetensors"
     _ok("merge", str(base), str(adapter), "-o", str(merged_path), "--dtype", "fp32")
     merged = load_file(str(merged_path))
@@ -231,3 +234,48 @@ def _sidecar_fused(embedder: Any, folder: Path) -> np.ndarray:
     assert not result.unexpected_keys
     embedder.linear.merge()
     return embedder.linear.get_base_layer().weight.detach().numpy().astype(np.float64)
+
+
+def test_peft_folder_saved_from_the_diffusers_model_reads_and_merges(tmp_path: Path) -> None:
+    """A PEFT folder saved by peft from a StableAudio3DiTModel (diffusers module names, its
+    row order) is read by inspect/validate/convert, and `sa3ckpt merge` of its sa3 form
+    equals PEFT's own merge_and_unload."""
+    from peft import LoraConfig, get_peft_model
+    from safetensors.numpy import load_file
+
+    model = _random_model("medium", seed=7)
+    embedder = _random_duration_embedder(seed=7)
+    base = tmp_path / "base.safetensors"
+    write_safetensors(base, _official_base(model, embedder))
+    before = _merged_in_diffusers_names(load_file(str(base)))
+    config = LoraConfig(
+        r=RANK,
+        lora_alpha=ALPHA,
+        use_dora=True,
+        target_modules=["to_qkv", "to_kv", "ff.proj_in", "preprocess_conv"],
+    )
+    peft_model = get_peft_model(model, config)
+    torch.manual_seed(11)
+    with torch.no_grad():
+        for name, param in peft_model.named_parameters():
+            if "lora_" in name:
+                param.copy_(param + torch.randn_like(param) * 0.1)
+    folder = tmp_path / "peft-diffusers"
+    peft_model.save_pretrained(str(folder))
+    fused = {
+        k: v.detach().numpy().astype(np.float64)
+        for k, v in peft_model.merge_and_unload().state_dict().items()
+    }
+
+    info = json.loads(_ok("inspect", str(folder), "--json"))
+    assert "peft-diffusers" in json.dumps(info)
+    _ok("validate", str(folder), "--model", "auto")
+    sa3 = tmp_path / "sa3.safetensors"
+    _ok("convert", str(folder), "-o", str(sa3), "--to", "sa3", "--dtype", "fp32")
+    merged_path = tmp_path / "merged.safetensors"
+    _ok("merge", str(base), str(sa3), "-o", str(merged_path), "--dtype", "fp32")
+    expected = _merged_in_diffusers_names(load_file(str(merged_path)))
+    changed = [k for k in fused if not np.array_equal(expected[k], before[k])]
+    assert len(changed) == 2 * 3 + 1  # to_qkv, to_kv, ff.proj_in per block + preprocess_conv
+    for key, value in fused.items():
+        assert _rel(value, expected[key]) <= TOLERANCE, key

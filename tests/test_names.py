@@ -36,8 +36,10 @@ PEFT_PARAMS = ("lora_A", "lora_B", "magnitude")
 
 
 def _expressible(dialect: str, target: str, param: str) -> bool:
-    if dialect == "peft":
+    if dialect in ("peft", "diffusers"):
         return param in PEFT_PARAMS
+    if dialect == "peft-diffusers":  # PEFT on the DiT: no conditioner module there
+        return param in PEFT_PARAMS and target.startswith("model.")
     if dialect == "sa3cpp":
         return to_sa3cpp_stem(target) is not None
     return True

@@ -4,11 +4,14 @@ from __future__ import annotations
 
 import os
 import stat
+import threading
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from sa3ckpt.errors import OutputError, UsageError
+from sa3ckpt.io import atomic
 from sa3ckpt.io.atomic import AtomicFile, atomic_output, check_output_path
 
 
@@ -160,3 +163,144 @@ def test_atomic_file_commit_and_discard(tmp_path: Path) -> None:
     other.discard()
     other.discard()
     assert _listing(tmp_path) == ["a.bin"]
+
+
+# --------------------------------------------------------------- interrupts at creation time
+
+
+class _SignalAfterCreate(AtomicFile):
+    """An AtomicFile whose constructor is 'interrupted' right after the temp file exists.
+
+    Stands for a SIGTERM (raised as KeyboardInterrupt by the CLI) landing after the temp file
+    was created but before the writer holding it entered its cleanup `try`.
+    """
+
+    def __init__(self, *args: object, **kwargs: object) -> None:
+        super().__init__(*args, **kwargs)  # type: ignore[arg-type]
+        raise KeyboardInterrupt
+
+
+def _write_safetensors(path: Path) -> None:
+    from sa3ckpt.io.safetensors import write_safetensors
+
+    write_safetensors(path, {"a": np.zeros(3, np.float32)})
+
+
+def _write_npz(path: Path) -> None:
+    from sa3ckpt.io.base_checkpoint import NpzStreamWriter
+
+    with NpzStreamWriter(path) as writer:
+        writer.write("a", np.zeros(3, np.float32))
+
+
+def _write_gguf(path: Path) -> None:
+    pytest.importorskip("gguf")
+    from sa3ckpt.io.gguf_adapter import write_gguf_adapter
+
+    tensors = {"dit.proj_in.lora_A": np.zeros((2, 3), np.float32)}
+    write_gguf_adapter(path, tensors, adapter_type="lora", rank=2, alpha=2.0, n_targets=1)
+
+
+def _write_atomic_output(path: Path) -> None:
+    with atomic_output(path) as f:
+        f.write(b"x")
+
+
+# (module whose AtomicFile the writer uses, writer)
+CREATION_WRITERS = {
+    "safetensors-enter": ("sa3ckpt.io.safetensors", _write_safetensors),
+    "npz-enter": ("sa3ckpt.io.base_checkpoint", _write_npz),
+    "gguf": ("sa3ckpt.io.gguf_adapter", _write_gguf),
+    "atomic_output": ("sa3ckpt.io.atomic", _write_atomic_output),
+}
+
+
+@pytest.mark.parametrize("name", sorted(CREATION_WRITERS))
+def test_interrupt_right_after_temp_creation_leaves_nothing(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, name: str
+) -> None:
+    """Was: the writers' __enter__ (and atomic_output, the GGUF writer) created the temp file
+    before their try, so an interrupt in between left it behind."""
+    module, write = CREATION_WRITERS[name]
+    monkeypatch.setattr(f"{module}.AtomicFile", _SignalAfterCreate)
+    with pytest.raises(KeyboardInterrupt):
+        write(tmp_path / "out.bin")
+    assert _listing(tmp_path) == []
+    assert not any(p.startswith(str(tmp_path)) for p in atomic.TEMPS.paths())
+
+
+def test_exception_in_stream_writer_enter_leaves_nothing(tmp_path: Path) -> None:
+    """An exception inside SafetensorsStreamWriter.__enter__ after the temp file exists
+    (here: the header write fails) removes it: __exit__ never runs when __enter__ fails."""
+    from sa3ckpt.io.safetensors import SafetensorsStreamWriter
+
+    writer = SafetensorsStreamWriter(tmp_path / "a.safetensors", [("a", "F32", (2,))])
+    writer._prefix = None  # type: ignore[assignment]  # file.write(None) raises TypeError
+    with pytest.raises(TypeError):
+        writer.__enter__()
+    assert _listing(tmp_path) == []
+
+
+def test_interrupt_between_create_and_handle_leaves_nothing(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Was: os.open created the file and a signal before the `try` (or inside os.fdopen,
+    after which the descriptor was closed twice) left the temp file behind."""
+    real = atomic._open_exclusive
+
+    def created_then_interrupted(path: str) -> atomic.BinaryIO:
+        real(path).close()
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(atomic, "_open_exclusive", created_then_interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        AtomicFile(tmp_path / "out.bin")
+    assert _listing(tmp_path) == []
+
+
+def test_temp_is_registered_before_it_exists(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    seen: list[tuple[bool, bool]] = []
+    real = atomic._open_exclusive
+
+    def spy(path: str) -> atomic.BinaryIO:
+        seen.append((path in atomic.TEMPS, os.path.exists(path)))
+        return real(path)
+
+    monkeypatch.setattr(atomic, "_open_exclusive", spy)
+    out = AtomicFile(tmp_path / "out.bin")
+    assert seen == [(True, False)] and out.temp_path in atomic.TEMPS
+    out.commit()
+    assert out.temp_path not in atomic.TEMPS and _listing(tmp_path) == ["out.bin"]
+
+
+def test_remove_all_cleans_abandoned_temps(tmp_path: Path) -> None:
+    """What runs at interpreter exit: temps of writers that never finished are removed."""
+    abandoned = AtomicFile(tmp_path / "a.bin")
+    staged = atomic.StagedOutput(tmp_path / "b.bin")
+    Path(staged.temp_path).write_bytes(b"half")
+    registry = atomic.TempRegistry()
+    registry.add(abandoned.temp_path)
+    registry.attach(abandoned.temp_path, abandoned.file)
+    registry.add(staged.temp_path)
+    registry.remove_all()
+    assert abandoned.file.closed and _listing(tmp_path) == []
+    atomic.TEMPS.release(abandoned.temp_path)
+    atomic.TEMPS.release(staged.temp_path)
+
+
+def test_remove_since_is_per_thread_and_after_the_mark(tmp_path: Path) -> None:
+    registry = atomic.TempRegistry()
+    before, mine, theirs = (str(tmp_path / n) for n in ("before", "mine", "theirs"))
+    registry.add(before)
+    mark = registry.mark()
+    registry.add(mine)
+    thread = threading.Thread(target=registry.add, args=(theirs,))
+    thread.start()
+    thread.join()
+    for path in (before, mine, theirs):
+        Path(path).write_bytes(b"")
+    registry.remove_since(mark)
+    assert _listing(tmp_path) == ["before", "theirs"]
+    assert before in registry and theirs in registry and mine not in registry

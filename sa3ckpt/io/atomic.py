@@ -10,17 +10,28 @@ This module is the one output-path policy of every command and the TUI: `check_o
 (never over an input, folders only by folder outputs, --force to replace), `AtomicFile` /
 `atomic_output` for writers that stream into one file, and `StagedOutput` for outputs built
 by other code under a temp name (PEFT folders, outputs verified before they may appear).
+
+Temp files must not outlive an interrupt (the CLI turns SIGTERM into KeyboardInterrupt, which
+can surface between any two bytecodes). So a temp name is registered *before* the file is
+created (`TEMPS`), with SIGINT/SIGTERM held while it is registered and created; a writer that
+fails or is interrupted before it owns the file removes what was registered since its
+`TEMPS.mark()`, and whatever is still registered when the interpreter exits is removed then.
 """
 
 from __future__ import annotations
 
+import atexit
 import contextlib
+import itertools
 import os
 import re
 import secrets
 import shutil
+import signal
 import stat
+import threading
 from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass
 from typing import BinaryIO
 
 from sa3ckpt.errors import OutputError, UsageError
@@ -182,11 +193,136 @@ def _remove(path: str) -> None:
             os.unlink(path)
 
 
+@dataclass
+class _Temp:
+    thread: int  # the thread that registered it: a failing writer cleans only its own
+    sequence: int
+    file: BinaryIO | None = None  # closed before removal (Windows cannot unlink open files)
+
+
+class TempRegistry:
+    """Temp paths this process registered and has not yet renamed into place or removed.
+
+    Registering comes first and creating second, so there is no moment at which a temp file
+    exists that nobody will remove: a writer interrupted anywhere calls `remove_since` with
+    the mark it took before starting, and `remove_all` runs at interpreter exit.
+
+    No lock: an interrupt raised just after a lock is acquired would leave it held for good.
+    Each method does single dict operations, which are atomic under the GIL.
+    """
+
+    def __init__(self) -> None:
+        self._temps: dict[str, _Temp] = {}
+        self._sequence = itertools.count(1)
+
+    def mark(self) -> int:
+        """A point to clean up back to: `remove_since(mark)` removes what came after it."""
+        return next(self._sequence)
+
+    def add(self, path: str) -> None:
+        """Register `path` before it is created."""
+        self._temps[path] = _Temp(threading.get_ident(), next(self._sequence))
+
+    def attach(self, path: str, file: BinaryIO) -> None:
+        """Remember the open handle of a registered temp file, to close it before removal."""
+        temp = self._temps.get(path)
+        if temp is not None:
+            temp.file = file
+
+    def release(self, path: str) -> None:
+        """Forget `path` without touching it: renamed into place, or never created by us."""
+        self._temps.pop(path, None)
+
+    def remove(self, path: str) -> None:
+        """Close and delete a temp (file or folder) and forget it."""
+        temp = self._temps.pop(path, None)
+        if temp is not None and temp.file is not None:
+            with contextlib.suppress(Exception):
+                temp.file.close()
+        _remove(path)
+
+    def remove_since(self, mark: int) -> None:
+        """Remove every temp this thread registered after `mark` (a writer's failure path)."""
+        thread = threading.get_ident()
+        for path, temp in list(self._temps.items()):
+            if temp.thread == thread and temp.sequence > mark:
+                self.remove(path)
+
+    def remove_all(self) -> None:
+        """Remove every temp still registered (at exit: an interrupted write left it)."""
+        for path in list(self._temps):
+            with contextlib.suppress(OSError):
+                self.remove(path)
+
+    def paths(self) -> list[str]:
+        return list(self._temps)
+
+    def __contains__(self, path: object) -> bool:
+        return path in self._temps
+
+
+TEMPS = TempRegistry()
+atexit.register(TEMPS.remove_all)
+
+_HELD_SIGNALS = frozenset(
+    s for s in (getattr(signal, "SIGINT", None), getattr(signal, "SIGTERM", None)) if s
+)
+
+
+@contextlib.contextmanager
+def _signals_held() -> Iterator[None]:
+    """Hold SIGINT/SIGTERM for this thread while a temp is registered and created.
+
+    Only narrows the window (a signal already pending, or delivered to another thread, can
+    still raise inside): the writers' `remove_since` is what guarantees cleanup. Where
+    pthread_sigmask does not exist (Windows) this does nothing.
+    """
+    if not hasattr(signal, "pthread_sigmask") or not _HELD_SIGNALS:
+        yield
+        return
+    previous = signal.pthread_sigmask(signal.SIG_BLOCK, _HELD_SIGNALS)
+    try:
+        yield
+    finally:
+        signal.pthread_sigmask(signal.SIG_SETMASK, previous)
+
+
+def _open_exclusive(path: str) -> BinaryIO:
+    """Create `path` (it must not exist) with mode 0o666 minus the umask, opened for writing.
+
+    Not the 0o600 of `tempfile.mkstemp`: the file becomes the user's output. The descriptor
+    is never closed here on failure: an interrupt inside os.fdopen can come after the file
+    object took it over (and closes it when collected), and closing a number twice could
+    close another file's. The file itself is registered, so it is removed either way.
+    """
+    return os.fdopen(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666), "wb")
+
+
+def _create_temp(path: str) -> tuple[BinaryIO, str]:
+    """A new temp file beside `path`, registered in TEMPS before it exists."""
+    for _ in range(_TEMP_ATTEMPTS):
+        tmp = _temp_sibling(path)
+        with _signals_held():
+            TEMPS.add(tmp)
+            try:
+                file = _open_exclusive(tmp)
+            except FileExistsError:
+                TEMPS.release(tmp)  # another process's file: never ours to delete
+                continue
+            except OSError as exc:
+                TEMPS.release(tmp)
+                raise output_error(path, exc) from exc
+            TEMPS.attach(tmp, file)
+        return file, tmp
+    raise OutputError(path, "cannot create a temp file next to it")
+
+
 class AtomicFile:
     """A temp file beside ``path`` that becomes ``path`` on `commit` or vanishes on `discard`.
 
     The temp file is created with mode 0o666 minus the umask (like a plain ``open``), not
-    the 0o600 of `tempfile.mkstemp`, because it becomes the user's output file.
+    the 0o600 of `tempfile.mkstemp`, because it becomes the user's output file
+    (`_open_exclusive`).
     Prefer `atomic_output`; this class exists for writers whose lifetime spans several calls
     (such as the streaming safetensors writer).
     """
@@ -198,30 +334,13 @@ class AtomicFile:
         self.overwrite = overwrite
         check_output_path(self.path, inputs=inputs, overwrite=overwrite)
         self.directory = os.path.dirname(os.path.abspath(self.path))
-        self.file: BinaryIO
-        for _ in range(_TEMP_ATTEMPTS):
-            tmp = _temp_sibling(self.path)
-            try:
-                fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
-            except FileExistsError:
-                continue
-            except OSError as exc:
-                raise output_error(self.path, exc) from exc
-            break
-        else:
-            raise OutputError(self.path, "cannot create a temp file next to it")
-        self.temp_path = tmp
-        try:
-            self.file = os.fdopen(fd, "wb")
-        except BaseException:
-            os.close(fd)
-            self._unlink_temp()
-            raise
         self.done = False
-
-    def _unlink_temp(self) -> None:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(self.temp_path)
+        mark = TEMPS.mark()
+        try:
+            self.file, self.temp_path = _create_temp(self.path)
+        except BaseException:  # interrupted after the temp was created, before it was ours
+            TEMPS.remove_since(mark)
+            raise
 
     def commit(self) -> None:
         """Flush, fsync and rename onto the target; on failure the temp file is removed."""
@@ -234,6 +353,7 @@ class AtomicFile:
             if not self.overwrite and os.path.lexists(self.path):  # appeared while writing
                 raise _exists(self.path)
             os.replace(self.temp_path, self.path)
+            TEMPS.release(self.temp_path)
         except OSError as exc:
             self.discard()
             raise output_error(self.path, exc) from exc
@@ -251,7 +371,7 @@ class AtomicFile:
         try:
             self.file.close()
         finally:
-            self._unlink_temp()
+            TEMPS.remove(self.temp_path)
 
 
 @contextlib.contextmanager
@@ -265,16 +385,28 @@ def atomic_output(
     ``path`` is (or links to) one of ``inputs``, is a directory, or exists while
     ``overwrite`` is False. Replacing a symlink at ``path`` replaces the link itself.
     """
-    out = AtomicFile(path, inputs=inputs, overwrite=overwrite)
+    mark = TEMPS.mark()
+    out: AtomicFile | None = None
     try:
+        out = AtomicFile(path, inputs=inputs, overwrite=overwrite)
         yield out.file
-    except OSError as exc:
-        out.discard()
-        raise output_error(out.path, exc) from exc
+        out.commit()
+    except OSError as exc:  # the block's write failed: name the user's path
+        discard_or_remove_since(out, mark)
+        raise output_error(os.fspath(path), exc) from exc
     except BaseException:
-        out.discard()
+        discard_or_remove_since(out, mark)
         raise
-    out.commit()
+
+
+def discard_or_remove_since(out: AtomicFile | None, mark: int) -> None:
+    """A writer's failure path: discard its AtomicFile, or, when the failure came before the
+    writer held it (a signal right after it was created), every temp registered since `mark`.
+    """
+    if out is None:
+        TEMPS.remove_since(mark)
+    else:
+        out.discard()
 
 
 class StagedOutput:
@@ -306,6 +438,7 @@ class StagedOutput:
         self.replaceable = replaceable
         self._check()
         self.temp_path = _temp_sibling(self.path)
+        TEMPS.add(self.temp_path)  # the writer creates it: removed at exit if never finished
         self.done = False
 
     def _check(self) -> None:
@@ -339,6 +472,7 @@ class StagedOutput:
                 self._swap_in()
             else:
                 os.replace(self.temp_path, self.path)
+            TEMPS.release(self.temp_path)
         except OSError as exc:
             self.discard()
             raise output_error(self.path, exc) from exc
@@ -368,15 +502,19 @@ class StagedOutput:
         if self.done:
             return
         self.done = True
-        _remove(self.temp_path)
+        TEMPS.remove(self.temp_path)
 
     def __enter__(self) -> StagedOutput:
         return self
 
     def __exit__(self, exc_type: object, exc: BaseException | None, tb: object) -> None:
-        if exc is None:
-            self.commit()
-            return
+        try:  # an interrupt before commit's own try must not leave the temp output
+            if exc is None:
+                self.commit()
+                return
+        except BaseException:
+            self.discard()
+            raise
         self.discard()
         if isinstance(exc, OSError | OutputError):
             raise output_error(self.path, exc) from exc

@@ -22,7 +22,13 @@ import numpy as np
 
 from sa3ckpt import dtypes
 from sa3ckpt.errors import MalformedFileError
-from sa3ckpt.io.atomic import AtomicFile, check_output_path, output_error
+from sa3ckpt.io.atomic import (
+    TEMPS,
+    AtomicFile,
+    check_output_path,
+    discard_or_remove_since,
+    output_error,
+)
 from sa3ckpt.io.diffusers_folder import CONTAINER as FOLDER_CONTAINER
 from sa3ckpt.io.diffusers_folder import (
     DEFAULT_MAX_SHARD_SIZE,
@@ -197,9 +203,14 @@ class NpzStreamWriter:
         self._zip: zipfile.ZipFile | None = None
 
     def __enter__(self) -> NpzStreamWriter:
-        self._out = AtomicFile(self.path, inputs=self._inputs, overwrite=self._overwrite)
-        self._zip = zipfile.ZipFile(self._out.file, "w", zipfile.ZIP_STORED, allowZip64=True)
-        return self
+        mark = TEMPS.mark()  # as in SafetensorsStreamWriter: __exit__ never runs if this fails
+        try:
+            self._out = AtomicFile(self.path, inputs=self._inputs, overwrite=self._overwrite)
+            self._zip = zipfile.ZipFile(self._out.file, "w", zipfile.ZIP_STORED, allowZip64=True)
+            return self
+        except BaseException:
+            discard_or_remove_since(self._out, mark)
+            raise
 
     def write(self, name: str, array: np.ndarray) -> None:
         assert self._zip is not None
@@ -208,19 +219,22 @@ class NpzStreamWriter:
 
     def __exit__(self, exc_type: Any, exc: Any, tb: Any) -> None:
         assert self._out is not None and self._zip is not None
-        if exc_type is None:
-            try:
-                self._zip.close()  # writes the central directory: can still hit a full disk
-            except OSError as close_exc:
-                self._out.discard()
-                raise output_error(self.path, close_exc) from close_exc
-            self._out.commit()
-        else:
+        try:  # an interrupt while closing the archive must not leave the temp file
+            if exc_type is None:
+                try:
+                    self._zip.close()  # writes the central directory: can still hit a full disk
+                except OSError as close_exc:
+                    raise output_error(self.path, close_exc) from close_exc
+                self._out.commit()
+                return
             with contextlib.suppress(Exception):
                 self._zip.close()
+        except BaseException:
             self._out.discard()
-            if isinstance(exc, OSError):  # a full disk, not a bad input: exit 5, user's name
-                raise output_error(self.path, exc) from exc
+            raise
+        self._out.discard()
+        if isinstance(exc, OSError):  # a full disk, not a bad input: exit 5, user's name
+            raise output_error(self.path, exc) from exc
 
 
 def base_container_of(path: str | os.PathLike[str]) -> str:

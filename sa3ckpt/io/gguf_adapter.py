@@ -33,7 +33,13 @@ import numpy as np
 
 from sa3ckpt import dtypes
 from sa3ckpt.errors import MalformedFileError, UsageError
-from sa3ckpt.io.atomic import AtomicFile, PathLike, output_error
+from sa3ckpt.io.atomic import (
+    TEMPS,
+    AtomicFile,
+    PathLike,
+    discard_or_remove_since,
+    output_error,
+)
 
 GGUF_MISSING = "sa3.cpp GGUF needs the gguf extra: pip install 'sa3ckpt[gguf]'"
 
@@ -200,8 +206,10 @@ def write_gguf_adapter(
     arrays = [(name, _checked_tensor(name, tensors[name])) for name in names]
 
     vt = gguf.GGUFValueType
-    out = AtomicFile(path, inputs=inputs, overwrite=overwrite)
+    mark = TEMPS.mark()
+    out: AtomicFile | None = None
     try:
+        out = AtomicFile(path, inputs=inputs, overwrite=overwrite)
         # GGUFWriter insists on opening its own file, so it writes the temp file through a
         # second handle; AtomicFile's untouched handle still fsyncs the same inode on commit.
         writer = gguf.GGUFWriter(out.temp_path, arch=ARCHITECTURE)
@@ -221,13 +229,13 @@ def write_gguf_adapter(
             writer.write_tensors_to_file()
         finally:
             writer.close()
+        out.commit()
     except OSError as exc:  # GGUFWriter opened the temp name itself: word it as the output
-        out.discard()
-        raise output_error(out.path, exc) from exc
+        discard_or_remove_since(out, mark)
+        raise output_error(os.fspath(path), exc) from exc
     except BaseException:
-        out.discard()
+        discard_or_remove_since(out, mark)
         raise
-    out.commit()
 
 
 # ----------------------------------------------------------------------------- reading

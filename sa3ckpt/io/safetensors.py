@@ -34,7 +34,13 @@ import numpy as np
 
 from sa3ckpt import dtypes
 from sa3ckpt.errors import MalformedFileError
-from sa3ckpt.io.atomic import AtomicFile, PathLike, output_error
+from sa3ckpt.io.atomic import (
+    TEMPS,
+    AtomicFile,
+    PathLike,
+    discard_or_remove_since,
+    output_error,
+)
 
 MAX_HEADER_BYTES = 100 * 1024 * 1024
 """Largest header we parse: far above any real checkpoint, small enough to never OOM."""
@@ -556,13 +562,17 @@ class SafetensorsStreamWriter:
     def __enter__(self) -> SafetensorsStreamWriter:
         if self._out is not None or self._next:
             raise ValueError("stream writer can only be used once")
-        self._out = AtomicFile(self.path, inputs=self._inputs, overwrite=self._overwrite)
+        # Everything from creating the temp file to returning is under one try: an exception
+        # or signal at any point (even before `_out` is assigned) removes the temp file,
+        # since `__exit__` never runs when `__enter__` fails.
+        mark = TEMPS.mark()
         try:
+            self._out = AtomicFile(self.path, inputs=self._inputs, overwrite=self._overwrite)
             self._out.file.write(self._prefix)
+            return self
         except BaseException:
-            self._out.discard()
+            discard_or_remove_since(self._out, mark)
             raise
-        return self
 
     def write(self, name: str, array: np.ndarray) -> None:
         """Append tensor ``name``, which must be the next spec with matching dtype and shape."""
@@ -593,20 +603,22 @@ class SafetensorsStreamWriter:
         out = self._out
         if out is None:
             return
-        if exc_type is not None:
+        try:  # an interrupt while checking or committing must not leave the temp file
+            if exc_type is not None:
+                out.discard()
+                if isinstance(exc, OSError):  # a full disk, not a bad input: exit 5, user's name
+                    raise output_error(self.path, exc) from exc
+                return
+            if self._next != len(self._specs):
+                missing = [name for name, _, _ in self._specs[self._next :]]
+                raise ValueError(f"{len(missing)} tensors not written, first {missing[0]!r}")
+            written = out.file.tell()
+            if written != len(self._prefix) + self._data_bytes:
+                raise ValueError(f"wrote {written} bytes, expected {len(self._prefix)} + data")
+            out.commit()
+        except BaseException:
             out.discard()
-            if isinstance(exc, OSError):  # a full disk, not a bad input: exit 5, user's name
-                raise output_error(self.path, exc) from exc
-            return
-        if self._next != len(self._specs):
-            out.discard()
-            missing = [name for name, _, _ in self._specs[self._next :]]
-            raise ValueError(f"{len(missing)} tensors not written, first {missing[0]!r}")
-        written = out.file.tell()
-        if written != len(self._prefix) + self._data_bytes:
-            out.discard()
-            raise ValueError(f"wrote {written} bytes, expected {len(self._prefix)} + data")
-        out.commit()
+            raise
 
 
 def write_safetensors(

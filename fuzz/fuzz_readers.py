@@ -34,7 +34,10 @@ from sa3ckpt.adapters.config import ConfigError, LoraConfig  # noqa: E402
 from sa3ckpt.adapters.formats import load_adapter  # noqa: E402
 from sa3ckpt.adapters.xs_bases import load_bases  # noqa: E402
 from sa3ckpt.errors import Sa3ckptError  # noqa: E402
+from sa3ckpt.io.formats import identify  # noqa: E402
+from sa3ckpt.io.legacy_pickle import looks_like_pickle  # noqa: E402
 from sa3ckpt.io.safetensors import open_safetensors  # noqa: E402
+from sa3ckpt.io.sniff import sniff_container  # noqa: E402
 from sa3ckpt.ops.inspect import inspect_path  # noqa: E402
 from sa3ckpt.ops.validate import validate_path  # noqa: E402
 
@@ -154,7 +157,23 @@ class Target:
 
 
 def _adapter_seeds() -> list[Path]:
-    return sorted((FIXTURES / "adapters").glob("*/*.safetensors"))[:12]
+    """Fixture adapters, plus the edge-corpus adapter whose header length starts with 0x80."""
+    edge = sorted((FIXTURES / "edge").glob("*.safetensors"))
+    return sorted((FIXTURES / "adapters").glob("*/*.safetensors"))[:12] + edge
+
+
+def _sniff_seeds() -> list[Path]:
+    """Files whose first bytes look alike: safetensors (one starting 0x80 0x02), raw pickles,
+    damaged files starting with the pickle marker."""
+    return sorted((FIXTURES / "edge").glob("*")) + sorted((FIXTURES / "malformed").glob("pickle*"))
+
+
+def _sniff(path: str) -> None:
+    """The sniffers never raise, and agree: a safetensors sniff is never a pickle."""
+    container = sniff_container(path)
+    if container == "safetensors" and looks_like_pickle(path):
+        raise AssertionError("sniffed as safetensors and as a pickle")
+    identify(path)
 
 
 def targets(tmp: Path) -> list[Target]:
@@ -184,6 +203,7 @@ def targets(tmp: Path) -> list[Target]:
         Target("inspect", _adapter_seeds(), lambda p: inspect_path(p, stats=True)),
         Target("validate", _adapter_seeds(), lambda p: validate_path(p, deep=True)),
         Target("bases", [bases_seed], load_bases),
+        Target("sniff", _sniff_seeds(), _sniff, allowed=()),  # identify never raises
         *gguf,
     ]
 

@@ -32,3 +32,16 @@ def test_harness_reports_a_planted_crash(tmp_path: Path, monkeypatch) -> None:
     monkeypatch.setattr(fuzz_readers, "_fuzz_peft", lambda rng, budget, tmp: (0, []))
     assert fuzz_readers.run(seconds=1, seed=1) == 1
     assert planted.crashes and any(p.suffix == ".txt" for p in tmp_path.iterdir())
+
+
+def test_seeds_hold_the_sniffing_edge_cases(tmp_path: Path) -> None:
+    """The 0x80 cases of issue 13 are fuzz seeds: the adapter whose header length starts
+    80 02 seeds the readers, and every edge/pickle-marker file seeds the sniffer."""
+    by_name = {t.name: t for t in fuzz_readers.targets(tmp_path)}
+    edge_adapter = FIXTURES / "edge" / "header_length_128_mod_256.safetensors"
+    for name in ("adapter-load", "inspect", "validate", "safetensors"):
+        assert edge_adapter in by_name[name].seeds, name
+    sniff_seeds = {p.name for p in by_name["sniff"].seeds}
+    assert {"header_length_128_mod_256.safetensors", "raw_pickle_protocol_2.ckpt"} <= sniff_seeds
+    assert "pickle_marker_no_opcodes.safetensors" in sniff_seeds
+    assert by_name["sniff"].allowed == ()  # identify and the sniffers never raise

@@ -407,30 +407,6 @@ def _pickle_header(path: str, allow_pickle: bool) -> AdapterSource:
     )
 
 
-def _looks_like_safetensors(path: str) -> bool:
-    """An 8-byte header length that fits the file, followed by a JSON object's `{`."""
-    try:
-        with open(path, "rb") as f:
-            prefix = f.read(9)
-            size = os.fstat(f.fileno()).st_size
-    except OSError:
-        return False
-    if len(prefix) < 9:
-        return False
-    length = int.from_bytes(prefix[:8], "little")
-    return prefix[8:9] == b"{" and 8 + length <= size
-
-
-def is_pickle(path: str) -> bool:
-    """A torch pickle, but not a safetensors file whose header length starts with 0x80.
-
-    `looks_like_pickle` takes a leading 0x80 byte as the pickle protocol marker; a safetensors
-    header length whose low byte is 0x80 starts the same way, so the safetensors structure
-    is checked too (a real pickle's first eight bytes never give a length that fits).
-    """
-    return looks_like_pickle(path) and not _looks_like_safetensors(path)
-
-
 # --- NumPy archives (bases only) --------------------------------------------------------------
 
 
@@ -488,7 +464,7 @@ FORMATS: tuple[Format, ...] = (
     ),
     Format(
         "pickle",
-        is_pickle,
+        looks_like_pickle,  # the one sniffer: never a safetensors file starting with 0x80
         (".ckpt", ".pt", ".pth"),
         frozenset({ADAPTER}),
         FILE_DIALECTS,

@@ -36,6 +36,7 @@ import numpy as np
 
 from sa3ckpt import dtypes
 from sa3ckpt.errors import MalformedFileError, UsageError
+from sa3ckpt.io.sniff import PICKLES, ZIP_MAGIC, sniff_container
 
 PICKLE_REFUSAL = (
     "legacy .ckpt is a Python pickle; refusing to load it "
@@ -52,8 +53,6 @@ CONFIG_KEY = "lora_config"
 MAX_CAUSE_CHARS = 300
 """Torch's errors run to paragraphs; the CLI prints one line, so causes are cut to this."""
 
-_ZIP_MAGIC = b"PK\x03\x04"
-_PICKLE_PROTO = 0x80
 _ANSI = re.compile(r"\x1b\[[0-9;]*[A-Za-z]")
 _KEY_SHOWN = 80
 
@@ -87,24 +86,12 @@ def looks_like_pickle(path: str | os.PathLike[str]) -> bool:
     """Whether a file looks like a torch pickle checkpoint, judged without unpickling anything.
 
     True for a zip archive (torch's default format since 1.6) holding a ``*/data.pkl`` member,
-    or a raw pickle (first byte is the 0x80 protocol marker, as in torch's legacy format).
-    Only the zip's central directory is read, never a member. Unreadable files give False:
-    this is a sniffing predicate for validate, and reading errors are reported elsewhere.
+    or a raw pickle (the 0x80 protocol marker, a known protocol, a decodable opcode stream),
+    and never for a safetensors file, even one whose header length starts with 0x80: the one
+    sniffer in `sa3ckpt.io.sniff` decides, in that order. Unreadable files give False: this is
+    a sniffing predicate, and reading errors are reported elsewhere.
     """
-    try:
-        with open(path, "rb") as fh:
-            head = fh.read(len(_ZIP_MAGIC))
-    except OSError:
-        return False
-    if head[:1] == bytes([_PICKLE_PROTO]):
-        return True
-    if head != _ZIP_MAGIC:
-        return False
-    try:
-        with zipfile.ZipFile(path) as archive:
-            return any(name.endswith("/data.pkl") for name in archive.namelist())
-    except (OSError, zipfile.BadZipFile, ValueError, EOFError):
-        return False
+    return sniff_container(path) in PICKLES
 
 
 def read_legacy_ckpt(
@@ -201,12 +188,12 @@ def _diagnose(path: str) -> str | None:
     """
     try:
         with open(path, "rb") as fh:
-            head = fh.read(len(_ZIP_MAGIC))
+            head = fh.read(len(ZIP_MAGIC))
     except OSError:
         return None
     if not head:
         return "file is empty"
-    if head != _ZIP_MAGIC:
+    if head != ZIP_MAGIC:
         return None
     try:
         with zipfile.ZipFile(path) as archive:

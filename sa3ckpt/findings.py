@@ -234,6 +234,43 @@ RULES: dict[str, Rule] = {
             "merging needs the base weights (or a bases file) to rebuild U/V",
         ),
         Rule(
+            "gguf-kv-type",
+            "error",
+            "GGUF KV field of a type sa3.cpp rejects",
+            "sa3.cpp aborts on it: re-export with sa3ckpt convert IN -o OUT.gguf --to sa3cpp",
+        ),
+        Rule(
+            "gguf-xs-no-bases",
+            "error",
+            "sa3.cpp GGUF XS adapter without U/V",
+            "sa3.cpp cannot run it: convert with the base, sa3ckpt convert IN -o OUT.gguf "
+            "--to sa3cpp --base BASE",
+        ),
+        Rule(
+            "gguf-architecture",
+            "warning",
+            "general.architecture is not sa3-lora",
+            "sa3.cpp's tools write general.architecture = sa3-lora; check this is an adapter",
+        ),
+        Rule(
+            "gguf-name",
+            "warning",
+            "general.name is not sa3.cpp's",
+            "sa3.cpp's tools write general.name = 'sa3 <type> adapter' (its contract lists it)",
+        ),
+        Rule(
+            "gguf-type-default",
+            "info",
+            "no lora.adapter_type: read as lora",
+            "fine for a lora adapter; write lora.adapter_type for any other type",
+        ),
+        Rule(
+            "gguf-f16",
+            "info",
+            "GGUF tensors stored as F16",
+            "sa3.cpp's inference loader reads F16; its own tools write F32",
+        ),
+        Rule(
             "pickle-note",
             "info",
             "read through the pickle opt-in",

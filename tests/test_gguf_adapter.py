@@ -236,13 +236,25 @@ def test_wrong_or_missing_architecture_is_malformed(tmp_path: Path) -> None:
         read_gguf_adapter(none)
 
 
-def test_non_f32_tensor_is_malformed_and_named(tmp_path: Path) -> None:
-    path = tmp_path / "f16.gguf"
-    _write_foreign(path, "sa3-lora", np.zeros((2, 3), np.float16))
-    with pytest.raises(MalformedFileError, match=r"dit\.proj_in\.lora_A.*F16"):
+def test_tensor_neither_f32_nor_f16_is_malformed_and_named(tmp_path: Path) -> None:
+    # Issue 13 changed F16 from malformed to accepted (sa3.cpp's inference loader reads it);
+    # any other type (F64 here) is still refused by name.
+    path = tmp_path / "f64.gguf"
+    _write_foreign(path, "sa3-lora", np.zeros((2, 3), np.float64))
+    with pytest.raises(MalformedFileError, match=r"dit\.proj_in\.lora_A.*F64.*F32 or F16"):
         read_gguf_adapter(path)
     _, infos = read_gguf_header(path)  # inspection reports it instead
-    assert infos["dit.proj_in.lora_A"] == ((2, 3), "F16")
+    assert infos["dit.proj_in.lora_A"] == ((2, 3), "F64")
+
+
+def test_f16_tensor_is_read_widened_exactly(tmp_path: Path) -> None:
+    path = tmp_path / "f16.gguf"
+    values = np.array([[0.5, -2.0, 65504.0], [1e-7, 0.0, -0.0]], np.float16)
+    _write_foreign(path, "sa3-lora", values)
+    got = read_gguf_adapter(path)
+    assert got.tensor_types == {"dit.proj_in.lora_A": "F16"}
+    back = got.tensors["dit.proj_in.lora_A"]
+    assert back.dtype == np.float32 and np.array_equal(back, values.astype(np.float32))
 
 
 @pytest.mark.parametrize("exc_type", [RuntimeError, KeyboardInterrupt])

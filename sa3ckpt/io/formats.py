@@ -35,7 +35,15 @@ from sa3ckpt.io.diffusers_lora import METADATA_KEY as DIFFUSERS_LORA_METADATA
 from sa3ckpt.io.diffusers_lora import METADATA_ORIGIN as DIFFUSERS_LORA_ORIGIN
 from sa3ckpt.io.diffusers_lora import is_diffusers_lora, lora_files
 from sa3ckpt.io.diffusers_lora import lora_config as diffusers_lora_config
-from sa3ckpt.io.gguf_adapter import KEY_ADAPTER_TYPE, KEY_ALPHA, KEY_RANK, RESERVED_KEYS, is_gguf
+from sa3ckpt.io.gguf_adapter import (
+    DEFAULT_ADAPTER_TYPE,
+    KEY_ADAPTER_TYPE,
+    KEY_ALPHA,
+    KEY_RANK,
+    RESERVED_KEYS,
+    SA3CPP_KV,
+    is_gguf,
+)
 from sa3ckpt.io.legacy_pickle import looks_like_pickle, read_legacy_ckpt
 from sa3ckpt.io.safetensors import SafetensorsFile, open_safetensors, read_header
 from sa3ckpt.io.sources import (
@@ -44,6 +52,7 @@ from sa3ckpt.io.sources import (
     PEFT_WEIGHTS,
     AdapterSource,
     TensorEntry,
+    TypedField,
     is_peft_dir,
     peft_to_lora_config,
     read_json,
@@ -302,51 +311,78 @@ def _plain(value: object) -> object:
     return value.item() if isinstance(value, np.generic) else value
 
 
-def gguf_lora_config(kv: Mapping[str, object]) -> str | None:
-    """The lora_config text equivalent to a GGUF's lora.* fields; None when one is missing.
+def _gguf_missing(kv: Mapping[str, object]) -> list[str]:
+    """The KV fields sa3.cpp requires (no default) that the file lacks."""
+    return [rule.key for rule in SA3CPP_KV if rule.default is None and rule.key not in kv]
 
-    Values are passed on as the file typed them (not coerced: a float rank is an error for
-    `LoraConfig` to report, not something to truncate), so a GGUF missing a field is a file
-    without a config in the header view and in a full load alike.
+
+def gguf_lora_config(kv: Mapping[str, object]) -> str | None:
+    """The lora_config text equivalent to a GGUF's lora.* fields, read as sa3.cpp reads them.
+
+    `lora.rank` and `lora.alpha` are required: without either there is no config. A missing
+    `lora.adapter_type` is `lora`, sa3.cpp's default. Values are passed on as the file typed
+    them (not coerced: a float rank is an error for `LoraConfig` to report, not something to
+    truncate), so both reads of a file agree on its config.
     """
-    fields = {"rank": KEY_RANK, "alpha": KEY_ALPHA, "adapter_type": KEY_ADAPTER_TYPE}
-    if not all(key in kv for key in fields.values()):
+    if _gguf_missing(kv):
         return None
-    config = {name: _plain(kv[key]) for name, key in fields.items()}
+    config = {
+        "rank": _plain(kv[KEY_RANK]),
+        "alpha": _plain(kv[KEY_ALPHA]),
+        "adapter_type": _plain(kv.get(KEY_ADAPTER_TYPE, DEFAULT_ADAPTER_TYPE)),
+    }
     return json.dumps({**config, "include": [], "exclude": []})
 
 
+def gguf_origin(kv: Mapping[str, object]) -> str:
+    """Where the config comes from, naming the required fields when some are absent (the
+    analysis says "no lora_config (<origin> absent)")."""
+    missing = _gguf_missing(kv)
+    return f"GGUF {', '.join(missing)}" if missing else GGUF_ORIGIN
+
+
+def gguf_notes(kv: Mapping[str, object]) -> list[str]:
+    """What a reader of this GGUF should know (include/exclude lost, a defaulted type)."""
+    notes = [GGUF_NOTE]
+    if KEY_ADAPTER_TYPE not in kv:
+        notes.append(f"no {KEY_ADAPTER_TYPE}: read as {DEFAULT_ADAPTER_TYPE}, as sa3.cpp does")
+    return notes
+
+
 def gguf_metadata(kv: Mapping[str, object]) -> dict[str, str]:
-    """KV fields that are not the adapter's structure (architecture, alignment, lora.*)."""
+    """KV fields that are not the adapter's structure (architecture, name, alignment, lora.*)."""
     return {
         k: str(v) for k, v in kv.items() if k not in RESERVED_KEYS and not k.startswith("lora.")
     }
 
 
 def _gguf_header(path: str, allow_pickle: bool) -> AdapterSource:
-    from sa3ckpt.io.gguf_adapter import read_gguf_adapter, read_gguf_header
+    from sa3ckpt.io.gguf_adapter import open_gguf_header, read_gguf_adapter
 
-    kv, infos = read_gguf_header(path)
+    # sa3.cpp does not check general.architecture: a file it would load is read, and
+    # validate warns about the architecture instead.
+    header = open_gguf_header(path, require_arch=False)
     entries = {
-        name: TensorEntry(name, kind, tuple(shape), 4 * math.prod(shape))
-        for name, (shape, kind) in infos.items()
+        name: TensorEntry(name, kind, tuple(shape), (2 if kind == "F16" else 4) * math.prod(shape))
+        for name, (shape, kind) in header.tensors.items()
     }
     cache: dict[str, np.ndarray] = {}
 
     def read(key: str) -> np.ndarray:
         if not cache:
-            cache.update(read_gguf_adapter(path).tensors)
+            cache.update(read_gguf_adapter(path, require_arch=False).tensors)
         return cache[key]
 
     return AdapterSource(
         path=path,
         format="gguf",
         size=os.path.getsize(path),
-        metadata=gguf_metadata(kv),
+        metadata=gguf_metadata(header.kv),
         entries=entries,
-        config_text=gguf_lora_config(kv),
-        config_origin=GGUF_ORIGIN,
-        notes=[GGUF_NOTE],
+        config_text=gguf_lora_config(header.kv),
+        config_origin=gguf_origin(header.kv),
+        notes=gguf_notes(header.kv),
+        fields={k: TypedField(v, header.kv_types[k]) for k, v in header.kv.items()},
         _reader=read,
     )
 
@@ -354,7 +390,7 @@ def _gguf_header(path: str, allow_pickle: bool) -> AdapterSource:
 def _gguf_load(path: str, allow_pickle: bool) -> RawAdapter:
     from sa3ckpt.io.gguf_adapter import read_gguf_adapter
 
-    adapter = read_gguf_adapter(path)
+    adapter = read_gguf_adapter(path, require_arch=False)
     return RawAdapter(
         path,
         "gguf",
@@ -362,8 +398,8 @@ def _gguf_load(path: str, allow_pickle: bool) -> RawAdapter:
         gguf_lora_config(adapter.kv),
         gguf_metadata(adapter.kv),
         ("sa3cpp",),
-        GGUF_ORIGIN,
-        [GGUF_NOTE],
+        gguf_origin(adapter.kv),
+        gguf_notes(adapter.kv),
     )
 
 

@@ -3,7 +3,10 @@
 sa3.cpp loads adapters as GGUF: a few typed KV fields (``lora.adapter_type`` string,
 ``lora.rank`` u32, ``lora.alpha`` f32, ``lora.n_targets`` u32) and one F32 tensor per
 ``<stem>.<param>``. The C loader checks the GGUF value types, so the types written here are
-part of the contract, not a detail.
+part of the contract, not a detail: `SA3CPP_KV` is that contract as data (what its loader
+reads, the type it insists on, the default when a field may be missing), for the writer here
+and for validate. Its inference loader also reads F16 tensors (its tools write F32), so the
+reader accepts both.
 
 Shapes: ggml lists dimensions innermost first (``ne[0]`` is the last numpy axis), so a
 ``lora_A`` of numpy shape ``(r, fan_in)`` is stored with ``ne = (fan_in, r)``. Everything this
@@ -47,13 +50,22 @@ GGUF_MAGIC = b"GGUF"
 ARCHITECTURE = "sa3-lora"
 
 KEY_ARCHITECTURE = "general.architecture"
+KEY_NAME = "general.name"
 KEY_ADAPTER_TYPE = "lora.adapter_type"
 KEY_RANK = "lora.rank"
 KEY_ALPHA = "lora.alpha"
 KEY_N_TARGETS = "lora.n_targets"
 
 RESERVED_KEYS = frozenset(
-    {KEY_ARCHITECTURE, KEY_ADAPTER_TYPE, KEY_RANK, KEY_ALPHA, KEY_N_TARGETS, "general.alignment"}
+    {
+        KEY_ARCHITECTURE,
+        KEY_NAME,
+        KEY_ADAPTER_TYPE,
+        KEY_RANK,
+        KEY_ALPHA,
+        KEY_N_TARGETS,
+        "general.alignment",
+    }
 )
 """Keys `write_gguf_adapter` sets itself (or that would change the file layout)."""
 
@@ -62,6 +74,38 @@ MAX_NAME_BYTES = 63
 
 MAX_DIMS = 4
 """ggml tensors have at most four dimensions (GGML_MAX_DIMS)."""
+
+DEFAULT_ADAPTER_TYPE = "lora"
+"""What sa3.cpp reads an adapter as when ``lora.adapter_type`` is missing."""
+
+TENSOR_TYPES = ("F32", "F16")
+"""ggml tensor types read here: F32 (what sa3.cpp's tools write) and F16 (its loader reads it)."""
+
+
+@dataclass(frozen=True)
+class KvRule:
+    """One KV field sa3.cpp's adapter loader reads: the GGUF type it insists on.
+
+    A field with `default` may be missing (the loader uses the default); one without is
+    required. A present field of another type aborts the loader, whatever its value.
+    """
+
+    key: str
+    gguf_type: str
+    default: str | None = None
+
+
+SA3CPP_KV = (
+    KvRule(KEY_RANK, "UINT32"),
+    KvRule(KEY_ALPHA, "FLOAT32"),
+    KvRule(KEY_ADAPTER_TYPE, "STRING", default=DEFAULT_ADAPTER_TYPE),
+)
+
+
+def general_name(adapter_type: str) -> str:
+    """The ``general.name`` sa3.cpp's tools write (its contract doc lists it as required)."""
+    return f"sa3 {adapter_type} adapter"
+
 
 _U32_MAX = 2**32 - 1
 _I64_MIN, _I64_MAX = -(2**63), 2**63 - 1
@@ -75,13 +119,24 @@ class GgufAdapter:
     ``tensors`` maps file tensor names (``<stem>.<param>``) to float32 arrays in numpy shape
     order. ``kv`` holds every KV field as a python value (arrays as lists); ``kv_types`` gives
     each field's GGUF type name (``"UINT32"``, ``"STRING"``, ``"ARRAY[FLOAT32]"``, ...) so
-    validators can check the types sa3.cpp insists on.
+    validators can check the types sa3.cpp insists on; ``tensor_types`` the ggml type each
+    tensor was stored as (F32 or F16).
     """
 
     tensors: dict[str, np.ndarray]
     kv: dict[str, object]
     path: str
     kv_types: dict[str, str] = field(default_factory=dict)
+    tensor_types: dict[str, str] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class GgufHeader:
+    """A GGUF's KV fields (values and GGUF type names) and tensors (numpy shape, ggml type)."""
+
+    kv: dict[str, object]
+    kv_types: dict[str, str]
+    tensors: dict[str, tuple[tuple[int, ...], str]]
 
 
 def _import_gguf() -> ModuleType:
@@ -214,6 +269,7 @@ def write_gguf_adapter(
         # second handle; AtomicFile's untouched handle still fsyncs the same inode on commit.
         writer = gguf.GGUFWriter(out.temp_path, arch=ARCHITECTURE)
         try:
+            writer.add_key_value(KEY_NAME, general_name(adapter_type), vt.STRING)
             # add_key_value, not add_string: add_string silently drops empty strings.
             writer.add_key_value(KEY_ADAPTER_TYPE, adapter_type, vt.STRING)
             writer.add_key_value(KEY_RANK, rank, vt.UINT32)
@@ -312,19 +368,19 @@ def _numpy_shape(path: str, name: str, ne: Any) -> tuple[int, ...]:
     return tuple(reversed(dims))
 
 
-def read_gguf_header(
-    path: PathLike, *, require_arch: bool = True
-) -> tuple[dict[str, object], dict[str, tuple[tuple[int, ...], str]]]:
-    """KV fields and ``{name: (numpy_shape, ggml_type_name)}`` without copying tensor data.
+def open_gguf_header(path: PathLike, *, require_arch: bool = True) -> GgufHeader:
+    """KV fields with their GGUF types, and ``{name: (numpy_shape, ggml_type_name)}``, without
+    copying tensor data.
 
-    For inspection: non-F32 tensors are reported, not rejected. ``require_arch=False`` lets
-    a caller look at any GGUF (to say what it is) instead of failing on the architecture.
+    For inspection: tensors of any ggml type are reported, not rejected. ``require_arch=False``
+    lets a caller look at any GGUF (sa3.cpp itself does not check ``general.architecture``;
+    validate warns about it) instead of failing on the architecture.
     """
     gguf = _import_gguf()
     spath = os.fspath(path)
     reader = _open_reader(gguf, spath)
     try:
-        kv, _ = _read_kv(gguf, reader)
+        kv, kv_types = _read_kv(gguf, reader)
         if require_arch:
             _check_architecture(spath, kv)
         infos = {
@@ -337,38 +393,57 @@ def read_gguf_header(
         raise MalformedFileError(spath, f"corrupt GGUF ({_one_line(exc)})") from None
     finally:
         del reader
-    return kv, infos
+    return GgufHeader(kv, kv_types, infos)
 
 
-def read_gguf_adapter(path: PathLike) -> GgufAdapter:
+def read_gguf_header(
+    path: PathLike, *, require_arch: bool = True
+) -> tuple[dict[str, object], dict[str, tuple[tuple[int, ...], str]]]:
+    """KV fields and ``{name: (numpy_shape, ggml_type_name)}`` (`open_gguf_header` without
+    the KV types)."""
+    header = open_gguf_header(path, require_arch=require_arch)
+    return header.kv, header.tensors
+
+
+def read_gguf_adapter(path: PathLike, *, require_arch: bool = True) -> GgufAdapter:
     """Read an sa3.cpp adapter: every tensor as a float32 array in numpy shape order.
 
-    Raises MalformedFileError for anything but a well-formed GGUF whose
-    ``general.architecture`` is ``sa3-lora`` and whose tensors are all F32 (sa3.cpp loads
-    nothing else, so accepting other types here would vouch for a file it rejects).
+    Raises MalformedFileError for anything but a well-formed GGUF whose tensors are all F32
+    or F16 (F16 is widened exactly; sa3.cpp loads nothing else unquantized, so accepting
+    other types here would vouch for a file it rejects) and, unless ``require_arch=False``,
+    whose ``general.architecture`` is ``sa3-lora``.
     """
     gguf = _import_gguf()
     spath = os.fspath(path)
     reader = _open_reader(gguf, spath)
+    accepted = {getattr(gguf.GGMLQuantizationType, name) for name in TENSOR_TYPES}
     try:
         kv, kv_types = _read_kv(gguf, reader)
-        _check_architecture(spath, kv)
+        if require_arch:
+            _check_architecture(spath, kv)
         tensors: dict[str, np.ndarray] = {}
+        tensor_types: dict[str, str] = {}
         for t in reader.tensors:
-            if t.tensor_type != gguf.GGMLQuantizationType.F32:
+            if t.tensor_type not in accepted:
                 raise MalformedFileError(
-                    spath, f"tensor {t.name!r} has type {t.tensor_type.name}, expected F32"
+                    spath,
+                    f"tensor {t.name!r} has type {t.tensor_type.name}, "
+                    f"expected {' or '.join(TENSOR_TYPES)}",
                 )
             shape = _numpy_shape(spath, t.name, t.shape)
             flat = np.asarray(t.data).reshape(-1)
             if flat.size != math.prod(shape):
                 raise MalformedFileError(spath, f"tensor {t.name!r} is cut short")
-            # astype copies (detaching from the memory map) and fixes a swapped byte order.
+            # astype copies (detaching from the memory map), widens F16 exactly and fixes a
+            # swapped byte order.
             tensors[t.name] = flat.astype(np.float32, copy=True).reshape(shape)
+            tensor_types[t.name] = t.tensor_type.name
     except MalformedFileError:
         raise
     except Exception as exc:
         raise MalformedFileError(spath, f"corrupt GGUF ({_one_line(exc)})") from None
     finally:
         del reader
-    return GgufAdapter(tensors=tensors, kv=kv, path=spath, kv_types=kv_types)
+    return GgufAdapter(
+        tensors=tensors, kv=kv, path=spath, kv_types=kv_types, tensor_types=tensor_types
+    )

@@ -36,6 +36,18 @@ class TensorEntry:
     nbytes: int
 
 
+@dataclass(frozen=True)
+class TypedField:
+    """A container field as stored: its value and the container's type name for it.
+
+    GGUF KV fields are typed (UINT32, FLOAT32, STRING, ...) and a runtime may insist on the
+    type, not only the value (sa3.cpp aborts on an INT32 `lora.rank`), so validate needs both.
+    """
+
+    value: object
+    type: str
+
+
 @dataclass
 class AdapterSource:
     """A header-level view of one adapter file or folder; arrays are read on demand."""
@@ -48,6 +60,7 @@ class AdapterSource:
     config_text: str | None
     config_origin: str  # where config_text came from, for evidence
     notes: list[str] = field(default_factory=list)
+    fields: dict[str, TypedField] = field(default_factory=dict)  # typed container fields (GGUF KV)
     _reader: Callable[[str], np.ndarray] | None = None
     _closer: Callable[[], None] | None = None
 

@@ -24,6 +24,14 @@ from sa3ckpt.io.formats import (
     sniff_format,
     walk_adapter_paths,
 )
+from sa3ckpt.io.gguf_adapter import (
+    ARCHITECTURE,
+    KEY_ARCHITECTURE,
+    KEY_NAME,
+    SA3CPP_KV,
+    general_name,
+)
+from sa3ckpt.io.gguf_adapter import TENSOR_TYPES as GGUF_TENSOR_TYPES
 from sa3ckpt.io.legacy_pickle import PickleRefusedError
 from sa3ckpt.io.sources import AdapterSource
 from sa3ckpt.names.base_keys import mlx_base_key
@@ -173,10 +181,11 @@ def _check_tensors(a: Analysis, ctx: Context) -> Iterator[Finding]:
             "rank-exceeds-target", f"{len(a.rank_problems)} targets: {_first(a.rank_problems)}"
         )
     conventional = "F32" if a.source.format == "gguf" else "F16"  # sa3.cpp stores F32
+    accepted = {conventional, *GGUF_TENSOR_TYPES} if a.source.format == "gguf" else {conventional}
     unusual = sorted(
         code
         for code in a.dtypes
-        if code != conventional
+        if code not in accepted  # GGUF F16 is `gguf-f16` (info): sa3.cpp reads it
         and dtypes.is_floating(code)
         and any(
             e.dtype == code and not e.key.endswith("baked_vnorm_row")
@@ -210,8 +219,8 @@ def _check_runtime(a: Analysis, ctx: Context) -> Iterator[Finding]:
             f"{mlx_base_key(SECONDS_CONDITIONER)}",
         )
     kind = a.kind
-    if kind is not None and kind.xs:
-        without = [t for t, p in a.groups.targets.items() if "U" not in p or "V" not in p]
+    if kind is not None and kind.xs and a.source.format != "gguf":  # GGUF: gguf-xs-no-bases
+        without = _xs_without_bases(a)
         if without:
             yield _say(
                 "xs-no-bases",
@@ -219,6 +228,63 @@ def _check_runtime(a: Analysis, ctx: Context) -> Iterator[Finding]:
             )
     if a.source.format == "pickle":
         yield _say("pickle-note", "legacy pickle read with torch.load(weights_only=True)")
+
+
+def _xs_without_bases(a: Analysis) -> list[str]:
+    return [t for t, p in a.groups.targets.items() if "U" not in p or "V" not in p]
+
+
+def _check_gguf(a: Analysis, ctx: Context) -> Iterator[Finding]:
+    """An sa3.cpp GGUF as sa3.cpp would load it (reference/formats.md "sa3.cpp adapter GGUF").
+
+    Its loader aborts on a `lora.rank` that is not UINT32 or a `lora.alpha` that is not
+    FLOAT32 (missing ones are config-missing), defaults a missing `lora.adapter_type` to
+    lora, reads F16 tensors, and has no SVD at load: an XS adapter needs U and V stored.
+    """
+    if a.source.format != "gguf":
+        return
+    fields = a.source.fields
+    for rule in SA3CPP_KV:
+        found = fields.get(rule.key)
+        if found is None:
+            if rule.default is not None:
+                yield _say(
+                    "gguf-type-default",
+                    f"no {rule.key}: sa3.cpp reads the adapter as {rule.default}",
+                )
+        elif found.type != rule.gguf_type:
+            yield _say(
+                "gguf-kv-type",
+                f"{rule.key} is {found.type} ({found.value!r}); sa3.cpp requires "
+                f"{rule.gguf_type} and aborts otherwise",
+            )
+    arch = fields.get(KEY_ARCHITECTURE)
+    if arch is None:
+        yield _say("gguf-architecture", f"no {KEY_ARCHITECTURE} (expected {ARCHITECTURE!r})")
+    elif arch.value != ARCHITECTURE:
+        yield _say(
+            "gguf-architecture", f"{KEY_ARCHITECTURE} is {arch.value!r}, not {ARCHITECTURE!r}"
+        )
+    name = fields.get(KEY_NAME)
+    expected = general_name(a.adapter_type) if a.adapter_type else None
+    if name is None:
+        yield _say(
+            "gguf-name", f"no {KEY_NAME}" + (f" (expected {expected!r})" if expected else "")
+        )
+    elif expected is not None and name.value != expected:
+        yield _say("gguf-name", f"{KEY_NAME} is {name.value!r}, not {expected!r}")
+    f16 = [e.key for e in a.source.entries.values() if e.dtype == "F16"]
+    if f16:
+        yield _say("gguf-f16", f"{len(f16)} of {len(a.source.entries)} tensors are F16")
+    kind = a.kind
+    if kind is not None and kind.xs:
+        without = _xs_without_bases(a)
+        if without:
+            yield _say(
+                "gguf-xs-no-bases",
+                f"{len(without)} {kind.name} targets have no stored U/V (sa3.cpp has no SVD "
+                f"at load): {_first(without)}",
+            )
 
 
 def _values(source: AdapterSource, key: str) -> np.ndarray:
@@ -268,6 +334,7 @@ CHECKS: tuple[Check, ...] = (
     _check_family,
     _check_coverage,
     _check_runtime,
+    _check_gguf,
     _check_data,
 )
 

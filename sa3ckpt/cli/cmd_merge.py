@@ -6,11 +6,13 @@ import argparse
 import sys
 from collections.abc import Callable
 
-from sa3ckpt.adapters.formulas import SEMANTICS, SEMANTICS_HELP
+from sa3ckpt.adapters.formulas import SEMANTICS
 from sa3ckpt.cli.common import print_ledger
 from sa3ckpt.dtypes import NAMES as DTYPE_NAMES
 from sa3ckpt.ops.merge import ONLY_ROOTS, merge_checkpoint
+from sa3ckpt.semantics import help_text
 from sa3ckpt.strengths import parse_adapter_arg
+from sa3ckpt.textsafe import escape_control
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -20,12 +22,32 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "adapters", nargs="+", metavar="ADAPTER[:STRENGTH]", help="adapters, in order"
     )
-    parser.add_argument("-o", "--output", required=True, metavar="OUT", help="merged checkpoint")
+    parser.add_argument(
+        "-o",
+        "--output",
+        metavar="OUT",
+        help="merged checkpoint (required unless --compare-semantics only reports)",
+    )
     parser.add_argument(
         "--semantics",
         default="runtime",
         choices=list(SEMANTICS),
-        help="; ".join(f"{k}: {v}" for k, v in SEMANTICS_HELP.items()),
+        help=help_text(SEMANTICS).replace("%", "%%"),
+    )
+    parser.add_argument(
+        "--compare-semantics",
+        action="store_true",
+        help="report per target how far the semantics' results are apart; writes nothing "
+        "unless -o is given too (then it also merges with --semantics)",
+    )
+    parser.add_argument(
+        "--exclude",
+        action="append",
+        default=[],
+        metavar="[ADAPTER=]PATTERN",
+        help="leave targets matching PATTERN (substring, [a-b] ranges as in the official "
+        "exclude=) out of every adapter, or out of one: N=PATTERN (N-th adapter, from 1) "
+        "or PATH=PATTERN; repeatable",
     )
     parser.add_argument(
         "--dtype", choices=list(DTYPE_NAMES), help="output dtype (default: the base's)"
@@ -39,7 +61,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--allow-pickle", action="store_true", help="read legacy .ckpt adapters")
     parser.add_argument("--force", action="store_true", help="replace an existing output file")
     parser.add_argument(
-        "--strict", action="store_true", help="fail when any adapter tensor has no place"
+        "--strict",
+        action="store_true",
+        help="fail (exit 4, nothing written) when any adapter tensor has no place or the "
+        "stack report warns",
     )
     parser.add_argument("--json", action="store_true", help="print the ledger as one JSON document")
 
@@ -67,7 +92,11 @@ def run(args: argparse.Namespace) -> int:
         allow_pickle=args.allow_pickle,
         force=args.force,
         strict=args.strict,
-        progress=None if args.json else progress_printer(),
+        exclude=args.exclude,
+        compare=args.compare_semantics,
+        progress=None if args.json or args.output is None else progress_printer(),
     )
+    for warning in ledger.warnings:
+        print(f"sa3ckpt: warning: {escape_control(warning)}", file=sys.stderr)
     print_ledger(ledger, "merge", args.json)
     return 0

@@ -8,6 +8,12 @@ target is copied bit-exactly; merged targets are computed in float32 (the NumPy 
 `adapters.kernels`, two targets in parallel) and cast once. Peak memory is bounded by one
 tensor's working set, not the model. Every run returns a ledger, and nothing is written
 unless the whole merge succeeds (atomic output; NaN/Inf in a merged weight aborts it).
+
+Before writing, the stack report (`ops.stack_report`) predicts sign flips, negative
+magnitudes, drift and a DoRA/BoRA stack on the seconds conditioner; its warnings go into the
+ledger (and refuse the merge under --strict). `--exclude` (`ops.exclusions`) leaves targets
+out of one adapter or all; `compare=True` adds the semantics comparison
+(`ops.compare_semantics`), and without an output nothing is written at all.
 """
 
 from __future__ import annotations
@@ -25,8 +31,8 @@ import numpy as np
 
 from sa3ckpt import __version__, dtypes
 from sa3ckpt.adapters.checkpoint import AdapterCheckpoint, load_checkpoint
-from sa3ckpt.adapters.formulas import SEMANTICS, SEMANTICS_HELP
-from sa3ckpt.adapters.kernels import merge_to
+from sa3ckpt.adapters.formulas import SEMANTICS
+from sa3ckpt.adapters.kernels import NumpyAdapter, merge_to
 from sa3ckpt.adapters.xs_bases import XsBases, load_bases
 from sa3ckpt.errors import IncompatibleError, UsageError
 from sa3ckpt.io.base_checkpoint import (
@@ -39,6 +45,16 @@ from sa3ckpt.io.base_checkpoint import (
 )
 from sa3ckpt.io.formats import identify
 from sa3ckpt.names.modules import ROOTS, root_of
+from sa3ckpt.ops.compare_semantics import SemanticsComparison, target_differences
+from sa3ckpt.ops.exclusions import Excluded, apply_exclusions, parse_exclusions
+from sa3ckpt.ops.stack_report import (
+    NEEDS_BASE_NORMS,
+    StackMember,
+    StackReport,
+    base_norms_of,
+    stack_report,
+)
+from sa3ckpt.semantics import info as semantics_info
 from sa3ckpt.strengths import AdapterArg
 
 PROVENANCE_KEY = "sa3ckpt_merge"
@@ -69,18 +85,38 @@ class MergeLedger:
     shape_mismatches: list[str] = field(default_factory=list)
     unmatched_keys: list[str] = field(default_factory=list)
     bases_sources: dict[str, int] = field(default_factory=dict)
+    excluded: list[Excluded] = field(default_factory=list)
+    unused_exclusions: list[str] = field(default_factory=list)
+    stack: StackReport | None = None
+    comparison: SemanticsComparison | None = None
+    written: bool = True
     copied: int = 0
     cast: int = 0
     seconds: float = 0.0
 
+    @property
+    def warnings(self) -> list[str]:
+        """The stack report's warnings, one line each (the CLI also prints them on stderr)."""
+        return [w.message for w in self.stack.warnings] if self.stack else []
+
     def lines(self) -> list[str]:
-        total = len(self.merged) + len(self.missing_from_base) + len(self.shape_mismatches)
-        out = [
-            f"{len(self.merged)}/{total} adapter targets merged into {self.base} "
-            f"({self.naming} {self.container}, {self.semantics} semantics) -> {self.output}",
-            f"{self.copied} other tensors copied bit-exactly"
-            + (f", {self.cast} other tensors cast to the requested dtype" if self.cast else ""),
+        out = self.comparison.lines() if self.comparison else []
+        if not self.written:
+            out.append(f"nothing written ({self.semantics} semantics chosen; add -o OUT to merge)")
+        else:
+            total = len(self.merged) + len(self.missing_from_base) + len(self.shape_mismatches)
+            out += [
+                f"{len(self.merged)}/{total} adapter targets merged into {self.base} "
+                f"({self.naming} {self.container}, {self.semantics} semantics) -> {self.output}",
+                f"{self.copied} other tensors copied bit-exactly"
+                + (f", {self.cast} other tensors cast to the requested dtype" if self.cast else ""),
+            ]
+        out += [
+            f"excluded {e.target} from adapter {e.adapter} ({e.path}): --exclude {e.spec}"
+            for e in self.excluded
         ]
+        out += [f"--exclude {spec} matched no target" for spec in self.unused_exclusions]
+        out += self.stack.lines() if self.stack else []
         out += [f"skipped {t}: {why}" for t, why in self.skipped]
         out += [f"missing from base: {t}" for t in self.missing_from_base]
         out += [f"shape mismatch: {m}" for m in self.shape_mismatches]
@@ -104,6 +140,11 @@ class MergeLedger:
             "shape_mismatches": self.shape_mismatches,
             "unmatched_keys": self.unmatched_keys,
             "bases_sources": self.bases_sources,
+            "excluded": [e.to_json() for e in self.excluded],
+            "unused_exclusions": self.unused_exclusions,
+            "stack_report": self.stack.to_json() if self.stack else None,
+            "semantics_comparison": self.comparison.to_json() if self.comparison else None,
+            "written": self.written,
             "copied": self.copied,
             "cast": self.cast,
             "seconds": round(self.seconds, 3),
@@ -169,7 +210,7 @@ def _check_base_first(base_path: str) -> None:
 def merge_checkpoint(
     base_path: str,
     adapters: Sequence[AdapterArg],
-    output: str,
+    output: str | None,
     *,
     semantics: str = "runtime",
     dtype: str | None = None,
@@ -178,10 +219,20 @@ def merge_checkpoint(
     allow_pickle: bool = False,
     force: bool = False,
     strict: bool = False,
+    exclude: Sequence[str] = (),
+    compare: bool = False,
     progress: Callable[[int, int], None] | None = None,
 ) -> MergeLedger:
-    """Merge adapters into a base and write `output` atomically; return the ledger."""
+    """Merge adapters into a base and write `output` atomically; return the ledger.
+
+    exclude: `[ADAPTER=]PATTERN` specs (`ops.exclusions`). compare: also measure how far the
+    semantics' results are apart (`ledger.comparison`). output None (only with compare)
+    writes nothing. Under `strict`, stack-report warnings refuse the merge (exit 4) before
+    anything is written.
+    """
     started = time.perf_counter()
+    if output is None and not compare:
+        raise UsageError("merge needs -o OUT (or --compare-semantics to only report)")
     if semantics not in SEMANTICS:
         raise UsageError(f"unknown semantics {semantics!r} (known: {', '.join(SEMANTICS)})")
     if only is not None and only not in ONLY_ROOTS:
@@ -189,13 +240,19 @@ def merge_checkpoint(
     if not adapters:
         raise UsageError("merge needs at least one adapter")
     out_code = dtypes.code_from_name(dtype) if dtype else None
-    inputs = [base_path, *(a.path for a in adapters), *([bases_path] if bases_path else [])]
+    paths = [a.path for a in adapters]
+    exclusions = parse_exclusions(exclude, paths)
+    inputs = [base_path, *paths, *([bases_path] if bases_path else [])]
     _check_base_first(base_path)  # before the output check: swapped arguments say so
-    check_base_output(output, base_container_of(base_path), inputs=inputs, overwrite=force)
+    if output is not None:
+        check_base_output(output, base_container_of(base_path), inputs=inputs, overwrite=force)
     ckpts = [(load_checkpoint(a.path, allow_pickle=allow_pickle), a.strength) for a in adapters]
+    ckpts, excluded, unused = apply_exclusions(ckpts, paths, exclusions)
     bases: XsBases | None = load_bases(bases_path) if bases_path else None
     with open_base(base_path) as base:
-        ledger = MergeLedger(base_path, output, semantics, base.naming, base.container)
+        ledger = MergeLedger(base_path, output or "-", semantics, base.naming, base.container)
+        ledger.excluded, ledger.unused_exclusions = excluded, unused
+        ledger.written = output is not None
         for (ckpt, strength), arg in zip(ckpts, adapters, strict=True):
             ledger.adapters.append(
                 {
@@ -219,14 +276,24 @@ def merge_checkpoint(
         if not plan.targets:
             raise IncompatibleError(
                 f"0 adapter targets found in {base_path} ({len(ledger.missing_from_base)} missing, "
-                f"e.g. {(ledger.missing_from_base or ['-'])[0]})"
+                f"e.g. {(ledger.missing_from_base or ['-'])[0]}; "
+                f"{len(ledger.excluded)} excluded by --exclude)"
             )
         if strict and (ledger.missing_from_base or ledger.unmatched_keys):
             first = (ledger.missing_from_base + ledger.unmatched_keys)[0]
             raise IncompatibleError(
                 f"--strict: not every adapter tensor has a place in the base ({first})"
             )
-        _write(base, ckpts, plan, output, semantics, out_code, bases, inputs, force, progress)
+        ledger.stack = _stack_report(base, plan, ckpts, paths, semantics)
+        if compare:
+            ledger.comparison = _comparison(base, plan, ckpts, bases)
+        if strict and ledger.warnings:
+            raise IncompatibleError(
+                f"--strict: the stack report has {len(ledger.warnings)} warnings "
+                f"(first: {ledger.warnings[0]}); nothing was written"
+            )
+        if output is not None:
+            _write(base, ckpts, plan, output, semantics, out_code, bases, inputs, force, progress)
     ledger.seconds = time.perf_counter() - started
     return ledger
 
@@ -236,11 +303,13 @@ def _provenance(ledger: MergeLedger) -> str:
         {
             "tool": f"sa3ckpt {__version__}",
             "semantics": ledger.semantics,
-            "semantics_meaning": SEMANTICS_HELP[ledger.semantics],
+            "semantics_meaning": semantics_info(ledger.semantics).meaning,
+            "semantics_runtimes": list(semantics_info(ledger.semantics).runtimes),
             "adapters": [
                 {k: a[k] for k in ("path", "sha256", "strength", "adapter_type")}
                 for a in ledger.adapters
             ],
+            "excluded": [e.to_json() for e in ledger.excluded],
         },
         sort_keys=True,
     )
@@ -322,6 +391,75 @@ def _write(
             raise
 
 
+def _canonical(base: BaseCheckpoint, key: str) -> np.ndarray:
+    """A base weight in the canonical 2-D view, as stored (dtype kept)."""
+    stored = base.read(key)
+    return np.ascontiguousarray(base.layout_of(stored.shape, key).to_canonical(stored))
+
+
+def _stack_report(
+    base: BaseCheckpoint,
+    plan: _Plan,
+    ckpts: Sequence[tuple[AdapterCheckpoint, float]],
+    paths: Sequence[str],
+    semantics: str,
+) -> StackReport:
+    """The stack report over the planned targets; base norms read only where needed."""
+    stacks: dict[str, list[StackMember]] = {}
+    norms: dict[str, dict[str, np.ndarray]] = {}
+    for key, target in plan.targets.items():
+        members = [
+            StackMember(i, path, ckpt.kind, strength, ckpt.tensors[target])
+            for i, ((ckpt, strength), path) in enumerate(zip(ckpts, paths, strict=True), 1)
+            if target in ckpt.tensors
+        ]
+        stacks[target] = members
+        decomposed = any(m.kind.is_weight_decomposed and m.strength != 0 for m in members)
+        if decomposed and semantics in NEEDS_BASE_NORMS:
+            norms[target] = base_norms_of(dtypes.to_float32(_canonical(base, key)))
+    return stack_report(stacks, semantics, norms)
+
+
+def _comparison(
+    base: BaseCheckpoint,
+    plan: _Plan,
+    ckpts: Sequence[tuple[AdapterCheckpoint, float]],
+    bases: XsBases | None,
+) -> SemanticsComparison:
+    """Every planned target merged under each implemented semantics, pairwise differences."""
+    out = SemanticsComparison(list(SEMANTICS))
+    for key, target in plan.targets.items():
+        w2d = _canonical(base, key)
+        stack, _sources = _target_stack(base, key, w2d, target, ckpts, bases)
+        out.add(target, target_differences(w2d, stack, out.semantics))
+    return out
+
+
+def _target_stack(
+    base: BaseCheckpoint,
+    key: str,
+    w2d: np.ndarray,
+    target: str,
+    ckpts: Sequence[tuple[AdapterCheckpoint, float]],
+    bases: XsBases | None,
+) -> tuple[list[tuple[NumpyAdapter, float]], dict[str, int]]:
+    """The kernel's stack on one target (XS bases resolved) and where the bases came from."""
+    base_f32: np.ndarray | None = None
+    sources: dict[str, int] = {}
+    stack = []
+    for ckpt, strength in ckpts:
+        if target not in ckpt.tensors:
+            continue
+        if ckpt.kind.xs and not ckpt.has_stored_bases(target) and base_f32 is None:
+            base_f32 = dtypes.to_float32(w2d)
+        adapter, source = ckpt.numpy_adapter(target, base_2d=base_f32, bases=bases)
+        if source != "-":
+            label = f"{source} ({base.tensors[key].dtype} base)" if source == "base SVD" else source
+            sources[label] = sources.get(label, 0) + 1
+        stack.append((adapter, strength))
+    return stack, sources
+
+
 def _merged(
     base: BaseCheckpoint,
     key: str,
@@ -336,19 +474,7 @@ def _merged(
     layout = base.layout_of(stored.shape, key)
     kernel = layout.kernel_size(stored.shape)
     w2d = np.ascontiguousarray(layout.to_canonical(stored))
-    base_f32: np.ndarray | None = None
-    sources: dict[str, int] = {}
-    stack = []
-    for ckpt, strength in ckpts:
-        if target not in ckpt.tensors:
-            continue
-        if ckpt.kind.xs and not ckpt.has_stored_bases(target) and base_f32 is None:
-            base_f32 = dtypes.to_float32(w2d)
-        adapter, source = ckpt.numpy_adapter(target, base_2d=base_f32, bases=bases)
-        if source != "-":
-            label = f"{source} ({base.tensors[key].dtype} base)" if source == "base SVD" else source
-            sources[label] = sources.get(label, 0) + 1
-        stack.append((adapter, strength))
+    stack, sources = _target_stack(base, key, w2d, target, ckpts, bases)
     merged, finite = merge_to(w2d, stack, semantics, code)
     if not finite:
         raise IncompatibleError(f"merged weight of {target} has NaN/Inf; nothing was written")

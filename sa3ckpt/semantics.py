@@ -63,7 +63,9 @@ def info(name: str) -> SemanticsInfo:
     try:
         return SEMANTICS_TABLE[name]
     except KeyError:
-        raise KeyError(f"no description of semantics {name!r} ({', '.join(SEMANTICS_TABLE)})")
+        raise KeyError(
+            f"no description of semantics {name!r} ({', '.join(SEMANTICS_TABLE)})"
+        ) from None
 
 
 def help_text(names: Iterable[str]) -> str:

@@ -9,7 +9,7 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass
 
-from sa3ckpt.adapters.formulas import SEMANTICS_HELP
+from sa3ckpt.adapters.formulas import SEMANTICS
 from sa3ckpt.io.atomic import (
     REFUSED_DIRECTORY,
     REFUSED_EXISTS,
@@ -60,7 +60,7 @@ def make_plan(base: str, adapters: list[tuple[str, str]], output: str, semantics
         if strength is None:
             raise PlanError(f"strength {text!r} of {path} is not a number")
         args.append(AdapterArg(path, strength))
-    if semantics not in SEMANTICS_HELP:
+    if semantics not in SEMANTICS:
         raise PlanError(f"unknown semantics {semantics!r}")
     if not output:
         raise PlanError("choose an output path")

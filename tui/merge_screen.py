@@ -26,15 +26,16 @@ from textual.widgets import (
     Static,
 )
 
-from sa3ckpt.adapters.formulas import SEMANTICS_HELP
+from sa3ckpt.adapters.formulas import SEMANTICS
 from sa3ckpt.errors import OutputError
 from sa3ckpt.ops.merge import MergeLedger, merge_checkpoint
+from sa3ckpt.semantics import info as semantics_info
 from tui.loading import describe_error
 from tui.merge_plan import MergePlan, PlanError, make_plan, suggested_output
 from tui.safe_text import plain
 from tui.strength import AdapterRow
 
-SEMANTICS_ORDER = tuple(SEMANTICS_HELP)
+SEMANTICS_ORDER = tuple(SEMANTICS)
 LEDGER_HINT = "The merge ledger (what was merged, copied or skipped) appears here."
 
 
@@ -130,7 +131,8 @@ class MergeScreen(Screen[bool]):
 
     @staticmethod
     def _help_text(semantics: str) -> Text:
-        return Text(f"{semantics}: {SEMANTICS_HELP[semantics]}")
+        """The semantics' meaning and the runtimes that use it (the library's one table)."""
+        return Text(semantics_info(semantics).line())
 
     @property
     def semantics(self) -> str:

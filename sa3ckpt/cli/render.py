@@ -135,14 +135,23 @@ def _stats(stats: StatsReport, limit: int = 12) -> Table:
         fmt = lambda v: "—" if v is None else f"{v:.4g}"  # noqa: E731
         table.add_row(safe(target), fmt(row.update_norm), fmt(row.delta_norm), ", ".join(notes))
     total = stats.update_norm_total
-    table.caption = (
+    caption = Text(
         f"{len(rows)} targets; total {'—' if total is None else f'{total:.4g}'}; "
         f"{stats.zero_effect_targets} zero-effect; "
         f"{stats.nonfinite_tensors} tensors with NaN/Inf"
         + (f"\n{stats.cannot_compute}" if stats.cannot_compute else "")
     )
+    for line in _stack_lines(stats):
+        caption += "\n"
+        caption += safe(line)
+    table.caption = caption
     table.caption_justify = "left"
     return table
+
+
+def _stack_lines(stats: StatsReport) -> list[str]:
+    """Negative magnitudes and drift: the stack report's summary and its warnings."""
+    return stats.stack_report.lines() if stats.stack_report is not None else []
 
 
 def _base_overview(doc: BaseReport) -> Table:

@@ -45,7 +45,12 @@ class Excluded:
     spec: str
 
     def to_json(self) -> dict[str, object]:
-        return {"target": self.target, "adapter": self.adapter, "path": self.path, "exclude": self.spec}
+        return {
+            "target": self.target,
+            "adapter": self.adapter,
+            "path": self.path,
+            "exclude": self.spec,
+        }
 
 
 def _adapter_of(prefix: str, spec: str, paths: Sequence[str]) -> int:

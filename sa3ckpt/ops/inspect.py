@@ -42,6 +42,7 @@ from sa3ckpt.ops.inspect_report import (
     UnmatchedKey,
     report_json,
 )
+from sa3ckpt.ops.stack_report import StackMember, StackReport, stack_report
 from sa3ckpt.targets.families import family_for_base_model
 
 SCHEMA_VERSION = 1
@@ -84,8 +85,11 @@ def target_stats(a: Analysis) -> StatsReport:
     scale = a.config.scale if a.config else None
     decomposed = a.kind is not None and a.kind.is_weight_decomposed
     rows = {}
+    members: dict[str, list[StackMember]] = {}
     for target, keys in a.groups.targets.items():
         params = {p: a.canonical(p, _float(a.source, k)) for p, k in keys.items()}
+        if decomposed and a.kind is not None:
+            members[target] = [StackMember(1, a.source.path, a.kind, 1.0, params)]
         nonfinite = {p: int(v.size - np.count_nonzero(np.isfinite(v))) for p, v in params.items()}
         effect = params.get("lora_B", params.get("M_xs"))
         finite = all(n == 0 for n in nonfinite.values())
@@ -110,7 +114,13 @@ def target_stats(a: Analysis) -> StatsReport:
             if decomposed
             else None
         ),
+        stack_report=_single_stack(members) if decomposed else None,
     )
+
+
+def _single_stack(members: dict[str, list[StackMember]]) -> StackReport:
+    """One adapter's part of the stack report: negative magnitudes and drift (no base)."""
+    return stack_report(members, None)
 
 
 def _coverage(a: Analysis) -> CoverageReport | None:

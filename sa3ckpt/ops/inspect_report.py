@@ -13,6 +13,7 @@ from dataclasses import dataclass, field, fields, is_dataclass
 from typing import Any
 
 from sa3ckpt.findings import Finding
+from sa3ckpt.ops.stack_report import StackReport
 
 JSON = "json"  # field metadata key: a function value -> JSON value overriding the default
 OMIT_NONE = "omit_none"  # field metadata key: leave the key out of the JSON when None
@@ -130,6 +131,10 @@ class StatsReport:
     zero_effect_targets: int
     nonfinite_tensors: int
     cannot_compute: str | None
+    # negative magnitudes and drift (m / baked_vnorm_row) of DoRA/BoRA types; None otherwise
+    stack_report: StackReport | None = field(
+        default=None, metadata={OMIT_NONE: True, JSON: lambda r: r.to_json()}
+    )
 
 
 @dataclass(frozen=True)

@@ -221,6 +221,13 @@ class StackReport:
                 if self.flips_predicted
                 else f" (sign flips under {self.semantics} not predicted: no base norms)"
             )
+        negative = sum(n.negative.count for t in self.targets.values() for n in t.negative)
+        drifts = [d for t in self.targets.values() for d in t.drift]
+        head += f"; {negative} negative magnitude values"
+        if drifts:
+            low = sum(d.below_half.count for d in drifts)
+            rows = sum(d.below_half.of for d in drifts)
+            head += f"; drift on {len(drifts)} baked targets: {low}/{rows} rows below {DRIFT_LOW}"
         return [head] + [f"warning: {w.message}" for w in self.warnings]
 
     def to_json(self) -> dict[str, Any]:

@@ -132,9 +132,7 @@ class StatsReport:
     nonfinite_tensors: int
     cannot_compute: str | None
     # negative magnitudes and drift (m / baked_vnorm_row) of DoRA/BoRA types; None otherwise
-    stack_report: StackReport | None = field(
-        default=None, metadata={OMIT_NONE: True, JSON: lambda r: r.to_json()}
-    )
+    stack_report: StackReport | None = field(default=None, metadata={OMIT_NONE: True})
 
 
 @dataclass(frozen=True)

@@ -22,6 +22,7 @@ TUI can show the same report.
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -126,9 +127,6 @@ class Count:
     def fraction(self) -> float:
         return self.count / self.of if self.of else 0.0
 
-    def to_json(self) -> dict[str, Any]:
-        return {"count": self.count, "of": self.of, "fraction": round(self.fraction, 6)}
-
 
 @dataclass(frozen=True)
 class NegativeMagnitude:
@@ -156,9 +154,6 @@ class StackWarning:
     target: str
     message: str
 
-    def to_json(self) -> dict[str, str]:
-        return {"rule": self.rule, "target": self.target, "message": self.message}
-
 
 WARNING_RULES: dict[str, str] = {
     "sign-flip": f"more than {FLIP_FRACTION:.0%} of a target's rows/columns flip sign",
@@ -178,26 +173,6 @@ class TargetStack:
     negative: list[NegativeMagnitude] = field(default_factory=list)
     drift: list[Drift] = field(default_factory=list)
 
-    def to_json(self) -> dict[str, Any]:
-        return {
-            "adapters": self.adapters,
-            "flipped": {d: c.to_json() for d, c in self.flipped.items()},
-            "negative_magnitudes": [
-                {"adapter": n.adapter, "param": n.param, **n.negative.to_json()}
-                for n in self.negative
-            ],
-            "drift": [
-                {
-                    "adapter": d.adapter,
-                    "below_half": d.below_half.to_json(),
-                    "negative": d.negative.to_json(),
-                    "median": round(d.median, 6),
-                    "min": round(d.minimum, 6),
-                }
-                for d in self.drift
-            ],
-        }
-
 
 @dataclass
 class StackReport:
@@ -211,6 +186,7 @@ class StackReport:
     flips_predicted: bool
     targets: dict[str, TargetStack] = field(default_factory=dict)
     warnings: list[StackWarning] = field(default_factory=list)
+    thresholds: dict[str, str] = field(default_factory=lambda: dict(WARNING_RULES))
 
     def lines(self) -> list[str]:
         flips = sum(c.count for t in self.targets.values() for c in t.flipped.values())
@@ -231,13 +207,8 @@ class StackReport:
         return [head] + [f"warning: {w.message}" for w in self.warnings]
 
     def to_json(self) -> dict[str, Any]:
-        return {
-            "semantics": self.semantics,
-            "flips_predicted": self.flips_predicted,
-            "thresholds": WARNING_RULES,
-            "targets": {t: s.to_json() for t, s in self.targets.items()},
-            "warnings": [w.to_json() for w in self.warnings],
-        }
+        """The report as JSON: its fields, recursively (inspect's JSON mirrors fields too)."""
+        return dataclasses.asdict(self)
 
 
 def _negatives(member: StackMember) -> list[NegativeMagnitude]:

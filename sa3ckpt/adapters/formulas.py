@@ -24,6 +24,7 @@ from dataclasses import dataclass
 import mlx.core as mx
 
 from sa3ckpt.adapters.types import AdapterType
+from sa3ckpt.semantics import info as semantics_info
 
 EPS = 1e-12
 
@@ -274,11 +275,9 @@ SEMANTICS: dict[str, Callable[[mx.array, Sequence[tuple[TargetAdapter, float]]],
     "blend": merge_blend,
 }
 
-SEMANTICS_HELP: dict[str, str] = {
-    "runtime": "adapters chained in order, strength inside each (official slider, sa3.cpp)",
-    "delta": "W0 + Σ s·(f(W0; 1) − W0), order-independent (official merge_loras_into_base_model)",
-    "blend": "chained like runtime, DoRA/BoRA magnitudes also fade toward W_in's norms (PR #102)",
-}
+# The words for each semantics (meaning, the runtimes that use it) live in one table,
+# `sa3ckpt.semantics.SEMANTICS_TABLE`, which help, README, TUI and provenance read.
+SEMANTICS_HELP: dict[str, str] = {name: semantics_info(name).line() for name in SEMANTICS}
 
 
 def merge(

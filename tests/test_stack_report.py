@@ -31,10 +31,10 @@ from sa3ckpt.semantics import SEMANTICS_TABLE, help_text, markdown_table
 from sa3ckpt.strengths import AdapterArg
 from sa3ckpt.targets import FAMILIES
 from tests.helpers import BASE_FAMILY, BASE_OFFICIAL, base_2d, run_cli
-from tests.reference_math import ref_delta, ref_runtime, ref_svd_bases
+from tests.reference_math import REFERENCES, ref_svd_bases
 
 FAM = FAMILIES[BASE_FAMILY]
-REFERENCE = {"runtime": ref_runtime, "delta": ref_delta}
+REFERENCE = REFERENCES
 Params = dict[str, np.ndarray]
 
 
@@ -111,7 +111,8 @@ def _report(stack: list[tuple[str, float]], semantics: str, **kw):
 
 
 def test_magnitudes_that_flip_only_when_summed(tmp_path) -> None:
-    """m = 0.2 n0 on even rows: one adapter never flips; two summed by delta flip those rows."""
+    """m = 0.2 n0 on even rows: one adapter at 1 never flips; two summed by delta flip those
+    rows, and so does blend's extrapolation at 1.7 (n + 1.7 (0.2 n − n) < 0), even alone."""
     shrink = _constructed(
         tmp_path,
         "dora-rows",
@@ -123,6 +124,10 @@ def test_magnitudes_that_flip_only_when_summed(tmp_path) -> None:
         ("delta", [(shrink, 1.0)], False),
         ("delta", [(shrink, 1.0), (shrink, 1.0)], True),
         ("runtime", [(shrink, 1.0), (shrink, 1.0)], False),
+        ("blend", [(shrink, 1.0), (shrink, 1.0)], False),
+        ("blend", [(shrink, 1.7)], True),
+        ("runtime", [(shrink, 1.7)], False),
+        ("delta", [(shrink, 1.7)], True),
     ]:
         ledger = _report(stack, semantics)
         for target in targets:
@@ -330,14 +335,20 @@ def test_compare_matches_the_reference(stack) -> None:
     for target in FAM.targets:
         w0 = base_2d(target)
         merged = {n: _reference_merge(paths, n, target.name) for n in REFERENCE}
-        diff = np.linalg.norm(merged["runtime"] - merged["delta"])
-        effect = max(np.linalg.norm(m - w0) for m in merged.values())
-        got = comparison.targets[target.name]["runtime-delta"]
-        assert got.relative == pytest.approx(diff / np.linalg.norm(w0), rel=1e-3, abs=1e-6)
-        if not plain:
-            assert got.of_effect == pytest.approx(diff / effect, rel=1e-3, abs=1e-6)
-        else:
-            assert got.relative < 1e-6
+        assert set(comparison.targets[target.name]) == {
+            "runtime-delta",
+            "runtime-blend",
+            "delta-blend",
+        }
+        for pair, got in comparison.targets[target.name].items():
+            a, b = pair.split("-")
+            diff = np.linalg.norm(merged[a] - merged[b])
+            effect = max(np.linalg.norm(merged[n] - w0) for n in (a, b))
+            assert got.relative == pytest.approx(diff / np.linalg.norm(w0), rel=1e-3, abs=1e-6)
+            if not plain:
+                assert got.of_effect == pytest.approx(diff / effect, rel=1e-3, abs=1e-6)
+            else:
+                assert got.relative < 1e-6
     doc = ledger.to_json()["semantics_comparison"]
     top = doc["pairs"]["runtime-delta"]
     assert top["max_relative"] == max(
@@ -369,7 +380,8 @@ def test_compare_writes_nothing_without_output_and_merges_with_it(tmp_path) -> N
 def test_every_semantics_is_described_predicted_and_named_in_help_readme_provenance(
     tmp_path,
 ) -> None:
-    assert set(SEMANTICS) == set(PENDING) <= set(SEMANTICS_TABLE) == set(PREDICTORS)
+    assert set(SEMANTICS) == set(PENDING) == set(SEMANTICS_TABLE) == set(PREDICTORS)
+    assert set(SEMANTICS) == {"runtime", "blend", "delta"}
     assert SEMANTICS_TABLE["runtime"].runtimes[0] == "sa3.cpp"
     assert "official PyTorch with PR #102" in SEMANTICS_TABLE["blend"].runtimes
     readme = (Path(__file__).parents[1] / "README.md").read_text(encoding="utf-8")

@@ -73,11 +73,17 @@ def test_mlx_gamma_needs_shape_and_norm_name() -> None:
 
 
 def test_mlx_arrays_without_module_have_no_official_spelling() -> None:
-    assert mlx_to_official_base_key("cond.padding_embedding", (1, 8)) is None
+    assert mlx_to_official_base_key("cond.unknown_array", (1, 8)) is None
+    # issue 14: the padding embedding maps both ways (the official MLX pipeline needs it).
+    assert mlx_to_official_base_key("cond.padding_embedding", (8,)) == (
+        "conditioner.conditioners.prompt.padding_embedding"
+    )
     assert mlx_to_official_base_key("cond.seconds_total_weight", (8, 4)) == official_base_key(
         SECONDS_CONDITIONER
     )
-    assert official_to_mlx_base_key("conditioner.conditioners.prompt.padding_embedding") is None
+    assert official_to_mlx_base_key("conditioner.conditioners.prompt.padding_embedding") == (
+        "cond.padding_embedding"
+    )
     with pytest.raises(ValueError, match="no MLX runtime name"):
         mlx_base_key(SECONDS_CONDITIONER, "gamma")
 

@@ -18,6 +18,7 @@ from sa3ckpt.targets import FAMILIES
 
 FAMILIES_UNDER_TEST = ("tiny-small", "tiny-medium")
 PADDING_KEY = "cond.padding_embedding"
+MLX_ONLY_KEY = "cond.unknown_array"  # a `cond.*` array of no module sa3ckpt knows
 PROMPT_KEY = "conditioner.conditioners.prompt.model.shared.weight"
 
 
@@ -166,17 +167,29 @@ def test_unmapped_official_keys_error_then_drop(tmp_path: Path) -> None:
     assert PROMPT_KEY in "\n".join(ledger.lines())
 
 
-def test_padding_embedding_has_no_official_spelling(tmp_path: Path) -> None:
+def test_mlx_only_array_has_no_official_spelling(tmp_path: Path) -> None:
     tensors = _synth().mlx_tensors("F16")
-    tensors[PADDING_KEY] = np.zeros((12,), dtype=np.float16)
+    tensors[MLX_ONLY_KEY] = np.zeros((12,), dtype=np.float16)
     src = _write(tmp_path / "mlx.safetensors", tensors)
-    with pytest.raises(IncompatibleError, match=PADDING_KEY):
+    with pytest.raises(IncompatibleError, match=MLX_ONLY_KEY):
         convert_base(src, tmp_path / "official.safetensors", to="official")
     ledger = convert_base(src, tmp_path / "official.safetensors", to="official", drop_unmapped=True)
-    assert ledger.dropped == [PADDING_KEY]
+    assert ledger.dropped == [MLX_ONLY_KEY]
     # Same naming keeps it: nothing needs a new spelling.
     kept = convert_base(src, tmp_path / "same.npz", to="mlx")
     assert kept.dropped == [] and kept.tensors == len(tensors)
+
+
+def test_padding_embedding_converts_to_official(tmp_path: Path) -> None:
+    """issue 14: `cond.padding_embedding` is the prompt conditioner's, both ways."""
+    tensors = _synth().mlx_tensors("F16")
+    tensors[PADDING_KEY] = np.arange(12, dtype=np.float16)
+    src = _write(tmp_path / "mlx.safetensors", tensors)
+    ledger = convert_base(src, tmp_path / "official.safetensors", to="official")
+    assert ledger.dropped == []
+    back = _load(tmp_path / "official.safetensors")
+    official = back["conditioner.conditioners.prompt.padding_embedding"]
+    assert official.tobytes() == tensors[PADDING_KEY].tobytes()
 
 
 def test_colliding_output_keys_are_refused(tmp_path: Path) -> None:

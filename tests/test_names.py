@@ -196,7 +196,12 @@ def test_official_base_keys_and_mlx_translation() -> None:
     assert official_to_mlx_base_key("conditioner.conditioners.prompt.model.weight") is None
     assert official_to_mlx_base_key("pretransform.model.weight") is None
     assert parse_official_base_key("model.model.weight") is None
-    assert parse_mlx_base_key("cond.padding_embedding") is None
+    # issue 14: the prompt padding embedding is an MLX array of its conditioner module.
+    assert parse_mlx_base_key("cond.padding_embedding") == (
+        "conditioners.prompt",
+        "padding_embedding",
+    )
+    assert parse_mlx_base_key("cond.unknown_array") is None
 
 
 def test_every_adapter_type_param_is_a_known_param() -> None:

@@ -136,18 +136,31 @@ def _owns_official(key: str) -> bool:
 
 # --- MLX optimized runtime: DiT path without root, `to_local_embed.seq.N`, `cond.*` arrays ----
 
-_MLX_ARRAY_TO_TARGET = {
-    key: (target, param)
-    for target, arrays in MLX_CONDITIONER_ARRAYS.items()
-    for param, key in arrays.items()
+# Base-only MLX arrays (not adapter targets) beside the seconds conditioner's: the prompt
+# conditioner's learned padding embedding, same shape, which the official MLX pipeline's
+# conditioner loader requires as `cond.padding_embedding`.
+_MLX_BASE_ONLY_ARRAYS: dict[str, dict[str, str]] = {
+    "conditioners.prompt": {"padding_embedding": "cond.padding_embedding"},
 }
+_MLX_ARRAYS: dict[str, dict[str, str]] = {**MLX_CONDITIONER_ARRAYS, **_MLX_BASE_ONLY_ARRAYS}
+_MLX_ARRAY_TO_TARGET = {
+    key: (target, param) for target, arrays in _MLX_ARRAYS.items() for param, key in arrays.items()
+}
+# What the official MLX pipeline's conditioner loader reads (`np.load` of the DiT file itself,
+# prefix `cond.`): all three are required, and only an .npz can hold them for it.
+MLX_PIPELINE_CONDITIONER_KEYS: tuple[str, ...] = (
+    "cond.padding_embedding",
+    "cond.seconds_total_weight",
+    "cond.seconds_total_bias",
+)
 
 
 def parse_mlx_base_key(key: str) -> tuple[str, str] | None:
     """(canonical module, leaf param) of an MLX runtime base key.
 
-    Of the `cond.*` arrays only those of a canonical module parse (`cond.padding_embedding`
-    is MLX's own and has no module).
+    The `cond.*` arrays parse to the conditioner module they come from (the seconds
+    Linear's weight and bias, the prompt conditioner's padding embedding); other `cond.*`
+    keys have no module.
     """
     if key in _MLX_ARRAY_TO_TARGET:
         return _MLX_ARRAY_TO_TARGET[key]
@@ -158,7 +171,7 @@ def parse_mlx_base_key(key: str) -> tuple[str, str] | None:
 
 
 def _format_mlx(module: str, param: str) -> str | None:
-    arrays = MLX_CONDITIONER_ARRAYS.get(module)
+    arrays = _MLX_ARRAYS.get(module)
     if arrays is not None:
         return arrays.get(param)
     mlx_module = to_mlx_module(module)
@@ -301,7 +314,8 @@ def official_to_mlx_base_key(key: str) -> str | None:
     """MLX runtime key of any official full-base tensor (targets and the rest), if it has one.
 
     RMSNorm `.gamma` becomes `.weight`; the seconds conditioner's Linear becomes the plain
-    `cond.seconds_total_weight` / `_bias` arrays; other conditioner tensors have no MLX
+    `cond.seconds_total_weight` / `_bias` arrays and the prompt padding embedding
+    `cond.padding_embedding`; other conditioner tensors (the text encoder) have no MLX
     spelling known to us and return None.
     """
     return translate_base_key(key, (), "official", "mlx")

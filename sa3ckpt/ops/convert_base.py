@@ -43,7 +43,12 @@ from sa3ckpt.io.diffusers_folder import (
 )
 from sa3ckpt.io.formats import BASE, check_output_suffix
 from sa3ckpt.layout import Layout, stored_layout
-from sa3ckpt.names.base_keys import BASE_NAMINGS, parse_base_key, translate_base_key
+from sa3ckpt.names.base_keys import (
+    BASE_NAMINGS,
+    MLX_PIPELINE_CONDITIONER_KEYS,
+    parse_base_key,
+    translate_base_key,
+)
 
 NAMINGS: tuple[str, ...] = tuple(BASE_NAMINGS)
 CONTAINERS: tuple[str, ...] = ("safetensors", "npz", FOLDER)
@@ -262,6 +267,7 @@ class BaseConvertLedger:
     no_home: list[str] = field(default_factory=list)
     cast: int = 0
     worst_rel_error: float = 0.0
+    notes: list[str] = field(default_factory=list)
 
     def lines(self) -> list[str]:
         """Human-readable summary, one fact per line."""
@@ -281,6 +287,7 @@ class BaseConvertLedger:
         out += [f"dropped (no {self.to_naming} spelling): {key}" for key in self.dropped]
         reason = NO_HOME_REASON.get(self.container, "no home in the output")
         out += [f"dropped ({reason}): {key}" for key in self.no_home]
+        out += [f"note: {note}" for note in self.notes]
         return out
 
     def to_json(self) -> dict[str, Any]:
@@ -301,7 +308,34 @@ class BaseConvertLedger:
             "no_home": list(self.no_home),
             "cast": self.cast,
             "worst_relative_error": self.worst_rel_error,
+            "notes": list(self.notes),
         }
+
+
+# --- what the target runtime will make of the output -----------------------------------------
+
+
+def mlx_pipeline_notes(container: str, written: set[str]) -> list[str]:
+    """What the official MLX pipeline cannot load from an MLX output, one sentence each.
+
+    Its DiT loader takes .npz or .safetensors, but its conditioner loader reads the same
+    path with `np.load` (prefix `cond.`), so the conditioner only loads from an .npz, and it
+    needs all of `MLX_PIPELINE_CONDITIONER_KEYS`.
+    """
+    notes: list[str] = []
+    if container == "safetensors":
+        notes.append(
+            "the official MLX pipeline loads this DiT but reads the conditioner (cond.*) from "
+            "the same file with np.load, which needs an .npz: write -o <name>.npz for a file "
+            "it loads completely (as its shipped dit_<name>_f16.npz)"
+        )
+    missing = [key for key in MLX_PIPELINE_CONDITIONER_KEYS if key not in written]
+    if missing:
+        notes.append(
+            f"no {', '.join(missing)} in the output: the official MLX pipeline's conditioner "
+            f"loader needs all of {', '.join(MLX_PIPELINE_CONDITIONER_KEYS)}"
+        )
+    return notes
 
 
 # --- the operation ----------------------------------------------------------------------------
@@ -432,5 +466,7 @@ def convert_base(
             dropped=dropped,
             no_home=homeless,
         )
+        if to == "mlx":
+            ledger.notes += mlx_pipeline_notes(out_container, {p.target for p in plans})
         _stream(base, plans, ledger, force, folder)
     return ledger

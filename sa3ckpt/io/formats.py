@@ -44,6 +44,7 @@ from sa3ckpt.io.gguf_adapter import (
     SA3CPP_KV,
     is_gguf,
 )
+from sa3ckpt.io.gguf_config import CARRIED_KEYS, carried_config, json_alpha
 from sa3ckpt.io.legacy_pickle import looks_like_pickle, read_legacy_ckpt
 from sa3ckpt.io.safetensors import SafetensorsFile, open_safetensors, read_header
 from sa3ckpt.io.sources import (
@@ -331,7 +332,8 @@ def gguf_lora_config(kv: Mapping[str, object]) -> str | None:
         "alpha": _plain(kv[KEY_ALPHA]),
         "adapter_type": _plain(kv.get(KEY_ADAPTER_TYPE, DEFAULT_ADAPTER_TYPE)),
     }
-    return json.dumps({**config, "include": [], "exclude": []})
+    config["alpha"] = json_alpha(kv, config["alpha"])
+    return json.dumps({**carried_config(kv), **config, "include": [], "exclude": []})
 
 
 def gguf_origin(kv: Mapping[str, object]) -> str:
@@ -350,9 +352,12 @@ def gguf_notes(kv: Mapping[str, object]) -> list[str]:
 
 
 def gguf_metadata(kv: Mapping[str, object]) -> dict[str, str]:
-    """KV fields that are not the adapter's structure (architecture, name, alignment, lora.*)."""
+    """KV fields that are not the adapter's structure (architecture, name, alignment, lora.*)
+    nor lora_config fields carried in `sa3ckpt.*` KVs (`io.gguf_config`)."""
     return {
-        k: str(v) for k, v in kv.items() if k not in RESERVED_KEYS and not k.startswith("lora.")
+        k: str(v)
+        for k, v in kv.items()
+        if k not in RESERVED_KEYS and k not in CARRIED_KEYS and not k.startswith("lora.")
     }
 
 

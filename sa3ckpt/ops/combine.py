@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import functools
 import operator
-import os
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -26,15 +25,16 @@ import mlx.core as mx
 import numpy as np
 
 from sa3ckpt import dtypes
-from sa3ckpt.adapters.checkpoint import AdapterCheckpoint, load_checkpoint, save_checkpoint
+from sa3ckpt.adapters.checkpoint import AdapterCheckpoint, save_checkpoint
 from sa3ckpt.adapters.config import LoraConfig
 from sa3ckpt.adapters.finite import ALLOW_FLAG, find_nonfinite, refuse_nonfinite, summary
+from sa3ckpt.adapters.formats import load_adapter
 from sa3ckpt.adapters.formulas import adapted_weight
 from sa3ckpt.errors import IncompatibleError, UsageError
 from sa3ckpt.io.atomic import check_output_path
 from sa3ckpt.io.base_checkpoint import BaseCheckpoint, open_base
 from sa3ckpt.names.modules import strip_dit_root
-from sa3ckpt.ops.merge import AdapterArg, file_sha256
+from sa3ckpt.ops.merge import AdapterArg, adapter_sha256
 
 METHODS = ("cat", "svd")
 RANDOMIZED_ABOVE = 1024  # min(fan_out, fan_in) above which the dense path uses a randomised SVD
@@ -369,7 +369,8 @@ def combine(
     inputs = [a.path for a in adapters] + ([base_path] if base_path else [])
     check_output_path(output, inputs=inputs, overwrite=force)  # before any work
     code = dtypes.code_from_name(dtype)
-    ckpts = [(load_checkpoint(a.path, allow_pickle=allow_pickle), a.strength) for a in adapters]
+    # Any adapter container inspect reads, as merge and convert load it.
+    ckpts = [(load_adapter(a.path, allow_pickle=allow_pickle), a.strength) for a in adapters]
     _check_inputs(ckpts)
     kept = _check_finite(adapters, ckpts, method, allow_nonfinite)
     base = open_base(base_path) if base_path else None
@@ -385,7 +386,7 @@ def combine(
             ledger.adapters.append(
                 {
                     "path": arg.path,
-                    "sha256": file_sha256(arg.path) if os.path.isfile(arg.path) else None,
+                    "sha256": adapter_sha256(arg.path),
                     "weight": weight,
                     "adapter_type": ckpt.adapter_type,
                     "rank": ckpt.config.rank,

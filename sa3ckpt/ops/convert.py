@@ -386,13 +386,13 @@ def _write_peft(ckpt: AdapterCheckpoint, path: str, code: str) -> None:
 
 def _write_sa3cpp(ckpt: AdapterCheckpoint, path: str, code: str) -> None:
     from sa3ckpt.io.gguf_adapter import write_gguf_adapter
+    from sa3ckpt.io.gguf_config import config_kv
 
     tensors = {
         format_adapter_key(target, param, "sa3cpp"): dtypes.to_float32(np.asarray(value))
         for target, params in ckpt.tensors.items()
         for param, value in params.items()
     }
-    extra = {"sa3ckpt.base_model": ckpt.config.base_model} if ckpt.config.base_model else None
     write_gguf_adapter(
         path,
         tensors,
@@ -400,7 +400,7 @@ def _write_sa3cpp(ckpt: AdapterCheckpoint, path: str, code: str) -> None:
         rank=ckpt.config.rank,
         alpha=float(ckpt.config.alpha),
         n_targets=len(ckpt.tensors),
-        extra_kv=extra,
+        extra_kv=config_kv(ckpt.config.extra, ckpt.config.alpha),
     )
 
 

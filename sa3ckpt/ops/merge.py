@@ -30,7 +30,8 @@ from typing import Any
 import numpy as np
 
 from sa3ckpt import __version__, dtypes
-from sa3ckpt.adapters.checkpoint import AdapterCheckpoint, load_checkpoint
+from sa3ckpt.adapters.checkpoint import AdapterCheckpoint
+from sa3ckpt.adapters.formats import load_adapter
 from sa3ckpt.adapters.formulas import SEMANTICS
 from sa3ckpt.adapters.kernels import NumpyAdapter, merge_to
 from sa3ckpt.adapters.xs_bases import XsBases, load_bases
@@ -44,6 +45,7 @@ from sa3ckpt.io.base_checkpoint import (
     stream_writer,
 )
 from sa3ckpt.io.formats import identify
+from sa3ckpt.io.sources import PEFT_WEIGHTS
 from sa3ckpt.names.modules import ROOTS, root_of
 from sa3ckpt.ops.compare_semantics import SemanticsComparison, target_differences
 from sa3ckpt.ops.exclusions import Excluded, apply_exclusions, parse_exclusions
@@ -67,6 +69,15 @@ def file_sha256(path: str) -> str:
         for chunk in iter(lambda: f.read(1 << 20), b""):
             digest.update(chunk)
     return digest.hexdigest()
+
+
+def adapter_sha256(path: str) -> str | None:
+    """sha256 of an adapter's data for provenance: the file itself, or a PEFT folder's
+    weights file (its config is a few lines of JSON); None when there is neither."""
+    if os.path.isfile(path):
+        return file_sha256(path)
+    weights = os.path.join(path, PEFT_WEIGHTS)
+    return file_sha256(weights) if os.path.isfile(weights) else None
 
 
 @dataclass
@@ -246,7 +257,10 @@ def merge_checkpoint(
     _check_base_first(base_path)  # before the output check: swapped arguments say so
     if output is not None:
         check_base_output(output, base_container_of(base_path), inputs=inputs, overwrite=force)
-    ckpts = [(load_checkpoint(a.path, allow_pickle=allow_pickle), a.strength) for a in adapters]
+    # Every container inspect reads (sa3/bare/mlx files, PEFT folders, diffusers LoRA
+    # folders, sa3.cpp GGUF, legacy pickles with the opt-in), through the registry path convert
+    # uses.
+    ckpts = [(load_adapter(a.path, allow_pickle=allow_pickle), a.strength) for a in adapters]
     ckpts, excluded, unused = apply_exclusions(ckpts, paths, exclusions)
     bases: XsBases | None = load_bases(bases_path) if bases_path else None
     with open_base(base_path) as base:
@@ -257,7 +271,7 @@ def merge_checkpoint(
             ledger.adapters.append(
                 {
                     "path": arg.path,
-                    "sha256": file_sha256(arg.path) if os.path.isfile(arg.path) else None,
+                    "sha256": adapter_sha256(arg.path),
                     "strength": strength,
                     "adapter_type": ckpt.adapter_type,
                     "rank": ckpt.config.rank,

@@ -1,0 +1,191 @@
+"""merge and combine take every adapter container inspect reads (issue 14 item 6).
+
+Each fixture adapter is converted with our own `convert` to every format (bare, mlx, PEFT
+folder, sa3.cpp GGUF F32 and F16, legacy .ckpt), then merged into the fixture base (and
+combined by cat); the result must equal the one from the sa3 original.
+
+Tolerance: none, every output tensor is compared byte for byte. That is exact for all of them
+because merge and combine work in float32 from the adapter's float32 view: the sa3 fixtures
+are fp16, and every format here holds those fp16 values exactly (GGUF F32 widens them
+exactly, GGUF F16 and PEFT keep them; the XS bases U/V sa3.cpp needs are baked by `convert
+--base` with the same float32 SVD of the base that merge does, so GGUF F16 is not used for XS
+types, whose float32 U/V it would round; PEFT Conv1d factors are only reshaped and its
+`lora_alpha`/`r` give the same scale). The one difference is what a format cannot hold: sa3.cpp
+has no stem for the seconds conditioner (`--drop-conditioner`), so GGUF merges are compared
+with the sa3 merge restricted to the DiT (`--only dit`).
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+
+from fixtures.generate import DATA_DIR
+from sa3ckpt.adapters.formats import load_adapter
+from sa3ckpt.io.base_checkpoint import open_base
+from sa3ckpt.io.safetensors import open_safetensors
+from sa3ckpt.ops.combine import combine
+from sa3ckpt.ops.convert import convert_adapter
+from sa3ckpt.ops.merge import AdapterArg, merge_checkpoint
+from tests.helpers import BASE_FAMILY, BASE_OFFICIAL, run_cli
+
+gguf = pytest.importorskip("gguf")
+
+FIXTURES = DATA_DIR / "adapters" / BASE_FAMILY
+ALL_TYPES = (
+    "lora",
+    "dora-rows",
+    "dora-cols",
+    "bora",
+    "lora-xs",
+    "dora-rows-xs",
+    "dora-cols-xs",
+    "bora-xs",
+)
+PEFT_TYPES = ("lora", "dora-rows")
+XS = {t for t in ALL_TYPES if t.endswith("-xs")}
+
+
+def _convert(to: str, suffix: str, **kwargs: Any) -> Callable[[Path, Path], Path]:
+    def make(src: Path, directory: Path) -> Path:
+        out = directory / f"adapter{suffix}"
+        convert_adapter(str(src), str(out), to=to, **kwargs)
+        return out
+
+    return make
+
+
+def _gguf_f16(src: Path, directory: Path) -> Path:
+    """Our GGUF output rewritten with the real GGUFWriter as F16 tensors, KVs kept."""
+    f32 = _convert("sa3cpp", ".f32.gguf", drop_conditioner=True, base_path=_xs_base(src))(
+        src, directory
+    )
+    reader = gguf.GGUFReader(str(f32))
+    out = directory / "adapter.f16.gguf"
+    writer = gguf.GGUFWriter(str(out), arch="sa3-lora")
+    for key, fld in reader.fields.items():
+        if key.startswith("GGUF.") or key == "general.architecture":
+            continue
+        writer.add_key_value(key, fld.contents(), fld.types[0])
+    for tensor in reader.tensors:
+        shape = tuple(reversed([int(d) for d in tensor.shape]))
+        value = np.asarray(tensor.data).reshape(shape).astype(np.float16)
+        writer.add_tensor(tensor.name, value, raw_dtype=gguf.GGMLQuantizationType.F16)
+    writer.write_header_to_file()
+    writer.write_kv_data_to_file()
+    writer.write_tensors_to_file()
+    writer.close()
+    return out
+
+
+def _legacy_ckpt(src: Path, directory: Path) -> Path:
+    """The sa3 file as a Lightning-style torch pickle: state_dict + lora_config dict."""
+    torch = pytest.importorskip("torch")
+    with open_safetensors(src) as f:
+        tensors = {key: torch.from_numpy(np.array(f.read(key))) for key in f.keys()}
+        config = json.loads(f.metadata["lora_config"])
+    out = directory / "adapter.ckpt"
+    torch.save({"state_dict": tensors, "lora_config": config}, out)
+    return out
+
+
+def _xs_base(src: Path) -> str | None:
+    """sa3.cpp needs U/V for XS types: bake them from the base (the SVD merge also uses)."""
+    return str(BASE_OFFICIAL) if any(src.stem == t for t in XS) else None
+
+
+def _gguf_f32(src: Path, directory: Path) -> Path:
+    return _convert("sa3cpp", ".gguf", drop_conditioner=True, base_path=_xs_base(src))(
+        src, directory
+    )
+
+
+# format -> (writer, types it can express, merge only the DiT, loads with --allow-pickle)
+FORMATS: dict[str, tuple[Callable[[Path, Path], Path], tuple[str, ...], bool, bool]] = {
+    "bare": (_convert("bare", ".safetensors"), ALL_TYPES, False, False),
+    "mlx": (_convert("mlx", ".safetensors"), ALL_TYPES, False, False),
+    "peft": (_convert("peft", ""), PEFT_TYPES, False, False),
+    "gguf-f32": (_gguf_f32, ALL_TYPES, True, False),
+    # F16 only for non-XS types: XS U/V are baked in float32 (an SVD), which F16 would round.
+    "gguf-f16": (_gguf_f16, tuple(t for t in ALL_TYPES if t not in XS), True, False),
+    "pickle": (_legacy_ckpt, ALL_TYPES, False, True),
+}
+CASES = [(fmt, t) for fmt, (_, types, _, _) in FORMATS.items() for t in types]
+
+
+def _tensors(path: Path) -> dict[str, bytes]:
+    with open_base(path) as base:
+        return {key: base.read(key).tobytes() for key in base.tensors}
+
+
+def _merge(tmp_path: Path, adapter: Path, name: str, **kwargs: Any) -> dict[str, bytes]:
+    out = tmp_path / f"{name}.safetensors"
+    merge_checkpoint(str(BASE_OFFICIAL), [AdapterArg(str(adapter), 0.7)], str(out), **kwargs)
+    return _tensors(out)
+
+
+@pytest.mark.parametrize(("fmt", "adapter_type"), CASES, ids=[f"{f}-{t}" for f, t in CASES])
+def test_merge_of_every_format_equals_the_sa3_merge(
+    tmp_path: Path, fmt: str, adapter_type: str
+) -> None:
+    make, _, dit_only, pickle = FORMATS[fmt]
+    src = FIXTURES / f"{adapter_type}.safetensors"
+    converted = make(src, tmp_path)
+    only = "dit" if dit_only else None
+    want = _merge(tmp_path, src, "from-sa3", only=only)
+    got = _merge(tmp_path, converted, "from-" + fmt, only=only, allow_pickle=pickle)
+    assert list(got) == list(want)  # same tensors, same order
+    differing = [key for key in want if got[key] != want[key]]
+    assert differing == [], f"{fmt}: {len(differing)} tensors differ, e.g. {differing[:3]}"
+
+
+COMBINE_FORMATS = ("bare", "mlx", "peft", "gguf-f32", "gguf-f16", "pickle")
+
+
+@pytest.mark.parametrize("fmt", COMBINE_FORMATS)
+def test_combine_cat_of_every_format_equals_the_sa3_combine(tmp_path: Path, fmt: str) -> None:
+    make, _, dit_only, pickle = FORMATS[fmt]
+    first, second = FIXTURES / "lora.safetensors", FIXTURES / "lora.layers-0.safetensors"
+    converted = make(first, tmp_path)
+    if dit_only:  # GGUF has no conditioner target: compare with a DiT-only sa3 input
+        first = tmp_path / "lora.dit.safetensors"
+        ckpt = load_adapter(FIXTURES / "lora.safetensors")
+        ckpt.tensors = {t: p for t, p in ckpt.tensors.items() if t.startswith("model.")}
+        from sa3ckpt.adapters.checkpoint import save_checkpoint
+
+        save_checkpoint(ckpt, first)
+    args = [AdapterArg(str(second), 0.5)]
+    combine([AdapterArg(str(first), 1.5), *args], str(tmp_path / "want.safetensors"))
+    combine(
+        [AdapterArg(str(converted), 1.5), *args],
+        str(tmp_path / "got.safetensors"),
+        allow_pickle=pickle,
+    )
+    with open_safetensors(tmp_path / "want.safetensors") as w:
+        want = {key: np.array(w.read(key)).tobytes() for key in w.keys()}
+    with open_safetensors(tmp_path / "got.safetensors") as g:
+        got = {key: np.array(g.read(key)).tobytes() for key in g.keys()}
+    assert sorted(got) == sorted(want)
+    assert [key for key in want if got[key] != want[key]] == []
+
+
+def test_cli_merge_and_combine_take_a_peft_folder_and_a_gguf(tmp_path: Path) -> None:
+    peft = FIXTURES / "peft-lora"
+    gguf_file = _gguf_f32(FIXTURES / "lora.safetensors", tmp_path)
+    merged = tmp_path / "merged.safetensors"
+    result = run_cli("merge", str(BASE_OFFICIAL), f"{peft}:0.5", str(gguf_file), "-o", str(merged))
+    assert result.returncode == 0, result.stderr
+    assert "merged" in result.stdout
+    result = run_cli(
+        "combine", str(peft), str(gguf_file), "-o", str(tmp_path / "c.safetensors"),
+        "--method", "cat", "--json",
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    doc = json.loads(result.stdout)
+    shas = [a["sha256"] for a in doc["adapters"]]
+    assert all(isinstance(s, str) and len(s) == 64 for s in shas)  # a folder's weights hashed

@@ -87,7 +87,7 @@ def _legacy_ckpt(src: Path, directory: Path) -> Path:
     """The sa3 file as a Lightning-style torch pickle: state_dict + lora_config dict."""
     torch = pytest.importorskip("torch")
     with open_safetensors(src) as f:
-        tensors = {key: torch.from_numpy(np.array(f.read(key))) for key in f.keys()}
+        tensors = {key: torch.from_numpy(np.array(f.read(key))) for key in f}
         config = json.loads(f.metadata["lora_config"])
     out = directory / "adapter.ckpt"
     torch.save({"state_dict": tensors, "lora_config": config}, out)
@@ -167,9 +167,9 @@ def test_combine_cat_of_every_format_equals_the_sa3_combine(tmp_path: Path, fmt:
         allow_pickle=pickle,
     )
     with open_safetensors(tmp_path / "want.safetensors") as w:
-        want = {key: np.array(w.read(key)).tobytes() for key in w.keys()}
+        want = {key: np.array(w.read(key)).tobytes() for key in w}
     with open_safetensors(tmp_path / "got.safetensors") as g:
-        got = {key: np.array(g.read(key)).tobytes() for key in g.keys()}
+        got = {key: np.array(g.read(key)).tobytes() for key in g}
     assert sorted(got) == sorted(want)
     assert [key for key in want if got[key] != want[key]] == []
 

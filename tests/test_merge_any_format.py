@@ -37,6 +37,8 @@ from tests.helpers import BASE_FAMILY, BASE_OFFICIAL, run_cli
 gguf = pytest.importorskip("gguf")
 
 FIXTURES = DATA_DIR / "adapters" / BASE_FAMILY
+# combine cat adds ranks (4 + 4): tiny-medium is where rank 8 fits every target.
+CAT_FIXTURES = DATA_DIR / "adapters" / "tiny-medium"
 ALL_TYPES = (
     "lora",
     "dora-rows",
@@ -175,11 +177,11 @@ COMBINE_FORMATS = ("bare", "mlx", "peft", "gguf-f32", "gguf-f16", "pickle")
 @pytest.mark.parametrize("fmt", COMBINE_FORMATS)
 def test_combine_cat_of_every_format_equals_the_sa3_combine(tmp_path: Path, fmt: str) -> None:
     make, _, dit_only, pickle = FORMATS[fmt]
-    first, second = FIXTURES / "lora.safetensors", FIXTURES / "lora.layers-0.safetensors"
+    first, second = CAT_FIXTURES / "lora.safetensors", CAT_FIXTURES / "lora.layers-0.safetensors"
     converted = make(first, tmp_path)
     if dit_only:  # GGUF has no conditioner target: compare with a DiT-only sa3 input
         first = tmp_path / "lora.dit.safetensors"
-        ckpt = load_adapter(FIXTURES / "lora.safetensors")
+        ckpt = load_adapter(CAT_FIXTURES / "lora.safetensors")
         ckpt.tensors = {t: p for t, p in ckpt.tensors.items() if t.startswith("model.")}
         from sa3ckpt.adapters.checkpoint import save_checkpoint
 
@@ -200,10 +202,11 @@ def test_combine_cat_of_every_format_equals_the_sa3_combine(tmp_path: Path, fmt:
 
 
 def test_cli_merge_and_combine_take_a_peft_folder_and_a_gguf(tmp_path: Path) -> None:
-    peft = FIXTURES / "peft-lora"
-    gguf_file = _gguf_f32(FIXTURES / "lora.safetensors", tmp_path)
+    peft = CAT_FIXTURES / "peft-lora"
+    gguf_file = _gguf_f32(CAT_FIXTURES / "lora.safetensors", tmp_path)
     merged = tmp_path / "merged.safetensors"
-    result = run_cli("merge", str(BASE_OFFICIAL), f"{peft}:0.5", str(gguf_file), "-o", str(merged))
+    base = DATA_DIR / "bases" / "tiny-medium.official.safetensors"
+    result = run_cli("merge", str(base), f"{peft}:0.5", str(gguf_file), "-o", str(merged))
     assert result.returncode == 0, result.stderr
     assert "merged" in result.stdout
     result = run_cli(

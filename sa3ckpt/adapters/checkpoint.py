@@ -9,7 +9,7 @@ is dropped silently: callers print the ledger or fail on it under --strict.
 from __future__ import annotations
 
 import os
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -38,6 +38,8 @@ from sa3ckpt.targets.families import family_for_base_model
 # sa3.cpp GGUF go through `convert`).
 LOADABLE_DIALECTS = FILE_DIALECTS
 FP32_PARAMS = frozenset({"baked_vnorm_row"})
+Rebuild = Callable[[int], tuple[np.ndarray, np.ndarray]]
+"""rank -> (U_r, V_r) rebuilt from the base: lets a caller run one SVD for a whole stack."""
 
 
 @dataclass
@@ -86,12 +88,15 @@ class AdapterCheckpoint:
         *,
         base_2d: np.ndarray | None = None,
         bases: XsBases | None = None,
+        rebuild: Rebuild | None = None,
     ) -> tuple[dict[str, np.ndarray], str]:
         """A target's parameters as float32 NumPy arrays, XS bases resolved, and their source.
 
-        XS bases are looked up in order: stored in the checkpoint, a bases file, an SVD of
-        the base weight being adapted (the official behaviour). The second value says which
-        ("stored", "bases file", "base SVD"), or "-" for non-XS types.
+        XS bases are looked up in order: stored in the checkpoint, a bases file (its first
+        `rank` columns; ValueError when it has fewer), an SVD of the base weight being
+        adapted (the official behaviour; `rebuild` when given, else an SVD of `base_2d`).
+        The second value says which ("stored", "bases file", "base SVD"), or "-" for
+        non-XS types.
         """
         params = {
             name: dtypes.to_float32(np.asarray(a)) for name, a in self.tensors[target].items()
@@ -100,9 +105,13 @@ class AdapterCheckpoint:
             return params, "-"
         if self.has_stored_bases(target):
             return params, "stored"
-        if bases is not None and bases.get(target) is not None:
-            params["U"], params["V"] = bases.get(target)  # type: ignore[misc]
+        pair = bases.get(target, self.config.rank) if bases is not None else None
+        if pair is not None:
+            params["U"], params["V"] = pair
             return params, "bases file"
+        if rebuild is not None:
+            params["U"], params["V"] = rebuild(self.config.rank)
+            return params, "base SVD"
         if base_2d is not None:
             params["U"], params["V"] = svd_bases(base_2d, self.config.rank)
             return params, "base SVD"
@@ -126,9 +135,10 @@ class AdapterCheckpoint:
         *,
         base_2d: np.ndarray | None = None,
         bases: XsBases | None = None,
+        rebuild: Rebuild | None = None,
     ) -> tuple[NumpyAdapter, str]:
         """The same adapter for the NumPy merge kernel."""
-        params, source = self.resolved_params(target, base_2d=base_2d, bases=bases)
+        params, source = self.resolved_params(target, base_2d=base_2d, bases=bases, rebuild=rebuild)
         return NumpyAdapter(self.kind, self.config.scale, params), source
 
     def file_tensors(self, dialect: str = "sa3", dtype: str = "F16") -> dict[str, np.ndarray]:

@@ -36,7 +36,7 @@ from typing import Any
 
 import numpy as np
 
-from sa3ckpt import dtypes
+from sa3ckpt import __version__, dtypes
 from sa3ckpt.adapters.types import BASIS_PARAMS
 from sa3ckpt.errors import MalformedFileError
 from sa3ckpt.io.atomic import PathLike
@@ -48,6 +48,17 @@ FORMAT = "sa3ckpt-xs-bases"
 
 FORMAT_VERSION = "1"
 """Value of ``format_version``; readers refuse versions they do not know."""
+
+SVD_DTYPE = "F32"
+"""The dtype every SVD here runs in (the official recipe upcasts W0 to float32 first)."""
+
+SVD_DRIVER = "LAPACK gesdd (numpy.linalg.svd, thin)"
+"""What computed the SVD, recorded in bases files so a later reader knows what to compare."""
+
+SHA256_OF = "tensor data: each target's canonical 2-D weight bytes, dtype and shape"
+"""What ``base_sha256`` digests (not the checkpoint file: containers and key order vary)."""
+
+ORIGIN_SA3CKPT = "sa3ckpt bases file"
 
 _HASH_TAG = b"sa3ckpt-weight-sha256-v1"
 _SHA256_HEX = re.compile(r"[0-9a-f]{64}")
@@ -109,6 +120,27 @@ def canonical_svd(w2d: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     return u, s, vh
 
 
+def svd_bases_with_spectrum(
+    w2d: np.ndarray, rank: int
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(U_r, V_r, S[: rank + 1]): the bases and the singular values that decide their uniqueness.
+
+    One SVD gives both; σ_{r+1} (absent when ``rank == min(shape)``) is kept because the gap
+    σ_r − σ_{r+1} says whether another SVD of the same W0 may pick another subspace
+    (`sa3ckpt.adapters.xs_uniqueness`).
+    """
+    w = np.asarray(w2d)
+    if w.ndim != 2:
+        raise ValueError(f"expected a 2-D (fan_out, fan_in) weight, got shape {w.shape}")
+    r = _check_rank(rank, (w.shape[0], w.shape[1]))
+    u, s, vh = canonical_svd(w)
+    return (
+        np.ascontiguousarray(u[:, :r]),
+        np.ascontiguousarray(vh[:r].T),
+        np.array(s[: r + 1], dtype=np.float32, copy=True),
+    )
+
+
 def svd_bases(w2d: np.ndarray, rank: int) -> tuple[np.ndarray, np.ndarray]:
     """The XS bases (U_r (fan_out, rank), V_r (fan_in, rank)) of a weight, float32.
 
@@ -155,12 +187,18 @@ def weight_sha256(w: np.ndarray) -> str:
 
 @dataclass
 class XsBases:
-    """XS bases of several targets, all of one rank, and a record of the W0 they came from.
+    """XS bases of several targets and a record of the W0 they came from.
 
-    ``bases`` maps a canonical target name to (U_r (fan_out, rank), V_r (fan_in, rank));
-    ``base_sha256`` and ``base_dtype`` map the same names to `weight_sha256` of the 2-D W0
-    and its safetensors dtype code ("F16", "F32", ...). ``source_base`` is a free-form name
-    of the base checkpoint, for people: the digests are what code should trust.
+    ``bases`` maps a canonical target name to (U (fan_out, k), V (fan_in, k)) with k >=
+    ``rank`` columns; an adapter of rank r <= k uses the first r (`get`), which is exact: the
+    sign rule is per column and columns are in singular-value order, so the first r columns
+    of a rank-k basis are the rank-r basis. ``base_sha256`` and ``base_dtype`` map the same
+    names to `weight_sha256` of the 2-D W0 and its safetensors dtype code; files made by other
+    tools (the official ``svd_bases.pt``, sa3.cpp's bases GGUF) carry neither, so they stay
+    empty and `matches` is False. ``singular_values`` holds σ_1..σ_{k+1} where known (our
+    files; bases rebuilt from a base), for the uniqueness report. ``origin`` says what kind of
+    file the bases came from and ``path`` which one; ``source_base`` is a free-form name of
+    the base checkpoint, for people: the digests are what code should trust.
     """
 
     rank: int
@@ -168,16 +206,38 @@ class XsBases:
     bases: dict[str, tuple[np.ndarray, np.ndarray]] = field(default_factory=dict)
     base_sha256: dict[str, str] = field(default_factory=dict)
     base_dtype: dict[str, str] = field(default_factory=dict)
+    singular_values: dict[str, np.ndarray] = field(default_factory=dict)
+    origin: str = ORIGIN_SA3CKPT
+    path: str = ""
+    svd_dtype: str = SVD_DTYPE
+    tool: str = f"sa3ckpt {__version__}"
 
-    def get(self, target: str) -> tuple[np.ndarray, np.ndarray] | None:
-        """(U_r, V_r) of ``target``, or None when these bases do not cover it."""
-        return self.bases.get(target)
+    def get(self, target: str, rank: int | None = None) -> tuple[np.ndarray, np.ndarray] | None:
+        """(U_r, V_r) of ``target`` (the first ``rank`` columns), or None when not covered.
+
+        Raises ValueError when the file has fewer columns than ``rank``: padding or
+        recomputing would silently give an adapter bases it was not trained with.
+        """
+        pair = self.bases.get(target)
+        if pair is None or rank is None:
+            return pair
+        u, v = pair
+        have = min(u.shape[1], v.shape[1])
+        if rank > have:
+            raise ValueError(
+                f"{target}: the bases in {self.path or self.origin} have {have} columns, "
+                f"the adapter needs rank {rank}"
+            )
+        if rank == u.shape[1] == v.shape[1]:
+            return u, v
+        return np.ascontiguousarray(u[:, :rank]), np.ascontiguousarray(v[:, :rank])
 
     def matches(self, target: str, w: np.ndarray) -> bool:
         """Whether ``w`` (the 2-D W0 of ``target``) is exactly the weight the bases came from.
 
-        False for a target these bases do not cover. Hashes the whole weight, so callers
-        checking many targets of a large base pay one pass over its bytes.
+        False for a target these bases do not cover or that has no recorded digest. Hashes
+        the whole weight, so callers checking many targets of a large base pay one pass
+        over its bytes.
         """
         recorded = self.base_sha256.get(target)
         return recorded is not None and recorded == weight_sha256(w)
@@ -185,6 +245,25 @@ class XsBases:
     def targets(self) -> list[str]:
         """The covered targets, in the order they were computed (and are stored)."""
         return list(self.bases)
+
+    def add(self, target: str, w2d: np.ndarray) -> None:
+        """Compute and record the bases of one target (streaming: one weight in memory)."""
+        array = np.asarray(w2d)
+        try:
+            u, v, s = svd_bases_with_spectrum(array, self.rank)
+        except ValueError as exc:
+            raise ValueError(f"{target}: {exc}") from None
+        self.bases[target] = (u, v)
+        self.singular_values[target] = s
+        self.base_sha256[target] = weight_sha256(array)
+        self.base_dtype[target] = dtypes.code_for(array.dtype)
+
+    def tensors_sha256(self) -> str:
+        """One digest of every per-target W0 digest, in target order: "the base" in one line."""
+        digest = hashlib.sha256(_HASH_TAG + b"\0all\0")
+        for target in sorted(self.base_sha256):
+            digest.update(f"{target}\0{self.base_sha256[target]}\0".encode())
+        return digest.hexdigest()
 
 
 def compute_bases(weights: Mapping[str, np.ndarray], rank: int, source_base: str) -> XsBases:
@@ -214,12 +293,7 @@ def compute_bases(weights: Mapping[str, np.ndarray], rank: int, source_base: str
             raise ValueError(f"{target}: {exc}") from None
     out = XsBases(rank=int(rank), source_base=source_base)
     for target, array in arrays.items():
-        try:
-            out.bases[target] = svd_bases(array, rank)
-        except ValueError as exc:
-            raise ValueError(f"{target}: {exc}") from None
-        out.base_sha256[target] = weight_sha256(array)
-        out.base_dtype[target] = dtypes.code_for(array.dtype)
+        out.add(target, array)
     return out
 
 
@@ -262,6 +336,7 @@ def save_bases(bases: XsBases, path: PathLike, *, inputs: Sequence[PathLike] = (
     Raises ValueError for inconsistent ``bases``.
     """
     _check_for_save(bases)
+    names = set(bases.bases)
     tensors: list[tuple[str, np.ndarray]] = []
     for target, (u, v) in bases.bases.items():
         for basis_param, array in zip(BASIS_PARAMS, (u, v), strict=True):
@@ -273,7 +348,15 @@ def save_bases(bases: XsBases, path: PathLike, *, inputs: Sequence[PathLike] = (
         "source_base": str(bases.source_base),
         "base_sha256": json.dumps(bases.base_sha256, sort_keys=True),
         "base_dtype": json.dumps(bases.base_dtype, sort_keys=True),
+        "base_sha256_of": SHA256_OF,
+        "base_tensors_sha256": bases.tensors_sha256(),
+        "svd_dtype": bases.svd_dtype,
+        "svd_driver": SVD_DRIVER,
+        "tool": bases.tool,
     }
+    spectra = {t: [float(x) for x in s] for t, s in bases.singular_values.items() if t in names}
+    if spectra:
+        metadata["singular_values"] = json.dumps(spectra, sort_keys=True)
     write_safetensors(path, tensors, metadata, inputs=inputs)
 
 
@@ -336,9 +419,37 @@ def _parse_metadata(metadata: Mapping[str, str]) -> tuple[int, str, dict[str, st
     return rank, source_base, sha, dtype_codes
 
 
+def _spectra(metadata: Mapping[str, str]) -> dict[str, np.ndarray]:
+    """Optional ``singular_values`` metadata: target -> finite, non-negative σ list."""
+    text = metadata.get("singular_values")
+    if text is None:
+        return {}
+    try:
+        value = json.loads(text, object_pairs_hook=_no_duplicates)
+    except (json.JSONDecodeError, RecursionError):
+        raise _Bad("metadata 'singular_values' is not valid JSON") from None
+    if not isinstance(value, dict):
+        raise _Bad("metadata 'singular_values' must be a JSON object of number lists")
+    out: dict[str, np.ndarray] = {}
+    for target, items in value.items():
+        ok = (
+            isinstance(items, list)
+            and items
+            and all(isinstance(x, (int, float)) and not isinstance(x, bool) for x in items)
+        )
+        array = np.array(items if ok else [], dtype=np.float64)
+        if not ok or not np.isfinite(array).all() or (array < 0).any():
+            raise _Bad(f"singular_values for {target[:80]!r} is not a list of numbers >= 0")
+        out[target] = array
+    return out
+
+
 def _load(path: str) -> XsBases:
     with open_safetensors(path) as f:
         rank, source_base, sha, dtype_codes = _parse_metadata(f.metadata)
+        spectra = _spectra(f.metadata)
+        svd_dtype = f.metadata.get("svd_dtype", SVD_DTYPE)
+        tool = f.metadata.get("tool", "")
         found: dict[str, dict[str, np.ndarray]] = {}
         for name in f:
             parsed = parse_xs_bases_key(name)
@@ -379,6 +490,10 @@ def _load(path: str) -> XsBases:
         bases=bases,
         base_sha256={t: sha[t] for t in bases},
         base_dtype={t: dtype_codes[t] for t in bases},
+        singular_values={t: s for t, s in spectra.items() if t in bases},
+        path=path,
+        svd_dtype=svd_dtype,
+        tool=tool,
     )
 
 
@@ -408,5 +523,6 @@ __all__ = [
     "load_bases",
     "save_bases",
     "svd_bases",
+    "svd_bases_with_spectrum",
     "weight_sha256",
 ]

@@ -114,6 +114,30 @@ def read_legacy_ckpt(
     return _from_loaded(torch, spath, obj)
 
 
+def load_weights_only(
+    path: str | os.PathLike[str], *, allow_pickle: bool = False
+) -> tuple[Any, Any]:
+    """(torch, the loaded object) of any torch pickle, with the same opt-in and restrictions.
+
+    For pickles that are not adapter checkpoints (the official ``svd_bases.pt``): the same
+    refusal without ``allow_pickle``, the same ``torch.load(weights_only=True)`` and one-line
+    errors; the caller checks the object's layout and converts tensors with `tensor_to_numpy`.
+    """
+    spath = os.fspath(path)
+    _check_regular_file(spath)
+    if not allow_pickle:
+        raise PickleRefusedError(spath)
+    torch = _import_torch()
+    return torch, _torch_load(torch, spath)
+
+
+def tensor_to_numpy(torch: Any, path: str, name: str, value: Any) -> np.ndarray:
+    """A loaded tensor as an independent numpy copy (MalformedFileError for non-tensors)."""
+    if not isinstance(value, torch.Tensor):
+        raise MalformedFileError(path, f"{_show_key(name)} is a {_type_name(value)}, not a tensor")
+    return _to_numpy(torch, path, name, value)
+
+
 def _check_regular_file(path: str) -> None:
     try:
         st = os.stat(path)

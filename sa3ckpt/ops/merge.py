@@ -34,7 +34,9 @@ from sa3ckpt.adapters.checkpoint import AdapterCheckpoint
 from sa3ckpt.adapters.formats import load_adapter
 from sa3ckpt.adapters.formulas import SEMANTICS
 from sa3ckpt.adapters.kernels import NumpyAdapter, merge_to
-from sa3ckpt.adapters.xs_bases import XsBases, load_bases
+from sa3ckpt.adapters.xs_bases import XsBases, canonical_svd
+from sa3ckpt.adapters.xs_sources import load_xs_bases
+from sa3ckpt.adapters.xs_uniqueness import assess
 from sa3ckpt.errors import IncompatibleError, UsageError
 from sa3ckpt.io.base_checkpoint import (
     BaseCheckpoint,
@@ -58,6 +60,7 @@ from sa3ckpt.ops.stack_report import (
 )
 from sa3ckpt.semantics import info as semantics_info
 from sa3ckpt.strengths import AdapterArg
+from sa3ckpt.threads import limit_blas
 
 PROVENANCE_KEY = "sa3ckpt_merge"
 ONLY_ROOTS = ROOTS
@@ -101,6 +104,13 @@ class MergeLedger:
     stack: StackReport | None = None
     comparison: SemanticsComparison | None = None
     written: bool = True
+    bases_file: str | None = None  # "PATH (origin)" of --bases
+    bases_by_target: dict[str, str] = field(
+        default_factory=dict
+    )  # XS target -> where U/V came from
+    bases_other_w0: list[str] = field(default_factory=list)  # file's digest differs from this W0
+    xs_not_unique: list[dict[str, Any]] = field(default_factory=list)  # flagged targets
+    xs_uniqueness_unknown: int = 0  # XS targets whose bases came without singular values
     copied: int = 0
     cast: int = 0
     seconds: float = 0.0
@@ -135,6 +145,27 @@ class MergeLedger:
         out += [
             f"XS bases from {src}: {n} targets" for src, n in sorted(self.bases_sources.items())
         ]
+        out += self._bases_lines()
+        return out
+
+    def _bases_lines(self) -> list[str]:
+        """Where bases were rebuilt although a file was given, W0 mismatches, non-unique bases."""
+        out: list[str] = []
+        if self.bases_file is not None:
+            rebuilt = [t for t, where in self.bases_by_target.items() if "rebuilt" in where]
+            loaded = sum("loaded from" in where for where in self.bases_by_target.values())
+            out.append(f"XS bases loaded from {self.bases_file}: {loaded} targets")
+            out += [f"XS bases rebuilt from the base (not in the bases file): {t}" for t in rebuilt]
+        out += [
+            f"XS bases for {t} were made from another W0 (its digest differs from this base's)"
+            for t in self.bases_other_w0
+        ]
+        out += [f"XS bases may not be unique: {r['line']}" for r in self.xs_not_unique]
+        if self.xs_uniqueness_unknown:
+            out.append(
+                f"XS bases uniqueness unknown for {self.xs_uniqueness_unknown} targets "
+                "(the bases file records no singular values)"
+            )
         return out
 
     def to_json(self) -> dict[str, Any]:
@@ -156,6 +187,11 @@ class MergeLedger:
             "stack_report": self.stack.to_json() if self.stack else None,
             "semantics_comparison": self.comparison.to_json() if self.comparison else None,
             "written": self.written,
+            "bases_file": self.bases_file,
+            "bases_by_target": self.bases_by_target,
+            "bases_other_w0": self.bases_other_w0,
+            "xs_not_unique": self.xs_not_unique,
+            "xs_uniqueness_unknown": self.xs_uniqueness_unknown,
             "copied": self.copied,
             "cast": self.cast,
             "seconds": round(self.seconds, 3),
@@ -262,11 +298,13 @@ def merge_checkpoint(
     # uses.
     ckpts = [(load_adapter(a.path, allow_pickle=allow_pickle), a.strength) for a in adapters]
     ckpts, excluded, unused = apply_exclusions(ckpts, paths, exclusions)
-    bases: XsBases | None = load_bases(bases_path) if bases_path else None
+    bases = load_xs_bases(bases_path, allow_pickle=allow_pickle) if bases_path else None
     with open_base(base_path) as base:
         ledger = MergeLedger(base_path, output or "-", semantics, base.naming, base.container)
         ledger.excluded, ledger.unused_exclusions = excluded, unused
         ledger.written = output is not None
+        if bases is not None:
+            ledger.bases_file = f"{bases_path} ({bases.origin})"
         for (ckpt, strength), arg in zip(ckpts, adapters, strict=True):
             ledger.adapters.append(
                 {
@@ -365,8 +403,8 @@ def _write(
     writer = stream_writer(
         base.container, output, specs, metadata, inputs=inputs, overwrite=force, folder=folder
     )
-    with ThreadPoolExecutor(max_workers=WORKERS) as pool, writer:
-        pending: dict[str, Future[tuple[np.ndarray, dict[str, int]]]] = {}
+    with limit_blas(WORKERS), ThreadPoolExecutor(max_workers=WORKERS) as pool, writer:
+        pending: dict[str, Future[tuple[np.ndarray, _TargetReport]]] = {}
         queue = iter(target_specs)
 
         def top_up() -> None:
@@ -392,11 +430,10 @@ def _write(
                         ledger.copied += 1
                     writer.write(key, stored)
                 else:
-                    array, sources = pending.pop(key).result()
+                    array, report = pending.pop(key).result()
                     writer.write(key, array)
                     ledger.merged.append(target)
-                    for label, count in sources.items():
-                        ledger.bases_sources[label] = ledger.bases_sources.get(label, 0) + count
+                    report.record(target, ledger)
                 if progress is not None:
                     progress(index, total)
         except BaseException:
@@ -444,9 +481,83 @@ def _comparison(
     out = SemanticsComparison(list(SEMANTICS))
     for key, target in plan.targets.items():
         w2d = _canonical(base, key)
-        stack, _sources = _target_stack(base, key, w2d, target, ckpts, bases)
+        stack, _report = _target_stack(base, key, w2d, target, ckpts, bases)
         out.add(target, target_differences(w2d, stack, out.semantics))
     return out
+
+
+@dataclass
+class _TargetReport:
+    """What one worker learnt about a target's XS bases, folded into the ledger by the writer."""
+
+    sources: dict[str, int] = field(default_factory=dict)
+    where: list[str] = field(default_factory=list)
+    other_w0: bool = False
+    not_unique: list[dict[str, Any]] = field(default_factory=list)
+    unknown: int = 0
+
+    def record(self, target: str, ledger: MergeLedger) -> None:
+        for label, count in self.sources.items():
+            ledger.bases_sources[label] = ledger.bases_sources.get(label, 0) + count
+        if self.where:
+            ledger.bases_by_target[target] = "; ".join(dict.fromkeys(self.where))
+        if self.other_w0:
+            ledger.bases_other_w0.append(target)
+        ledger.xs_not_unique += self.not_unique
+        ledger.xs_uniqueness_unknown += self.unknown
+
+
+class _Rebuilt:
+    """One canonical SVD of a target's W0 for the whole stack (not one per adapter).
+
+    Computed on first use at the largest rank any adapter of the stack needs; smaller ranks
+    are its leading columns, which is exact (see `XsBases.get`).
+    """
+
+    def __init__(self, w2d: np.ndarray, max_rank: int) -> None:
+        self._w2d = w2d
+        self._max_rank = max_rank
+        self.u: np.ndarray | None = None
+        self.s: np.ndarray | None = None
+        self.vh: np.ndarray | None = None
+
+    def __call__(self, rank: int) -> tuple[np.ndarray, np.ndarray]:
+        if self.u is None:
+            u, s, vh = canonical_svd(self._w2d)
+            keep = min(self._max_rank, s.size)
+            self.u, self.s, self.vh = u[:, :keep].copy(), s[: keep + 1].copy(), vh[:keep].copy()
+        assert self.u is not None and self.vh is not None
+        return np.ascontiguousarray(self.u[:, :rank]), np.ascontiguousarray(self.vh[:rank].T)
+
+
+def _uniqueness(
+    report: _TargetReport,
+    target: str,
+    ckpt: AdapterCheckpoint,
+    strength: float,
+    source: str,
+    shape: tuple[int, int],
+    bases: XsBases | None,
+    rebuilt: _Rebuilt,
+    u: np.ndarray,
+    m_xs: np.ndarray,
+) -> None:
+    """Flag bases another SVD of this W0 may pick differently (not for stored bases)."""
+    rank = ckpt.config.rank
+    sigma = rebuilt.s if source == "base SVD" else None
+    if source == "bases file" and bases is not None:
+        sigma = bases.singular_values.get(target)
+    need = rank + 1 if rank < min(shape) else rank
+    if sigma is None or sigma.size < need:
+        report.unknown += 1
+        return
+    result = assess(target, sigma, rank, shape, u)
+    if result.flagged:
+        doc = result.to_json()
+        doc["adapter"] = ckpt.path
+        doc["effect_bound"] = result.effect_bound(m_xs, ckpt.config.scale * strength)
+        doc["line"] = f"{result.line()} (adapter {ckpt.path})"
+        report.not_unique.append(doc)
 
 
 def _target_stack(
@@ -456,22 +567,35 @@ def _target_stack(
     target: str,
     ckpts: Sequence[tuple[AdapterCheckpoint, float]],
     bases: XsBases | None,
-) -> tuple[list[tuple[NumpyAdapter, float]], dict[str, int]]:
-    """The kernel's stack on one target (XS bases resolved) and where the bases came from."""
-    base_f32: np.ndarray | None = None
-    sources: dict[str, int] = {}
+) -> tuple[list[tuple[NumpyAdapter, float]], _TargetReport]:
+    """The kernel's stack on one target (XS bases resolved, one SVD for the whole stack) and
+    what was learnt about its bases: where they came from, W0 match, uniqueness."""
+    shape = (int(w2d.shape[0]), int(w2d.shape[1]))
+    dtype_code = base.tensors[key].dtype
+    report = _TargetReport()
+    ranks = [c.config.rank for c, _ in ckpts if target in c.tensors and c.kind.xs]
+    rebuilt = _Rebuilt(w2d, max(ranks, default=1))
+    if bases is not None and ranks and target in bases.base_sha256:
+        report.other_w0 = not bases.matches(target, w2d)
     stack = []
     for ckpt, strength in ckpts:
         if target not in ckpt.tensors:
             continue
-        if ckpt.kind.xs and not ckpt.has_stored_bases(target) and base_f32 is None:
-            base_f32 = dtypes.to_float32(w2d)
-        adapter, source = ckpt.numpy_adapter(target, base_2d=base_f32, bases=bases)
+        try:
+            adapter, source = ckpt.numpy_adapter(target, bases=bases, rebuild=rebuilt)
+        except ValueError as exc:
+            raise IncompatibleError(str(exc)) from None
         if source != "-":
-            label = f"{source} ({base.tensors[key].dtype} base)" if source == "base SVD" else source
-            sources[label] = sources.get(label, 0) + 1
+            label = f"{source} ({dtype_code} base)" if source == "base SVD" else source
+            report.sources[label] = report.sources.get(label, 0) + 1
+            report.where.append(_where(source, ckpt, bases, dtype_code))
+            if source != "stored":
+                p = adapter.params
+                _uniqueness(
+                    report, target, ckpt, strength, source, shape, bases, rebuilt, p["U"], p["M_xs"]
+                )
         stack.append((adapter, strength))
-    return stack, sources
+    return stack, report
 
 
 def _merged(
@@ -482,14 +606,23 @@ def _merged(
     semantics: str,
     code: str,
     bases: XsBases | None,
-) -> tuple[np.ndarray, dict[str, int]]:
+) -> tuple[np.ndarray, _TargetReport]:
     """One target's merged weight in the stored layout and dtype `code` (worker thread)."""
     stored = base.read(key)
     layout = base.layout_of(stored.shape, key)
     kernel = layout.kernel_size(stored.shape)
     w2d = np.ascontiguousarray(layout.to_canonical(stored))
-    stack, sources = _target_stack(base, key, w2d, target, ckpts, bases)
+    stack, report = _target_stack(base, key, w2d, target, ckpts, bases)
     merged, finite = merge_to(w2d, stack, semantics, code)
     if not finite:
         raise IncompatibleError(f"merged weight of {target} has NaN/Inf; nothing was written")
-    return np.ascontiguousarray(layout.from_canonical(merged, kernel)), sources
+    return np.ascontiguousarray(layout.from_canonical(merged, kernel)), report
+
+
+def _where(source: str, ckpt: AdapterCheckpoint, bases: XsBases | None, dtype_code: str) -> str:
+    """Per-target ledger text: where one adapter's U/V came from."""
+    if source == "bases file" and bases is not None:
+        return f"loaded from {bases.path} ({bases.origin})"
+    if source == "base SVD":
+        return f"rebuilt from base (SVD of the {dtype_code} W0 in fp32)"
+    return f"stored in {ckpt.path}"

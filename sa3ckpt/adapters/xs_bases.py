@@ -326,7 +326,9 @@ def _check_for_save(bases: XsBases) -> None:
                 )
 
 
-def save_bases(bases: XsBases, path: PathLike, *, inputs: Sequence[PathLike] = ()) -> None:
+def save_bases(
+    bases: XsBases, path: PathLike, *, inputs: Sequence[PathLike] = (), overwrite: bool = True
+) -> None:
     """Write ``bases`` as a bases file, atomically.
 
     Layout: tensors ``<target>.U`` (fan_out, rank) and ``<target>.V`` (fan_in, rank),
@@ -357,7 +359,7 @@ def save_bases(bases: XsBases, path: PathLike, *, inputs: Sequence[PathLike] = (
     spectra = {t: [float(x) for x in s] for t, s in bases.singular_values.items() if t in names}
     if spectra:
         metadata["singular_values"] = json.dumps(spectra, sort_keys=True)
-    write_safetensors(path, tensors, metadata, inputs=inputs)
+    write_safetensors(path, tensors, metadata, inputs=inputs, overwrite=overwrite)
 
 
 class _Bad(Exception):

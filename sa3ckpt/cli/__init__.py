@@ -16,6 +16,7 @@ from dataclasses import dataclass
 
 from sa3ckpt import __version__
 from sa3ckpt.cli import (
+    cmd_bases,
     cmd_combine,
     cmd_convert,
     cmd_demo,
@@ -72,6 +73,12 @@ COMMANDS: tuple[Command, ...] = (
         "bake adapters into a base at fixed strengths",
         cmd_merge.add_arguments,
         cmd_merge.run,
+    ),
+    Command(
+        "bases",
+        "compute a base's XS bases once, with provenance (for --bases)",
+        cmd_bases.add_arguments,
+        cmd_bases.run,
     ),
     Command(
         "combine",

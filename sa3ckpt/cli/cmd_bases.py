@@ -1,0 +1,44 @@
+"""`sa3ckpt bases`: a base's XS bases computed once, with provenance, for merge/convert/apply."""
+
+from __future__ import annotations
+
+import argparse
+
+from sa3ckpt.cli.cmd_merge import progress_printer
+from sa3ckpt.cli.common import print_ledger
+from sa3ckpt.ops.bases import DEFAULT_RANK, compute_bases_file
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("base", metavar="BASE", help="base checkpoint (official, MLX, diffusers)")
+    parser.add_argument(
+        "-o", "--output", required=True, metavar="OUT", help="bases file (*.safetensors)"
+    )
+    parser.add_argument(
+        "--rank",
+        type=int,
+        default=DEFAULT_RANK,
+        metavar="R",
+        help=f"columns kept (default {DEFAULT_RANK}); serves adapters of rank <= R",
+    )
+    parser.add_argument(
+        "--targets",
+        nargs="+",
+        metavar="PATTERN",
+        help="only targets containing one of these substrings ([a-b] ranges; default all)",
+    )
+    parser.add_argument("--force", action="store_true", help="replace an existing output file")
+    parser.add_argument("--json", action="store_true", help="print the ledger as one JSON document")
+
+
+def run(args: argparse.Namespace) -> int:
+    ledger = compute_bases_file(
+        args.base,
+        args.output,
+        rank=args.rank,
+        targets=args.targets,
+        force=args.force,
+        progress=None if args.json else progress_printer(),
+    )
+    print_ledger(ledger, "bases", args.json)
+    return 0

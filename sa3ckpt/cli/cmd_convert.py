@@ -35,7 +35,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--dtype", choices=list(DTYPE_NAMES), help="output dtype (default fp16)")
     parser.add_argument("--base", metavar="BASE", help="bake XS bases U/V and baked_vnorm_row")
     parser.add_argument(
-        "--bases", metavar="FILE", help="XS bases file (U/V) for -xs adapters (sa3cpp, peft)"
+        "--bases",
+        metavar="FILE",
+        help="XS bases U/V for -xs adapters (sa3cpp, peft): an sa3ckpt bases file, the official "
+        "svd_bases.pt (with --allow-pickle) or sa3.cpp's bases GGUF",
     )
     parser.add_argument(
         "--dora-variant", choices=["rows", "cols"], help="name an ambiguous legacy dora"

@@ -56,9 +56,16 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--only", choices=list(ONLY_ROOTS), help="merge only DiT or conditioner targets"
     )
     parser.add_argument(
-        "--bases", metavar="FILE", help="XS bases file (else stored U/V or base SVD)"
+        "--bases",
+        metavar="FILE",
+        help="XS bases: an sa3ckpt bases file, the official svd_bases.pt (needs --allow-pickle) "
+        "or sa3.cpp's bases GGUF (else stored U/V, else an SVD of the base)",
     )
-    parser.add_argument("--allow-pickle", action="store_true", help="read legacy .ckpt adapters")
+    parser.add_argument(
+        "--allow-pickle",
+        action="store_true",
+        help="read legacy .ckpt adapters and svd_bases.pt (torch.load weights_only)",
+    )
     parser.add_argument("--force", action="store_true", help="replace an existing output file")
     parser.add_argument(
         "--strict",

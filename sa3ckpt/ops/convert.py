@@ -35,7 +35,8 @@ from sa3ckpt.adapters.finite import ALLOW_FLAG, find_nonfinite, refuse_nonfinite
 from sa3ckpt.adapters.formats import canonical_checkpoint, load_adapter
 from sa3ckpt.adapters.types import adapter_type as lookup_type
 from sa3ckpt.adapters.types import type_for
-from sa3ckpt.adapters.xs_bases import XsBases, load_bases
+from sa3ckpt.adapters.xs_bases import XsBases
+from sa3ckpt.adapters.xs_sources import load_xs_bases
 from sa3ckpt.errors import IncompatibleError, UsageError
 from sa3ckpt.io.atomic import StagedOutput
 from sa3ckpt.io.base_checkpoint import BaseCheckpoint, open_base
@@ -252,9 +253,10 @@ def _bake(
     """U/V for XS (stored in the output; from `bases`, else an SVD of the base) and
     baked_vnorm_row for dora-rows types, from the base."""
     kind = out.kind
-    if kind.xs and bases is not None and bases.rank != out.config.rank:
+    if kind.xs and bases is not None and bases.rank < out.config.rank:
         raise IncompatibleError(
-            f"the XS bases file has rank {bases.rank}, the adapter rank {out.config.rank}"
+            f"the XS bases file has rank {bases.rank}, fewer columns than the adapter rank "
+            f"{out.config.rank} (a file of higher rank serves: its leading columns are used)"
         )
     baked_uv: dict[str, int] = {}
     baked_norms = 0
@@ -661,7 +663,7 @@ def convert_adapter(
                 f"{len(ckpt.ledger.rejected)} keys are not adapter tensors (e.g. {key}: {reason}); "
                 "converting would drop them"
             )
-    bases = load_bases(bases_path) if bases_path else None
+    bases = load_xs_bases(bases_path, allow_pickle=allow_pickle) if bases_path else None
     base = open_base(base_path) if base_path else None
     try:
         prepared = _prepare(

@@ -30,20 +30,30 @@ from sa3ckpt.targets import FAMILIES
 
 def write_medium_base(path: Path) -> int:
     """Stream a medium official-full base to disk one tensor at a time; return its params."""
-    fam = FAMILIES["medium"]
+    return write_base(path, "medium")
+
+
+def write_base(path: Path, family: str = "medium", blocks: int | None = None) -> int:
+    """Stream a synthetic official-full base of `family` (its first `blocks` blocks and the
+    top-level targets when given) to disk one tensor at a time; return its target params."""
+    fam = FAMILIES[family]
     rng = np.random.default_rng(0)
-    specs = [(official_base_key(t.name), "F16", t.weight_shape) for t in fam.targets]
+    targets = [t for t in fam.targets if blocks is None or t.block is None or t.block < blocks]
+    width = fam.targets[0].shape[0]
+    depth = 1 + max(t.block for t in fam.targets if t.block is not None)
+    specs = [(official_base_key(t.name), "F16", t.weight_shape) for t in targets]
     extras = [
-        (official_base_key(block_target(b, "pre_norm"), "gamma"), "F16", (1536,)) for b in range(24)
+        (official_base_key(block_target(b, "pre_norm"), "gamma"), "F16", (width,))
+        for b in range(depth if blocks is None else min(blocks, depth))
     ]
     with SafetensorsStreamWriter(path, specs + extras, {"format": "official-full"}) as writer:
-        for (key, _, shape), target in zip(specs, fam.targets, strict=True):
+        for (key, _, shape), target in zip(specs, targets, strict=True):
             scale = np.float32(np.sqrt(3.0 / target.shape[1]))
             values = (rng.random(shape, dtype=np.float32) * 2 - 1) * scale
             writer.write(key, values.astype(np.float16))
         for key, _, shape in extras:
             writer.write(key, np.ones(shape, np.float16))
-    return sum(int(np.prod(t.weight_shape)) for t in fam.targets)
+    return sum(int(np.prod(t.weight_shape)) for t in targets)
 
 
 def timed(cmd: list[str]) -> float:

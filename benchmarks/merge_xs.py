@@ -32,10 +32,10 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from benchmarks.merge_real_size import write_base  # noqa: E402
-from sa3ckpt.io.safetensors import write_safetensors  # noqa: E402
-from sa3ckpt.synth import synth_adapter  # noqa: E402
-from sa3ckpt.targets import FAMILIES  # noqa: E402
+from benchmarks.merge_real_size import write_base
+from sa3ckpt.io.safetensors import write_safetensors
+from sa3ckpt.synth import synth_adapter
+from sa3ckpt.targets import FAMILIES
 
 RANK = 16
 QUICK_BLOCKS = 2
@@ -124,7 +124,9 @@ def main() -> int:
         merge = ["-o", str(out), "--force"]
         size_gb = base.stat().st_size / 1e9
         n = sum(1 for t in fam.targets if blocks is None or t.block is None or t.block < blocks)
-        print(f"{args.family} base{' (quick)' if args.quick else ''}: {size_gb:.2f} GB, {n} targets")
+        print(
+            f"{args.family} base{' (quick)' if args.quick else ''}: {size_gb:.2f} GB, {n} targets"
+        )
         dora_s, _ = timed(sa3ckpt("merge", str(base), f"{adapters['dora-rows']}:1.0", *merge))
         say(f"merge dora-rows r{RANK}:               {dora_s:8.1f} s")
         bases_s, _ = timed(

@@ -115,6 +115,14 @@ def staged(path):
 writers = [st, plain, npz, staged]
 for index, writer in enumerate(writers):  # lazy imports done before any signal
     writer(os.path.join(folder, str(index)))
+# A signal landing inside a finalizer (e.g. ZipFile.__del__ during garbage collection) is
+# "ignored" by Python after the handler raised: count it as caught, so every signal still gets
+# exactly one report instead of the parent waiting for one that never comes.
+swallowed = []
+def _unraisable(hook_args):
+    if issubclass(hook_args.exc_type, KeyboardInterrupt):
+        swallowed.append(1)
+sys.unraisablehook = _unraisable
 signal.signal(signal.SIGTERM, _terminate)
 print("ready", flush=True)
 caught = i = 0
@@ -129,6 +137,9 @@ while True:
             if caught == rounds:
                 break
         while True:
+            if swallowed:
+                swallowed.clear()
+                raise KeyboardInterrupt  # the interrupt a finalizer swallowed
             writers[i % len(writers)](os.path.join(folder, str(i % len(writers))))
             i += 1
     except KeyboardInterrupt:

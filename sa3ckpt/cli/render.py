@@ -39,7 +39,8 @@ def _family_line(fam: FamilyReport) -> Text:
     return safe(f"{fam.name or 'unknown'} ({why})")
 
 
-def _overview(doc: InspectReport) -> Table:
+def _field_table(doc: InspectReport | BaseReport) -> Table:
+    """The two-column field/value table both overviews start with, opened by the format row."""
     table = Table(box=box.SIMPLE, show_header=False, pad_edge=False)
     table.add_column("field", style="bold", no_wrap=True)
     table.add_column("value", overflow="fold")
@@ -48,6 +49,11 @@ def _overview(doc: InspectReport) -> Table:
         "format",
         safe(f"{doc.format}, {human_size(doc.size_bytes)}, {doc.tensors} tensors ({dtypes})"),
     )
+    return table
+
+
+def _overview(doc: InspectReport) -> Table:
+    table = _field_table(doc)
     table.add_row("dialect", safe(f"{doc.dialect.name} ({doc.dialect.evidence})"))
     typed = doc.adapter_type
     table.add_row("type", safe(f"{typed.resolved}  [{'; '.join(typed.evidence)}]"))
@@ -155,14 +161,7 @@ def _stack_lines(stats: StatsReport) -> list[str]:
 
 
 def _base_overview(doc: BaseReport) -> Table:
-    table = Table(box=box.SIMPLE, show_header=False, pad_edge=False)
-    table.add_column("field", style="bold", no_wrap=True)
-    table.add_column("value", overflow="fold")
-    dtypes = ", ".join(f"{k}×{v}" for k, v in doc.dtypes.items())
-    table.add_row(
-        "format",
-        safe(f"{doc.format}, {human_size(doc.size_bytes)}, {doc.tensors} tensors ({dtypes})"),
-    )
+    table = _field_table(doc)
     table.add_row(
         "kind", safe(f"base checkpoint, {doc.naming} naming ({doc.weights} target weights)")
     )

@@ -73,6 +73,8 @@ def _lowrank_norm(params: dict[str, np.ndarray]) -> float | None:
     """‖ΔW_lowrank‖_F without forming ΔW: B@A via Gram matrices, U M Vᵀ via ‖M‖."""
     if "lora_A" in params and "lora_B" in params:
         a, b = params["lora_A"], params["lora_B"]
+        if a.ndim != 2 or b.ndim != 2 or b.shape[1] != a.shape[0]:
+            return None  # ranks disagree: no product to measure (validate reports rank-mismatch)
         gram = (b.T @ b) * (a @ a.T)
         return math.sqrt(max(float(gram.sum()), 0.0))
     if "M_xs" in params:

@@ -15,11 +15,14 @@ import numpy as np
 import pytest
 
 from sa3ckpt.train.timesteps import (
+    ALPHA_FLOOR,
     LOG_SNR_CLAMP,
     SAMPLERS,
     SHIFTS,
+    flux_alpha,
     flux_shift,
     full_shift,
+    logsnr_shift,
     sample_timesteps,
     shift_timesteps,
     trunc_logit_normal_from_normal,
@@ -153,57 +156,189 @@ def test_sampler_errors() -> None:
 
 
 # --------------------------------------------------------------------------- shifts
+#
+# The references below are written straight from the formulas in training.md, in float64
+# with Python `math`, one scalar at a time, and never call the module's helpers. They are fed
+# the float32-rounded t the code sees, so the comparison measures the code's arithmetic, not
+# the rounding of the inputs.
 
-GRID = np.linspace(0.0, 1.0, 401)
+ATOL = 2e-6  # float32 arithmetic on values in [0, 1]
+T_GRID = np.concatenate(
+    [[0.0, 1e-6, 1e-4, 0.01], np.linspace(0.05, 0.95, 19), [0.99, 1 - 1e-4, 1 - 1e-6, 1.0]]
+).astype(np.float32)
+GRID = np.linspace(0.0, 1.0, 401)  # dense grid for the monotonicity checks
+CLAMP_LENGTHS = [10, 256, 1000, 4096, 10_000]  # below, at, inside, at, above [256, 4096]
+LOGSNR_LENGTHS = [0, 1, 10, 500, 2000, 4096, 10_000]  # around anchor_length 2000, and L < 1
 LENGTHS = [1, 256, 700, 2048, 4096, 20_000]
 
 
-def _full_reference(t: np.ndarray, length: float, base=0.5, mx_shift=1.15, lo=256, hi=4096):
-    length = min(max(length, lo), hi)
-    mu = -(base + (mx_shift - base) * (length - lo) / (hi - lo))
-    return 1 - np.exp(mu) / (np.exp(mu) + (1 / (1 - t) - 1))
+def _pinned(t: float, value: float) -> float:
+    """training.md: every shift maps t <= 0 to 0 and t >= 1 to 1."""
+    return 0.0 if t <= 0 else 1.0 if t >= 1 else value
 
 
-def _flux_reference(t: np.ndarray, length: float, a_min: float, a_max: float, lo=256, hi=4096):
-    length = min(max(length, lo), hi)
-    frac = (length - lo) / (hi - lo)
-    alpha = math.exp(math.log(a_min) + (math.log(a_max) - math.log(a_min)) * frac)
-    return alpha * t / (1 + (alpha - 1) * t)
+def _ref_identity(t: float, length: float) -> float:
+    return _pinned(t, t)
 
 
-def _shift(name: str, t: np.ndarray, length: int, **params: object) -> np.ndarray:
+def _ref_flux(
+    t: float, length: float, alpha_min=1.0, alpha_max=1.0, min_length=256, max_length=4096
+) -> float:
+    length = min(max(length, min_length), max_length)
+    frac = (math.log(length) - math.log(min_length)) / (math.log(max_length) - math.log(min_length))
+    lo, hi = math.log(max(alpha_min, 1e-8)), math.log(max(alpha_max, 1e-8))
+    alpha = math.exp(lo + frac * (hi - lo))
+    return _pinned(t, alpha * t / (1 + (alpha - 1) * t))
+
+
+def _ref_full(
+    t: float,
+    length: float,
+    base_shift=0.5,
+    max_shift=1.15,
+    min_length=256,
+    max_length=4096,
+    use_sine=False,
+) -> float:
+    length = min(max(length, min_length), max_length)
+    mu = -(
+        base_shift + (max_shift - base_shift) * (length - min_length) / (max_length - min_length)
+    )
+    if 0 < t < 1:  # the documented 1/(1 − t) form, undefined at the endpoints
+        value = 1 - math.exp(mu) / (math.exp(mu) + (1 / (1 - t) - 1))
+        if use_sine:
+            value = math.sin(value * math.pi / 2)
+    else:
+        value = math.nan
+    return _pinned(t, value)
+
+
+def _ref_logsnr(
+    t: float, length: float, anchor_logsnr=-6.2, rate=1.0, anchor_length=2000, logsnr_end=2.0
+) -> float:
+    start = anchor_logsnr - rate * math.log2(max(length, 1) / anchor_length)
+    lam = logsnr_end - t * (logsnr_end - start)
+    return _pinned(t, 1 / (1 + math.exp(lam)))
+
+
+LOGSNR_CUSTOM = {"anchor_logsnr": -4.0, "rate": 0.5, "anchor_length": 512, "logsnr_end": 3.0}
+FLUX_RAMP = {"alpha_min": 1.5, "alpha_max": 6.93}
+SHIFT_CASES = [
+    ("identity", {}, _ref_identity, CLAMP_LENGTHS),
+    ("flux", {}, _ref_flux, CLAMP_LENGTHS),
+    ("flux", FLUX_RAMP, _ref_flux, CLAMP_LENGTHS),
+    ("flux", {"alpha_min": 6.93, "alpha_max": 6.93}, _ref_flux, CLAMP_LENGTHS),
+    ("flux", {"alpha_min": 0.0, "alpha_max": 2.0}, _ref_flux, CLAMP_LENGTHS),  # floored
+    (
+        "flux",
+        {"alpha_min": 4.0, "alpha_max": 0.5, "min_length": 100, "max_length": 1000},
+        _ref_flux,
+        [10, 100, 316, 1000, 5000],
+    ),
+    ("full", {}, _ref_full, CLAMP_LENGTHS),
+    ("full", {"use_sine": True}, _ref_full, CLAMP_LENGTHS),
+    (
+        "full",
+        {"base_shift": 0.2, "max_shift": 2.0, "min_length": 100, "max_length": 1000},
+        _ref_full,
+        [10, 100, 550, 1000, 5000],
+    ),
+    ("logsnr", {}, _ref_logsnr, LOGSNR_LENGTHS),
+    ("logsnr", LOGSNR_CUSTOM, _ref_logsnr, [0, 1, 100, 512, 3000, 100_000]),
+]
+SHIFT_IDS = [f"{name}-{i}" for i, (name, *_) in enumerate(SHIFT_CASES)]
+
+
+def _shift(name: str, t: np.ndarray, length: int | mx.array, **params: object) -> np.ndarray:
     return np.array(shift_timesteps(name, mx.array(t.astype(np.float32)), length, **params))
 
 
-@pytest.mark.parametrize("length", LENGTHS)
-def test_full_shift_matches_formula(length: int) -> None:
-    inner = GRID[1:-1]
-    np.testing.assert_allclose(
-        _shift("full", inner, length), _full_reference(inner, length), rtol=2e-6, atol=1e-7
-    )
+@pytest.mark.parametrize("name,params,reference,lengths", SHIFT_CASES, ids=SHIFT_IDS)
+def test_shift_matches_independent_reference(name, params, reference, lengths) -> None:
+    for length in lengths:
+        got = _shift(name, T_GRID, length, **params)
+        assert got.dtype == np.float32
+        want = np.array([reference(float(t), length, **params) for t in T_GRID])
+        np.testing.assert_allclose(got, want, rtol=0, atol=ATOL, err_msg=f"L={length}")
+        assert got[0] == 0.0 and got[-1] == 1.0  # pinned exactly, not just within ATOL
 
 
-def test_full_shift_custom_params_and_sine() -> None:
-    inner = GRID[1:-1]
-    params = {"base_shift": 0.2, "max_shift": 2.0, "min_length": 100, "max_length": 1000}
-    want = _full_reference(inner, 550, 0.2, 2.0, 100, 1000)
-    np.testing.assert_allclose(_shift("full", inner, 550, **params), want, rtol=2e-6, atol=1e-7)
-    sine = _shift("full", inner, 550, use_sine=True, **params)
-    np.testing.assert_allclose(sine, np.sin(want * np.pi / 2), rtol=2e-6, atol=1e-7)
+@pytest.mark.parametrize("name,params,reference,lengths", SHIFT_CASES, ids=SHIFT_IDS)
+def test_shift_pins_out_of_range_t(name, params, reference, lengths) -> None:
+    t = np.array([-2.0, -1e-3, -0.0, 1.0, 1.0 + 1e-3, 3.0], dtype=np.float32)
+    for length in lengths:
+        np.testing.assert_array_equal(_shift(name, t, length, **params), [0, 0, 0, 1, 1, 1])
 
 
-@pytest.mark.parametrize("length", LENGTHS)
-def test_flux_shift_matches_formula(length: int) -> None:
-    got = _shift("flux", GRID, length, alpha_min=1.5, alpha_max=6.0)
-    np.testing.assert_allclose(got, _flux_reference(GRID, length, 1.5, 6.0), rtol=2e-6, atol=1e-7)
+@pytest.mark.parametrize("name,params,reference,lengths", SHIFT_CASES, ids=SHIFT_IDS)
+def test_shift_broadcasts_per_sample_lengths(name, params, reference, lengths) -> None:
+    """A (B,) length array shifts each t with its own L, as B scalar calls would."""
+    t = np.resize(T_GRID[1:-1], len(lengths) * 3).astype(np.float32)
+    per_sample = np.resize(np.array(lengths), t.shape)
+    got = _shift(name, t, mx.array(per_sample), **params)
+    each = [_shift(name, t[i : i + 1], int(n), **params)[0] for i, n in enumerate(per_sample)]
+    np.testing.assert_allclose(got, each, rtol=0, atol=1e-7)
+    want = [reference(float(v), int(n), **params) for v, n in zip(t, per_sample, strict=True)]
+    np.testing.assert_allclose(got, want, rtol=0, atol=ATOL)
 
 
-def test_flux_defaults_equal_full_shift() -> None:
-    t = mx.array(GRID.astype(np.float32))
-    for length in LENGTHS:
+def test_flux_interpolates_in_log_length() -> None:
+    """The old bug: log α was interpolated linearly in L. At L = 1024, between 256 and 4096,
+    the log-L fraction is ln 4 / ln 16 = 0.5, the linear one (1024 − 256)/3840 = 0.2."""
+    a_min, a_max = math.exp(0.5), math.exp(1.15)
+    t = np.array([0.1, 0.3, 0.5, 0.7, 0.9], dtype=np.float32)
+    got = _shift("flux", t, 1024, alpha_min=a_min, alpha_max=a_max)
+
+    def alpha_shift(alpha: float) -> np.ndarray:
+        t64 = t.astype(np.float64)
+        return alpha * t64 / (1 + (alpha - 1) * t64)
+
+    log_l = alpha_shift(math.exp(0.5 + 0.5 * (1.15 - 0.5)))
+    linear_l = alpha_shift(math.exp(0.5 + 0.2 * (1.15 - 0.5)))
+    np.testing.assert_allclose(got, log_l, rtol=0, atol=ATOL)
+    assert np.all(np.abs(got - linear_l) > 100 * ATOL)
+
+
+def test_flux_and_full_agree_only_at_the_anchors() -> None:
+    """With α = e^base .. e^max_shift both shifts share their end points, but full is linear
+    in L and flux in log L, so they differ in between (the old docstring claimed equality)."""
+    t = mx.array(T_GRID)
+    params = {"alpha_min": math.exp(0.5), "alpha_max": math.exp(1.15)}
+    for length in (10, 256, 4096, 10_000):
         np.testing.assert_allclose(
-            np.array(flux_shift(t, length)), np.array(full_shift(t, length)), rtol=1e-6
+            np.array(flux_shift(t, length, **params)), np.array(full_shift(t, length)), atol=ATOL
         )
+    inside = np.abs(np.array(flux_shift(t, 1024, **params)) - np.array(full_shift(t, 1024)))
+    assert inside.max() > 0.01
+
+
+def test_flux_defaults_are_the_identity() -> None:
+    t = mx.array(T_GRID)
+    for length in CLAMP_LENGTHS:
+        np.testing.assert_allclose(np.array(flux_shift(t, length)), T_GRID, rtol=0, atol=1e-7)
+        assert np.array_equal(np.array(flux_alpha(length)), np.array(1.0, dtype=np.float32))
+
+
+@pytest.mark.parametrize("bad", [0.0, -3.0, 1e-12])
+def test_flux_alphas_are_floored_not_rejected(bad: float) -> None:
+    assert ALPHA_FLOOR == 1e-8
+    t = mx.array(T_GRID)
+    for kwargs in ({"alpha_min": bad}, {"alpha_max": bad}):
+        floored = {k: ALPHA_FLOOR for k in kwargs}
+        got = np.array(flux_shift(t, 1000, **kwargs))
+        assert np.all(np.isfinite(got))
+        np.testing.assert_array_equal(got, np.array(flux_shift(t, 1000, **floored)))
+
+
+def test_logsnr_start_follows_the_anchor() -> None:
+    """At L = anchor_length the noise end is anchor_logsnr; each doubling lowers it by rate;
+    lengths below 1 count as 1."""
+    t = np.array([0.5], dtype=np.float32)
+    at_anchor = _shift("logsnr", t, 2000)[0]
+    assert at_anchor == pytest.approx(1 / (1 + math.exp(2 - 0.5 * (2 + 6.2))), abs=ATOL)
+    doubled = _shift("logsnr", t, 4000, rate=0.5)[0]
+    assert doubled == pytest.approx(1 / (1 + math.exp(2 - 0.5 * (2 + 6.7))), abs=ATOL)
+    assert np.array_equal(_shift("logsnr", T_GRID, 0), _shift("logsnr", T_GRID, 1))
 
 
 @pytest.mark.parametrize(
@@ -211,8 +346,11 @@ def test_flux_defaults_equal_full_shift() -> None:
     [
         ("identity", {}),
         ("flux", {"alpha_min": 0.5, "alpha_max": 8.0}),
+        ("flux", FLUX_RAMP),
         ("full", {}),
         ("full", {"use_sine": True}),
+        ("logsnr", {}),
+        ("logsnr", LOGSNR_CUSTOM),
     ],
 )
 @pytest.mark.parametrize("length", LENGTHS)
@@ -220,7 +358,11 @@ def test_shift_endpoints_and_monotonic_in_t(name: str, params: dict, length: int
     out = _shift(name, GRID, length, **params)
     assert out[0] == 0.0 and out[-1] == 1.0  # exact, no division by zero at t = 1
     assert np.all(np.isfinite(out))
-    assert np.all(np.diff(out) > 0)
+    if name == "logsnr" and length == 1 and not params:
+        # start = −6.2 + log2(2000) > end = 2: λ rises with t, so t' falls inside (0, 1).
+        assert np.all(np.diff(out[1:-1]) < 0)
+    else:
+        assert np.all(np.diff(out) > 0)
 
 
 def test_full_shift_moves_towards_noise_with_length() -> None:
@@ -231,6 +373,12 @@ def test_full_shift_moves_towards_noise_with_length() -> None:
     # L is clamped: beyond the anchors nothing changes
     assert np.array_equal(_shift("full", t, 10), _shift("full", t, 256))
     assert np.array_equal(_shift("full", t, 99_999), _shift("full", t, 4096))
+
+
+def test_logsnr_shift_moves_towards_noise_with_length() -> None:
+    t = GRID[1:-1]
+    outs = np.stack([_shift("logsnr", t, n) for n in [100, 1000, 2000, 8000, 64_000]])
+    assert np.all(np.diff(outs, axis=0) > 0)  # no clamp: keeps growing with L
 
 
 def test_shift_accepts_per_sample_lengths() -> None:
@@ -246,6 +394,10 @@ def test_shift_errors() -> None:
         shift_timesteps("cosine", t, 10)
     with pytest.raises(ValueError, match="min_length < max_length"):
         full_shift(t, 10, min_length=10, max_length=10)
-    with pytest.raises(ValueError, match="positive"):
-        flux_shift(t, 10, alpha_min=0.0)
-    assert set(SHIFTS) == {"identity", "flux", "full"}
+    with pytest.raises(ValueError, match="min_length < max_length"):
+        flux_shift(t, 10, min_length=10, max_length=10)
+    with pytest.raises(ValueError, match="min_length > 0"):
+        flux_shift(t, 10, min_length=0, max_length=10)
+    with pytest.raises(ValueError, match="anchor_length > 0"):
+        logsnr_shift(t, 10, anchor_length=0)
+    assert set(SHIFTS) == {"identity", "flux", "full", "logsnr"}

@@ -4,7 +4,8 @@ Samplers and shifts are tables (`SAMPLERS`, `SHIFTS`) of plain functions, so a c
 such as "logit_normal" or "full" selects the behaviour without an if-chain, and adding a new
 distribution is one function plus one row. All samplers draw from an explicit PRNG key (or an
 int seed), never the global generator, so a batch of timesteps is reproducible from its
-arguments. Values are float32 in [0, 1].
+arguments. Values are float32 in [0, 1]; every shift maps t ≤ 0 to exactly 0 and t ≥ 1 to
+exactly 1.
 
 Conventions follow ../shared/reference/training.md (the SA3 trainer's defaults).
 """
@@ -152,61 +153,107 @@ def sample_timesteps(name: str, key: KeyLike, batch: int, **params: Any) -> mx.a
 
 # --------------------------------------------------------------------------- shifts
 
+ALPHA_FLOOR = 1e-8  # flux alphas below this (incl. 0 and negatives) are raised to it
+
+
+def _as_lengths(length: int | mx.array) -> mx.array:
+    """Sequence length(s) as float32: an int, or a (B,) array that broadcasts against t."""
+    length = length if isinstance(length, mx.array) else mx.array(length)
+    return length.astype(mx.float32)
+
+
+def _check_anchors(min_length: float, max_length: float) -> None:
+    if not min_length < max_length:
+        raise ValueError(f"need min_length < max_length, got {min_length}, {max_length}")
+
 
 def _clamped_fraction(length: int | mx.array, min_length: float, max_length: float) -> mx.array:
     """(L − min)/(max − min) with L clamped to [min, max]: where L sits between the anchors."""
-    if not min_length < max_length:
-        raise ValueError(f"need min_length < max_length, got {min_length}, {max_length}")
-    length = length if isinstance(length, mx.array) else mx.array(length)
-    length = mx.clip(length.astype(mx.float32), min_length, max_length)
+    _check_anchors(min_length, max_length)
+    length = mx.clip(_as_lengths(length), min_length, max_length)
     return (length - min_length) / (max_length - min_length)
 
 
-def _alpha_shift(t: mx.array, alpha: mx.array) -> mx.array:
-    """t' = α t / (1 + (α − 1) t), with t = 1 mapped to exactly 1.
+def _clamped_log_fraction(length: int | mx.array, min_length: float, max_length: float) -> mx.array:
+    """(ln L − ln min)/(ln max − ln min) with L clamped to [min, max]: position on a log axis.
 
-    This form has no 1/(1 − t) term, so t = 1 needs no special division; the `where` only
-    pins the endpoint, which float rounding of 1 + (α − 1) could otherwise move off 1.
+    Interpolating in ln L makes anything linear in this fraction a power law in L, the form
+    SD3 derives for the shift (α ∝ √L); a fraction linear in L would put L = 1024 between
+    256 and 4096 at 0.2 instead of 0.5.
     """
-    t = t.astype(mx.float32)
-    shifted = alpha * t / (1.0 + (alpha - 1.0) * t)
+    _check_anchors(min_length, max_length)
+    if min_length <= 0:
+        raise ValueError(f"need min_length > 0 for a log-length fraction, got {min_length}")
+    length = mx.clip(_as_lengths(length), min_length, max_length)
+    log_min = math.log(min_length)
+    return (mx.log(length) - log_min) / (math.log(max_length) - log_min)
+
+
+def _pin_endpoints(t: mx.array, shifted: mx.array) -> mx.array:
+    """Force t ≤ 0 to exactly 0 and t ≥ 1 to exactly 1, whatever the formula gives there.
+
+    Every shift must keep pure data at t = 0 and pure noise at t = 1. The α shifts reach the
+    endpoints only up to float rounding, and the log-SNR shift does not reach them at all
+    (its λ stays finite, so t' ∈ (0, 1)), hence one explicit rule for all of them.
+    """
+    shifted = mx.where(t <= 0.0, mx.zeros_like(shifted), shifted)
     return mx.where(t >= 1.0, mx.ones_like(shifted), shifted)
 
 
+def _alpha_shift(t: mx.array, alpha: mx.array) -> mx.array:
+    """t' = α t / (1 + (α − 1) t), computed as α t / ((1 − t) + α t), endpoints pinned.
+
+    The two are the same algebraically, but in float32 α − 1 rounds to −1 for small α and
+    1 + (α − 1) t then cancels to 1 − t near t = 1, losing the α t term (≈1% off at α = 1e-8,
+    t = 1 − 1e-6); 1 − t is exact for t ≥ ½, so the second form keeps full precision. It also
+    has no 1/(1 − t) term, so t = 1 needs no special division (α/α = 1).
+    """
+    t = t.astype(mx.float32)
+    scaled = alpha * t
+    return _pin_endpoints(t, scaled / ((1.0 - t) + scaled))
+
+
 def identity_shift(t: mx.array, length: int | mx.array | None = None) -> mx.array:
-    """No shift (t unchanged, as float32)."""
-    return t.astype(mx.float32)
+    """No shift: t unchanged inside (0, 1), as float32; t ≤ 0 → 0 and t ≥ 1 → 1 like every shift."""
+    t = t.astype(mx.float32)
+    return _pin_endpoints(t, t)
 
 
 def flux_alpha(
     length: int | mx.array,
-    alpha_min: float = math.exp(0.5),
-    alpha_max: float = math.exp(1.15),
+    alpha_min: float = 1.0,
+    alpha_max: float = 1.0,
     min_length: float = 256,
     max_length: float = 4096,
 ) -> mx.array:
-    """α for sequence length L: log α is linear in L from log alpha_min (min) to log alpha_max.
+    """α for sequence length L: log α is linear in log L, from ln alpha_min at min_length to
+    ln alpha_max at max_length (L clamped to that range), i.e. α is a power law in L.
 
-    L is clamped to [min_length, max_length]. The defaults are e^0.5 and e^1.15, which make
-    the flux shift equal to the SA3 "full" shift with its defaults (see `full_shift`).
+    The defaults alpha_min = alpha_max = 1 give α = 1, the identity shift, as in the official
+    trainer; pass e.g. alpha_min = alpha_max = 6.93 for the constant "sampleshift" the
+    official inference UI uses. This is NOT the `full` shift with other parameters: `full`
+    is linear in L itself, so the two agree only at the clamp anchors. Alphas are floored at
+    `ALPHA_FLOOR` rather than rejected, so a zero or negative α degrades to a near-total
+    shift towards data instead of a log-of-zero NaN.
     """
-    if alpha_min <= 0 or alpha_max <= 0:
-        raise ValueError(f"alphas must be positive, got {alpha_min}, {alpha_max}")
-    frac = _clamped_fraction(length, min_length, max_length)
-    return mx.exp(math.log(alpha_min) + (math.log(alpha_max) - math.log(alpha_min)) * frac)
+    log_lo = math.log(max(alpha_min, ALPHA_FLOOR))
+    log_hi = math.log(max(alpha_max, ALPHA_FLOOR))
+    frac = _clamped_log_fraction(length, min_length, max_length)
+    return mx.exp(log_lo + (log_hi - log_lo) * frac)
 
 
 def flux_shift(
     t: mx.array,
     length: int | mx.array,
-    alpha_min: float = math.exp(0.5),
-    alpha_max: float = math.exp(1.15),
+    alpha_min: float = 1.0,
+    alpha_max: float = 1.0,
     min_length: float = 256,
     max_length: float = 4096,
 ) -> mx.array:
     """t' = α t / (1 + (α − 1) t) with α from `flux_alpha`; α > 1 moves t towards noise.
 
     `length` may be an int or a (B,) array of per-sample lengths (broadcast against t).
+    With the defaults (α = 1) this is the identity.
     """
     return _alpha_shift(t, flux_alpha(length, alpha_min, alpha_max, min_length, max_length))
 
@@ -218,7 +265,10 @@ def full_mu(
     min_length: float = 256,
     max_length: float = 4096,
 ) -> mx.array:
-    """μ = −(base + (max_shift − base)(L − min)/(max − min)), L clamped to [min, max]."""
+    """μ = −(base + (max_shift − base)(L − min)/(max − min)), L clamped to [min, max].
+
+    Linear in L itself (not in log L), as the SA3 model code computes it.
+    """
     frac = _clamped_fraction(length, min_length, max_length)
     return -(base_shift + (max_shift - base_shift) * frac)
 
@@ -242,15 +292,53 @@ def full_shift(
     alpha = mx.exp(-full_mu(length, base_shift, max_shift, min_length, max_length))
     shifted = _alpha_shift(t, alpha)
     if use_sine:
-        sine = mx.sin(shifted * (math.pi / 2))
-        shifted = mx.where(shifted >= 1.0, mx.ones_like(sine), sine)
+        shifted = _pin_endpoints(t.astype(mx.float32), mx.sin(shifted * (math.pi / 2)))
     return shifted
+
+
+def logsnr_start(
+    length: int | mx.array,
+    anchor_logsnr: float = -6.2,
+    rate: float = 1.0,
+    anchor_length: float = 2000,
+) -> mx.array:
+    """λ at t = 1: anchor_logsnr − rate · log2(max(L, 1)/anchor_length).
+
+    Each doubling of the sequence lowers the noise-end log-SNR by `rate`: a longer clip
+    needs a noisier end point to hide the same amount of signal.
+    """
+    if anchor_length <= 0:
+        raise ValueError(f"need anchor_length > 0, got {anchor_length}")
+    length = mx.maximum(_as_lengths(length), 1.0)
+    return anchor_logsnr - rate * mx.log2(length / anchor_length)
+
+
+def logsnr_shift(
+    t: mx.array,
+    length: int | mx.array,
+    anchor_logsnr: float = -6.2,
+    rate: float = 1.0,
+    anchor_length: float = 2000,
+    logsnr_end: float = 2.0,
+) -> mx.array:
+    """The upstream MLX training shift: λ = end − t (end − start), t' = 1/(1 + e^λ).
+
+    t walks the log-SNR linearly from `logsnr_end` (data side) to the length-dependent
+    `logsnr_start` (noise side). Both λ are finite, so on its own the formula maps t = 0 to
+    sigmoid(−end) > 0 and t = 1 to sigmoid(−start) < 1; the endpoints are pinned to exactly
+    0 and 1 like every other shift. `length` may be an int or a (B,) array.
+    """
+    t = t.astype(mx.float32)
+    start = logsnr_start(length, anchor_logsnr, rate, anchor_length)
+    lam = logsnr_end - t * (logsnr_end - start)
+    return _pin_endpoints(t, mx.sigmoid(-lam))
 
 
 SHIFTS: dict[str, Shift] = {
     "identity": identity_shift,
     "flux": flux_shift,
     "full": full_shift,
+    "logsnr": logsnr_shift,
 }
 
 
@@ -264,6 +352,7 @@ def shift_timesteps(name: str, t: mx.array, length: int | mx.array, **params: An
 
 
 __all__ = [
+    "ALPHA_FLOOR",
     "LOG_SNR_CLAMP",
     "SAMPLERS",
     "SHIFTS",
@@ -275,6 +364,8 @@ __all__ = [
     "log_snr",
     "log_snr_uniform",
     "logit_normal",
+    "logsnr_shift",
+    "logsnr_start",
     "sample_timesteps",
     "shift_timesteps",
     "trunc_logit_normal",

@@ -136,6 +136,34 @@ def test_per_sample_means_weigh_short_clips_equally() -> None:
     assert float(rectified_flow_loss(mx.array(pred), mx.array(target), mx.array(mask))) == 5.0
 
 
+def _global_masked_mean(pred, target, mask, mode: str) -> float:
+    """The convention NOT used: sum over every valid element of the batch / their count."""
+    err = (pred.astype(np.float64) - target.astype(np.float64)) ** 2
+    var = _reference_var(target, mask, mode)
+    if var is not None:
+        err = err / (var + NORM_EPS)
+    return float(err[mask].mean())
+
+
+@pytest.mark.parametrize("mode", MODES)
+def test_loss_is_per_sample_then_batch_not_global_masked_mean(mode: str) -> None:
+    """Two samples with different valid lengths and different error levels: the mean of the
+    per-sample means differs from the global masked mean by far more than rounding, and the
+    loss must be the former (upstream MLX convention, training.md)."""
+    rng = _rng(9)
+    pred = rng.normal(size=(2, 12, C)).astype(np.float32)
+    target = pred + rng.normal(size=pred.shape).astype(np.float32)
+    target[1] = pred[1] + 4 * rng.normal(size=(12, C)).astype(np.float32)  # larger error
+    mask = np.zeros((2, 12), dtype=bool)
+    mask[0, :11] = True  # long clip, small error
+    mask[1, :3] = True  # short clip, large error
+    got = float(rectified_flow_loss(mx.array(pred), mx.array(target), mx.array(mask), mode))
+    per_sample = _reference_loss(pred, target, mask, mode)
+    global_mean = _global_masked_mean(pred, target, mask, mode)
+    assert abs(per_sample - global_mean) > 0.1 * per_sample
+    assert got == pytest.approx(per_sample, rel=2e-5)
+
+
 def test_empty_samples_are_left_out_of_the_batch_mean() -> None:
     pred, target, mask = _data(6)
     mask[0] = False

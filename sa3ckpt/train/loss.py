@@ -149,9 +149,15 @@ def rectified_flow_loss(
     normalisation: str = "none",
     eps: float = NORM_EPS,
 ) -> mx.array:
-    """Scalar training loss: `per_sample_loss` averaged over samples with a valid position.
+    """Scalar training loss: the mean over the batch of each sample's masked mean.
 
-    With no mask (or no empty sample) this is the plain batch mean of the per-sample means.
+    Each sample's squared error is averaged over its own valid positions × channels
+    (`per_sample_loss`), then those B means are averaged with equal weight, as the newest
+    upstream MLX trainer does and training.md states. This is not the global masked mean
+    (sum over all valid elements / their count), which would weight a sample by its valid
+    length; here a 10-frame clip padded into a batch counts as much as a 1000-frame one.
+    Samples with no valid position at all are left out of the batch mean (they carry no
+    signal), and an all-empty batch gives 0. With no mask this is the plain element mean.
     """
     losses, valid = per_sample_loss(pred, target, mask, normalisation, eps)
     present = (valid > 0).astype(mx.float32)

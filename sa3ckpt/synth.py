@@ -25,7 +25,7 @@ from sa3ckpt.names import (
     official_to_mlx_base_key,
 )
 from sa3ckpt.targets.families import Family
-from sa3ckpt.targets.topology import Target
+from sa3ckpt.targets.topology import Target, rotary_inv_freq
 
 
 def _uniform(rng: np.random.Generator, shape: tuple[int, ...], scale: float) -> np.ndarray:
@@ -167,7 +167,6 @@ def synth_base(fam: Family, *, seed: int = 0) -> SynthBase:
 
 # --- a complete official checkpoint (every tensor the official DiT and conditioner hold) ----
 
-HEAD_DIM = 64  # the official attention head width: heads = E / 64
 # Targets whose Linear has a bias in the official model (the rest are bias-free).
 _BIASED_TOP = frozenset(
     {
@@ -187,11 +186,11 @@ def official_full_shapes(fam: Family, *, memory_tokens: int = 64) -> dict[str, t
     """The key and shape of every tensor of an official full base of `fam` (reference/dit.md):
     target weights, the biases of the biased Linears, block and q/k RMSNorm gammas, the
     per-block `to_scale_shift_gate`, memory tokens, RoPE `inv_freq`, the prompt padding
-    embedding and the seconds conditioner. The embed width must be a multiple of HEAD_DIM."""
+    embedding and the seconds conditioner. The embed width must be a multiple of the head width."""
     t = fam.topology
     e = t.embed_dim
-    if e % HEAD_DIM:
-        raise ValueError(f"embed_dim {e} is not a multiple of the head width {HEAD_DIM}")
+    if e % t.head_dim:
+        raise ValueError(f"embed_dim {e} is not a multiple of the head width {t.head_dim}")
     out: dict[str, tuple[int, ...]] = {}
     for target in fam.targets:
         out[official_base_key(target.name)] = target.weight_shape
@@ -204,11 +203,12 @@ def official_full_shapes(fam: Family, *, memory_tokens: int = 64) -> dict[str, t
         for norm in _BLOCK_NORMS:
             out[official_base_key(block_target(block, norm), "gamma")] = (e,)
         for norm in _HEAD_NORMS:
-            out[official_base_key(block_target(block, norm), "gamma")] = (HEAD_DIM,)
+            out[official_base_key(block_target(block, norm), "gamma")] = (t.head_dim,)
         gate = official_base_key(f"model.transformer.layers.{block}", "to_scale_shift_gate")
         out[gate] = (t.global_mult * e,)
     out[official_base_key("model.transformer", "memory_tokens")] = (memory_tokens, e)
-    out[official_base_key("model.transformer.rotary_pos_emb", "inv_freq")] = (HEAD_DIM // 4,)
+    inv_freq = rotary_inv_freq(t.rope_dim)
+    out[official_base_key("model.transformer.rotary_pos_emb", "inv_freq")] = inv_freq.shape
     out[official_base_key("conditioners.prompt", "padding_embedding")] = (t.cond_token_dim,)
     return out
 
@@ -222,8 +222,7 @@ def official_full_tensors(
     base = synth_base(fam, seed=seed)
     rng = np.random.default_rng(seed + 1)
     by_key = {official_base_key(name): w for name, w in base.weights.items()}
-    rot = HEAD_DIM // 2
-    inv_freq = 1.0 / (10000.0 ** (np.arange(0, rot, 2, dtype=np.float64) / rot))
+    inv_freq = rotary_inv_freq(fam.topology.rope_dim)
     out: dict[str, np.ndarray] = {}
     for key, shape in official_full_shapes(fam, memory_tokens=memory_tokens).items():
         leaf = key.rpartition(".")[2]

@@ -1,8 +1,11 @@
-"""The MLX SA3 DiT: runtime names and shapes of every target, forward/backward, training smoke.
+"""The MLX SA3 DiT: runtime names and shapes of every parameter, forward contract, adapters.
 
-The target table (`FAMILIES[f].targets`) is the contract: every DiT target must be an
-`nn.Linear` / `nn.Conv1d` at its `mlx_name` with the table's shape, nothing else may be a
-Linear / Conv1d, and an adapter trained on the model must pass `sa3ckpt validate --strict`.
+The target table (`FAMILIES[f].targets`) is the contract for adapters: every DiT target must
+be an `nn.Linear` / `nn.Conv1d` at its `mlx_name` with the table's shape, nothing else may
+be a Linear / Conv1d, and an adapter trained on the model must pass `sa3ckpt validate
+--strict`. The full parameter set must be exactly an official base's, in MLX runtime names
+(`synth.official_full_shapes`). That the function is the official one is test_dit_oracle's
+job (against diffusers).
 """
 
 from __future__ import annotations
@@ -22,15 +25,19 @@ from mlx.utils import tree_flatten
 from sa3ckpt.adapters.checkpoint import save_checkpoint
 from sa3ckpt.adapters.injection import adapter_modules, inject, trainable_parameters
 from sa3ckpt.adapters.module_io import to_checkpoint
+from sa3ckpt.layout import base_layout
 from sa3ckpt.models import (
     DIT_ONLY_EXCLUDE,
+    PROMPT_TOKENS,
     DiT,
     DiTConfig,
+    build_conditioner,
     build_dit,
     inpaint_local_cond,
     training_local_cond,
 )
-from sa3ckpt.models.attention import CrossAttention, SelfAttention
+from sa3ckpt.names.base_keys import official_to_mlx_base_key
+from sa3ckpt.synth import official_full_shapes
 from sa3ckpt.targets.families import FAMILIES
 from sa3ckpt.targets.topology import Topology
 from sa3ckpt.train import (
@@ -41,24 +48,23 @@ from sa3ckpt.train import (
 )
 
 TINY = ["tiny-medium", "tiny-small"]
-FIXTURE_BASE = Path(__file__).parent.parent / "fixtures/data/bases/tiny-medium.mlx.safetensors"
-B, L, S = 2, 6, 3
+B, T, S = 2, 6, 3
+MEMORY = 4
 
 
 def _model(family: str, seed: int = 0, **overrides: object) -> DiT:
     mx.random.seed(seed)  # module initialisers draw from the global generator
-    settings = {"num_heads": 2, "memory_tokens": 2, **overrides}
-    return build_dit(family, **settings)
+    model = build_dit(family, **{"memory_tokens": MEMORY, **overrides})
+    return model
 
 
-def _inputs(top: Topology, seed: int = 1, length: int = L) -> dict[str, mx.array]:
+def _inputs(top: Topology, seed: int = 1, frames: int = T) -> dict[str, mx.array]:
     k = mx.random.split(mx.random.key(seed), 4)
     return {
-        "x": mx.random.normal((B, length, top.io_channels), key=k[0]),
+        "x": mx.random.normal((B, top.io_channels, frames), key=k[0]),
         "t": mx.random.uniform(shape=(B,), key=k[1]),
-        "cond_tokens": mx.random.normal((B, S, top.cond_token_dim), key=k[2]),
+        "cross_attn_cond": mx.random.normal((B, S, top.cond_token_dim), key=k[2]),
         "global_cond": mx.random.normal((B, top.cond_token_dim), key=k[3]),
-        "seconds": mx.array([5.0, 47.0]),
     }
 
 
@@ -101,61 +107,78 @@ def test_no_layer_outside_the_target_table(family: str) -> None:
     assert set(_layers(_model(family))) == wanted
 
 
-@pytest.mark.parametrize("family", TINY)
-def test_seconds_conditioner_is_plain_arrays(family: str) -> None:
-    model = _model(family)
-    top = FAMILIES[family].topology
-    params = dict(tree_flatten(model.parameters()))
-    assert params["cond.seconds_total_weight"].shape == (top.cond_token_dim, top.seconds_features)
-    assert params["cond.seconds_total_bias"].shape == (top.cond_token_dim,)
-    assert not any(p.startswith("cond.seconds_total.") for p in params)
-    token = model.cond.seconds_token(mx.array([0.0, 10.0, 1e6]))
-    assert token.shape == (3, top.cond_token_dim)
+@pytest.mark.parametrize("family", [*TINY, "small", "medium"])
+def test_parameters_are_exactly_an_official_base_in_mlx_names(family: str) -> None:
+    """Every tensor of an official full base (biases, gammas, gates, memory tokens, RoPE
+    table), in MLX runtime names and layouts, is a parameter with that shape, and the
+    model has no other; the three conditioner arrays are the Conditioner's."""
+    fam = FAMILIES[family]
+    official = official_full_shapes(fam, memory_tokens=MEMORY)
+    expected: dict[str, tuple[int, ...]] = {}
+    for key, shape in official.items():
+        mlx_key = official_to_mlx_base_key(key)
+        assert mlx_key is not None, key
+        if mlx_key.endswith("conv.weight"):
+            shape = base_layout("mlx", "conv1d").stored_shape(
+                (shape[0], shape[1] * shape[2]), shape[2]
+            )
+        expected[mlx_key] = tuple(shape)
+    dit_params = {k: tuple(v.shape) for k, v in tree_flatten(_model(family).parameters())}
+    cond = build_conditioner(DiTConfig.for_family(family))
+    cond_params = {f"cond.{k}": tuple(v.shape) for k, v in tree_flatten(cond.parameters())}
+    assert {**dit_params, **cond_params} == expected
+    assert not set(dit_params) & set(cond_params)
 
 
-def test_fixture_base_weights_fit_the_model() -> None:
-    """The MLX-runtime base fixture loads: every key exists here with the same shape."""
-    model = _model("tiny-medium")
-    base = mx.load(str(FIXTURE_BASE))
-    params = dict(tree_flatten(model.parameters()))
-    for key, value in base.items():
-        assert key in params, key
-        assert params[key].shape == value.shape, key
-    model.load_weights(list(base.items()), strict=False)
-    model.set_dtype(mx.float32)
-    out = model(**_inputs(FAMILIES["tiny-medium"].topology))
-    assert np.all(np.isfinite(np.array(out)))
+def test_published_sizes() -> None:
+    medium, small = DiTConfig.for_family("medium"), DiTConfig.for_family("small")
+    assert (medium.heads, medium.head_dim, small.heads) == (24, 64, 16)
+    assert medium.memory_tokens == 64 and medium.block_norm_eps == 1e-5
+    assert medium.qk_norm_eps == 1e-6 and medium.max_seconds == 384.0
+    rope = build_dit("tiny-medium").transformer.rotary_pos_emb
+    assert rope.inv_freq.shape == (2,) and rope.inv_freq.dtype == mx.float32
 
 
-def test_head_count_and_config_checks() -> None:
-    assert DiTConfig.for_family("medium").heads == 24  # 64-wide heads at real size
-    assert DiTConfig.for_family("small").head_dim == 64
-    assert DiTConfig.for_family("tiny-medium").heads == 1
-    model = _model("tiny-medium", num_heads=4)
-    assert model.transformer.layers[0].self_attn.heads == 4
-    assert model.transformer.layers[0].self_attn.diff_lambda.shape == (4,)
-    with pytest.raises(ValueError, match="divide embed_dim"):
-        DiTConfig.for_family("tiny-small", num_heads=5)
-    with pytest.raises(ValueError, match="conv_kernel must be odd"):
-        DiTConfig(Topology(embed_dim=8, depth=1, differential=False, conv_kernel=2))
-    with pytest.raises(ValueError, match="global_mult"):
-        DiT(Topology(embed_dim=8, depth=1, differential=False, global_mult=4))
+def test_config_checks() -> None:
+    for bad, match in (
+        (Topology(embed_dim=12, depth=1, differential=False, head_dim=8), "divide"),
+        (Topology(embed_dim=12, depth=1, differential=False, head_dim=6), "multiple of 4"),
+        (Topology(embed_dim=8, depth=1, differential=False, head_dim=4, conv_kernel=2), "odd"),
+        (Topology(embed_dim=8, depth=1, differential=False, head_dim=4, global_mult=4), "global"),
+    ):
+        with pytest.raises(ValueError, match=match):
+            DiTConfig(bad)
+    with pytest.raises(ValueError, match="memory_tokens"):
+        DiTConfig.for_family("tiny-small", memory_tokens=-1)
     with pytest.raises(ValueError, match="overrides"):
-        build_dit(DiTConfig.for_family("tiny-small"), num_heads=2)
+        build_dit(DiTConfig.for_family("tiny-small"), memory_tokens=2)
 
 
 # --------------------------------------------------------------------------- forward
 
 
 @pytest.mark.parametrize("family", TINY)
-def test_forward_shape(family: str) -> None:
+def test_forward_shape_and_local_add(family: str) -> None:
     model = _model(family)
     top = FAMILIES[family].topology
-    out = model(**_inputs(top))
-    assert out.shape == (B, L, top.io_channels) and out.dtype == mx.float32
+    args = _inputs(top)
+    out = model(**args)
+    assert out.shape == (B, top.io_channels, T) and out.dtype == mx.float32
     assert np.all(np.isfinite(np.array(out)))
-    explicit = model(**_inputs(top), local_cond=training_local_cond(B, L, top.io_channels))
-    assert np.array_equal(np.array(out), np.array(explicit))  # None = training default
+    local = training_local_cond(B, T, top.io_channels)
+    with_local = np.array(model(**args, local_add_cond=local))
+    assert not np.allclose(with_local, np.array(out))  # None means no local add at all
+
+
+def test_fp16_run_keeps_dtype() -> None:
+    model = _model("tiny-medium")
+    model.set_dtype(mx.float16)
+    args = {
+        k: v.astype(mx.float16) if k != "t" else v
+        for k, v in _inputs(FAMILIES["tiny-medium"].topology).items()
+    }
+    out = model(**args)
+    assert out.dtype == mx.float16 and np.all(np.isfinite(np.array(out.astype(mx.float32))))
 
 
 def test_forward_rejects_wrong_shapes() -> None:
@@ -164,88 +187,79 @@ def test_forward_rejects_wrong_shapes() -> None:
     args = _inputs(top)
     with pytest.raises(ValueError, match="global_cond has shape"):
         model(**{**args, "global_cond": mx.zeros((B, top.cond_token_dim + 1))})
-    with pytest.raises(ValueError, match="local_cond has shape"):
-        model(**args, local_cond=mx.zeros((B, L, top.io_channels)))
+    with pytest.raises(ValueError, match="local_add_cond has shape"):
+        model(**args, local_add_cond=mx.zeros((B, top.io_channels, T)))
+    with pytest.raises(ValueError, match="x has shape"):
+        model(**{**args, "x": mx.zeros((B, T, top.io_channels))})
 
 
-def test_inpaint_local_cond_layout() -> None:
-    context = mx.full((1, 3, 2), 7.0)
-    cond = np.array(inpaint_local_cond(context, mx.array([[1, 0, 1]])))
-    np.testing.assert_array_equal(cond[0, :, 0], [1, 0, 1])
-    assert np.all(cond[..., 1:] == 7)
+def test_local_cond_layout() -> None:
+    latent = mx.full((1, 2, 3), 7.0)  # (B, io, T)
+    cond = np.array(inpaint_local_cond(latent, mx.array([[1, 0, 1]])))
+    assert cond.shape == (1, 3, 3)
+    np.testing.assert_array_equal(cond[0, 0], [1, 0, 1])
+    assert np.all(cond[:, 1:] == 7)
     default = np.array(training_local_cond(1, 3, 2))
-    assert np.all(default[..., 0] == 1) and np.all(default[..., 1:] == 0)
+    assert np.all(default[:, 0] == 1) and np.all(default[:, 1:] == 0)
 
 
-@pytest.mark.parametrize("family", TINY)
-def test_padding_never_reaches_real_positions(family: str) -> None:
-    """With a mask, padded latents (whatever they hold) change nothing at real positions,
-    and a short clip in a padded batch gives the output it gives alone."""
-    model = _model(family)
-    top = FAMILIES[family].topology
+def test_memory_tokens_are_prepended_and_dropped() -> None:
+    """Zero memory tokens is a valid model; the tokens reach the output only through
+    attention, so changing them changes the frames but never the output length."""
+    top = FAMILIES["tiny-medium"].topology
     args = _inputs(top)
-    mask = mx.array([[True] * L, [True] * 4 + [False] * (L - 4)])
-    out = np.array(model(**args, mask=mask))
-    junk = args["x"].at[1, 4:].add(100.0)
-    out_junk = np.array(model(**{**args, "x": junk}, mask=mask))
-    assert np.array_equal(out[:, :4], out_junk[:, :4]) and np.array_equal(out[0], out_junk[0])
-    alone = {k: v[1:2] for k, v in args.items()}
-    alone["x"] = alone["x"][:, :4]
-    np.testing.assert_allclose(np.array(model(**alone))[0], out[1, :4], rtol=1e-5, atol=1e-5)
+    assert _model("tiny-medium", memory_tokens=0)(**args).shape == (B, top.io_channels, T)
+    model = _model("tiny-medium", memory_tokens=3)
+    before = np.array(model(**args))
+    model.transformer.memory_tokens = model.transformer.memory_tokens + 1.0
+    after = np.array(model(**args))
+    assert after.shape == (B, top.io_channels, T) and not np.allclose(before, after)
 
 
-def test_cond_mask_uses_the_padding_embedding() -> None:
-    model = _model("tiny-medium")
-    args = _inputs(FAMILIES["tiny-medium"].topology)
-    cond_mask = mx.array([[True, True, False], [True, True, True]])
-    a = np.array(model(**args, cond_mask=cond_mask))
-    swapped = args["cond_tokens"].at[0, 2].add(5.0)
-    b = np.array(model(**{**args, "cond_tokens": swapped}, cond_mask=cond_mask))
-    assert np.array_equal(a, b)
+# --------------------------------------------------------------------------- conditioner
 
 
-def _reference_attention(q, k, v, heads: int, lam: np.ndarray, lam_init: float) -> np.ndarray:
-    """Differential attention per the paper, written out in float64 with explicit maps."""
-    q, k, v = (np.asarray(a, dtype=np.float64) for a in (q, k, v))
-    b, tq, _ = q.shape
-    e = v.shape[-1]
-    d = e // heads
-
-    def heads_of(x: np.ndarray) -> np.ndarray:
-        return x.reshape(b, x.shape[1], heads, d).transpose(0, 2, 1, 3)
-
-    def softmax(s: np.ndarray) -> np.ndarray:
-        s = np.exp(s - s.max(-1, keepdims=True))
-        return s / s.sum(-1, keepdims=True)
-
-    q1, q2 = heads_of(q[..., :e]), heads_of(q[..., e:])
-    k1, k2 = heads_of(k[..., :e]), heads_of(k[..., e:])
-    a1 = softmax(q1 @ k1.swapaxes(-1, -2) / math.sqrt(d))
-    a2 = softmax(q2 @ k2.swapaxes(-1, -2) / math.sqrt(d))
-    out = (a1 - lam[None, :, None, None] * a2) @ heads_of(v)
-    out = out / np.sqrt(np.mean(out**2, axis=-1, keepdims=True) + 1e-6) * (1 - lam_init)
-    return out.transpose(0, 2, 1, 3).reshape(b, tq, e)
-
-
-def test_differential_attention_matches_reference() -> None:
-    mx.random.seed(3)
-    attn = CrossAttention(dim=8, heads=2, differential=True, layer_index=3)
-    attn.diff_lambda = mx.array([0.3, 0.7])
-    rng = np.random.default_rng(4)
-    q = rng.normal(size=(2, 5, 16)).astype(np.float32)
-    k = rng.normal(size=(2, 4, 16)).astype(np.float32)
-    v = rng.normal(size=(2, 4, 8)).astype(np.float32)
-    got = np.array(attn.attend(mx.array(q), mx.array(k), mx.array(v), None))
-    want = _reference_attention(q, k, v, 2, np.array([0.3, 0.7]), attn.lambda_init)
-    np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-5)
-    assert attn.lambda_init == pytest.approx(0.8 - 0.6 * math.exp(-0.9))
-
-
-def test_standard_attention_has_no_lambda() -> None:
-    attn = SelfAttention(dim=12, heads=3, differential=False)
-    names = dict(tree_flatten(attn.parameters()))
-    assert set(names) == {"to_qkv.weight", "to_out.weight"}
-    assert attn.to_qkv.weight.shape == (36, 12)
+def test_conditioner_builds_official_context() -> None:
+    top = FAMILIES["tiny-medium"].topology
+    cond = build_conditioner("tiny-medium")
+    rng = np.random.default_rng(0)
+    cond.padding_embedding = mx.array(rng.standard_normal(top.cond_token_dim), dtype=mx.float32)
+    cond.seconds_total_weight = mx.array(
+        rng.standard_normal((top.cond_token_dim, top.seconds_features)), dtype=mx.float32
+    )
+    cond.seconds_total_bias = mx.array(rng.standard_normal(top.cond_token_dim), dtype=mx.float32)
+    prompt = mx.array(rng.standard_normal((2, 5, top.cond_token_dim)), dtype=mx.float32)
+    mask = mx.array([[True] * 5, [True, True, False, False, False]])
+    seconds = mx.array([12.0, 1000.0])
+    cross, glob = cond(prompt, seconds, mask)
+    assert cross.shape == (2, PROMPT_TOKENS + 1, top.cond_token_dim)
+    c = np.array(cross)
+    pad = np.array(cond.padding_embedding)
+    np.testing.assert_array_equal(c[0, :5], np.array(prompt)[0])
+    np.testing.assert_array_equal(c[1, 2], pad)
+    np.testing.assert_array_equal(
+        c[:, 5:PROMPT_TOKENS], np.broadcast_to(pad, c[:, 5:PROMPT_TOKENS].shape)
+    )
+    np.testing.assert_array_equal(c[:, -1], np.array(glob))
+    # clamped to [0, 384]: 1000 s is 384 s, bit for bit
+    clamped = np.array(cond.seconds_embedding(mx.array([384.0, -5.0, 0.0])))
+    np.testing.assert_array_equal(np.array(glob)[1], clamped[0])
+    np.testing.assert_array_equal(clamped[1], clamped[2])
+    # /384, [cos | sin] of 2π s f, Linear — in float64 here. The fp32 angle 2π s f reaches
+    # 2π·10⁴·s rad, whose rounding (not a formula difference) sets the tolerance.
+    half = top.seconds_features // 2
+    f = np.exp(np.log(0.5) + np.arange(half) / (half - 1) * (np.log(1e4) - np.log(0.5)))
+    s = np.array([0.0, 3.0, 12.0]) / 384
+    ang = 2 * np.pi * s[:, None] * f[None, :]
+    feats = np.concatenate([np.cos(ang), np.sin(ang)], -1)
+    w = np.array(cond.seconds_total_weight, np.float64)
+    want = feats @ w.T + np.array(cond.seconds_total_bias, np.float64)
+    got = np.array(cond.seconds_embedding(mx.array([0.0, 3.0, 12.0])))
+    np.testing.assert_allclose(got, want, rtol=0, atol=1e-3)
+    with pytest.raises(ValueError, match="more than"):
+        cond(mx.zeros((1, PROMPT_TOKENS + 1, top.cond_token_dim)), mx.array([1.0]))
+    short, _ = cond(prompt, seconds, mask, length=None)
+    assert short.shape == (2, 6, top.cond_token_dim)
 
 
 # --------------------------------------------------------------------------- adapters
@@ -266,8 +280,8 @@ def test_gradient_reaches_every_adapter(family: str) -> None:
     top = FAMILIES[family].topology
     names = inject(model, "lora", rank=2, alpha=2)
     assert len(names) == len(FAMILIES[family].dit_targets)
-    args = _inputs(top)
-    target = mx.random.normal((B, L, top.io_channels), key=mx.random.key(9))
+    args = {**_inputs(top), "local_add_cond": training_local_cond(B, T, top.io_channels)}
+    target = mx.random.normal((B, top.io_channels, T), key=mx.random.key(9))
     _, grads = nn.value_and_grad(model, lambda m: rectified_flow_loss(m(**args), target))(model)
     flat = dict(tree_flatten(grads))
     assert set(flat) == set(trainable_parameters(model))
@@ -290,13 +304,16 @@ def test_train_dora_rows_and_validate(family: str, tmp_path: Path) -> None:
 
     args = _inputs(top, seed=5)
     keys = mx.random.split(mx.random.key(6), 2)
-    t = shift_timesteps("full", sample_timesteps("logit_normal", keys[0], B), L)
+    t = shift_timesteps("full", sample_timesteps("logit_normal", keys[0], B), T)
     x_t, v, _ = rectified_flow_pair(args.pop("x"), t, keys[1])
     args["t"] = t
-    mask = mx.array([[True] * L, [True] * 4 + [False] * (L - 4)])
+    args["local_add_cond"] = training_local_cond(B, T, top.io_channels)
+    mask = mx.array([[True] * T, [True] * 4 + [False] * (T - 4)])
 
     def loss_fn(m: DiT) -> mx.array:
-        return rectified_flow_loss(m(x_t, **args, mask=mask), v, mask)
+        # the loss takes channels-last (B, T, C) with a (B, T) mask
+        pred = m(x_t, **args).transpose(0, 2, 1)
+        return rectified_flow_loss(pred, v.transpose(0, 2, 1), mask)
 
     step = nn.value_and_grad(model, loss_fn)
     opt = optim.AdamW(learning_rate=3e-3, betas=[0.9, 0.999], eps=1e-8, weight_decay=0.0)

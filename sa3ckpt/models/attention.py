@@ -1,18 +1,18 @@
-"""Self- and cross-attention of the SA3 DiT, standard or differential.
+"""Self- and cross-attention of the SA3 DiT, standard or differential (reference/dit.md).
 
-Differential attention (Ye et al., "Differential Transformer") gives every head two query /
-key pairs and subtracts the second softmax map from the first, scaled by a learnable
-per-head λ: A = softmax(q1 k1ᵀ/√d) − λ softmax(q2 k2ᵀ/√d); out = A v. Subtracting cancels
-attention noise common to both maps. Each head's output is then RMS-normalised and scaled by
-(1 − λ_init), as in the paper, so the output scale does not depend on λ.
+Both normalise q and k per head (RMSNorm over the head width, learned scale, eps 1e-6)
+before attending; self-attention then applies RoPE to the first half of each head. There
+are no projection biases and no masks: the official DiT attends to every token (padded
+prompt positions carry the learned padding embedding instead).
 
-Projection layouts (the only thing adapter shapes see): self-attention `to_qkv` emits
-[q | k | v] with q and k 2E wide when differential (5E) else E (3E); cross-attention `to_q`
-emits 2E or E and `to_kv` emits [k | v] (3E or 2E). A 2E query or key is [q1 | q2], each E
-split into H heads of d = E / H.
+Differential attention (medium) gives every head a second query/key pair and subtracts
+the second attention output: out = SDPA(q, k, v) − SDPA(q2, k2, v), with a shared v, no λ
+and no sub-norm. Since both terms share v this is two fused attention calls, never a
+materialised difference map. The same norm modules serve q and q2 (and k and k2).
 
-Since A v = softmax₁ v − λ softmax₂ v, the differential output is two fused attention calls,
-never a materialised (T × T) difference map.
+Fused projection layouts (official row order, also the MLX runtime's): self `to_qkv` =
+[q|k|v] (3E) or [q|k|v|q2|k2] (5E); cross `to_q` = [q] or [q|q2]; `to_kv` = [k|v] or
+[k|k2|v].
 """
 
 from __future__ import annotations
@@ -22,111 +22,74 @@ import math
 import mlx.core as mx
 import mlx.nn as nn
 
-from sa3ckpt.models.layers import merge_heads, rms, split_heads
+from sa3ckpt.models.layers import RMSNorm, apply_rope, merge_heads, split_heads
+
+Rope = tuple[mx.array, mx.array]  # (cos, sin) of every position, see layers.rope_angles
 
 
-def lambda_init(layer_index: int) -> float:
-    """The paper's depth-dependent initial λ: 0.8 − 0.6 exp(−0.3 · layer)."""
-    return 0.8 - 0.6 * math.exp(-0.3 * layer_index)
+class _Heads(nn.Module):
+    """Per-head q/k norms and the (differential) attention core shared by both kinds."""
 
-
-def _key_mask(mask: mx.array | None) -> mx.array | None:
-    """(B, T_kv) bool -> (B, 1, 1, T_kv), broadcast over heads and queries."""
-    return None if mask is None else mask.astype(mx.bool_)[:, None, None, :]
-
-
-class _Attend(nn.Module):
-    """The shared core: heads, optional differential mixing with its λ parameter."""
-
-    def __init__(
-        self, dim: int, heads: int, differential: bool, layer_index: int, eps: float
-    ) -> None:
+    def __init__(self, dim: int, head_dim: int, differential: bool, eps: float) -> None:
         super().__init__()
-        self.dim = dim
-        self.heads = heads
+        self.heads = dim // head_dim
         self.differential = differential
-        self.eps = eps
-        self.scale = 1.0 / math.sqrt(dim // heads)
-        if differential:
-            self.lambda_init = lambda_init(layer_index)
-            self.diff_lambda = mx.full((heads,), self.lambda_init)
+        self.scale = 1.0 / math.sqrt(head_dim)
+        self.q_norm = RMSNorm(head_dim, eps)
+        self.k_norm = RMSNorm(head_dim, eps)
 
-    @property
-    def qk_mult(self) -> int:
-        """Width of q (and k) in units of E: 2 for differential attention, else 1."""
-        return 2 if self.differential else 1
-
-    def _sdpa(
-        self, q: mx.array, k: mx.array, v: mx.array, mask: mx.array | None, rope: nn.Module | None
-    ) -> mx.array:
-        q, k = split_heads(q, self.heads), split_heads(k, self.heads)
+    def _sdpa(self, q: mx.array, k: mx.array, v: mx.array, rope: Rope | None) -> mx.array:
+        q = self.q_norm(split_heads(q, self.heads))
+        k = self.k_norm(split_heads(k, self.heads))
         if rope is not None:
-            q, k = rope(q), rope(k)
-        return mx.fast.scaled_dot_product_attention(q, k, v, scale=self.scale, mask=mask)
+            q, k = apply_rope(q, *rope), apply_rope(k, *rope)
+        return mx.fast.scaled_dot_product_attention(q, k, v, scale=self.scale)
 
     def attend(
         self,
-        q: mx.array,
-        k: mx.array,
+        queries: list[mx.array],
+        keys: list[mx.array],
         v: mx.array,
-        mask: mx.array | None,
-        rope: nn.Module | None = None,
+        rope: Rope | None = None,
     ) -> mx.array:
-        """q (B, Tq, m·E), k (B, Tk, m·E), v (B, Tk, E), key mask (B, Tk) -> (B, Tq, E)."""
+        """[q] / [q, q2], [k] / [k, k2] (B, T, E) each, v (B, Tk, E) -> (B, Tq, E)."""
         vh = split_heads(v, self.heads)
-        kmask = _key_mask(mask)
-        if not self.differential:
-            return merge_heads(self._sdpa(q, k, vh, kmask, rope))
-        q1, q2 = mx.split(q, 2, axis=-1)
-        k1, k2 = mx.split(k, 2, axis=-1)
-        lam = self.diff_lambda[None, :, None, None]
-        out = self._sdpa(q1, k1, vh, kmask, rope) - lam * self._sdpa(q2, k2, vh, kmask, rope)
-        return merge_heads(rms(out, self.eps) * (1.0 - self.lambda_init))
+        out = self._sdpa(queries[0], keys[0], vh, rope)
+        if self.differential:
+            out = out - self._sdpa(queries[1], keys[1], vh, rope)
+        return merge_heads(out)
 
 
-class SelfAttention(_Attend):
-    """Self-attention over [memory tokens | latents], RoPE on q and k."""
+class SelfAttention(_Heads):
+    """Attention over [memory tokens | latents], RoPE on q and k."""
 
-    def __init__(
-        self,
-        dim: int,
-        heads: int,
-        differential: bool,
-        layer_index: int = 0,
-        rope: bool = True,
-        eps: float = 1e-6,
-    ) -> None:
-        super().__init__(dim, heads, differential, layer_index, eps)
-        width = 2 * self.qk_mult * dim + dim
-        self.to_qkv = nn.Linear(dim, width, bias=False)
-        self.to_out = nn.Linear(dim, dim, bias=False)
-        rope_dims = (dim // heads) // 2 * 2
-        self.rope = nn.RoPE(rope_dims) if rope and rope_dims else None
-
-    def __call__(self, x: mx.array, mask: mx.array | None = None) -> mx.array:
-        qk = self.qk_mult * self.dim
-        q, k, v = mx.split(self.to_qkv(x), [qk, 2 * qk], axis=-1)
-        return self.to_out(self.attend(q, k, v, mask, self.rope))
-
-
-class CrossAttention(_Attend):
-    """Latents attend to the conditioning tokens (text tokens + the seconds token)."""
-
-    def __init__(
-        self,
-        dim: int,
-        heads: int,
-        differential: bool,
-        layer_index: int = 0,
-        eps: float = 1e-6,
-    ) -> None:
-        super().__init__(dim, heads, differential, layer_index, eps)
-        self.to_q = nn.Linear(dim, self.qk_mult * dim, bias=False)
-        self.to_kv = nn.Linear(dim, self.qk_mult * dim + dim, bias=False)
+    def __init__(self, dim: int, head_dim: int, differential: bool, eps: float) -> None:
+        super().__init__(dim, head_dim, differential, eps)
+        self.to_qkv = nn.Linear(dim, (5 if differential else 3) * dim, bias=False)
         self.to_out = nn.Linear(dim, dim, bias=False)
 
-    def __call__(
-        self, x: mx.array, context: mx.array, context_mask: mx.array | None = None
-    ) -> mx.array:
-        k, v = mx.split(self.to_kv(context), [self.qk_mult * self.dim], axis=-1)
-        return self.to_out(self.attend(self.to_q(x), k, v, context_mask))
+    def __call__(self, x: mx.array, rope: Rope) -> mx.array:
+        parts = mx.split(self.to_qkv(x), 5 if self.differential else 3, axis=-1)
+        if self.differential:
+            q, k, v, q2, k2 = parts
+            out = self.attend([q, q2], [k, k2], v, rope)
+        else:
+            q, k, v = parts
+            out = self.attend([q], [k], v, rope)
+        return self.to_out(out)
+
+
+class CrossAttention(_Heads):
+    """Latents attend to the projected context tokens (prompt tokens + the seconds token)."""
+
+    def __init__(self, dim: int, head_dim: int, differential: bool, eps: float) -> None:
+        super().__init__(dim, head_dim, differential, eps)
+        self.to_q = nn.Linear(dim, (2 if differential else 1) * dim, bias=False)
+        self.to_kv = nn.Linear(dim, (3 if differential else 2) * dim, bias=False)
+        self.to_out = nn.Linear(dim, dim, bias=False)
+
+    def __call__(self, x: mx.array, context: mx.array) -> mx.array:
+        queries = mx.split(self.to_q(x), 2 if self.differential else 1, axis=-1)
+        kv = mx.split(self.to_kv(context), 3 if self.differential else 2, axis=-1)
+        keys, v = kv[:-1], kv[-1]
+        return self.to_out(self.attend(list(queries), list(keys), v))

@@ -1,7 +1,12 @@
-"""One SA3 transformer block: local conditioning, adaLN self-attention, cross-attention, GLU.
+"""One SA3 transformer block (reference/dit.md, items 6-9 and 15-17).
+
+Order: (a) adaLN-modulated self-attention, (b) cross-attention behind a plain RMSNorm (no
+modulation, no gate), (c) the local add (inpainting conditioning, audio positions only),
+(d) adaLN-modulated SwiGLU feed-forward. Gated branches are scaled by sigmoid(1 − gate).
 
 Module names are the MLX runtime's (`pre_norm`, `self_attn`, `cross_attn`, `ff.ff.0.proj`,
-`ff.ff.2`, `to_local_embed.seq.N`), so adapter target names resolve to these layers.
+`ff.ff.2`, `to_local_embed.seq.N`, `to_scale_shift_gate`), so runtime weight files load
+as they are and adapter target names resolve to these layers.
 """
 
 from __future__ import annotations
@@ -9,96 +14,87 @@ from __future__ import annotations
 import mlx.core as mx
 import mlx.nn as nn
 
-from sa3ckpt.models.attention import CrossAttention, SelfAttention
-from sa3ckpt.models.layers import mlp, modulate, run_seq
+from sa3ckpt.models.attention import CrossAttention, Rope, SelfAttention
+from sa3ckpt.models.config import ADALN_CHUNKS
+from sa3ckpt.models.layers import RMSNorm, mlp, modulate, run_seq
 
-ADALN_CHUNKS = 6  # scale/shift/gate for self-attention, then for the feed-forward
 
-
-class GLU(nn.Module):
-    """proj: Linear(E, 2H); out = a · SiLU(gate) for [a | gate] = proj(x)."""
+class SwiGLU(nn.Module):
+    """proj: Linear(E, 2H, bias); out = value · SiLU(gate) for [value | gate] = proj(x)."""
 
     def __init__(self, dim: int, hidden: int) -> None:
         super().__init__()
-        self.proj = nn.Linear(dim, 2 * hidden, bias=False)
+        self.proj = nn.Linear(dim, 2 * hidden, bias=True)
 
     def __call__(self, x: mx.array) -> mx.array:
-        a, gate = mx.split(self.proj(x), 2, axis=-1)
-        return a * nn.silu(gate)
+        value, gate = mx.split(self.proj(x), 2, axis=-1)
+        return value * nn.silu(gate)
 
 
 class FeedForward(nn.Module):
-    """`ff = [GLU, Identity, Linear(H, E)]`: index 1 is the (no-op) dropout slot of the runtime."""
+    """`ff = [SwiGLU, Identity, Linear(H, E, bias)]`: index 1 is the runtime's dropout slot."""
 
     def __init__(self, dim: int, mult: int) -> None:
         super().__init__()
         hidden = mult * dim
-        self.ff = [GLU(dim, hidden), nn.Identity(), nn.Linear(hidden, dim, bias=False)]
+        self.ff = [SwiGLU(dim, hidden), nn.Identity(), nn.Linear(hidden, dim, bias=True)]
 
     def __call__(self, x: mx.array) -> mx.array:
         return run_seq(self.ff, x)
 
 
 class LocalEmbed(nn.Module):
-    """`seq = [Linear(local_cond_dim, E), SiLU, Linear(E, E)]`, added to the block input."""
+    """`seq = [Linear(io + 1, E), SiLU, Linear(E, E)]` with biases, added to the audio frames."""
 
     def __init__(self, local_dim: int, dim: int) -> None:
         super().__init__()
-        self.seq = mlp(local_dim, dim, dim)
+        self.seq = mlp(local_dim, dim, dim, bias=True)
 
     def __call__(self, x: mx.array) -> mx.array:
         return run_seq(self.seq, x)
 
 
 class TransformerBlock(nn.Module):
-    """x ← x + local; x ← x + σ(g₁)·SA(adaLN(x)); x ← x + CA(norm(x)); x ← x + σ(g₂)·FF(adaLN(x)).
-
-    The adaLN parameters come from the transformer's shared `global_cond_embedder`; gates
-    pass through a sigmoid so a random or freshly zeroed embedder keeps the residual stream
-    well scaled.
-    """
+    """x += σ(1−g₁)·SA(adaLN(x)); x += CA(norm(x)); x[audio] += local; x += σ(1−g₂)·FF(adaLN(x))."""
 
     def __init__(
         self,
         dim: int,
-        heads: int,
+        head_dim: int,
         differential: bool,
         ff_mult: int,
         local_dim: int,
-        layer_index: int,
-        rope: bool,
-        eps: float,
+        block_eps: float,
+        qk_eps: float,
     ) -> None:
         super().__init__()
-        self.pre_norm = nn.RMSNorm(dim, eps=eps)
-        self.self_attn = SelfAttention(dim, heads, differential, layer_index, rope, eps)
-        self.cross_attend_norm = nn.RMSNorm(dim, eps=eps)
-        self.cross_attn = CrossAttention(dim, heads, differential, layer_index, eps)
-        self.ff_norm = nn.RMSNorm(dim, eps=eps)
+        self.pre_norm = RMSNorm(dim, block_eps)
+        self.self_attn = SelfAttention(dim, head_dim, differential, qk_eps)
+        self.cross_attend_norm = RMSNorm(dim, block_eps)
+        self.cross_attn = CrossAttention(dim, head_dim, differential, qk_eps)
+        self.ff_norm = RMSNorm(dim, block_eps)
         self.ff = FeedForward(dim, ff_mult)
         self.to_local_embed = LocalEmbed(local_dim, dim)
+        # The block's own learned offset to the shared adaLN signal (official init N(0, 1/E)).
+        self.to_scale_shift_gate = mx.random.normal((ADALN_CHUNKS * dim,)) / dim**0.5
 
     def __call__(
         self,
         x: mx.array,
-        adaln: mx.array,
+        modulation: mx.array,
         context: mx.array,
+        rope: Rope,
         local: mx.array | None,
-        mask: mx.array | None = None,
-        context_mask: mx.array | None = None,
+        memory_tokens: int,
     ) -> mx.array:
-        """x (B, T, E) with the memory tokens first; local (B, L, local_dim) for the last L."""
-        if local is not None:
-            emb = self.to_local_embed(local.astype(x.dtype))
-            lead = x.shape[1] - emb.shape[1]
-            if lead:
-                emb = mx.concatenate([mx.zeros((x.shape[0], lead, x.shape[2]), x.dtype), emb], 1)
-            x = x + emb
-        scale_sa, shift_sa, gate_sa, scale_ff, shift_ff, gate_ff = mx.split(
-            adaln, ADALN_CHUNKS, axis=-1
-        )
+        """x (B, M + T, E), memory tokens first; modulation (B, 6E); local (B, T, io + 1)."""
+        chunks = mx.split(self.to_scale_shift_gate + modulation, ADALN_CHUNKS, axis=-1)
+        scale_sa, shift_sa, gate_sa, scale_ff, shift_ff, gate_ff = chunks
         h = modulate(self.pre_norm(x), scale_sa, shift_sa)
-        x = x + mx.sigmoid(gate_sa)[:, None, :] * self.self_attn(h, mask)
-        x = x + self.cross_attn(self.cross_attend_norm(x), context, context_mask)
+        x = x + self.self_attn(h, rope) * mx.sigmoid(1.0 - gate_sa)[:, None, :]
+        x = x + self.cross_attn(self.cross_attend_norm(x), context)
+        if local is not None:
+            audio = x[:, memory_tokens:] + self.to_local_embed(local)
+            x = mx.concatenate([x[:, :memory_tokens], audio], axis=1)
         h = modulate(self.ff_norm(x), scale_ff, shift_ff)
-        return x + mx.sigmoid(gate_ff)[:, None, :] * self.ff(h)
+        return x + self.ff(h) * mx.sigmoid(1.0 - gate_ff)[:, None, :]

@@ -1,59 +1,62 @@
-"""Build-time settings of the MLX SA3 DiT: a family `Topology` plus the non-target knobs.
+"""Build-time settings of the MLX SA3 DiT: a family `Topology` plus the few non-shape knobs.
 
-The `Topology` (sa3ckpt.targets) fixes every adapter-targetable shape; this adds what the
-target table does not pin down (head count, memory tokens, RoPE, normalisation epsilon) so
-tests can build the tiny families with a few small heads while the published sizes keep the
-64-wide heads of the official model.
+The `Topology` (sa3ckpt.targets) fixes every tensor shape, head width included; this adds
+what no weight shape records: the memory-token count (a shape, but not of any target), the
+norm epsilons and the seconds range. The defaults are the official model's
+(reference/dit.md): block RMSNorms eps 1e-5, q/k norms eps 1e-6, 64 memory tokens,
+seconds clamped to [0, 384].
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from sa3ckpt.targets.families import family as lookup_family
 from sa3ckpt.targets.topology import Topology
 
-DEFAULT_HEAD_DIM = 64
+ADALN_CHUNKS = 6  # scale/shift/gate for self-attention, then for the feed-forward
 
 
 @dataclass(frozen=True)
 class DiTConfig:
-    """Everything needed to build a `DiT`. `num_heads=None` means E // 64 (at least 1)."""
+    """Everything needed to build a `DiT` (and its `Conditioner`)."""
 
     topology: Topology
-    num_heads: int | None = None
-    memory_tokens: int = 4  # learned tokens prepended to the latent sequence
-    rope: bool = True  # rotary position embedding on self-attention q/k
-    norm_eps: float = 1e-6
-    max_seconds: float = 256.0  # seconds_total is clipped to [0, max] and scaled to [0, 1]
+    memory_tokens: int = 64  # learned tokens prepended to the latent sequence
+    block_norm_eps: float = 1e-5  # pre_norm, cross_attend_norm, ff_norm
+    qk_norm_eps: float = 1e-6  # per-head q/k RMSNorm
+    max_seconds: float = 384.0  # seconds_total is clamped to [0, max] and scaled to [0, 1]
 
     def __post_init__(self) -> None:
         t = self.topology
-        heads = self.heads
-        if heads < 1 or t.embed_dim % heads:
-            raise ValueError(f"num_heads {heads} must be >= 1 and divide embed_dim {t.embed_dim}")
-        if t.conv_kernel % 2 == 0:
-            raise ValueError(f"conv_kernel must be odd to keep the length, got {t.conv_kernel}")
-        for label, n in (
-            ("timestep_features", t.timestep_features),
-            ("seconds_features", t.seconds_features),
-        ):
-            if n % 2:
-                raise ValueError(f"{label} must be even (sin/cos pairs), got {n}")
-        if self.memory_tokens < 0:
-            raise ValueError(f"memory_tokens must be >= 0, got {self.memory_tokens}")
+        problems = {
+            "head_dim must divide embed_dim": t.embed_dim % t.head_dim,
+            "head_dim must be a multiple of 4 (RoPE rotates pairs of its first half)": t.head_dim
+            % 4,
+            f"global_mult must be {ADALN_CHUNKS} (adaLN chunks)": t.global_mult != ADALN_CHUNKS,
+            "conv_kernel must be odd to keep the length": t.conv_kernel % 2 == 0,
+            "timestep_features must be even (cos/sin pairs)": t.timestep_features % 2,
+            "seconds_features must be even (cos/sin pairs)": t.seconds_features % 2,
+            "memory_tokens must be >= 0": self.memory_tokens < 0,
+            "max_seconds must be > 0": self.max_seconds <= 0,
+        }
+        bad = [why for why, failed in problems.items() if failed]
+        if bad:
+            raise ValueError(f"invalid DiT config ({t}): {'; '.join(bad)}")
 
     @property
     def heads(self) -> int:
-        if self.num_heads is not None:
-            return self.num_heads
-        return max(1, self.topology.embed_dim // DEFAULT_HEAD_DIM)
+        return self.topology.heads
 
     @property
     def head_dim(self) -> int:
-        return self.topology.embed_dim // self.heads
+        return self.topology.head_dim
 
     @classmethod
     def for_family(cls, name: str, **overrides: object) -> DiTConfig:
         """The config of a named family (`medium`, `small`, `tiny-medium`, ...)."""
         return cls(topology=lookup_family(name).topology, **overrides)  # type: ignore[arg-type]
+
+    def with_topology(self, **changes: object) -> DiTConfig:
+        """This config with some topology fields changed (tests build odd shapes this way)."""
+        return replace(self, topology=replace(self.topology, **changes))  # type: ignore[arg-type]

@@ -1,22 +1,18 @@
-"""The SA3 diffusion transformer (DiT) in MLX, named exactly like the MLX runtime.
+"""The SA3 diffusion transformer (DiT) in MLX: the official network, named like the MLX runtime.
 
-Every adapter target of a family (`FAMILIES[f].targets`) is an `nn.Linear` / `nn.Conv1d`
-at its `mlx_name` with the table's shape, except the seconds conditioner, which lives in
-the plain arrays `cond.seconds_total_weight` / `cond.seconds_total_bias`. So
-`sa3ckpt.adapters.inject` selects the same layers here as the official trainer does from a
-`lora_config`, and a saved adapter validates against the family. There are no other Linear /
-Conv1d modules, so injecting with no include pattern cannot pick up a layer no checkpoint
-can name.
+The function is the official DiT's (reference/dit.md; tested against diffusers'
+`StableAudio3DiTModel`, which equals the official model once its block norm eps is 1e-5).
+Every parameter name is the MLX runtime's weight key, so a runtime file loads with
+`load_weights` as it is and every adapter target of a family (`FAMILIES[f].targets`) is an
+`nn.Linear` / `nn.Conv1d` at its `mlx_name`. The seconds conditioner is the separate
+`Conditioner`, as in the runtime.
 
-Numerical parity with the official weights is not a goal (none are available); the data
-flow is the SA3 one:
-
-    x (B, L, io) ─ preprocess_conv (+x) ─ transformer ─ postprocess_conv (+x) ─> v (B, L, io)
-    transformer: project_in ─ [memory | latents] ─ blocks ─ drop memory ─ project_out
-    t ─ Fourier ─ to_timestep_embed ─┐
-    global_cond (+ seconds token) ─ to_global_embed ─ + ─ global_cond_embedder ─ adaLN (6E)
-    [cond_tokens | seconds token] ─ to_cond_embed ─ cross-attention context
-    local_cond (inpaint mask + context, io+1) ─ to_local_embed (per block) ─ added to x
+    x (B, io, T) ─ preprocess_conv (+x) ─ project_in ─ [memory | frames] ─ blocks
+        ─ drop memory ─ project_out ─ postprocess_conv (+h) ─> v (B, io, T)
+    t ─ [cos | sin] features ─ to_timestep_embed ─┐
+    global_cond ─ to_global_embed ────────────────+─ global_cond_embedder ─ adaLN (6E, shared)
+    cross_attn_cond ─ to_cond_embed ─ cross-attention context
+    local_add_cond (B, io + 1, T) ─ to_local_embed (per block) ─ added to the frames
 """
 
 from __future__ import annotations
@@ -24,21 +20,33 @@ from __future__ import annotations
 import mlx.core as mx
 import mlx.nn as nn
 
-from sa3ckpt.models.block import ADALN_CHUNKS, TransformerBlock
-from sa3ckpt.models.config import DiTConfig
-from sa3ckpt.models.embeddings import Conditioner, FourierFeatures
-from sa3ckpt.models.layers import mlp, run_seq
+from sa3ckpt.models.block import TransformerBlock
+from sa3ckpt.models.config import ADALN_CHUNKS, DiTConfig
+from sa3ckpt.models.embeddings import Conditioner
+from sa3ckpt.models.layers import fourier_features, fourier_frequencies, mlp, rope_angles, run_seq
 from sa3ckpt.names.modules import CONDITIONER_ROOT
-from sa3ckpt.targets.topology import Topology
+from sa3ckpt.targets.topology import Topology, rotary_inv_freq
 
 # Adapter configs trained on this model should carry this exclude: the seconds conditioner has
-# no module in the MLX runtime, so `inject` never adapts it, and a config whose patterns still
-# select it would tell every loader (and `sa3ckpt validate`) that a target is missing.
+# no module in the DiT (it is the separate `Conditioner`), so `inject` never adapts it, and a
+# config whose patterns still select it would tell every loader that a target is missing.
 DIT_ONLY_EXCLUDE: tuple[str, ...] = (CONDITIONER_ROOT,)
 
 
+class RotaryEmbedding(nn.Module):
+    """`transformer.rotary_pos_emb`: holds `inv_freq` as checkpoints do (loaded, not derived)."""
+
+    def __init__(self, rope_dim: int) -> None:
+        super().__init__()
+        self.inv_freq = mx.array(rotary_inv_freq(rope_dim), dtype=mx.float32)
+        self.freeze()  # a fixed table, never trained
+
+    def __call__(self, length: int) -> tuple[mx.array, mx.array]:
+        return rope_angles(self.inv_freq, length)
+
+
 class ContinuousTransformer(nn.Module):
-    """`transformer.*`: projections, learned memory tokens, shared adaLN embedder, blocks."""
+    """`transformer.*`: projections, memory tokens, RoPE table, shared adaLN embedder, blocks."""
 
     def __init__(self, config: DiTConfig) -> None:
         super().__init__()
@@ -46,75 +54,63 @@ class ContinuousTransformer(nn.Module):
         e = t.embed_dim
         self.project_in = nn.Linear(t.io_channels, e, bias=False)
         self.project_out = nn.Linear(e, t.io_channels, bias=False)
-        self.global_cond_embedder = mlp(e, e, t.global_mult * e)
+        self.global_cond_embedder = mlp(e, e, ADALN_CHUNKS * e, bias=True)
         self.memory_tokens = mx.random.normal((config.memory_tokens, e)) * 0.02
+        self.rotary_pos_emb = RotaryEmbedding(t.rope_dim)
         self.layers = [
             TransformerBlock(
                 e,
-                config.heads,
+                t.head_dim,
                 t.differential,
                 t.ff_mult,
                 t.local_cond_dim,
-                i,
-                config.rope,
-                config.norm_eps,
+                config.block_norm_eps,
+                config.qk_norm_eps,
             )
-            for i in range(t.depth)
+            for _ in range(t.depth)
         ]
 
     def __call__(
-        self,
-        x: mx.array,
-        global_embed: mx.array,
-        context: mx.array,
-        local: mx.array | None,
-        mask: mx.array | None = None,
-        context_mask: mx.array | None = None,
+        self, x: mx.array, global_embed: mx.array, context: mx.array, local: mx.array | None
     ) -> mx.array:
+        """x (B, T, io) channels-last -> (B, T, io)."""
         h = self.project_in(x)
-        b, n = h.shape[0], self.memory_tokens.shape[0]
-        if n:
-            memory = mx.broadcast_to(self.memory_tokens.astype(h.dtype), (b, n, h.shape[2]))
-            h = mx.concatenate([memory, h], axis=1)
-            if mask is not None:
-                mask = mx.concatenate([mx.ones((b, n), dtype=mx.bool_), mask.astype(mx.bool_)], 1)
-        adaln = run_seq(self.global_cond_embedder, global_embed)
+        b, m = h.shape[0], self.memory_tokens.shape[0]
+        memory = mx.broadcast_to(self.memory_tokens.astype(h.dtype), (b, m, h.shape[2]))
+        h = mx.concatenate([memory, h], axis=1)
+        rope = self.rotary_pos_emb(h.shape[1])
+        modulation = run_seq(self.global_cond_embedder, global_embed)
         for block in self.layers:
-            h = block(h, adaln, context, local, mask, context_mask)
-        return self.project_out(h[:, n:])
+            h = block(h, modulation, context, rope, local, m)
+        return self.project_out(h[:, m:])
 
 
 class DiT(nn.Module):
-    """The SA3 DiT: `model(x, t, cond_tokens, global_cond, seconds, local_cond) -> v`.
+    """The SA3 DiT: `dit(x, t, cross_attn_cond, global_cond, local_add_cond=None) -> v`.
 
-    Shapes: x (B, L, io_channels) channels-last latents; t (B,) in [0, 1]; cond_tokens
-    (B, S, cond_token_dim); global_cond (B, cond_token_dim); seconds (B,) seconds_total;
-    local_cond (B, L, io_channels + 1) or None for the training default (see
-    `training_local_cond`); mask (B, L) marks real latents (padding is not attended to);
-    cond_mask (B, S) marks real conditioning tokens (others become `cond.padding_embedding`).
-    Returns the predicted velocity (B, L, io_channels). With a mask, the outputs at real
-    positions do not depend on what the padding holds.
+    The official DiT wrapper's call: x (B, io, T) channels-first latents; t (B,) timesteps
+    (sigma, 0 = data, 1 = noise); cross_attn_cond (B, N, D) prompt tokens already padded
+    with the padding embedding, then the seconds token (`Conditioner`); global_cond (B, D)
+    the seconds embedding; local_add_cond (B, io + 1, T) [inpaint mask | masked latent] or
+    None (no local add; official generation passes zeros, training an all-ones mask, see
+    `training_local_cond`). Returns the velocity (B, io, T) in the input dtype.
     """
 
     def __init__(self, config: DiTConfig | Topology) -> None:
         super().__init__()
         if isinstance(config, Topology):
             config = DiTConfig(config)
-        t = config.topology
-        if t.global_mult != ADALN_CHUNKS:
-            raise ValueError(
-                f"global_mult must be {ADALN_CHUNKS} (adaLN chunks), got {t.global_mult}"
-            )
         self.config = config
+        t = config.topology
         e, io, k = t.embed_dim, t.io_channels, t.conv_kernel
         self.preprocess_conv = nn.Conv1d(io, io, k, padding=k // 2, bias=False)
         self.postprocess_conv = nn.Conv1d(io, io, k, padding=k // 2, bias=False)
-        self.timestep_features = FourierFeatures(t.timestep_features)
-        self.to_timestep_embed = mlp(t.timestep_features, e, e, first_bias=True)
-        self.to_cond_embed = mlp(t.cond_token_dim, e, e, first_bias=True)
-        self.to_global_embed = mlp(t.cond_token_dim, e, e, first_bias=True)
-        self.cond = Conditioner(t.cond_token_dim, t.seconds_features, config.max_seconds)
+        self.to_timestep_embed = mlp(t.timestep_features, e, e, bias=True)
+        self.to_cond_embed = mlp(t.cond_token_dim, e, e, bias=False)
+        self.to_global_embed = mlp(t.cond_token_dim, e, e, bias=False)
         self.transformer = ContinuousTransformer(config)
+        # A fixed float32 table (numpy, so never a parameter): see layers.fourier_frequencies.
+        self.timestep_frequencies = fourier_frequencies(t.timestep_features)
 
     @property
     def topology(self) -> Topology:
@@ -124,87 +120,73 @@ class DiT(nn.Module):
         self,
         x: mx.array,
         t: mx.array,
-        cond_tokens: mx.array,
+        cross_attn_cond: mx.array,
         global_cond: mx.array,
-        seconds: mx.array,
-        local_cond: mx.array | None = None,
-        mask: mx.array | None = None,
-        cond_mask: mx.array | None = None,
+        local_add_cond: mx.array | None = None,
     ) -> mx.array:
-        self._check(x, t, cond_tokens, global_cond, seconds, local_cond)
-        if local_cond is None:
-            local_cond = training_local_cond(x.shape[0], x.shape[1], x.shape[2], x.dtype)
-        seconds_token = self.cond.seconds_token(seconds).astype(cond_tokens.dtype)
-        tokens = self.cond.pad_tokens(cond_tokens, cond_mask)
-        tokens = mx.concatenate([tokens, seconds_token[:, None, :]], axis=1)
-        if cond_mask is not None:
-            cond_mask = mx.concatenate(
-                [cond_mask.astype(mx.bool_), mx.ones((x.shape[0], 1), dtype=mx.bool_)], axis=1
-            )
-        context = run_seq(self.to_cond_embed, tokens)
-        time_embed = run_seq(self.to_timestep_embed, self.timestep_features(t))
-        global_embed = run_seq(self.to_global_embed, global_cond + seconds_token) + time_embed
-        keep = None if mask is None else mask.astype(x.dtype)[..., None]
-        x = x if keep is None else x * keep
-        h = self.preprocess_conv(x) + x
-        h = self.transformer(h, global_embed, context, local_cond, mask, cond_mask)
-        # Zero the padding before each k > 1 convolution so it cannot leak into real frames.
-        h = h if keep is None else h * keep
-        return self.postprocess_conv(h) + h
+        self._check(x, t, cross_attn_cond, global_cond, local_add_cond)
+        dtype = x.dtype
+        context = run_seq(self.to_cond_embed, cross_attn_cond.astype(dtype))
+        time_features = fourier_features(t, self.timestep_frequencies).astype(dtype)
+        time_embed = run_seq(self.to_timestep_embed, time_features)
+        global_embed = run_seq(self.to_global_embed, global_cond.astype(dtype)) + time_embed
+        frames = x.transpose(0, 2, 1)
+        h = self.preprocess_conv(frames) + frames
+        local = None if local_add_cond is None else local_add_cond.astype(dtype).transpose(0, 2, 1)
+        h = self.transformer(h, global_embed, context, local)
+        out = self.postprocess_conv(h) + h
+        return out.transpose(0, 2, 1)
 
     def _check(
         self,
         x: mx.array,
         t: mx.array,
-        cond_tokens: mx.array,
+        cross_attn_cond: mx.array,
         global_cond: mx.array,
-        seconds: mx.array,
-        local_cond: mx.array | None,
+        local_add_cond: mx.array | None,
     ) -> None:
         """Fail with the expected shapes rather than deep inside a matmul."""
         top = self.topology
-        b = x.shape[0]
-        length = x.shape[1] if x.ndim == 3 else -1
-        expected = {
-            "x": (x, (b, length, top.io_channels)),
+        if x.ndim != 3:
+            raise ValueError(f"x has shape {x.shape}, expected (B, {top.io_channels}, T)")
+        b, _, frames = x.shape
+        n = cross_attn_cond.shape[1] if cross_attn_cond.ndim == 3 else -1
+        expected: dict[str, tuple[mx.array, tuple[int, ...]]] = {
+            "x": (x, (b, top.io_channels, frames)),
             "t": (t, (b,)),
-            "cond_tokens": (cond_tokens, (b, cond_tokens.shape[1], top.cond_token_dim)),
+            "cross_attn_cond": (cross_attn_cond, (b, n, top.cond_token_dim)),
             "global_cond": (global_cond, (b, top.cond_token_dim)),
-            "seconds": (seconds, (b,)),
         }
-        if local_cond is not None:
-            expected["local_cond"] = (local_cond, (b, length, top.local_cond_dim))
+        if local_add_cond is not None:
+            expected["local_add_cond"] = (local_add_cond, (b, top.local_cond_dim, frames))
         for name, (value, shape) in expected.items():
             if value.shape != shape:
                 raise ValueError(f"{name} has shape {value.shape}, expected {shape}")
 
 
 def training_local_cond(
-    batch: int, length: int, io_channels: int, dtype: mx.Dtype = mx.float32
+    batch: int, frames: int, io_channels: int, dtype: mx.Dtype = mx.float32
 ) -> mx.array:
-    """The training-time local_add_cond: inpaint mask all ones (channel 0), zero context.
+    """The training-time local_add_cond (B, io + 1, T): inpaint mask all ones, zero context."""
+    return inpaint_local_cond(mx.zeros((batch, io_channels, frames), dtype), None)
 
-    Layout (B, L, 1 + io_channels): channel 0 is the inpaint mask (1 = generate), channels
-    1.. the known-audio latents (zero: nothing is given).
+
+def inpaint_local_cond(masked_latent: mx.array, mask: mx.array | None) -> mx.array:
+    """local_add_cond (B, io + 1, T) = [mask | masked latent] from (B, io, T) and (B, T).
+
+    `mask` None means all ones (the whole clip is generated, nothing is given).
     """
-    return inpaint_local_cond(mx.zeros((batch, length, io_channels), dtype), None)
-
-
-def inpaint_local_cond(context: mx.array, generate: mx.array | None) -> mx.array:
-    """local_add_cond from context latents (B, L, io) and a generate-mask (B, L) (None = all).
-
-    Where the mask is 1 the model generates; where 0 it should keep `context`.
-    """
-    b, length, _ = context.shape
-    if generate is None:
-        generate = mx.ones((b, length), dtype=context.dtype)
-    return mx.concatenate([generate.astype(context.dtype)[..., None], context], axis=-1)
+    b, _, frames = masked_latent.shape
+    if mask is None:
+        mask = mx.ones((b, frames), dtype=masked_latent.dtype)
+    return mx.concatenate([mask.astype(masked_latent.dtype)[:, None, :], masked_latent], axis=1)
 
 
 def build_dit(family_or_config: str | Topology | DiTConfig, **overrides: object) -> DiT:
     """A DiT for a family name, a Topology or a DiTConfig; `overrides` set DiTConfig fields.
 
-    e.g. `build_dit("tiny-medium", num_heads=2, memory_tokens=2)`.
+    e.g. `build_dit("tiny-medium", memory_tokens=2)`. Weights are randomly initialised;
+    `load_dit` builds one from a checkpoint.
     """
     if isinstance(family_or_config, str):
         config = DiTConfig.for_family(family_or_config, **overrides)
@@ -215,3 +197,11 @@ def build_dit(family_or_config: str | Topology | DiTConfig, **overrides: object)
     else:
         config = family_or_config
     return DiT(config)
+
+
+def build_conditioner(config: DiTConfig | str) -> Conditioner:
+    """The conditioner that goes with a DiT config (zero arrays until loaded)."""
+    if isinstance(config, str):
+        config = DiTConfig.for_family(config)
+    t = config.topology
+    return Conditioner(t.cond_token_dim, t.seconds_features, config.max_seconds)

@@ -10,6 +10,8 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass
 
+import numpy as np
+
 from sa3ckpt.layout import base_layout
 from sa3ckpt.names.modules import (
     BLOCK_MODULES,
@@ -36,11 +38,31 @@ class Topology:
     global_mult: int = 6  # adaLN: global_cond_embedder.2 outputs global_mult * E
     ff_mult: int = 4  # feed-forward hidden = ff_mult * E (GLU projection doubles it)
     conv_kernel: int = 1  # kernel size of pre/post-process Conv1d
+    head_dim: int = 64  # attention head width (official: 64, so heads = E / 64)
+
+    @property
+    def heads(self) -> int:
+        """Attention heads per layer: E / head_dim."""
+        return self.embed_dim // self.head_dim
+
+    @property
+    def rope_dim(self) -> int:
+        """Head dims RoPE rotates: the first half of each head (32 of 64 in the official DiT)."""
+        return self.head_dim // 2
 
     @property
     def local_cond_dim(self) -> int:
         """Per-block local conditioning input: latent channels + an inpaint mask channel."""
         return self.io_channels + 1
+
+
+def rotary_inv_freq(rope_dim: int, base: float = 10000.0) -> np.ndarray:
+    """The RoPE inverse frequencies base^(-i/rope_dim), i = 0, 2, 4, … < rope_dim (float64).
+
+    What the official DiT keeps in `transformer.rotary_pos_emb.inv_freq` (16 values for 64-wide
+    heads); each frequency rotates one pair (j, j + n) of the first 2n head dims.
+    """
+    return 1.0 / (base ** (np.arange(0, rope_dim, 2, dtype=np.float64) / rope_dim))
 
 
 ShapeRule = Callable[[Topology], tuple[int, int]]

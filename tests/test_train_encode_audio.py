@@ -13,7 +13,9 @@ import numpy as np
 import pytest
 
 from sa3ckpt.errors import UsageError
+from sa3ckpt.models import build_dit
 from sa3ckpt.models.toy_codec import StridedConvEncoder
+from sa3ckpt.targets.families import FAMILIES
 from sa3ckpt.train.encode_audio import (
     SAME_LATENT_CHANNELS,
     SAME_SAMPLES_PER_LATENT,
@@ -29,6 +31,7 @@ from sa3ckpt.train.encode_audio import (
     latent_mask,
     pad_to_alignment,
 )
+from sa3ckpt.train.loss import rectified_flow_loss
 
 HOP = 4
 LATENT_C = 3
@@ -123,6 +126,27 @@ def test_encode_shapes_and_mask_for_a_padded_batch() -> None:
     assert out.latents.shape == (3, 5, LATENT_C) and out.latents.dtype == mx.float32
     assert out.lengths == (3, 5, 1)  # ceil(valid / hop)
     np.testing.assert_array_equal(np.array(out.mask).sum(axis=1), [3, 5, 1])
+
+
+def test_dit_latents_are_the_channels_first_view_the_dit_and_loss_take() -> None:
+    """audio -> EncodedBatch -> DiT x and loss with no transpose of the caller's own."""
+    clips = [_audio(1, 30, 2)[0], _audio(1, 13, 3)[0]]
+    batch, lengths = collate_clips(clips, SAMPLE_RATE)
+    enc = StridedConvEncoder(HOP, FAMILIES["tiny-small"].topology.io_channels)
+    out = encode_latents(enc, batch, lengths=lengths)
+    x = out.dit_latents
+    b, frames, c = out.latents.shape
+    assert x.shape == (b, c, frames)
+    assert np.array_equal(np.array(x), np.swapaxes(np.array(out.latents), 1, 2))
+    top = FAMILIES["tiny-small"].topology
+    dit = build_dit("tiny-small", memory_tokens=2)
+    cond = mx.zeros((b, 3, top.cond_token_dim))
+    v = dit(x, mx.array([0.3, 0.7]), cond, mx.zeros((b, top.cond_token_dim)))
+    assert v.shape == x.shape
+    # the loss reads the same layout with the batch's (B, T) mask; padding frames do not count
+    loss = rectified_flow_loss(v, x, out.mask)
+    junk = mx.where(out.mask[:, None, :], x, 1e3)
+    assert float(rectified_flow_loss(v, junk, out.mask)) == pytest.approx(float(loss), rel=1e-6)
 
 
 def test_batched_latents_equal_each_clip_encoded_alone() -> None:

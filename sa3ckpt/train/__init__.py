@@ -1,10 +1,15 @@
-"""Training helpers for SA3 adapters on the MLX DiT: timesteps, loss, audio -> latents.
+"""Training helpers for SA3 adapters on the MLX DiT: timesteps, loss, CFG dropout, audio -> latents.
+
+Latents are channels-first (B, C, T) with (B, T) masks, the DiT's layout, everywhere except
+`EncodedBatch.latents` (channels-last, as encoders return them; `EncodedBatch.dit_latents` is
+the DiT view).
 
 The model itself lives in `sa3ckpt.models`; adapters are injected and saved with
 `sa3ckpt.adapters` (`inject`, `to_checkpoint`) and `sa3ckpt.adapters.checkpoint`
 (`save_checkpoint`). See the README's training section for an end-to-end example.
 """
 
+from sa3ckpt.train.cfg_dropout import CFG_DROPOUT, cfg_dropout
 from sa3ckpt.train.encode_audio import (
     SAMPLE_RATE,
     EncodedBatch,
@@ -20,6 +25,7 @@ from sa3ckpt.train.encode_audio import (
     pad_to_alignment,
 )
 from sa3ckpt.train.loss import (
+    DIT_CHANNEL_AXIS,
     NORMALISATIONS,
     noise_latents,
     per_sample_loss,
@@ -37,6 +43,8 @@ from sa3ckpt.train.timesteps import (
 )
 
 __all__ = [
+    "CFG_DROPOUT",
+    "DIT_CHANNEL_AXIS",
     "NORMALISATIONS",
     "SAMPLERS",
     "SAMPLE_RATE",
@@ -45,6 +53,7 @@ __all__ = [
     "EncoderSpec",
     "LatentEncoder",
     "as_key",
+    "cfg_dropout",
     "check_audio",
     "chunk_plan",
     "collate_clips",

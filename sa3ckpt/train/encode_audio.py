@@ -11,7 +11,10 @@ an inner edge (no crossfade). A latent is then computed from a window that conta
 receptive field, so when the overlap covers the encoder's context the stitched result equals
 whole-clip encoding exactly; with less overlap it is an approximation near the seams.
 
-Audio is channels-last, (samples, 2) or (batch, samples, 2), matching MLX convolutions.
+Audio is channels-last, (samples, 2) or (batch, samples, 2), matching MLX convolutions, and
+so is what an encoder returns: latents (B, T, C). The DiT, its conditioning helpers and the
+loss take the official channels-first (B, C, T); `EncodedBatch.dit_latents` is the one place
+that converts, so audio -> latents -> DiT needs no transpose of its own.
 """
 
 from __future__ import annotations
@@ -64,11 +67,21 @@ class EncoderSpec:
 
 @dataclass(frozen=True)
 class EncodedBatch:
-    """Latents (B, T, C) float32, mask (B, T) bool (True = real frame), lengths (B,) int."""
+    """Latents (B, T, C) float32, mask (B, T) bool (True = real frame), lengths (B,) int.
+
+    `latents` is channels-last as the encoder produced it; feed the DiT `dit_latents`.
+    """
 
     latents: mx.array
     mask: mx.array
     lengths: tuple[int, ...]
+
+    @property
+    def dit_latents(self) -> mx.array:
+        """The latents channels-first (B, C, T): the layout `sa3ckpt.models.DiT` takes as x,
+        `rectified_flow_pair` keeps and `rectified_flow_loss` reads by default (with `mask`
+        (B, T) unchanged), as the official DiT wrapper does."""
+        return self.latents.transpose(0, 2, 1)
 
 
 # --------------------------------------------------------------------------- input checks

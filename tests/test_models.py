@@ -3,7 +3,8 @@
 The target table (`FAMILIES[f].targets`) is the contract for adapters: every DiT target must
 be an `nn.Linear` / `nn.Conv1d` at its `mlx_name` with the table's shape, nothing else may
 be a Linear / Conv1d, and an adapter trained on the model must pass `sa3ckpt validate
---strict` (tests/test_train_smoke.py trains one on a loaded base and checks). The full parameter set must be exactly an official base's, in MLX runtime names
+--strict` (tests/test_train_smoke.py trains one on a loaded base and checks). The full
+parameter set must be exactly an official base's, in MLX runtime names
 (`synth.official_full_shapes`). That the function is the official one is test_dit_oracle's
 job (against diffusers).
 """

@@ -25,6 +25,7 @@ from sa3ckpt.cli import (
     cmd_targets,
     cmd_tui,
     cmd_validate,
+    cmd_verify,
 )
 from sa3ckpt.errors import EXIT_OK, Interrupted, OutputError, Sa3ckptError, UsageError
 from sa3ckpt.io.atomic import user_path
@@ -73,6 +74,12 @@ COMMANDS: tuple[Command, ...] = (
         "bake adapters into a base at fixed strengths",
         cmd_merge.add_arguments,
         cmd_merge.run,
+    ),
+    Command(
+        "verify",
+        "check a merge at the DiT's output: adapters live vs the merged weights",
+        cmd_verify.add_arguments,
+        cmd_verify.run,
     ),
     Command(
         "bases",

@@ -64,7 +64,10 @@ def _fit_problem(adapter: TargetAdapter, rank: int, fan_out: int, fan_in: int) -
 AdapterSource = Callable[[AdapterCheckpoint, str, np.ndarray | None], tuple[TargetAdapter, str]]
 
 
-def _plain_source(bases: XsBases | None) -> AdapterSource:
+def checkpoint_source(bases: XsBases | None) -> AdapterSource:
+    """Each target's adapter straight from its checkpoint (XS bases: stored, `bases`, else an
+    SVD of the weight being adapted); `merged_updates` callers without a cache use this."""
+
     def build(
         ckpt: AdapterCheckpoint, target: str, base_2d: np.ndarray | None
     ) -> tuple[TargetAdapter, str]:
@@ -154,7 +157,7 @@ def apply_checkpoints(
     strengths repeatedly without compounding.
     """
     updates, ledger = merged_updates(
-        _flat_parameters(model), adapters, semantics, _plain_source(bases)
+        _flat_parameters(model), adapters, semantics, checkpoint_source(bases)
     )
     model.update(tree_unflatten(updates))
     mx.eval(model.parameters())
@@ -202,7 +205,7 @@ class AdapterSession:
     ) -> tuple[TargetAdapter, str]:
         key = (id(ckpt), target)
         if key not in self._cache:
-            self._cache[key] = _plain_source(self._bases)(ckpt, target, base_2d)
+            self._cache[key] = checkpoint_source(self._bases)(ckpt, target, base_2d)
         return self._cache[key]
 
     def materialize(self) -> ApplyLedger:

@@ -72,10 +72,15 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--frames",
         type=int,
         default=DEFAULT_FRAMES,
-        help=f"latent frames (default {DEFAULT_FRAMES})",
+        metavar="N",
+        help=f"latent frames of the inputs (default {DEFAULT_FRAMES})",
     )
     parser.add_argument(
-        "--seed", type=int, default=DEFAULT_SEED, help=f"input seed (default {DEFAULT_SEED})"
+        "--seed",
+        type=int,
+        default=DEFAULT_SEED,
+        metavar="N",
+        help=f"seed of the random inputs (default {DEFAULT_SEED})",
     )
     parser.add_argument(
         "--strict",

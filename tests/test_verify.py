@@ -24,6 +24,7 @@ from sa3ckpt.adapters.formats import load_adapter
 from sa3ckpt.errors import IncompatibleError, MalformedFileError, UsageError
 from sa3ckpt.models import DIT_ONLY_EXCLUDE, load_dit
 from sa3ckpt.names import SECONDS_CONDITIONER
+from sa3ckpt.ops import verify_probe
 from sa3ckpt.ops.apply import apply_checkpoints
 from sa3ckpt.ops.bases import compute_bases_file
 from sa3ckpt.ops.convert_base import convert_base
@@ -240,6 +241,18 @@ def test_live_application_equals_the_trainable_modules(work: Path) -> None:
     want = np.concatenate(run_probe(modules.dit, modules.conditioner, probe))
     got = np.concatenate(run_probe(applied.dit, applied.conditioner, probe))
     assert np.linalg.norm(got - want) <= 1e-5 * np.linalg.norm(want)
+
+
+def test_cases_on_parallel_streams_equal_one_after_the_other(
+    work: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    loaded = load_dit(_base(work))
+    probe = make_probe(loaded.dit.topology, seed=2)
+    monkeypatch.setattr(verify_probe, "cores", lambda: 2)
+    parallel = run_probe(loaded.dit, loaded.conditioner, probe)
+    monkeypatch.setattr(verify_probe, "cores", lambda: 1)
+    serial = run_probe(loaded.dit, loaded.conditioner, probe)
+    assert all(np.array_equal(a, b) for a, b in zip(parallel, serial, strict=True))
 
 
 def test_inputs_are_seeded_and_cover_both_local_conds(work: Path) -> None:

@@ -13,7 +13,6 @@ across releases and machines), not from MLX's, so a seed means the same inputs e
 from __future__ import annotations
 
 import threading
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any
 
@@ -119,18 +118,14 @@ def make_probe(topology: Topology, seed: int = DEFAULT_SEED, frames: int = DEFAU
 _STREAMS = threading.local()
 
 
-def _stream() -> mx.Stream:
-    """This thread's own CPU stream (MLX streams are per thread; a worker has none)."""
-    if not hasattr(_STREAMS, "cpu"):
-        _STREAMS.cpu = mx.new_stream(mx.cpu)
-    return _STREAMS.cpu
-
-
-def _case(dit: DiT, case: ProbeCase, cross: mx.array, glob: mx.array) -> np.ndarray:
-    with mx.stream(_stream()):
-        t = mx.array([case.t], dtype=mx.float32)
-        y = dit(case.x, t, cross, glob, case.local_add_cond)
-        return np.array(y.astype(mx.float32), dtype=np.float32)
+def _streams(count: int) -> list[mx.Stream]:
+    """`count` CPU streams of the calling thread (MLX streams belong to the thread that made
+    them), made once and reused: each stream is run by its own MLX scheduler thread."""
+    made: list[mx.Stream] = getattr(_STREAMS, "cpu", [])
+    while len(made) < count:
+        made.append(mx.new_stream(mx.cpu))
+    _STREAMS.cpu = made
+    return made[:count]
 
 
 def run_probe(dit: DiT, conditioner: Conditioner | None, probe: Probe) -> list[np.ndarray]:
@@ -138,9 +133,10 @@ def run_probe(dit: DiT, conditioner: Conditioner | None, probe: Probe) -> list[n
 
     With a conditioner, cross-attention and global conditioning are built by it from the
     probe's prompt and seconds (so its arrays are part of what is compared); without, the
-    probe's random ones are used. The cases run in parallel, one per core: MLX's Linux CPU
-    build runs a matrix product on one core, so this is what uses the second one (results
-    are the same bit for bit as one after the other).
+    probe's random ones are used. The cases are built on separate MLX streams, one per core,
+    and evaluated together: MLX's Linux CPU build runs a matrix product on one core, and
+    streams are what runs them side by side (the results are those of one after the other,
+    bit for bit). No Python threads: MLX aborted at exit after streams made in them.
     """
     if conditioner is not None:
         cross, glob = conditioner(
@@ -149,11 +145,16 @@ def run_probe(dit: DiT, conditioner: Conditioner | None, probe: Probe) -> list[n
     else:
         cross, glob = probe.random_cross_attn_cond, probe.random_global_cond
     mx.eval(cross, glob, dit.parameters())
-    workers = min(len(probe.cases), cores())
-    if workers <= 1:
-        return [_case(dit, case, cross, glob) for case in probe.cases]
-    with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="sa3ckpt-verify") as pool:
-        return list(pool.map(lambda case: _case(dit, case, cross, glob), probe.cases))
+    count = min(len(probe.cases), cores())
+    streams = _streams(count) if count > 1 else [mx.default_stream(mx.cpu)]
+    outputs = []
+    for index, case in enumerate(probe.cases):
+        with mx.stream(streams[index % len(streams)]):
+            t = mx.array([case.t], dtype=mx.float32)
+            y = dit(case.x, t, cross, glob, case.local_add_cond).astype(mx.float32)
+            outputs.append(y)
+    mx.eval(outputs)
+    return [np.array(y, dtype=np.float32) for y in outputs]
 
 
 __all__ = ["DEFAULT_FRAMES", "DEFAULT_SEED", "Probe", "ProbeCase", "make_probe", "run_probe"]

@@ -140,7 +140,7 @@ class VerifyReport:
         if self.verdict == FAIL:
             if not n.merged_finite:
                 return f"FAIL: MERGED's output has NaN/Inf ({self.merged.path})"
-            times = f", {n.ratio:.3g}× the floor" if n.ratio is not None else ""
+            times = f", {fmt(n.ratio)}× the floor" if n.ratio is not None else ""
             return (
                 f"FAIL: MERGED differs from BASE + adapters by {fmt(n.difference)}{times} "
                 f"({self.floor_dtype} rounding floor {fmt(n.rounding_floor)}; {limit})"
@@ -189,7 +189,7 @@ class VerifyReport:
             f"(‖y_rounded − y_live‖ / ‖y_live‖); limit {self.tolerance:g} × floor + {EPSILON:g} "
             f"= {fmt(n.threshold)}",
             f"difference: {fmt(n.difference)} (‖y_merged − y_live‖ / ‖y_live‖"
-            + (f", {n.ratio:.3g}× the floor)" if n.ratio is not None else ")"),
+            + (f", {fmt(n.ratio)}× the floor)" if n.ratio is not None else ")"),
             f"MERGED's change from BASE: {fmt(n.apparent_scale)}× the adapters' "
             f"(off their direction: {fmt(n.off_direction)})",
         ]

@@ -101,7 +101,7 @@ def make_probe(topology: Topology, seed: int = DEFAULT_SEED, frames: int = DEFAU
         cases.append(ProbeCase(t, local, x, cond))
     tokens = PROMPT_TOKENS + PADDING_TOKENS
     mask = np.arange(tokens)[None, :] < PROMPT_TOKENS
-    # Evaluated now: a lazy array belongs to this thread's stream, and cases run on others.
+    # Materialised now, so no case graph recomputes them (and none depends on a stream).
     mx.eval([(c.x, c.local_add_cond) for c in cases])
     return Probe(
         seed=seed,

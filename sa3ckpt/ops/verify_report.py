@@ -161,19 +161,20 @@ def failure_hints(numbers: Numbers) -> list[str]:
         return []
     if off <= ALONG_DIRECTION:
         return [
-            f"MERGED's change from BASE is {scale:.3g}× the live adapters' change, mostly in "
+            f"MERGED's change from BASE is {fmt(scale)}× the live adapters' change, mostly in "
             f"their direction ({off:.0%} off it): merged at other strengths (or with "
             "--exclude/--only) than given here?"
         ]
     return [
-        f"MERGED's change from BASE is {scale:.3g}× the live adapters' change with {off:.0%} of "
+        f"MERGED's change from BASE is {fmt(scale)}× the live adapters' change with {off:.0%} of "
         "it in another direction: other adapters, another --semantics, other XS bases, or "
         "another base?"
     ]
 
 
 def fmt(value: float | None) -> str:
-    return "-" if value is None else f"{value:.3g}"
+    """Three significant digits, trailing zeros kept (1.00×, 0.00119)."""
+    return "-" if value is None else f"{value:#.3g}".rstrip(".")
 
 
 __all__ = [

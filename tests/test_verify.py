@@ -135,6 +135,22 @@ def test_mlx_merged_checked_against_an_official_base(work: Path) -> None:
     assert report.verdict == PASS, report.lines()
 
 
+def test_diffusers_folders_either_side(work: Path) -> None:
+    """A transformer folder has no seconds conditioner: both runs get random conditioning and
+    the seconds target is skipped, whichever side the folder is on."""
+    folder = str(work / "diffusers-base")
+    convert_base(_base(work), folder, to="diffusers", force=True)
+    merged_folder = str(work / "diffusers-merged")
+    merge_checkpoint(folder, _args((LORA, 1.0)), merged_folder, force=True)
+    merged_official = _merge(work, "lora-official", [(LORA, 1.0)])
+    for base, merged in ((_base(work), merged_folder), (folder, merged_official)):
+        report = verify_merge(base, _args((LORA, 1.0)), merged)
+        assert report.verdict == PASS, report.lines()
+        assert "diffusers" in (report.base.naming, report.merged.naming)
+        assert report.conditioning.startswith("random")
+        assert [t for t, _ in report.skipped] == [SECONDS_CONDITIONER]
+
+
 def test_xs_with_a_bases_file(work: Path) -> None:
     bases = str(work / "bases.safetensors")
     compute_bases_file(_base(work), bases, rank=4, force=True)
@@ -283,6 +299,11 @@ def test_refusals(work: Path) -> None:
         _verify(work, [(MEDIUM_LORA, 1.0)], merged)
     with pytest.raises(IncompatibleError, match="not the same DiT"):
         _verify(work, [(LORA, 1.0)], _base(work, "medium"))
+    no_cond = _merge(work, "lora-nc", [(LORA, 1.0)])
+    tensors = {k: v for k, v in load_file(no_cond).items() if not k.startswith("conditioner.")}
+    save_file(tensors, no_cond)
+    with pytest.raises(IncompatibleError, match="no adapter target is left to check"):
+        _verify(work, [(LORA, 1.0)], no_cond, only="conditioner")
     with pytest.raises(UsageError, match="semantics"):
         _verify(work, [(LORA, 1.0)], merged, semantics="average")
 

@@ -530,6 +530,8 @@ class _Timer:
 def _merged_outputs(
     path: str, probe: Probe | None, seed: int, frames: int, use_conditioner: bool
 ) -> tuple[LoadedDiT, Probe, list[np.ndarray]]:
+    """MERGED loaded and run (with its conditioner unless told not to); the probe is made from
+    its topology on the first call."""
     merged = load_dit(path)
     probe = probe or make_probe(merged.dit.topology, seed, frames)
     cond = merged.conditioner if use_conditioner else None
@@ -598,6 +600,12 @@ def verify_merge(
     no_cond = _no_conditioner_reason(base_facts.conditioner, merged_facts.conditioner)
     use_cond = no_cond is None
     ckpts, skipped = _narrowed(ckpts, only, no_cond)
+    if not any(ckpt.tensors for ckpt, _ in ckpts):
+        first = f"{skipped[0][0]}: {skipped[0][1]}" if skipped else "every target excluded"
+        raise IncompatibleError(
+            f"no adapter target is left to check ({len(skipped)} skipped, e.g. {first}; "
+            f"{len(excluded)} excluded by --exclude)"
+        )
     y_base = run_probe(base.dit, base.conditioner if use_cond else None, probe)
     timer.lap("base")
 

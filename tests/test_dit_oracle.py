@@ -27,6 +27,7 @@ import pytest
 from safetensors.numpy import save_file
 
 from sa3ckpt.models import load_dit
+from sa3ckpt.models.layers import fourier_frequencies
 from sa3ckpt.ops.convert_base import convert_base
 from sa3ckpt.synth import official_full_tensors
 from sa3ckpt.targets.families import Family
@@ -95,13 +96,10 @@ def _relative(ours: np.ndarray, ref: np.ndarray) -> float:
     return float(np.linalg.norm(ours - ref) / np.linalg.norm(ref))
 
 
-@pytest.mark.parametrize("with_local", [False, True], ids=["no-local", "local"])
-def test_forward_equals_the_official_dit(models: Any, with_local: bool) -> None:
-    shape, loaded, reference, _ = models
-    top = loaded.dit.topology
-    t = np.array(TIMESTEPS, dtype=np.float32)
-    data = _inputs(top, len(t), seed=3)
-    local = data["local"] if with_local else None
+def _forwards(
+    loaded: Any, reference: Any, data: dict[str, np.ndarray], t: np.ndarray, local: Any
+) -> tuple[np.ndarray, np.ndarray]:
+    """(ours, diffusers') fp32 outputs for the same inputs; local_add_cond None = no local add."""
     ours = loaded.dit(
         mx.array(data["x"]),
         mx.array(t),
@@ -117,7 +115,17 @@ def test_forward_equals_the_official_dit(models: Any, with_local: bool) -> None:
             torch.from_numpy(data["global"]),
             local_add_cond=None if local is None else torch.from_numpy(local),
         ).sample.numpy()
-    ours_np = np.array(ours)
+    return np.array(ours), ref
+
+
+@pytest.mark.parametrize("with_local", [False, True], ids=["no-local", "local"])
+def test_forward_equals_the_official_dit(models: Any, with_local: bool) -> None:
+    shape, loaded, reference, _ = models
+    top = loaded.dit.topology
+    t = np.array(TIMESTEPS, dtype=np.float32)
+    data = _inputs(top, len(t), seed=3)
+    local = data["local"] if with_local else None
+    ours_np, ref = _forwards(loaded, reference, data, t, local)
     assert ours_np.shape == ref.shape == data["x"].shape
     for i, ti in enumerate(TIMESTEPS):
         err = _relative(ours_np[i], ref[i])
@@ -152,8 +160,6 @@ def test_seconds_conditioner_equals_diffusers_duration_embedder(models: Any) -> 
 
 
 def test_frequency_table_is_the_float64_formula_rounded_once() -> None:
-    from sa3ckpt.models.layers import fourier_frequencies
-
     for features in (6, 8, 256):
         half = features // 2
         exact = [
@@ -175,25 +181,12 @@ def test_own_tables_differ_only_by_the_rounding_of_the_top_frequencies(models: A
     top = loaded.dit.topology
     t = np.array(TIMESTEPS, dtype=np.float32)
     data = _inputs(top, len(t), seed=11)
-    from sa3ckpt.models.layers import fourier_frequencies
-
     saved = loaded.dit.timestep_frequencies
     loaded.dit.timestep_frequencies = fourier_frequencies(top.timestep_features)
     try:
-        ours = np.array(
-            loaded.dit(
-                mx.array(data["x"]), mx.array(t), mx.array(data["cross"]), mx.array(data["global"])
-            )
-        )
+        ours, ref = _forwards(loaded, reference, data, t, None)
     finally:
         loaded.dit.timestep_frequencies = saved
-    with torch.no_grad():
-        ref = reference(
-            torch.from_numpy(data["x"]),
-            torch.from_numpy(t),
-            torch.from_numpy(data["cross"]),
-            torch.from_numpy(data["global"]),
-        ).sample.numpy()
     errors = [_relative(ours[i], ref[i]) for i in range(len(t))]
     assert errors[0] <= TOLERANCE
     print(f"{shape}: own-table relative differences {[f'{e:.1e}' for e in errors]}")

@@ -29,6 +29,7 @@ from textual.widgets import (
 from sa3ckpt.adapters.formulas import SEMANTICS
 from sa3ckpt.errors import OutputError
 from sa3ckpt.ops.merge import MergeLedger, merge_checkpoint
+from sa3ckpt.progress import ProgressCallback, ProgressEvent
 from sa3ckpt.semantics import info as semantics_info
 from tui.loading import describe_error
 from tui.merge_plan import MergePlan, PlanError, make_plan, suggested_output
@@ -39,16 +40,17 @@ SEMANTICS_ORDER = tuple(SEMANTICS)
 LEDGER_HINT = "The merge ledger (what was merged, copied or skipped) appears here."
 
 
-def throttled(report: Callable[[int, int], None]) -> Callable[[int, int], None]:
-    """A progress callback that forwards only when the whole percent changes (and at the end)."""
+def throttled(report: Callable[[int, int], None]) -> ProgressCallback:
+    """A progress callback that forwards (done, total) only when the whole percent changes
+    (and at the end)."""
     last = -1
 
-    def progress(done: int, total: int) -> None:
+    def progress(event: ProgressEvent) -> None:
         nonlocal last
-        percent = 100 * done // max(total, 1)
-        if percent != last or done == total:
+        percent = 100 * event.done // max(event.total, 1)
+        if percent != last or event.done == event.total:
             last = percent
-            report(done, total)
+            report(event.done, event.total)
 
     return progress
 

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import argparse
 
-from sa3ckpt.cli.cmd_merge import progress_printer
 from sa3ckpt.cli.common import print_ledger
+from sa3ckpt.cli.progress import add_quiet, progress_bar
 from sa3ckpt.ops.bases import DEFAULT_RANK, compute_bases_file
 
 
@@ -29,16 +29,18 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument("--force", action="store_true", help="replace an existing output file")
     parser.add_argument("--json", action="store_true", help="print the ledger as one JSON document")
+    add_quiet(parser)
 
 
 def run(args: argparse.Namespace) -> int:
-    ledger = compute_bases_file(
-        args.base,
-        args.output,
-        rank=args.rank,
-        targets=args.targets,
-        force=args.force,
-        progress=None if args.json else progress_printer(),
-    )
+    with progress_bar("bases", quiet=args.quiet) as progress:
+        ledger = compute_bases_file(
+            args.base,
+            args.output,
+            rank=args.rank,
+            targets=args.targets,
+            force=args.force,
+            progress=progress,
+        )
     print_ledger(ledger, "bases", args.json)
     return 0

@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import argparse
 import sys
-from collections.abc import Callable
 
 from sa3ckpt.adapters.formulas import SEMANTICS
 from sa3ckpt.cli.common import print_ledger
+from sa3ckpt.cli.progress import add_quiet, progress_bar
 from sa3ckpt.dtypes import NAMES as DTYPE_NAMES
 from sa3ckpt.ops.merge import ONLY_ROOTS, merge_checkpoint
 from sa3ckpt.semantics import help_text
@@ -74,35 +74,27 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "stack report warns",
     )
     parser.add_argument("--json", action="store_true", help="print the ledger as one JSON document")
-
-
-def progress_printer() -> Callable[[int, int], None] | None:
-    if not sys.stderr.isatty():
-        return None
-
-    def show(done: int, total: int) -> None:
-        end = "\n" if done == total else ""
-        print(f"\rmerging: {done}/{total} tensors", end=end, file=sys.stderr, flush=True)
-
-    return show
+    add_quiet(parser)
 
 
 def run(args: argparse.Namespace) -> int:
-    ledger = merge_checkpoint(
-        args.base,
-        [parse_adapter_arg(a) for a in args.adapters],
-        args.output,
-        semantics=args.semantics,
-        dtype=args.dtype,
-        only=args.only,
-        bases_path=args.bases,
-        allow_pickle=args.allow_pickle,
-        force=args.force,
-        strict=args.strict,
-        exclude=args.exclude,
-        compare=args.compare_semantics,
-        progress=None if args.json or args.output is None else progress_printer(),
-    )
+    # Nothing is written without -o, so there is nothing to show progress of.
+    with progress_bar("merging", quiet=args.quiet or args.output is None) as progress:
+        ledger = merge_checkpoint(
+            args.base,
+            [parse_adapter_arg(a) for a in args.adapters],
+            args.output,
+            semantics=args.semantics,
+            dtype=args.dtype,
+            only=args.only,
+            bases_path=args.bases,
+            allow_pickle=args.allow_pickle,
+            force=args.force,
+            strict=args.strict,
+            exclude=args.exclude,
+            compare=args.compare_semantics,
+            progress=progress,
+        )
     for warning in ledger.warnings:
         print(f"sa3ckpt: warning: {escape_control(warning)}", file=sys.stderr)
     print_ledger(ledger, "merge", args.json)

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import os
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
@@ -27,6 +27,7 @@ from sa3ckpt.errors import IncompatibleError, UsageError
 from sa3ckpt.io.atomic import check_output_path
 from sa3ckpt.io.base_checkpoint import BaseCheckpoint, open_base
 from sa3ckpt.names.select import select
+from sa3ckpt.progress import ProgressCallback, ProgressCounter
 from sa3ckpt.threads import limit_blas
 
 DEFAULT_RANK = 16
@@ -108,9 +109,12 @@ def compute_bases_file(
     rank: int = DEFAULT_RANK,
     targets: Sequence[str] | None = None,
     force: bool = False,
-    progress: Callable[[int, int], None] | None = None,
+    progress: ProgressCallback | None = None,
 ) -> BasesLedger:
-    """Compute and write a bases file for a base checkpoint; return the ledger."""
+    """Compute and write a bases file for a base checkpoint; return the ledger.
+
+    progress: called with targets finished so far, of all (an SVD each: bytes say little).
+    """
     started = time.perf_counter()
     if isinstance(rank, bool) or not isinstance(rank, int) or rank < 1:
         raise UsageError(f"--rank must be a positive integer, got {rank!r}")
@@ -137,7 +141,8 @@ def compute_bases_file(
         out = XsBases(rank=rank, source_base=os.path.basename(base_path), path=output)
         with limit_blas(WORKERS), ThreadPoolExecutor(max_workers=WORKERS) as pool:
             futures = {t: pool.submit(_one, base, k, rank) for t, k in work.items()}
-            for done, (target, future) in enumerate(list(futures.items()), 1):
+            counter = ProgressCounter(progress, len(work), unit="targets")
+            for target, future in list(futures.items()):
                 r = future.result()
                 del futures[target]  # drop the future so only the file's arrays stay alive
                 out.bases[target] = (r.u, r.v)
@@ -147,8 +152,7 @@ def compute_bases_file(
                 result = assess(target, r.s, rank, r.shape, r.u)
                 if result.flagged:
                     ledger.not_unique.append({**result.to_json(), "line": result.line()})
-                if progress is not None:
-                    progress(done, len(work))
+                counter.advance(1, target)
         save_bases(out, output, inputs=[base_path], overwrite=force)
     ledger.targets = list(out.bases)
     ledger.base_tensors_sha256 = out.tensors_sha256()

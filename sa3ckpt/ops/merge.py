@@ -22,7 +22,7 @@ import hashlib
 import json
 import os
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
@@ -58,6 +58,7 @@ from sa3ckpt.ops.stack_report import (
     base_norms_of,
     stack_report,
 )
+from sa3ckpt.progress import ProgressCallback, ProgressCounter
 from sa3ckpt.semantics import info as semantics_info
 from sa3ckpt.strengths import AdapterArg
 from sa3ckpt.threads import limit_blas
@@ -268,14 +269,15 @@ def merge_checkpoint(
     strict: bool = False,
     exclude: Sequence[str] = (),
     compare: bool = False,
-    progress: Callable[[int, int], None] | None = None,
+    progress: ProgressCallback | None = None,
 ) -> MergeLedger:
     """Merge adapters into a base and write `output` atomically; return the ledger.
 
     exclude: `[ADAPTER=]PATTERN` specs (`ops.exclusions`). compare: also measure how far the
     semantics' results are apart (`ledger.comparison`). output None (only with compare)
     writes nothing. Under `strict`, stack-report warnings refuse the merge (exit 4) before
-    anything is written.
+    anything is written. progress: called with output bytes written so far, of all of them,
+    after each tensor (`sa3ckpt.progress`).
     """
     started = time.perf_counter()
     if output is None and not compare:
@@ -381,7 +383,7 @@ def _write(
     bases: XsBases | None,
     inputs: Sequence[str],
     force: bool,
-    progress: Callable[[int, int], None] | None,
+    progress: ProgressCallback | None,
 ) -> None:
     """Write every tensor in base order; targets are computed ahead by a small thread pool.
 
@@ -396,7 +398,7 @@ def _write(
         specs.append((key, code, info.shape))
     metadata = dict(base.metadata)
     metadata[PROVENANCE_KEY] = _provenance(ledger)
-    total = len(specs)
+    counter = ProgressCounter(progress, sum(_nbytes(code, shape) for _, code, shape in specs))
     target_specs = [(key, code) for key, code, _ in specs if key in plan.targets]
     # A folder keeps its config and its sharding (each shard holds the same keys as before).
     folder = FolderSpec(base.folder.config, base.folder.shards) if base.folder else None
@@ -418,7 +420,7 @@ def _write(
                 )
 
         try:
-            for index, (key, code, _shape) in enumerate(specs, 1):
+            for key, code, shape in specs:
                 top_up()
                 target = plan.targets.get(key)
                 if target is None:
@@ -434,12 +436,16 @@ def _write(
                     writer.write(key, array)
                     ledger.merged.append(target)
                     report.record(target, ledger)
-                if progress is not None:
-                    progress(index, total)
+                counter.advance(_nbytes(code, shape), key)
         except BaseException:
             for future in pending.values():
                 future.cancel()
             raise
+
+
+def _nbytes(code: str, shape: Sequence[int]) -> int:
+    """The bytes a tensor of this dtype and shape takes in the output (progress counts these)."""
+    return dtypes.itemsize(code) * int(np.prod(shape, dtype=np.int64))
 
 
 def _canonical(base: BaseCheckpoint, key: str) -> np.ndarray:

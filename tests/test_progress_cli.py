@@ -1,0 +1,167 @@
+"""The merge progress bar as a user sees it: stderr on a pseudo-terminal, or on a plain pipe.
+
+The merge of the tiny fixture takes milliseconds, so the runs that need a bar are slowed by a
+wrapper that sleeps in `ProgressCounter.advance` (the library's one progress hook) before
+running the real CLI; an optional failure there stands for a disk error or Ctrl-C mid-merge.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import json
+import os
+import pty
+import select
+import struct
+import subprocess
+import sys
+import termios
+import time
+from pathlib import Path
+
+import pytest
+
+from fixtures.generate import DATA_DIR
+from tests.helpers import BASE_OFFICIAL
+
+ADAPTER = str(DATA_DIR / "adapters" / "tiny-small" / "dora-rows.safetensors")
+TENSORS = 47  # in the tiny-small official base: one progress event each
+SLOW = 1.6 / TENSORS  # seconds per tensor: the merge outlives the bar's 1 s delay
+
+WRAPPER = """
+import errno, os, sys, time
+from sa3ckpt.progress import ProgressCounter
+from sa3ckpt.cli import main
+
+real, calls = ProgressCounter.advance, [0]
+failures = {"": None, "disk": OSError(errno.ENOSPC, "No space left on device"),
+            "interrupt": KeyboardInterrupt()}
+
+def slow(self, amount, item=""):
+    calls[0] += 1
+    time.sleep(float(os.environ["SLOW"]))
+    failure = failures[os.environ.get("FAIL", "")]
+    if failure is not None and calls[0] == int(os.environ["FAIL_AT"]):
+        raise failure
+    real(self, amount, item)
+
+ProgressCounter.advance = slow
+sys.exit(main(sys.argv[1:]))
+"""
+
+
+def _env(slow: float, fail: str = "", fail_at: int = 0) -> dict[str, str]:
+    env = {**os.environ, "SLOW": str(slow), "FAIL": fail, "FAIL_AT": str(fail_at)}
+    env["TERM"] = "xterm-256color"  # a terminal rich draws on (a CI's TERM may be dumb)
+    for name in ("NO_COLOR", "FORCE_COLOR", "TTY_INTERACTIVE", "TTY_COMPATIBLE", "COLUMNS"):
+        env.pop(name, None)
+    return env
+
+
+def _merge_args(out: Path, *extra: str) -> list[str]:
+    return [
+        sys.executable,
+        "-c",
+        WRAPPER,
+        "merge",
+        str(BASE_OFFICIAL),
+        ADAPTER,
+        "-o",
+        str(out),
+        *extra,
+    ]
+
+
+def _on_pty(args: list[str], env: dict[str, str]) -> tuple[int, str, str]:
+    """Run with stderr on a 120-column pseudo-terminal, stdout on a pipe: (rc, stdout, stderr)."""
+    master, slave = pty.openpty()
+    fcntl.ioctl(slave, termios.TIOCSWINSZ, struct.pack("HHHH", 24, 120, 0, 0))
+    proc = subprocess.Popen(
+        args, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=slave, env=env
+    )
+    os.close(slave)
+    seen = bytearray()
+    deadline = time.monotonic() + 60
+    try:
+        while time.monotonic() < deadline:
+            ready, _, _ = select.select([master], [], [], 0.2)
+            if not ready:
+                if proc.poll() is not None:
+                    break
+                continue
+            try:
+                chunk = os.read(master, 65536)
+            except OSError:  # EIO: the child closed its side
+                break
+            if not chunk:
+                break
+            seen += chunk
+        stdout = proc.communicate(timeout=60)[0].decode()
+    finally:
+        os.close(master)
+    # The terminal turns "\n" into "\r\n"; undo that so texts compare as written.
+    return proc.returncode, stdout, seen.decode().replace("\r\n", "\n")
+
+
+def _on_pipes(args: list[str], env: dict[str, str]) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(args, capture_output=True, text=True, env=env, timeout=60)
+
+
+def test_a_slow_merge_draws_a_bar_that_ends_completed(tmp_path: Path) -> None:
+    rc, stdout, stderr = _on_pty(_merge_args(tmp_path / "m.safetensors"), _env(SLOW))
+    assert rc == 0, stderr
+    assert stdout.startswith("40/40 adapter targets merged")
+    assert "merging" in stderr and "kB/s" in stderr and "━" in stderr
+    final = stderr.rsplit("\r", 1)[1]  # the last redraw of the bar's line
+    assert "23.7/23.7 kB" in final and final.endswith("\n\x1b[?25h")
+    assert "Traceback" not in stderr
+
+
+def test_a_fast_merge_draws_nothing(tmp_path: Path) -> None:
+    rc, stdout, stderr = _on_pty(_merge_args(tmp_path / "m.safetensors"), _env(0.0))
+    assert rc == 0 and stdout.startswith("40/40 adapter targets merged")
+    assert stderr == ""
+
+
+def test_json_stays_clean_with_the_bar_on_stderr(tmp_path: Path) -> None:
+    rc, stdout, stderr = _on_pty(_merge_args(tmp_path / "m.safetensors", "--json"), _env(SLOW))
+    assert rc == 0, stderr
+    assert json.loads(stdout)["merged"]  # stdout is exactly one JSON document
+    assert "merging" in stderr
+
+
+def test_quiet_draws_nothing(tmp_path: Path) -> None:
+    rc, stdout, stderr = _on_pty(
+        _merge_args(tmp_path / "m.safetensors", "--quiet", "--json"), _env(SLOW)
+    )
+    assert rc == 0 and json.loads(stdout)["merged"]
+    assert stderr == ""
+
+
+def test_stderr_not_a_terminal_gets_nothing(tmp_path: Path) -> None:
+    slow = _on_pipes(_merge_args(tmp_path / "slow.safetensors"), _env(SLOW))
+    fast = _on_pipes(_merge_args(tmp_path / "fast.safetensors"), _env(0.0))
+    assert slow.returncode == 0 and slow.stderr == ""
+    # Nothing but the normal output: the same as an unslowed run's (the output name aside).
+    assert slow.stdout.replace("slow.safetensors", "fast.safetensors") == fast.stdout
+
+
+@pytest.mark.parametrize(
+    ("fail", "last_line", "code"),
+    [
+        ("disk", "sa3ckpt: error: cannot write ", 5),
+        ("interrupt", "sa3ckpt: interrupted; nothing was written", 130),
+    ],
+)
+def test_a_failure_erases_the_bar_before_the_one_error_line(
+    tmp_path: Path, fail: str, last_line: str, code: int
+) -> None:
+    out = tmp_path / "m.safetensors"
+    rc, stdout, stderr = _on_pty(_merge_args(out), _env(SLOW, fail, fail_at=TENSORS - 5))
+    assert rc == code, stderr
+    assert stdout == "" and not out.exists()
+    assert "merging" in stderr and "Traceback" not in stderr
+    # After the bar's last draw: back to its line, clear it, then the error alone on it.
+    bar, erased = stderr.rsplit("\x1b[1A\x1b[2K", 1)
+    assert "kB" in bar.rsplit("merging", 1)[1]  # the bar was still there just before
+    assert erased.startswith(last_line) and erased.count("\n") == 1 and erased.endswith("\n")

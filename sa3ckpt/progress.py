@@ -13,19 +13,21 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Literal
 
-# What `done` and `total` count: output bytes written, or targets finished (bases, whose
-# cost is an SVD per target and does not follow the bytes).
-Unit = Literal["bytes", "targets"]
+# What `done` and `total` count: output bytes written (merge, convert of a base), targets
+# finished (bases: an SVD each, whose cost does not follow the bytes) or steps of a few long
+# phases (verify).
+Unit = Literal["bytes", "targets", "steps"]
 
 
 @dataclass(frozen=True)
 class ProgressEvent:
-    """How far an operation is: `done` of `total` units; `item` is what just finished."""
+    """How far an operation is: `done` of `total` units; `item` names where it is (the
+    tensor or target just finished, or the step now running)."""
 
     done: int
     total: int
     unit: Unit = "bytes"
-    item: str = ""  # e.g. the tensor key just written; untrusted text (from a file)
+    item: str = ""  # untrusted text (a tensor key comes from a file): escape to display
 
 
 ProgressCallback = Callable[[ProgressEvent], None]

@@ -6,16 +6,22 @@ import io
 import json
 import struct
 import threading
+import time
 from pathlib import Path
 
 import pytest
 from rich.console import Console
+from safetensors.numpy import save_file
 
 from fixtures.generate import DATA_DIR
 from sa3ckpt.cli.progress import ProgressBar, item_label
 from sa3ckpt.ops.bases import compute_bases_file
+from sa3ckpt.ops.convert_base import convert_base
 from sa3ckpt.ops.merge import AdapterArg, merge_checkpoint
+from sa3ckpt.ops.verify import PHASES, verify_merge
 from sa3ckpt.progress import ProgressCounter, ProgressEvent
+from sa3ckpt.synth import official_full_tensors
+from sa3ckpt.targets import FAMILIES
 from tests.helpers import BASE_OFFICIAL
 
 ADAPTER = str(DATA_DIR / "adapters" / "tiny-small" / "dora-rows.safetensors")
@@ -32,10 +38,14 @@ class FakeClock:
         return self.now
 
 
-def _bar(clock: FakeClock) -> tuple[ProgressBar, io.StringIO]:
+def _console() -> tuple[Console, io.StringIO]:
     out = io.StringIO()
-    console = Console(file=out, force_terminal=True, width=120, color_system=None)
-    return ProgressBar("merging", console, clock=clock, auto_refresh=False), out
+    return Console(file=out, force_terminal=True, width=120, color_system=None), out
+
+
+def _bar(clock: FakeClock) -> tuple[ProgressBar, io.StringIO]:
+    console, out = _console()
+    return ProgressBar("merging", console, clock=clock, live=False), out
 
 
 def _event(done: int, total: int = 10 * MB, item: str = "") -> ProgressEvent:
@@ -105,6 +115,25 @@ def test_an_error_erases_the_bar() -> None:
     assert bar.closed and bar.state() == (3 * MB, 10 * MB)
     # The cursor goes back up over the bar and clears its line, for the error line to take.
     assert out.getvalue().endswith("\x1b[1A\x1b[2K")
+
+
+def test_live_draws_when_the_delay_is_up_without_a_new_event() -> None:
+    console, out = _console()
+    with ProgressBar("verifying", console, delay=0.05) as bar:
+        bar(ProgressEvent(1, 5, "steps", "MERGED: load and run"))  # one long step starts
+        deadline = time.monotonic() + 10
+        while not bar.visible and time.monotonic() < deadline:
+            time.sleep(0.01)
+        assert bar.visible and bar.state() == (1, 5)
+        assert "1/5 steps" in out.getvalue() and "MERGED: load and run" in out.getvalue()
+
+
+def test_live_draws_nothing_before_the_first_event() -> None:
+    console, out = _console()
+    with ProgressBar("merging", console, delay=0.01) as bar:
+        time.sleep(0.1)  # the delay is up, but there is nothing to show yet
+        assert not bar.visible
+    assert out.getvalue() == ""
 
 
 def test_target_counts_are_shown_as_counts() -> None:
@@ -178,3 +207,29 @@ def test_bases_reports_targets(tmp_path: Path) -> None:
     assert [e.done for e in events] == list(range(1, len(ledger.targets) + 1))
     assert all(e.unit == "targets" and e.total == len(ledger.targets) for e in events)
     assert [e.item for e in events] == ledger.targets
+
+
+def test_convert_base_reports_every_output_byte(tmp_path: Path) -> None:
+    events: list[ProgressEvent] = []
+    out = tmp_path / "mlx.safetensors"
+    ledger = convert_base(BASE_OFFICIAL, out, to="mlx", progress=events.append)
+    assert len(events) == ledger.tensors and sorted(e.item for e in events) == sorted(_keys(out))
+    assert events[-1].done == events[-1].total == _data_bytes(out)
+
+
+@pytest.mark.parametrize("base_conditioner", [True, False])
+def test_verify_reports_its_phases(tmp_path: Path, base_conditioner: bool) -> None:
+    """Five phases; six when MERGED has to run again without its conditioner (BASE has none)."""
+    tensors = official_full_tensors(FAMILIES["tiny-small"], seed=0, dtype="F16")
+    save_file(tensors, str(tmp_path / "full.safetensors"))
+    dit_only = {k: v for k, v in tensors.items() if not k.startswith("conditioner.")}
+    save_file(dit_only, str(tmp_path / "dit.safetensors"))
+    merged = tmp_path / "merged.safetensors"
+    merge_checkpoint(str(tmp_path / "full.safetensors"), [AdapterArg(ADAPTER, 1.0)], str(merged))
+    base = tmp_path / ("full.safetensors" if base_conditioner else "dit.safetensors")
+    events: list[ProgressEvent] = []
+    verify_merge(str(base), [AdapterArg(ADAPTER, 1.0)], str(merged), progress=events.append)
+    phases = 5 if base_conditioner else 6
+    assert [e.done for e in events] == list(range(phases + 1))
+    assert [e.item for e in events] == [*PHASES[:phases], ""]
+    assert events[-1].total == phases and all(e.unit == "steps" for e in events)

@@ -3,6 +3,7 @@
 The merge of the tiny fixture takes milliseconds, so the runs that need a bar are slowed by a
 wrapper that sleeps in `ProgressCounter.advance` (the library's one progress hook) before
 running the real CLI; an optional failure there stands for a disk error or Ctrl-C mid-merge.
+The other commands' runs set the bar's delay to 0 in the wrapper instead of sleeping.
 """
 
 from __future__ import annotations
@@ -11,6 +12,7 @@ import fcntl
 import json
 import os
 import pty
+import re
 import select
 import struct
 import subprocess
@@ -46,12 +48,16 @@ def slow(self, amount, item=""):
     real(self, amount, item)
 
 ProgressCounter.advance = slow
+if os.environ.get("DELAY"):  # draw sooner: the bar, not the threshold, is under test
+    from sa3ckpt.cli.progress import ProgressBar
+    ProgressBar.__init__.__kwdefaults__["delay"] = float(os.environ["DELAY"])
 sys.exit(main(sys.argv[1:]))
 """
 
 
-def _env(slow: float, fail: str = "", fail_at: int = 0) -> dict[str, str]:
+def _env(slow: float, fail: str = "", fail_at: int = 0, delay: str = "") -> dict[str, str]:
     env = {**os.environ, "SLOW": str(slow), "FAIL": fail, "FAIL_AT": str(fail_at)}
+    env["DELAY"] = delay
     env["TERM"] = "xterm-256color"  # a terminal rich draws on (a CI's TERM may be dumb)
     for name in ("NO_COLOR", "FORCE_COLOR", "TTY_INTERACTIVE", "TTY_COMPATIBLE", "COLUMNS"):
         env.pop(name, None)
@@ -165,3 +171,37 @@ def test_a_failure_erases_the_bar_before_the_one_error_line(
     bar, erased = stderr.rsplit("\x1b[1A\x1b[2K", 1)
     assert "kB" in bar.rsplit("merging", 1)[1]  # the bar was still there just before
     assert erased.startswith(last_line) and erased.count("\n") == 1 and erased.endswith("\n")
+
+
+def _other_command(name: str, tmp_path: Path) -> tuple[list[str], str]:
+    """(argv, the completed bar) of bases, convert or verify."""
+    full = DATA_DIR / "bases" / "tiny-small.official-full.safetensors"
+    if name == "verify":
+        merged = tmp_path / "merged.safetensors"
+        subprocess.run(
+            [sys.executable, "-m", "sa3ckpt", "merge", str(full), ADAPTER, "-o", str(merged)],
+            check=True,
+            capture_output=True,
+        )
+        return [str(full), ADAPTER, str(merged)], "verifying ━{40} 5/5 steps"
+    out = str(tmp_path / "out.safetensors")
+    if name == "bases":
+        return [str(BASE_OFFICIAL), "-o", out, "--rank", "2"], "bases ━{40} 40/40 targets"
+    return [str(BASE_OFFICIAL), "-o", out, "--to", "mlx"], "converting ━{40} 23.7/23.7 kB"
+
+
+@pytest.mark.parametrize("quiet", [False, True])
+@pytest.mark.parametrize("command", ["bases", "convert", "verify"])
+def test_the_other_long_commands_draw_a_bar_unless_quiet(
+    tmp_path: Path, command: str, quiet: bool
+) -> None:
+    args, completed = _other_command(command, tmp_path)
+    argv = [sys.executable, "-c", WRAPPER, command, *args, *(["--quiet"] if quiet else [])]
+    rc, stdout, stderr = _on_pty(argv, _env(0.0, delay="0"))  # no delay: a bar at once
+    assert rc == 0, stderr
+    assert stdout  # the ledger or report, as without a bar
+    if quiet:
+        assert stderr == ""
+    else:
+        final = re.sub("\x1b\\[[0-9;]*m", "", stderr.rsplit("\r", 1)[1])  # colours off
+        assert re.match(f"\x1b\\[2K{completed} ", final), final

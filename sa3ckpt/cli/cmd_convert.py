@@ -6,6 +6,7 @@ from __future__ import annotations
 import argparse
 
 from sa3ckpt.cli.common import Ledger, print_ledger
+from sa3ckpt.cli.progress import add_quiet, progress_bar
 from sa3ckpt.dtypes import NAMES as DTYPE_NAMES
 from sa3ckpt.errors import UsageError
 from sa3ckpt.io.diffusers_folder import DEFAULT_MAX_SHARD_SIZE
@@ -69,6 +70,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument("--force", action="store_true", help="replace an existing output")
     parser.add_argument("--json", action="store_true", help="print the ledger as one JSON document")
+    add_quiet(parser, "bases only: an adapter converts too fast to need a bar")
 
 
 def run(args: argparse.Namespace) -> int:
@@ -81,15 +83,17 @@ def run(args: argparse.Namespace) -> int:
             )
         from sa3ckpt.ops.convert_base import convert_base
 
-        ledger = convert_base(
-            args.input,
-            args.output,
-            to=args.to,
-            dtype=args.dtype,
-            drop_unmapped=args.drop_unmapped,
-            force=args.force,
-            max_shard_size=args.max_shard_size,
-        )
+        with progress_bar("converting", quiet=args.quiet) as progress:
+            ledger = convert_base(
+                args.input,
+                args.output,
+                to=args.to,
+                dtype=args.dtype,
+                drop_unmapped=args.drop_unmapped,
+                force=args.force,
+                max_shard_size=args.max_shard_size,
+                progress=progress,
+            )
     else:
         if args.to == "official":
             raise UsageError(f"{args.input} is an adapter: --to official is for base checkpoints")

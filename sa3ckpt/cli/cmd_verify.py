@@ -7,6 +7,7 @@ import sys
 
 from sa3ckpt.adapters.formulas import SEMANTICS
 from sa3ckpt.cli.common import print_ledger
+from sa3ckpt.cli.progress import add_quiet, progress_bar
 from sa3ckpt.errors import UsageError, ValidationFailed
 from sa3ckpt.ops.verify import ONLY_ROOTS, verify_merge
 from sa3ckpt.ops.verify_probe import DEFAULT_FRAMES, DEFAULT_SEED
@@ -89,23 +90,26 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "too small to tell MERGED from BASE (exit 1)",
     )
     parser.add_argument("--json", action="store_true", help="print the report as one JSON document")
+    add_quiet(parser)
 
 
 def run(args: argparse.Namespace) -> int:
-    report = verify_merge(
-        args.base,
-        [parse_adapter_arg(a) for a in args.adapters],
-        args.merged,
-        semantics=args.semantics,
-        only=args.only,
-        bases_path=args.bases,
-        allow_pickle=args.allow_pickle,
-        exclude=args.exclude,
-        strict=args.strict,
-        tolerance=args.tolerance,
-        seed=args.seed,
-        frames=args.frames,
-    )
+    with progress_bar("verifying", quiet=args.quiet) as progress:
+        report = verify_merge(
+            args.base,
+            [parse_adapter_arg(a) for a in args.adapters],
+            args.merged,
+            semantics=args.semantics,
+            only=args.only,
+            bases_path=args.bases,
+            allow_pickle=args.allow_pickle,
+            exclude=args.exclude,
+            strict=args.strict,
+            tolerance=args.tolerance,
+            seed=args.seed,
+            frames=args.frames,
+            progress=progress,
+        )
     print_ledger(report, "verify", args.json)
     if report.verdict == PASS:
         return 0

@@ -1,4 +1,5 @@
-"""A rich progress bar on stderr for long operations (merge, bases), fed by library events.
+"""A rich progress bar on stderr for long operations (merge, a base's convert, bases, verify),
+fed by library events.
 
 The library reports plain numbers (`sa3ckpt.progress`); this module draws them. The bar only
 appears once the operation has run for DELAY seconds, so fast runs print nothing extra; it
@@ -26,6 +27,7 @@ from rich.progress import (
     ProgressColumn,
     TaskID,
     TextColumn,
+    TimeElapsedColumn,
     TimeRemainingColumn,
     TransferSpeedColumn,
 )
@@ -36,11 +38,21 @@ from sa3ckpt.textsafe import escape_control
 DELAY = 1.0  # seconds an operation runs before its bar appears (no flicker for fast ones)
 ITEM_WIDTH = 32  # characters of the current item's name shown (its end: the informative part)
 
-# The columns after the bar, by what the events count: bytes get amount and rate (MB/s),
-# targets a count; both end with the ETA and the item just finished.
+# The columns after the bar, by what the events count: bytes get amount, rate (MB/s) and time
+# left; targets a count and time left; steps (few, long and unequal, so no time left) a count
+# and the time so far. The event's item comes last.
 UNIT_COLUMNS: dict[Unit, Callable[[], tuple[ProgressColumn, ...]]] = {
-    "bytes": lambda: (DownloadColumn(), TransferSpeedColumn()),
-    "targets": lambda: (MofNCompleteColumn(), TextColumn("targets")),
+    "bytes": lambda: (
+        DownloadColumn(),
+        TransferSpeedColumn(),
+        TimeRemainingColumn(elapsed_when_finished=True),
+    ),
+    "targets": lambda: (
+        MofNCompleteColumn(),
+        TextColumn("targets"),
+        TimeRemainingColumn(elapsed_when_finished=True),
+    ),
+    "steps": lambda: (MofNCompleteColumn(), TextColumn("steps"), TimeElapsedColumn()),
 }
 
 
@@ -53,8 +65,10 @@ def item_label(item: str, width: int = ITEM_WIDTH) -> str:
 class ProgressBar:
     """A progress callback that draws a rich bar once the operation is older than `delay`.
 
-    Events before the delay only update the numbers; the first event after it starts the
-    bar with everything done so far. `close(ok)` completes the bar (ok) or erases it.
+    Events before the delay only update the numbers; the bar starts with everything done so
+    far at the first event after it or, when `live`, as soon as the delay is up (a timer), so
+    a long first step shows too. `live` also redraws on a thread (rate, time); without it
+    (tests, with a fake clock) each event draws. `close(ok)` completes the bar or erases it.
     """
 
     def __init__(
@@ -64,19 +78,24 @@ class ProgressBar:
         *,
         delay: float = DELAY,
         clock: Callable[[], float] = time.monotonic,
-        auto_refresh: bool = True,
+        live: bool = True,
     ) -> None:
         self.label = label
         self._console = console
         self._delay = delay
         self._clock = clock
-        self._auto_refresh = auto_refresh
+        self._live = live
         self._started = clock()
         self._lock = threading.Lock()
         self._progress: Progress | None = None
         self._task: TaskID | None = None
         self.last: ProgressEvent | None = None
         self.closed = False
+        self._timer: threading.Timer | None = None
+        if live:
+            self._timer = threading.Timer(delay, self._due)
+            self._timer.daemon = True
+            self._timer.start()
 
     @property
     def visible(self) -> bool:
@@ -95,15 +114,20 @@ class ProgressBar:
             else:
                 self._update(event)
 
+    def _due(self) -> None:
+        """The delay is up (timer thread): draw what the last event said, if any came."""
+        with self._lock:
+            if not self.closed and self._progress is None and self.last is not None:
+                self._open(self.last)
+
     def _open(self, first: ProgressEvent) -> None:
         self._progress = Progress(
             TextColumn("{task.description}"),
             BarColumn(),
             *UNIT_COLUMNS[first.unit](),
-            TimeRemainingColumn(elapsed_when_finished=True),
             TextColumn("{task.fields[item]}", markup=False),
             console=self._console,
-            auto_refresh=self._auto_refresh,
+            auto_refresh=self._live,
             get_time=self._clock,
             redirect_stdout=False,  # stdout may be JSON going elsewhere: never route it here
             redirect_stderr=False,
@@ -111,6 +135,7 @@ class ProgressBar:
         self._task = self._progress.add_task(
             self.label, total=first.total, completed=first.done, item=item_label(first.item)
         )
+        self._progress.tasks[0].start_time = self._started  # elapsed: of the whole operation
         self._progress.start()
 
     def _update(self, event: ProgressEvent) -> None:
@@ -120,7 +145,7 @@ class ProgressBar:
             completed=event.done,
             total=event.total,
             item=item_label(event.item),
-            refresh=not self._auto_refresh,  # without the refresh thread, draw each event
+            refresh=not self._live,  # without the refresh thread, draw each event
         )
 
     def state(self) -> tuple[float, float | None]:
@@ -136,6 +161,8 @@ class ProgressBar:
             if self.closed:
                 return
             self.closed = True
+            if self._timer is not None:
+                self._timer.cancel()
             if self._progress is None or self._task is None:
                 return
             if ok and self.last is not None:
@@ -155,13 +182,15 @@ class ProgressBar:
         self.close(ok=exc_type is None)
 
 
-def add_quiet(parser: argparse.ArgumentParser) -> None:
-    """The --quiet option of every command that draws a bar."""
+def add_quiet(parser: argparse.ArgumentParser, note: str = "") -> None:
+    """The --quiet option of every command that draws a bar (`note`: where it applies)."""
     parser.add_argument(
         "--quiet",
         action="store_true",
         help="no progress bar (it is drawn on stderr, only when stderr is a terminal and the "
-        f"run takes over {DELAY:g} s; --json output on stdout is never affected)",
+        f"run takes over {DELAY:g} s; --json output on stdout is never affected"
+        + (f"; {note}" if note else "")
+        + ")",
     )
 
 

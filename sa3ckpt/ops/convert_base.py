@@ -17,6 +17,7 @@ shapes) and then streamed through the atomic writer, read one, convert, verify, 
 
 from __future__ import annotations
 
+import math
 import os
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -49,6 +50,7 @@ from sa3ckpt.names.base_keys import (
     parse_base_key,
     translate_base_key,
 )
+from sa3ckpt.progress import ProgressCallback, ProgressCounter
 
 NAMINGS: tuple[str, ...] = tuple(BASE_NAMINGS)
 CONTAINERS: tuple[str, ...] = ("safetensors", "npz", FOLDER)
@@ -403,9 +405,11 @@ def _stream(
     ledger: BaseConvertLedger,
     force: bool,
     folder: FolderSpec | None,
+    progress: ProgressCallback | None,
 ) -> None:
     """Read, convert, verify and write each tensor; the output appears only if all pass."""
     specs = [(p.target, p.code_out, p.shape_out) for p in plans]
+    counter = ProgressCounter(progress, sum(_nbytes(p) for p in plans))
     writer = stream_writer(
         ledger.container,
         ledger.output_path,
@@ -422,6 +426,12 @@ def _stream(
             rel_error = verify_tensor(source, converted, plan)
             writer.write(plan.target, converted)
             _record(ledger, plan, rel_error)
+            counter.advance(_nbytes(plan), plan.target)
+
+
+def _nbytes(plan: TensorPlan) -> int:
+    """The bytes a converted tensor takes in the output (progress counts these)."""
+    return dtypes.itemsize(plan.code_out) * math.prod(plan.shape_out)
 
 
 def convert_base(
@@ -434,6 +444,7 @@ def convert_base(
     drop_unmapped: bool = False,
     force: bool = False,
     max_shard_size: int = DEFAULT_MAX_SHARD_SIZE,
+    progress: ProgressCallback | None = None,
 ) -> BaseConvertLedger:
     """Write the base at `input_path` in naming `to` to `output_path`, verified and atomic.
 
@@ -443,7 +454,7 @@ def convert_base(
     the seconds conditioner Linear has no home there and is dropped, named in the ledger.
     Raises UsageError for bad arguments, an output that is the input or exists without
     `force`; IncompatibleError for tensors with no spelling in `to` (unless `drop_unmapped`)
-    or a failed verification.
+    or a failed verification. progress: output bytes written so far, after each tensor.
     """
     src, out = os.fspath(input_path), os.fspath(output_path)
     _choice(to, NAMINGS, "target naming")
@@ -468,5 +479,5 @@ def convert_base(
         )
         if to == "mlx":
             ledger.notes += mlx_pipeline_notes(out_container, {p.target for p in plans})
-        _stream(base, plans, ledger, force, folder)
+        _stream(base, plans, ledger, force, folder, progress)
     return ledger

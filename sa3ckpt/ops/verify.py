@@ -64,6 +64,7 @@ from sa3ckpt.ops.verify_report import (
     measure,
     verdict_of,
 )
+from sa3ckpt.progress import ProgressCallback, ProgressCounter
 from sa3ckpt.strengths import AdapterArg
 
 ONLY_ROOTS = ROOTS
@@ -516,15 +517,40 @@ def _runtime_key(target: str) -> str | None:
 # --- the run -----------------------------------------------------------------------------------
 
 
+# The phases of a check in order, as the progress bar names each while it runs (the last
+# one only when MERGED has to run again without its conditioner).
+PHASES = (
+    "loading the adapters",
+    "MERGED: load and run",
+    "BASE: load and run",
+    "BASE + adapters live",
+    "BASE rounded as MERGED",
+    "MERGED again, no conditioner",
+)
+USUAL_PHASES = 5
+
+
 @dataclass
 class _Timer:
+    """Seconds per phase for the report; each lap is also a step for the progress callback."""
+
+    progress: ProgressCallback | None = None
     timings: dict[str, float] = field(default_factory=dict)
     _last: float = field(default_factory=time.perf_counter)
+    _steps: ProgressCounter = field(init=False)
 
-    def lap(self, name: str) -> None:
+    def __post_init__(self) -> None:
+        self._steps = ProgressCounter(self.progress, USUAL_PHASES, unit="steps")
+        self._steps.advance(0, PHASES[0])
+
+    def lap(self, name: str, more: bool = False) -> None:
+        """End phase `name`; `more`: one more phase than usual follows."""
         now = time.perf_counter()
         self.timings[name] = self.timings.get(name, 0.0) + now - self._last
         self._last = now
+        self._steps.total += more
+        done = self._steps.done + 1
+        self._steps.advance(1, PHASES[done] if done < self._steps.total else "")
 
 
 def _merged_outputs(
@@ -567,6 +593,7 @@ def verify_merge(
     tolerance: float = DEFAULT_TOLERANCE,
     seed: int = DEFAULT_SEED,
     frames: int = DEFAULT_FRAMES,
+    progress: ProgressCallback | None = None,
 ) -> VerifyReport:
     """Compare MERGED's DiT output with BASE + adapters live; return the report.
 
@@ -574,10 +601,11 @@ def verify_merge(
     MalformedFileError (unreadable files) and IncompatibleError (adapters that do not fit
     BASE, BASE and MERGED of different shapes, NaN/Inf in the live output, and under
     `strict` any adapter tensor left unchecked). A failed check is a report whose verdict
-    is `fail`, not an exception; the CLI turns it into exit 1.
+    is `fail`, not an exception; the CLI turns it into exit 1. progress: the phases done of
+    all (`PHASES`), with the one now running.
     """
     started = time.perf_counter()
-    timer = _Timer()
+    timer = _Timer(progress)
     _check_arguments(base_path, adapters, merged_path, semantics, only, tolerance, frames)
     paths = [a.path for a in adapters]
     exclusions = parse_exclusions(exclude, paths)
@@ -624,9 +652,10 @@ def verify_merge(
     else:  # MERGED stores every array exactly (fp32/fp64): rounding changes nothing
         y_floor = y_live
     del base
-    timer.lap("floor")
+    again = not use_cond and merged_facts.conditioner
+    timer.lap("floor", more=again)
 
-    if not use_cond and merged_facts.conditioner:  # run MERGED again without its conditioner
+    if again:  # run MERGED again without its conditioner
         _, _, y_merged = _merged_outputs(merged_path, probe, seed, frames, False)
         timer.lap("merged")
 

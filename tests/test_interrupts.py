@@ -191,16 +191,22 @@ def test_sigterm_at_any_moment_of_a_write_leaves_no_temp_file(tmp_path: Path) ->
 
 
 def test_disk_full_mid_write(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The fifth tensor write fails, through either entry point: `write` (in file order) or
+    `write_at` (the merge's workers writing tiles where they belong)."""
     calls = {"n": 0}
-    original = SafetensorsStreamWriter.write
 
-    def failing(self, name, array):
-        calls["n"] += 1
-        if calls["n"] == 5:
-            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
-        original(self, name, array)
+    def failing_version(original):
+        def failing(self, *args):
+            calls["n"] += 1
+            if calls["n"] == 5:
+                raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+            original(self, *args)
 
-    monkeypatch.setattr(SafetensorsStreamWriter, "write", failing)
+        return failing
+
+    for method in ("write", "write_at"):
+        original = getattr(SafetensorsStreamWriter, method)
+        monkeypatch.setattr(SafetensorsStreamWriter, method, failing_version(original))
     with pytest.raises(OutputError, match=r"m\.safetensors: No space left on device"):
         merge_checkpoint(BASE, [AdapterArg(ADAPTER, 1.0)], str(tmp_path / "m.safetensors"))
     assert list(tmp_path.iterdir()) == []
@@ -212,7 +218,8 @@ def test_exception_in_a_worker_leaves_nothing(
     def broken(*args, **kwargs):
         raise RuntimeError("boom")
 
-    monkeypatch.setattr(merge_mod, "merge_to", broken)
+    monkeypatch.setattr(merge_mod, "merge_to", broken)  # the whole-tensor kernel
+    monkeypatch.setattr(merge_mod, "merge_rows", broken)  # the tiled one
     with pytest.raises(RuntimeError, match="boom"):
         merge_checkpoint(BASE, [AdapterArg(ADAPTER, 1.0)], str(tmp_path / "m.safetensors"))
     assert list(tmp_path.iterdir()) == []

@@ -61,10 +61,17 @@ class BaseCheckpoint:
     _read: Callable[[str], np.ndarray]
     _close: Callable[[], None]
     folder: FolderLayout | None = None  # config and shards of a folder container
+    # (file, absolute offset) of a tensor's raw little-endian bytes, where the container
+    # stores them plainly (safetensors): lets a merge read row tiles and copy tensors as bytes.
+    _locate: Callable[[str], tuple[str, int]] | None = None
 
     def read(self, key: str) -> np.ndarray:
         """One tensor's data as a private array (read, not mapped: RSS stays one tensor)."""
         return self._read(key)
+
+    def stored_bytes(self, key: str) -> tuple[str, int] | None:
+        """Where tensor `key`'s raw bytes are: (file, offset), or None if not stored plainly."""
+        return self._locate(key) if self._locate is not None else None
 
     def target_key(self, target: str) -> str | None:
         """The key holding a canonical target's weight, if the base has it."""
@@ -180,6 +187,8 @@ def open_base(path: str | os.PathLike[str]) -> BaseCheckpoint:
         }
         container, metadata = "safetensors", dict(handle.metadata)
         read, close = handle.read, handle.close
+        header = handle.header
+        locate = lambda key: (spath, header.data_offset + header.tensors[key].begin)  # noqa: E731
     naming = detect_base_naming(list(tensors))
     if naming is None:
         close()
@@ -187,7 +196,9 @@ def open_base(path: str | os.PathLike[str]) -> BaseCheckpoint:
             spath,
             "not an SA3 base checkpoint (neither official `model.model.` nor MLX runtime keys)",
         )
-    return BaseCheckpoint(spath, container, naming, tensors, metadata, read, close)
+    if container != "safetensors":
+        return BaseCheckpoint(spath, container, naming, tensors, metadata, read, close)
+    return BaseCheckpoint(spath, container, naming, tensors, metadata, read, close, _locate=locate)
 
 
 class NpzStreamWriter:

@@ -41,6 +41,7 @@ from sa3ckpt.io.atomic import (
     discard_or_remove_since,
     output_error,
 )
+from sa3ckpt.io.writeback import start_writeback
 
 MAX_HEADER_BYTES = 100 * 1024 * 1024
 """Largest header we parse: far above any real checkpoint, small enough to never OOM."""
@@ -531,6 +532,10 @@ def _little_endian_bytes(array: np.ndarray) -> memoryview:
     return np.ascontiguousarray(array).reshape(-1).view(np.uint8).data
 
 
+WRITEBACK_BYTES = 8 << 20  # written bytes handed to writeback at a time (`io.writeback`)
+COPY_CHUNK = 8 << 20  # chunk size when a tensor is copied without copy_file_range
+
+
 class SafetensorsStreamWriter:
     """Write a safetensors file one tensor at a time, committing atomically at the end.
 
@@ -558,6 +563,17 @@ class SafetensorsStreamWriter:
         self._overwrite = overwrite
         self._out: AtomicFile | None = None
         self._next = 0
+        # Positional writes (`write_at`, `copy_from`): each tensor's byte range in the file,
+        # how much of it is written and how much of that was handed to writeback.
+        self._ranges: dict[str, tuple[int, int]] = {}
+        start = len(self._prefix)
+        for name, code, shape in self._specs:
+            size = dtypes.itemsize(code) * math.prod(shape)
+            self._ranges[name] = (start, size)
+            start += size
+        self._filled: dict[str, int] = {}
+        self._kicked: dict[str, int] = {}
+        self._positional = False
 
     def __enter__(self) -> SafetensorsStreamWriter:
         if self._out is not None or self._next:
@@ -569,6 +585,7 @@ class SafetensorsStreamWriter:
         try:
             self._out = AtomicFile(self.path, inputs=self._inputs, overwrite=self._overwrite)
             self._out.file.write(self._prefix)
+            self._out.file.flush()  # positional writes go to the descriptor, not the buffer
             return self
         except BaseException:
             discard_or_remove_since(self._out, mark)
@@ -591,8 +608,75 @@ class SafetensorsStreamWriter:
             raise ValueError(
                 f"tensor {name!r}: shape {tuple(array.shape)} does not match spec {want_shape}"
             )
+        if self._positional:
+            raise ValueError("write() cannot follow write_at()/copy_from() on one writer")
+        start = self._out.file.tell()
         self._out.file.write(_little_endian_bytes(array))
         self._next += 1
+        if array.nbytes >= WRITEBACK_BYTES:
+            self._out.file.flush()
+            start_writeback(self._out.file.fileno(), start, array.nbytes)
+
+    # -- positional writes: tensors in any order, from several threads
+
+    def _fd(self, name: str) -> tuple[int, int, int]:
+        """(descriptor, file offset, size) of tensor `name` for a positional write."""
+        if self._out is None or self._out.done:
+            raise ValueError("stream writer is not open (use it in a with block)")
+        if self._next:
+            raise ValueError("write_at()/copy_from() cannot follow write() on one writer")
+        if name not in self._ranges:
+            raise ValueError(f"unexpected tensor {name!r}: not in the specs")
+        self._positional = True
+        offset, size = self._ranges[name]
+        return self._out.file.fileno(), offset, size
+
+    def _advance(self, fd: int, name: str, offset: int, done: int) -> None:
+        """Record `done` more bytes of `name` and start writeback of what has accumulated."""
+        filled = self._filled.get(name, 0) + done
+        self._filled[name] = filled
+        kicked = self._kicked.get(name, 0)
+        if filled - kicked >= WRITEBACK_BYTES or filled == self._ranges[name][1]:
+            start_writeback(fd, offset + kicked, filled - kicked)
+            self._kicked[name] = filled
+
+    def write_at(self, name: str, start: int, data: np.ndarray | memoryview | bytes) -> None:
+        """Write `data` as bytes [start, start + len) of tensor `name` (its raw little-endian
+        bytes, e.g. a tile of rows), with pwrite: tensors in any order, each tensor's parts
+        in order from one thread at a time. Do not mix with `write` on one writer."""
+        fd, offset, size = self._fd(name)
+        if isinstance(data, np.ndarray):
+            data = _little_endian_bytes(data)
+        view = memoryview(data).cast("B")
+        if start < 0 or start + len(view) > size:
+            raise ValueError(f"tensor {name!r}: bytes {start}+{len(view)} outside its {size}")
+        done = 0
+        while done < len(view):
+            done += os.pwrite(fd, view[done:], offset + start + done)
+        self._advance(fd, name, offset, done)
+
+    def copy_from(self, name: str, src_fd: int, src_offset: int) -> None:
+        """Write tensor `name` whole from `src_fd` at `src_offset` (its stored bytes), copied
+        by the kernel (copy_file_range) where it can, else read and written in chunks."""
+        fd, offset, size = self._fd(name)
+        done = 0
+        copy = getattr(os, "copy_file_range", None)
+        while copy is not None and done < size:
+            try:
+                got = copy(src_fd, fd, size - done, src_offset + done, offset + done)
+            except OSError:  # another file system, an old kernel, ...: copy it by hand
+                break
+            if got == 0:
+                break
+            done += got
+        if done:
+            self._advance(fd, name, offset, done)
+        while done < size:
+            chunk = os.pread(src_fd, min(COPY_CHUNK, size - done), src_offset + done)
+            if not chunk:
+                raise ValueError(f"tensor {name!r}: its source ended early")
+            self.write_at(name, done, chunk)
+            done += len(chunk)
 
     def __exit__(
         self,
@@ -609,10 +693,16 @@ class SafetensorsStreamWriter:
                 if isinstance(exc, OSError):  # a full disk, not a bad input: exit 5, user's name
                     raise output_error(self.path, exc) from exc
                 return
-            if self._next != len(self._specs):
+            if self._positional:
+                missing = [
+                    n for n, (_, size) in self._ranges.items() if self._filled.get(n) != size
+                ]
+                if missing:
+                    raise ValueError(f"{len(missing)} tensors not written, first {missing[0]!r}")
+            elif self._next != len(self._specs):
                 missing = [name for name, _, _ in self._specs[self._next :]]
                 raise ValueError(f"{len(missing)} tensors not written, first {missing[0]!r}")
-            written = out.file.tell()
+            written = os.fstat(out.file.fileno()).st_size if self._positional else out.file.tell()
             if written != len(self._prefix) + self._data_bytes:
                 raise ValueError(f"wrote {written} bytes, expected {len(self._prefix)} + data")
             out.commit()

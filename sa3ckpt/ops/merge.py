@@ -21,6 +21,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import threading
 import time
 from collections.abc import Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -30,10 +31,12 @@ from typing import Any
 import numpy as np
 
 from sa3ckpt import __version__, dtypes
+from sa3ckpt.adapters import tiled
 from sa3ckpt.adapters.checkpoint import AdapterCheckpoint
 from sa3ckpt.adapters.formats import load_adapter
 from sa3ckpt.adapters.formulas import SEMANTICS
 from sa3ckpt.adapters.kernels import NumpyAdapter, merge_to
+from sa3ckpt.adapters.tiled import merge_rows
 from sa3ckpt.adapters.xs_bases import XsBases, canonical_svd
 from sa3ckpt.adapters.xs_sources import load_xs_bases
 from sa3ckpt.adapters.xs_uniqueness import assess
@@ -47,7 +50,9 @@ from sa3ckpt.io.base_checkpoint import (
     stream_writer,
 )
 from sa3ckpt.io.formats import identify
+from sa3ckpt.io.safetensors import SafetensorsStreamWriter
 from sa3ckpt.io.sources import PEFT_WEIGHTS
+from sa3ckpt.layout import Layout
 from sa3ckpt.names.modules import ROOTS, root_of
 from sa3ckpt.ops.compare_semantics import SemanticsComparison, target_differences
 from sa3ckpt.ops.exclusions import Excluded, apply_exclusions, parse_exclusions
@@ -405,6 +410,10 @@ def _write(
     writer = stream_writer(
         base.container, output, specs, metadata, inputs=inputs, overwrite=force, folder=folder
     )
+    if isinstance(writer, SafetensorsStreamWriter):
+        with writer:
+            _write_positional(base, ckpts, plan, specs, semantics, bases, writer, counter)
+        return
     with limit_blas(WORKERS), ThreadPoolExecutor(max_workers=WORKERS) as pool, writer:
         pending: dict[str, Future[tuple[np.ndarray, _TargetReport]]] = {}
         queue = iter(target_specs)
@@ -446,6 +455,169 @@ def _write(
 def _nbytes(code: str, shape: Sequence[int]) -> int:
     """The bytes a tensor of this dtype and shape takes in the output (progress counts these)."""
     return dtypes.itemsize(code) * int(np.prod(shape, dtype=np.int64))
+
+
+def _write_positional(
+    base: BaseCheckpoint,
+    ckpts: Sequence[tuple[AdapterCheckpoint, float]],
+    plan: _Plan,
+    specs: Sequence[tuple[str, str, tuple[int, ...]]],
+    semantics: str,
+    bases: XsBases | None,
+    writer: SafetensorsStreamWriter,
+    counter: ProgressCounter,
+) -> None:
+    """A safetensors output written by the workers themselves, each tensor at its place.
+
+    Each worker reads, merges and writes a whole tensor (targets tile by tile, `tiled`,
+    where they can; untouched tensors copied by the kernel), so a tile goes from the base
+    file through the cache to the output without a trip through a queue, and the two cores
+    share the reading and writing. The main thread only waits for the tensors in file
+    order, to fold their results into the ledger and report progress. Memory is a few
+    tiles per worker plus whatever a whole-tensor fallback needs.
+
+    The pool is joined (after `stop` tells running workers to give up at their next tile)
+    before the writer's `with` block ends, so no worker writes to a closed or discarded file.
+    """
+    ledger = plan.ledger
+    stop = threading.Event()
+    pool = ThreadPoolExecutor(max_workers=WORKERS)
+    try:
+        with limit_blas(WORKERS):
+            futures = [
+                pool.submit(
+                    _put_tensor,
+                    base,
+                    key,
+                    code,
+                    plan.targets.get(key),
+                    ckpts,
+                    semantics,
+                    bases,
+                    writer,
+                    stop,
+                )
+                for key, code, _shape in specs
+            ]
+            for (key, code, shape), future in zip(specs, futures, strict=True):
+                outcome, report = future.result()
+                target = plan.targets.get(key)
+                if target is not None:
+                    ledger.merged.append(target)
+                    assert report is not None
+                    report.record(target, ledger)
+                elif outcome == "cast":
+                    ledger.cast += 1  # each tensor counted once: cast or copied
+                else:
+                    ledger.copied += 1
+                counter.advance(_nbytes(code, shape), key)
+    except BaseException:
+        stop.set()
+        raise
+    finally:
+        pool.shutdown(wait=True, cancel_futures=True)
+
+
+def _rows_in_place(layout: Layout, shape: tuple[int, ...]) -> bool:
+    """Whether the canonical 2-D rows of a stored weight are its stored bytes in order
+    (Linear; Conv1d with k == 1), so row tiles can be read and written where they lie."""
+    return layout.name == "linear" or (
+        layout.kernel_axis is not None and layout.kernel_size(shape) == 1
+    )
+
+
+def _put_tensor(
+    base: BaseCheckpoint,
+    key: str,
+    code: str,
+    target: str | None,
+    ckpts: Sequence[tuple[AdapterCheckpoint, float]],
+    semantics: str,
+    bases: XsBases | None,
+    writer: SafetensorsStreamWriter,
+    stop: threading.Event,
+) -> tuple[str, _TargetReport | None]:
+    """Write one tensor of the output (worker thread): ("merged" | "copied" | "cast", report)."""
+    if stop.is_set():
+        raise tiled.Cancelled
+    info = base.tensors[key]
+    where = base.stored_bytes(key)
+    if target is None:
+        if code == info.dtype and where is not None:
+            path, offset = where
+            fd = os.open(path, os.O_RDONLY)
+            try:
+                writer.copy_from(key, fd, offset)
+            finally:
+                os.close(fd)
+            return "copied", None
+        stored = base.read(key)
+        if code == info.dtype:
+            writer.write_at(key, 0, stored)
+            return "copied", None
+        writer.write_at(key, 0, dtypes.cast(dtypes.to_float32(stored), code))
+        return "cast", None
+    layout = base.layout_of(info.shape, key)
+    fan = layout.canonical_shape(info.shape)
+    xs = any(c.kind.xs for c, _ in ckpts if target in c.tensors)
+    streamable = (
+        where is not None
+        and not xs  # XS bases may need W0 whole (its SVD, its digest)
+        and _rows_in_place(layout, info.shape)
+        and info.dtype in tiled.STORED_CODES
+        and code in tiled.OUTPUT_CODES
+        and tiled.available()
+    )
+    if streamable:
+        assert where is not None
+        shape_only = np.broadcast_to(np.zeros((), dtypes.numpy_dtype(info.dtype)), fan)
+        stack, report = _target_stack(base, key, shape_only, target, ckpts, bases)
+        tile_plan = tiled.plan(stack, semantics)
+        if tile_plan is not None:
+            _merge_tiles(key, target, fan, info.dtype, code, where, tile_plan, writer, stop)
+            return "merged", report
+    array, report = _merged(base, key, target, ckpts, semantics, code, bases)
+    writer.write_at(key, 0, array)
+    return "merged", report
+
+
+def _merge_tiles(
+    key: str,
+    target: str,
+    fan: tuple[int, int],
+    stored_code: str,
+    out_code: str,
+    where: tuple[str, int],
+    tile_plan: tiled.TilePlan,
+    writer: SafetensorsStreamWriter,
+    stop: threading.Event,
+) -> None:
+    """One target merged by row tiles read from the base file and written to the output."""
+    path, offset = where
+    fan_in = fan[1]
+    row_bytes = fan_in * dtypes.itemsize(stored_code)
+    out_row_bytes = fan_in * dtypes.itemsize(out_code)
+    fd = os.open(path, os.O_RDONLY)
+    try:
+
+        def source(i0: int, i1: int, buf: np.ndarray) -> np.ndarray:
+            view = buf.reshape(-1).view(np.uint8).data
+            want, done = (i1 - i0) * row_bytes, 0
+            while done < want:
+                got = os.preadv(fd, [view[done:]], offset + i0 * row_bytes + done)
+                if got == 0:
+                    raise IncompatibleError(f"{path}: tensor {key} is cut short")
+                done += got
+            return buf
+
+        def sink(i0: int, rows: np.ndarray) -> None:
+            writer.write_at(key, i0 * out_row_bytes, rows)
+
+        finite = merge_rows(tile_plan, fan, stored_code, out_code, source, sink, stop)
+    finally:
+        os.close(fd)
+    if not finite:
+        raise IncompatibleError(f"merged weight of {target} has NaN/Inf; nothing was written")
 
 
 def _canonical(base: BaseCheckpoint, key: str) -> np.ndarray:

@@ -23,6 +23,7 @@ use the whole-tensor kernel.
 
 from __future__ import annotations
 
+import platform
 import threading
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
@@ -47,11 +48,18 @@ OUTPUT_CODES = ("F16", "BF16", "F32")  # output dtypes they write
 
 @cache
 def _jit() -> Any:
-    """The numba kernels, or None when numba cannot be imported (imported on first use)."""
+    """The numba kernels (imported on first use), or None: numba missing, or an x86-64 CPU
+    without F16C, where LLVM would need a runtime library call for the fp16 conversions."""
     try:
+        import llvmlite.binding as llvm
+
         from sa3ckpt.adapters import jit_casts
     except ImportError:
         return None
+    if platform.machine().lower() in ("x86_64", "amd64"):
+        features = llvm.get_host_cpu_features()
+        if not features.get("f16c", False):
+            return None
     return jit_casts
 
 

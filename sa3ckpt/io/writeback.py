@@ -39,7 +39,7 @@ def _sync_file_range() -> Callable[..., int] | None:
         return None
     func.argtypes = [ctypes.c_int, ctypes.c_int64, ctypes.c_int64, ctypes.c_uint]
     func.restype = ctypes.c_int
-    return func  # type: ignore[no-any-return]
+    return func
 
 
 def _fadvise(fd: int, offset: int, length: int) -> None:

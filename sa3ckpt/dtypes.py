@@ -11,11 +11,11 @@ disk, whatever the host byte order.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+import importlib
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from types import MappingProxyType
 
-import ml_dtypes
 import numpy as np
 import numpy.typing as npt
 
@@ -38,7 +38,51 @@ def _row(code: str, dtype: npt.DTypeLike, floating: bool) -> tuple[str, DtypeSpe
     return code, DtypeSpec(code, np.dtype(dtype), floating)
 
 
-DTYPES: Mapping[str, DtypeSpec] = MappingProxyType(
+# The codes whose numpy types come from ml_dtypes: (its attribute, bytes per element).
+# Importing ml_dtypes takes about 0.45 s (its extension registers every cast), about a
+# quarter of a whole fp16 merge, so it is imported only when one of these rows is used.
+_ML_DTYPES: dict[str, tuple[str, int]] = {
+    "BF16": ("bfloat16", 2),
+    "F8_E4M3": ("float8_e4m3fn", 1),
+    "F8_E5M2": ("float8_e5m2", 1),
+}
+_ORDER = (  # ints by width, then floats
+    *("BOOL", "U8", "I8", "U16", "I16", "U32", "I32", "U64", "I64"),
+    *("F16", "BF16", "F32", "F64", "F8_E4M3", "F8_E5M2"),
+)
+
+
+class _Table(Mapping[str, DtypeSpec]):
+    """The read-only code -> spec table; the ml_dtypes rows are built on first access."""
+
+    def __init__(self, native: dict[str, DtypeSpec]) -> None:
+        self._rows = dict(native)
+
+    def __getitem__(self, code: str) -> DtypeSpec:
+        row = self._rows.get(code)
+        if row is None:
+            if code not in _ML_DTYPES:
+                raise KeyError(code)
+            module = importlib.import_module("ml_dtypes")
+            row = DtypeSpec(code, np.dtype(getattr(module, _ML_DTYPES[code][0])), True)
+            self._rows[code] = row
+        return row
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(_ORDER)
+
+    def __len__(self) -> int:
+        return len(_ORDER)
+
+    def __contains__(self, code: object) -> bool:
+        return code in _ML_DTYPES or code in self._rows
+
+    def native(self) -> Iterator[DtypeSpec]:
+        """The rows numpy has types for itself (no ml_dtypes import)."""
+        return (row for code, row in self._rows.items() if code not in _ML_DTYPES)
+
+
+DTYPES: _Table = _Table(
     dict(
         [
             _row("BOOL", np.bool_, False),
@@ -51,11 +95,8 @@ DTYPES: Mapping[str, DtypeSpec] = MappingProxyType(
             _row("U64", "<u8", False),
             _row("I64", "<i8", False),
             _row("F16", "<f2", True),
-            _row("BF16", ml_dtypes.bfloat16, True),
             _row("F32", "<f4", True),
             _row("F64", "<f8", True),
-            _row("F8_E4M3", ml_dtypes.float8_e4m3fn, True),
-            _row("F8_E5M2", ml_dtypes.float8_e5m2, True),
         ]
     )
 )
@@ -81,12 +122,25 @@ def numpy_dtype(code: str) -> np.dtype:
 
 def itemsize(code: str) -> int:
     """Bytes per element for a safetensors dtype code; ValueError if unknown."""
+    if isinstance(code, str) and code in _ML_DTYPES:
+        return _ML_DTYPES[code][1]  # known without importing ml_dtypes
     return _spec(code).itemsize
 
 
 def is_floating(code: str) -> bool:
     """Whether a code is a floating type (merging and casting only make sense for these)."""
+    if isinstance(code, str) and code in _ML_DTYPES:
+        return True
     return _spec(code).floating
+
+
+def finfo_max(code: str) -> float:
+    """The largest finite value of a floating code (numpy's finfo, or ml_dtypes' for its
+    types)."""
+    dtype = numpy_dtype(code)
+    if code in _ML_DTYPES:
+        return float(importlib.import_module("ml_dtypes").finfo(dtype).max)
+    return float(np.finfo(dtype).max)
 
 
 def is_known(code: object) -> bool:
@@ -106,9 +160,13 @@ def code_for(np_dtype: npt.DTypeLike) -> str:
         raise ValueError(f"not a numpy dtype: {np_dtype!r}") from None
     if dt.byteorder == ">":
         dt = dt.newbyteorder("<")
-    for spec in DTYPES.values():
+    for spec in DTYPES.native():
         if spec.dtype == dt:
             return spec.code
+    if type(dt).__module__.startswith("ml_dtypes") or dt.type.__module__.startswith("ml_dtypes"):
+        for code in _ML_DTYPES:  # an ml_dtypes array: ml_dtypes is imported already
+            if DTYPES[code].dtype == dt:
+                return code
     raise ValueError(f"unsupported dtype for safetensors: {dt}")
 
 

@@ -21,7 +21,6 @@ from __future__ import annotations
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 
-import ml_dtypes
 import numpy as np
 
 from sa3ckpt import dtypes
@@ -270,6 +269,6 @@ def _merge_block(
         np.multiply(w, cols[None, :], out=out, casting="unsafe")
     else:
         np.copyto(out, w, casting="unsafe")
-    if _certified_finite(w, scales, float(ml_dtypes.finfo(target).max)):
+    if _certified_finite(w, scales, dtypes.finfo_max(dtypes.code_for(target))):
         return out, True
     return out, bool(np.isfinite(dtypes.to_float32(out)).all())

@@ -31,7 +31,6 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-import ml_dtypes
 import numpy as np
 
 from sa3ckpt import dtypes
@@ -343,6 +342,8 @@ def _to_numpy(torch: Any, path: str, name: str, value: Any) -> np.ndarray:
     The result is copied: ``.numpy()`` shares the tensor's storage, and checkpoints may tie
     several tensors to one storage, so callers mutating one array must not change another.
     """
+    import ml_dtypes  # here, not at import: it takes ~0.45 s (`dtypes`)
+
     reinterpret = {
         torch.bfloat16: (torch.int16, ml_dtypes.bfloat16),
         torch.float8_e4m3fn: (torch.uint8, ml_dtypes.float8_e4m3fn),

@@ -166,7 +166,7 @@ def _parse_metadata(value: Any) -> dict[str, str]:
     return dict(value)
 
 
-_ITEMSIZE: dict[str, int] = {code: spec.itemsize for code, spec in dtypes.DTYPES.items()}
+_ITEMSIZE: dict[str, int] = {code: dtypes.itemsize(code) for code in dtypes.DTYPES}
 
 
 def _fast_entry(name: str, entry: Any, data_bytes: int) -> TensorInfo | None:

@@ -23,7 +23,6 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
-import ml_dtypes
 import numpy as np
 
 from sa3ckpt import dtypes
@@ -206,6 +205,8 @@ def _cast_errors(source: np.ndarray, cast: np.ndarray, code: str) -> tuple[float
     normal values, half the smallest subnormal below the normal range. Relative errors use
     the smallest normal as the floor of the denominator, since precision is absolute there.
     """
+    import ml_dtypes  # here, not at import: it takes ~0.45 s (`dtypes`)
+
     info = ml_dtypes.finfo(dtypes.numpy_dtype(code))
     eps, tiny, sub = float(info.eps), float(info.smallest_normal), float(info.smallest_subnormal)
     worst, ok = 0.0, True

@@ -21,6 +21,7 @@ from textual.worker import get_current_worker
 from sa3ckpt.ops.inspect_report import StatsReport
 from sa3ckpt.ops.validate import FileResult
 from sa3ckpt.textsafe import escape_control
+from tui.after_merge import refresh_and_select
 from tui.coverage_view import CoverageView
 from tui.file_tree import AdapterTree
 from tui.loading import Loaded, load_checkpoint, load_stats, run_validation
@@ -208,7 +209,7 @@ class BrowserScreen(Screen[None]):
         base, adapters = self.merge_defaults()
         self.app.push_screen(MergeScreen(base, adapters), self._after_merge)
 
-    def _after_merge(self, wrote: bool | None) -> None:
-        """A merge wrote a new file: list it."""
-        if wrote:
-            self.query_one(AdapterTree).reload()
+    async def _after_merge(self, written: str | None) -> None:
+        """A merge wrote a new file: list it, keeping the place, and highlight it."""
+        if written:
+            await refresh_and_select(self.query_one(AdapterTree), written)

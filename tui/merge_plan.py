@@ -19,7 +19,7 @@ from sa3ckpt.io.atomic import (
     check_output_path,
 )
 from sa3ckpt.ops.merge import AdapterArg
-from tui.strength import parse_strength
+from sa3ckpt.strengths import StrengthError, parse_strength
 
 # The library's output policy decides; the form only words its refusals for a person who
 # cannot pass --force (the TUI never replaces a file).
@@ -56,9 +56,10 @@ def make_plan(base: str, adapters: list[tuple[str, str]], output: str, semantics
         raise PlanError("add at least one adapter")
     args = []
     for path, text in adapters:
-        strength = parse_strength(text)
-        if strength is None:
-            raise PlanError(f"strength {text!r} of {path} is not a number")
+        try:  # the CLI's own parser and words, so the form refuses what `merge` refuses
+            strength = parse_strength(text, of=path)
+        except StrengthError as exc:
+            raise PlanError(str(exc)) from None
         args.append(AdapterArg(path, strength))
     if semantics not in SEMANTICS:
         raise PlanError(f"unknown semantics {semantics!r}")

@@ -55,8 +55,8 @@ def throttled(report: Callable[[int, int], None]) -> ProgressCallback:
     return progress
 
 
-class MergeScreen(Screen[bool]):
-    """Form on top, progress and the ledger below; dismissed with whether a file was written."""
+class MergeScreen(Screen[str | None]):
+    """Form on top, progress and the ledger below; dismissed with the last file written, or None."""
 
     BINDINGS: ClassVar[list[BindingType]] = [
         Binding("escape", "back", "Back", tooltip="Return to the browser"),
@@ -91,7 +91,8 @@ class MergeScreen(Screen[bool]):
         self._adapters = adapters
         self._output = output or suggested_output(base)
         self._merging = False
-        self._wrote = False
+        self._running_output = ""
+        self._wrote: str | None = None
 
     def compose(self) -> ComposeResult:
         yield Static("Merge adapters into a base checkpoint", id="merge-title")
@@ -205,6 +206,7 @@ class MergeScreen(Screen[bool]):
         bar = self.query_one("#merge-progress", ProgressBar)
         bar.update(total=None, progress=0)
         bar.display = True
+        self._running_output = plan.output
         self.query_one("#ledger-text", Static).update(Text("merging…", style="dim"))
         self._merge(plan)
 
@@ -238,9 +240,11 @@ class MergeScreen(Screen[bool]):
         self.query_one("#run-merge", Button).disabled = False
         text = self.query_one("#ledger-text", Static)
         if ledger is None:
+            # An indeterminate bar would keep animating at "--%" as if work went on: hide it.
+            self.query_one("#merge-progress", ProgressBar).display = False
             self._show_error(error or "merge failed")
             text.update(Text("nothing was written", style="dim"))
             return
-        self._wrote = True
+        self._wrote = self._running_output
         text.update(Text("\n").join(plain(line) for line in ledger.lines()))
         self.notify("merge finished")

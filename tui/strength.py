@@ -1,22 +1,22 @@
 """One adapter in the merge list: its path and a strength you can type or step by 0.1.
 
-The strength field takes `+` and `-` as steps rather than characters because stepping is the
-common edit; a minus sign can still be typed into an empty field to enter a negative value.
+A strength field reads exactly what the CLI reads (`sa3ckpt.strengths`): every character is
+typed as-is (`-`, `+`, `e` are part of `-0.5` and `1e-3`), a value the CLI refuses shows the
+CLI's reason under the field, and stepping lives on the arrow keys and the −/+ buttons.
 """
 
 from __future__ import annotations
 
-import math
 from typing import Any, ClassVar
 
-from textual import events
 from textual.app import ComposeResult
 from textual.binding import Binding, BindingType
-from textual.containers import Horizontal
+from textual.containers import Horizontal, Vertical
 from textual.message import Message
-from textual.validation import Number
+from textual.validation import ValidationResult, Validator
 from textual.widgets import Button, Input, Static
 
+from sa3ckpt import strengths
 from tui.safe_text import plain
 
 STEP = 0.1
@@ -28,28 +28,44 @@ def format_strength(value: float) -> str:
     return text if any(c in text for c in ".en") else f"{text}.0"
 
 
-def parse_strength(text: str) -> float | None:
-    """The typed strength, or None when it is not a finite number."""
+def strength_error(text: str) -> str | None:
+    """The CLI's reason for refusing `text` as a strength, or None when it reads."""
     try:
-        value = float(text)
-    except ValueError:
+        strengths.parse_strength(text)
+    except strengths.StrengthError as exc:
+        return str(exc)
+    return None
+
+
+def parse_strength(text: str) -> float | None:
+    """The typed strength as the CLI reads it, or None when the CLI would refuse it."""
+    try:
+        return strengths.parse_strength(text)
+    except strengths.StrengthError:
         return None
-    return value if math.isfinite(value) else None
+
+
+class CliStrength(Validator):
+    """Marks the field invalid (red) for any text the CLI would refuse, with its reason."""
+
+    def validate(self, value: str) -> ValidationResult:
+        reason = strength_error(value)
+        return self.success() if reason is None else self.failure(reason)
 
 
 class StrengthInput(Input):
-    """A number field where + / - (and up / down) step the value by 0.1."""
+    """A strength field: type any number the CLI takes; ↑ / ↓ step the value by 0.1."""
 
     BINDINGS: ClassVar[list[BindingType]] = [
-        Binding("up", "step(1)", "+0.1", key_display="↑/+"),
-        Binding("down", "step(-1)", "-0.1", key_display="↓/-"),
+        Binding("up", "step(1)", "+0.1", key_display="↑"),
+        Binding("down", "step(-1)", "−0.1", key_display="↓"),
     ]
 
     def __init__(self, value: float = 1.0, **kwargs: Any) -> None:
         super().__init__(
             format_strength(value),
-            restrict=r"-?[0-9]*\.?[0-9]*",
-            validators=[Number()],
+            validators=[CliStrength()],
+            validate_on=["changed", "submitted"],
             compact=True,
             **kwargs,
         )
@@ -64,16 +80,9 @@ class StrengthInput(Input):
         self.value = format_strength(current + direction * STEP)
         self.cursor_position = len(self.value)
 
-    async def on_key(self, event: events.Key) -> None:
-        """Take + and - before Input inserts them (a leading '-' in an empty field is typed)."""
-        if event.character == "+" or (event.character == "-" and self.value):
-            event.stop()
-            event.prevent_default()
-            self.action_step(1 if event.character == "+" else -1)
 
-
-class AdapterRow(Horizontal):
-    """Path, − button, strength field, + button and a remove button."""
+class AdapterRow(Vertical):
+    """Path, − button, strength field, + button, a remove button; the field's error below."""
 
     class RemoveRequested(Message):
         """The row's ✕ was pressed; its list decides what else changes when it goes."""
@@ -84,11 +93,13 @@ class AdapterRow(Horizontal):
 
     DEFAULT_CSS = """
     AdapterRow {
-        height: 1;
+        height: auto;
+        .adapter-line { height: 1; }
         .adapter-path { width: 1fr; }
-        StrengthInput { width: 8; margin: 0 1; }
+        StrengthInput { width: 10; margin: 0 1; }
         Button { min-width: 3; width: 3; }
         .remove { margin-left: 1; }
+        .strength-error { color: $error; height: auto; display: none; }
     }
     """
 
@@ -98,15 +109,29 @@ class AdapterRow(Horizontal):
         self._initial = strength
 
     def compose(self) -> ComposeResult:
-        yield Static(plain(self.path), classes="adapter-path")
-        yield Button("−", classes="minus", compact=True, tooltip="strength −0.1")
-        yield StrengthInput(self._initial)
-        yield Button("+", classes="plus", compact=True, tooltip="strength +0.1")
-        yield Button("✕", classes="remove", compact=True, variant="error", tooltip="remove")
+        with Horizontal(classes="adapter-line"):
+            yield Static(plain(self.path), classes="adapter-path")
+            yield Button("−", classes="minus", compact=True, tooltip="strength −0.1 (↓)")
+            yield StrengthInput(self._initial)
+            yield Button("+", classes="plus", compact=True, tooltip="strength +0.1 (↑)")
+            yield Button("✕", classes="remove", compact=True, variant="error", tooltip="remove")
+        yield Static(classes="strength-error")
 
     @property
     def strength_text(self) -> str:
         return self.query_one(StrengthInput).value
+
+    @property
+    def error_text(self) -> str:
+        """The parse error shown under the field ('' while the strength reads)."""
+        return str(self.query_one(".strength-error", Static).content)
+
+    def on_input_changed(self, event: Input.Changed) -> None:
+        """Show the CLI's reason under the field while the text is not a strength."""
+        reason = strength_error(event.value)
+        error = self.query_one(".strength-error", Static)
+        error.update(plain(reason or ""))
+        error.display = reason is not None
 
     def on_button_pressed(self, event: Button.Pressed) -> None:
         event.stop()

@@ -12,6 +12,7 @@ from textual.widgets import DataTable, Input
 
 from tests.tui.helpers import settle
 from tui.app import Sa3ckptApp
+from tui.strength import StrengthInput
 
 SIZE = (80, 24)
 
@@ -53,6 +54,23 @@ def test_merge_snapshot(snap_compare) -> None:
         await ready(pilot, "m")
         pilot.app.screen.query_one("#base", Input).value = "bases/tiny-small.official.safetensors"
         pilot.app.screen.query_one("#output", Input).value = "merged/tiny-small.lora.safetensors"
+        await ready(pilot)
+
+    app = Sa3ckptApp("adapters/tiny-small/lora.safetensors")
+    assert snap_compare(app, terminal_size=SIZE, run_before=run_before)
+
+
+def test_merge_strength_error_snapshot(snap_compare) -> None:
+    """A strength the CLI refuses: the field turns red and the CLI's reason shows under it."""
+
+    async def run_before(pilot: Pilot[object]) -> None:
+        await ready(pilot, "m")
+        pilot.app.screen.query_one("#base", Input).value = "bases/tiny-small.official.safetensors"
+        pilot.app.screen.query_one("#output", Input).value = "merged/tiny-small.lora.safetensors"
+        field = pilot.app.screen.query_one(StrengthInput)
+        field.focus()
+        field.value = ""
+        await pilot.press(*"1e999")
         await ready(pilot)
 
     app = Sa3ckptApp("adapters/tiny-small/lora.safetensors")

@@ -12,6 +12,8 @@ from safetensors.numpy import load_file, save_file
 
 from sa3ckpt.ops.inspect import inspect_path
 from sa3ckpt.ops.inspect_report import RankReport, StatsReport, TargetStats
+from sa3ckpt.strengths import StrengthError
+from sa3ckpt.strengths import parse_strength as cli_strength
 from tests.tui.helpers import settle, static_text
 from tui.app import Sa3ckptApp
 from tui.coverage_model import (
@@ -28,7 +30,7 @@ from tui.formatting import counts, human_size, rank_text, shape
 from tui.merge_plan import PlanError, make_plan, suggested_output
 from tui.overview_rows import overview_rows
 from tui.paths import display_path, is_openable, looks_like_base, shown_in_browser
-from tui.strength import format_strength, parse_strength
+from tui.strength import format_strength, parse_strength, strength_error
 
 BASE = "bases/tiny-small.official.safetensors"
 ADAPTER = "adapters/tiny-small/lora.safetensors"
@@ -117,17 +119,30 @@ def test_strength_text() -> None:
     assert parse_strength("0.5") == 0.5
     assert parse_strength("-") is None
     assert parse_strength("nan") is None
+    # the CLI's parser, so the field takes and refuses what `merge a.safetensors:X` does
+    for text, value in [("1e-3", 1e-3), ("-0.5", -0.5), ("+.5", 0.5), ("2E+1", 20.0)]:
+        assert parse_strength(text) == value and strength_error(text) is None
+    for text in ["1e999", "abc", "1_0", "inf", "", " 1", "0x1", "١"]:
+        assert parse_strength(text) is None
+        with pytest.raises(StrengthError) as refused:
+            cli_strength(text)
+        assert strength_error(text) == str(refused.value)
+    assert strength_error("1e999") == "strength '1e999' is not a finite number"
 
 
 def test_merge_plan_checks(tmp_path: Path) -> None:
     out = str(tmp_path / "out.safetensors")
     plan = make_plan(BASE, [(ADAPTER, "0.5")], out, "delta")
     assert plan.adapters[0].strength == 0.5 and plan.semantics == "delta"
+    plan = make_plan(BASE, [(ADAPTER, "-1e-3"), (ADAPTER, "1e-3")], out, "runtime")
+    assert [a.strength for a in plan.adapters] == [-1e-3, 1e-3]
     cases = [
         (("", [(ADAPTER, "1")], out, "runtime"), "choose a base"),
         (("nope.safetensors", [(ADAPTER, "1")], out, "runtime"), "is not a file"),
         ((BASE, [], out, "runtime"), "at least one adapter"),
         ((BASE, [(ADAPTER, "x")], out, "runtime"), "is not a number"),
+        ((BASE, [(ADAPTER, "1e999")], out, "runtime"), f"'1e999' of {ADAPTER} is not a finite"),
+        ((BASE, [(ADAPTER, "1_0")], out, "runtime"), "write a plain decimal"),
         ((BASE, [(ADAPTER, "1")], "", "runtime"), "choose an output"),
         ((BASE, [(ADAPTER, "1")], BASE, "runtime"), "is an input"),
         ((BASE, [(ADAPTER, "1")], ADAPTER, "runtime"), "is an input"),

@@ -15,7 +15,7 @@ from textual.app import ComposeResult
 from textual.binding import Binding, BindingType
 from textual.containers import Horizontal
 from textual.screen import Screen
-from textual.widgets import Footer, TabbedContent, TabPane
+from textual.widgets import Footer, TabbedContent, TabPane, Tabs
 from textual.worker import get_current_worker
 
 from sa3ckpt.ops.inspect_report import StatsReport
@@ -37,19 +37,29 @@ NEEDS_SELECTION = {"load_stats", "revalidate"}
 class BrowserScreen(Screen[None]):
     """Browse on the left, look on the right; the footer lists the keys."""
 
+    # priority: the keys work wherever focus is, a tab's table included (a table would
+    # otherwise see them first); t and escape bring focus back to the file tree.
     BINDINGS: ClassVar[list[BindingType]] = [
-        Binding("o", "show_tab('overview')", "Overview", tooltip="Show the overview tab"),
-        Binding("c", "show_tab('coverage')", "Coverage", tooltip="Show the coverage grid"),
-        Binding("v", "show_tab('validation')", "Checks", tooltip="Show validation findings"),
-        Binding("s", "load_stats", "Stats", tooltip="Compute update norms and NaN/Inf counts"),
-        Binding("r", "revalidate", "Rerun", tooltip="Re-run validation on the selection"),
-        Binding("m", "merge", "Merge", tooltip="Open the merge screen"),
-        Binding("q", "app.quit", "Quit", tooltip="Quit sa3ckpt tui"),
-    ]
+        Binding(key, action, label, tooltip=tip, priority=True)
+        for key, action, label, tip in (
+            ("o", "show_tab('overview')", "Overview", "Show the overview tab"),
+            ("c", "show_tab('coverage')", "Coverage", "Show the coverage grid"),
+            ("v", "show_tab('validation')", "Checks", "Show validation findings"),
+            ("s", "load_stats", "Stats", "Compute update norms and NaN/Inf counts"),
+            ("r", "revalidate", "Rerun", "Re-run validation on the selection"),
+            ("m", "merge", "Merge", "Open the merge screen"),
+            ("t", "focus_tree", "Tree", "Move focus back to the file tree"),
+            ("q", "app.quit", "Quit", "Quit sa3ckpt tui"),
+        )
+    ] + [Binding("escape", "focus_tree", "Tree", show=False, priority=True)]
 
     DEFAULT_CSS = """
     BrowserScreen {
-        #files { width: 35; overflow-x: hidden; height: 1fr; border-right: solid $primary-muted; }
+        /* as wide as the longest listed name, between the old 35 and half the screen */
+        #files {
+            width: auto; min-width: 35; max-width: 50%; overflow-x: hidden; height: 1fr;
+            border-right: solid $primary-muted;
+        }
         #views { width: 1fr; height: 1fr; }
         TabPane { padding: 0; }
     }
@@ -132,8 +142,31 @@ class BrowserScreen(Screen[None]):
     # --- actions ----------------------------------------------------------------------
 
     def action_show_tab(self, tab: str) -> None:
-        if tab in TABS:
-            self.query_one(TabbedContent).active = tab
+        """Switch tabs; focus in the old tab's table follows into the new tab.
+
+        Left in a pane that gets hidden, focus would jump to the next visible widget, and
+        TabbedContent shows the pane holding the focus: the old tab would come back.
+        """
+        if tab not in TABS:
+            return
+        views = self.query_one(TabbedContent)
+        focused = self.focused
+        inside = focused is not None and views in focused.ancestors
+        if inside:
+            views.query_one(Tabs).focus()
+        views.active = tab
+        if inside:
+            self.call_after_refresh(self._focus_in_tab, tab)
+
+    def _focus_in_tab(self, tab: str) -> None:
+        """The first focusable widget of the tab's pane, if it has one (else the tab bar)."""
+        pane = self.query_one(TabbedContent).get_pane(tab)
+        target = next((w for w in pane.query("*") if w.focusable), None)
+        if target is not None:
+            target.focus()
+
+    def action_focus_tree(self) -> None:
+        self.query_one(AdapterTree).focus()
 
     def action_load_stats(self) -> None:
         loaded = self._loaded

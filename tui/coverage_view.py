@@ -32,6 +32,14 @@ from tui.loading import Loaded
 from tui.target_detail import target_detail
 
 CELL = 4  # grid column width: a three-letter head and a space
+GRID_MIN = 11  # header + 10 block rows: what fits beside the other parts at 80x24
+# Lines the other parts keep: status (2), extras list (header + 2 rows), detail (7).
+OTHERS = 2 + 3 + 7
+
+
+def grid_height(available: int) -> int:
+    """The grid's most lines: all the view's height the other parts do not need."""
+    return max(GRID_MIN, available - OTHERS)
 
 
 def centred(text: Text) -> Text:
@@ -47,7 +55,7 @@ class CoverageView(Vertical):
     DEFAULT_CSS = """
     CoverageView {
         #coverage-status { height: auto; max-height: 2; padding: 0 1; }
-        #coverage-grid { height: auto; max-height: 11; }
+        #coverage-grid { height: auto; max-height: 11; }  /* then grid_height */
         #coverage-extras { height: 1fr; min-height: 3; }
         #coverage-detail { height: 7; border-top: solid $primary-muted; padding: 0 1; }
     }
@@ -69,6 +77,12 @@ class CoverageView(Vertical):
         yield DataTable(id="coverage-extras", cursor_type="row")
         with VerticalScroll(id="coverage-detail"):
             yield Static(Text(LEGEND, style="dim"), id="coverage-detail-text")
+
+    def on_resize(self, event: events.Resize) -> None:
+        """A taller terminal shows more block rows (a medium family's 24 at 45 lines)."""
+        self.query_one("#coverage-grid", DataTable).styles.max_height = grid_height(
+            event.size.height
+        )
 
     @property
     def stats(self) -> StatsReport | None:

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 from pathlib import Path
-from typing import Any
+from typing import Any, Self
 
 from rich.style import Style
 from rich.text import Text, TextType
@@ -20,6 +20,15 @@ from textual.widgets.tree import TreeNode
 
 from sa3ckpt.textsafe import escape_control
 from tui.paths import is_peft_dir, shown_in_browser
+
+
+def root_label(path: str | Path) -> str:
+    """The root's name: "." and ".." have no name of their own, so their folder's is shown."""
+    given = Path(path)
+    if given.name and given.name != "..":
+        return given.name
+    resolved = given.resolve()
+    return resolved.name or str(resolved)
 
 
 class AdapterTree(DirectoryTree):
@@ -44,6 +53,21 @@ class AdapterTree(DirectoryTree):
     def __init__(self, path: str | Path, **kwargs: Any) -> None:
         self._peft: set[Path] = set()  # filled off-thread by filter_paths, read when rendering
         super().__init__(path, **kwargs)
+        self.root.set_label(root_label(path))
+
+    def reset_node(
+        self, node: TreeNode[DirEntry], label: TextType, data: DirEntry | None = None
+    ) -> Self:
+        """A reload relabels the root by its path's name, empty for "."; keep a real name."""
+        if node is self.root and data is not None:
+            label = root_label(data.path)
+        return super().reset_node(node, label, data)
+
+    def _toggle_node(self, node: TreeNode[DirEntry]) -> None:
+        """Enter or a click on the root would fold the whole listing away: the root stays open."""
+        if node is self.root and node.is_expanded:
+            return
+        super()._toggle_node(node)
 
     def filter_paths(self, paths: Iterable[Path]) -> Iterable[Path]:
         """Runs in the tree's loader thread, so the stat calls do not block the UI."""

@@ -37,21 +37,24 @@ NEEDS_SELECTION = {"load_stats", "revalidate"}
 class BrowserScreen(Screen[None]):
     """Browse on the left, look on the right; the footer lists the keys."""
 
-    # priority: the keys work wherever focus is, a tab's table included (a table would
-    # otherwise see them first); t and escape bring focus back to the file tree.
+    # priority: no focused widget (a tab's table, the tree) takes these keys first; the
+    # tab switch moves focus along (action_show_tab). t and escape: back to the file tree.
     BINDINGS: ClassVar[list[BindingType]] = [
-        Binding(key, action, label, tooltip=tip, priority=True)
-        for key, action, label, tip in (
-            ("o", "show_tab('overview')", "Overview", "Show the overview tab"),
-            ("c", "show_tab('coverage')", "Coverage", "Show the coverage grid"),
-            ("v", "show_tab('validation')", "Checks", "Show validation findings"),
-            ("s", "load_stats", "Stats", "Compute update norms and NaN/Inf counts"),
-            ("r", "revalidate", "Rerun", "Re-run validation on the selection"),
-            ("m", "merge", "Merge", "Open the merge screen"),
-            ("t", "focus_tree", "Tree", "Move focus back to the file tree"),
-            ("q", "app.quit", "Quit", "Quit sa3ckpt tui"),
-        )
-    ] + [Binding("escape", "focus_tree", "Tree", show=False, priority=True)]
+        *(
+            Binding(key, action, label, tooltip=tip, priority=True)
+            for key, action, label, tip in (
+                ("o", "show_tab('overview')", "Overview", "Show the overview tab"),
+                ("c", "show_tab('coverage')", "Coverage", "Show the coverage grid"),
+                ("v", "show_tab('validation')", "Checks", "Show validation findings"),
+                ("s", "load_stats", "Stats", "Compute update norms and NaN/Inf counts"),
+                ("r", "revalidate", "Rerun", "Re-run validation on the selection"),
+                ("m", "merge", "Merge", "Open the merge screen"),
+                ("t", "focus_tree", "Tree", "Move focus back to the file tree"),
+                ("q", "app.quit", "Quit", "Quit sa3ckpt tui"),
+            )
+        ),
+        Binding("escape", "focus_tree", "Tree", show=False, priority=True),
+    ]
 
     DEFAULT_CSS = """
     BrowserScreen {
@@ -82,7 +85,7 @@ class BrowserScreen(Screen[None]):
                     yield CoverageView()
                 with TabPane("Validation", id="validation"):
                     yield ValidationView()
-        yield Footer()
+        yield Footer(compact=True)  # at 80 columns every key fits, t (tree) and q included
 
     def on_mount(self) -> None:
         self.query_one(AdapterTree).focus()

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 from pathlib import Path
-from typing import Any, Self
+from typing import TYPE_CHECKING, Any
 
 from rich.style import Style
 from rich.text import Text, TextType
@@ -20,6 +20,9 @@ from textual.widgets.tree import TreeNode
 
 from sa3ckpt.textsafe import escape_control
 from tui.paths import is_peft_dir, shown_in_browser
+
+if TYPE_CHECKING:
+    from typing_extensions import Self
 
 
 def root_label(path: str | Path) -> str:

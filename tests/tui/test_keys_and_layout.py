@@ -13,6 +13,7 @@ from pathlib import Path
 import pytest
 from textual.widgets import DataTable, TabbedContent
 
+from sa3ckpt.cli import main as cli_main
 from sa3ckpt.ops.inspect_report import BlockRow
 from sa3ckpt.sizes import human_size
 from sa3ckpt.targets.families import FAMILIES
@@ -216,9 +217,11 @@ def test_coverage_grid_uses_the_height_for_a_medium_family(size: tuple[int, int]
 
 
 @pytest.mark.parametrize("size", SIZES)
-def test_sizes_use_the_cli_convention(size: tuple[int, int]) -> None:
-    """The overview's size is the CLI's `human_size` of the file (binary units, KiB)."""
+def test_sizes_use_the_cli_convention(size: tuple[int, int], capsys) -> None:
+    """The overview's size is the one `sa3ckpt inspect` prints (binary units, KiB)."""
     nbytes = os.path.getsize(DATA / ADAPTER)
+    cli_main(["inspect", ADAPTER])
+    assert human_size(nbytes) in capsys.readouterr().out
 
     async def scenario() -> None:
         app = Sa3ckptApp(ADAPTER)

@@ -93,7 +93,7 @@ def merged_updates(
     targets = list(dict.fromkeys(t for ckpt, _ in adapters for t in ckpt.targets()))
     updates: list[tuple[str, mx.array]] = []
     for target in targets:
-        key = _runtime_key(target)
+        key = runtime_key(target)
         weight = originals.get(key) if key is not None else None
         if key is None or weight is None:
             ledger.missing_targets.append(target)
@@ -132,7 +132,7 @@ def merged_updates(
     return updates, ledger
 
 
-def _runtime_key(target: str) -> str | None:
+def runtime_key(target: str) -> str | None:
     """The model parameter key of a target's weight; None when the runtime has no name."""
     try:
         return mlx_base_key(target)
@@ -222,7 +222,7 @@ class AdapterSession:
         """Put every touched weight back to its original array."""
         if self._originals is None:
             return
-        touched = {_runtime_key(t) for ckpt in self.checkpoints for t in ckpt.targets()}
+        touched = {runtime_key(t) for ckpt in self.checkpoints for t in ckpt.targets()}
         originals = [(k, v) for k, v in self._originals.items() if k in touched]
         self.model.update(tree_unflatten(originals))
         mx.eval(self.model.parameters())

@@ -45,12 +45,17 @@ from sa3ckpt.errors import IncompatibleError, MalformedFileError, UsageError
 from sa3ckpt.io.base_checkpoint import open_base
 from sa3ckpt.io.formats import identify
 from sa3ckpt.models import LoadedDiT, load_dit
-from sa3ckpt.names.base_keys import mlx_base_key as _mlx_base_key
-from sa3ckpt.names.modules import MLX_ARRAY_PREFIX, ROOTS, root_of
-from sa3ckpt.ops.apply import AdapterSource, ApplyLedger, checkpoint_source, merged_updates
+from sa3ckpt.names.modules import MLX_ARRAY_PREFIX, root_of
+from sa3ckpt.ops.apply import (
+    AdapterSource,
+    ApplyLedger,
+    checkpoint_source,
+    merged_updates,
+    runtime_key,
+)
 from sa3ckpt.ops.convert_base import plan_conversion
 from sa3ckpt.ops.exclusions import Excluded, apply_exclusions, parse_exclusions
-from sa3ckpt.ops.merge import PROVENANCE_KEY, adapter_sha256
+from sa3ckpt.ops.merge import ONLY_ROOTS, PROVENANCE_KEY, adapter_sha256
 from sa3ckpt.ops.verify_probe import DEFAULT_FRAMES, DEFAULT_SEED, Probe, make_probe, run_probe
 from sa3ckpt.ops.verify_report import (
     DEFAULT_TOLERANCE,
@@ -67,7 +72,6 @@ from sa3ckpt.ops.verify_report import (
 from sa3ckpt.progress import ProgressCallback, ProgressCounter
 from sa3ckpt.strengths import AdapterArg
 
-ONLY_ROOTS = ROOTS
 # Stored dtypes the floor rounds to in MLX (fast); wider ones are exact in a float32 run.
 _MX_ROUNDING = {"F16": mx.float16, "BF16": mx.bfloat16}
 _EXACT_IN_FP32 = frozenset({"F32", "F64"})
@@ -422,7 +426,7 @@ def _apply_live(
             ledger.unmatched_keys += [f"{key} ({reason})" for key, reason in ckpt.ledger.rejected]
     present = set(_params(loaded, with_conditioner))
     targets = list(dict.fromkeys(t for ckpt, _ in ckpts for t in ckpt.targets()))
-    ledger.missing_targets = [t for t in targets if _runtime_key(t) not in present]
+    ledger.missing_targets = [t for t in targets if runtime_key(t) not in present]
     todo = [t for t in targets if t not in ledger.missing_targets]
     if not todo:
         raise IncompatibleError(
@@ -505,13 +509,6 @@ def _no_conditioner_reason(base: bool, merged: bool) -> str | None:
         f"{' and '.join(missing)} {'has' if len(missing) == 1 else 'have'} no conditioner "
         "arrays, so the seconds conditioner cannot be compared"
     )
-
-
-def _runtime_key(target: str) -> str | None:
-    try:
-        return _mlx_base_key(target)
-    except ValueError:
-        return None
 
 
 # --- the run -----------------------------------------------------------------------------------
@@ -664,7 +661,7 @@ def verify_merge(
     )
     verdict = verdict_of(numbers)
     target_codes = Counter(
-        codes.get(k, "?") for k in (_runtime_key(t) for t in ledger.applied) if k is not None
+        codes.get(k, "?") for k in (runtime_key(t) for t in ledger.applied) if k is not None
     )
     provenance = _provenance(metadata)
     report = VerifyReport(

@@ -9,16 +9,20 @@ checked with against the float64 reference.
 from __future__ import annotations
 
 import functools
+import hashlib
 import subprocess
 import sys
+from pathlib import Path
 
 import numpy as np
 from safetensors.numpy import load_file
 
 from fixtures.generate import DATA_DIR
 from sa3ckpt.adapters.types import ADAPTER_TYPES
+from sa3ckpt.io.safetensors import write_safetensors
 from sa3ckpt.names import official_base_key
-from sa3ckpt.targets import Target
+from sa3ckpt.synth import synth_adapter
+from sa3ckpt.targets import FAMILIES, Target
 
 # --- the CLI ---------------------------------------------------------------------------------
 
@@ -93,3 +97,38 @@ def random_base(layer: str, seed: int) -> tuple[np.ndarray, int]:
     rng = np.random.default_rng(seed)
     shape = (fan_out, cin) if layer == "linear" else (fan_out, cin, k)
     return rng.standard_normal(shape).astype(np.float32), k
+
+
+# --- small adapter files for the audit table and the hashes ------------------------------
+
+
+def write_adapter(
+    path: Path,
+    *,
+    rank: int = 4,
+    seed: int = 0,
+    type_name: str = "lora",
+    config: dict[str, object] | None = None,
+    metadata: dict[str, str] | None = None,
+    zero_effect: bool = False,
+) -> Path:
+    """A small adapter file with `config` added to its lora_config and extra header entries."""
+    adapter = synth_adapter(
+        FAMILIES[BASE_FAMILY],
+        type_name,
+        rank=rank,
+        seed=seed,
+        include=["self_attn.to_qkv"],
+        zero_effect=zero_effect,
+        extra_config=config,
+    )
+    path.parent.mkdir(parents=True, exist_ok=True)
+    write_safetensors(path, adapter.file_tensors(), {**adapter.metadata(), **(metadata or {})})
+    return path
+
+
+def reference_hashes(path: Path) -> tuple[str, str]:
+    """(data-section sha256, whole-file sha256) from the raw bytes, without the library."""
+    raw = path.read_bytes()
+    header_length = int.from_bytes(raw[:8], "little")
+    return hashlib.sha256(raw[8 + header_length :]).hexdigest(), hashlib.sha256(raw).hexdigest()

@@ -20,6 +20,7 @@ from sa3ckpt.cli import (
     cmd_combine,
     cmd_convert,
     cmd_demo,
+    cmd_hash,
     cmd_inspect,
     cmd_merge,
     cmd_targets,
@@ -56,6 +57,12 @@ COMMANDS: tuple[Command, ...] = (
         "what an adapter is (header-only unless --stats)",
         cmd_inspect.add_arguments,
         cmd_inspect.run,
+    ),
+    Command(
+        "hash",
+        "tensor-data sha256 (AutoV3-style, unchanged by metadata edits) and whole-file sha256",
+        cmd_hash.add_arguments,
+        cmd_hash.run,
     ),
     Command(
         "validate",

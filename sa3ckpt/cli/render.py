@@ -49,6 +49,9 @@ def _field_table(doc: InspectReport | BaseReport) -> Table:
         "format",
         safe(f"{doc.format}, {human_size(doc.size_bytes)}, {doc.tensors} tensors ({dtypes})"),
     )
+    if doc.hashes is not None:
+        table.add_row("tensor sha256", safe(doc.hashes.tensor_sha256 or doc.hashes.scope))
+        table.add_row("file sha256", safe(doc.hashes.file_sha256))
     return table
 
 

@@ -136,6 +136,15 @@ class StatsReport:
 
 
 @dataclass(frozen=True)
+class HashReport:
+    """`inspect --hash`: the tensor-data sha256 (None: no data section), the whole file's."""
+
+    tensor_sha256: str | None
+    file_sha256: str
+    scope: str  # what the tensor hash covers (sa3ckpt.io.hashing)
+
+
+@dataclass(frozen=True)
 class InspectReport:
     """What one adapter is (header only; `stats` only when tensors were read)."""
 
@@ -163,6 +172,7 @@ class InspectReport:
     keys: KeysReport
     notes: list[str]
     stats: StatsReport | None = field(default=None, metadata={OMIT_NONE: True})
+    hashes: HashReport | None = field(default=None, metadata={OMIT_NONE: True})
 
 
 BASE_KIND = "base"
@@ -188,6 +198,7 @@ class BaseReport:
     dtypes: dict[str, int]
     metadata: dict[str, str]
     notes: list[str]
+    hashes: HashReport | None = field(default=None, metadata={OMIT_NONE: True})
 
 
 def report_json(value: Any) -> Any:

@@ -93,7 +93,7 @@ def _run_table(args: argparse.Namespace) -> int:
     )
     for row in table.rows:
         if row.status == audit.MALFORMED:
-            print(f"sa3ckpt: error: {escape_control(row.path)}: {row.error}", file=sys.stderr)
+            print(f"sa3ckpt: error: {escape_control(f'{row.path}: {row.error}')}", file=sys.stderr)
     if args.json:
         print(audit.to_json(audit.table_json(table)))
     else:

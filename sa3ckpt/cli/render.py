@@ -49,10 +49,16 @@ def _field_table(doc: InspectReport | BaseReport) -> Table:
         "format",
         safe(f"{doc.format}, {human_size(doc.size_bytes)}, {doc.tensors} tensors ({dtypes})"),
     )
-    if doc.hashes is not None:
-        table.add_row("tensor sha256", safe(doc.hashes.tensor_sha256 or doc.hashes.scope))
-        table.add_row("file sha256", safe(doc.hashes.file_sha256))
     return table
+
+
+def _print_hashes(console: Console, doc: InspectReport | BaseReport) -> None:
+    """`--hash`: both digests on lines of their own (a 64-digit hash must not wrap)."""
+    if doc.hashes is None:
+        return
+    tensor = doc.hashes.tensor_sha256 or f"- ({doc.hashes.scope})"
+    console.print(safe(f" tensor sha256  {tensor}"), soft_wrap=True)
+    console.print(safe(f" file sha256    {doc.hashes.file_sha256}"), soft_wrap=True)
 
 
 def _overview(doc: InspectReport) -> Table:
@@ -180,9 +186,11 @@ def print_inspect(console: Console, doc: InspectReport | BaseReport) -> None:
     if isinstance(doc, BaseReport):
         console.print(Text("base ", style="bold") + safe(doc.path), soft_wrap=True)
         console.print(_base_overview(doc))
+        _print_hashes(console, doc)
         return
     console.print(Text("adapter ", style="bold") + safe(doc.path), soft_wrap=True)
     console.print(_overview(doc))
+    _print_hashes(console, doc)
     coverage = _coverage(doc)
     if coverage is not None:
         console.print(coverage)

@@ -10,7 +10,13 @@ from typing import Any
 from fixtures.generate import DATA_DIR
 from sa3ckpt.io import safetensors as st
 from sa3ckpt.ops.inspect import inspect_document, inspect_path, to_json
-from sa3ckpt.ops.inspect_report import InspectReport, StatsReport, TypeReport, report_json
+from sa3ckpt.ops.inspect_report import (
+    OMIT_NONE,
+    InspectReport,
+    StatsReport,
+    TypeReport,
+    report_json,
+)
 
 ADAPTERS = DATA_DIR / "adapters"
 # The document's keys in order, as the README documents them (schema 1).
@@ -60,7 +66,7 @@ def _walk_fields(value: Any, doc: Any) -> int:
         seen = 0
         for f in dataclasses.fields(value):
             item = getattr(value, f.name)
-            if item is None and f.name == "stats":
+            if item is None and f.metadata.get(OMIT_NONE):  # stats, hashes: absent when None
                 assert f.name not in doc
                 continue
             assert f.name in doc, f.name

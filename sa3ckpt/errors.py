@@ -63,6 +63,28 @@ class IncompatibleError(Sa3ckptError):
     exit_code = 4
 
 
+class VerificationError(IncompatibleError):
+    """A written output did not read back equal to its input (exit 4; nothing was written).
+
+    A subclass so a caller (the TUI) can report "verification failed" apart from other
+    incompatibilities; `worst` / `target` / `tolerance` carry the numbers when one error
+    measure exceeded its bound (None for a structural loss such as a missing target).
+    """
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        worst: float | None = None,
+        target: str | None = None,
+        tolerance: float | None = None,
+    ) -> None:
+        self.worst = worst
+        self.target = target
+        self.tolerance = tolerance
+        super().__init__(message)
+
+
 class OutputError(Sa3ckptError):
     """The output cannot be written: permissions, a full disk, a missing folder (exit 5).
 

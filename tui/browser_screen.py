@@ -10,7 +10,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import ClassVar
 
-from textual import work
+from textual import events, work
 from textual.app import ComposeResult
 from textual.binding import Binding, BindingType
 from textual.containers import Horizontal
@@ -22,12 +22,15 @@ from sa3ckpt.ops.inspect_report import StatsReport
 from sa3ckpt.ops.validate import FileResult
 from sa3ckpt.textsafe import escape_control
 from tui.after_merge import refresh_and_select
+from tui.combine_screen import CombineScreen
+from tui.convert_screen import ConvertScreen
 from tui.coverage_view import CoverageView
 from tui.file_tree import AdapterTree
+from tui.footer_fit import fit_palette
 from tui.loading import Loaded, load_checkpoint, load_stats, run_validation
 from tui.merge_screen import MergeScreen
 from tui.overview import OverviewPanel
-from tui.paths import display_path, looks_like_base
+from tui.paths import display_path, is_openable, looks_like_base
 from tui.validation_view import ValidationView
 
 TABS = ("overview", "coverage", "validation")
@@ -49,11 +52,15 @@ class BrowserScreen(Screen[None]):
                 ("s", "load_stats", "Stats", "Compute update norms and NaN/Inf counts"),
                 ("r", "revalidate", "Rerun", "Re-run validation on the selection"),
                 ("m", "merge", "Merge", "Open the merge screen"),
+                ("x", "convert", "Convert", "Convert the selected file (b: combine adapters)"),
                 ("t", "focus_tree", "Tree", "Move focus back to the file tree"),
                 ("q", "app.quit", "Quit", "Quit sa3ckpt tui"),
             )
         ),
         Binding("escape", "focus_tree", "Tree", show=False, priority=True),
+        # Off the footer, which has room for one of the two at 80 columns; the convert
+        # screen shows it (ctrl+b) and the README lists it.
+        Binding("b", "combine", "Combine", show=False, priority=True),
     ]
 
     DEFAULT_CSS = """
@@ -87,7 +94,11 @@ class BrowserScreen(Screen[None]):
                     yield ValidationView()
         yield Footer(compact=True)  # at 80 columns every key fits, t (tree) and q included
 
+    def on_resize(self, event: events.Resize) -> None:
+        fit_palette(self, event.size.width)
+
     def on_mount(self) -> None:
+        fit_palette(self, self.size.width)
         self.query_one(AdapterTree).focus()
         if self._start_path is not None:
             self.choose(self._start_path)
@@ -245,7 +256,28 @@ class BrowserScreen(Screen[None]):
         base, adapters = self.merge_defaults()
         self.app.push_screen(MergeScreen(base, adapters), self._after_merge)
 
+    def selected_path(self) -> str | None:
+        """The highlighted tree entry if the library can open it, else the loaded file."""
+        node = self.query_one(AdapterTree).cursor_node
+        if node is not None and node.data is not None and is_openable(node.data.path):
+            return display_path(node.data.path)
+        return self._path
+
+    def action_convert(self) -> None:
+        screen = ConvertScreen(self.selected_path() or "", open_combine=self.open_combine)
+        self.app.push_screen(screen, self._after_merge)
+
+    def action_combine(self) -> None:
+        loaded = self._loaded
+        adapters: tuple[str, ...] = ()
+        if loaded is not None and loaded.report is not None and not loaded.is_base:
+            adapters = (loaded.path,)
+        self.open_combine(adapters)
+
+    def open_combine(self, adapters: tuple[str, ...]) -> None:
+        self.app.push_screen(CombineScreen(adapters), self._after_merge)
+
     async def _after_merge(self, written: str | None) -> None:
-        """A merge wrote a new file: list it, keeping the place, and highlight it."""
+        """A merge, convert or combine wrote a file: list it, keeping the place; highlight it."""
         if written:
             await refresh_and_select(self.query_one(AdapterTree), written)

@@ -24,13 +24,17 @@ class PaletteEntry:
 
 
 class ScreenActions(Provider):
-    """One entry per footer binding (shown, enabled) of the screen the palette came from."""
+    """One entry per described, enabled binding of the screen the palette came from.
+
+    Bindings kept off a full footer (show=False) are listed too: the palette is where a
+    key that did not fit can still be found.
+    """
 
     def entries(self) -> Iterator[PaletteEntry]:
         seen: set[str] = set()
         for active in self.screen.active_bindings.values():
             binding = active.binding
-            if active.node is not self.screen or not (binding.show and binding.description):
+            if active.node is not self.screen or not binding.description:
                 continue
             if not active.enabled or binding.action in seen:
                 continue

@@ -37,7 +37,7 @@ from sa3ckpt.adapters.types import adapter_type as lookup_type
 from sa3ckpt.adapters.types import type_for
 from sa3ckpt.adapters.xs_bases import XsBases
 from sa3ckpt.adapters.xs_sources import load_xs_bases
-from sa3ckpt.errors import IncompatibleError, UsageError
+from sa3ckpt.errors import IncompatibleError, UsageError, VerificationError
 from sa3ckpt.io.atomic import StagedOutput
 from sa3ckpt.io.base_checkpoint import BaseCheckpoint, open_base
 from sa3ckpt.io.diffusers_lora import SIDECAR_WEIGHTS, is_diffusers_lora
@@ -84,6 +84,10 @@ class ConvertLedger:
     worst_error: float = 0.0
     worst_target: str | None = None
     nonfinite: list[str] = field(default_factory=list)  # kept under --allow-nonfinite
+    # The dtype written and the read-back bound it was held to (not in lines/JSON: the
+    # verified line states the error; a caller showing pass/fail needs the bound too).
+    code: str = ""
+    tolerance: float = 0.0
 
     def lines(self) -> list[str]:
         out = [
@@ -464,7 +468,7 @@ def _elementwise_errors(
     for name, value in source.tensors[target].items():
         other = rebuilt.tensors[target].get(name)
         if other is None:
-            raise IncompatibleError(f"{target} {name} is missing from the converted output")
+            raise VerificationError(f"{target} {name} is missing from the converted output")
         x, y = _f64(value), _f64(other)
         if name in SCALED_PARAMS:
             x, y = source.config.scale * x, rebuilt.config.scale * y
@@ -490,13 +494,13 @@ def verify(
     """
     want = expected_type or source.adapter_type
     if rebuilt.adapter_type != want:
-        raise IncompatibleError(f"rebuilt type {rebuilt.adapter_type} != {want}")
+        raise VerificationError(f"rebuilt type {rebuilt.adapter_type} != {want}")
     worst, where = 0.0, None
     for target in source.tensors:
         if target in skip:
             continue
         if target not in rebuilt.tensors:
-            raise IncompatibleError(f"{target} is missing from the converted output")
+            raise VerificationError(f"{target} is missing from the converted output")
         x, y = _factors(source, target), _factors(rebuilt, target)
         errors = []
         if find_nonfinite({target: source.tensors[target]}) or find_nonfinite(
@@ -572,14 +576,14 @@ def verify_factor_layout(
         for param, shape in want.items():
             got = tuple(stored[keys[param]].shape)
             if got != shape:
-                raise IncompatibleError(
+                raise VerificationError(
                     f"{target}.{param} is stored as {got}; {dialect} reads {shape}"
                 )
         magnitude = None
         if "magnitude" in source.tensors[target]:
             magnitude = stored[format_adapter_key(target, "magnitude", dialect)]
             if tuple(magnitude.shape) != (1, fan_out, 1):
-                raise IncompatibleError(
+                raise VerificationError(
                     f"{target}.magnitude is stored as {tuple(magnitude.shape)}; "
                     f"{dialect} reads {(1, fan_out, 1)}"
                 )
@@ -701,9 +705,13 @@ def convert_adapter(
         ]
         ledger.worst_error, ledger.worst_target = max(checks, key=lambda c: c[0])
         tolerance = TOLERANCE.get(code, 1e-3)
+        ledger.code, ledger.tolerance = code, tolerance
         if ledger.worst_error > tolerance:
-            raise IncompatibleError(
+            raise VerificationError(
                 f"verification failed: {ledger.worst_target} differs by {ledger.worst_error:.3g} "
-                f"(> {tolerance:g} for {code}); nothing was written"
+                f"(> {tolerance:g} for {code}); nothing was written",
+                worst=ledger.worst_error,
+                target=ledger.worst_target,
+                tolerance=tolerance,
             )
     return ledger

@@ -26,7 +26,7 @@ from typing import Any
 import numpy as np
 
 from sa3ckpt import dtypes
-from sa3ckpt.errors import IncompatibleError, UsageError
+from sa3ckpt.errors import IncompatibleError, UsageError, VerificationError
 from sa3ckpt.io.base_checkpoint import (
     BaseCheckpoint,
     BaseTensor,
@@ -234,16 +234,18 @@ def verify_tensor(source: np.ndarray, converted: np.ndarray, plan: TensorPlan) -
     """
     back = _undo_layout(converted, plan)
     if tuple(back.shape) != plan.shape_in or tuple(converted.shape) != plan.shape_out:
-        raise IncompatibleError(f"{plan.source}: conversion changed the shape to {back.shape}")
+        raise VerificationError(f"{plan.source}: conversion changed the shape to {back.shape}")
     if plan.code_out == plan.code_in:
         if not _bit_equal(back, source):
-            raise IncompatibleError(f"{plan.source} -> {plan.target}: values changed (not exact)")
+            raise VerificationError(f"{plan.source} -> {plan.target}: values changed (not exact)")
         return 0.0
     worst, ok = _cast_errors(source, back, plan.code_out)
     if not ok:
-        raise IncompatibleError(
+        raise VerificationError(
             f"{plan.source}: casting {plan.code_in} -> {plan.code_out} is not within one "
-            f"rounding (worst relative error {worst:.3g}; values out of range?)"
+            f"rounding (worst relative error {worst:.3g}; values out of range?)",
+            worst=worst,
+            target=plan.target,
         )
     return worst
 

@@ -1,0 +1,266 @@
+"""The combine screen: adapters with weights into one adapter, in a thread worker.
+
+Each adapter row is the merge screen's (`tui.strength.AdapterRow`): its number is the
+combine weight, typed and refused exactly as the CLI's `ADAPTER:W` suffix. The methods are
+the library's (`ops.combine.METHODS`); the rank field is off for the method whose rank is
+the sum of its inputs'.
+"""
+
+from __future__ import annotations
+
+from typing import ClassVar
+
+from rich.text import Text
+from textual import on, work
+from textual.app import ComposeResult
+from textual.binding import Binding, BindingType
+from textual.containers import Horizontal, VerticalScroll
+from textual.screen import Screen
+from textual.widgets import (
+    Button,
+    Checkbox,
+    Footer,
+    Input,
+    ProgressBar,
+    RadioButton,
+    RadioSet,
+    Static,
+)
+
+from sa3ckpt.dtypes import NAMES as DTYPE_NAMES
+from sa3ckpt.errors import OutputError
+from sa3ckpt.io.atomic import OutputRefused
+from sa3ckpt.ops.combine import METHODS, CombineLedger
+from tui.combine_plan import (
+    DEFAULT_DTYPE,
+    RANK_FROM_INPUTS,
+    CombinePlanError,
+    CombineRequest,
+    make_combine_request,
+    run_combine,
+    suggested_output,
+)
+from tui.convert_plan import refusal_text
+from tui.convert_screen import choice
+from tui.loading import describe_error
+from tui.safe_text import plain
+from tui.strength import AdapterRow
+
+DTYPE_CHOICES = (DEFAULT_DTYPE, *(n for n in DTYPE_NAMES if n != DEFAULT_DTYPE))
+LEDGER_HINT = "The combine ledger (targets, rank, retained energy) appears here."
+
+
+class CombineScreen(Screen[str | None]):
+    """Form (scrolls at 80×24) above the run row and the ledger; dismissed with the output."""
+
+    BINDINGS: ClassVar[list[BindingType]] = [
+        Binding("escape", "back", "Back", tooltip="Return to the browser"),
+        Binding("ctrl+r", "run_combine", "Combine", tooltip="Check the form and combine"),
+        Binding("ctrl+n", "add_adapter", "Add adapter", tooltip="Add the typed adapter path"),
+    ]
+
+    DEFAULT_CSS = """
+    CombineScreen {
+        padding: 0 1;
+        #combine-title { height: 1; text-style: bold; color: $accent; }
+        #combine-form { height: 1fr; }
+        .field { height: 1; margin-top: 1; }
+        .field-label { width: 10; text-style: bold; }
+        .field Input { width: 1fr; }
+        .note { color: $text-muted; height: auto; padding-left: 10; }
+        #add-adapter { min-width: 7; margin-left: 1; }
+        #adapters { height: auto; margin-top: 1; }
+        #no-adapters { color: $text-muted; }
+        .radios { border: none; padding: 0; height: 1; width: auto; layout: horizontal; }
+        .radios RadioButton { width: auto; margin-right: 2; }
+        #rank { width: 12; }
+        #flags { height: auto; margin-top: 1; }
+        #flags Checkbox { width: auto; margin-right: 2; }
+        #run-row { height: 1; margin-top: 1; }
+        #run-combine { min-width: 11; margin-right: 2; }
+        #combine-progress { display: none; }
+        #combine-error { color: $error; height: auto; }
+        #ledger { height: 1fr; border-top: solid $primary-muted; }
+    }
+    """
+
+    def __init__(self, adapters: tuple[str, ...] = ()) -> None:
+        super().__init__()
+        self._adapters = adapters
+        self._suggested = ""
+        self._busy = False
+        self._running_output = ""
+        self._wrote: str | None = None
+
+    def compose(self) -> ComposeResult:
+        yield Static("Combine adapters into one adapter", id="combine-title")
+        with VerticalScroll(id="combine-form"):
+            with Horizontal(classes="field"):
+                yield Static("adapter", classes="field-label")
+                yield Input(
+                    placeholder="adapter path, Enter adds it", id="adapter-path", compact=True
+                )
+                yield Button("add", id="add-adapter", compact=True)
+            with VerticalScroll(id="adapters"):
+                yield Static("no adapters yet (each row: path and weight)", id="no-adapters")
+                for path in self._adapters:
+                    yield AdapterRow(path)
+            with Horizontal(classes="field"):
+                yield Static("method", classes="field-label")
+                yield self._radios("method", METHODS)
+                yield Static("  rank ", classes="field-label")
+                yield Input(placeholder="svd: R", id="rank", compact=True)
+            yield Static(id="method-note", classes="note")
+            with Horizontal(classes="field"):
+                yield Static("dtype", classes="field-label")
+                yield self._radios("dtype", DTYPE_CHOICES)
+            with Horizontal(classes="field"):
+                yield Static("base", classes="field-label")
+                yield Input(placeholder="base (DoRA/BoRA or XS inputs)", id="base", compact=True)
+            with Horizontal(id="flags"):
+                for name in ("allow-pickle", "allow-nonfinite", "force"):
+                    yield Checkbox(name, id=name, compact=True)
+            with Horizontal(classes="field"):
+                yield Static("output", classes="field-label")
+                yield Input(placeholder="combined adapter path", id="output", compact=True)
+        with Horizontal(id="run-row"):
+            yield Button("combine", id="run-combine", variant="primary", compact=True)
+            yield ProgressBar(id="combine-progress", show_eta=False)
+        yield Static(id="combine-error")
+        with VerticalScroll(id="ledger"):
+            yield Static(Text(LEDGER_HINT, style="dim"), id="ledger-text")
+        yield Footer()
+
+    @staticmethod
+    def _radios(name: str, values: tuple[str, ...]) -> RadioSet:
+        buttons = [RadioButton(v, value=i == 0) for i, v in enumerate(values)]
+        return RadioSet(*buttons, id=name, classes="radios", compact=True)
+
+    def on_mount(self) -> None:
+        self._sync()
+        self.query_one("#adapter-path", Input).focus()
+
+    # --- form -------------------------------------------------------------------------
+
+    @property
+    def method(self) -> str:
+        return choice(self.query_one("#method", RadioSet), METHODS)
+
+    def _sync(self) -> None:
+        """Empty-list hint, the rank field's state and note, and a fresh output name."""
+        rows = list(self.query(AdapterRow))
+        self.query_one("#no-adapters").display = not rows
+        method = self.method
+        rank = self.query_one("#rank", Input)
+        rank.disabled = method == RANK_FROM_INPUTS
+        note = (
+            f"{method}: exact, the output rank is the sum of the input ranks"
+            if method == RANK_FROM_INPUTS
+            else f"{method}: re-factored to the rank you give"
+        )
+        self.query_one("#method-note", Static).update(plain(note))
+        output = self.query_one("#output", Input)
+        if output.value.strip() in ("", self._suggested):
+            self._suggested = suggested_output(rows[0].path if rows else "", method)
+            output.value = self._suggested
+
+    @on(RadioSet.Changed, "#method")
+    def _method_changed(self) -> None:
+        self._sync()
+
+    async def action_add_adapter(self) -> None:
+        field = self.query_one("#adapter-path", Input)
+        path = field.value.strip()
+        if not path:
+            self._show_error("type an adapter path first")
+            return
+        await self.query_one("#adapters").mount(AdapterRow(path))
+        field.value = ""
+        self._show_error("")
+        self._sync()
+
+    @on(Input.Submitted, "#adapter-path")
+    @on(Button.Pressed, "#add-adapter")
+    async def _add_requested(self) -> None:
+        await self.action_add_adapter()
+
+    async def on_adapter_row_remove_requested(self, event: AdapterRow.RemoveRequested) -> None:
+        await event.row.remove()
+        self._sync()
+
+    def _show_error(self, message: str) -> None:
+        self.query_one("#combine-error", Static).update(plain(message))
+
+    def _request(self) -> CombineRequest:
+        rows = [(row.path, row.strength_text) for row in self.query(AdapterRow)]
+        return make_combine_request(
+            rows,
+            self.query_one("#output", Input).value,
+            method=self.method,
+            rank=self.query_one("#rank", Input).value,
+            base=self.query_one("#base", Input).value,
+            dtype=choice(self.query_one("#dtype", RadioSet), DTYPE_CHOICES),
+            allow_pickle=self.query_one("#allow-pickle", Checkbox).value,
+            allow_nonfinite=self.query_one("#allow-nonfinite", Checkbox).value,
+            force=self.query_one("#force", Checkbox).value,
+        )
+
+    # --- running ----------------------------------------------------------------------
+
+    @on(Button.Pressed, "#run-combine")
+    def _run_pressed(self) -> None:
+        self.action_run_combine()
+
+    def action_run_combine(self) -> None:
+        if self._busy:
+            return
+        try:
+            request = self._request()
+        except CombinePlanError as exc:
+            self._show_error(str(exc))
+            return
+        self._show_error("")
+        self._busy = True
+        self._running_output = request.output
+        self.query_one("#run-combine", Button).disabled = True
+        bar = self.query_one("#combine-progress", ProgressBar)
+        bar.update(total=None, progress=0)
+        bar.display = True
+        self.query_one("#ledger-text", Static).update(Text("combining…", style="dim"))
+        self._combine(request)
+
+    @work(thread=True, exclusive=True, group="combine", exit_on_error=False)
+    def _combine(self, request: CombineRequest) -> None:
+        """Worker thread: the library combine; every outcome goes back to the UI thread."""
+        try:
+            ledger = run_combine(request)
+        except OutputRefused as exc:
+            self.app.call_from_thread(self._finished, None, refusal_text(exc, request.output))
+        except OSError as exc:
+            error = OutputError.from_os_error(request.output, exc)
+            self.app.call_from_thread(self._finished, None, describe_error(error))
+        except Exception as exc:  # every library failure is one line, never a traceback
+            self.app.call_from_thread(self._finished, None, describe_error(exc))
+        else:
+            self.app.call_from_thread(self._finished, ledger, None)
+
+    def _finished(self, ledger: CombineLedger | None, error: str | None) -> None:
+        self._busy = False
+        self.query_one("#run-combine", Button).disabled = False
+        bar = self.query_one("#combine-progress", ProgressBar)
+        text = self.query_one("#ledger-text", Static)
+        if ledger is None:
+            bar.display = False  # an indeterminate bar would animate on as if work went on
+            self._show_error(error or "combine failed")
+            text.update(Text("nothing was written", style="dim"))
+            return
+        bar.update(total=1, progress=1)
+        self._wrote = self._running_output
+        text.update(Text("\n").join(plain(line) for line in ledger.lines()))
+        self.notify("combine finished")
+
+    def action_back(self) -> None:
+        if self._busy:
+            self.notify("a combine is running; wait for it to finish", severity="warning")
+            return
+        self.dismiss(self._wrote)

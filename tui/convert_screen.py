@@ -1,0 +1,342 @@
+"""The convert screen: one file to another format, with the read-back verification shown.
+
+The targets offered are the library's for the input's kind (`ops.convert_targets`), each
+with the runtime that reads it; options that do not apply to that kind are hidden. The
+conversion runs in a thread worker (a base streams gigabytes) and the result shows the
+verification on its own line — passed or failed, with the numbers — above the ledger.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import ClassVar
+
+from rich.text import Text
+from textual import on, work
+from textual.app import ComposeResult
+from textual.binding import Binding, BindingType
+from textual.containers import Horizontal, Vertical, VerticalScroll
+from textual.screen import Screen
+from textual.widgets import (
+    Button,
+    Checkbox,
+    Footer,
+    Input,
+    ProgressBar,
+    RadioButton,
+    RadioSet,
+    Static,
+)
+
+from sa3ckpt.dtypes import NAMES as DTYPE_NAMES
+from sa3ckpt.errors import OutputError, VerificationError
+from sa3ckpt.io.atomic import OutputRefused
+from sa3ckpt.io.formats import ADAPTER
+from sa3ckpt.ops.convert_targets import ConvertTarget
+from tui.convert_plan import (
+    DEFAULT_DTYPE,
+    DEFAULT_SHARD_TEXT,
+    DORA_VARIANTS,
+    OPTION_KINDS,
+    ConvertRequest,
+    InputInfo,
+    Ledger,
+    PlanError,
+    describe_input,
+    make_request,
+    refusal_text,
+    run_convert,
+    suggested_output,
+    verification_failed,
+    verification_passed,
+)
+from tui.loading import describe_error
+from tui.merge_screen import throttled
+from tui.safe_text import plain
+
+DTYPE_CHOICES = (DEFAULT_DTYPE, *DTYPE_NAMES)
+RESULT_HINT = "The read-back verification and the ledger appear here."
+TARGET_NAME_WIDTH = 10
+# The CLI's on/off flags, named as the CLI names them (its messages say "pass --force").
+FLAG_ROWS = (
+    ("drop-conditioner", "include-conditioner", "allow-nonfinite"),
+    ("drop-unmapped", "allow-pickle", "force"),
+)
+
+
+def target_label(target: ConvertTarget) -> Text:
+    """`sa3       official PyTorch loader (…)`: the name, then who reads the output."""
+    return Text.assemble((f"{target.name:<{TARGET_NAME_WIDTH}}", "bold"), target.reader)
+
+
+def choice(radios: RadioSet, values: tuple[str, ...]) -> str:
+    """The pressed value of a radio set built from `values` (the first when none is)."""
+    index = radios.pressed_index
+    return values[index if 0 <= index < len(values) else 0]
+
+
+class ConvertScreen(Screen[str | None]):
+    """Form (scrolls at 80×24) above the run row and the result; dismissed with the output."""
+
+    BINDINGS: ClassVar[list[BindingType]] = [
+        Binding("escape", "back", "Back", tooltip="Return to the browser"),
+        Binding("ctrl+r", "run_convert", "Convert", tooltip="Check the form and convert"),
+        Binding("ctrl+b", "combine", "Combine", tooltip="Combine adapters instead"),
+    ]
+
+    DEFAULT_CSS = """
+    ConvertScreen {
+        padding: 0 1;
+        #convert-title { height: 1; text-style: bold; color: $accent; }
+        #convert-form { height: 3fr; }
+        .field { height: 1; margin-top: 1; }
+        .field-label { width: 15; text-style: bold; }
+        .field Input { width: 1fr; }
+        .note { color: $text-muted; height: auto; padding-left: 15; }
+        .radios { border: none; padding: 0; height: auto; width: 1fr; }
+        .across { layout: horizontal; height: 1; }
+        .across RadioButton { width: auto; margin-right: 2; }
+        #target-field { height: auto; margin-top: 1; }
+        .flags { height: auto; margin-top: 1; }
+        .flags Checkbox { width: auto; margin-right: 2; }
+        #run-row { height: 1; margin-top: 1; }
+        #run-convert { min-width: 11; margin-right: 2; }
+        #convert-progress { display: none; }
+        #convert-error { color: $error; height: auto; }
+        #result { height: 2fr; border-top: solid $primary-muted; }
+        #verify-text { height: auto; text-style: bold; }
+    }
+    """
+
+    def __init__(
+        self, path: str = "", open_combine: Callable[[tuple[str, ...]], None] | None = None
+    ) -> None:
+        super().__init__()
+        self._path = path
+        self._open_combine = open_combine
+        self._info = InputInfo(path, None, "reading…")
+        self._targets: list[ConvertTarget] = []
+        self._suggested = ""
+        self._busy = False
+        self._running_output = ""
+        self._wrote: str | None = None
+
+    def compose(self) -> ComposeResult:
+        yield Static("Convert a checkpoint to another format", id="convert-title")
+        with VerticalScroll(id="convert-form"):
+            with Horizontal(classes="field"):
+                yield Static("input", classes="field-label")
+                yield Input(
+                    self._path, placeholder="adapter or base path", id="input", compact=True
+                )
+            yield Static(id="input-kind", classes="note")
+            with Horizontal(id="target-field"):
+                yield Static("--to", classes="field-label")
+                yield Vertical(id="targets")
+            yield Static(id="target-note", classes="note")
+            with Horizontal(classes="field opt-dtype"):
+                yield Static("dtype", classes="field-label")
+                yield self._radios("dtype", DTYPE_CHOICES)
+            with Horizontal(classes="field opt-base"):
+                yield Static("base", classes="field-label")
+                yield Input(placeholder="bake XS bases U/V and norms from", id="base", compact=True)
+            with Horizontal(classes="field opt-bases"):
+                yield Static("bases", classes="field-label")
+                yield Input(placeholder="XS bases U/V for -xs adapters", id="bases", compact=True)
+            with Horizontal(classes="field opt-dora-variant"):
+                yield Static("dora-variant", classes="field-label")
+                yield self._radios("dora-variant", DORA_VARIANTS)
+            with Horizontal(classes="field opt-max-shard-size"):
+                yield Static("max-shard-size", classes="field-label")
+                yield Input(DEFAULT_SHARD_TEXT, id="max-shard-size", compact=True)
+            for row in FLAG_ROWS:
+                with Horizontal(classes="flags"):
+                    for name in row:
+                        yield Checkbox(name, id=name, classes=f"opt-{name}", compact=True)
+            with Horizontal(classes="field"):
+                yield Static("output", classes="field-label")
+                yield Input(placeholder="converted output path", id="output", compact=True)
+        with Horizontal(id="run-row"):
+            yield Button("convert", id="run-convert", variant="primary", compact=True)
+            yield ProgressBar(id="convert-progress", show_eta=False)
+        yield Static(id="convert-error")
+        with VerticalScroll(id="result"):
+            yield Static(id="verify-text")
+            yield Static(Text(RESULT_HINT, style="dim"), id="ledger-text")
+        yield Footer()
+
+    @staticmethod
+    def _radios(name: str, values: tuple[str, ...]) -> RadioSet:
+        buttons = [RadioButton(v, value=i == 0) for i, v in enumerate(values)]
+        return RadioSet(*buttons, id=name, classes="radios across", compact=True)
+
+    def on_mount(self) -> None:
+        self.query_one("#input", Input).focus()
+        self._identify(self._path)
+
+    # --- the input and its targets -------------------------------------------------------
+
+    @on(Input.Changed, "#input")
+    def _input_changed(self, event: Input.Changed) -> None:
+        self._identify(event.value)
+
+    @work(thread=True, exclusive=True, group="identify", exit_on_error=False)
+    def _identify(self, path: str) -> None:
+        info = describe_input(path)
+        self.app.call_from_thread(self.call_later, self._show_input, info)
+
+    async def _show_input(self, info: InputInfo) -> None:
+        if info.path != self.query_one("#input", Input).value.strip():
+            return  # typed on since: a newer identification follows
+        previous = [t.name for t in self._targets]
+        self._info = info
+        self.query_one("#input-kind", Static).update(plain(info.description))
+        self._targets = info.targets()
+        if [t.name for t in self._targets] != previous:
+            box = self.query_one("#targets", Vertical)
+            await box.remove_children()
+            buttons = [
+                RadioButton(target_label(t), value=i == 0) for i, t in enumerate(self._targets)
+            ]
+            if buttons:
+                await box.mount(RadioSet(*buttons, id="target", classes="radios", compact=True))
+        for name, kinds in OPTION_KINDS.items():
+            for widget in self.query(f".opt-{name}"):
+                widget.display = info.kind in kinds
+        self._target_changed()
+
+    @property
+    def target(self) -> ConvertTarget | None:
+        if not self._targets:
+            return None
+        radios = self.query("#target")
+        index = radios.first(RadioSet).pressed_index if radios else 0
+        return self._targets[index if 0 <= index < len(self._targets) else 0]
+
+    @on(RadioSet.Changed, "#target")
+    def _target_pressed(self) -> None:
+        self._target_changed()
+
+    def _target_changed(self) -> None:
+        """The chosen target's limit (and what was left out), and a fresh output name."""
+        target = self.target
+        lines = []
+        if target is not None:
+            lines.append(f"{target.name}: {target.line()}")
+        if self._info.refused:
+            lines.append(f"not offered: {', '.join(self._info.refused)} ({self._info.refusal})")
+        self.query_one("#target-note", Static).update(plain("\n".join(lines)))
+        output = self.query_one("#output", Input)
+        if target is not None and output.value.strip() in ("", self._suggested):
+            self._suggested = suggested_output(self._info.path, target)
+            output.value = self._suggested
+
+    # --- running ------------------------------------------------------------------------
+
+    def _request(self) -> ConvertRequest:
+        target = self.target
+        return make_request(
+            self._info,
+            target.name if target is not None else None,
+            self.query_one("#output", Input).value,
+            dtype=choice(self.query_one("#dtype", RadioSet), DTYPE_CHOICES),
+            base=self.query_one("#base", Input).value,
+            bases=self.query_one("#bases", Input).value,
+            dora_variant=choice(self.query_one("#dora-variant", RadioSet), DORA_VARIANTS),
+            drop_conditioner=self.query_one("#drop-conditioner", Checkbox).value,
+            include_conditioner=self.query_one("#include-conditioner", Checkbox).value,
+            drop_unmapped=self.query_one("#drop-unmapped", Checkbox).value,
+            max_shard_size=self.query_one("#max-shard-size", Input).value,
+            allow_pickle=self.query_one("#allow-pickle", Checkbox).value,
+            allow_nonfinite=self.query_one("#allow-nonfinite", Checkbox).value,
+            force=self.query_one("#force", Checkbox).value,
+        )
+
+    def _show_error(self, message: str) -> None:
+        self.query_one("#convert-error", Static).update(plain(message))
+
+    @on(Button.Pressed, "#run-convert")
+    def _run_pressed(self) -> None:
+        self.action_run_convert()
+
+    def action_run_convert(self) -> None:
+        if self._busy:
+            return
+        try:
+            request = self._request()
+        except PlanError as exc:
+            self._show_error(str(exc))
+            return
+        self._show_error("")
+        self._busy = True
+        self._running_output = request.output
+        self.query_one("#run-convert", Button).disabled = True
+        bar = self.query_one("#convert-progress", ProgressBar)
+        bar.update(total=None, progress=0)
+        bar.display = True
+        self.query_one("#verify-text", Static).update("")
+        self.query_one("#ledger-text", Static).update(Text("converting…", style="dim"))
+        self._convert(request)
+
+    @work(thread=True, exclusive=True, group="convert", exit_on_error=False)
+    def _convert(self, request: ConvertRequest) -> None:
+        """Worker thread: the library conversion; every outcome goes back to the UI thread."""
+        report = throttled(
+            lambda done, total: self.app.call_from_thread(self._progress, done, total)
+        )
+        try:
+            ledger = run_convert(request, report)
+        except VerificationError as exc:
+            self.app.call_from_thread(self._failed, verification_failed(exc), True)
+        except OutputRefused as exc:
+            self.app.call_from_thread(self._failed, refusal_text(exc, request.output), False)
+        except OSError as exc:
+            error = OutputError.from_os_error(request.output, exc)
+            self.app.call_from_thread(self._failed, describe_error(error), False)
+        except Exception as exc:  # every library failure is one line, never a traceback
+            self.app.call_from_thread(self._failed, describe_error(exc), False)
+        else:
+            self.app.call_from_thread(self._finished, ledger)
+
+    def _progress(self, done: int, total: int) -> None:
+        self.query_one("#convert-progress", ProgressBar).update(total=total, progress=done)
+
+    def _failed(self, message: str, verification: bool) -> None:
+        self._busy = False
+        self.query_one("#run-convert", Button).disabled = False
+        self.query_one("#convert-progress", ProgressBar).display = False
+        self._show_error(message)
+        verify = plain(message, style="red") if verification else Text("")
+        self.query_one("#verify-text", Static).update(verify)
+        self.query_one("#ledger-text", Static).update(Text("nothing was written", style="dim"))
+
+    def _finished(self, ledger: Ledger) -> None:
+        self._busy = False
+        self.query_one("#run-convert", Button).disabled = False
+        bar = self.query_one("#convert-progress", ProgressBar)
+        bar.update(total=1, progress=1)  # an adapter reports no steps: show it done
+        self._wrote = self._running_output
+        verdict = plain(verification_passed(ledger), style="green")
+        self.query_one("#verify-text", Static).update(verdict)
+        ledger_lines = Text("\n").join(plain(line) for line in ledger.lines())
+        self.query_one("#ledger-text", Static).update(ledger_lines)
+        self.query_one("#result", VerticalScroll).scroll_home(animate=False)
+        self.notify("convert finished")
+
+    # --- leaving ------------------------------------------------------------------------
+
+    def action_back(self) -> None:
+        if self._busy:
+            self.notify("a conversion is running; wait for it to finish", severity="warning")
+            return
+        self.dismiss(self._wrote)
+
+    def action_combine(self) -> None:
+        """Leave for the combine screen, with this input as its first adapter."""
+        if self._busy:
+            self.notify("a conversion is running; wait for it to finish", severity="warning")
+            return
+        adapters = (self._info.path,) if self._info.kind == ADAPTER else ()
+        self.dismiss(self._wrote)
+        if self._open_combine is not None:
+            self._open_combine(adapters)

@@ -47,6 +47,7 @@ from tui.safe_text import plain
 from tui.strength import AdapterRow
 
 DTYPE_CHOICES = (DEFAULT_DTYPE, *(n for n in DTYPE_NAMES if n != DEFAULT_DTYPE))
+WEIGHTS_NOTE = "the numbers are weights, read as the CLI reads ADAPTER:W"
 LEDGER_HINT = "The combine ledger (targets, rank, retained energy) appears here."
 
 
@@ -63,7 +64,7 @@ class CombineScreen(Screen[str | None]):
     CombineScreen {
         padding: 0 1;
         #combine-title { height: 1; text-style: bold; color: $accent; }
-        #combine-form { height: 1fr; }
+        #combine-form { height: 3fr; }
         .field { height: 1; margin-top: 1; }
         .field-label { width: 10; text-style: bold; }
         .field Input { width: 1fr; }
@@ -80,7 +81,7 @@ class CombineScreen(Screen[str | None]):
         #run-combine { min-width: 11; margin-right: 2; }
         #combine-progress { display: none; }
         #combine-error { color: $error; height: auto; }
-        #ledger { height: 1fr; border-top: solid $primary-muted; }
+        #ledger { height: 2fr; border-top: solid $primary-muted; }
     }
     """
 
@@ -105,6 +106,7 @@ class CombineScreen(Screen[str | None]):
                 yield Static("no adapters yet (each row: path and weight)", id="no-adapters")
                 for path in self._adapters:
                     yield AdapterRow(path)
+            yield Static(WEIGHTS_NOTE, classes="note")
             with Horizontal(classes="field"):
                 yield Static("method", classes="field-label")
                 yield self._radios("method", METHODS)

@@ -97,6 +97,7 @@ class ConvertScreen(Screen[str | None]):
         .across { layout: horizontal; height: 1; }
         .across RadioButton { width: auto; margin-right: 2; }
         #target-field { height: auto; margin-top: 1; }
+        #targets { height: auto; width: 1fr; }
         .flags { height: auto; margin-top: 1; }
         .flags Checkbox { width: auto; margin-right: 2; }
         #run-row { height: 1; margin-top: 1; }
@@ -203,6 +204,8 @@ class ConvertScreen(Screen[str | None]):
         for name, kinds in OPTION_KINDS.items():
             for widget in self.query(f".opt-{name}"):
                 widget.display = info.kind in kinds
+        for row in self.query(".flags"):
+            row.display = any(box.display for box in row.children)
         self._target_changed()
 
     @property

@@ -26,15 +26,17 @@ class PaletteEntry:
 class ScreenActions(Provider):
     """One entry per described, enabled binding of the screen the palette came from.
 
-    Bindings kept off a full footer (show=False) are listed too: the palette is where a
-    key that did not fit can still be found.
+    The screen's own bindings kept off a full footer (show=False) are listed too: the
+    palette is where a key that did not fit can still be found.
     """
 
     def entries(self) -> Iterator[PaletteEntry]:
         seen: set[str] = set()
+        own = type(self.screen).__dict__.get("BINDINGS", [])
         for active in self.screen.active_bindings.values():
             binding = active.binding
-            if active.node is not self.screen or not binding.description:
+            listed = binding.show or binding in own  # not Textual's hidden focus/copy keys
+            if active.node is not self.screen or not (listed and binding.description):
                 continue
             if not active.enabled or binding.action in seen:
                 continue

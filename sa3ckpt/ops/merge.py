@@ -23,7 +23,8 @@ import json
 import os
 import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
@@ -56,6 +57,7 @@ from sa3ckpt.layout import Layout
 from sa3ckpt.names.modules import ROOTS, root_of
 from sa3ckpt.ops.compare_semantics import SemanticsComparison, target_differences
 from sa3ckpt.ops.exclusions import Excluded, apply_exclusions, parse_exclusions
+from sa3ckpt.ops.merge_preview import MergePreview
 from sa3ckpt.ops.stack_report import (
     NEEDS_BASE_NORMS,
     StackMember,
@@ -138,7 +140,12 @@ class MergeLedger:
                 f"{self.copied} other tensors copied bit-exactly"
                 + (f", {self.cast} other tensors cast to the requested dtype" if self.cast else ""),
             ]
-        out += [
+        return out + self.detail_lines() + self._bases_lines()
+
+    def detail_lines(self) -> list[str]:
+        """Exclusions, the stack report and what did not merge: known before anything is
+        written, so a merge preview shows these under its own head."""
+        out = [
             f"excluded {e.target} from adapter {e.adapter} ({e.path}): --exclude {e.spec}"
             for e in self.excluded
         ]
@@ -148,15 +155,12 @@ class MergeLedger:
         out += [f"missing from base: {t}" for t in self.missing_from_base]
         out += [f"shape mismatch: {m}" for m in self.shape_mismatches]
         out += [f"unmatched adapter key: {k}" for k in self.unmatched_keys]
-        out += [
-            f"XS bases from {src}: {n} targets" for src, n in sorted(self.bases_sources.items())
-        ]
-        out += self._bases_lines()
         return out
 
     def _bases_lines(self) -> list[str]:
-        """Where bases were rebuilt although a file was given, W0 mismatches, non-unique bases."""
-        out: list[str] = []
+        """Where XS bases came from, where they were rebuilt although a file was given, W0
+        mismatches, non-unique bases (learnt while merging)."""
+        out = [f"XS bases from {src}: {n} targets" for src, n in sorted(self.bases_sources.items())]
         if self.bases_file is not None:
             rebuilt = [t for t, where in self.bases_by_target.items() if "rebuilt" in where]
             loaded = sum("loaded from" in where for where in self.bases_by_target.values())
@@ -260,33 +264,42 @@ def _check_base_first(base_path: str) -> None:
         )
 
 
-def merge_checkpoint(
+@dataclass
+class _Prepared:
+    """A merge ready to write: the open base, the stack after --exclude, the plan, the
+    ledger so far (everything but what writing learns) and what --strict would refuse."""
+
+    base: BaseCheckpoint
+    ckpts: list[tuple[AdapterCheckpoint, float]]
+    plan: _Plan
+    bases: XsBases | None
+    inputs: list[str]
+    out_code: str | None
+    strict_refusal: str | None
+
+
+@contextmanager
+def _prepare(
     base_path: str,
     adapters: Sequence[AdapterArg],
     output: str | None,
     *,
-    semantics: str = "runtime",
-    dtype: str | None = None,
-    only: str | None = None,
-    bases_path: str | None = None,
-    allow_pickle: bool = False,
-    force: bool = False,
-    strict: bool = False,
-    exclude: Sequence[str] = (),
-    compare: bool = False,
-    progress: ProgressCallback | None = None,
-) -> MergeLedger:
-    """Merge adapters into a base and write `output` atomically; return the ledger.
+    semantics: str,
+    dtype: str | None,
+    only: str | None,
+    bases_path: str | None,
+    allow_pickle: bool,
+    force: bool,
+    strict: bool,
+    exclude: Sequence[str],
+    compare: bool,
+) -> Iterator[_Prepared]:
+    """Every step of a merge before the first byte is written, shared by `merge_checkpoint`
+    and `preview_merge` so a preview and the merge after it cannot disagree.
 
-    exclude: `[ADAPTER=]PATTERN` specs (`ops.exclusions`). compare: also measure how far the
-    semantics' results are apart (`ledger.comparison`). output None (only with compare)
-    writes nothing. Under `strict`, stack-report warnings refuse the merge (exit 4) before
-    anything is written. progress: called with output bytes written so far, of all of them,
-    after each tensor (`sa3ckpt.progress`).
+    strict: raise the --strict refusal as soon as it is known (the merge); without it the
+    refusal is only recorded (the preview reports it and shows the stack report).
     """
-    started = time.perf_counter()
-    if output is None and not compare:
-        raise UsageError("merge needs -o OUT (or --compare-semantics to only report)")
     if semantics not in SEMANTICS:
         raise UsageError(f"unknown semantics {semantics!r} (known: {', '.join(SEMANTICS)})")
     if only is not None and only not in ONLY_ROOTS:
@@ -338,23 +351,124 @@ def merge_checkpoint(
                 f"e.g. {(ledger.missing_from_base or ['-'])[0]}; "
                 f"{len(ledger.excluded)} excluded by --exclude)"
             )
-        if strict and (ledger.missing_from_base or ledger.unmatched_keys):
+        refusal = None
+        if ledger.missing_from_base or ledger.unmatched_keys:
             first = (ledger.missing_from_base + ledger.unmatched_keys)[0]
-            raise IncompatibleError(
-                f"--strict: not every adapter tensor has a place in the base ({first})"
-            )
+            refusal = f"--strict: not every adapter tensor has a place in the base ({first})"
+            if strict:
+                raise IncompatibleError(refusal)
         ledger.stack = _stack_report(base, plan, ckpts, paths, semantics)
         if compare:
             ledger.comparison = _comparison(base, plan, ckpts, bases)
-        if strict and ledger.warnings:
-            raise IncompatibleError(
+        if refusal is None and ledger.warnings:
+            refusal = (
                 f"--strict: the stack report has {len(ledger.warnings)} warnings "
                 f"(first: {ledger.warnings[0]}); nothing was written"
             )
+            if strict:
+                raise IncompatibleError(refusal)
+        yield _Prepared(base, ckpts, plan, bases, inputs, out_code, refusal)
+
+
+def merge_checkpoint(
+    base_path: str,
+    adapters: Sequence[AdapterArg],
+    output: str | None,
+    *,
+    semantics: str = "runtime",
+    dtype: str | None = None,
+    only: str | None = None,
+    bases_path: str | None = None,
+    allow_pickle: bool = False,
+    force: bool = False,
+    strict: bool = False,
+    exclude: Sequence[str] = (),
+    compare: bool = False,
+    progress: ProgressCallback | None = None,
+) -> MergeLedger:
+    """Merge adapters into a base and write `output` atomically; return the ledger.
+
+    exclude: `[ADAPTER=]PATTERN` specs (`ops.exclusions`). compare: also measure how far the
+    semantics' results are apart (`ledger.comparison`). output None (only with compare)
+    writes nothing. Under `strict`, stack-report warnings refuse the merge (exit 4) before
+    anything is written. progress: called with output bytes written so far, of all of them,
+    after each tensor (`sa3ckpt.progress`).
+    """
+    started = time.perf_counter()
+    if output is None and not compare:
+        raise UsageError("merge needs -o OUT (or --compare-semantics to only report)")
+    with _prepare(
+        base_path,
+        adapters,
+        output,
+        semantics=semantics,
+        dtype=dtype,
+        only=only,
+        bases_path=bases_path,
+        allow_pickle=allow_pickle,
+        force=force,
+        strict=strict,
+        exclude=exclude,
+        compare=compare,
+    ) as ready:
+        ledger = ready.plan.ledger
         if output is not None:
-            _write(base, ckpts, plan, output, semantics, out_code, bases, inputs, force, progress)
+            _write(
+                ready.base,
+                ready.ckpts,
+                ready.plan,
+                output,
+                semantics,
+                ready.out_code,
+                ready.bases,
+                ready.inputs,
+                force,
+                progress,
+            )
     ledger.seconds = time.perf_counter() - started
     return ledger
+
+
+def preview_merge(
+    base_path: str,
+    adapters: Sequence[AdapterArg],
+    output: str | None = None,
+    *,
+    semantics: str = "runtime",
+    dtype: str | None = None,
+    only: str | None = None,
+    bases_path: str | None = None,
+    allow_pickle: bool = False,
+    force: bool = False,
+    exclude: Sequence[str] = (),
+    compare: bool = False,
+) -> MergePreview:
+    """What `merge_checkpoint` with the same arguments would do, writing nothing.
+
+    The same steps up to the first write (argument and output checks, --exclude, the plan,
+    the stack report, the semantics comparison with `compare`) raise the same errors; what
+    --strict would refuse is returned as `strict_refusal` instead of raised, so the report
+    that explains it can be shown. The ledger's head says nothing was written.
+    """
+    with _prepare(
+        base_path,
+        adapters,
+        output,
+        semantics=semantics,
+        dtype=dtype,
+        only=only,
+        bases_path=bases_path,
+        allow_pickle=allow_pickle,
+        force=force,
+        strict=False,
+        exclude=exclude,
+        compare=compare,
+    ) as ready:
+        ledger = ready.plan.ledger
+        ledger.written = False
+        planned = list(ready.plan.targets.values())
+        kept = [set(ckpt.tensors) for ckpt, _ in ready.ckpts]
+    return MergePreview.of(ledger, planned, kept, dtype, ready.strict_refusal)
 
 
 def _provenance(ledger: MergeLedger) -> str:

@@ -2,31 +2,37 @@
 
 The library refuses these too, but only once the worker runs; checking here puts the
 reason next to the field at once and never starts a thread for a merge that cannot run.
+Every check is the library's own (strength parser, --exclude parser, output policy), so
+the form refuses exactly what `sa3ckpt merge` refuses.
 """
 
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any
 
 from sa3ckpt.adapters.formulas import SEMANTICS
+from sa3ckpt.dtypes import NAMES as DTYPE_NAMES
+from sa3ckpt.errors import UsageError
 from sa3ckpt.io.atomic import (
     REFUSED_DIRECTORY,
     REFUSED_EXISTS,
     REFUSED_INPUT,
     REFUSED_SPECIAL,
     OutputRefused,
-    check_output_path,
 )
-from sa3ckpt.ops.merge import AdapterArg
+from sa3ckpt.io.base_checkpoint import base_container_of, check_base_output
+from sa3ckpt.ops.exclusions import parse_exclusions
+from sa3ckpt.ops.merge import ONLY_ROOTS, AdapterArg
 from sa3ckpt.strengths import StrengthError, parse_strength
 
-# The library's output policy decides; the form only words its refusals for a person who
-# cannot pass --force (the TUI never replaces a file).
+# The library's output policy decides; the form words its refusals for the form's controls.
 REFUSALS = {
     REFUSED_INPUT: "output {output} is an input; choose a new file",
     REFUSED_DIRECTORY: "output {output} is a folder; name a file",
-    REFUSED_EXISTS: "output {output} exists; choose a new file (nothing is replaced)",
+    REFUSED_EXISTS: "output {output} exists; tick 'force' to replace it, or choose a new file",
     REFUSED_SPECIAL: "output {output} is a device or pipe; name a file",
 }
 
@@ -36,22 +42,88 @@ class PlanError(ValueError):
 
 
 @dataclass(frozen=True)
+class MergeOptions:
+    """The form's `merge` options besides base, adapters and output (the CLI's flags)."""
+
+    semantics: str = "runtime"
+    dtype: str | None = None  # --dtype; None: the base's
+    only: str | None = None  # --only; None: every target
+    exclude: tuple[str, ...] = ()  # --exclude, in the order given
+    bases: str | None = None  # --bases FILE
+    allow_pickle: bool = False
+    force: bool = False
+    strict: bool = False
+
+
+@dataclass(frozen=True)
 class MergePlan:
-    """Validated arguments for `merge_checkpoint`."""
+    """Validated arguments for `merge_checkpoint` / `preview_merge` (equal plans: same merge)."""
 
     base: str
     adapters: tuple[AdapterArg, ...]
     output: str
-    semantics: str
+    options: MergeOptions = field(default_factory=MergeOptions)
+
+    @property
+    def semantics(self) -> str:
+        return self.options.semantics
+
+    def library_kwargs(self) -> dict[str, Any]:
+        """The keyword arguments both library calls take, named as they name them."""
+        o = self.options
+        return {
+            "semantics": o.semantics,
+            "dtype": o.dtype,
+            "only": o.only,
+            "bases_path": o.bases,
+            "allow_pickle": o.allow_pickle,
+            "force": o.force,
+            "exclude": list(o.exclude),
+        }
 
 
-def make_plan(base: str, adapters: list[tuple[str, str]], output: str, semantics: str) -> MergePlan:
-    """Check the form (paths as typed, strengths as text) and build the plan."""
+def exclude_error(spec: str, paths: Sequence[str]) -> str | None:
+    """The CLI's reason for refusing `--exclude spec` with these adapters, or None."""
+    try:
+        parse_exclusions([spec], paths)
+    except UsageError as exc:
+        return str(exc)
+    return None
+
+
+def _check_options(options: MergeOptions, paths: Sequence[str]) -> None:
+    if options.semantics not in SEMANTICS:
+        raise PlanError(f"unknown semantics {options.semantics!r}")
+    if options.dtype is not None and options.dtype not in DTYPE_NAMES:
+        raise PlanError(f"unknown output dtype {options.dtype!r}")
+    if options.only is not None and options.only not in ONLY_ROOTS:
+        raise PlanError(f"--only takes {' or '.join(ONLY_ROOTS)}, not {options.only!r}")
+    try:  # N= may point past an adapter removed since the pattern was added
+        parse_exclusions(options.exclude, paths)
+    except UsageError as exc:
+        raise PlanError(str(exc)) from None
+    if options.bases is not None and not os.path.isfile(options.bases):
+        raise PlanError(f"bases file {options.bases} is not a file")
+
+
+def make_plan(
+    base: str,
+    adapters: list[tuple[str, str]],
+    output: str,
+    semantics: str = "runtime",
+    **flags: Any,
+) -> MergePlan:
+    """Check the form (paths as typed, strengths as text) and build the plan.
+
+    flags: the other `MergeOptions` fields (dtype, only, exclude, bases, allow_pickle,
+    force, strict), as the form holds them.
+    """
+    options = MergeOptions(semantics, **flags)
     base, output = base.strip(), output.strip()
     if not base:
         raise PlanError("choose a base checkpoint")
-    if not os.path.isfile(base):
-        raise PlanError(f"base {base} is not a file")
+    if not os.path.exists(base):  # a diffusers transformer folder is a base too
+        raise PlanError(f"base {base} is not a file or folder")
     if not adapters:
         raise PlanError("add at least one adapter")
     args = []
@@ -61,15 +133,17 @@ def make_plan(base: str, adapters: list[tuple[str, str]], output: str, semantics
         except StrengthError as exc:
             raise PlanError(str(exc)) from None
         args.append(AdapterArg(path, strength))
-    if semantics not in SEMANTICS:
-        raise PlanError(f"unknown semantics {semantics!r}")
+    _check_options(options, [a.path for a in args])
     if not output:
         raise PlanError("choose an output path")
+    inputs = [base, *(a.path for a in args), *([options.bases] if options.bases else [])]
     try:
-        check_output_path(output, inputs=[base, *(a.path for a in args)], overwrite=False)
+        check_base_output(
+            output, base_container_of(base), inputs=inputs, overwrite=options.force
+        )
     except OutputRefused as refused:
         raise PlanError(REFUSALS[refused.reason].format(output=output)) from None
-    return MergePlan(base, tuple(args), output, semantics)
+    return MergePlan(base, tuple(args), output, options)
 
 
 def suggested_output(base: str) -> str:

@@ -1,12 +1,19 @@
-"""The merge screen: base, adapters with strengths, semantics, output; runs in a worker.
+"""The merge screen: every `sa3ckpt merge` choice, a preview before the merge, a worker for both.
 
-The merge streams a whole base checkpoint, so it runs in a thread; its progress callback
-hops back to the UI with `call_from_thread`, throttled to whole percents so a model with
-thousands of tensors does not flood the event loop.
+The form holds what the CLI takes (base, adapters with strengths, semantics, output dtype,
+--only, --exclude, --bases, --allow-pickle, force, --strict, output). The merge key first
+runs the library's preview (`ops.merge.preview_merge`: the merge's own steps up to the first
+write), showing the stack report's warnings and the ledger preview; pressing it again with
+the same form merges. Under strict a warned stack is refused with the library's reason.
+
+Both run in a thread; the merge's progress callback hops back to the UI with
+`call_from_thread`, throttled to whole percents so a model with thousands of tensors does
+not flood the event loop.
 """
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Callable
 from typing import ClassVar
 
@@ -18,6 +25,7 @@ from textual.containers import Horizontal, VerticalScroll
 from textual.screen import Screen
 from textual.widgets import (
     Button,
+    Checkbox,
     Footer,
     Input,
     ProgressBar,
@@ -27,17 +35,39 @@ from textual.widgets import (
 )
 
 from sa3ckpt.adapters.formulas import SEMANTICS
+from sa3ckpt.dtypes import NAMES as DTYPE_NAMES
 from sa3ckpt.errors import OutputError
-from sa3ckpt.ops.merge import MergeLedger, merge_checkpoint
+from sa3ckpt.ops.merge import ONLY_ROOTS, MergeLedger, merge_checkpoint, preview_merge
+from sa3ckpt.ops.merge_preview import MergePreview
 from sa3ckpt.progress import ProgressCallback, ProgressEvent
 from sa3ckpt.semantics import info as semantics_info
 from tui.loading import describe_error
+from tui.merge_exclude import ExcludeList
 from tui.merge_plan import MergePlan, PlanError, make_plan, suggested_output
+from tui.merge_report import ledger_text, preview_text, spread_text
 from tui.safe_text import plain
 from tui.strength import AdapterRow
 
 SEMANTICS_ORDER = tuple(SEMANTICS)
-LEDGER_HINT = "The merge ledger (what was merged, copied or skipped) appears here."
+# (label, value passed to the library): the first is the CLI's default (flag not given).
+DTYPE_CHOICES: tuple[tuple[str, str | None], ...] = (
+    ("base's", None),
+    *((name, name) for name in DTYPE_NAMES),
+)
+ONLY_CHOICES: tuple[tuple[str, str | None], ...] = (
+    ("all", None),
+    *((root, root) for root in ONLY_ROOTS),
+)
+# Checkbox id -> (label, tooltip): the CLI's boolean flags.
+FLAGS = {
+    "allow-pickle": ("allow pickle", "read legacy .ckpt adapters and svd_bases.pt"),
+    "force": ("force", "replace an existing output file"),
+    "strict": ("strict", "refuse when a tensor has no place or the stack report warns"),
+}
+LEDGER_HINT = (
+    "ctrl+o previews the merge (stack report, what would merge); ctrl+r previews, "
+    "then merges on a second press. The ledger appears here."
+)
 
 
 def throttled(report: Callable[[int, int], None]) -> ProgressCallback:
@@ -55,32 +85,46 @@ def throttled(report: Callable[[int, int], None]) -> ProgressCallback:
     return progress
 
 
+def _stack_key(plan: MergePlan) -> MergePlan:
+    """What the semantics comparison depends on: the plan without the semantics chosen and
+    the flags that only decide whether the merge may write."""
+    options = dataclasses.replace(plan.options, semantics="runtime", force=False, strict=False)
+    return dataclasses.replace(plan, output="", options=options)
+
+
 class MergeScreen(Screen[str | None]):
-    """Form on top, progress and the ledger below; dismissed with the last file written, or None."""
+    """Form on top (scrolls when short), buttons, the report pane below; dismissed with the
+    last file written, or None."""
 
     BINDINGS: ClassVar[list[BindingType]] = [
         Binding("escape", "back", "Back", tooltip="Return to the browser"),
-        Binding("ctrl+r", "run_merge", "Run merge", tooltip="Check the form and merge"),
-        Binding("ctrl+n", "add_adapter", "Add adapter", tooltip="Add the typed adapter path"),
+        Binding("ctrl+r", "run_merge", "Merge", tooltip="Preview, then merge on a second press"),
+        Binding("ctrl+o", "preview", "Preview", tooltip="Stack report and ledger preview"),
+        Binding("ctrl+t", "compare", "Compare", tooltip="Per-target spread of the semantics"),
+        Binding("ctrl+n", "add_adapter", "Add", tooltip="Add the typed adapter path"),
     ]
 
     DEFAULT_CSS = """
     MergeScreen {
         padding: 0 1;
-        #merge-title { height: 1; text-style: bold; color: $accent; margin-bottom: 1; }
-        .field { height: 1; margin-bottom: 1; }
+        #merge-title { height: 1; text-style: bold; color: $accent; }
+        #merge-form { height: auto; max-height: 55%; }
+        .field { height: 1; }
         .field-label { width: 10; text-style: bold; }
         .field Input { width: 1fr; }
         #add-adapter { min-width: 7; margin-left: 1; }
-        #adapters { height: auto; max-height: 5; margin-bottom: 1; }
-        #no-adapters { color: $text-muted; }
-        #semantics { border: none; padding: 0; height: 1; width: auto; layout: horizontal; }
-        #semantics RadioButton { width: auto; margin-right: 2; }
-        #semantics-help { color: $text-muted; height: auto; margin-bottom: 1; }
-        #run-row { height: 1; }
-        #run-merge { min-width: 9; margin-right: 2; }
+        #adapters { height: auto; max-height: 5; }
+        #no-adapters { color: $text-muted; padding-left: 10; }
+        .choice { border: none; padding: 0; height: 1; width: auto; layout: horizontal; }
+        .choice RadioButton { width: auto; margin-right: 1; }
+        #semantics-help, #semantics-spread { height: auto; padding-left: 10; }
+        #semantics-help { color: $text-muted; }
+        .flags Checkbox { width: auto; margin-right: 2; }
+        #run-row { height: 1; margin-top: 1; }
+        #run-row Button { min-width: 9; margin-right: 1; }
+        #run-hint { width: 1fr; color: $text-muted; }
         #merge-progress { display: none; }
-        #merge-error { color: $error; height: auto; margin-bottom: 1; }
+        #merge-error { color: $error; height: auto; }
         #ledger { height: 1fr; border-top: solid $primary-muted; }
     }
     """
@@ -90,12 +134,30 @@ class MergeScreen(Screen[str | None]):
         self._base = base
         self._adapters = adapters
         self._output = output or suggested_output(base)
-        self._merging = False
+        self._busy = False
         self._running_output = ""
         self._wrote: str | None = None
+        self._preview: MergePreview | None = None
+        self._previewed: MergePlan | None = None  # the form the preview was made from
+        self._compared: MergePlan | None = None  # _stack_key of the compared form
 
     def compose(self) -> ComposeResult:
         yield Static("Merge adapters into a base checkpoint", id="merge-title")
+        with VerticalScroll(id="merge-form"):
+            yield from self._compose_inputs()
+            yield from self._compose_options()
+        with Horizontal(id="run-row"):
+            yield Button("preview", id="preview-merge", compact=True)
+            yield Button("merge", id="run-merge", variant="primary", compact=True)
+            yield Button("compare", id="compare-semantics", compact=True)
+            yield Static(id="run-hint")
+            yield ProgressBar(id="merge-progress", show_eta=False)
+        yield Static(id="merge-error")
+        with VerticalScroll(id="ledger"):
+            yield Static(Text(LEDGER_HINT, style="dim"), id="ledger-text")
+        yield Footer()
+
+    def _compose_inputs(self) -> ComposeResult:
         with Horizontal(classes="field"):
             yield Static("base", classes="field-label")
             yield Input(self._base, placeholder="base checkpoint path", id="base", compact=True)
@@ -108,26 +170,44 @@ class MergeScreen(Screen[str | None]):
             for path in self._adapters:
                 yield AdapterRow(path)
         with Horizontal(classes="field"):
-            yield Static("semantics", classes="field-label")
-            with RadioSet(id="semantics", compact=True):
-                for index, name in enumerate(SEMANTICS_ORDER):
-                    yield RadioButton(name, value=index == 0)
-        yield Static(self._help_text(SEMANTICS_ORDER[0]), id="semantics-help")
-        with Horizontal(classes="field"):
             yield Static("output", classes="field-label")
             yield Input(
                 self._output, placeholder="merged checkpoint path", id="output", compact=True
             )
-        with Horizontal(id="run-row"):
-            yield Button("merge", id="run-merge", variant="primary", compact=True)
-            yield ProgressBar(id="merge-progress", show_eta=False)
-        yield Static(id="merge-error")
-        with VerticalScroll(id="ledger"):
-            yield Static(Text(LEDGER_HINT, style="dim"), id="ledger-text")
-        yield Footer()
+
+    def _compose_options(self) -> ComposeResult:
+        with Horizontal(classes="field"):
+            yield Static("semantics", classes="field-label")
+            with RadioSet(id="semantics", classes="choice", compact=True):
+                for index, name in enumerate(SEMANTICS_ORDER):
+                    yield RadioButton(name, value=index == 0)
+        yield Static(self._help_text(SEMANTICS_ORDER[0]), id="semantics-help")
+        yield Static(spread_text(None), id="semantics-spread")
+        for field_id, label, choices in (
+            ("dtype", "dtype", DTYPE_CHOICES),
+            ("only", "only", ONLY_CHOICES),
+        ):
+            with Horizontal(classes="field"):
+                yield Static(label, classes="field-label")
+                with RadioSet(id=field_id, classes="choice", compact=True):
+                    for index, (text, _value) in enumerate(choices):
+                        yield RadioButton(text, value=index == 0)
+        yield ExcludeList(self._adapter_paths)
+        with Horizontal(classes="field"):
+            yield Static("bases", classes="field-label")
+            yield Input(
+                placeholder="XS bases file (optional: else stored U/V, else an SVD of the base)",
+                id="bases",
+                compact=True,
+            )
+        with Horizontal(classes="field flags"):
+            yield Static("flags", classes="field-label")
+            for flag_id, (label, tip) in FLAGS.items():
+                yield Checkbox(label, id=flag_id, compact=True, tooltip=tip)
 
     def on_mount(self) -> None:
         self._sync_empty_hint()
+        self._hint("")
         self.query_one("#base" if not self._base else "#output", Input).focus()
 
     # --- form -------------------------------------------------------------------------
@@ -137,16 +217,29 @@ class MergeScreen(Screen[str | None]):
         """The semantics' meaning and the runtimes that use it (the library's one table)."""
         return Text(semantics_info(semantics).line())
 
+    def _pressed(self, radio_id: str) -> int:
+        index = self.query_one(f"#{radio_id}", RadioSet).pressed_index
+        return index if index >= 0 else 0
+
     @property
     def semantics(self) -> str:
-        index = self.query_one("#semantics", RadioSet).pressed_index
-        return SEMANTICS_ORDER[index if index >= 0 else 0]
+        return SEMANTICS_ORDER[self._pressed("semantics")]
+
+    def _adapter_paths(self) -> list[str]:
+        return [row.path for row in self.query(AdapterRow)]
 
     def _sync_empty_hint(self) -> None:
         self.query_one("#no-adapters").display = not self.query(AdapterRow)
 
     def on_radio_set_changed(self, event: RadioSet.Changed) -> None:
         self.query_one("#semantics-help", Static).update(self._help_text(self.semantics))
+        self._sync_run_button()
+
+    def on_checkbox_changed(self, event: Checkbox.Changed) -> None:
+        self._sync_run_button()
+
+    def on_input_changed(self, event: Input.Changed) -> None:
+        self._sync_run_button()
 
     async def action_add_adapter(self) -> None:
         field = self.query_one("#adapter-path", Input)
@@ -158,6 +251,7 @@ class MergeScreen(Screen[str | None]):
         field.value = ""
         self._show_error("")
         self._sync_empty_hint()
+        self._sync_run_button()
 
     @on(Input.Submitted, "#adapter-path")
     @on(Button.Pressed, "#add-adapter")
@@ -168,12 +262,37 @@ class MergeScreen(Screen[str | None]):
     def _run_pressed(self) -> None:
         self.action_run_merge()
 
+    @on(Button.Pressed, "#preview-merge")
+    def _preview_pressed(self) -> None:
+        self.action_preview()
+
+    @on(Button.Pressed, "#compare-semantics")
+    def _compare_pressed(self) -> None:
+        self.action_compare()
+
     async def on_adapter_row_remove_requested(self, event: AdapterRow.RemoveRequested) -> None:
         await event.row.remove()
         self._sync_empty_hint()
+        self._sync_run_button()
 
     def _show_error(self, message: str) -> None:
         self.query_one("#merge-error", Static).update(plain(message))
+
+    def _hint(self, message: str) -> None:
+        self.query_one("#run-hint", Static).update(plain(message))
+
+    def _options(self) -> dict[str, object]:
+        """The form's flags as `make_plan` keywords (the CLI's option names)."""
+        bases = self.query_one("#bases", Input).value.strip()
+        return {
+            "dtype": DTYPE_CHOICES[self._pressed("dtype")][1],
+            "only": ONLY_CHOICES[self._pressed("only")][1],
+            "exclude": self.query_one(ExcludeList).specs,
+            "bases": bases or None,
+            "allow_pickle": self.query_one("#allow-pickle", Checkbox).value,
+            "force": self.query_one("#force", Checkbox).value,
+            "strict": self.query_one("#strict", Checkbox).value,
+        }
 
     def _plan(self) -> MergePlan:
         rows = [(row.path, row.strength_text) for row in self.query(AdapterRow)]
@@ -182,27 +301,129 @@ class MergeScreen(Screen[str | None]):
             rows,
             self.query_one("#output", Input).value,
             self.semantics,
+            **self._options(),
         )
+
+    def _confirmable(self, plan: MergePlan | None) -> bool:
+        """Whether a merge key press now merges: the preview is of this very form and
+        strict does not refuse it."""
+        preview = self._preview
+        if plan is None or preview is None or plan != self._previewed:
+            return False
+        return not (plan.options.strict and preview.strict_refusal is not None)
+
+    def _sync_run_button(self) -> None:
+        """After any change: 'confirm' only while the preview still describes the form."""
+        if not self.is_mounted:
+            return
+        try:
+            plan: MergePlan | None = self._plan()
+        except PlanError:
+            plan = None
+        self.query_one("#run-merge", Button).label = (
+            "confirm" if self._confirmable(plan) else "merge"
+        )
+        if self._compared is not None and (plan is None or _stack_key(plan) != self._compared):
+            self._compared = None
+            self.query_one("#semantics-spread", Static).update(spread_text(None))
 
     # --- running ----------------------------------------------------------------------
 
+    def _set_busy(self, busy: bool) -> None:
+        self._busy = busy
+        for button in ("#run-merge", "#preview-merge", "#compare-semantics"):
+            self.query_one(button, Button).disabled = busy
+
     def action_back(self) -> None:
-        if self._merging:
-            self.notify("a merge is running; wait for it to finish", severity="warning")
+        if self._busy:
+            self.notify("a merge or preview is running; wait for it", severity="warning")
             return
         self.dismiss(self._wrote)
 
-    def action_run_merge(self) -> None:
-        if self._merging:
-            return
+    def _checked_plan(self) -> MergePlan | None:
         try:
             plan = self._plan()
         except PlanError as exc:
             self._show_error(str(exc))
-            return
+            return None
         self._show_error("")
-        self._merging = True
-        self.query_one("#run-merge", Button).disabled = True
+        return plan
+
+    def action_preview(self) -> None:
+        self._start_preview(compare=False)
+
+    def action_compare(self) -> None:
+        self._start_preview(compare=True)
+
+    def action_run_merge(self) -> None:
+        """A preview first; a second press with the same form merges (unless strict refuses)."""
+        if self._busy:
+            return
+        plan = self._checked_plan()
+        if plan is None:
+            return
+        preview = self._preview
+        if preview is None or plan != self._previewed:
+            self._start_preview(compare=False, plan=plan)
+            return
+        if plan.options.strict and preview.strict_refusal is not None:
+            self._show_error(preview.strict_refusal)
+            return
+        self._start_merge(plan)
+
+    def _start_preview(self, *, compare: bool, plan: MergePlan | None = None) -> None:
+        if self._busy:
+            return
+        plan = plan or self._checked_plan()
+        if plan is None:
+            return
+        self._set_busy(True)
+        self._hint("comparing the semantics…" if compare else "previewing…")
+        self._preview_worker(plan, compare)
+
+    @work(thread=True, exclusive=True, group="merge", exit_on_error=False)
+    def _preview_worker(self, plan: MergePlan, compare: bool) -> None:
+        """Worker thread: the library's preview; the result or one line goes back to the UI."""
+        try:
+            preview = preview_merge(
+                plan.base, list(plan.adapters), plan.output, compare=compare, **plan.library_kwargs()
+            )
+        except Exception as exc:
+            self.app.call_from_thread(self._previewed_done, plan, None, describe_error(exc))
+        else:
+            self.app.call_from_thread(self._previewed_done, plan, preview, None)
+
+    def _previewed_done(
+        self, plan: MergePlan, preview: MergePreview | None, error: str | None
+    ) -> None:
+        self._set_busy(False)
+        self._preview, self._previewed = preview, plan if preview is not None else None
+        if preview is None:
+            self._show_error(error or "preview failed")
+            self._hint("")
+            self.query_one("#ledger-text", Static).update(
+                Text("nothing was written", style="dim")
+            )
+            self._sync_run_button()
+            return
+        self.query_one("#ledger-text", Static).update(preview_text(preview, plan.options.strict))
+        self.query_one("#ledger", VerticalScroll).scroll_home(animate=False)
+        if preview.ledger.comparison is not None:
+            self._compared = _stack_key(plan)
+            self.query_one("#semantics-spread", Static).update(
+                spread_text(preview.ledger.comparison)
+            )
+        if plan.options.strict and preview.strict_refusal is not None:
+            self._show_error(preview.strict_refusal)
+            self._hint("strict refuses this merge")
+        else:
+            self._hint("previewed: ctrl+r merges")
+        self._sync_run_button()
+
+    def _start_merge(self, plan: MergePlan) -> None:
+        self._set_busy(True)
+        self._hint("")
+        self.query_one("#run-hint").display = False
         bar = self.query_one("#merge-progress", ProgressBar)
         bar.update(total=None, progress=0)
         bar.display = True
@@ -221,8 +442,9 @@ class MergeScreen(Screen[str | None]):
                 plan.base,
                 list(plan.adapters),
                 plan.output,
-                semantics=plan.semantics,
+                strict=plan.options.strict,
                 progress=report,
+                **plan.library_kwargs(),
             )
         except OSError as exc:  # the environment, while writing: name the output, exit-5 words
             error = OutputError.from_os_error(plan.output, exc)
@@ -236,15 +458,18 @@ class MergeScreen(Screen[str | None]):
         self.query_one("#merge-progress", ProgressBar).update(total=total, progress=done)
 
     def _finished(self, ledger: MergeLedger | None, error: str | None) -> None:
-        self._merging = False
-        self.query_one("#run-merge", Button).disabled = False
+        self._set_busy(False)
+        self._preview = self._previewed = None  # the output exists now: a new merge re-checks
         text = self.query_one("#ledger-text", Static)
         if ledger is None:
             # An indeterminate bar would keep animating at "--%" as if work went on: hide it.
             self.query_one("#merge-progress", ProgressBar).display = False
+            self.query_one("#run-hint").display = True
             self._show_error(error or "merge failed")
             text.update(Text("nothing was written", style="dim"))
+            self._sync_run_button()
             return
         self._wrote = self._running_output
-        text.update(Text("\n").join(plain(line) for line in ledger.lines()))
+        text.update(ledger_text(ledger))
+        self._sync_run_button()
         self.notify("merge finished")

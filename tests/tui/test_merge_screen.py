@@ -21,6 +21,15 @@ BASE = "bases/tiny-small.official.safetensors"
 ADAPTER = "adapters/tiny-small/lora.safetensors"
 
 
+async def preview_then_merge(pilot) -> None:
+    """ctrl+r previews (the stack report and ledger preview), a second ctrl+r merges."""
+    await pilot.press("ctrl+r")
+    await settle(pilot)
+    assert not pilot.app.screen.query_one("#merge-progress", ProgressBar).display
+    await pilot.press("ctrl+r")
+    await settle(pilot)
+
+
 async def open_merge(pilot, app: Sa3ckptApp) -> MergeScreen:
     await settle(pilot)
     await pilot.press("m")
@@ -48,8 +57,7 @@ def test_merge_end_to_end_writes_output_and_shows_ledger(
             screen.query_one(StrengthInput).focus()
             await pilot.press("down", "down", "up")  # 1.0 -> 0.9 -> 0.8 -> 0.9
             assert rows[0].strength_text == "0.9"
-            await pilot.press("ctrl+r")
-            await settle(pilot)
+            await preview_then_merge(pilot)
             ledger = static_text(app, "#ledger-text")
             assert "40/40 adapter targets merged" in ledger
             assert "runtime semantics" in ledger
@@ -254,8 +262,7 @@ def test_a_negative_strength_merges(tmp_path: Path) -> None:
             screen.query_one("#base", Input).value = BASE
             screen.query_one("#output", Input).value = str(out)
             await retype(pilot, screen.query_one(StrengthInput), "-1e-1")
-            await pilot.press("ctrl+r")
-            await settle(pilot)
+            await preview_then_merge(pilot)
             assert static_text(app, "#merge-error").strip() == ""
             assert "40/40 adapter targets merged" in static_text(app, "#ledger-text")
 
@@ -291,8 +298,7 @@ def test_a_failed_merge_stops_the_bar_and_a_retry_restarts_it(tmp_path: Path) ->
             screen.query_one("#adapter-path", Input).value = ADAPTER
             await screen.action_add_adapter()
             await pilot.pause()
-            await pilot.press("ctrl+r")
-            await settle(pilot)
+            await preview_then_merge(pilot)
             assert bar.display and bar.percentage == 1.0
             assert static_text(app, "#merge-error").strip() == ""
 
@@ -318,8 +324,7 @@ def test_merge_into_a_closed_folder_keeps_the_selection(
             screen = await open_merge(pilot, app)
             screen.query_one("#base", Input).value = "base.safetensors"
             screen.query_one("#output", Input).value = "merged/out.safetensors"
-            await pilot.press("ctrl+r")
-            await settle(pilot)
+            await preview_then_merge(pilot)
             await pilot.press("escape")
             await settle(pilot)
             node = tree.cursor_node

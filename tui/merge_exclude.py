@@ -55,7 +55,9 @@ class ExcludeRow(Horizontal):
 
     def compose(self) -> ComposeResult:
         yield Static(plain(f"--exclude {self.spec}"), classes="exclude-spec")
-        yield Button("✕", compact=True, variant="error", tooltip="remove this --exclude")
+        yield Button(
+            "✕", classes="remove", compact=True, variant="error", tooltip="remove this --exclude"
+        )
 
     def on_button_pressed(self, event: Button.Pressed) -> None:
         event.stop()

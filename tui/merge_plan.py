@@ -138,9 +138,7 @@ def make_plan(
         raise PlanError("choose an output path")
     inputs = [base, *(a.path for a in args), *([options.bases] if options.bases else [])]
     try:
-        check_base_output(
-            output, base_container_of(base), inputs=inputs, overwrite=options.force
-        )
+        check_base_output(output, base_container_of(base), inputs=inputs, overwrite=options.force)
     except OutputRefused as refused:
         raise PlanError(REFUSALS[refused.reason].format(output=output)) from None
     return MergePlan(base, tuple(args), output, options)

@@ -19,9 +19,7 @@ STYLES = {"warning": "bold yellow", "blocked": "bold red", "ok": "green", "head"
 
 
 def _line(text: str, style: str = "") -> Text:
-    line = plain(text)
-    line.stylize(style)
-    return line
+    return plain(text, style)
 
 
 def preview_text(preview: MergePreview, strict: bool) -> Text:
@@ -29,7 +27,8 @@ def preview_text(preview: MergePreview, strict: bool) -> Text:
     out: list[Text] = []
     warnings = preview.warnings
     if warnings:
-        out.append(_line(f"{len(warnings)} stack report warnings:", STYLES["warning"]))
+        count = f"{len(warnings)} stack report warning" + ("s" if len(warnings) > 1 else "")
+        out.append(_line(f"{count}, read before merging:", STYLES["warning"]))
         out += [_line(WARNING_PREFIX + w, "yellow") for w in warnings]
     else:
         out.append(_line("stack report: no warnings", STYLES["ok"]))
@@ -68,6 +67,4 @@ def spread_text(comparison: SemanticsComparison | None) -> Text:
         f"{pair} {doc['max_relative']:.2%} of ‖W0‖ ({doc['max_of_effect']:.0%} of the effect)"
         for pair, doc in pairs.items()
     ]
-    return _line(
-        f"spread on {len(comparison.targets)} targets, max: " + "; ".join(parts), "cyan"
-    )
+    return _line(f"spread on {len(comparison.targets)} targets, max: " + "; ".join(parts), "cyan")

@@ -208,6 +208,7 @@ class MergeScreen(Screen[str | None]):
     def on_mount(self) -> None:
         self._sync_empty_hint()
         self._hint("")
+        self._show_error("")
         self.query_one("#base" if not self._base else "#output", Input).focus()
 
     # --- form -------------------------------------------------------------------------
@@ -276,7 +277,9 @@ class MergeScreen(Screen[str | None]):
         self._sync_run_button()
 
     def _show_error(self, message: str) -> None:
-        self.query_one("#merge-error", Static).update(plain(message))
+        error = self.query_one("#merge-error", Static)
+        error.update(plain(message))
+        error.display = bool(message)  # an empty line would cost the report pane a row
 
     def _hint(self, message: str) -> None:
         self.query_one("#run-hint", Static).update(plain(message))
@@ -378,6 +381,8 @@ class MergeScreen(Screen[str | None]):
         if plan is None:
             return
         self._set_busy(True)
+        self.query_one("#merge-progress", ProgressBar).display = False  # a last merge's 100%
+        self.query_one("#run-hint").display = True
         self._hint("comparing the semantics…" if compare else "previewing…")
         self._preview_worker(plan, compare)
 
@@ -386,7 +391,11 @@ class MergeScreen(Screen[str | None]):
         """Worker thread: the library's preview; the result or one line goes back to the UI."""
         try:
             preview = preview_merge(
-                plan.base, list(plan.adapters), plan.output, compare=compare, **plan.library_kwargs()
+                plan.base,
+                list(plan.adapters),
+                plan.output,
+                compare=compare,
+                **plan.library_kwargs(),
             )
         except Exception as exc:
             self.app.call_from_thread(self._previewed_done, plan, None, describe_error(exc))
@@ -401,9 +410,7 @@ class MergeScreen(Screen[str | None]):
         if preview is None:
             self._show_error(error or "preview failed")
             self._hint("")
-            self.query_one("#ledger-text", Static).update(
-                Text("nothing was written", style="dim")
-            )
+            self.query_one("#ledger-text", Static).update(Text("nothing was written", style="dim"))
             self._sync_run_button()
             return
         self.query_one("#ledger-text", Static).update(preview_text(preview, plan.options.strict))

@@ -3,17 +3,28 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import os
+import re
 import shutil
 from pathlib import Path
 
+import numpy as np
 import pytest
 from safetensors.numpy import load_file
-from textual.widgets import Input, ProgressBar, RadioSet
+from textual.widgets import Button, Checkbox, Input, ProgressBar, RadioButton, RadioSet
 
+from sa3ckpt.adapters.xs_bases import svd_bases
+from sa3ckpt.io.safetensors import read_header
+from sa3ckpt.names import official_base_key
+from sa3ckpt.names.modules import SECONDS_CONDITIONER
+from sa3ckpt.ops.merge import PROVENANCE_KEY, AdapterArg, merge_checkpoint
+from sa3ckpt.targets import FAMILIES
+from tests.helpers import BASE_FAMILY, base_2d
 from tests.tui.helpers import DATA, choose_in_tree, settle, static_text, tree_ready
 from tui.app import Sa3ckptApp
 from tui.badge import StatusBadge
+from tui.merge_exclude import ExcludeList
 from tui.merge_screen import MergeScreen
 from tui.strength import AdapterRow, StrengthInput
 
@@ -337,3 +348,349 @@ def test_merge_into_a_closed_folder_keeps_the_selection(
 
 def test_fixture_base_is_untouched() -> None:
     assert (DATA / BASE).is_file()
+
+
+# --------------------------------------------------------------------------- every option
+
+DORA_ROWS = "adapters/tiny-small/dora-rows.safetensors"
+DORA_COLS = "adapters/tiny-small/dora-cols.safetensors"
+
+
+async def merge_form(pilot, app: Sa3ckptApp, out: Path, *more: str) -> MergeScreen:
+    """The merge screen with the fixture base, `out` and the start adapter plus `more`."""
+    screen = await open_merge(pilot, app)
+    screen.query_one("#base", Input).value = BASE
+    screen.query_one("#output", Input).value = str(out)
+    for path in more:
+        screen.query_one("#adapter-path", Input).value = path
+        await screen.action_add_adapter()
+    await pilot.pause()
+    return screen
+
+
+async def choose(pilot, screen: MergeScreen, radio_id: str, label: str) -> None:
+    """Press the radio button labelled `label` with the keyboard, as a user would."""
+    radio = screen.query_one(f"#{radio_id}", RadioSet)
+    labels = [str(b.label) for b in radio.query(RadioButton)]
+    radio.focus()
+    await pilot.pause()
+    await pilot.press(*["right"] * labels.index(label), "enter")
+    await pilot.pause()
+    assert labels[radio.pressed_index] == label
+
+
+async def tick(pilot, screen: MergeScreen, flag: str) -> None:
+    """Toggle a flag checkbox from the keyboard (focus scrolls the form to it)."""
+    box = screen.query_one(f"#{flag}", Checkbox)
+    before = box.value
+    box.focus()
+    await pilot.press("space")
+    await pilot.pause()
+    assert box.value is not before
+
+
+async def type_into(pilot, screen: MergeScreen, selector: str, text: str) -> None:
+    field = screen.query_one(selector, Input)
+    field.focus()
+    field.value = ""
+    await pilot.press(*text)
+    await pilot.pause()
+
+
+def _target_key(target: str) -> str:
+    return official_base_key(target)
+
+
+def test_dtype_fp32_writes_f32_tensors(tmp_path: Path) -> None:
+    out = tmp_path / "fp32.safetensors"
+
+    async def scenario() -> None:
+        app = Sa3ckptApp(ADAPTER)
+        async with app.run_test(size=(80, 24)) as pilot:
+            screen = await merge_form(pilot, app, out)
+            await choose(pilot, screen, "dtype", "fp32")
+            await preview_then_merge(pilot)
+            assert static_text(app, "#merge-error").strip() == ""
+
+    asyncio.run(scenario())
+    base = read_header(DATA / BASE).tensors
+    merged = read_header(out).tensors
+    floating = [k for k, t in base.items() if t.dtype in {"F16", "BF16", "F32"}]
+    assert floating and all(merged[k].dtype == "F32" for k in floating)
+    assert all(merged[k].dtype == t.dtype for k, t in base.items() if k not in floating)
+
+
+def test_only_conditioner_merges_only_that_target(tmp_path: Path) -> None:
+    out = tmp_path / "cond.safetensors"
+
+    async def scenario() -> None:
+        app = Sa3ckptApp(ADAPTER)
+        async with app.run_test(size=(80, 24)) as pilot:
+            screen = await merge_form(pilot, app, out)
+            await choose(pilot, screen, "only", "conditioner")
+            await pilot.press("ctrl+o")
+            await settle(pilot)
+            preview = static_text(app, "#ledger-text")
+            assert "would merge 1/1 adapter targets" in preview
+            assert "1 to merge, 0 missing from base, 39 skipped, 0 excluded" in preview
+            await pilot.press("ctrl+r")  # previewed already: this press merges
+            await settle(pilot)
+            assert "1/1 adapter targets merged" in static_text(app, "#ledger-text")
+
+    asyncio.run(scenario())
+    base, merged = load_file(DATA / BASE), load_file(out)
+    changed = {k for k in base if not np.array_equal(base[k], merged[k])}
+    assert changed == {_target_key(SECONDS_CONDITIONER)}
+
+
+def test_exclude_pattern_leaves_targets_bit_exact_and_preview_counts_match(
+    tmp_path: Path,
+) -> None:
+    out = tmp_path / "excluded.safetensors"
+
+    async def scenario() -> None:
+        app = Sa3ckptApp(DORA_ROWS)
+        async with app.run_test(size=(80, 24)) as pilot:
+            screen = await merge_form(pilot, app, out, DORA_COLS)
+            await type_into(pilot, screen, "#exclude-pattern", "layers.[0-1].")
+            await pilot.press("enter")
+            await type_into(pilot, screen, "#exclude-pattern", "2=seconds_total")
+            await pilot.click("#add-exclude")
+            await pilot.pause()
+            assert screen.query_one(ExcludeList).specs == ("layers.[0-1].", "2=seconds_total")
+            await pilot.press("ctrl+r")
+            await settle(pilot)
+            preview = static_text(app, "#ledger-text")
+            planned = re.search(r"would merge (\d+)/(\d+) adapter targets", preview)
+            assert planned is not None
+            excluded = preview.count("\nexcluded ")
+            assert "stack report: no warnings" in preview  # seconds: one DoRA left on it
+            await pilot.press("ctrl+r")
+            await settle(pilot)
+            ledger = static_text(app, "#ledger-text")
+            assert f"{planned[1]}/{planned[2]} adapter targets merged" in ledger
+            assert ledger.count("\nexcluded ") == excluded == 2 * 18 + 1
+
+    asyncio.run(scenario())
+    base, merged = load_file(DATA / BASE), load_file(out)
+    untouched = [k for k in base if ".layers.0." in k or ".layers.1." in k]
+    assert untouched and all(np.array_equal(base[k], merged[k]) for k in untouched)
+    assert not np.array_equal(
+        base[_target_key(SECONDS_CONDITIONER)], merged[_target_key(SECONDS_CONDITIONER)]
+    )  # adapter 1 still merges there
+
+
+def test_bad_exclude_pattern_shows_the_cli_reason_inline() -> None:
+    async def scenario() -> None:
+        app = Sa3ckptApp(ADAPTER)
+        async with app.run_test(size=(80, 24)) as pilot:
+            screen = await merge_form(pilot, app, Path("unused.safetensors"))
+            excludes = screen.query_one(ExcludeList)
+            field = screen.query_one("#exclude-pattern", Input)
+            await type_into(pilot, screen, "#exclude-pattern", "3=layers")
+            reason = "--exclude '3=layers': adapter 3 does not exist (1..1 given)"
+            assert excludes.error_text == reason
+            assert field.has_class("-invalid")
+            await pilot.press("enter")  # refused: not added
+            assert excludes.specs == () and field.value == "3=layers"
+            await type_into(pilot, screen, "#exclude-pattern", "1=")
+            assert excludes.error_text == "--exclude '1=' has no pattern"
+            await type_into(pilot, screen, "#exclude-pattern", "layers.[3-1].")
+            assert excludes.error_text.startswith("--exclude 'layers.[3-1].': ")
+            screen.query_one("#adapter-path", Input).value = DORA_ROWS
+            await screen.action_add_adapter()
+            await type_into(pilot, screen, "#exclude-pattern", "2=layers.0.")
+            assert excludes.error_text == "" and not field.has_class("-invalid")
+            await pilot.press("enter")
+            assert excludes.specs == ("2=layers.0.",)
+            rows = list(screen.query(AdapterRow))
+            rows[1].post_message(AdapterRow.RemoveRequested(rows[1]))  # the adapter it names
+            await pilot.pause()
+            await pilot.press("ctrl+r")
+            await pilot.pause()
+            assert not [w for w in app.workers if w.group == "merge"]  # refused before a thread
+            assert static_text(app, "#merge-error") == (
+                "--exclude '2=layers.0.': adapter 2 does not exist (1..1 given)"
+            )
+            await pilot.click("ExcludeRow .remove")
+            await pilot.pause()
+            assert excludes.specs == ()
+
+    asyncio.run(scenario())
+
+
+def test_an_existing_output_needs_force(tmp_path: Path) -> None:
+    out = tmp_path / "exists.safetensors"
+    out.write_bytes(b"keep me")
+
+    async def scenario() -> None:
+        app = Sa3ckptApp(ADAPTER)
+        async with app.run_test(size=(80, 24)) as pilot:
+            screen = await merge_form(pilot, app, out)
+            await pilot.press("ctrl+r")
+            await pilot.pause()
+            assert not [w for w in app.workers if w.group == "merge"]
+            assert static_text(app, "#merge-error") == (
+                f"output {out} exists; tick 'force' to replace it, or choose a new file"
+            )
+            assert out.read_bytes() == b"keep me"
+            await tick(pilot, screen, "force")
+            await pilot.pause()
+            assert screen.query_one("#force", Checkbox).value
+            await preview_then_merge(pilot)
+            assert static_text(app, "#merge-error").strip() == ""
+            assert "40/40 adapter targets merged" in static_text(app, "#ledger-text")
+
+    asyncio.run(scenario())
+    assert len(load_file(out)) == 47  # replaced by the merge
+
+
+def test_preview_shows_the_seconds_warning_and_strict_blocks_the_merge(tmp_path: Path) -> None:
+    out = tmp_path / "stacked.safetensors"
+
+    async def scenario() -> None:
+        app = Sa3ckptApp(DORA_ROWS)
+        async with app.run_test(size=(80, 24)) as pilot:
+            screen = await merge_form(pilot, app, out, DORA_COLS)
+            await tick(pilot, screen, "strict")
+            await pilot.press("ctrl+r")  # first press: the preview
+            await settle(pilot)
+            preview = static_text(app, "#ledger-text")
+            assert preview.startswith("1 stack report warning, read before merging:")
+            assert "stacked on the seconds conditioner" in preview
+            assert "blocked by strict: --strict: the stack report has 1 warnings" in preview
+            refusal = static_text(app, "#merge-error")
+            assert refusal.startswith("--strict: the stack report has 1 warnings (first: ")
+            assert refusal.endswith("nothing was written")
+            assert str(screen.query_one("#run-merge", Button).label) == "merge"
+            await pilot.press("ctrl+r")  # second press: still refused, nothing runs
+            await settle(pilot)
+            assert static_text(app, "#merge-error") == refusal
+            assert not out.exists()
+            await tick(pilot, screen, "strict")  # without strict: the warning is shown, then merges
+            await pilot.pause()
+            await pilot.press("ctrl+r")
+            await settle(pilot)
+            assert "(with strict ticked this merge would be refused)" in static_text(
+                app, "#ledger-text"
+            )
+            assert str(screen.query_one("#run-merge", Button).label) == "confirm"
+            await pilot.press("ctrl+r")
+            await settle(pilot)
+            ledger = static_text(app, "#ledger-text")
+            assert "40/40 adapter targets merged" in ledger
+            assert "warning: " + SECONDS_CONDITIONER in ledger
+
+    asyncio.run(scenario())
+    assert out.is_file()
+
+
+def test_strict_with_the_seconds_target_excluded_merges(tmp_path: Path) -> None:
+    out = tmp_path / "strict.safetensors"
+
+    async def scenario() -> None:
+        app = Sa3ckptApp(DORA_ROWS)
+        async with app.run_test(size=(80, 24)) as pilot:
+            screen = await merge_form(pilot, app, out, DORA_COLS)
+            await tick(pilot, screen, "strict")
+            await type_into(pilot, screen, "#exclude-pattern", "seconds_total")
+            await pilot.press("enter")
+            await preview_then_merge(pilot)
+            assert static_text(app, "#merge-error").strip() == ""
+            assert "39/39 adapter targets merged" in static_text(app, "#ledger-text")
+
+    asyncio.run(scenario())
+    assert out.is_file()
+
+
+def test_a_changed_form_is_previewed_again_before_it_merges(tmp_path: Path) -> None:
+    out = tmp_path / "changed.safetensors"
+
+    async def scenario() -> None:
+        app = Sa3ckptApp(ADAPTER)
+        async with app.run_test(size=(80, 24)) as pilot:
+            screen = await merge_form(pilot, app, out)
+            button = screen.query_one("#run-merge", Button)
+            await pilot.press("ctrl+o")
+            await settle(pilot)
+            assert str(button.label) == "confirm"
+            await choose(pilot, screen, "semantics", "delta")
+            assert str(button.label) == "merge"  # the preview was of another form
+            await pilot.press("ctrl+r")
+            await settle(pilot)
+            assert not out.exists()
+            assert "delta semantics" in static_text(app, "#ledger-text")
+            await pilot.press("ctrl+r")
+            await settle(pilot)
+            assert "delta semantics" in static_text(app, "#ledger-text")
+
+    asyncio.run(scenario())
+    assert json.loads(read_header(out).metadata[PROVENANCE_KEY])["semantics"] == "delta"
+
+
+def official_svd_bases_pt(path: Path, columns: int) -> None:
+    """An official svd_bases.pt (a torch pickle: merge reads it only with allow pickle)."""
+    torch = pytest.importorskip("torch")
+    bases = {}
+    for target in FAMILIES[BASE_FAMILY].targets:
+        u, v = svd_bases(base_2d(target).astype(np.float16), columns)
+        bases[official_base_key(target.name)] = {"U": torch.from_numpy(u), "V": torch.from_numpy(v)}
+    torch.save(bases, path)
+
+
+def test_bases_file_and_allow_pickle_reach_the_merge(tmp_path: Path) -> None:
+    pt = tmp_path / "svd_bases.pt"
+    official_svd_bases_pt(pt, 6)
+    out = tmp_path / "xs.safetensors"
+
+    async def scenario() -> None:
+        app = Sa3ckptApp("adapters/tiny-small/lora-xs.safetensors")
+        async with app.run_test(size=(80, 24)) as pilot:
+            screen = await merge_form(pilot, app, out)
+            screen.query_one("#bases", Input).value = str(tmp_path / "nope.pt")
+            await pilot.press("ctrl+r")
+            await pilot.pause()
+            assert (
+                static_text(app, "#merge-error") == f"bases file {tmp_path}/nope.pt is not a file"
+            )
+            screen.query_one("#bases", Input).value = str(pt)
+            await pilot.press("ctrl+r")
+            await settle(pilot)
+            error = static_text(app, "#merge-error")
+            assert "allow" in error and "\n" not in error  # a pickle needs the opt-in
+            assert "nothing was written" in static_text(app, "#ledger-text")
+            await tick(pilot, screen, "allow-pickle")
+            await preview_then_merge(pilot)
+            assert static_text(app, "#merge-error").strip() == ""
+            ledger = static_text(app, "#ledger-text")
+            assert f"XS bases loaded from {pt} (official svd_bases.pt): 40 targets" in ledger
+
+    asyncio.run(scenario())
+    assert out.is_file()
+
+
+def test_compare_shows_the_per_pair_spread_for_this_stack() -> None:
+    async def scenario() -> None:
+        app = Sa3ckptApp(DORA_ROWS)
+        async with app.run_test(size=(80, 24)) as pilot:
+            screen = await merge_form(pilot, app, Path("never.safetensors"), DORA_COLS)
+            assert "ctrl+t compares" in static_text(app, "#semantics-spread")
+            await pilot.press("ctrl+t")
+            await settle(pilot)
+            spread = static_text(app, "#semantics-spread")
+            comparison = merge_checkpoint(
+                BASE, [AdapterArg(DORA_ROWS, 1.0), AdapterArg(DORA_COLS, 1.0)], None, compare=True
+            ).comparison
+            assert comparison is not None
+            for pair, doc in comparison.to_json()["pairs"].items():
+                assert f"{pair} {doc['max_relative']:.2%} of ‖W0‖" in spread
+            report = static_text(app, "#ledger-text")
+            for line in comparison.lines():  # the per-pair maximum and the top targets
+                assert line.strip() in report
+            keys = {b.binding.key for b in screen.active_bindings.values()}
+            assert {"ctrl+o", "ctrl+t", "ctrl+r"} <= keys
+            await retype(pilot, screen.query(StrengthInput).first(), "0.5")
+            assert "ctrl+t compares" in static_text(app, "#semantics-spread")  # stale: reset
+
+    asyncio.run(scenario())
+    assert not (DATA / "never.safetensors").exists()

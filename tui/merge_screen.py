@@ -155,7 +155,7 @@ class MergeScreen(Screen[str | None]):
         yield Static(id="merge-error")
         with VerticalScroll(id="ledger"):
             yield Static(Text(LEDGER_HINT, style="dim"), id="ledger-text")
-        yield Footer()
+        yield Footer(compact=True)  # at 80 columns every key fits, ↑/↓ of a strength too
 
     def _compose_inputs(self) -> ComposeResult:
         with Horizontal(classes="field"):

@@ -98,7 +98,9 @@ class MergeScreen(Screen[str | None]):
 
     BINDINGS: ClassVar[list[BindingType]] = [
         Binding("escape", "back", "Back", tooltip="Return to the browser"),
-        Binding("ctrl+r", "run_merge", "Merge", tooltip="Preview, then merge on a second press"),
+        Binding(
+            "ctrl+r", "run_merge", "Run merge", tooltip="Preview, then merge on a second press"
+        ),
         Binding("ctrl+o", "preview", "Preview", tooltip="Stack report and ledger preview"),
         Binding("ctrl+t", "compare", "Compare", tooltip="Per-target spread of the semantics"),
         Binding("ctrl+n", "add_adapter", "Add", tooltip="Add the typed adapter path"),

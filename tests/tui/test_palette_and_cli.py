@@ -31,7 +31,7 @@ def test_palette_has_an_entry_for_every_browser_and_merge_action() -> None:
             await pilot.press("m")
             await pilot.pause()
             entries = list(ScreenActions(app.screen).entries())
-            assert {e.title for e in entries} == {"Back", "Run merge", "Add adapter"}
+            assert {e.title for e in entries} == {"Back", "Run merge", "Preview", "Compare", "Add"}
             assert all("(key: " in e.help for e in entries)
 
     asyncio.run(scenario())

@@ -25,6 +25,7 @@ from tests.tui.helpers import DATA, choose_in_tree, settle, static_text, tree_re
 from tui.app import Sa3ckptApp
 from tui.badge import StatusBadge
 from tui.merge_exclude import ExcludeList
+from tui.merge_plan import PlanError, make_plan
 from tui.merge_screen import MergeScreen
 from tui.strength import AdapterRow, StrengthInput
 
@@ -694,3 +695,33 @@ def test_compare_shows_the_per_pair_spread_for_this_stack() -> None:
 
     asyncio.run(scenario())
     assert not (DATA / "never.safetensors").exists()
+
+
+def test_make_plan_checks_every_option_with_the_library(tmp_path: Path) -> None:
+    out = str(tmp_path / "out.safetensors")
+    rows = [(ADAPTER, "1")]
+    plan = make_plan(BASE, rows, out, "blend", dtype="fp32", only="dit", exclude=("1=layers",))
+    assert plan.library_kwargs() == {
+        "semantics": "blend",
+        "dtype": "fp32",
+        "only": "dit",
+        "bases_path": None,
+        "allow_pickle": False,
+        "force": False,
+        "exclude": ["1=layers"],
+    }
+    for flags, message in [
+        ({"dtype": "fp8"}, "unknown output dtype 'fp8'"),
+        ({"only": "vae"}, "--only takes dit or conditioner, not 'vae'"),
+        ({"exclude": ("2=layers",)}, "adapter 2 does not exist"),
+        ({"exclude": ("",)}, "has no pattern"),
+        ({"bases": "nope.safetensors"}, "bases file nope.safetensors is not a file"),
+    ]:
+        with pytest.raises(PlanError, match=re.escape(message)):
+            make_plan(BASE, rows, out, **flags)
+    Path(out).write_bytes(b"")
+    with pytest.raises(PlanError, match="tick 'force'"):
+        make_plan(BASE, rows, out)
+    assert make_plan(BASE, rows, out, force=True).options.force
+    with pytest.raises(PlanError, match="is an input"):
+        make_plan(BASE, rows, BASE, force=True)  # force never replaces an input

@@ -116,8 +116,9 @@ RULES: dict[str, Rule] = {
         Rule(
             "not-an-adapter",
             "error",
-            "a base checkpoint, not an adapter",
-            "validate adapters; base checkpoints are inputs to `sa3ckpt merge`",
+            "not an SA3 DiT adapter (a base, DiT weights, codec weights or a codec adapter)",
+            "validate SA3 DiT adapters; base checkpoints are inputs to `sa3ckpt merge`, codec "
+            "files are not checked by sa3ckpt yet",
         ),
         Rule(
             "unmatched-key",

@@ -26,7 +26,7 @@ from sa3ckpt.io.hashing import hash_path
 from sa3ckpt.ops import audit
 from sa3ckpt.ops.inspect import inspect_document, inspect_file
 from sa3ckpt.ops.inspect import to_json as inspect_to_json
-from sa3ckpt.ops.inspect_report import BaseReport, HashReport, InspectReport
+from sa3ckpt.ops.inspect_report import BaseReport, HashReport, InspectReport, OtherReport
 from sa3ckpt.targets import FAMILIES
 from sa3ckpt.textsafe import escape_control
 
@@ -104,7 +104,9 @@ def _run_table(args: argparse.Namespace) -> int:
     return MalformedFileError.exit_code if table.malformed else EXIT_OK
 
 
-def _with_hashes(report: InspectReport | BaseReport, path: str) -> InspectReport | BaseReport:
+def _with_hashes(
+    report: InspectReport | BaseReport | OtherReport, path: str
+) -> InspectReport | BaseReport | OtherReport:
     hashes = hash_path(path)
     return dataclasses.replace(
         report, hashes=HashReport(hashes.tensor_sha256, hashes.file_sha256, hashes.scope)
@@ -116,7 +118,7 @@ def run(args: argparse.Namespace) -> int:
     if args.table:
         return _run_table(args)
     paths = walk_adapter_paths(list(args.paths)) if args.recursive else list(args.paths)
-    results: list[InspectReport | BaseReport | MalformedFileError] = []
+    results: list[InspectReport | BaseReport | OtherReport | MalformedFileError] = []
     for path in paths:
         try:
             report = inspect_file(

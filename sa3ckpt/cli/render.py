@@ -14,7 +14,13 @@ from rich.text import Text
 
 from sa3ckpt.errors import MalformedFileError
 from sa3ckpt.names.modules import short_block_module
-from sa3ckpt.ops.inspect_report import BaseReport, FamilyReport, InspectReport, StatsReport
+from sa3ckpt.ops.inspect_report import (
+    BaseReport,
+    FamilyReport,
+    InspectReport,
+    OtherReport,
+    StatsReport,
+)
 from sa3ckpt.ops.validate import FileResult, ValidationRun
 from sa3ckpt.sizes import human_size
 from sa3ckpt.textsafe import escape_control
@@ -39,8 +45,9 @@ def _family_line(fam: FamilyReport) -> Text:
     return safe(f"{fam.name or 'unknown'} ({why})")
 
 
-def _field_table(doc: InspectReport | BaseReport) -> Table:
-    """The two-column field/value table both overviews start with, opened by the format row."""
+def _field_table(doc: InspectReport | BaseReport | OtherReport) -> Table:
+    """The two-column field/value table every overview starts with: the format row, then the
+    checkpoint kind in one line (ops.checkpoint_kind)."""
     table = Table(box=box.SIMPLE, show_header=False, pad_edge=False)
     table.add_column("field", style="bold", no_wrap=True)
     table.add_column("value", overflow="fold")
@@ -49,10 +56,11 @@ def _field_table(doc: InspectReport | BaseReport) -> Table:
         "format",
         safe(f"{doc.format}, {human_size(doc.size_bytes)}, {doc.tensors} tensors ({dtypes})"),
     )
+    table.add_row("checkpoint", safe(doc.checkpoint.line))
     return table
 
 
-def _print_hashes(console: Console, doc: InspectReport | BaseReport) -> None:
+def _print_hashes(console: Console, doc: InspectReport | BaseReport | OtherReport) -> None:
     """`--hash`: both digests on lines of their own (a 64-digit hash must not wrap)."""
     if doc.hashes is None:
         return
@@ -182,7 +190,19 @@ def _base_overview(doc: BaseReport) -> Table:
     return table
 
 
-def print_inspect(console: Console, doc: InspectReport | BaseReport) -> None:
+def _other_overview(doc: OtherReport) -> Table:
+    table = _field_table(doc)
+    for key, value in doc.metadata.items():
+        table.add_row("metadata", safe(f"{key} = {value}", max_len=200))
+    return table
+
+
+def print_inspect(console: Console, doc: InspectReport | BaseReport | OtherReport) -> None:
+    if isinstance(doc, OtherReport):
+        console.print(Text(f"{doc.checkpoint.row.badge.lower()} ", style="bold") + safe(doc.path))
+        console.print(_other_overview(doc))
+        _print_hashes(console, doc)
+        return
     if isinstance(doc, BaseReport):
         console.print(Text("base ", style="bold") + safe(doc.path), soft_wrap=True)
         console.print(_base_overview(doc))

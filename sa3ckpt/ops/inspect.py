@@ -13,6 +13,7 @@ from __future__ import annotations
 import json
 import math
 import os
+from collections import Counter
 from collections.abc import Sequence
 from typing import Any
 
@@ -20,10 +21,11 @@ import numpy as np
 
 from sa3ckpt import __version__, dtypes
 from sa3ckpt.errors import MalformedFileError
-from sa3ckpt.io.formats import is_base_checkpoint, open_adapter_source
+from sa3ckpt.io.formats import UNKNOWN, identify, open_adapter_source, sniff
 from sa3ckpt.io.sources import AdapterSource
 from sa3ckpt.names.modules import BLOCK_MODULES, block_target
 from sa3ckpt.ops.analysis import Analysis, analyze
+from sa3ckpt.ops.checkpoint_kind import CODEC_WEIGHTS, source_kind, weights_kind
 from sa3ckpt.ops.inspect_base import inspect_base
 from sa3ckpt.ops.inspect_report import (
     BaseReport,
@@ -32,8 +34,10 @@ from sa3ckpt.ops.inspect_report import (
     CoverageReport,
     DialectReport,
     FamilyReport,
+    OTHER_KIND,
     InspectReport,
     KeysReport,
+    OtherReport,
     RankReport,
     StatsReport,
     TargetsReport,
@@ -187,6 +191,7 @@ def report(a: Analysis, *, stats: bool = False) -> InspectReport:
             unmatched=[UnmatchedKey(r.key, r.reason) for r in a.groups.rejected],
         ),
         notes=list(src.notes),
+        checkpoint=source_kind(src),
         stats=target_stats(a) if stats else None,
     )
 
@@ -203,16 +208,42 @@ def inspect_path(
         return report(analyze(source, model), stats=stats)
 
 
+def other_report(source: AdapterSource) -> OtherReport | None:
+    """The report of a file with neither adapter nor base keys, when its keys say what it
+    is (SAME codec weights); None when they do not (the adapter report explains then)."""
+    kind = weights_kind({k: e.shape for k, e in source.entries.items()})
+    if kind.kind != CODEC_WEIGHTS:
+        return None
+    return OtherReport(
+        path=source.path,
+        kind=OTHER_KIND,
+        format=source.format,
+        size_bytes=source.size,
+        tensors=len(source.entries),
+        dtypes=dict(sorted(Counter(e.dtype for e in source.entries.values()).items())),
+        metadata=dict(source.metadata),
+        checkpoint=kind,
+    )
+
+
 def inspect_file(
     path: str | os.PathLike[str],
     *,
     stats: bool = False,
     model: str = "auto",
     allow_pickle: bool = False,
-) -> InspectReport | BaseReport:
-    """inspect_path for adapters; a base checkpoint (format registry's rule) gets a BaseReport."""
-    if is_base_checkpoint(path):
+) -> InspectReport | BaseReport | OtherReport:
+    """inspect_path for adapters; a base checkpoint (format registry's rule) gets a BaseReport,
+    codec weights (ops.checkpoint_kind) an OtherReport."""
+    found = identify(path)
+    if found.is_base:
         return inspect_base(path, stats=stats)
+    row = sniff(path) if found.kind == UNKNOWN else None
+    if row is not None and row.name == "safetensors":
+        with open_adapter_source(path) as source:
+            other = other_report(source)
+        if other is not None:
+            return other
     return inspect_path(path, stats=stats, model=model, allow_pickle=allow_pickle)
 
 
@@ -222,7 +253,7 @@ def malformed_json(exc: MalformedFileError) -> dict[str, Any]:
 
 
 def inspect_document(
-    reports: Sequence[InspectReport | BaseReport | MalformedFileError],
+    reports: Sequence[InspectReport | BaseReport | OtherReport | MalformedFileError],
 ) -> dict[str, Any]:
     """The `inspect --json` document: schema version, tool, one entry per path, in order."""
     return {

@@ -12,6 +12,7 @@ import os
 from collections import Counter
 
 from sa3ckpt.io.base_checkpoint import BaseCheckpoint, open_base
+from sa3ckpt.ops.checkpoint_kind import base_kind
 from sa3ckpt.ops.inspect_report import BASE_KIND, BaseReport, FamilyReport
 from sa3ckpt.targets.detect import FamilyDetection, detect_family
 from sa3ckpt.targets.families import FAMILIES
@@ -47,4 +48,5 @@ def inspect_base(path: str | os.PathLike[str], *, stats: bool = False) -> BaseRe
             dtypes=dict(sorted(Counter(t.dtype for t in base.tensors.values()).items())),
             metadata=dict(base.metadata),
             notes=[STATS_NOTE] if stats else [],
+            checkpoint=base_kind(base),
         )

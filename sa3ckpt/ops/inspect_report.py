@@ -13,6 +13,7 @@ from dataclasses import dataclass, field, fields, is_dataclass
 from typing import Any
 
 from sa3ckpt.findings import Finding
+from sa3ckpt.ops.checkpoint_kind import KindReport
 from sa3ckpt.ops.stack_report import StackReport
 
 JSON = "json"  # field metadata key: a function value -> JSON value overriding the default
@@ -171,6 +172,8 @@ class InspectReport:
     dtypes: dict[str, int]
     keys: KeysReport
     notes: list[str]
+    # what the file is (ops.checkpoint_kind): an SA3 DiT adapter, or a codec adapter
+    checkpoint: KindReport = field(metadata={JSON: KindReport.to_json})
     stats: StatsReport | None = field(default=None, metadata={OMIT_NONE: True})
     hashes: HashReport | None = field(default=None, metadata={OMIT_NONE: True})
 
@@ -198,7 +201,27 @@ class BaseReport:
     dtypes: dict[str, int]
     metadata: dict[str, str]
     notes: list[str]
+    checkpoint: KindReport = field(metadata={JSON: KindReport.to_json})  # full, DiT or cond
     hashes: HashReport | None = field(default=None, metadata={OMIT_NONE: True})
+
+
+@dataclass(frozen=True)
+class OtherReport:
+    """What inspect says of a readable file that is neither an adapter nor a base: codec
+    (SAME encoder/decoder) weights. `kind` is "other"; `checkpoint` says what it is."""
+
+    path: str
+    kind: str
+    format: str
+    size_bytes: int
+    tensors: int
+    dtypes: dict[str, int]
+    metadata: dict[str, str]
+    checkpoint: KindReport = field(metadata={JSON: KindReport.to_json})
+    hashes: HashReport | None = field(default=None, metadata={OMIT_NONE: True})
+
+
+OTHER_KIND = "other"
 
 
 def report_json(value: Any) -> Any:

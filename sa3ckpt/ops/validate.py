@@ -37,6 +37,7 @@ from sa3ckpt.io.sources import AdapterSource
 from sa3ckpt.names.base_keys import mlx_base_key
 from sa3ckpt.names.modules import SECONDS_CONDITIONER
 from sa3ckpt.ops.analysis import Analysis, analyze
+from sa3ckpt.ops.checkpoint_kind import PICKLE_FILE, UNKNOWN, KindReport, identify_kind
 from sa3ckpt.targets.families import FAMILIES, family_for_base_model
 
 
@@ -50,6 +51,7 @@ class FileResult:
     adapter_type: str | None = None
     family: str | None = None
     coverage: str | None = None
+    checkpoint: KindReport | None = None  # what the file is (ops.checkpoint_kind)
 
     def count(self, severity: str) -> int:
         return sum(f.severity == severity for f in self.findings)
@@ -68,6 +70,7 @@ class FileResult:
             "adapter_type": self.adapter_type,
             "family": self.family,
             "coverage": self.coverage,
+            "checkpoint": self.checkpoint.to_json() if self.checkpoint else None,
             "findings": [f.to_json() for f in self.findings],
         }
 
@@ -348,6 +351,12 @@ def validate_path(path: str, *, model: str = "auto", deep: bool = False) -> File
         return result
     if sniff_format(path) == "pickle":
         result.findings.append(_say("pickle", "legacy pickle: not read (pickles can run code)"))
+        return result
+    result.checkpoint = kind = identify_kind(path)
+    if not kind.is_dit_adapter and kind.kind not in (UNKNOWN, PICKLE_FILE):
+        # a base, DiT or conditioner weights, codec weights or a codec adapter: the adapter
+        # rules would only list confusing errors; say once what the file is instead
+        result.findings.append(_say("not-an-adapter", kind.not_a_dit_adapter()))
         return result
     try:
         source = open_adapter_source(path)

@@ -1,0 +1,345 @@
+"""What kind of checkpoint a file is: the one table, for inspect, validate and the TUI.
+
+`io.formats.identify` answers "adapter, base or unknown" from the key spelling alone. That
+is not enough to tell a user what they opened: an MLX DiT file, an official base without
+its conditioner, a conditioner-only file, the SAME codec's encoder or decoder weights, and a
+LoRA trained on a codec half (lora_config `target` "encoder"/"decoder", sa3.cpp stems
+`ae.enc.*` / `ae.dec.*`) all need their own one-line answer, and only one of them — the SA3
+DiT adapter — is what the adapter rules judge. Each kind is one row of `KINDS` (label,
+badge, explanation, whether the adapter rules apply, whether merge takes it as a base); the
+decision is data over the keys and shapes read from the header, never tensor data.
+
+Codec families are rows of `CODEC_FAMILIES` (width and depth of the SAME transformer). Codec
+adapter target tables are a later issue (#19): a family row is where they will slot in, and
+until then a codec adapter is identified (part, config target) but not checked.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+
+from sa3ckpt.errors import MalformedFileError, Sa3ckptError
+from sa3ckpt.io.base_checkpoint import BaseCheckpoint, open_base
+from sa3ckpt.io.formats import ADAPTER, BASE, PICKLE, identify, open_adapter_source, sniff
+from sa3ckpt.io.safetensors import read_header
+from sa3ckpt.io.sources import AdapterSource
+from sa3ckpt.names.base_keys import parse_base_key
+from sa3ckpt.names.modules import CONDITIONER_ROOT, DIT_ROOT
+
+Shape = tuple[int, ...]
+
+# --- the kinds --------------------------------------------------------------------------------
+
+DIT_ADAPTER = "dit-adapter"
+FULL_BASE = "full-base"
+DIT_WEIGHTS = "dit-weights"
+CONDITIONER_ONLY = "conditioner-only"
+CODEC_WEIGHTS = "codec-weights"
+CODEC_ADAPTER = "codec-adapter"
+PICKLE_FILE = "pickle"
+UNKNOWN = "unknown"
+
+
+@dataclass(frozen=True)
+class Kind:
+    """One kind of checkpoint file.
+
+    `dit_adapter`: the adapter rules (validate) apply; `base`: merge reads it as a base.
+    `badge` is the short word a UI shows; `explain` the sentence after the label.
+    """
+
+    name: str
+    label: str
+    badge: str
+    explain: str
+    dit_adapter: bool = False
+    base: bool = False
+
+
+KINDS: dict[str, Kind] = {
+    k.name: k
+    for k in (
+        Kind(
+            DIT_ADAPTER,
+            "SA3 DiT adapter",
+            "ADAPTER",
+            "for the SA3 DiT and its seconds conditioner",
+            dit_adapter=True,
+        ),
+        Kind(
+            FULL_BASE,
+            "full SA3 base",
+            "BASE",
+            "the DiT and its conditioner: merge adapters into it",
+            base=True,
+        ),
+        Kind(
+            DIT_WEIGHTS,
+            "SA3 DiT weights",
+            "DIT",
+            "the DiT alone (like the MLX runtime's dit_<name>_f16.npz): merge writes "
+            "its DiT targets",
+            base=True,
+        ),
+        Kind(
+            CONDITIONER_ONLY,
+            "SA3 conditioner weights",
+            "COND",
+            "no DiT: merge can only reach the seconds conditioner",
+            base=True,
+        ),
+        Kind(
+            CODEC_WEIGHTS,
+            "codec weights",
+            "CODEC",
+            "the SAME audio codec, not the DiT",
+        ),
+        Kind(
+            CODEC_ADAPTER,
+            "codec adapter",
+            "CODEC-LORA",
+            "LoRA on the SAME codec, not the DiT (no codec target tables yet: not "
+            "validated or merged)",
+        ),
+        Kind(
+            PICKLE_FILE,
+            "legacy pickle",
+            "PICKLE",
+            "a torch pickle: read only with --allow-pickle (pickles can run code)",
+        ),
+        Kind(UNKNOWN, "unknown", "?", "no SA3 adapter, base or codec tensors recognised"),
+    )
+}
+
+
+# --- codec families and parts -----------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class CodecFamily:
+    """A SAME codec size: transformer width D and block count of each half (reference/same.md).
+
+    Codec adapter target tables (issue #19) will hang off these rows.
+    """
+
+    name: str
+    width: int
+    depth: int
+    test_only: bool = False
+
+
+CODEC_FAMILIES: dict[str, CodecFamily] = {
+    f.name: f
+    for f in (
+        CodecFamily("SAME-S", 768, 6),
+        CodecFamily("SAME-L", 1536, 12),
+        # toy sizes of the same layout, for the committed fixtures
+        CodecFamily("tiny-same-s", 8, 2, test_only=True),
+        CodecFamily("tiny-same-l", 16, 3, test_only=True),
+    )
+}
+
+# Module roots of the codec halves, as a file spells them (the official autoencoder's own
+# file, the pretransform inside a full SA3 checkpoint) -> part.
+CODEC_ROOTS: tuple[tuple[str, str], ...] = (
+    ("encoder.", "encoder"),
+    ("decoder.", "decoder"),
+    ("pretransform.model.encoder.", "encoder"),
+    ("pretransform.model.decoder.", "decoder"),
+    ("model.encoder.", "encoder"),  # an adapter's `model.` root in front of a codec module
+    ("model.decoder.", "decoder"),
+    ("ae.enc.", "encoder"),  # sa3.cpp GGUF stems
+    ("ae.dec.", "decoder"),
+)
+# lora_config `target` values (adapters.md: dit|decoder|encoder) naming a codec part.
+CODEC_TARGETS = {"encoder": "encoder", "decoder": "decoder", "autoencoder": "autoencoder"}
+PRETRANSFORM_PREFIX = "pretransform."
+# A SAME layer: the differential self-attention projection `to_qkv`, (5D, D).
+_QKV = re.compile(r"(?:^|\.)(?:layers|blocks)\.(\d+)\.(?:self_attn|attn)\.to_qkv\.weight$")
+# Tensors only the SAME codec has (weight-normed mapping conv, soft-norm bottleneck).
+_CODEC_LEAVES = ("weight_g", "weight_v", "running_std", "scaling_factor")
+
+
+def codec_part(key: str) -> str | None:
+    """The codec half a key belongs to, by its module root."""
+    return next((part for root, part in CODEC_ROOTS if key.startswith(root)), None)
+
+
+def _parts_name(parts: Iterable[str]) -> str | None:
+    found = set(parts)
+    if "autoencoder" in found or {"encoder", "decoder"} <= found:
+        return "autoencoder"
+    return next(iter(found), None)
+
+
+def codec_family(shapes: Mapping[str, Shape]) -> tuple[CodecFamily | None, int | None, int]:
+    """(family, width, depth) of a codec file from its `to_qkv` weights (5D, D) per block."""
+    widths: set[int] = set()
+    blocks: dict[str | None, set[int]] = {}
+    for key, shape in shapes.items():
+        match = _QKV.search(key)
+        if match and len(shape) == 2 and shape[0] == 5 * shape[1]:
+            widths.add(shape[1])
+            blocks.setdefault(codec_part(key), set()).add(int(match.group(1)))
+    depth = max((len(b) for b in blocks.values()), default=0)
+    if len(widths) != 1:
+        return None, None, depth
+    width = widths.pop()
+    fam = next((f for f in CODEC_FAMILIES.values() if f.width == width and f.depth == depth), None)
+    return fam, width, depth
+
+
+# --- the answer -------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class KindReport:
+    """What a file is: its kind, and for codec files the half and family; `detail` adds what
+    the file holds. `line` is the one sentence inspect and the TUI show."""
+
+    kind: str
+    part: str | None = None  # encoder | decoder | autoencoder (codec files)
+    family: str | None = None  # a CODEC_FAMILIES name (codec weights)
+    detail: str = ""
+
+    @property
+    def row(self) -> Kind:
+        return KINDS[self.kind]
+
+    @property
+    def label(self) -> str:
+        row = self.row
+        if self.kind == CODEC_WEIGHTS:
+            fam = self.family or "SAME (size not recognised)"
+            return f"{fam} {self.part or 'codec'} weights"
+        if self.kind == CODEC_ADAPTER and self.part:
+            return f"codec adapter ({self.part})"
+        return row.label
+
+    @property
+    def line(self) -> str:
+        text = f"{self.label}: {self.row.explain}"
+        return f"{text} ({self.detail})" if self.detail else text
+
+    @property
+    def is_dit_adapter(self) -> bool:
+        return self.row.dit_adapter
+
+    def not_a_dit_adapter(self) -> str:
+        """The validate message for every other kind."""
+        return f"not an SA3 DiT adapter: {self.line}"
+
+    def to_json(self) -> dict[str, object]:
+        return {
+            "kind": self.kind,
+            "label": self.label,
+            "part": self.part,
+            "family": self.family,
+            "dit_adapter": self.is_dit_adapter,
+            "line": self.line,
+        }
+
+
+def _config_target(config_text: str | None) -> str | None:
+    """lora_config's `target` field, if the config is a JSON object that has a string one."""
+    if not config_text:
+        return None
+    try:
+        raw = json.loads(config_text)
+    except (ValueError, RecursionError):
+        return None
+    target = raw.get("target") if isinstance(raw, dict) else None
+    return target.strip().lower() if isinstance(target, str) else None
+
+
+def adapter_kind(keys: Iterable[str], config_text: str | None) -> KindReport:
+    """A DiT adapter, or a codec adapter (config target a codec half, or codec-rooted keys)."""
+    target = _config_target(config_text)
+    parts = [p for p in (codec_part(k) for k in keys) if p is not None]
+    if target in CODEC_TARGETS:
+        return KindReport(
+            CODEC_ADAPTER, CODEC_TARGETS[target], detail=f"lora_config target {target!r}"
+        )
+    if parts:
+        return KindReport(CODEC_ADAPTER, _parts_name(parts), detail=f"{len(parts)} codec keys")
+    return KindReport(DIT_ADAPTER)
+
+
+def source_kind(source: AdapterSource) -> KindReport:
+    """The kind of an opened adapter view (its keys and config), header only."""
+    return adapter_kind(source.entries, source.config_text)
+
+
+def base_kind(base: BaseCheckpoint) -> KindReport:
+    """Full base, DiT weights or conditioner weights, by which roots the keys fall under."""
+    dit = cond = 0
+    pretransform = False
+    for key, info in base.tensors.items():
+        parsed = parse_base_key(key, base.naming)
+        module = parsed[0] if parsed else ""
+        if module.startswith(DIT_ROOT):
+            dit += 1
+        elif module.startswith(CONDITIONER_ROOT):
+            cond += 1
+        pretransform = pretransform or key.startswith(PRETRANSFORM_PREFIX)
+    extra = ", with the pretransform (SAME codec)" if pretransform else ""
+    naming = f"{base.naming} naming"
+    if not dit:
+        return KindReport(CONDITIONER_ONLY, detail=f"{cond} conditioner tensors, {naming}")
+    if not cond:
+        return KindReport(DIT_WEIGHTS, detail=f"{dit} DiT tensors, no conditioner, {naming}{extra}")
+    if base.naming != "official":  # the MLX DiT file (dit_<name>_f16.npz) carries cond.* arrays
+        return KindReport(
+            DIT_WEIGHTS, detail=f"{dit} DiT tensors + {cond} conditioner arrays, {naming}{extra}"
+        )
+    return KindReport(FULL_BASE, detail=f"{dit} DiT + {cond} conditioner tensors, {naming}{extra}")
+
+
+def weights_kind(shapes: Mapping[str, Shape]) -> KindReport:
+    """Codec weights (SAME encoder/decoder keys and layers) or unknown, from names and shapes."""
+    parts = [p for p in (codec_part(k) for k in shapes) if p is not None]
+    marked = any(_QKV.search(k) or k.rpartition(".")[2] in _CODEC_LEAVES for k in shapes)
+    if not parts or not marked:
+        return KindReport(UNKNOWN, detail=f"{len(shapes)} tensors")
+    fam, width, depth = codec_family(shapes)
+    size = f"width {width}, {depth} blocks" if width else f"{depth} blocks"
+    return KindReport(
+        CODEC_WEIGHTS,
+        _parts_name(parts),
+        fam.name if fam else None,
+        f"{len(shapes)} tensors, {size}",
+    )
+
+
+def _header_shapes(path: str) -> dict[str, Shape] | None:
+    """Key -> shape of a safetensors file (None for other containers)."""
+    row = sniff(path)
+    if row is None or row.name != "safetensors":
+        return None
+    return {k: tuple(v.shape) for k, v in read_header(path).tensors.items()}
+
+
+def identify_kind(path: str | os.PathLike[str]) -> KindReport:
+    """The kind of `path` from headers only; never raises (unreadable files are `unknown`)."""
+    spath = os.fspath(path)
+    found = identify(spath)
+    try:
+        if found.kind == PICKLE:
+            return KindReport(PICKLE_FILE)
+        if found.kind == BASE:
+            with open_base(spath) as base:
+                return base_kind(base)
+        if found.kind == ADAPTER:
+            with open_adapter_source(spath) as source:
+                return source_kind(source)
+        shapes = _header_shapes(spath)
+    except (Sa3ckptError, OSError) as exc:
+        cause = exc.cause if isinstance(exc, MalformedFileError) else str(exc)
+        return KindReport(UNKNOWN, detail=" ".join(cause.split()))
+    if shapes is None:
+        return KindReport(UNKNOWN, detail=found.reason)
+    return weights_kind(shapes)

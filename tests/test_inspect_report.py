@@ -44,6 +44,7 @@ TOP_LEVEL_KEYS = [
     "dtypes",
     "keys",
     "notes",
+    "checkpoint",
 ]
 
 

@@ -1,7 +1,8 @@
 """The PASS / FAIL / MALFORMED badge, coloured so the verdict is readable at a glance.
 
-A base checkpoint gets a neutral BASE badge instead: the rules judge adapters, and a
-FAIL for "not an adapter" would read as a broken file.
+A file that is not an SA3 DiT adapter gets a neutral badge naming its kind instead (BASE,
+CODEC, CODEC-LORA, from the library's kind table): the rules judge DiT adapters,
+and a FAIL for "not an adapter" would read as a broken file.
 """
 
 from __future__ import annotations
@@ -9,6 +10,8 @@ from __future__ import annotations
 from rich.text import Text
 from textual.reactive import reactive
 from textual.widgets import Static
+
+from sa3ckpt.ops.checkpoint_kind import KINDS, KindReport
 
 # status -> (label, CSS class); unknown statuses render neutrally.
 _LOOK = {
@@ -19,6 +22,13 @@ _LOOK = {
     "loading": ("…", "-pending"),
     "none": ("-", "-pending"),
 }
+# every kind the adapter rules do not judge: its badge word, in the neutral BASE colour
+_LOOK.update({k.badge.lower(): (k.badge, "-base") for k in KINDS.values() if not k.dit_adapter})
+
+
+def kind_status(kind: KindReport) -> str:
+    """The badge status for a file of this kind (see `_LOOK`)."""
+    return kind.row.badge.lower()
 
 
 class StatusBadge(Static):

@@ -31,6 +31,7 @@ from tui.loading import Loaded, load_checkpoint, load_stats, run_validation
 from tui.merge_screen import MergeScreen
 from tui.overview import OverviewPanel
 from tui.paths import display_path, is_openable, looks_like_base
+from tui.validation_options import ValidationOptions
 from tui.validation_view import ValidationView
 
 TABS = ("overview", "coverage", "validation")
@@ -128,11 +129,11 @@ class BrowserScreen(Screen[None]):
         self.query_one(ValidationView).show_loading()
         self.query_one(CoverageView).loading = True
         self.refresh_bindings()
-        self._load(self._path)
+        self._load(self._path, self.query_one(ValidationView).options)
 
     @work(thread=True, exclusive=True, group="load", exit_on_error=False)
-    def _load(self, path: str) -> None:
-        loaded = load_checkpoint(path)
+    def _load(self, path: str, options: ValidationOptions) -> None:
+        loaded = load_checkpoint(path, options)
         if not get_current_worker().is_cancelled:
             self.app.call_from_thread(self._show_loaded, loaded)
 
@@ -145,13 +146,19 @@ class BrowserScreen(Screen[None]):
         coverage.loading = False
         coverage.show(loaded)
         self._show_verdict(loaded)
+        stale = loaded.validation_options != self.query_one(ValidationView).options
+        if stale and loaded.not_a_dit_adapter is None and not loaded.is_base:
+            self._rerun(loaded.path)  # the options changed while the file was loading
 
     def _show_verdict(self, loaded: Loaded) -> None:
         view = self.query_one(ValidationView)
+        other = loaded.not_a_dit_adapter
         if loaded.is_base:
-            view.show_base()
+            view.show_base(loaded.kind)
+        elif other is not None:  # codec weights or a codec adapter: say what it is
+            view.show_kind(other)
         else:
-            view.show(loaded.validation, loaded.validation_error)
+            view.show(loaded.validation, loaded.validation_error, loaded.validation_options)
 
     # --- actions ----------------------------------------------------------------------
 
@@ -188,7 +195,11 @@ class BrowserScreen(Screen[None]):
             self.notify("wait for the file to load first", severity="warning")
             return
         if loaded.report is None:
-            reason = "stats are for adapters" if loaded.is_base else "this file cannot be read"
+            reason = (
+                "stats are for adapters"
+                if loaded.is_base or loaded.is_other
+                else "this file cannot be read"
+            )
             self.notify(reason, severity="warning")
             return
         self.action_show_tab("coverage")
@@ -215,24 +226,41 @@ class BrowserScreen(Screen[None]):
         if self._path is None:
             return
         self.action_show_tab("validation")
-        if self._loaded is not None and self._loaded.path == self._path and self._loaded.is_base:
-            self._show_verdict(self._loaded)
+        loaded = self._loaded
+        if loaded is not None and loaded.path == self._path and loaded.not_a_dit_adapter:
+            self._show_verdict(loaded)  # the rules do not apply: nothing to re-run
             return
-        self.query_one(ValidationView).show_loading()
-        self._validate(self._path)
+        self._rerun(self._path)
+
+    def _rerun(self, path: str) -> None:
+        view = self.query_one(ValidationView)
+        view.show_loading()
+        self._validate(path, view.options)
+
+    def on_validation_view_options_changed(self, event: ValidationView.OptionsChanged) -> None:
+        """--strict or --model changed: validate the selection again with them."""
+        if self._path is not None:
+            self.action_revalidate()
 
     @work(thread=True, exclusive=True, group="validate", exit_on_error=False)
-    def _validate(self, path: str) -> None:
-        result, error = run_validation(path)
-        self.app.call_from_thread(self._show_validation, path, result, error)
+    def _validate(self, path: str, options: ValidationOptions) -> None:
+        result, error = run_validation(path, options)
+        self.app.call_from_thread(self._show_validation, path, result, error, options)
 
-    def _show_validation(self, path: str, result: FileResult | None, error: str | None) -> None:
-        if path != self._path:
-            return
+    def _show_validation(
+        self,
+        path: str,
+        result: FileResult | None,
+        error: str | None,
+        options: ValidationOptions,
+    ) -> None:
+        if path != self._path or options != self.query_one(ValidationView).options:
+            return  # another file, or options changed again: a newer run is coming
         if self._loaded is not None and self._loaded.path == path:
             self._loaded.validation, self._loaded.validation_error = result, error
+            self._loaded.validation_options = options
             self.query_one(OverviewPanel).show(self._loaded)
-        self.query_one(ValidationView).show(result, error)
+        self.query_one(ValidationView).show(result, error, options)
 
     def merge_defaults(self) -> tuple[str, tuple[str, ...]]:
         """Base from the highlighted (or loaded) file if it is a base; the loaded adapter.

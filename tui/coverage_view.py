@@ -107,6 +107,9 @@ class CoverageView(Vertical):
             return Text("select an adapter to see its coverage", style="dim")
         if loaded.is_base:
             return Text("a base checkpoint has no adapter coverage", style="dim")
+        other = loaded.not_a_dit_adapter
+        if other is not None:
+            return Text(f"{other.label}: not an SA3 DiT adapter, no coverage", style="dim")
         if loaded.report is None or loaded.report.coverage_map is None:
             reason = "unreadable file" if loaded.report is None else "model family unknown"
             return Text(f"no coverage map ({reason})", style="yellow")

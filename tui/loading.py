@@ -16,10 +16,18 @@ from sa3ckpt.errors import MalformedFileError, Sa3ckptError
 from sa3ckpt.io.base_checkpoint import open_base
 from sa3ckpt.io.formats import open_adapter_source
 from sa3ckpt.ops.analysis import analyze
-from sa3ckpt.ops.inspect import inspect_path
-from sa3ckpt.ops.inspect_report import InspectReport, StatsReport
-from sa3ckpt.ops.validate import FileResult, validate_path
+from sa3ckpt.ops.checkpoint_kind import (
+    CODEC_WEIGHTS,
+    PICKLE_FILE,
+    UNKNOWN,
+    KindReport,
+    identify_kind,
+)
+from sa3ckpt.ops.inspect import inspect_path, other_report
+from sa3ckpt.ops.inspect_report import InspectReport, OtherReport, StatsReport
+from sa3ckpt.ops.validate import FileResult
 from tui.paths import looks_like_base
+from tui.validation_options import ValidationOptions
 
 
 @dataclass(frozen=True)
@@ -35,7 +43,9 @@ class TensorRow:
 
 @dataclass
 class Loaded:
-    """What one path is: an adapter (report, validation, tensors), a base, or unreadable."""
+    """What one path is: an adapter (report, validation, tensors), a base, codec weights
+    (`other`), or unreadable; `kind` says which in the library's words, and
+    `validation_options` what the validation was computed with."""
 
     path: str
     report: InspectReport | None = None
@@ -44,10 +54,25 @@ class Loaded:
     validation_error: str | None = None
     tensors: dict[str, list[TensorRow]] = field(default_factory=dict)
     base: dict[str, Any] | None = None
+    other: OtherReport | None = None
+    kind: KindReport | None = None
+    validation_options: ValidationOptions = field(default_factory=ValidationOptions)
 
     @property
     def is_base(self) -> bool:
         return self.base is not None
+
+    @property
+    def is_other(self) -> bool:
+        return self.other is not None
+
+    @property
+    def not_a_dit_adapter(self) -> KindReport | None:
+        """The kind when the file is readable but not an SA3 DiT adapter (None otherwise)."""
+        kind = self.kind
+        if kind is None or kind.is_dit_adapter or kind.kind in (UNKNOWN, PICKLE_FILE):
+            return None
+        return kind
 
 
 def describe_error(exc: BaseException) -> str:
@@ -62,12 +87,20 @@ def describe_error(exc: BaseException) -> str:
     return f"internal error: {type(exc).__name__}: {text}"
 
 
-def run_validation(path: str) -> tuple[FileResult | None, str | None]:
-    """validate_path, with anything it raises reported instead of propagated."""
+def run_validation(
+    path: str, options: ValidationOptions | None = None
+) -> tuple[FileResult | None, str | None]:
+    """The CLI's validation with `options`, anything it raises reported, not propagated."""
     try:
-        return validate_path(path), None
+        return (options or ValidationOptions()).validate(path), None
     except Exception as exc:  # a library bug must not take the UI down
         return None, describe_error(exc)
+
+
+def codec_summary(path: str) -> OtherReport | None:
+    """The report of a file with codec (SAME) weights, None for any other file."""
+    with open_adapter_source(path) as source:
+        return other_report(source)
 
 
 def target_tensors(path: str) -> dict[str, list[TensorRow]]:
@@ -98,9 +131,18 @@ def base_summary(path: str) -> dict[str, Any]:
         }
 
 
-def load_checkpoint(path: str) -> Loaded:
-    """Read `path` as a base if it is one, else inspect and validate it; never raises."""
-    loaded = Loaded(path)
+def load_checkpoint(path: str, options: ValidationOptions | None = None) -> Loaded:
+    """Read `path` as a base if it is one, else inspect and validate it (with `options`);
+    never raises."""
+    loaded = Loaded(path, validation_options=options or ValidationOptions())
+    loaded.kind = identify_kind(path)
+    if loaded.kind.kind == CODEC_WEIGHTS:
+        try:
+            loaded.other = codec_summary(path)
+        except Exception as exc:
+            loaded.error = describe_error(exc)
+        if loaded.other is not None:
+            return loaded
     if looks_like_base(path):
         try:
             loaded.base = base_summary(path)
@@ -113,7 +155,7 @@ def load_checkpoint(path: str) -> Loaded:
         loaded.error = None
     except Exception as exc:
         loaded.error = describe_error(exc)
-    loaded.validation, loaded.validation_error = run_validation(path)
+    loaded.validation, loaded.validation_error = run_validation(path, loaded.validation_options)
     return loaded
 
 

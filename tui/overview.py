@@ -10,9 +10,9 @@ from textual.app import ComposeResult
 from textual.containers import Horizontal, VerticalScroll
 from textual.widgets import Static
 
-from tui.badge import StatusBadge
+from tui.badge import StatusBadge, kind_status
 from tui.loading import Loaded
-from tui.overview_rows import Row, base_rows, overview_rows
+from tui.overview_rows import Row, base_rows, other_rows, overview_rows
 from tui.safe_text import plain
 
 HINT = "Pick an adapter file or PEFT folder on the left (Enter) to inspect it."
@@ -53,11 +53,17 @@ class OverviewPanel(VerticalScroll):
     def show(self, loaded: Loaded) -> None:
         self.query_one("#overview-path", Static).update(plain(os.path.basename(loaded.path)))
         badge = self.query_one(StatusBadge)
-        badge.status = loaded.validation.status(False) if loaded.validation else "none"
+        options, result = loaded.validation_options, loaded.validation
+        badge.status = options.status(result) if result else "none"
+        other_kind = loaded.not_a_dit_adapter
+        if other_kind is not None:  # a base, codec weights, a codec adapter: say which
+            badge.status = kind_status(other_kind)
         body = self.query_one("#overview-body", Static)
-        if loaded.base is not None:
+        if loaded.other is not None:
+            body.update(_grid(other_rows(loaded.other)))
+        elif loaded.base is not None:
             badge.status = "base"
-            body.update(_grid(base_rows(loaded.base)))
+            body.update(_grid(base_rows(loaded.base, loaded.kind)))
         elif loaded.report is None:
             message = Text("cannot read this file: ", style="bold red")
             message.append_text(plain(loaded.error or "unknown error"))

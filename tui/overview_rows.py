@@ -10,7 +10,8 @@ from typing import Any
 
 from rich.text import Text
 
-from sa3ckpt.ops.inspect_report import InspectReport, TypeReport
+from sa3ckpt.ops.checkpoint_kind import KindReport
+from sa3ckpt.ops.inspect_report import InspectReport, OtherReport, TypeReport
 from tui.formatting import counts, coverage_line, human_size, maybe, rank_text
 from tui.safe_text import plain
 
@@ -72,11 +73,27 @@ def _metadata_rows(metadata: dict[str, str]) -> list[Row]:
     return rows
 
 
-def base_rows(summary: dict[str, Any]) -> list[Row]:
+MERGE_HINT = "base checkpoint: press m to merge adapters into it"
+
+
+def kind_row(kind: KindReport | None, hint: str | None = None) -> list[Row]:
+    """The library's one line on what the file is: its kind in bold, then why, then `hint`."""
+    if kind is None:
+        return []
+    text = plain(kind.label, "bold")
+    text.append_text(plain(f": {kind.row.explain}"))
+    if kind.detail:
+        text.append_text(plain(f" ({kind.detail})", "dim"))
+    if hint:
+        text.append_text(plain(f"; {hint}", "bold"))
+    return [("kind", text)]
+
+
+def base_rows(summary: dict[str, Any], kind: KindReport | None = None) -> list[Row]:
     """Rows for a base checkpoint: what the merge screen would read from it."""
     return [
         ("path", plain(summary["path"])),
-        ("kind", Text("base checkpoint: press m to merge adapters into it", "bold")),
+        *(kind_row(kind, MERGE_HINT) or [("kind", Text(MERGE_HINT, "bold"))]),
         (
             "format",
             Text(
@@ -90,10 +107,23 @@ def base_rows(summary: dict[str, Any]) -> list[Row]:
     ]
 
 
+def other_rows(report: OtherReport) -> list[Row]:
+    """Rows for codec weights: what the file is, its container and tensors."""
+    return [
+        ("path", plain(report.path)),
+        *kind_row(report.checkpoint),
+        ("format", Text(f"{report.format}, {human_size(report.size_bytes)}")),
+        ("tensors", Text(str(report.tensors))),
+        ("dtypes", Text(counts(report.dtypes))),
+        *_metadata_rows(report.metadata),
+    ]
+
+
 def overview_rows(report: InspectReport) -> list[Row]:
     """Rows for one readable checkpoint, most useful first."""
     rows: list[Row] = [
         ("path", plain(report.path)),
+        *kind_row(report.checkpoint),
         ("format", Text(f"{report.format}, {human_size(report.size_bytes)}")),
     ]
     rows += [

@@ -80,7 +80,7 @@ KINDS: dict[str, Kind] = {
         Kind(
             DIT_WEIGHTS,
             "SA3 DiT weights",
-            "DIT",
+            "BASE",
             "the DiT alone (like the MLX runtime's dit_<name>_f16.npz): merge writes "
             "its DiT targets",
             base=True,
@@ -88,7 +88,7 @@ KINDS: dict[str, Kind] = {
         Kind(
             CONDITIONER_ONLY,
             "SA3 conditioner weights",
-            "COND",
+            "BASE",
             "no DiT: merge can only reach the seconds conditioner",
             base=True,
         ),
@@ -239,6 +239,7 @@ class KindReport:
             "label": self.label,
             "part": self.part,
             "family": self.family,
+            "detail": self.detail,
             "dit_adapter": self.is_dit_adapter,
             "line": self.line,
         }

@@ -112,9 +112,9 @@ def test_r_reruns_validation(monkeypatch) -> None:
     calls: list[str] = []
     real = browser_screen.run_validation
 
-    def counting(path: str):
+    def counting(path: str, *options):  # options: the tab's --strict/--model
         calls.append(path)
-        return real(path)
+        return real(path, *options)
 
     monkeypatch.setattr(browser_screen, "run_validation", counting)
 
@@ -137,9 +137,9 @@ def test_r_reruns_validation(monkeypatch) -> None:
 def test_loading_runs_in_a_worker_and_keeps_the_ui_responsive(monkeypatch) -> None:
     release = threading.Event()
 
-    def slow_load(path: str):
+    def slow_load(path: str, *options):
         release.wait(10)
-        return load_checkpoint(path)
+        return load_checkpoint(path, *options)
 
     monkeypatch.setattr(browser_screen, "load_checkpoint", slow_load)
 

@@ -39,8 +39,8 @@ class ValidationOptions:
         return " ".join(parts)
 
     def describe(self) -> str:
-        """'--model small --strict' or 'defaults (--model auto, not strict)' for the tab."""
-        return self.cli_args() or "defaults (--model auto, not strict)"
+        """'--model auto' or '--model small --strict': the options in full, for the tab."""
+        return f"--model {self.model}" + (" --strict" if self.strict else "")
 
     def validate(self, path: str) -> FileResult:
         """The library call `sa3ckpt validate PATH` makes, with these options (one file or

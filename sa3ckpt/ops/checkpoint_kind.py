@@ -279,7 +279,7 @@ def base_kind(base: BaseCheckpoint) -> KindReport:
     """Full base, DiT weights or conditioner weights, by which roots the keys fall under."""
     dit = cond = 0
     pretransform = False
-    for key, info in base.tensors.items():
+    for key in base.tensors:
         parsed = parse_base_key(key, base.naming)
         module = parsed[0] if parsed else ""
         if module.startswith(DIT_ROOT):

@@ -28,13 +28,13 @@ from sa3ckpt.ops.analysis import Analysis, analyze
 from sa3ckpt.ops.checkpoint_kind import CODEC_WEIGHTS, source_kind, weights_kind
 from sa3ckpt.ops.inspect_base import inspect_base
 from sa3ckpt.ops.inspect_report import (
+    OTHER_KIND,
     BaseReport,
     BlockRow,
     CoverageMap,
     CoverageReport,
     DialectReport,
     FamilyReport,
-    OTHER_KIND,
     InspectReport,
     KeysReport,
     OtherReport,

@@ -14,9 +14,9 @@ from sa3ckpt.cli import build_parser
 from sa3ckpt.ops.checkpoint_kind import identify_kind
 from tests.helpers import run_cli
 from tests.tui.helpers import choose_in_tree, settle, static_text
+from tui import browser_screen
 from tui.app import Sa3ckptApp
 from tui.badge import StatusBadge
-from tui import browser_screen
 from tui.validation_options import ValidationOptions, model_choices
 from tui.validation_view import ValidationView
 
@@ -55,9 +55,9 @@ async def _pick_model(pilot: Pilot[object], model: str) -> None:
 
 def test_model_choices_are_the_clis() -> None:
     parser = build_parser()
-    sub = next(a for a in parser._actions if a.dest == "command")  # noqa: SLF001
+    sub = next(a for a in parser._actions if a.dest == "command")
     validate = sub.choices["validate"]  # type: ignore[index]
-    model = next(a for a in validate._actions if a.dest == "model")  # noqa: SLF001
+    model = next(a for a in validate._actions if a.dest == "model")
     assert tuple(model.choices) == model_choices()
 
 
@@ -72,7 +72,7 @@ def test_strict_and_model_change_the_verdict_as_the_cli_exit_code_does() -> None
             seen = []
             assert view.options == ValidationOptions()
             seen.append((view.options, _badge(app, "validation")))
-            assert "defaults" in static_text(app, "#validation-computed")
+            assert static_text(app, "#validation-computed") == "verdict with --model auto"
 
             await _toggle_strict(pilot)
             assert view.options == ValidationOptions(strict=True)
@@ -114,7 +114,7 @@ def test_a_wrong_model_fails_like_the_cli_and_options_survive_another_file() -> 
             assert view.options == options
             assert str(app.screen.query_one("#validation-model", Select).value) == "tiny-medium"
             assert "--model tiny-medium" in static_text(app, "#validation-computed")
-            loaded = app.screen._loaded  # noqa: SLF001
+            loaded = app.screen._loaded
             assert loaded is not None and loaded.validation_options == options
             expected = cli_verdict("official-xs/tiny-small/bora-xs.safetensors", options)
             assert _badge(app, "validation") == expected == "fail"

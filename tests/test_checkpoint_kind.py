@@ -88,6 +88,7 @@ def test_names_alone_without_codec_layers_are_unknown() -> None:
         (["model.decoder.layers.0.to_qkv.parametrizations.weight.0.lora_A"], None, "decoder"),
         (["transformer.layers.0.self_attn.to_qkv.lora_A"], {"target": "Decoder"}, "decoder"),
         (["encoder.x.lora_A", "decoder.x.lora_A"], None, "autoencoder"),
+        (["base_model.model.decoder.layers.0.to_qkv.lora_A.weight"], None, "decoder"),  # PEFT
     ],
 )
 def test_codec_adapters_by_keys_or_config_target(

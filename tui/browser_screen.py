@@ -276,7 +276,7 @@ class BrowserScreen(Screen[None]):
         adapters: tuple[str, ...] = ()
         if loaded is not None and loaded.is_base and not base:
             base = loaded.path
-        elif loaded is not None and loaded.report is not None and not loaded.is_base:
+        elif loaded is not None and loaded.report is not None and not loaded.not_a_dit_adapter:
             adapters = (loaded.path,)
         return base, adapters
 

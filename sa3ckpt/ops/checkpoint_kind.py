@@ -152,6 +152,8 @@ CODEC_ROOTS: tuple[tuple[str, str], ...] = (
     ("pretransform.model.decoder.", "decoder"),
     ("model.encoder.", "encoder"),  # an adapter's `model.` root in front of a codec module
     ("model.decoder.", "decoder"),
+    ("base_model.model.encoder.", "encoder"),  # PEFT's prefix
+    ("base_model.model.decoder.", "decoder"),
     ("ae.enc.", "encoder"),  # sa3.cpp GGUF stems
     ("ae.dec.", "decoder"),
 )

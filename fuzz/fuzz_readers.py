@@ -38,7 +38,8 @@ from sa3ckpt.io.formats import identify  # noqa: E402
 from sa3ckpt.io.legacy_pickle import looks_like_pickle  # noqa: E402
 from sa3ckpt.io.safetensors import open_safetensors  # noqa: E402
 from sa3ckpt.io.sniff import sniff_container  # noqa: E402
-from sa3ckpt.ops.inspect import inspect_path  # noqa: E402
+from sa3ckpt.ops.checkpoint_kind import identify_kind  # noqa: E402
+from sa3ckpt.ops.inspect import inspect_file, inspect_path  # noqa: E402
 from sa3ckpt.ops.validate import validate_path  # noqa: E402
 
 FIXTURES = ROOT / "fixtures" / "data"
@@ -174,6 +175,15 @@ def _sniff(path: str) -> None:
     if container == "safetensors" and looks_like_pickle(path):
         raise AssertionError("sniffed as safetensors and as a pickle")
     identify(path)
+    identify_kind(path)
+
+
+def _kinds(path: str) -> None:
+    """A damaged file of any checkpoint kind: identify_kind never raises; inspect and
+    validate fail only with the library's own errors."""
+    identify_kind(path)
+    validate_path(path)
+    inspect_file(path)
 
 
 def targets(tmp: Path) -> list[Target]:
@@ -204,6 +214,7 @@ def targets(tmp: Path) -> list[Target]:
         Target("validate", _adapter_seeds(), lambda p: validate_path(p, deep=True)),
         Target("bases", [bases_seed], load_bases),
         Target("sniff", _sniff_seeds(), _sniff, allowed=()),  # identify never raises
+        Target("kinds", sorted((FIXTURES / "kinds").glob("*")), _kinds),
         *gguf,
     ]
 

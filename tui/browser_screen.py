@@ -21,11 +21,12 @@ from textual.worker import get_current_worker
 from sa3ckpt.ops.inspect_report import StatsReport
 from sa3ckpt.ops.validate import FileResult
 from sa3ckpt.textsafe import escape_control
-from tui.after_merge import refresh_and_select
+from tui.after_merge import refresh_and_select, select_listed
 from tui.combine_screen import CombineScreen
 from tui.convert_screen import ConvertScreen
 from tui.coverage_view import CoverageView
 from tui.file_tree import AdapterTree
+from tui.folder_view import FolderScreen, folder_of
 from tui.footer_fit import fit_palette
 from tui.loading import Loaded, load_checkpoint, load_stats, run_validation
 from tui.merge_screen import MergeScreen
@@ -62,6 +63,16 @@ class BrowserScreen(Screen[None]):
         # Off the footer, which has room for one of the two at 80 columns; the convert
         # screen shows it (ctrl+b) and the README lists it.
         Binding("b", "combine", "Combine", show=False, priority=True),
+        # Off the footer too (the 80-column line ends at q Quit); in the palette, the README,
+        # and the folder view's own footer lists its keys.
+        Binding(
+            "f",
+            "folder",
+            "Folder",
+            tooltip="The audit table of the highlighted folder",
+            show=False,
+            priority=True,
+        ),
     ]
 
     DEFAULT_CSS = """
@@ -309,3 +320,16 @@ class BrowserScreen(Screen[None]):
         """A merge, convert or combine wrote a file: list it, keeping the place; highlight it."""
         if written:
             await refresh_and_select(self.query_one(AdapterTree), written)
+
+    def action_folder(self) -> None:
+        """The folder view of the highlighted folder (a file's or PEFT folder's: its folder)."""
+        tree = self.query_one(AdapterTree)
+        node = tree.cursor_node
+        highlighted = node.data.path if node is not None and node.data is not None else None
+        self.app.push_screen(FolderScreen(folder_of(highlighted, self._root)), self._opened)
+
+    def _opened(self, path: str | None) -> None:
+        """Enter on a row of the folder view: that file, in the normal views."""
+        if path:
+            select_listed(self.query_one(AdapterTree), Path(path))
+            self.choose(path)

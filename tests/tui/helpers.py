@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+import shutil
 from pathlib import Path
 
 from rich.console import Console, RenderableType
@@ -11,6 +12,7 @@ from textual.app import App
 from textual.pilot import Pilot
 from textual.widgets import Static
 
+from tests.helpers import write_adapter
 from tui.file_tree import AdapterTree
 
 DATA = Path(__file__).resolve().parents[2] / "fixtures" / "data"
@@ -67,3 +69,21 @@ def static_text(app: App[object], selector: str) -> str:
         assert not content, "file-derived text must be a Text, never a markup string"
         return content
     return render_text(content)
+
+
+def make_runs_folder(root: Path) -> Path:
+    """A folder of training runs for the folder view: steps, ranks, types, checks to raise.
+
+    `runs/run-r128/` holds a rank-8 untrained save (name-rank; zero-effect with the data
+    checks), `best.safetensors` copies step 9000 (duplicate with the data checks),
+    `partial.safetensors` is a truncated download (malformed).
+    """
+    runs = root / "runs"
+    for step, epoch, seed in ((900, 1, 1), (10000, 4, 3), (9000, 3, 2)):
+        name = f"lora-step={step}-epoch={epoch}.safetensors"
+        write_adapter(runs / "run-r16" / name, rank=16, seed=seed, config={"step": step})
+    write_adapter(runs / "run-r128" / "lora-step=0.safetensors", rank=8, zero_effect=True)
+    write_adapter(runs / "dora-rank2.safetensors", rank=2, type_name="dora-rows", seed=7)
+    shutil.copy(runs / "run-r16" / "lora-step=9000-epoch=3.safetensors", runs / "best.safetensors")
+    (runs / "partial.safetensors").write_bytes(b"\x00" * 3)
+    return runs

@@ -282,3 +282,19 @@ def test_usage_errors() -> None:
         extract("a", "b", "c", energy=1.5)
     with pytest.raises(UsageError, match="--type"):
         extract("a", "b", "c", rank=2, adapter_type="dora-rows")
+
+
+def test_lora_xs_energy_counts_the_leading_block_of_the_projection(tmp_path: Path) -> None:
+    family = "tiny-medium"
+    target = "model.transformer.layers.0.cross_attn.to_q"
+    w0 = _w2d(official_base_arrays(family), family, target)
+    u, v = ref_svd_bases(w0.astype(np.float32), min(w0.shape))
+    core = np.zeros((u.shape[1], v.shape[1]))
+    core[0, 0], core[2, 2], core[4, 1] = 1.0, 0.6, 0.3  # inside the leading 5x5 block
+    base, ft = _write_pair(tmp_path, family, {target: 0.05 * u @ core @ v.T})
+    energies = {0.5: 1, 0.8: 3, 0.99: 5}  # ‖block R‖² / ‖core‖²: 1/1.45, 1.36/1.45, 1
+    for energy, want in energies.items():
+        out = tmp_path / f"xs-{energy}.safetensors"
+        ledger = extract(base, ft, str(out), energy=energy, adapter_type="lora-xs", dtype="fp32")
+        assert ledger.rank == want == ledger.targets[0].rank_needed, energy
+        assert ledger.targets[0].retained_energy >= energy

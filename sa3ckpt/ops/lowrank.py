@@ -3,14 +3,13 @@
 combine's randomised SVD and exact low-rank SVD are reused as they are (imported, not
 copied), so `combine --method svd`, `extract` and `resize` factor with the same code.
 
-How exact the randomised path is: `randomized_svd` (Halko et al.: here a Gaussian sketch of
-width 2R (`oversample_for`) and 4 QR-stabilised power iterations) returns Q·T_R, the rank-R truncation of QᵀD
-lifted back by the orthonormal Q. That is an orthogonal projection of D, so its energy
-‖D_R‖² = Σ_{i≤R} s_i² and the residual ‖D − D_R‖² = ‖D‖² − ‖D_R‖² hold exactly; what the
-sketch can lose is only how close Σ_{i≤R} s_i² comes to the optimum Σ_{i≤R} σ_i² of the
-exact SVD. The retained energy each ledger reports is computed from the written factors
-(in float64, against the exact ‖D‖²), never from the sketch's estimate, and tests bound the
-randomised result against the exact SVD (`tests/test_lowrank.py`).
+How exact the randomised path is: `randomized_svd` (Halko et al.; here a Gaussian sketch
+of width 2R, `oversample_for`, and 4 QR-stabilised power iterations) returns Q·T_R, the
+rank-R truncation of QᵀD lifted back by the orthonormal Q. That is an orthogonal projection
+of D, so ‖D_R‖² = Σ_{i≤R} s_i² and ‖D − D_R‖² = ‖D‖² − ‖D_R‖² hold exactly; what the
+sketch can lose is only how close Σ_{i≤R} s_i² comes to the optimum Σ_{i≤R} σ_i². The
+ledgers compute retained energy from the factors themselves in float64 against the exact
+‖D‖², and tests/test_extract.py bounds the randomised result against the exact SVD.
 """
 
 from __future__ import annotations

@@ -21,7 +21,7 @@ from sa3ckpt.ops.lowrank import svd_for_energy, top_svd
 from sa3ckpt.ops.merge import AdapterArg, merge_checkpoint
 from sa3ckpt.ops.validate import validate_path
 from sa3ckpt.targets import FAMILIES
-from tests.helpers import official_base_arrays, run_cli
+from tests.helpers import BASE_MLX, official_base_arrays, run_cli
 from tests.reference_math import ref_svd_bases
 
 UNCHANGED = "layers.1."  # targets the fine-tunes below leave exactly as in the base
@@ -298,3 +298,17 @@ def test_lora_xs_energy_counts_the_leading_block_of_the_projection(tmp_path: Pat
         ledger = extract(base, ft, str(out), energy=energy, adapter_type="lora-xs", dtype="fp32")
         assert ledger.rank == want == ledger.targets[0].rank_needed, energy
         assert ledger.targets[0].retained_energy >= energy
+
+
+def test_naming_and_layout_of_the_two_checkpoints_need_not_match(tmp_path: Path) -> None:
+    """An MLX base (Conv1d stored (out, k, in)) against an official fine-tune: same adapter."""
+    family = "tiny-small"
+    base, ft = _write_pair(tmp_path, family, _low_rank_deltas(family, 2))
+    mlx_base = str(BASE_MLX)  # the same fp16 values as the official fixture, MLX naming
+    same = extract(base, ft, str(tmp_path / "a.safetensors"), rank=2, dtype="fp32")
+    cross = extract(mlx_base, ft, str(tmp_path / "b.safetensors"), rank=2, dtype="fp32")
+    a, b = load_checkpoint(tmp_path / "a.safetensors"), load_checkpoint(tmp_path / "b.safetensors")
+    assert [t.target for t in same.targets] == [t.target for t in cross.targets]
+    for target in a.targets():
+        for param, value in a.tensors[target].items():
+            assert np.array_equal(value, b.tensors[target][param]), (target, param)

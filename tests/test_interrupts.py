@@ -124,11 +124,14 @@ def _unraisable(hook_args):
         swallowed.append(1)
 sys.unraisablehook = _unraisable
 signal.signal(signal.SIGTERM, _terminate)
-print("ready", flush=True)
 caught = i = 0
 report = False
+ready = False
 while True:
     try:  # the parent signals again once it has read a report: that may land anywhere here
+        if not ready:  # announced inside the try: the first signal may come right after it
+            ready = True
+            print("ready", flush=True)
         if report:  # after the except block: the interrupted writer is gone
             report = False
             left = [n for n in os.listdir(folder) if ".tmp-" in n]

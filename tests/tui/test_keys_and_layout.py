@@ -35,9 +35,17 @@ async def focus_table(pilot, selector: str) -> None:
     tab = "coverage" if selector.startswith("#coverage") else "validation"
     screen.query_one(TabbedContent).active = tab
     await pilot.pause()
-    screen.query_one(selector, DataTable).focus()
-    await pilot.pause()
-    assert pilot.app.focused is screen.query_one(selector, DataTable)
+    table = screen.query_one(selector, DataTable)
+    table.focus()
+    # focus() is applied by a later callback, and hiding the old pane moves focus too: on a
+    # loaded machine one pause may not see both settle, so wait (bounded) for the table
+    for _ in range(200):
+        await pilot.pause()
+        if pilot.app.focused is table:
+            break
+        table.focus()
+        await pilot.pause(0.01)
+    assert pilot.app.focused is table
 
 
 @pytest.mark.parametrize("size", SIZES)

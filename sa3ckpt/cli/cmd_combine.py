@@ -1,4 +1,5 @@
-"""`sa3ckpt combine`: several adapters into one (cat: exact for LoRA; svd: re-factor to rank R)."""
+"""`sa3ckpt combine`: several adapters into one (cat: exact for LoRA; svd: re-factor to rank R;
+mean: the weighted average of checkpoints of one run)."""
 
 from __future__ import annotations
 
@@ -13,18 +14,32 @@ from sa3ckpt.strengths import parse_adapter_arg
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("adapters", nargs="+", metavar="ADAPTER[:W]", help="adapters and weights")
     parser.add_argument("-o", "--output", required=True, metavar="OUT", help="combined adapter")
-    parser.add_argument("--method", required=True, choices=METHODS, help="cat (exact, lora) or svd")
+    parser.add_argument(
+        "--method",
+        required=True,
+        choices=METHODS,
+        help="cat (exact, lora), svd (re-factor to --rank) or mean (weighted average of "
+        "checkpoints of one run: same type, rank, alpha, targets and base, else exit 4)",
+    )
     parser.add_argument(
         "--rank",
         type=int,
         help="output rank (svd only; at most every target's min(fan) and the useful rank, "
         "else exit 2)",
     )
-    parser.add_argument("--base", metavar="BASE", help="base checkpoint (DoRA/BoRA or XS inputs)")
-    parser.add_argument("--dtype", default="fp16", choices=list(DTYPE_NAMES), help="output dtype")
+    parser.add_argument(
+        "--base", metavar="BASE", help="base checkpoint (cat/svd: DoRA/BoRA or XS inputs)"
+    )
+    parser.add_argument(
+        "--dtype",
+        choices=list(DTYPE_NAMES),
+        help="output dtype (cat/svd default fp16; mean default the inputs' dtype)",
+    )
     parser.add_argument("--allow-pickle", action="store_true", help="read legacy .ckpt adapters")
     parser.add_argument(
-        "--allow-nonfinite", action="store_true", help="cat: carry NaN/Inf over instead of exit 4"
+        "--allow-nonfinite",
+        action="store_true",
+        help="cat/mean: carry NaN/Inf over instead of exit 4",
     )
     parser.add_argument("--force", action="store_true", help="replace an existing output file")
     parser.add_argument("--json", action="store_true", help="print the ledger as one JSON document")

@@ -8,6 +8,8 @@
   (QR of the stacked factors, SVD of the small core); DoRA/BoRA inputs need `--base` (their
   ΔW = f(W0; 1) − W0 depends on the base norms) and are re-factored by a randomised SVD on
   large layers. The output is then a plain LoRA of the merged delta, and the ledger says so.
+- `mean` averages every stored tensor of checkpoints of one run (a soup, `ops.soup`): the
+  output keeps their type, rank and alpha; files that cannot be one run are refused (exit 4).
 - Ranks are refused, never clamped (exit 2): an adapter file has one rank for every target,
   so neither method may write a rank above the narrowest target's min(fan_out, fan_in)
   (validate's `rank-exceeds-target`), and svd refuses a rank no target can use.
@@ -35,8 +37,10 @@ from sa3ckpt.io.atomic import check_output_path
 from sa3ckpt.io.base_checkpoint import BaseCheckpoint, open_base
 from sa3ckpt.names.modules import strip_dit_root
 from sa3ckpt.ops.merge import AdapterArg, adapter_sha256
+from sa3ckpt.ops.soup import check_one_run, mean_soup
 
-METHODS = ("cat", "svd")
+METHODS = ("cat", "svd", "mean")
+RANK_FROM_INPUTS = ("cat", "mean")  # methods whose output rank is the inputs' (no --rank)
 RANDOMIZED_ABOVE = 1024  # min(fan_out, fan_in) above which the dense path uses a randomised SVD
 
 
@@ -50,10 +54,12 @@ class CombineLedger:
     retained: dict[str, float] = field(default_factory=dict)  # svd: energy kept per target
     notes: list[str] = field(default_factory=list)
 
+    adapter_type: str = "lora"
+
     def lines(self) -> list[str]:
         out = [
             f"{len(self.targets)} targets combined by {self.method} "
-            f"into a rank-{self.rank} lora -> {self.output}"
+            f"into a rank-{self.rank} {self.adapter_type} -> {self.output}"
         ]
         out += self.notes
         if self.retained:
@@ -68,6 +74,7 @@ class CombineLedger:
             "output": self.output,
             "method": self.method,
             "rank": self.rank,
+            "adapter_type": self.adapter_type,
             "adapters": self.adapters,
             "targets": self.targets,
             "retained_energy": self.retained,
@@ -343,15 +350,17 @@ def combine(
     method: str = "cat",
     rank: int | None = None,
     base_path: str | None = None,
-    dtype: str = "fp16",
+    dtype: str | None = None,
     allow_pickle: bool = False,
     allow_nonfinite: bool = False,
     force: bool = False,
 ) -> CombineLedger:
-    """Combine weighted adapters into one LoRA checkpoint written atomically to `output`.
+    """Combine weighted adapters into one checkpoint written atomically to `output`.
 
-    NaN/Inf in an input, or in the output once cast to `dtype`, is refused (exit 4, nothing
-    written) unless `allow_nonfinite` (cat only: an SVD cannot factor them).
+    cat and svd write a LoRA, in fp16 unless `dtype`; mean writes the inputs' type, in their
+    dtype unless `dtype`. NaN/Inf in an input, or in the output once cast to `dtype`, is
+    refused (exit 4, nothing written) unless `allow_nonfinite` (cat and mean: an SVD cannot
+    factor them).
     """
     if method not in METHODS:
         raise UsageError(f"unknown method {method!r} (known: {', '.join(METHODS)})")
@@ -366,11 +375,19 @@ def combine(
             "--rank is for --method svd; --method cat is exact and its rank is the sum of the "
             "input ranks"
         )
+    if method == "mean" and rank is not None:
+        raise UsageError(
+            "--rank is for --method svd; --method mean keeps the rank of its inputs (one run)"
+        )
+    if method == "mean" and base_path is not None:
+        raise UsageError("--base is for cat and svd; --method mean reads only the adapters")
     inputs = [a.path for a in adapters] + ([base_path] if base_path else [])
     check_output_path(output, inputs=inputs, overwrite=force)  # before any work
-    code = dtypes.code_from_name(dtype)
+    code = dtypes.code_from_name(dtype) if dtype else None
     # Any adapter container inspect reads, as merge and convert load it.
     ckpts = [(load_adapter(a.path, allow_pickle=allow_pickle), a.strength) for a in adapters]
+    if method == "mean":  # its own reasons first: the shape check below names no run
+        check_one_run([c for c, _ in ckpts], [a.path for a in adapters])
     _check_inputs(ckpts)
     kept = _check_finite(adapters, ckpts, method, allow_nonfinite)
     base = open_base(base_path) if base_path else None
@@ -392,7 +409,19 @@ def combine(
                     "rank": ckpt.config.rank,
                 }
             )
-        if method == "cat":
+        out_type, metadata, mean_config = "lora", None, None
+        if method == "mean":
+            soup = mean_soup(
+                [c for c, _ in ckpts],
+                [w for _, w in ckpts],
+                [a.path for a in adapters],
+                ledger.adapters,
+                code,
+            )
+            tensors, out_rank, code = soup.tensors, soup.config.rank, soup.dtype
+            out_type, metadata, mean_config = soup.config.adapter_type, soup.metadata, soup.config
+            ledger.notes += soup.notes
+        elif method == "cat":
             tensors, out_rank = _cat(ckpts, targets, base)
             ledger.notes.append(
                 "exact: ranks add up, each adapter's scale and weight folded into lora_B"
@@ -406,12 +435,14 @@ def combine(
                     f"zero past it: {padded[0]}"
                     + (f" and {len(padded) - 1} more" if len(padded) > 1 else "")
                 )
+        code = code or "F16"  # cat and svd: fp16 unless --dtype
         _check_output_finite(output, tensors, code, allow_nonfinite, ledger)
         ledger.rank = out_rank
         ledger.targets = targets
-        config = _output_config(ckpts, targets, out_rank, method, ledger)
+        ledger.adapter_type = out_type
+        config = mean_config or _output_config(ckpts, targets, out_rank, method, ledger)
         save_checkpoint(
-            AdapterCheckpoint(config, "lora", tensors),
+            AdapterCheckpoint(config, out_type, tensors, metadata or {}),
             output,
             dtype=code,
             inputs=tuple(inputs),

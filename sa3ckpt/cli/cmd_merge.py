@@ -50,6 +50,16 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "or PATH=PATTERN; repeatable",
     )
     parser.add_argument(
+        "--strength-map",
+        action="append",
+        default=[],
+        metavar="MAP",
+        help="per-target strength factors, comma-separated [ADAPTER=]PATTERN=FACTOR entries "
+        "(PATTERN and ADAPTER= as in --exclude), e.g. 'layers.[0-7].=0.5,cross_attn=0.8'; "
+        "every matching entry multiplies the adapter's strength there; an entry matching "
+        "nothing is an error; repeatable",
+    )
+    parser.add_argument(
         "--dtype", choices=list(DTYPE_NAMES), help="output dtype (default: the base's)"
     )
     parser.add_argument(
@@ -92,6 +102,7 @@ def run(args: argparse.Namespace) -> int:
             force=args.force,
             strict=args.strict,
             exclude=args.exclude,
+            strength_map=args.strength_map,
             compare=args.compare_semantics,
             progress=progress,
         )

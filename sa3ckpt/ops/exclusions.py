@@ -53,35 +53,39 @@ class Excluded:
         }
 
 
-def _adapter_of(prefix: str, spec: str, paths: Sequence[str]) -> int:
+def _adapter_of(prefix: str, spec: str, paths: Sequence[str], flag: str) -> int:
     if prefix.isdigit():
         index = int(prefix)
         if not 1 <= index <= len(paths):
             raise UsageError(
-                f"--exclude {spec!r}: adapter {index} does not exist (1..{len(paths)} given)"
+                f"{flag} {spec!r}: adapter {index} does not exist (1..{len(paths)} given)"
             )
         return index
     matches = [i for i, p in enumerate(paths, 1) if p == prefix]
     if not matches:
         raise UsageError(
-            f"--exclude {spec!r}: {prefix!r} is neither an adapter number (1..{len(paths)}) "
+            f"{flag} {spec!r}: {prefix!r} is neither an adapter number (1..{len(paths)}) "
             "nor an adapter path as given"
         )
     if len(matches) > 1:
-        raise UsageError(f"--exclude {spec!r}: {prefix} is given {len(matches)} times; use N=")
+        raise UsageError(f"{flag} {spec!r}: {prefix} is given {len(matches)} times; use N=")
     return matches[0]
 
 
-def parse_exclusion(spec: str, paths: Sequence[str]) -> Exclusion:
-    """One `[ADAPTER=]PATTERN` (UsageError for an empty pattern, bad range or unknown adapter)."""
+def parse_exclusion(spec: str, paths: Sequence[str], *, flag: str = "--exclude") -> Exclusion:
+    """One `[ADAPTER=]PATTERN` (UsageError for an empty pattern, bad range or unknown adapter).
+
+    `flag` names the option in the messages: `--strength-map` selects targets with this same
+    syntax (`ops.strength_map`), so the syntax has this one parser.
+    """
     prefix, sep, pattern = spec.rpartition("=")
-    adapter = _adapter_of(prefix, spec, paths) if sep else None
+    adapter = _adapter_of(prefix, spec, paths, flag) if sep else None
     if not pattern:
-        raise UsageError(f"--exclude {spec!r} has no pattern")
+        raise UsageError(f"{flag} {spec!r} has no pattern")
     try:
         expanded = tuple(expand_ranges(pattern))
     except ValueError as exc:
-        raise UsageError(f"--exclude {spec!r}: {exc}") from None
+        raise UsageError(f"{flag} {spec!r}: {exc}") from None
     return Exclusion(spec, pattern, adapter, expanded)
 
 

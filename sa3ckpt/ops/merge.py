@@ -12,7 +12,9 @@ unless the whole merge succeeds (atomic output; NaN/Inf in a merged weight abort
 Before writing, the stack report (`ops.stack_report`) predicts sign flips, negative
 magnitudes, drift and a DoRA/BoRA stack on the seconds conditioner; its warnings go into the
 ledger (and refuse the merge under --strict). `--exclude` (`ops.exclusions`) leaves targets
-out of one adapter or all; `compare=True` adds the semantics comparison
+out of one adapter or all; `--strength-map` (`ops.strength_map`) scales an adapter's
+strength per target, and every consumer of the stack (both kernels, the stack report, the
+comparison) takes the stack of a target from `_Plan.stack_of`; `compare=True` adds the semantics comparison
 (`ops.compare_semantics`), and without an output nothing is written at all.
 """
 
@@ -58,6 +60,7 @@ from sa3ckpt.names.modules import ROOTS, root_of
 from sa3ckpt.ops.compare_semantics import SemanticsComparison, target_differences
 from sa3ckpt.ops.exclusions import Excluded, apply_exclusions, parse_exclusions
 from sa3ckpt.ops.merge_preview import MergePreview
+from sa3ckpt.ops.strength_map import TargetStrength, parse_strength_map
 from sa3ckpt.ops.stack_report import (
     NEEDS_BASE_NORMS,
     StackMember,
@@ -109,6 +112,8 @@ class MergeLedger:
     bases_sources: dict[str, int] = field(default_factory=dict)
     excluded: list[Excluded] = field(default_factory=list)
     unused_exclusions: list[str] = field(default_factory=list)
+    strength_map: list[str] = field(default_factory=list)  # --strength-map values as typed
+    target_strengths: list[TargetStrength] = field(default_factory=list)  # with a map only
     stack: StackReport | None = None
     comparison: SemanticsComparison | None = None
     written: bool = True
@@ -150,6 +155,9 @@ class MergeLedger:
             for e in self.excluded
         ]
         out += [f"--exclude {spec} matched no target" for spec in self.unused_exclusions]
+        if self.strength_map:
+            out.append(f"--strength-map {', '.join(self.strength_map)} (matching entries multiply)")
+            out += [t.line() for t in self.target_strengths]
         out += self.stack.lines() if self.stack else []
         out += [f"skipped {t}: {why}" for t, why in self.skipped]
         out += [f"missing from base: {t}" for t in self.missing_from_base]
@@ -194,6 +202,8 @@ class MergeLedger:
             "bases_sources": self.bases_sources,
             "excluded": [e.to_json() for e in self.excluded],
             "unused_exclusions": self.unused_exclusions,
+            "strength_map": self.strength_map,
+            "target_strengths": [t.to_json() for t in self.target_strengths],
             "stack_report": self.stack.to_json() if self.stack else None,
             "semantics_comparison": self.comparison.to_json() if self.comparison else None,
             "written": self.written,
@@ -220,6 +230,19 @@ def _fit_problem(ckpt: AdapterCheckpoint, target: str, fan: tuple[int, int]) -> 
 class _Plan:
     targets: dict[str, str]  # base key -> canonical target to merge there
     ledger: MergeLedger
+    strengths: dict[str, TargetStrength] = field(default_factory=dict)  # --strength-map
+
+    def stack_of(
+        self, target: str | None, ckpts: Sequence[tuple[AdapterCheckpoint, float]]
+    ) -> list[tuple[AdapterCheckpoint, float]]:
+        """The stack as merged at `target`: each adapter at its strength there (the map's)."""
+        scaled = self.strengths.get(target) if target is not None else None
+        if scaled is None:
+            return list(ckpts)
+        return [
+            (ckpt, strength if value is None else value)
+            for (ckpt, strength), value in zip(ckpts, scaled.strengths, strict=True)
+        ]
 
 
 def _plan(
@@ -293,6 +316,7 @@ def _prepare(
     strict: bool,
     exclude: Sequence[str],
     compare: bool,
+    strength_map: Sequence[str] = (),
 ) -> Iterator[_Prepared]:
     """Every step of a merge before the first byte is written, shared by `merge_checkpoint`
     and `preview_merge` so a preview and the merge after it cannot disagree.
@@ -309,6 +333,7 @@ def _prepare(
     out_code = dtypes.code_from_name(dtype) if dtype else None
     paths = [a.path for a in adapters]
     exclusions = parse_exclusions(exclude, paths)
+    smap = parse_strength_map(strength_map, paths)
     inputs = [base_path, *paths, *([bases_path] if bases_path else [])]
     _check_base_first(base_path)  # before the output check: swapped arguments say so
     if output is not None:
@@ -351,6 +376,11 @@ def _prepare(
                 f"e.g. {(ledger.missing_from_base or ['-'])[0]}; "
                 f"{len(ledger.excluded)} excluded by --exclude)"
             )
+        if smap:
+            held = [(set(ckpt.tensors), strength) for ckpt, strength in ckpts]
+            plan.strengths = smap.resolve(list(plan.targets.values()), held)
+            ledger.strength_map = list(smap.specs)
+            ledger.target_strengths = list(plan.strengths.values())
         refusal = None
         if ledger.missing_from_base or ledger.unmatched_keys:
             first = (ledger.missing_from_base + ledger.unmatched_keys)[0]
@@ -385,10 +415,12 @@ def merge_checkpoint(
     exclude: Sequence[str] = (),
     compare: bool = False,
     progress: ProgressCallback | None = None,
+    strength_map: Sequence[str] = (),
 ) -> MergeLedger:
     """Merge adapters into a base and write `output` atomically; return the ledger.
 
-    exclude: `[ADAPTER=]PATTERN` specs (`ops.exclusions`). compare: also measure how far the
+    exclude: `[ADAPTER=]PATTERN` specs (`ops.exclusions`). strength_map: `--strength-map`
+    values, per-target strength factors (`ops.strength_map`). compare: also measure how far the
     semantics' results are apart (`ledger.comparison`). output None (only with compare)
     writes nothing. Under `strict`, stack-report warnings refuse the merge (exit 4) before
     anything is written. progress: called with output bytes written so far, of all of them,
@@ -410,6 +442,7 @@ def merge_checkpoint(
         strict=strict,
         exclude=exclude,
         compare=compare,
+        strength_map=strength_map,
     ) as ready:
         ledger = ready.plan.ledger
         if output is not None:
@@ -442,6 +475,7 @@ def preview_merge(
     force: bool = False,
     exclude: Sequence[str] = (),
     compare: bool = False,
+    strength_map: Sequence[str] = (),
 ) -> MergePreview:
     """What `merge_checkpoint` with the same arguments would do, writing nothing.
 
@@ -463,6 +497,7 @@ def preview_merge(
         strict=False,
         exclude=exclude,
         compare=compare,
+        strength_map=strength_map,
     ) as ready:
         ledger = ready.plan.ledger
         ledger.written = False
@@ -483,6 +518,7 @@ def _provenance(ledger: MergeLedger) -> str:
                 for a in ledger.adapters
             ],
             "excluded": [e.to_json() for e in ledger.excluded],
+            "strength_map": ledger.strength_map,
         },
         sort_keys=True,
     )
@@ -538,8 +574,10 @@ def _write(
                 if nxt is None:
                     return
                 key, code = nxt
+                target = plan.targets[key]
+                stack = plan.stack_of(target, ckpts)
                 pending[key] = pool.submit(
-                    _merged, base, key, plan.targets[key], ckpts, semantics, code, bases
+                    _merged, base, key, target, stack, semantics, code, bases
                 )
 
         try:
@@ -605,7 +643,7 @@ def _write_positional(
                     key,
                     code,
                     plan.targets.get(key),
-                    ckpts,
+                    plan.stack_of(plan.targets.get(key), ckpts),
                     semantics,
                     bases,
                     writer,
@@ -751,9 +789,10 @@ def _stack_report(
     stacks: dict[str, list[StackMember]] = {}
     norms: dict[str, dict[str, np.ndarray]] = {}
     for key, target in plan.targets.items():
+        stack = plan.stack_of(target, ckpts)
         members = [
             StackMember(i, path, ckpt.kind, strength, ckpt.tensors[target])
-            for i, ((ckpt, strength), path) in enumerate(zip(ckpts, paths, strict=True), 1)
+            for i, ((ckpt, strength), path) in enumerate(zip(stack, paths, strict=True), 1)
             if target in ckpt.tensors
         ]
         stacks[target] = members
@@ -773,7 +812,7 @@ def _comparison(
     out = SemanticsComparison(list(SEMANTICS))
     for key, target in plan.targets.items():
         w2d = _canonical(base, key)
-        stack, _report = _target_stack(base, key, w2d, target, ckpts, bases)
+        stack, _report = _target_stack(base, key, w2d, target, plan.stack_of(target, ckpts), bases)
         out.add(target, target_differences(w2d, stack, out.semantics))
     return out
 

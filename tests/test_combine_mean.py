@@ -53,7 +53,8 @@ def _ref_mean(paths: list[str], weights: list[float]) -> dict[str, np.ndarray]:
     files = [read_safetensors(p)[0] for p in paths]
     total = sum(weights)
     return {
-        key: sum(np.asarray(f[key], np.float64) * w for f, w in zip(files, weights)) / total
+        key: sum(np.asarray(f[key], np.float64) * w for f, w in zip(files, weights, strict=True))
+        / total
         for key in files[0]
     }
 
@@ -64,7 +65,10 @@ def test_mean_is_the_float64_weighted_average(tmp_path: Path, kind: str) -> None
     weights = [1.0, 2.0, 0.5]
     out = tmp_path / "soup.safetensors"
     ledger = combine(
-        [AdapterArg(p, w) for p, w in zip(paths, weights)], str(out), method="mean", dtype="fp32"
+        [AdapterArg(p, w) for p, w in zip(paths, weights, strict=True)],
+        str(out),
+        method="mean",
+        dtype="fp32",
     )
     want = _ref_mean(paths, weights)
     got, meta = read_safetensors(out)

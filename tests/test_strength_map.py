@@ -213,7 +213,7 @@ def test_parse_refuses(text: str, message: str) -> None:
 
 def test_an_entry_matching_nothing_is_an_error(tmp_path: Path) -> None:
     args = [AdapterArg(_adapter("tiny-small", "lora.layers-0"), 1.0)]
-    with pytest.raises(UsageError, match="'layers.1.=0.5' matches no target"):
+    with pytest.raises(UsageError, match=r"'layers\.1\.=0\.5' matches no target"):
         merge_checkpoint(
             _base("tiny-small"), args, str(tmp_path / "o"), strength_map=["layers.1.=0.5"]
         )
@@ -265,3 +265,41 @@ def test_cli_ledger_and_refusal(tmp_path: Path) -> None:
         "sa3ckpt: error: --strength-map entry 'nothere=2' matches no target that would be "
         "merged (check the pattern, its adapter, --exclude and --only)"
     )
+
+
+def test_verify_accepts_the_same_map(tmp_path: Path) -> None:
+    """A merge made with a map verifies with it, and fails (naming the map) without it."""
+    from safetensors.numpy import save_file
+
+    from sa3ckpt.ops.verify import verify_merge
+    from sa3ckpt.ops.verify_report import FAIL, PASS
+    from sa3ckpt.synth import official_full_tensors
+
+    base = str(tmp_path / "base.safetensors")
+    save_file(official_full_tensors(FAMILIES["tiny-small"], seed=0, dtype="F16"), base)
+    dora, lora = _adapter("tiny-small", "dora-rows"), _adapter("tiny-small", "lora")
+    args = [AdapterArg(dora, 1.0), AdapterArg(lora, 0.8)]
+    out = str(tmp_path / "merged.safetensors")
+    mapping = ["layers.[0-1].=0.3,cross_attn=1.7", "2=ff=0"]
+    merge_checkpoint(base, args, out, semantics="blend", strength_map=mapping)
+    report = verify_merge(base, args, out, semantics="blend", strength_map=mapping)
+    assert report.verdict == PASS and not report.provenance_notes
+    plain = verify_merge(base, args, out, semantics="blend")
+    assert plain.verdict == FAIL
+    assert any("--strength-map" in n for n in plain.provenance_notes)
+    proc = run_cli(
+        "verify",
+        base,
+        dora,
+        lora + ":0.8",
+        out,
+        "--semantics",
+        "blend",
+        "--strength-map",
+        mapping[0],
+        "--strength-map",
+        mapping[1],
+        "--json",
+    )
+    assert proc.returncode == 0, proc.stderr
+    assert json.loads(proc.stdout)["verdict"] == PASS

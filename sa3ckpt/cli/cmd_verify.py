@@ -51,6 +51,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="as merge --exclude: leave targets out of every adapter or of one (N= or PATH=)",
     )
     parser.add_argument(
+        "--strength-map",
+        action="append",
+        default=[],
+        metavar="MAP",
+        help="as merge --strength-map: per-target strength factors MERGED was merged with",
+    )
+    parser.add_argument(
         "--only",
         choices=list(ONLY_ROOTS),
         help="as merge --only: apply only DiT or conditioner targets",
@@ -104,6 +111,7 @@ def run(args: argparse.Namespace) -> int:
             bases_path=args.bases,
             allow_pickle=args.allow_pickle,
             exclude=args.exclude,
+            strength_map=args.strength_map,
             strict=args.strict,
             tolerance=args.tolerance,
             seed=args.seed,

@@ -14,8 +14,8 @@ magnitudes, drift and a DoRA/BoRA stack on the seconds conditioner; its warnings
 ledger (and refuse the merge under --strict). `--exclude` (`ops.exclusions`) leaves targets
 out of one adapter or all; `--strength-map` (`ops.strength_map`) scales an adapter's
 strength per target, and every consumer of the stack (both kernels, the stack report, the
-comparison) takes the stack of a target from `_Plan.stack_of`; `compare=True` adds the semantics comparison
-(`ops.compare_semantics`), and without an output nothing is written at all.
+comparison) takes the stack of a target from `_Plan.stack_of`; `compare=True` adds the
+semantics comparison (`ops.compare_semantics`), and without an output nothing is written.
 """
 
 from __future__ import annotations
@@ -60,7 +60,6 @@ from sa3ckpt.names.modules import ROOTS, root_of
 from sa3ckpt.ops.compare_semantics import SemanticsComparison, target_differences
 from sa3ckpt.ops.exclusions import Excluded, apply_exclusions, parse_exclusions
 from sa3ckpt.ops.merge_preview import MergePreview
-from sa3ckpt.ops.strength_map import TargetStrength, parse_strength_map
 from sa3ckpt.ops.stack_report import (
     NEEDS_BASE_NORMS,
     StackMember,
@@ -68,6 +67,7 @@ from sa3ckpt.ops.stack_report import (
     base_norms_of,
     stack_report,
 )
+from sa3ckpt.ops.strength_map import TargetStrength, parse_strength_map
 from sa3ckpt.progress import ProgressCallback, ProgressCounter
 from sa3ckpt.semantics import info as semantics_info
 from sa3ckpt.strengths import AdapterArg

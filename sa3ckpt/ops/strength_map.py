@@ -115,7 +115,9 @@ class StrengthMap:
 
 def split_entries(text: str) -> list[str]:
     """Split a map on the commas outside `[...]` range groups."""
-    parts, depth, current = [], 0, []
+    parts: list[str] = []
+    current: list[str] = []
+    depth = 0
     for char in text:
         if char == "[":
             depth += 1

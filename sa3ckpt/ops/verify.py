@@ -56,6 +56,7 @@ from sa3ckpt.ops.apply import (
 from sa3ckpt.ops.convert_base import plan_conversion
 from sa3ckpt.ops.exclusions import Excluded, apply_exclusions, parse_exclusions
 from sa3ckpt.ops.merge import ONLY_ROOTS, PROVENANCE_KEY, adapter_sha256
+from sa3ckpt.ops.strength_map import StrengthMap, parse_strength_map
 from sa3ckpt.ops.verify_probe import DEFAULT_FRAMES, DEFAULT_SEED, Probe, make_probe, run_probe
 from sa3ckpt.ops.verify_report import (
     DEFAULT_TOLERANCE,
@@ -310,6 +311,7 @@ def _provenance_notes(
     semantics: str,
     adapters: Sequence[AdapterArg],
     excluded: Sequence[Excluded],
+    strength_map: Sequence[str] = (),
 ) -> list[str]:
     """Where MERGED's own record of its merge (`sa3ckpt_merge`) differs from this check."""
     if provenance is None:
@@ -335,6 +337,13 @@ def _provenance_notes(
             digest = row.get("sha256")
             if digest and digest != adapter_sha256(arg.path):
                 notes.append(f"adapter {index} ({arg.path}) is not the file MERGED records")
+    recorded_map = provenance.get("strength_map") or []
+    if isinstance(recorded_map, list) and list(recorded_map) != list(strength_map):
+        recorded_text = " ".join(map(repr, recorded_map)) or "none"
+        notes.append(
+            f"MERGED records --strength-map {recorded_text}; this check used "
+            f"{' '.join(map(repr, strength_map)) or 'none'}"
+        )
     recorded_excl = provenance.get("excluded")
     if isinstance(recorded_excl, list):
         mine = sorted((e.target, e.adapter) for e in excluded)
@@ -414,11 +423,14 @@ def _apply_live(
     semantics: str,
     source: AdapterSource,
     with_conditioner: bool,
+    strength_map: StrengthMap | None = None,
 ) -> ApplyLedger:
     """Write every target's live (adapted, fp32) weight into the model; return the ledger.
 
     `ops.apply.merged_updates` computes them, CHUNK targets at a time, each chunk written
     before the next is computed: peak memory is the model plus one chunk, not two models.
+    With a `--strength-map`, a chunk's targets are applied in groups that share one strength
+    per adapter (`merged_updates` takes one strength per checkpoint).
     """
     ledger = ApplyLedger(semantics)
     for ckpt, _ in ckpts:
@@ -433,28 +445,43 @@ def _apply_live(
             f"BASE {loaded.ledger.path}: 0 of {len(targets)} adapter targets are in the model "
             f"(e.g. {(ledger.missing_targets or ['(no targets)'])[0]})"
         )
+    given = tuple(strength for _, strength in ckpts)
+    per_target = (
+        strength_map.resolve(todo, [(set(c.tensors), s) for c, s in ckpts]) if strength_map else {}
+    )
     for chunk in _chunks(todo):
-        wanted = set(chunk)
-        part = [
-            (
-                dataclasses.replace(
-                    ckpt,
-                    tensors={t: p for t, p in ckpt.tensors.items() if t in wanted},
-                    ledger=None,
-                ),
-                strength,
+        groups: dict[tuple[float, ...], set[str]] = {}
+        for target in chunk:
+            row = per_target.get(target)
+            key = (
+                given
+                if row is None
+                else tuple(s if v is None else v for s, v in zip(given, row.strengths, strict=True))
             )
-            for ckpt, strength in ckpts
-        ]
-        try:
-            updates, done = merged_updates(
-                _params(loaded, with_conditioner), part, semantics, source
-            )
-        except IncompatibleError as exc:  # every target of the chunk misfits
-            raise IncompatibleError(f"BASE {loaded.ledger.path}: {exc}") from None
-        ledger.applied += done.applied
-        ledger.shape_mismatches += done.shape_mismatches
-        ledger.bases_sources.update(done.bases_sources)
+            groups.setdefault(key, set()).add(target)
+        updates = []
+        for strengths, wanted in groups.items():
+            part = [
+                (
+                    dataclasses.replace(
+                        ckpt,
+                        tensors={t: p for t, p in ckpt.tensors.items() if t in wanted},
+                        ledger=None,
+                    ),
+                    strength,
+                )
+                for (ckpt, _), strength in zip(ckpts, strengths, strict=True)
+            ]
+            try:
+                group_updates, done = merged_updates(
+                    _params(loaded, with_conditioner), part, semantics, source
+                )
+            except IncompatibleError as exc:  # every target of the group misfits
+                raise IncompatibleError(f"BASE {loaded.ledger.path}: {exc}") from None
+            updates += group_updates
+            ledger.applied += done.applied
+            ledger.shape_mismatches += done.shape_mismatches
+            ledger.bases_sources.update(done.bases_sources)
         if ledger.shape_mismatches:
             break  # refused by the caller: no need to compute the rest
         _set(loaded, updates)
@@ -586,6 +613,7 @@ def verify_merge(
     bases_path: str | None = None,
     allow_pickle: bool = False,
     exclude: Sequence[str] = (),
+    strength_map: Sequence[str] = (),
     strict: bool = False,
     tolerance: float = DEFAULT_TOLERANCE,
     seed: int = DEFAULT_SEED,
@@ -606,6 +634,7 @@ def verify_merge(
     _check_arguments(base_path, adapters, merged_path, semantics, only, tolerance, frames)
     paths = [a.path for a in adapters]
     exclusions = parse_exclusions(exclude, paths)
+    smap = parse_strength_map(strength_map, paths)
     loaded_ckpts = [(load_adapter(a.path, allow_pickle=allow_pickle), a.strength) for a in adapters]
     ckpts, excluded, unused = apply_exclusions(loaded_ckpts, paths, exclusions)
     bases = load_xs_bases(bases_path, allow_pickle=allow_pickle) if bases_path else None
@@ -634,7 +663,7 @@ def verify_merge(
     y_base = run_probe(base.dit, base.conditioner if use_cond else None, probe)
     timer.lap("base")
 
-    ledger = _apply_live(base, ckpts, semantics, checkpoint_source(bases), use_cond)
+    ledger = _apply_live(base, ckpts, semantics, checkpoint_source(bases), use_cond, smap)
     _check_fit(ledger, strict, [t for t, why in skipped if why == no_cond])
     y_live = run_probe(base.dit, base.conditioner if use_cond else None, probe)
     if not all(np.isfinite(y).all() for y in (*y_base, *y_live)):
@@ -690,7 +719,9 @@ def verify_merge(
         excluded=excluded,
         unused_exclusions=unused,
         provenance=provenance,
-        provenance_notes=_provenance_notes(provenance, semantics, adapters, excluded),
+        provenance_notes=_provenance_notes(
+            provenance, semantics, adapters, excluded, list(smap.specs)
+        ),
         hints=failure_hints(numbers) if verdict == FAIL else [],
         timings=timer.timings,
     )

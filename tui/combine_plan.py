@@ -11,13 +11,18 @@ import os
 from dataclasses import dataclass
 
 from sa3ckpt.dtypes import NAMES as DTYPE_NAMES
-from sa3ckpt.ops.combine import METHODS, CombineLedger, combine
+from sa3ckpt.ops.combine import METHODS, RANK_FROM_INPUTS, CombineLedger, combine
 from sa3ckpt.strengths import AdapterArg, StrengthError, parse_strength
 from tui.convert_plan import PlanError
 
-DEFAULT_DTYPE = "fp16"  # `combine --dtype`'s default
-# The method whose rank is fixed by its inputs (the library refuses --rank with it).
-RANK_FROM_INPUTS = "cat"
+DEFAULT_DTYPE = "fp16"  # `combine --dtype`'s default for cat and svd
+# RANK_FROM_INPUTS: the methods whose rank is fixed by their inputs (the library refuses
+# --rank with them): cat (the sum of the ranks) and mean (the one rank of the run).
+METHOD_NOTES = {
+    "cat": "cat: exact, the output rank is the sum of the input ranks",
+    "svd": "svd: re-factored to the rank you give",
+    "mean": "mean: the weighted average of checkpoints of one run (type, rank, alpha kept)",
+}
 
 
 class CombinePlanError(PlanError):
@@ -40,9 +45,9 @@ class CombineRequest:
 
 
 def parse_rank(text: str, method: str) -> int | None:
-    """The rank field: empty is none; a positive integer otherwise (never for cat)."""
+    """The rank field: empty is none; a positive integer otherwise (never for cat or mean)."""
     text = text.strip()
-    if method == RANK_FROM_INPUTS or not text:
+    if method in RANK_FROM_INPUTS or not text:
         return None
     if not text.isascii() or not text.isdigit() or int(text) < 1:
         raise CombinePlanError(f"rank {text!r} is not a positive integer")

@@ -33,6 +33,7 @@ from sa3ckpt.io.atomic import OutputRefused
 from sa3ckpt.ops.combine import METHODS, CombineLedger
 from tui.combine_plan import (
     DEFAULT_DTYPE,
+    METHOD_NOTES,
     RANK_FROM_INPUTS,
     CombinePlanError,
     CombineRequest,
@@ -154,12 +155,8 @@ class CombineScreen(Screen[str | None]):
         self.query_one("#no-adapters").display = not rows
         method = self.method
         rank = self.query_one("#rank", Input)
-        rank.disabled = method == RANK_FROM_INPUTS
-        note = (
-            f"{method}: exact, the output rank is the sum of the input ranks"
-            if method == RANK_FROM_INPUTS
-            else f"{method}: re-factored to the rank you give"
-        )
+        rank.disabled = method in RANK_FROM_INPUTS
+        note = METHOD_NOTES.get(method, method)
         self.query_one("#method-note", Static).update(plain(note))
         output = self.query_one("#output", Input)
         if output.value.strip() in ("", self._suggested):

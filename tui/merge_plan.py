@@ -26,6 +26,7 @@ from sa3ckpt.io.atomic import (
 from sa3ckpt.io.base_checkpoint import base_container_of, check_base_output
 from sa3ckpt.ops.exclusions import parse_exclusions
 from sa3ckpt.ops.merge import ONLY_ROOTS, AdapterArg
+from sa3ckpt.ops.strength_map import parse_strength_map
 from sa3ckpt.strengths import StrengthError, parse_strength
 
 # The library's output policy decides; the form words its refusals for the form's controls.
@@ -49,6 +50,7 @@ class MergeOptions:
     dtype: str | None = None  # --dtype; None: the base's
     only: str | None = None  # --only; None: every target
     exclude: tuple[str, ...] = ()  # --exclude, in the order given
+    strength_map: str | None = None  # one --strength-map value; None: no map
     bases: str | None = None  # --bases FILE
     allow_pickle: bool = False
     force: bool = False
@@ -79,6 +81,7 @@ class MergePlan:
             "allow_pickle": o.allow_pickle,
             "force": o.force,
             "exclude": list(o.exclude),
+            "strength_map": [o.strength_map] if o.strength_map else [],
         }
 
 
@@ -86,6 +89,18 @@ def exclude_error(spec: str, paths: Sequence[str]) -> str | None:
     """The CLI's reason for refusing `--exclude spec` with these adapters, or None."""
     try:
         parse_exclusions([spec], paths)
+    except UsageError as exc:
+        return str(exc)
+    return None
+
+
+def strength_map_error(text: str, paths: Sequence[str]) -> str | None:
+    """The CLI's reason for refusing `--strength-map text` with these adapters, or None.
+
+    Only the syntax and the adapters are known here; an entry that matches no target is
+    refused by the preview (the library's check, which needs the files)."""
+    try:
+        parse_strength_map([text], paths)
     except UsageError as exc:
         return str(exc)
     return None
@@ -102,6 +117,10 @@ def _check_options(options: MergeOptions, paths: Sequence[str]) -> None:
         parse_exclusions(options.exclude, paths)
     except UsageError as exc:
         raise PlanError(str(exc)) from None
+    if options.strength_map:
+        reason = strength_map_error(options.strength_map, paths)
+        if reason is not None:
+            raise PlanError(reason)
     if options.bases is not None and not os.path.isfile(options.bases):
         raise PlanError(f"bases file {options.bases} is not a file")
 
@@ -115,8 +134,8 @@ def make_plan(
 ) -> MergePlan:
     """Check the form (paths as typed, strengths as text) and build the plan.
 
-    flags: the other `MergeOptions` fields (dtype, only, exclude, bases, allow_pickle,
-    force, strict), as the form holds them.
+    flags: the other `MergeOptions` fields (dtype, only, exclude, strength_map, bases,
+    allow_pickle, force, strict), as the form holds them.
     """
     options = MergeOptions(semantics, **flags)
     base, output = base.strip(), output.strip()

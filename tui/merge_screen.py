@@ -1,10 +1,11 @@
 """The merge screen: every `sa3ckpt merge` choice, a preview before the merge, a worker for both.
 
 The form holds what the CLI takes (base, adapters with strengths, semantics, output dtype,
---only, --exclude, --bases, --allow-pickle, force, --strict, output). The merge key first
-runs the library's preview (`ops.merge.preview_merge`: the merge's own steps up to the first
-write), showing the stack report's warnings and the ledger preview; pressing it again with
-the same form merges. Under strict a warned stack is refused with the library's reason.
+--only, --exclude, --strength-map, --bases, --allow-pickle, force, --strict, output). The
+merge key first runs the library's preview (`ops.merge.preview_merge`: the merge's own steps
+up to the first write), showing the stack report's warnings and the ledger preview; pressing
+it again with the same form merges. Under strict a warned stack is refused with the
+library's reason.
 
 Both run in a thread; the merge's progress callback hops back to the UI with
 `call_from_thread`, throttled to whole percents so a model with thousands of tensors does
@@ -43,7 +44,13 @@ from sa3ckpt.progress import ProgressCallback, ProgressEvent
 from sa3ckpt.semantics import info as semantics_info
 from tui.loading import describe_error
 from tui.merge_exclude import ExcludeList
-from tui.merge_plan import MergePlan, PlanError, make_plan, suggested_output
+from tui.merge_plan import (
+    MergePlan,
+    PlanError,
+    make_plan,
+    strength_map_error,
+    suggested_output,
+)
 from tui.merge_report import ledger_text, preview_text, spread_text
 from tui.safe_text import plain
 from tui.strength import AdapterRow
@@ -127,6 +134,7 @@ class MergeScreen(Screen[str | None]):
         #run-hint { width: 1fr; color: $text-muted; }
         #merge-progress { display: none; }
         #merge-error { color: $error; height: auto; }
+        #strength-map-error { color: $error; height: auto; display: none; padding-left: 10; }
         #ledger { height: 1fr; border-top: solid $primary-muted; }
     }
     """
@@ -196,6 +204,14 @@ class MergeScreen(Screen[str | None]):
                         yield RadioButton(text, value=index == 0)
         yield ExcludeList(self._adapter_paths)
         with Horizontal(classes="field"):
+            yield Static("strengths", classes="field-label")
+            yield Input(
+                placeholder="--strength-map: layers.[0-7].=0.5,cross_attn=0.8 (entries multiply)",
+                id="strength-map",
+                compact=True,
+            )
+        yield Static(id="strength-map-error")
+        with Horizontal(classes="field"):
             yield Static("bases", classes="field-label")
             yield Input(
                 placeholder="XS bases file (optional: else stored U/V, else an SVD of the base)",
@@ -242,7 +258,17 @@ class MergeScreen(Screen[str | None]):
         self._sync_run_button()
 
     def on_input_changed(self, event: Input.Changed) -> None:
+        if event.input.id == "strength-map":
+            self._sync_strength_map_error()
         self._sync_run_button()
+
+    def _sync_strength_map_error(self) -> None:
+        """The CLI's reason for refusing the typed map, under the field (hidden when none)."""
+        text = self.query_one("#strength-map", Input).value.strip()
+        reason = strength_map_error(text, self._adapter_paths()) if text else None
+        error = self.query_one("#strength-map-error", Static)
+        error.update(plain(reason or ""))
+        error.display = reason is not None
 
     async def action_add_adapter(self) -> None:
         field = self.query_one("#adapter-path", Input)
@@ -293,6 +319,7 @@ class MergeScreen(Screen[str | None]):
             "dtype": DTYPE_CHOICES[self._pressed("dtype")][1],
             "only": ONLY_CHOICES[self._pressed("only")][1],
             "exclude": self.query_one(ExcludeList).specs,
+            "strength_map": self.query_one("#strength-map", Input).value.strip() or None,
             "bases": bases or None,
             "allow_pickle": self.query_one("#allow-pickle", Checkbox).value,
             "force": self.query_one("#force", Checkbox).value,

@@ -73,7 +73,7 @@ class MergePlan:
     def library_kwargs(self) -> dict[str, Any]:
         """The keyword arguments both library calls take, named as they name them."""
         o = self.options
-        return {
+        kwargs: dict[str, Any] = {
             "semantics": o.semantics,
             "dtype": o.dtype,
             "only": o.only,
@@ -81,8 +81,10 @@ class MergePlan:
             "allow_pickle": o.allow_pickle,
             "force": o.force,
             "exclude": list(o.exclude),
-            "strength_map": [o.strength_map] if o.strength_map else [],
         }
+        if o.strength_map:  # the CLI flag given only with a map, as a user would type it
+            kwargs["strength_map"] = [o.strength_map]
+        return kwargs
 
 
 def exclude_error(spec: str, paths: Sequence[str]) -> str | None:

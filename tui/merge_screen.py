@@ -206,7 +206,7 @@ class MergeScreen(Screen[str | None]):
         with Horizontal(classes="field"):
             yield Static("strengths", classes="field-label")
             yield Input(
-                placeholder="--strength-map: layers.[0-7].=0.5,cross_attn=0.8 (entries multiply)",
+                placeholder="--strength-map, e.g. layers.[0-7].=0.5,cross_attn=0.8",
                 id="strength-map",
                 compact=True,
             )

@@ -59,3 +59,17 @@ def test_strength_map_field_errors_inline_and_merges_as_the_cli(tmp_path: Path) 
     )
     got, want = load_file(str(out)), load_file(str(again))
     assert all(np.array_equal(got[k], want[k]) for k in want)
+
+
+def test_make_plan_passes_the_map_and_refuses_a_bad_one(tmp_path: Path) -> None:
+    import pytest
+
+    from tui.merge_plan import PlanError, make_plan
+
+    out = str(tmp_path / "out.safetensors")
+    rows = [(str(DATA / DORA_ROWS), "1")]
+    plan = make_plan(str(DATA / BASE), rows, out, strength_map=MAP.replace("2=", "1="))
+    assert plan.library_kwargs()["strength_map"] == [MAP.replace("2=", "1=")]
+    assert "strength_map" not in make_plan(str(DATA / BASE), rows, out).library_kwargs()
+    with pytest.raises(PlanError, match="adapter 2 does not exist"):
+        make_plan(str(DATA / BASE), rows, out, strength_map=MAP)

@@ -156,7 +156,8 @@ class MergeLedger:
         ]
         out += [f"--exclude {spec} matched no target" for spec in self.unused_exclusions]
         if self.strength_map:
-            out.append(f"--strength-map {', '.join(self.strength_map)} (matching entries multiply)")
+            given = " ".join(f"'{m}'" for m in self.strength_map)
+            out.append(f"--strength-map {given} (matching entries multiply)")
             out += [t.line() for t in self.target_strengths]
         out += self.stack.lines() if self.stack else []
         out += [f"skipped {t}: {why}" for t, why in self.skipped]

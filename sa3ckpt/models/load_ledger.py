@@ -1,4 +1,7 @@
-"""`LoadLedger`: what `load_dit` did with every tensor of its input, so nothing is silent.
+"""`LoadLedger`: what a loader did with every tensor of its input, so nothing is silent.
+
+Shared by `load_dit` and the SAME encoder's `load_same_encoder` (`model` names which
+network the loaded parameters belong to).
 
 The official MLX runtime loads with `strict=False`: an extra key is dropped and a missing one
 keeps its random init without a word. `load_dit` refuses both for the DiT and keeps this
@@ -21,16 +24,17 @@ class LoadLedger:
     path: str
     naming: str
     container: str
-    family: str  # a FAMILIES name, or "custom (E=…, …)" for an unnamed topology
+    family: str  # a FAMILIES name ("custom (E=…, …)" unnamed), or a SAME codec name
     dtype: str = "float32"  # the run dtype asked for
     sources: list[str] = field(default_factory=list)  # files and folders read
-    loaded: dict[str, str] = field(default_factory=dict)  # input key -> DiT parameter
+    loaded: dict[str, str] = field(default_factory=dict)  # input key -> model parameter
     conditioner: dict[str, str] = field(default_factory=dict)  # input key -> `cond.*` array
     conditioner_missing: dict[str, str] = field(default_factory=dict)  # array -> input spelling
     ignored: dict[str, str] = field(default_factory=dict)  # input key -> why it was not used
     stored: Counter[str] = field(default_factory=Counter)  # input dtype -> tensors used
     cast: Counter[str] = field(default_factory=Counter)  # "float16->float32" -> count
     notes: list[str] = field(default_factory=list)
+    model: str = "DiT"  # the network `loaded` fills: "DiT", "SAME encoder"
 
     @property
     def keys(self) -> set[str]:
@@ -42,7 +46,7 @@ class LoadLedger:
         stored = ", ".join(f"{code} x{n}" for code, n in sorted(self.stored.items()))
         out = [
             f"{self.path}: {self.naming} naming ({self.container}), family {self.family}",
-            f"  DiT parameters loaded: {len(self.loaded)}, run dtype {self.dtype}",
+            f"  {self.model} parameters loaded: {len(self.loaded)}, run dtype {self.dtype}",
             f"  stored dtypes of the tensors used: {stored or 'none'}",
         ]
         out += [f"  dtype cast {pair}: {n}" for pair, n in sorted(self.cast.items())]

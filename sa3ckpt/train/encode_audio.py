@@ -19,6 +19,7 @@ that converts, so audio -> latents -> DiT needs no transpose of its own.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from itertools import pairwise
@@ -43,6 +44,11 @@ class LatentEncoder(Protocol):
     (B, N / samples_per_latent, latent_channels). `receptive_field` is the number of input
     samples one latent frame can depend on, a span that contains the frame's own hop; it
     sets how much overlap chunked encoding needs to be exact.
+
+    Optional: `latents_multiple` (default 1), for an encoder whose function is defined on
+    blocks of that many latents (SAME-S attends within 2-latent chunks and keeps the padding
+    latent): `encode_latents` then pads the audio to whole blocks and starts every chunk of
+    a chunked encoding on a block boundary, so chunks see the same block grid as the clip.
     """
 
     samples_per_latent: int
@@ -132,13 +138,23 @@ def check_audio(audio: Any, sample_rate: int) -> mx.array:
     return audio[None] if audio.ndim == 2 else audio
 
 
+def _positive_int(encoder: LatentEncoder, attr: str, default: int | None = None) -> int:
+    value = getattr(encoder, attr, default)
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise ValueError(f"encoder.{attr} must be a positive int, got {value!r}")
+    return value
+
+
 def _check_encoder(encoder: LatentEncoder) -> int:
-    hop = getattr(encoder, "samples_per_latent", None)
     for attr in ("samples_per_latent", "receptive_field", "latent_channels"):
-        value = getattr(encoder, attr, None)
-        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-            raise ValueError(f"encoder.{attr} must be a positive int, got {value!r}")
-    return int(hop)  # type: ignore[arg-type]
+        _positive_int(encoder, attr)
+    _positive_int(encoder, "latents_multiple", 1)
+    return int(encoder.samples_per_latent)
+
+
+def latents_multiple(encoder: LatentEncoder) -> int:
+    """The latent block an encoder works on (its optional `latents_multiple`, default 1)."""
+    return _positive_int(encoder, "latents_multiple", 1)
 
 
 # --------------------------------------------------------------------------- bookkeeping
@@ -222,6 +238,10 @@ def _encode_window(encoder: LatentEncoder, audio: mx.array, hop: int) -> mx.arra
     return out.astype(mx.float32)
 
 
+def _round_up(value: int, multiple: int) -> int:
+    return -(-value // multiple) * multiple
+
+
 def encode_latents(
     encoder: LatentEncoder,
     audio: Any,
@@ -238,6 +258,9 @@ def encode_latents(
     latents are encoded separately and stitched (see `chunk_plan`); `overlap_latents`
     defaults to 2 · `context_latents(encoder)`, the least overlap that keeps the result
     exact. Stitching happens on latents, so peak memory is one window's activations.
+    An encoder with `latents_multiple` m gets audio padded to whole m-latent blocks (the
+    result has that many latents; `mask` and `lengths` mark the valid ones), and the
+    default overlap is rounded up to a multiple of m.
     """
     hop = _check_encoder(encoder)
     batch = check_audio(audio, sample_rate)
@@ -247,18 +270,25 @@ def encode_latents(
     lengths = [int(v) for v in lengths]
     if len(lengths) != b or any(not 0 < v <= n for v in lengths):
         raise UsageError(f"lengths must be {b} values in [1, {n}] (valid samples), got {lengths}")
-    batch = pad_to_alignment(batch, hop)
+    block = latents_multiple(encoder)
+    batch = pad_to_alignment(batch, hop * block)
     total = batch.shape[1] // hop
     if chunk_latents is None:
         latents = _encode_window(encoder, batch, hop)
     else:
         if overlap_latents is None:
-            overlap_latents = 2 * context_latents(encoder)
+            overlap_latents = _round_up(2 * context_latents(encoder), math.lcm(2, block))
             if overlap_latents >= chunk_latents:
                 raise UsageError(
                     f"chunk_latents {chunk_latents} is too small for this encoder: exact "
                     f"stitching needs an overlap of {overlap_latents} latents, so use more"
                 )
+        if chunk_latents % block or overlap_latents % block:
+            raise UsageError(
+                f"this encoder works on blocks of {block} latents: chunk_latents "
+                f"({chunk_latents}) and overlap_latents ({overlap_latents}) must be multiples "
+                f"of {block}"
+            )
         pieces = []
         for start, keep_from, keep_to in chunk_plan(total, chunk_latents, overlap_latents):
             stop = min(start + chunk_latents, total)
@@ -285,5 +315,6 @@ __all__ = [
     "encode_latents",
     "latent_count",
     "latent_mask",
+    "latents_multiple",
     "pad_to_alignment",
 ]

@@ -146,7 +146,9 @@ def _chunks(
                 ]
             )
         else:
-            pieces = _block(pieces, tensors, i, np.arange(CHUNK, dtype=np.float64), allowed, variant)
+            pieces = _block(
+                pieces, tensors, i, np.arange(CHUNK, dtype=np.float64), allowed, variant
+            )
     return pieces.reshape(t, d)
 
 

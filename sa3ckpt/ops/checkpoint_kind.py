@@ -160,8 +160,12 @@ CODEC_ROOTS: tuple[tuple[str, str], ...] = (
 # lora_config `target` values (adapters.md: dit|decoder|encoder) naming a codec part.
 CODEC_TARGETS = {"encoder": "encoder", "decoder": "decoder", "autoencoder": "autoencoder"}
 PRETRANSFORM_PREFIX = "pretransform."
-# A SAME layer: the differential self-attention projection `to_qkv`, (5D, D).
-_QKV = re.compile(r"(?:^|\.)(?:layers|blocks)\.(\d+)\.(?:self_attn|attn)\.to_qkv\.weight$")
+# A SAME layer: the differential self-attention projection `to_qkv`, (5D, D). Official
+# autoencoder files number them `encoder.layers.0.transformers.N` (the resampling block's
+# stack), diffusers `encoder.blocks.0.transformers.N`, the MLX runtime `blocks.N`.
+_QKV = re.compile(
+    r"(?:^|\.)(?:layers|blocks|transformers)\.(\d+)\.(?:self_attn|attn)\.to_qkv\.weight$"
+)
 # Tensors only the SAME codec has (weight-normed mapping conv, soft-norm bottleneck).
 _CODEC_LEAVES = ("weight_g", "weight_v", "running_std", "scaling_factor")
 

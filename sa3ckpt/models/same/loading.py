@@ -30,6 +30,7 @@ from dataclasses import dataclass, field
 
 import mlx.core as mx
 import numpy as np
+from mlx.utils import tree_flatten
 
 from sa3ckpt import dtypes
 from sa3ckpt.errors import IncompatibleError, MalformedFileError, UsageError
@@ -37,7 +38,6 @@ from sa3ckpt.io.base_checkpoint import _npz_index, _read_npz_member
 from sa3ckpt.io.diffusers_folder import CONFIG_NAME, open_folder
 from sa3ckpt.io.hashing import file_sha256_only
 from sa3ckpt.io.safetensors import open_safetensors
-from sa3ckpt.io.sources import read_json
 from sa3ckpt.models.load_ledger import LoadLedger
 from sa3ckpt.models.loading import RUN_DTYPES
 from sa3ckpt.models.same.config import CODECS, SameConfig, codec_config
@@ -45,7 +45,6 @@ from sa3ckpt.models.same.encoder import SameEncoder, rope_inv_freq
 from sa3ckpt.models.same.names import (
     DIFFUSERS,
     MAPPING_WEIGHT,
-    MLX,
     QKV_LEAF,
     Spelling,
     detect_spelling,
@@ -198,9 +197,13 @@ def _check_diffusers_config(config: dict[str, object] | None, same: SameConfig, 
             if have != want(same):
                 odd.append(f"{key} = {have!r} (this encoder: {want(same)!r})")
     channels, mults = config.get("encoder_channels"), config.get("encoder_c_mults")
-    if isinstance(channels, int) and isinstance(mults, (list, tuple)) and len(mults) == 1:
-        if channels * int(mults[0]) != same.width:
-            odd.append(f"encoder_channels x c_mults = {channels * int(mults[0])} (not {same.width})")
+    if (
+        isinstance(channels, int)
+        and isinstance(mults, (list, tuple))
+        and len(mults) == 1
+        and channels * int(mults[0]) != same.width
+    ):
+        odd.append(f"encoder_channels x c_mults = {channels * int(mults[0])} (not {same.width})")
     if odd:
         raise IncompatibleError(f"{where}: not this SAME encoder: {'; '.join(odd)}")
     if same.schedule == "chunked":
@@ -224,13 +227,14 @@ class _Plan:
     problems: list[str] = field(default_factory=list)
 
 
+def _flat(model: SameEncoder) -> list[tuple[str, mx.array]]:
+    return tree_flatten(model.parameters())  # type: ignore[return-value]
+
+
 def _expected_shapes(model: SameEncoder, spelling: Spelling) -> dict[str, Shape]:
     """Input key -> the shape it must have, for every key the model needs."""
-    from mlx.utils import tree_flatten
-
-    flat: list[tuple[str, mx.array]] = tree_flatten(model.parameters())  # type: ignore[assignment]
     out: dict[str, Shape] = {}
-    for name, value in flat:
+    for name, value in _flat(model):
         shape = tuple(value.shape)
         key = spelling.key(name)
         if name == MAPPING_WEIGHT:
@@ -247,10 +251,8 @@ def _expected_shapes(model: SameEncoder, spelling: Spelling) -> dict[str, Shape]
 
 
 def _param_of(model: SameEncoder, spelling: Spelling) -> dict[str, str]:
-    from mlx.utils import tree_flatten
-
     out: dict[str, str] = {}
-    for name, _ in tree_flatten(model.parameters()):
+    for name, _ in _flat(model):
         pair = spelling.weight_norm_keys() if name == MAPPING_WEIGHT else None
         if pair is not None:
             out[pair[0]] = out[pair[1]] = name

@@ -15,8 +15,9 @@ from typing import Literal
 
 # What `done` and `total` count: output bytes written (merge, convert of a base), targets
 # finished (bases: an SVD each, whose cost does not follow the bytes) or steps of a few long
-# phases (verify).
-Unit = Literal["bytes", "targets", "steps"]
+# phases (verify) or milliseconds of audio (encode: clips differ in length, so seconds of
+# audio, not clips, predict the time left).
+Unit = Literal["bytes", "targets", "steps", "audio_ms"]
 
 
 @dataclass(frozen=True)

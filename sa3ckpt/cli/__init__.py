@@ -20,6 +20,7 @@ from sa3ckpt.cli import (
     cmd_combine,
     cmd_convert,
     cmd_demo,
+    cmd_encode,
     cmd_extract,
     cmd_hash,
     cmd_inspect,
@@ -113,6 +114,12 @@ COMMANDS: tuple[Command, ...] = (
         "re-rank one adapter (lora exactly; DoRA/BoRA keep magnitudes; -xs via M)",
         cmd_resize.add_arguments,
         cmd_resize.run,
+    ),
+    Command(
+        "encode",
+        "encode a folder of audio clips into SA3 latent files (resumable)",
+        cmd_encode.add_arguments,
+        cmd_encode.run,
     ),
     Command(
         "demo",

@@ -25,12 +25,14 @@ from rich.progress import (
     MofNCompleteColumn,
     Progress,
     ProgressColumn,
+    Task,
     TaskID,
     TextColumn,
     TimeElapsedColumn,
     TimeRemainingColumn,
     TransferSpeedColumn,
 )
+from rich.text import Text
 
 from sa3ckpt.progress import ProgressCallback, ProgressEvent, Unit
 from sa3ckpt.textsafe import escape_control
@@ -40,7 +42,8 @@ ITEM_WIDTH = 32  # characters of the current item's name shown (its end: the inf
 
 # The columns after the bar, by what the events count: bytes get amount, rate (MB/s) and time
 # left; targets a count and time left; steps (few, long and unequal, so no time left) a count
-# and the time so far. The event's item comes last.
+# and the time so far; audio (encode) the seconds of audio done and time left. The event's
+# item comes last.
 UNIT_COLUMNS: dict[Unit, Callable[[], tuple[ProgressColumn, ...]]] = {
     "bytes": lambda: (
         DownloadColumn(),
@@ -53,7 +56,19 @@ UNIT_COLUMNS: dict[Unit, Callable[[], tuple[ProgressColumn, ...]]] = {
         TimeRemainingColumn(elapsed_when_finished=True),
     ),
     "steps": lambda: (MofNCompleteColumn(), TextColumn("steps"), TimeElapsedColumn()),
+    "audio_ms": lambda: (
+        AudioSecondsColumn(),
+        TimeRemainingColumn(elapsed_when_finished=True),
+    ),
 }
+
+
+class AudioSecondsColumn(ProgressColumn):
+    """Seconds of audio done of the total ("12.3/45.6 s audio"), from millisecond counts."""
+
+    def render(self, task: Task) -> Text:
+        total = "?" if task.total is None else f"{task.total / 1000:.1f}"
+        return Text(f"{task.completed / 1000:.1f}/{total} s audio")
 
 
 def item_label(item: str, width: int = ITEM_WIDTH) -> str:

@@ -78,8 +78,9 @@ def soundfile_module() -> ModuleType:
 
 
 def _reason(exc: BaseException) -> str:
-    text = " ".join(str(exc).split()) or type(exc).__name__
-    return text.replace("Error opening ", "").strip()
+    """libsndfile's own words (its error string, without the path the caller already names)."""
+    text = getattr(exc, "error_string", None) or str(exc) or type(exc).__name__
+    return " ".join(str(text).split()).rstrip(".")
 
 
 def probe_frames(path: str | os.PathLike[str]) -> tuple[int, int] | None:

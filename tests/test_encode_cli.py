@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 import shutil
 from pathlib import Path
 from typing import Any
@@ -264,15 +265,21 @@ def test_two_clips_with_one_output_name(audio: Path, tmp_path: Path) -> None:
         (["--codec", "toy", "--weights", str(WEIGHTS)], 3, "audio folder not found"),
         (["--codec", "mp3", "--weights", str(WEIGHTS)], 2, "invalid choice"),
         (["--codec", "toy", "--weights", "missing.safetensors"], 3, "codec weights not found"),
-        (["--codec", "toy", "--weights", str(WEIGHTS), "--chunk", "4", "--overlap", "3"], 2, "even"),
+        (
+            ["--codec", "toy", "--weights", str(WEIGHTS), "--chunk", "4", "--overlap", "3"],
+            2,
+            "even",
+        ),
         (["--codec", "toy", "--weights", str(WEIGHTS), "--chunk", "6"], 0, ""),
         (["--codec", "toy", "--weights", str(WEIGHTS), "--chunk", "4"], 2, "too small"),
-        (["--codec", "toy", "--weights", str(WEIGHTS), "--chunk", "0", "--overlap", "2"], 2, "--chunk"),
+        (
+            ["--codec", "toy", "--weights", str(WEIGHTS), "--chunk", "0", "--overlap", "2"],
+            2,
+            "--chunk",
+        ),
     ],
 )
-def test_usage_errors(
-    audio: Path, tmp_path: Path, args: list[str], code: int, words: str
-) -> None:
+def test_usage_errors(audio: Path, tmp_path: Path, args: list[str], code: int, words: str) -> None:
     src = tmp_path / "nowhere" if words == "audio folder not found" else audio
     result = run_cli("encode", str(src), "-o", str(tmp_path / "out"), *args)
     assert result.returncode == code, result.stderr
@@ -310,3 +317,22 @@ def test_fp16_run_is_close_to_fp32(audio: Path, tmp_path: Path) -> None:
         assert np.max(np.abs(a - b.latents)) <= 1e-2 * np.max(np.abs(a)), rel
     code, doc = encode_json(audio, tmp_path / "b")  # the dtype is part of the resume key
     assert {c["reason"] for c in doc["clips"]} == {"re-encoded: dtype changed"}
+
+
+def test_the_readme_example_prints_what_the_readme_shows(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The README's encode example, run from a scratch repository root, prints its block."""
+    import re
+
+    readme = (Path(__file__).resolve().parent.parent / "README.md").read_text(encoding="utf-8")
+    section = readme[readme.index("### `sa3ckpt encode AUDIO_DIR") :]
+    block = re.search(r"^```\n\$ sa3ckpt (encode .*?)\n(.*?)^```$", section, flags=re.S | re.M)
+    assert block, "the README's encode section has no example"
+    (tmp_path / "fixtures").symlink_to(DATA_DIR.parent, target_is_directory=True)
+    monkeypatch.chdir(tmp_path)
+    root = str(DATA_DIR.parent.parent)
+    monkeypatch.setenv("PYTHONPATH", os.pathsep.join([root, os.environ.get("PYTHONPATH", "")]))
+    result = run_cli(*block.group(1).split())
+    assert result.returncode == 0, result.stderr
+    assert result.stdout == block.group(2)

@@ -96,7 +96,9 @@ def test_load_codec_runs_the_same_loader_through_the_contract(
         calls.append((path, codec, dtype))
         return encoder, Ledger()
 
-    fake = types.SimpleNamespace(load_same_encoder=load_same_encoder, codec_sha256=lambda p: "ab" * 32)
+    fake = types.SimpleNamespace(
+        load_same_encoder=load_same_encoder, codec_sha256=lambda p: "ab" * 32
+    )
     monkeypatch.setitem(sys.modules, "sa3ckpt.models.same", fake)
     monkeypatch.setattr(sa3ckpt.models, "same", fake, raising=False)
     weights = tmp_path / "same.safetensors"
@@ -163,3 +165,29 @@ def test_latent_batch_pads_and_masks(tmp_path: Path) -> None:
     short = read_latent_file(paths[1])
     assert np.array_equal(np.array(batch.latents[1, :, :9]), short.latents)
     assert not np.any(np.array(batch.latents[1, :, 9:]))
+
+
+def test_without_the_audio_extra_the_error_names_it(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setitem(sys.modules, "soundfile", None)
+    with pytest.raises(UsageError, match=r"needs soundfile: install the audio extra"):
+        read_clip(AUDIO / "tone-stereo.wav")
+
+
+def test_the_bar_shows_seconds_of_audio() -> None:
+    import io
+
+    from rich.console import Console
+
+    from sa3ckpt.cli.progress import ProgressBar
+
+    now = [0.0]
+    out = io.StringIO()
+    console = Console(file=out, force_terminal=True, width=120, color_system=None)
+    bar = ProgressBar("encode", console, clock=lambda: now[0], live=False)
+    now[0] = 2.0  # past the delay: the first event draws
+    bar(ProgressEvent(1_000, 2_750, "audio_ms", "1/3 chirp-mono.wav"))
+    bar(ProgressEvent(1_750, 2_750, "audio_ms", "2/3 takes/tone-48k.flac"))
+    bar.close(ok=True)
+    text = out.getvalue()
+    assert "1.0/2.8 s audio" in text and "2.8/2.8 s audio" in text
+    assert "2/3 takes/tone-48k.flac" in text

@@ -1,16 +1,22 @@
 """The README's training example runs as written, so it cannot rot.
 
-The python block of the README's "Training (MLX)" section is executed unchanged, in a scratch
-folder that looks like the repository root (its `fixtures` is the repository's), so the file
-it saves lands in the scratch folder. Then what it claims is checked: finite losses, the
-saved adapter passes `sa3ckpt validate --strict`, the base weights were not touched, and the
-reloaded adapter on a fresh base is the trained one (to its fp16 file precision).
+The README's "Training (MLX)" section starts from audio: its `sa3ckpt encode` command is run
+on the bundled clips, then its python block is executed unchanged on the latents it wrote, in
+a scratch folder that looks like the repository root (its `fixtures` is the repository's), so
+the files land in the scratch folder. Then what it claims is checked: the batch is the
+encoded clips, finite losses, the saved adapter passes `sa3ckpt validate --strict`, the base
+weights were not touched, and the reloaded adapter on a fresh base is the trained one (to its
+fp16 file precision).
 """
 
 from __future__ import annotations
 
 import math
+import os
 import re
+import shlex
+import subprocess
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -25,21 +31,45 @@ ROOT = Path(__file__).resolve().parent.parent
 SECTION = "## Training (MLX)\n"
 
 
-def training_example(readme: Path = ROOT / "README.md") -> str:
-    """The first python code block of the README's training section."""
+def training_section(readme: Path = ROOT / "README.md") -> str:
     text = readme.read_text(encoding="utf-8")
     section = text[text.index(SECTION) :]
-    section = section[: section.find("\n## ", len(SECTION))]
-    found = re.search(r"^```python\n(.*?)^```$", section, flags=re.S | re.M)
+    return section[: section.find("\n## ", len(SECTION))]
+
+
+def training_example(readme: Path = ROOT / "README.md") -> str:
+    """The first python code block of the README's training section."""
+    found = re.search(r"^```python\n(.*?)^```$", training_section(readme), flags=re.S | re.M)
     assert found, "the README's training section has no python block"
     return found.group(1)
+
+
+def encode_command(readme: Path = ROOT / "README.md") -> list[str]:
+    """The arguments of the section's `$ sa3ckpt encode ...` line (the example's first step)."""
+    found = re.search(r"^\$ sa3ckpt (encode .*)$", training_section(readme), flags=re.M)
+    assert found, "the README's training section does not start from audio (no encode line)"
+    return shlex.split(found.group(1))
 
 
 @pytest.fixture
 def ran(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> dict[str, Any]:
     """The example's namespace after running it in a scratch repository root."""
+    pytest.importorskip("soundfile")  # the audio extra: `sa3ckpt encode` reads the clips
+    pytest.importorskip("soxr")
     (tmp_path / "fixtures").symlink_to(ROOT / "fixtures", target_is_directory=True)
     monkeypatch.chdir(tmp_path)
+    env = {
+        **os.environ,
+        "PYTHONPATH": os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")]),
+    }
+    encoded = subprocess.run(
+        [sys.executable, "-m", "sa3ckpt", *encode_command()],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env=env,
+    )
+    assert encoded.returncode == 0, encoded.stdout + encoded.stderr
     namespace: dict[str, Any] = {"__name__": "readme_training"}
     exec(compile(training_example(), "README.md (training example)", "exec"), namespace)
     return namespace
@@ -53,6 +83,14 @@ def test_example_uses_the_real_loader_on_the_bundled_base() -> None:
 
 
 def test_readme_training_example_runs_as_written(ran: dict[str, Any], tmp_path: Path) -> None:
+    batch = ran["batch"]  # the bundled clips, encoded by the README's command
+    assert [Path(p).name for p in batch.paths] == [
+        "chirp-mono.safetensors",
+        "tone-48k.safetensors",
+        "tone-stereo.safetensors",
+    ]
+    assert np.array(batch.mask.sum(axis=1)).tolist() == [11, 9, 11]
+    assert np.array(batch.seconds).tolist() == [1.0, 0.75, 1.0]
     losses = ran["losses"]
     assert len(losses) == 10 and all(math.isfinite(x) for x in losses)
     dit, fresh = ran["dit"], ran["fresh"]

@@ -24,6 +24,7 @@ from sa3ckpt.train.encode_audio import (
     latent_mask,
     pad_to_alignment,
 )
+from sa3ckpt.train.latent_files import LatentBatch, LatentClip, latent_batch, read_latent_file
 from sa3ckpt.train.loss import (
     DIT_CHANNEL_AXIS,
     NORMALISATIONS,
@@ -51,6 +52,8 @@ __all__ = [
     "SHIFTS",
     "EncodedBatch",
     "EncoderSpec",
+    "LatentBatch",
+    "LatentClip",
     "LatentEncoder",
     "as_key",
     "cfg_dropout",
@@ -60,11 +63,13 @@ __all__ = [
     "context_latents",
     "encode_latents",
     "full_shift",
+    "latent_batch",
     "latent_count",
     "latent_mask",
     "noise_latents",
     "pad_to_alignment",
     "per_sample_loss",
+    "read_latent_file",
     "rectified_flow_loss",
     "rectified_flow_pair",
     "sample_timesteps",

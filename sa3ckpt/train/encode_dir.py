@@ -211,13 +211,17 @@ def clip_facts(clip: AudioClip, valid: int, hop: int) -> dict[str, Any]:
 
 def encode_clip(
     codec: LoadedCodec, clip: AudioClip, chunk: int | None, overlap: int | None
-) -> np.ndarray:
-    """One clip's latents, channels-first (C, T) float32 (T = its mask length)."""
+) -> tuple[np.ndarray, int]:
+    """One clip's latents channels-first (C, T) float32, and how many hold audio.
+
+    T is what the encoder produced: an encoder that works on blocks of latents (SAME-S, 2)
+    keeps the padding latent after the audio's last, as the official encoder does, so T may
+    exceed the valid count; the file keeps all T and records the valid count as the mask.
+    """
     batch = encode_latents(
         codec.encoder, clip.samples, TARGET_RATE, chunk_latents=chunk, overlap_latents=overlap
     )
-    latents = np.array(batch.dit_latents[0].astype(mx.float32))
-    return latents[:, : batch.lengths[0]]
+    return np.array(batch.dit_latents[0].astype(mx.float32)), batch.lengths[0]
 
 
 def _metadata(
@@ -337,14 +341,14 @@ def _one(
         redo = "re-encoded: --force" if not changed else f"re-encoded: {', '.join(changed)} changed"
     try:
         clip = read_clip(path)
-        latents = encode_clip(codec, clip, chunk, overlap)
+        latents, valid = encode_clip(codec, clip, chunk, overlap)
     except MalformedFileError as exc:
         return ClipResult(rel, FAILED, reason=exc.cause)
     except UsageError as exc:  # the encoder's own input checks
         return ClipResult(rel, FAILED, reason=str(exc))
     if not np.isfinite(latents).all():
         return ClipResult(rel, FAILED, reason="the codec produced NaN/Inf latents")
-    facts = clip_facts(clip, latents.shape[1], codec.encoder.samples_per_latent)
+    facts = clip_facts(clip, valid, codec.encoder.samples_per_latent)
     os.makedirs(os.path.dirname(target) or ".", exist_ok=True)
     write_latent_file(
         target, latents, _metadata(codec, key, facts, latents.shape[0]), inputs=(path,)

@@ -4,7 +4,8 @@ A file holds one tensor, `latents`, float32 channels-first (C, T) like the DiT's
 batch is a stack, no transpose), and string metadata saying where it came from:
 
     format            "sa3ckpt-latents", format_version "1"
-    valid_latents     the mask length: latents that hold audio (the rest of a batch is padding)
+    valid_latents     the mask length: latents that hold audio (T may be larger: a codec that
+                      works on blocks of latents keeps its padding latent, as SAME-S does)
     samples_per_latent, latent_channels
     source_samples    frames in the source file, at source_rate
     source_rate, source_channels, channels ("stereo" | "mono-duplicated"), resampled

@@ -225,3 +225,16 @@ def test_pickle_has_only_a_file_hash() -> None:
     hashes = hash_path(path)
     assert hashes.tensor_sha256 is None and hashes.scope == NO_SCOPE
     assert hashes.file_sha256 == hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def test_codec_weights_say_what_they_are(tmp_path: Path) -> None:
+    """A SAME codec file is not 'no adapter tensor keys' but named by the kind table."""
+    for name in ("tiny-same-s.encoder.safetensors", "tiny-same-l.decoder.safetensors"):
+        shutil.copy(DATA_DIR / "kinds" / name, tmp_path / name)
+    table = audit_paths([str(tmp_path)])
+    encoder = row(table, "tiny-same-s.encoder.safetensors")
+    assert encoder.status == "unknown" and encoder.kind == "tiny-same-s encoder weights"
+    assert (encoder.error or "").startswith("not an SA3 DiT adapter: tiny-same-s encoder")
+    assert row(table, "tiny-same-l.decoder.safetensors").kind == "tiny-same-l decoder weights"
+    bases = audit_paths([str(DATA_DIR / "kinds")])
+    assert row(bases, "tiny-small.conditioner-only.safetensors").kind == "SA3 conditioner weights"

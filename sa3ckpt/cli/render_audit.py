@@ -66,8 +66,8 @@ def table_lines(table: AuditTable) -> list[str]:
     notes = []
     for r in table.rows:
         name = escape_control(r.name)
-        if r.error and r.status == "malformed":
-            notes.append(f"  {name}: malformed: {escape_control(r.error)}")
+        if r.error and r.status in ("malformed", "unknown"):
+            notes.append(f"  {name}: {r.status}: {escape_control(r.error)}")
         for f in r.flags:
             notes.append(f"  {name}: {f.code}: {escape_control(f.message)}")
     if notes:

@@ -37,6 +37,7 @@ from sa3ckpt.io.hashing import hash_path
 from sa3ckpt.io.sources import PEFT_CONFIG, is_peft_dir, read_json
 from sa3ckpt.ops.analysis import Analysis, analyze
 from sa3ckpt.ops.audit_names import CLAIMS, NameClaims, name_claims, natural_key
+from sa3ckpt.ops.checkpoint_kind import identify_kind
 
 SCHEMA_VERSION = 1
 
@@ -95,6 +96,7 @@ class AuditRow:
     path: str
     status: str
     error: str | None = None
+    kind: str | None = None  # what a row that is no SA3 DiT adapter is (ops.checkpoint_kind)
     format: str | None = None
     adapter_type: str | None = None
     rank: int | None = None
@@ -276,10 +278,12 @@ def audit_row(
             a = analyze(source, model)
             if not a.groups.targets:
                 identity = identify(path)
+                what = identify_kind(path)  # header only, never raises
                 row.status = BASE if identity.is_base else UNKNOWN
+                row.kind = what.label
                 row.format = source.format
                 row.size_bytes = source.size
-                row.error = None if identity.is_base else "no adapter tensor keys"
+                row.error = None if identity.is_base else what.not_a_dit_adapter()
                 row.dtype = _dtype_label(a)
                 return row
             _fill(row, a, claims, deep)

@@ -116,9 +116,48 @@ RULES: dict[str, Rule] = {
         Rule(
             "not-an-adapter",
             "error",
-            "not an SA3 DiT adapter (a base, DiT weights, codec weights or a codec adapter)",
-            "validate SA3 DiT adapters; base checkpoints are inputs to `sa3ckpt merge`, codec "
-            "files are not checked by sa3ckpt yet",
+            "not an adapter (a base, DiT weights, conditioner or codec weights)",
+            "validate adapter files; base and codec weights are inputs to `sa3ckpt merge`",
+        ),
+        Rule(
+            "codec-config",
+            "error",
+            "codec adapter without a readable lora_config",
+            "re-save the adapter with its lora_config (rank, alpha, adapter_type, target)",
+        ),
+        Rule(
+            "codec-type",
+            "error",
+            "codec adapter tensors inconsistent with an adapter type",
+            "every target needs the params of one type (lora: lora_A, lora_B; dora-rows: + "
+            "magnitude); fix lora_config adapter_type or the file",
+        ),
+        Rule(
+            "codec-rank",
+            "error",
+            "codec adapter rank disagrees with lora_config",
+            "set lora_config rank to the tensors' rank",
+        ),
+        Rule(
+            "codec-unknown-target",
+            "error",
+            "a target the SAME codec tables do not have",
+            "codec targets are the attention/feed-forward Linears of each block and the "
+            "latent projection (sa3ckpt inspect lists the family)",
+        ),
+        Rule(
+            "codec-shape",
+            "error",
+            "codec adapter shapes do not fit the codec family (SAME-S and SAME-L share names)",
+            "use the adapter with the codec it was trained on (--model names the family: "
+            "same-s-decoder, same-l-decoder, ...)",
+        ),
+        Rule(
+            "codec-encoder-fp32",
+            "warning",
+            "encoder adapter stored in fp16/bf16",
+            "keep encoder adapters fp32 (convert --dtype fp32): an fp16 round trip moved the "
+            "latent by 25-45% of the adapter's effect in the writer's measurements",
         ),
         Rule(
             "unmatched-key",

@@ -28,6 +28,7 @@ from sa3ckpt.ops.inspect import inspect_document, inspect_file
 from sa3ckpt.ops.inspect import to_json as inspect_to_json
 from sa3ckpt.ops.inspect_report import BaseReport, HashReport, InspectReport, OtherReport
 from sa3ckpt.targets import FAMILIES
+from sa3ckpt.targets.codec_families import CODEC_TARGET_FAMILIES
 from sa3ckpt.textsafe import escape_control
 
 
@@ -39,7 +40,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--stats", action="store_true", help="read tensors: norms, NaN/Inf, zero effect"
     )
-    parser.add_argument("--model", default="auto", choices=["auto", *FAMILIES], help="model family")
+    parser.add_argument(
+        "--model",
+        default="auto",
+        choices=["auto", *FAMILIES, *CODEC_TARGET_FAMILIES],
+        help="model family",
+    )
     parser.add_argument(
         "--allow-pickle", action="store_true", help="read legacy .ckpt with torch weights_only=True"
     )

@@ -10,13 +10,19 @@ from sa3ckpt.cli.render import print_validation
 from sa3ckpt.cli.reports import dumps, github_annotations, validation_document, write_junit
 from sa3ckpt.ops.validate import validate_paths
 from sa3ckpt.targets import FAMILIES
+from sa3ckpt.targets.codec_families import CODEC_TARGET_FAMILIES
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "paths", nargs="+", metavar="PATH", help="adapter files, PEFT folders, folders"
     )
-    parser.add_argument("--model", default="auto", choices=["auto", *FAMILIES], help="model family")
+    parser.add_argument(
+        "--model",
+        default="auto",
+        choices=["auto", *FAMILIES, *CODEC_TARGET_FAMILIES],
+        help="model family",
+    )
     parser.add_argument("--strict", action="store_true", help="warnings fail too")
     parser.add_argument("--deep", action="store_true", help="read every tensor (NaN/Inf)")
     parser.add_argument("--json", action="store_true", help="one JSON document on stdout")

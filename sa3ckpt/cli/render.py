@@ -192,6 +192,22 @@ def _base_overview(doc: BaseReport) -> Table:
 
 def _other_overview(doc: OtherReport) -> Table:
     table = _field_table(doc)
+    if doc.codec is not None:
+        codec = doc.codec
+        fits = ", ".join(codec["fits"]) or "none"
+        table.add_row("family", safe(f"{codec['family'] or 'unknown'} (shapes fit: {fits})"))
+        table.add_row(
+            "type",
+            safe(
+                f"{codec['adapter_type']}, rank {codec['rank']}, alpha {codec['alpha']}, "
+                f"scale {codec['scale']}"
+            ),
+        )
+        table.add_row("coverage", safe(codec["coverage"] or f"{codec['targets']} targets"))
+        for note in codec["notes"]:
+            table.add_row("note", safe(note))
+        for finding in codec["findings"]:
+            table.add_row(finding["severity"], safe(finding["message"]))
     for key, value in doc.metadata.items():
         table.add_row("metadata", safe(f"{key} = {value}", max_len=200))
     return table

@@ -9,9 +9,10 @@ DiT adapter — is what the adapter rules judge. Each kind is one row of `KINDS`
 badge, explanation, whether the adapter rules apply, whether merge takes it as a base); the
 decision is data over the keys and shapes read from the header, never tensor data.
 
-Codec families are rows of `CODEC_FAMILIES` (width and depth of the SAME transformer). Codec
-adapter target tables are a later issue (#19): a family row is where they will slot in, and
-until then a codec adapter is identified (part, config target) but not checked.
+Codec sizes are rows of `CODEC_FAMILIES` (width and depth of the SAME transformer,
+targets/codec_families.py). A codec adapter is a checked adapter kind: its targets and
+shapes are matched against the codec target tables (ops.codec_adapter), which name its
+family (`same-l-decoder`: "an adapter on the SAME-L decoder").
 """
 
 from __future__ import annotations
@@ -29,6 +30,8 @@ from sa3ckpt.io.safetensors import read_header
 from sa3ckpt.io.sources import AdapterSource
 from sa3ckpt.names.base_keys import parse_base_key
 from sa3ckpt.names.modules import CONDITIONER_ROOT, DIT_ROOT
+from sa3ckpt.ops.codec_adapter import analyze_codec
+from sa3ckpt.targets.codec_families import CODEC_SIZES, CODEC_TARGET_FAMILIES, CodecSize
 
 Shape = tuple[int, ...]
 
@@ -58,6 +61,7 @@ class Kind:
     explain: str
     dit_adapter: bool = False
     base: bool = False
+    codec_adapter: bool = False
 
 
 KINDS: dict[str, Kind] = {
@@ -102,8 +106,9 @@ KINDS: dict[str, Kind] = {
             CODEC_ADAPTER,
             "codec adapter",
             "CODEC-LORA",
-            "LoRA on the SAME codec, not the DiT (no codec target tables yet: not "
-            "validated or merged)",
+            "LoRA on a SAME codec half, not the DiT: checked against the codec target "
+            "tables, merged into codec weights",
+            codec_adapter=True,
         ),
         Kind(
             PICKLE_FILE,
@@ -119,29 +124,9 @@ KINDS: dict[str, Kind] = {
 # --- codec families and parts -----------------------------------------------------------------
 
 
-@dataclass(frozen=True)
-class CodecFamily:
-    """A SAME codec size: transformer width D and block count of each half (reference/same.md).
-
-    Codec adapter target tables (issue #19) will hang off these rows.
-    """
-
-    name: str
-    width: int
-    depth: int
-    test_only: bool = False
-
-
-CODEC_FAMILIES: dict[str, CodecFamily] = {
-    f.name: f
-    for f in (
-        CodecFamily("SAME-S", 768, 6),
-        CodecFamily("SAME-L", 1536, 12),
-        # toy sizes of the same layout, for the committed fixtures
-        CodecFamily("tiny-same-s", 8, 2, test_only=True),
-        CodecFamily("tiny-same-l", 16, 3, test_only=True),
-    )
-}
+# The SAME sizes (width D, blocks per half); kept under this name for the kind fixtures.
+CODEC_FAMILIES = CODEC_SIZES
+CodecFamily = CodecSize
 
 # Module roots of the codec halves, as a file spells them (the official autoencoder's own
 # file, the pretransform inside a full SA3 checkpoint) -> part.
@@ -209,7 +194,8 @@ class KindReport:
 
     kind: str
     part: str | None = None  # encoder | decoder | autoencoder (codec files)
-    family: str | None = None  # a CODEC_FAMILIES name (codec weights)
+    # a CODEC_FAMILIES size (codec weights) or a codec target family name (codec adapters)
+    family: str | None = None
     detail: str = ""
 
     @property
@@ -222,6 +208,8 @@ class KindReport:
         if self.kind == CODEC_WEIGHTS:
             fam = self.family or "SAME (size not recognised)"
             return f"{fam} {self.part or 'codec'} weights"
+        if self.kind == CODEC_ADAPTER and self.family in CODEC_TARGET_FAMILIES:
+            return f"an adapter on the {CODEC_TARGET_FAMILIES[self.family].label}"
         if self.kind == CODEC_ADAPTER and self.part:
             return f"codec adapter ({self.part})"
         return row.label
@@ -235,6 +223,10 @@ class KindReport:
     def is_dit_adapter(self) -> bool:
         return self.row.dit_adapter
 
+    @property
+    def is_codec_adapter(self) -> bool:
+        return self.row.codec_adapter
+
     def not_a_dit_adapter(self) -> str:
         """The validate message for every other kind."""
         return f"not an SA3 DiT adapter: {self.line}"
@@ -247,6 +239,7 @@ class KindReport:
             "family": self.family,
             "detail": self.detail,
             "dit_adapter": self.is_dit_adapter,
+            "codec_adapter": self.is_codec_adapter,
             "line": self.line,
         }
 
@@ -277,8 +270,15 @@ def adapter_kind(keys: Iterable[str], config_text: str | None) -> KindReport:
 
 
 def source_kind(source: AdapterSource) -> KindReport:
-    """The kind of an opened adapter view (its keys and config), header only."""
-    return adapter_kind(source.entries, source.config_text)
+    """The kind of an opened adapter view (its keys and config), header only; a codec
+    adapter also gets its codec family from its shapes (ops.codec_adapter)."""
+    found = adapter_kind(source.entries, source.config_text)
+    if found.kind != CODEC_ADAPTER:
+        return found
+    codec = analyze_codec(source)
+    if codec.family is None:
+        return found
+    return KindReport(CODEC_ADAPTER, codec.part, codec.family.name, found.detail)
 
 
 def base_kind(base: BaseCheckpoint) -> KindReport:

@@ -21,13 +21,15 @@ import numpy as np
 
 from sa3ckpt import __version__, dtypes
 from sa3ckpt.errors import MalformedFileError
-from sa3ckpt.io.formats import UNKNOWN, identify, open_adapter_source, sniff
+from sa3ckpt.io.formats import ADAPTER, UNKNOWN, identify, open_adapter_source, sniff
 from sa3ckpt.io.sources import AdapterSource
 from sa3ckpt.names.modules import BLOCK_MODULES, block_target
 from sa3ckpt.ops.analysis import Analysis, analyze
 from sa3ckpt.ops.checkpoint_kind import CODEC_WEIGHTS, source_kind, weights_kind
+from sa3ckpt.ops.codec_adapter import analyze_codec
 from sa3ckpt.ops.inspect_base import inspect_base
 from sa3ckpt.ops.inspect_report import (
+    CODEC_ADAPTER_KIND,
     OTHER_KIND,
     BaseReport,
     BlockRow,
@@ -47,6 +49,7 @@ from sa3ckpt.ops.inspect_report import (
     report_json,
 )
 from sa3ckpt.ops.stack_report import StackMember, StackReport, stack_report
+from sa3ckpt.targets.codec_families import CODEC_TARGET_FAMILIES
 from sa3ckpt.targets.families import family_for_base_model
 
 SCHEMA_VERSION = 1
@@ -226,6 +229,23 @@ def other_report(source: AdapterSource) -> OtherReport | None:
     )
 
 
+def codec_adapter_report(source: AdapterSource, model: str = "auto") -> OtherReport:
+    """The report of a codec adapter: its kind line plus family, type, rank and coverage."""
+    codec = analyze_codec(source, model if model in CODEC_TARGET_FAMILIES else "auto")
+    kind = source_kind(source)
+    return OtherReport(
+        path=source.path,
+        kind=CODEC_ADAPTER_KIND,
+        format=source.format,
+        size_bytes=source.size,
+        tensors=len(source.entries),
+        dtypes=dict(sorted(Counter(e.dtype for e in source.entries.values()).items())),
+        metadata=dict(source.metadata),
+        checkpoint=kind,
+        codec=codec.to_json(),
+    )
+
+
 def inspect_file(
     path: str | os.PathLike[str],
     *,
@@ -238,6 +258,12 @@ def inspect_file(
     found = identify(path)
     if found.is_base:
         return inspect_base(path, stats=stats)
+    if found.kind == ADAPTER:
+        with open_adapter_source(path, allow_pickle=allow_pickle) as source:
+            if source_kind(source).is_codec_adapter:
+                return codec_adapter_report(source, model)
+    if model in CODEC_TARGET_FAMILIES:
+        model = "auto"
     row = sniff(path) if found.kind == UNKNOWN else None
     if row is not None and row.name == "safetensors":
         with open_adapter_source(path) as source:

@@ -219,9 +219,12 @@ class OtherReport:
     metadata: dict[str, str]
     checkpoint: KindReport = field(metadata={JSON: KindReport.to_json})
     hashes: HashReport | None = field(default=None, metadata={OMIT_NONE: True})
+    # a codec adapter's family, type, rank, coverage and notes (ops.codec_adapter)
+    codec: dict[str, Any] | None = field(default=None, metadata={OMIT_NONE: True})
 
 
 OTHER_KIND = "other"
+CODEC_ADAPTER_KIND = "codec-adapter"
 
 
 def report_json(value: Any) -> Any:

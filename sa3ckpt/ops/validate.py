@@ -38,6 +38,8 @@ from sa3ckpt.names.base_keys import mlx_base_key
 from sa3ckpt.names.modules import SECONDS_CONDITIONER
 from sa3ckpt.ops.analysis import Analysis, analyze
 from sa3ckpt.ops.checkpoint_kind import PICKLE_FILE, UNKNOWN, KindReport, identify_kind
+from sa3ckpt.ops.codec_adapter import analyze_codec
+from sa3ckpt.targets.codec_families import CODEC_TARGET_FAMILIES
 from sa3ckpt.targets.families import FAMILIES, family_for_base_model
 
 
@@ -353,6 +355,14 @@ def validate_path(path: str, *, model: str = "auto", deep: bool = False) -> File
         result.findings.append(_say("pickle", "legacy pickle: not read (pickles can run code)"))
         return result
     result.checkpoint = kind = identify_kind(path)
+    if kind.is_codec_adapter:
+        return _validate_codec(result, path, model)
+    if model in CODEC_TARGET_FAMILIES and kind.is_dit_adapter:
+        label = CODEC_TARGET_FAMILIES[model].label
+        result.findings.append(
+            _say("codec-unknown-target", f"an SA3 DiT adapter, not an adapter on the {label}")
+        )
+        return result
     if not kind.is_dit_adapter and kind.kind not in (UNKNOWN, PICKLE_FILE):
         # a base, DiT or conditioner weights, codec weights or a codec adapter: the adapter
         # rules would only list confusing errors; say once what the file is instead
@@ -387,6 +397,27 @@ def validate_path(path: str, *, model: str = "auto", deep: bool = False) -> File
     return result
 
 
+def _validate_codec(result: FileResult, path: str, model: str) -> FileResult:
+    """A codec adapter: its findings against the codec target tables (ops.codec_adapter)."""
+    try:
+        source = open_adapter_source(path)
+    except MalformedFileError as exc:
+        result.malformed = True
+        result.findings.append(_say("malformed", exc.cause))
+        return result
+    except UsageError as exc:
+        result.findings.append(_say("unsupported-format", str(exc)))
+        return result
+    with source:
+        codec = analyze_codec(source, model if model in CODEC_TARGET_FAMILIES else "auto")
+    result.findings.extend(codec.findings)
+    result.adapter_type = codec.adapter_type
+    result.family = codec.family.name if codec.family else None
+    result.coverage = codec.coverage
+    result.findings.sort(key=severity_order)
+    return result
+
+
 @dataclass
 class ValidationRun:
     files: list[FileResult]
@@ -416,8 +447,9 @@ def validate_paths(
     paths: Iterable[str], *, model: str = "auto", strict: bool = False, deep: bool = False
 ) -> ValidationRun:
     """Validate files and folders (walked for adapter files and PEFT folders) in one process."""
-    if model != "auto" and model not in FAMILIES:
-        raise UsageError(f"unknown --model {model!r} (known: auto, {', '.join(FAMILIES)})")
+    if model != "auto" and model not in FAMILIES and model not in CODEC_TARGET_FAMILIES:
+        known = ", ".join([*FAMILIES, *CODEC_TARGET_FAMILIES])
+        raise UsageError(f"unknown --model {model!r} (known: auto, {known})")
     expanded = walk_adapter_paths([os.fspath(p) for p in paths])
     if not expanded:
         raise UsageError("no adapter files found in the given paths")

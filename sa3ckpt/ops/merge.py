@@ -401,6 +401,30 @@ def _prepare(
         yield _Prepared(base, ckpts, plan, bases, inputs, out_code, refusal)
 
 
+def _codec_route(base_path: str, adapters: Sequence[AdapterArg]) -> bool:
+    """True when the base is SAME codec weights (a codec merge); refuses mixing codec
+    adapters with a DiT base and DiT adapters with codec weights (exit 4, one line)."""
+    from sa3ckpt.ops.checkpoint_kind import CODEC_WEIGHTS, identify_kind
+
+    base_kind = identify_kind(base_path)
+    kinds = [(a.path, identify_kind(a.path)) for a in adapters]
+    if base_kind.kind == CODEC_WEIGHTS:
+        for path, kind in kinds:
+            if not kind.is_codec_adapter:
+                raise IncompatibleError(
+                    f"{path}: {kind.label}, not a codec adapter: {base_path} is "
+                    f"{base_kind.label} (merge DiT adapters into an SA3 base)"
+                )
+        return True
+    for path, kind in kinds:
+        if kind.is_codec_adapter:
+            raise IncompatibleError(
+                f"{path}: {kind.label}: merge it into the SAME codec weights "
+                f"(the official autoencoder safetensors), not into {base_path}"
+            )
+    return False
+
+
 def merge_checkpoint(
     base_path: str,
     adapters: Sequence[AdapterArg],
@@ -430,6 +454,20 @@ def merge_checkpoint(
     started = time.perf_counter()
     if output is None and not compare:
         raise UsageError("merge needs -o OUT (or --compare-semantics to only report)")
+    codec = _codec_route(base_path, adapters)
+    if codec:
+        from sa3ckpt.ops.codec_merge import merge_codec  # the codec merge builds on this one
+
+        if only or bases_path or exclude or compare:
+            raise UsageError(
+                "--only, --bases, --exclude and --compare-semantics are DiT merge options; "
+                "a codec merge takes --semantics, --dtype and --force"
+            )
+        ledger = merge_codec(
+            base_path, adapters, output, semantics=semantics, dtype=dtype, force=force
+        )
+        ledger.seconds = time.perf_counter() - started
+        return ledger
     with _prepare(
         base_path,
         adapters,

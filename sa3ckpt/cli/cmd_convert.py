@@ -4,6 +4,7 @@ diffusers (a transformer folder)."""
 from __future__ import annotations
 
 import argparse
+import sys
 
 from sa3ckpt.cli.common import Ledger, print_ledger
 from sa3ckpt.cli.progress import add_quiet, progress_bar
@@ -13,6 +14,7 @@ from sa3ckpt.io.diffusers_folder import DEFAULT_MAX_SHARD_SIZE
 from sa3ckpt.io.formats import is_base_checkpoint
 from sa3ckpt.ops.convert import ADAPTER_TARGETS, convert_adapter
 from sa3ckpt.sizes import parse_size
+from sa3ckpt.textsafe import escape_control
 
 BASE_TARGETS = ("official", "mlx", "diffusers")
 
@@ -73,6 +75,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     add_quiet(parser, "bases only: an adapter converts too fast to need a bar")
 
 
+def is_codec_adapter(path: str) -> bool:
+    """A LoRA on a SAME codec half (ops.checkpoint_kind): converted by ops.codec_convert."""
+    from sa3ckpt.ops.checkpoint_kind import identify_kind
+
+    return identify_kind(path).is_codec_adapter
+
+
 def run(args: argparse.Namespace) -> int:
     ledger: Ledger
     if is_base_checkpoint(args.input):
@@ -94,6 +103,15 @@ def run(args: argparse.Namespace) -> int:
                 max_shard_size=args.max_shard_size,
                 progress=progress,
             )
+    elif is_codec_adapter(args.input):
+        from sa3ckpt.ops.codec_convert import convert_codec
+
+        codec = convert_codec(
+            args.input, args.output, to=args.to, dtype=args.dtype, force=args.force
+        )
+        for warning in codec.warnings:
+            print(f"sa3ckpt: warning: {escape_control(warning)}", file=sys.stderr)
+        ledger = codec
     else:
         if args.to == "official":
             raise UsageError(f"{args.input} is an adapter: --to official is for base checkpoints")

@@ -23,8 +23,9 @@ DIALECTS = ("sa3", "peft", "sa3cpp")
 SA3_ROOTS = ("pretransform.model.", "model.", "")
 PEFT_PREFIX = "base_model.model."
 SLOT = ".parametrizations.weight.0."
-PARAMS = tuple(dict.fromkeys(p for t in ADAPTER_TYPES.values() for p in t.params).keys()) + tuple(
-    p for p in BASIS_PARAMS if p not in {q for t in ADAPTER_TYPES.values() for q in t.params}
+# every param any adapter type stores (ordered, unique), the XS bases included
+PARAMS = tuple(
+    dict.fromkeys([*(p for t in ADAPTER_TYPES.values() for p in t.params), *BASIS_PARAMS])
 )
 PEFT_PARAMS = {
     "lora_A.weight": "lora_A",
@@ -82,8 +83,8 @@ def parse_codec_key(key: str) -> tuple[str, str, str] | None:
         return None
     if key.startswith("ae."):
         stem, _, param = key.rpartition(".")
-        module = from_sa3cpp_stem(stem)
-        return (module, param, "sa3cpp") if module and param in PARAMS else None
+        stem_module = from_sa3cpp_stem(stem)
+        return (stem_module, param, "sa3cpp") if stem_module and param in PARAMS else None
     if SLOT not in key:
         return None
     head, _, param = key.partition(SLOT)

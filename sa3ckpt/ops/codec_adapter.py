@@ -300,7 +300,8 @@ def _check(
         say(
             _say(
                 "codec-shape",
-                f"lora_config target {config_part!r} but the keys are on the {'/'.join(sorted(key_parts))}",
+                f"lora_config target {config_part!r} but the keys are on the "
+                f"{'/'.join(sorted(key_parts))}",
             )
         )
     for key in adapter.unmatched[:3]:

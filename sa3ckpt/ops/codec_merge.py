@@ -40,7 +40,11 @@ PROVENANCE_KEY = "sa3ckpt_merge"
 
 def _prefix(keys: Sequence[str]) -> str:
     """`pretransform.model.` when the codec sits inside a full checkpoint, else ``."""
-    return PRETRANSFORM_PREFIX + "model." if any(k.startswith(PRETRANSFORM_PREFIX) for k in keys) else ""
+    return (
+        PRETRANSFORM_PREFIX + "model."
+        if any(k.startswith(PRETRANSFORM_PREFIX) for k in keys)
+        else ""
+    )
 
 
 def base_families(shapes: dict[str, tuple[int, ...]]) -> dict[str, CodecFamily]:
@@ -54,10 +58,14 @@ def base_families(shapes: dict[str, tuple[int, ...]]) -> dict[str, CodecFamily]:
     return out
 
 
-def _refuse_mismatch(arg: AdapterArg, codec: CodecAdapter, base: str, held: dict[str, CodecFamily]) -> None:
+def _refuse_mismatch(
+    arg: AdapterArg, codec: CodecAdapter, base: str, held: dict[str, CodecFamily]
+) -> None:
     part = codec.part if codec.part in ("encoder", "decoder") else None
     if codec.family is None:
-        first = next((f.message for f in codec.findings if f.severity == "error"), "no codec family fits")
+        first = next(
+            (f.message for f in codec.findings if f.severity == "error"), "no codec family fits"
+        )
         raise IncompatibleError(f"{arg.path}: not a usable codec adapter ({first})")
     if part is None or part not in held:
         have = ", ".join(f.label for f in held.values()) or "no recognised codec half"
@@ -103,7 +111,7 @@ def merge_codec(
     out_code = dtypes.code_from_name(dtype) if dtype else None
     inputs = [base_path, *(a.path for a in adapters)]
     with open_safetensors(base_path) as base:
-        shapes = {k: tuple(base.info(k).shape) for k in base.keys()}
+        shapes = {k: tuple(base.info(k).shape) for k in base}
         held = base_families(shapes)
         prefix = _prefix(list(shapes))
         ledger = MergeLedger(base_path, output, semantics, "official codec", "safetensors")
@@ -153,7 +161,11 @@ def merge_codec(
                     out.append((key, merged[key]))
                     continue
                 array = np.asarray(base.array(key))
-                if out_code and array.dtype.kind == "f" and dtypes.code_for(array.dtype) != out_code:
+                if (
+                    out_code
+                    and array.dtype.kind == "f"
+                    and dtypes.code_for(array.dtype) != out_code
+                ):
                     array = dtypes.to_float32(array).astype(dtypes.numpy_dtype(out_code))
                     ledger.cast += 1
                 else:

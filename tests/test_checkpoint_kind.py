@@ -1,5 +1,6 @@
 """What kind of checkpoint a file is (ops.checkpoint_kind), on a fixture of every kind, and
-what inspect and validate say of the files that are not SA3 DiT adapters."""
+what inspect and validate say of the files that are not SA3 DiT adapters (codec adapters
+are checked adapters of their own kind: tests/test_codec_*.py)."""
 
 from __future__ import annotations
 
@@ -33,13 +34,31 @@ EXPECTED: dict[str, tuple[str, str | None, str | None]] = {
         "autoencoder",
         "tiny-same-s",
     ),
-    "kinds/codec-lora.decoder.safetensors": (ck.CODEC_ADAPTER, "decoder", None),
-    "kinds/codec-lora.encoder-keys.safetensors": (ck.CODEC_ADAPTER, "encoder", None),
+    "kinds/codec-lora.decoder.safetensors": (ck.CODEC_ADAPTER, "decoder", "tiny-same-l-decoder"),
+    "kinds/codec-lora.encoder-keys.safetensors": (
+        ck.CODEC_ADAPTER,
+        "encoder",
+        "tiny-same-s-encoder",
+    ),
+    "codec/tiny-same-l.autoencoder.safetensors": (ck.CODEC_WEIGHTS, "autoencoder", "tiny-same-l"),
+    "codec/tiny-same-s-decoder.dora-rows.safetensors": (
+        ck.CODEC_ADAPTER,
+        "decoder",
+        "tiny-same-s-decoder",
+    ),
+    "codec/tiny-same-l-encoder.lora.safetensors": (
+        ck.CODEC_ADAPTER,
+        "encoder",
+        "tiny-same-l-encoder",
+    ),
     "edge/raw_pickle_protocol_2.ckpt": (ck.PICKLE_FILE, None, None),
 }
 NOT_DIT_ADAPTERS = [
     rel for rel, (kind, _, _) in EXPECTED.items() if kind not in (ck.DIT_ADAPTER, ck.PICKLE_FILE)
 ]
+# files the adapter rules do not judge at all: neither DiT nor codec adapters
+NOT_ADAPTERS = [rel for rel in NOT_DIT_ADAPTERS if EXPECTED[rel][0] != ck.CODEC_ADAPTER]
+CODEC_ADAPTERS = [rel for rel in NOT_DIT_ADAPTERS if EXPECTED[rel][0] == ck.CODEC_ADAPTER]
 
 
 @pytest.mark.parametrize("rel", list(EXPECTED))
@@ -51,6 +70,7 @@ def test_identify_kind_of_every_fixture_kind(rel: str) -> None:
 
 def test_the_kind_table_has_one_dit_adapter_row_and_a_badge_for_each() -> None:
     assert [k.name for k in ck.KINDS.values() if k.dit_adapter] == [ck.DIT_ADAPTER]
+    assert [k.name for k in ck.KINDS.values() if k.codec_adapter] == [ck.CODEC_ADAPTER]
     assert all(k.badge and k.label and k.explain for k in ck.KINDS.values())
     assert {ck.FULL_BASE, ck.DIT_WEIGHTS, ck.CONDITIONER_ONLY} == {
         k.name for k in ck.KINDS.values() if k.base
@@ -96,8 +116,9 @@ def test_codec_adapters_by_keys_or_config_target(
 ) -> None:
     found = ck.adapter_kind(keys, json.dumps(config) if config else None)
     assert (found.kind, found.part) == (ck.CODEC_ADAPTER, part)
-    assert not found.is_dit_adapter
-    assert found.not_a_dit_adapter().startswith("not an SA3 DiT adapter: codec adapter")
+    assert not found.is_dit_adapter and found.is_codec_adapter
+    # without shapes there is no codec family yet: the label names the half
+    assert found.label == f"codec adapter ({part})"
 
 
 def test_a_dit_target_or_no_target_is_a_dit_adapter() -> None:
@@ -116,15 +137,16 @@ def test_identify_kind_never_raises_on_the_malformed_corpus() -> None:
 def test_inspect_reports_the_kind(rel: str) -> None:
     report = inspect_file(DATA_DIR / rel)
     assert report.checkpoint.kind == EXPECTED[rel][0]
-    if EXPECTED[rel][0] == ck.CODEC_WEIGHTS:
+    if EXPECTED[rel][0] in (ck.CODEC_WEIGHTS, ck.CODEC_ADAPTER):
         assert isinstance(report, OtherReport)
+        assert (report.codec is not None) is (EXPECTED[rel][0] == ck.CODEC_ADAPTER)
     elif ck.KINDS[EXPECTED[rel][0]].base:
         assert isinstance(report, BaseReport)
     else:
         assert isinstance(report, InspectReport)
 
 
-@pytest.mark.parametrize("rel", NOT_DIT_ADAPTERS)
+@pytest.mark.parametrize("rel", NOT_ADAPTERS)
 def test_validate_says_not_a_dit_adapter_once(rel: str) -> None:
     result = validate_path(str(DATA_DIR / rel))
     assert [f.rule for f in result.findings] == ["not-an-adapter"]
@@ -154,17 +176,40 @@ def test_cli_inspect_names_the_kind_in_text_and_json(rel: str) -> None:
     assert entry["checkpoint"]["kind"] == kind
     assert entry["checkpoint"]["dit_adapter"] is (kind == ck.DIT_ADAPTER)
     assert entry["checkpoint"]["line"].startswith(label)
-    expected_top = {ck.CODEC_WEIGHTS: "other"}.get(kind, "base" if ck.KINDS[kind].base else None)
+    expected_top = {ck.CODEC_WEIGHTS: "other", ck.CODEC_ADAPTER: "codec-adapter"}.get(
+        kind, "base" if ck.KINDS[kind].base else None
+    )
     assert entry.get("kind") == expected_top
 
 
-@pytest.mark.parametrize("rel", NOT_DIT_ADAPTERS)
+@pytest.mark.parametrize("rel", NOT_ADAPTERS)
 def test_cli_validate_of_a_non_adapter_is_one_finding_exit_1(rel: str) -> None:
     result = run_cli("validate", "--json", str(DATA_DIR / rel))
     assert result.returncode == 1, result.stderr
     entry = json.loads(result.stdout)["files"][0]
     assert [f["rule"] for f in entry["findings"]] == ["not-an-adapter"]
     assert entry["checkpoint"]["kind"] == EXPECTED[rel][0]
+
+
+@pytest.mark.parametrize("rel", CODEC_ADAPTERS)
+def test_a_codec_adapter_is_a_checked_adapter_named_by_its_family(rel: str) -> None:
+    found = ck.identify_kind(DATA_DIR / rel)
+    assert (
+        found.label
+        == f"an adapter on the {found.family.replace('-' + found.part, '')} {found.part}"
+    )
+    result = validate_path(str(DATA_DIR / rel))
+    assert "not-an-adapter" not in [f.rule for f in result.findings]
+    assert result.family == EXPECTED[rel][2] and result.status(False) == "pass"
+    assert result.coverage is not None and result.coverage.startswith(
+        f"{len(result_targets(rel))} of "
+    )
+
+
+def result_targets(rel: str) -> list[str]:
+    from sa3ckpt.targets.codec_families import CODEC_TARGET_FAMILIES
+
+    return [t.name for t in CODEC_TARGET_FAMILIES[EXPECTED[rel][2] or ""].targets]
 
 
 def test_fixture_folder_holds_only_what_the_table_expects() -> None:

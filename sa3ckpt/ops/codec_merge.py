@@ -152,7 +152,7 @@ def merge_codec(
             if not finite:
                 raise IncompatibleError(f"merging into {key} gives NaN/Inf; nothing was written")
             merged[key] = w
-            ledger.merged.append(key[len(prefix) :])
+            ledger.merged.append(key[len(prefix) : -len(".weight")])
 
         def tensors() -> list[tuple[str, np.ndarray]]:
             out = []

@@ -10,14 +10,16 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from sa3ckpt.ops.validate import FileResult, validate_paths
+from sa3ckpt.targets.codec_families import CODEC_TARGET_FAMILIES
 from sa3ckpt.targets.families import FAMILIES
 
 AUTO = "auto"
 
 
 def model_choices() -> tuple[str, ...]:
-    """`auto` and every family `sa3ckpt validate --model` accepts, in the table's order."""
-    return (AUTO, *FAMILIES)
+    """`auto` and every family `sa3ckpt validate --model` accepts, in the table's order
+    (the DiT families, then the SAME codec halves)."""
+    return (AUTO, *FAMILIES, *CODEC_TARGET_FAMILIES)
 
 
 @dataclass(frozen=True)

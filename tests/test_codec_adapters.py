@@ -114,12 +114,34 @@ def test_rank_and_type_disagreeing_with_config(tmp_path: Path) -> None:
     assert rules == ["codec-rank", "codec-type"]
 
 
+def test_a_target_missing_a_param_and_a_rankless_file(tmp_path: Path) -> None:
+    src = CODEC / "tiny-same-l-decoder.lora.safetensors"
+    tensors = _arrays(src)
+    del tensors[codec_key("decoder.layers.1", "lora_B", "sa3")]
+    out = tmp_path / "missing.safetensors"
+    write_safetensors(out, tensors, {"lora_config": json.dumps(_config(src))})
+    findings = validate_path(str(out)).findings
+    assert [f.rule for f in findings] == ["codec-type"]
+    assert "decoder.layers.1: no lora_B" in findings[0].message
+    scalar = tmp_path / "scalar.safetensors"
+    write_safetensors(
+        scalar,
+        {
+            codec_key("decoder.layers.1", "lora_A", "sa3"): np.zeros((), np.float32),
+            codec_key("decoder.layers.1", "lora_B", "sa3"): np.zeros((3,), np.float32),
+        },
+        {"lora_config": json.dumps(_config(src))},
+    )
+    result = validate_path(str(scalar))
+    assert [f.rule for f in result.findings] == ["codec-type"] and result.family is None
+
+
 def test_unknown_codec_target(tmp_path: Path) -> None:
     src = CODEC / "tiny-same-l-decoder.lora.safetensors"
     tensors = _arrays(src)
-    tensors["decoder.layers.3.transformers.0.self_attn.q_norm.parametrizations.weight.0.lora_A"] = (
-        np.zeros((4, 16), np.float32)
-    )
+    norm = "decoder.layers.3.transformers.0.self_attn.q_norm"
+    tensors[codec_key(norm, "lora_A", "sa3")] = np.zeros((4, 16), np.float32)
+    tensors[codec_key(norm, "lora_B", "sa3")] = np.zeros((16, 4), np.float32)
     out = tmp_path / "unknown.safetensors"
     write_safetensors(out, tensors, {"lora_config": json.dumps(_config(src))})
     rules = [f.rule for f in validate_path(str(out)).findings]

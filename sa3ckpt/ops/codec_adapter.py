@@ -184,10 +184,13 @@ def mismatches(adapter: CodecAdapter, fam: CodecFamily) -> tuple[list[str], list
 
 
 def _rank_from(targets: dict[str, dict[str, TensorEntry]]) -> int | None:
+    """The most common leading dimension of lora_A (or M_xs): the rank (None: no such
+    tensor of at least one dimension; a damaged header must not raise here)."""
     ranks = Counter(
-        int(p["lora_A"].shape[0]) if "lora_A" in p else int(p["M_xs"].shape[0])
+        int(entry.shape[0])
         for p in targets.values()
-        if "lora_A" in p or "M_xs" in p
+        for entry in [p.get("lora_A") or p.get("M_xs")]
+        if entry is not None and len(entry.shape) >= 1
     )
     return ranks.most_common(1)[0][0] if ranks else None
 
@@ -242,7 +245,9 @@ def analyze_codec(
 
 def _detect(adapter: CodecAdapter) -> list[CodecFamily]:
     part = adapter.part if adapter.part in ("encoder", "decoder") else None
-    fits = []
+    fits: list[CodecFamily] = []
+    if adapter.rank is None or adapter.adapter_type is None:
+        return fits  # no shape can be checked: no family is shown to fit
     for fam in families_for_part(part):
         unknown, wrong = mismatches(adapter, fam)
         if not unknown and not wrong and adapter.targets:
@@ -280,11 +285,24 @@ def _check(
     if adapter.adapter_type is None:
         params = sorted({p for ps in adapter.targets.values() for p in ps})
         say(_say("codec-type", f"params {', '.join(params)} fit no adapter type"))
+    elif adapter.rank is None:
+        say(_say("codec-type", "no lora_A or M_xs tensor with a rank dimension"))
     elif isinstance(declared, str) and ALIASES.get(declared, declared) != adapter.adapter_type:
         say(
             _say(
                 "codec-type",
                 f"lora_config adapter_type {declared!r} but the tensors are {adapter.adapter_type}",
+            )
+        )
+    kind = ADAPTER_TYPES.get(adapter.adapter_type or "")
+    incomplete = [m for m, ps in adapter.targets.items() if kind and not kind.signature <= set(ps)]
+    if kind and incomplete:
+        missing = sorted(kind.signature - set(adapter.targets[incomplete[0]]))
+        say(
+            _say(
+                "codec-type",
+                f"{len(incomplete)} targets lack {kind.name} params (e.g. {incomplete[0]}: "
+                f"no {', '.join(missing)})",
             )
         )
     if adapter.config is not None:
@@ -317,7 +335,7 @@ def _check(
         if fits:
             published = [f for f in fits if not f.test_only]
             adapter.family = (published or fits)[0]
-        else:
+        elif adapter.rank is not None and adapter.adapter_type is not None:
             near = closest(adapter)
             if near is None:
                 unknown = sorted(adapter.targets)[:3]

@@ -109,17 +109,6 @@ def test_load_codec_runs_the_same_loader_through_the_contract(
     assert codec.notes == ("every parameter loaded",)
 
 
-def test_same_codecs_say_when_the_module_is_missing(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    monkeypatch.setitem(sys.modules, "sa3ckpt.models.same", None)
-    monkeypatch.delattr(sa3ckpt.models, "same", raising=False)
-    weights = tmp_path / "same.safetensors"
-    weights.write_bytes(b"x")
-    with pytest.raises(UsageError, match="not part of this sa3ckpt build"):
-        load_codec("same-l", weights)
-
-
 def test_progress_counts_milliseconds_of_audio(tmp_path: Path) -> None:
     events: list[ProgressEvent] = []
     codec = load_codec("toy", WEIGHTS)

@@ -13,7 +13,7 @@ from __future__ import annotations
 import os
 from collections.abc import Callable
 from dataclasses import dataclass
-from types import ModuleType
+from typing import cast
 
 import mlx.core as mx
 
@@ -52,23 +52,25 @@ class RunIn:
         return self.encoder(audio.astype(self.dtype))
 
 
-def _same_module() -> ModuleType:
-    try:
-        from sa3ckpt.models import same  # type: ignore[attr-defined,unused-ignore]
-    except ImportError as exc:
-        raise UsageError(
-            "the SAME encoders are not part of this sa3ckpt build (sa3ckpt.models.same)"
-        ) from exc
-    return same
+def _loader_notes(lines: list[str]) -> tuple[str, ...]:
+    """The SAME loader's ledger, short: its facts, with the unused keys (a whole decoder in
+    an autoencoder file) counted instead of listed."""
+    unused = [line for line in lines if line.lstrip().startswith("not used:")]
+    kept = [line.strip() for line in lines if line not in unused]
+    if unused:
+        kept.append(f"{len(unused)} keys of the file not used (decoder, tables; see the loader)")
+    return tuple(kept)
 
 
 def _load_same(codec: str) -> Callable[[str, mx.Dtype], tuple[LatentEncoder, str, tuple[str, ...]]]:
     def load(path: str, dtype: mx.Dtype) -> tuple[LatentEncoder, str, tuple[str, ...]]:
-        same = _same_module()
+        from sa3ckpt.models import same
+
         encoder, ledger = same.load_same_encoder(path, codec=codec, dtype=dtype)
-        lines = getattr(ledger, "lines", None)
-        notes = tuple(lines()) if callable(lines) else ()
-        return encoder, str(same.codec_sha256(path)), notes
+        # SameEncoder declares the LatentEncoder fields as read-only properties, which is all
+        # encode_latents needs (it never sets them); mypy wants writable attributes.
+        latent_encoder = cast(LatentEncoder, encoder)
+        return latent_encoder, same.codec_sha256(path), _loader_notes(ledger.lines())
 
     return load
 

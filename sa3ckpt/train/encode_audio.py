@@ -242,6 +242,12 @@ def _round_up(value: int, multiple: int) -> int:
     return -(-value // multiple) * multiple
 
 
+def default_overlap(encoder: LatentEncoder) -> int:
+    """The overlap chunked encoding uses unless told: 2 · `context_latents`, the least that
+    keeps stitching exact, rounded up to an even multiple of the encoder's latent block."""
+    return _round_up(2 * context_latents(encoder), math.lcm(2, latents_multiple(encoder)))
+
+
 def encode_latents(
     encoder: LatentEncoder,
     audio: Any,
@@ -277,7 +283,7 @@ def encode_latents(
         latents = _encode_window(encoder, batch, hop)
     else:
         if overlap_latents is None:
-            overlap_latents = _round_up(2 * context_latents(encoder), math.lcm(2, block))
+            overlap_latents = default_overlap(encoder)
             if overlap_latents >= chunk_latents:
                 raise UsageError(
                     f"chunk_latents {chunk_latents} is too small for this encoder: exact "
@@ -312,6 +318,7 @@ __all__ = [
     "chunk_plan",
     "collate_clips",
     "context_latents",
+    "default_overlap",
     "encode_latents",
     "latent_count",
     "latent_mask",

@@ -30,7 +30,12 @@ from sa3ckpt.errors import MalformedFileError, UsageError
 from sa3ckpt.io.audio import AUDIO_SUFFIXES, TARGET_RATE, AudioClip, probe_frames, read_clip
 from sa3ckpt.progress import ProgressCallback, ProgressCounter
 from sa3ckpt.train.codecs import LoadedCodec
-from sa3ckpt.train.encode_audio import chunk_plan, context_latents, encode_latents
+from sa3ckpt.train.encode_audio import (
+    chunk_plan,
+    default_overlap,
+    encode_latents,
+    latents_multiple,
+)
 from sa3ckpt.train.latent_files import RESUME_KEYS, SUFFIX, stored_metadata, write_latent_file
 
 DEFAULT_CHUNK = 128  # latents per window (~11.9 s at SAME's hop), as the official encoder
@@ -46,16 +51,24 @@ class Chunking:
     overlap: int | None
 
     def resolved(self, codec: LoadedCodec) -> tuple[int | None, int | None]:
-        """(chunk, overlap) with the overlap defaulted to the encoder's exact one; checked."""
+        """(chunk, overlap) with the overlap defaulted as `encode_latents` does; checked here,
+        once, so a chunking the codec cannot use is a usage error, not a failure per clip."""
         if self.chunk is None:
             if self.overlap is not None:
                 raise UsageError("--overlap needs --chunk")
             return None, None
-        overlap = 2 * context_latents(codec.encoder) if self.overlap is None else self.overlap
+        encoder = codec.encoder
+        overlap = default_overlap(encoder) if self.overlap is None else self.overlap
         if self.overlap is None and overlap >= self.chunk:
             raise UsageError(
                 f"--chunk {self.chunk} is too small for codec {codec.name}: exact stitching "
                 f"needs an overlap of {overlap} latents (use a larger --chunk or set --overlap)"
+            )
+        block = latents_multiple(encoder)
+        if self.chunk % block or overlap % block:
+            raise UsageError(
+                f"codec {codec.name} works on blocks of {block} latents: --chunk "
+                f"({self.chunk}) and --overlap ({overlap}) must be multiples of {block}"
             )
         chunk_plan(self.chunk + 1, self.chunk, overlap)  # raises the library's usage error
         return self.chunk, overlap

@@ -15,7 +15,6 @@ from textual import on, work
 from textual.app import ComposeResult
 from textual.binding import Binding, BindingType
 from textual.containers import Horizontal, VerticalScroll
-from textual.screen import Screen
 from textual.widgets import (
     Button,
     Checkbox,
@@ -28,8 +27,6 @@ from textual.widgets import (
 )
 
 from sa3ckpt.dtypes import NAMES as DTYPE_NAMES
-from sa3ckpt.errors import OutputError
-from sa3ckpt.io.atomic import OutputRefused
 from sa3ckpt.ops.combine import METHODS, CombineLedger
 from tui.combine_plan import (
     DEFAULT_DTYPE,
@@ -41,9 +38,8 @@ from tui.combine_plan import (
     run_combine,
     suggested_output,
 )
-from tui.convert_plan import refusal_text
 from tui.convert_screen import choice
-from tui.loading import describe_error
+from tui.job_screen import JobScreen, failure_text
 from tui.safe_text import plain
 from tui.strength import AdapterRow
 
@@ -52,8 +48,13 @@ WEIGHTS_NOTE = "the numbers are weights, read as the CLI reads ADAPTER:W"
 LEDGER_HINT = "The combine ledger (targets, rank, retained energy) appears here."
 
 
-class CombineScreen(Screen[str | None]):
+class CombineScreen(JobScreen):
     """Form (scrolls at 80×24) above the run row and the ledger; dismissed with the output."""
+
+    JOB_RUN_BUTTON = "#run-combine"
+    JOB_PROGRESS = "#combine-progress"
+    JOB_ERROR = "#combine-error"
+    JOB_BUSY_WARNING = "a combine is running; wait for it to finish"
 
     BINDINGS: ClassVar[list[BindingType]] = [
         Binding("escape", "back", "Back", tooltip="Return to the browser"),
@@ -90,9 +91,6 @@ class CombineScreen(Screen[str | None]):
         super().__init__()
         self._adapters = adapters
         self._suggested = ""
-        self._busy = False
-        self._running_output = ""
-        self._wrote: str | None = None
 
     def compose(self) -> ComposeResult:
         yield Static("Combine adapters into one adapter", id="combine-title")
@@ -187,9 +185,6 @@ class CombineScreen(Screen[str | None]):
         await event.row.remove()
         self._sync()
 
-    def _show_error(self, message: str) -> None:
-        self.query_one("#combine-error", Static).update(plain(message))
-
     def _request(self) -> CombineRequest:
         rows = [(row.path, row.strength_text) for row in self.query(AdapterRow)]
         return make_combine_request(
@@ -218,14 +213,7 @@ class CombineScreen(Screen[str | None]):
         except CombinePlanError as exc:
             self._show_error(str(exc))
             return
-        self._show_error("")
-        self._busy = True
-        self._running_output = request.output
-        self.query_one("#run-combine", Button).disabled = True
-        bar = self.query_one("#combine-progress", ProgressBar)
-        bar.update(total=None, progress=0)
-        bar.display = True
-        self.query_one("#ledger-text", Static).update(Text("combining…", style="dim"))
+        self._start_job(request.output, "combining…")
         self._combine(request)
 
     @work(thread=True, exclusive=True, group="combine", exit_on_error=False)
@@ -233,33 +221,16 @@ class CombineScreen(Screen[str | None]):
         """Worker thread: the library combine; every outcome goes back to the UI thread."""
         try:
             ledger = run_combine(request)
-        except OutputRefused as exc:
-            self.app.call_from_thread(self._finished, None, refusal_text(exc, request.output))
-        except OSError as exc:
-            error = OutputError.from_os_error(request.output, exc)
-            self.app.call_from_thread(self._finished, None, describe_error(error))
         except Exception as exc:  # every library failure is one line, never a traceback
-            self.app.call_from_thread(self._finished, None, describe_error(exc))
+            self.app.call_from_thread(self._finished, None, failure_text(exc, request.output))
         else:
             self.app.call_from_thread(self._finished, ledger, None)
 
     def _finished(self, ledger: CombineLedger | None, error: str | None) -> None:
-        self._busy = False
-        self.query_one("#run-combine", Button).disabled = False
-        bar = self.query_one("#combine-progress", ProgressBar)
-        text = self.query_one("#ledger-text", Static)
         if ledger is None:
-            bar.display = False  # an indeterminate bar would animate on as if work went on
-            self._show_error(error or "combine failed")
-            text.update(Text("nothing was written", style="dim"))
+            self._job_failed(error or "combine failed")
             return
-        bar.update(total=1, progress=1)
-        self._wrote = self._running_output
-        text.update(Text("\n").join(plain(line) for line in ledger.lines()))
+        self._job_done()
+        lines = Text("\n").join(plain(line) for line in ledger.lines())
+        self.query_one("#ledger-text", Static).update(lines)
         self.notify("combine finished")
-
-    def action_back(self) -> None:
-        if self._busy:
-            self.notify("a combine is running; wait for it to finish", severity="warning")
-            return
-        self.dismiss(self._wrote)

@@ -16,7 +16,6 @@ from textual import on, work
 from textual.app import ComposeResult
 from textual.binding import Binding, BindingType
 from textual.containers import Horizontal, Vertical, VerticalScroll
-from textual.screen import Screen
 from textual.widgets import (
     Button,
     Checkbox,
@@ -29,8 +28,7 @@ from textual.widgets import (
 )
 
 from sa3ckpt.dtypes import NAMES as DTYPE_NAMES
-from sa3ckpt.errors import OutputError, VerificationError
-from sa3ckpt.io.atomic import OutputRefused
+from sa3ckpt.errors import VerificationError
 from sa3ckpt.io.formats import ADAPTER
 from sa3ckpt.ops.convert_targets import ConvertTarget
 from tui.convert_plan import (
@@ -44,14 +42,12 @@ from tui.convert_plan import (
     PlanError,
     describe_input,
     make_request,
-    refusal_text,
     run_convert,
     suggested_output,
     verification_failed,
     verification_passed,
 )
-from tui.loading import describe_error
-from tui.merge_screen import throttled
+from tui.job_screen import JobScreen, failure_text
 from tui.safe_text import plain
 
 DTYPE_CHOICES = (DEFAULT_DTYPE, *DTYPE_NAMES)
@@ -75,8 +71,13 @@ def choice(radios: RadioSet, values: tuple[str, ...]) -> str:
     return values[index if 0 <= index < len(values) else 0]
 
 
-class ConvertScreen(Screen[str | None]):
+class ConvertScreen(JobScreen):
     """Form (scrolls at 80×24) above the run row and the result; dismissed with the output."""
+
+    JOB_RUN_BUTTON = "#run-convert"
+    JOB_PROGRESS = "#convert-progress"
+    JOB_ERROR = "#convert-error"
+    JOB_BUSY_WARNING = "a conversion is running; wait for it to finish"
 
     BINDINGS: ClassVar[list[BindingType]] = [
         Binding("escape", "back", "Back", tooltip="Return to the browser"),
@@ -118,9 +119,6 @@ class ConvertScreen(Screen[str | None]):
         self._info = InputInfo(path, None, "reading…")
         self._targets: list[ConvertTarget] = []
         self._suggested = ""
-        self._busy = False
-        self._running_output = ""
-        self._wrote: str | None = None
 
     def compose(self) -> ComposeResult:
         yield Static("Convert a checkpoint to another format", id="convert-title")
@@ -255,9 +253,6 @@ class ConvertScreen(Screen[str | None]):
             force=self.query_one("#force", Checkbox).value,
         )
 
-    def _show_error(self, message: str) -> None:
-        self.query_one("#convert-error", Static).update(plain(message))
-
     @on(Button.Pressed, "#run-convert")
     def _run_pressed(self) -> None:
         self.action_run_convert()
@@ -270,55 +265,30 @@ class ConvertScreen(Screen[str | None]):
         except PlanError as exc:
             self._show_error(str(exc))
             return
-        self._show_error("")
-        self._busy = True
-        self._running_output = request.output
-        self.query_one("#run-convert", Button).disabled = True
-        bar = self.query_one("#convert-progress", ProgressBar)
-        bar.update(total=None, progress=0)
-        bar.display = True
+        self._start_job(request.output, "converting…")
         self.query_one("#verify-text", Static).update("")
-        self.query_one("#ledger-text", Static).update(Text("converting…", style="dim"))
         self._convert(request)
 
     @work(thread=True, exclusive=True, group="convert", exit_on_error=False)
     def _convert(self, request: ConvertRequest) -> None:
         """Worker thread: the library conversion; every outcome goes back to the UI thread."""
-        report = throttled(
-            lambda done, total: self.app.call_from_thread(self._progress, done, total)
-        )
         try:
-            ledger = run_convert(request, report)
+            ledger = run_convert(request, self._job_reporter())
         except VerificationError as exc:
             self.app.call_from_thread(self._failed, verification_failed(exc), True)
-        except OutputRefused as exc:
-            self.app.call_from_thread(self._failed, refusal_text(exc, request.output), False)
-        except OSError as exc:
-            error = OutputError.from_os_error(request.output, exc)
-            self.app.call_from_thread(self._failed, describe_error(error), False)
         except Exception as exc:  # every library failure is one line, never a traceback
-            self.app.call_from_thread(self._failed, describe_error(exc), False)
+            self.app.call_from_thread(self._failed, failure_text(exc, request.output), False)
         else:
             self.app.call_from_thread(self._finished, ledger)
 
-    def _progress(self, done: int, total: int) -> None:
-        self.query_one("#convert-progress", ProgressBar).update(total=total, progress=done)
-
     def _failed(self, message: str, verification: bool) -> None:
-        self._busy = False
-        self.query_one("#run-convert", Button).disabled = False
-        self.query_one("#convert-progress", ProgressBar).display = False
-        self._show_error(message)
+        """The shared failure display, plus a failed verification on its own line in red."""
+        self._job_failed(message)
         verify = plain(message, style="red") if verification else Text("")
         self.query_one("#verify-text", Static).update(verify)
-        self.query_one("#ledger-text", Static).update(Text("nothing was written", style="dim"))
 
     def _finished(self, ledger: Ledger) -> None:
-        self._busy = False
-        self.query_one("#run-convert", Button).disabled = False
-        bar = self.query_one("#convert-progress", ProgressBar)
-        bar.update(total=1, progress=1)  # an adapter reports no steps: show it done
-        self._wrote = self._running_output
+        self._job_done()  # an adapter reports no steps: the bar shows it done
         verdict = plain(verification_passed(ledger), style="green")
         self.query_one("#verify-text", Static).update(verdict)
         ledger_lines = Text("\n").join(plain(line) for line in ledger.lines())
@@ -328,16 +298,9 @@ class ConvertScreen(Screen[str | None]):
 
     # --- leaving ------------------------------------------------------------------------
 
-    def action_back(self) -> None:
-        if self._busy:
-            self.notify("a conversion is running; wait for it to finish", severity="warning")
-            return
-        self.dismiss(self._wrote)
-
     def action_combine(self) -> None:
         """Leave for the combine screen, with this input as its first adapter."""
-        if self._busy:
-            self.notify("a conversion is running; wait for it to finish", severity="warning")
+        if self._refused_while_busy():
             return
         adapters = (self._info.path,) if self._info.kind == ADAPTER else ()
         self.dismiss(self._wrote)

@@ -15,7 +15,6 @@ not flood the event loop.
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Callable
 from typing import ClassVar
 
 from rich.text import Text
@@ -23,7 +22,6 @@ from textual import on, work
 from textual.app import ComposeResult
 from textual.binding import Binding, BindingType
 from textual.containers import Horizontal, VerticalScroll
-from textual.screen import Screen
 from textual.widgets import (
     Button,
     Checkbox,
@@ -40,8 +38,8 @@ from sa3ckpt.dtypes import NAMES as DTYPE_NAMES
 from sa3ckpt.errors import OutputError
 from sa3ckpt.ops.merge import ONLY_ROOTS, MergeLedger, merge_checkpoint, preview_merge
 from sa3ckpt.ops.merge_preview import MergePreview
-from sa3ckpt.progress import ProgressCallback, ProgressEvent
 from sa3ckpt.semantics import info as semantics_info
+from tui.job_screen import JobScreen
 from tui.loading import describe_error
 from tui.merge_exclude import ExcludeList
 from tui.merge_plan import (
@@ -77,21 +75,6 @@ LEDGER_HINT = (
 )
 
 
-def throttled(report: Callable[[int, int], None]) -> ProgressCallback:
-    """A progress callback that forwards (done, total) only when the whole percent changes
-    (and at the end)."""
-    last = -1
-
-    def progress(event: ProgressEvent) -> None:
-        nonlocal last
-        percent = 100 * event.done // max(event.total, 1)
-        if percent != last or event.done == event.total:
-            last = percent
-            report(event.done, event.total)
-
-    return progress
-
-
 def _stack_key(plan: MergePlan) -> MergePlan:
     """What the semantics comparison depends on: the plan without the semantics chosen and
     the flags that only decide whether the merge may write."""
@@ -99,9 +82,14 @@ def _stack_key(plan: MergePlan) -> MergePlan:
     return dataclasses.replace(plan, output="", options=options)
 
 
-class MergeScreen(Screen[str | None]):
+class MergeScreen(JobScreen):
     """Form on top (scrolls when short), buttons, the report pane below; dismissed with the
     last file written, or None."""
+
+    JOB_RUN_BUTTON = "#run-merge"
+    JOB_PROGRESS = "#merge-progress"
+    JOB_ERROR = "#merge-error"
+    JOB_BUSY_WARNING = "a merge or preview is running; wait for it"
 
     BINDINGS: ClassVar[list[BindingType]] = [
         Binding("escape", "back", "Back", tooltip="Return to the browser"),
@@ -144,9 +132,6 @@ class MergeScreen(Screen[str | None]):
         self._base = base
         self._adapters = adapters
         self._output = output or suggested_output(base)
-        self._busy = False
-        self._running_output = ""
-        self._wrote: str | None = None
         self._preview: MergePreview | None = None
         self._previewed: MergePlan | None = None  # the form the preview was made from
         self._compared: MergePlan | None = None  # _stack_key of the compared form
@@ -362,15 +347,10 @@ class MergeScreen(Screen[str | None]):
     # --- running ----------------------------------------------------------------------
 
     def _set_busy(self, busy: bool) -> None:
+        """A preview or a merge locks all three run buttons, not only merge's."""
         self._busy = busy
         for button in ("#run-merge", "#preview-merge", "#compare-semantics"):
             self.query_one(button, Button).disabled = busy
-
-    def action_back(self) -> None:
-        if self._busy:
-            self.notify("a merge or preview is running; wait for it", severity="warning")
-            return
-        self.dismiss(self._wrote)
 
     def _checked_plan(self) -> MergePlan | None:
         try:
@@ -457,29 +437,21 @@ class MergeScreen(Screen[str | None]):
         self._sync_run_button()
 
     def _start_merge(self, plan: MergePlan) -> None:
-        self._set_busy(True)
         self._hint("")
         self.query_one("#run-hint").display = False
-        bar = self.query_one("#merge-progress", ProgressBar)
-        bar.update(total=None, progress=0)
-        bar.display = True
-        self._running_output = plan.output
-        self.query_one("#ledger-text", Static).update(Text("merging…", style="dim"))
+        self._start_job(plan.output, "merging…")
         self._merge(plan)
 
     @work(thread=True, exclusive=True, group="merge", exit_on_error=False)
     def _merge(self, plan: MergePlan) -> None:
         """Worker thread: run the merge; results and errors go back through the UI thread."""
-        report = throttled(
-            lambda done, total: self.app.call_from_thread(self._progress, done, total)
-        )
         try:
             ledger = merge_checkpoint(
                 plan.base,
                 list(plan.adapters),
                 plan.output,
                 strict=plan.options.strict,
-                progress=report,
+                progress=self._job_reporter(),
                 **plan.library_kwargs(),
             )
         except OSError as exc:  # the environment, while writing: name the output, exit-5 words
@@ -490,22 +462,16 @@ class MergeScreen(Screen[str | None]):
         else:
             self.app.call_from_thread(self._finished, ledger, None)
 
-    def _progress(self, done: int, total: int) -> None:
-        self.query_one("#merge-progress", ProgressBar).update(total=total, progress=done)
-
     def _finished(self, ledger: MergeLedger | None, error: str | None) -> None:
-        self._set_busy(False)
         self._preview = self._previewed = None  # the output exists now: a new merge re-checks
-        text = self.query_one("#ledger-text", Static)
         if ledger is None:
-            # An indeterminate bar would keep animating at "--%" as if work went on: hide it.
-            self.query_one("#merge-progress", ProgressBar).display = False
+            self._job_failed(error or "merge failed")
             self.query_one("#run-hint").display = True
-            self._show_error(error or "merge failed")
-            text.update(Text("nothing was written", style="dim"))
             self._sync_run_button()
             return
+        # Unlike convert and combine the bar is left as the last progress event set it.
+        self._set_busy(False)
         self._wrote = self._running_output
-        text.update(ledger_text(ledger))
+        self.query_one("#ledger-text", Static).update(ledger_text(ledger))
         self._sync_run_button()
         self.notify("merge finished")

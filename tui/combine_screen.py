@@ -41,7 +41,7 @@ from tui.combine_plan import (
 from tui.convert_screen import choice
 from tui.job_screen import JobScreen, failure_text
 from tui.safe_text import plain
-from tui.strength import AdapterRow
+from tui.strength import AdapterRow, add_typed_adapter
 
 DTYPE_CHOICES = (DEFAULT_DTYPE, *(n for n in DTYPE_NAMES if n != DEFAULT_DTYPE))
 WEIGHTS_NOTE = "the numbers are weights, read as the CLI reads ADAPTER:W"
@@ -166,15 +166,8 @@ class CombineScreen(JobScreen):
         self._sync()
 
     async def action_add_adapter(self) -> None:
-        field = self.query_one("#adapter-path", Input)
-        path = field.value.strip()
-        if not path:
-            self._show_error("type an adapter path first")
-            return
-        await self.query_one("#adapters").mount(AdapterRow(path))
-        field.value = ""
-        self._show_error("")
-        self._sync()
+        if await add_typed_adapter(self, self._show_error):
+            self._sync()
 
     @on(Input.Submitted, "#adapter-path")
     @on(Button.Pressed, "#add-adapter")

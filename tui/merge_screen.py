@@ -51,7 +51,7 @@ from tui.merge_plan import (
 )
 from tui.merge_report import ledger_text, preview_text, spread_text
 from tui.safe_text import plain
-from tui.strength import AdapterRow
+from tui.strength import AdapterRow, add_typed_adapter
 
 SEMANTICS_ORDER = tuple(SEMANTICS)
 # (label, value passed to the library): the first is the CLI's default (flag not given).
@@ -256,16 +256,9 @@ class MergeScreen(JobScreen):
         error.display = reason is not None
 
     async def action_add_adapter(self) -> None:
-        field = self.query_one("#adapter-path", Input)
-        path = field.value.strip()
-        if not path:
-            self._show_error("type an adapter path first")
-            return
-        await self.query_one("#adapters").mount(AdapterRow(path))
-        field.value = ""
-        self._show_error("")
-        self._sync_empty_hint()
-        self._sync_run_button()
+        if await add_typed_adapter(self, self._show_error):
+            self._sync_empty_hint()
+            self._sync_run_button()
 
     @on(Input.Submitted, "#adapter-path")
     @on(Button.Pressed, "#add-adapter")

@@ -7,6 +7,7 @@ CLI's reason under the field, and stepping lives on the arrow keys and the −/+
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any, ClassVar
 
 from textual.app import ComposeResult
@@ -14,6 +15,7 @@ from textual.binding import Binding, BindingType
 from textual.containers import Horizontal, Vertical
 from textual.message import Message
 from textual.validation import ValidationResult, Validator
+from textual.widget import Widget
 from textual.widgets import Button, Input, Static
 
 from sa3ckpt import strengths
@@ -139,3 +141,20 @@ class AdapterRow(Vertical):
             self.post_message(self.RemoveRequested(self))
         else:
             self.query_one(StrengthInput).action_step(1 if event.button.has_class("plus") else -1)
+
+
+async def add_typed_adapter(screen: Widget, show_error: Callable[[str], None]) -> bool:
+    """Mount a row for the path typed in `#adapter-path` under `#adapters` and clear the field.
+
+    The one way the merge and combine forms grow their adapter list, so both refuse an empty
+    field with the same words; False (the reason shown) when nothing was added.
+    """
+    field = screen.query_one("#adapter-path", Input)
+    path = field.value.strip()
+    if not path:
+        show_error("type an adapter path first")
+        return False
+    await screen.query_one("#adapters").mount(AdapterRow(path))
+    field.value = ""
+    show_error("")
+    return True

@@ -14,6 +14,7 @@ from __future__ import annotations
 import contextlib
 import os
 import zipfile
+import zlib
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -104,6 +105,19 @@ class BaseCheckpoint:
         self.close()
 
 
+# What zipfile raises on a damaged or unusual member, besides BadZipFile: an unsupported
+# compression method (NotImplementedError), an encrypted member (RuntimeError), a truncated
+# or corrupt deflate stream (zlib.error, EOFError). Each is a malformed file, never a traceback.
+_ZIP_MEMBER_ERRORS = (
+    ValueError,
+    OSError,
+    EOFError,
+    RuntimeError,
+    NotImplementedError,
+    zlib.error,
+    zipfile.BadZipFile,
+)
+
 _NPY_HEADER_READERS = {
     (1, 0): np.lib.format.read_array_header_1_0,
     (2, 0): np.lib.format.read_array_header_2_0,
@@ -127,7 +141,8 @@ def _npz_index(path: str) -> tuple[dict[str, BaseTensor], zipfile.ZipFile]:
                 if read_header is None:
                     raise ValueError(f"unsupported .npy version {version}")
                 shape, _fortran, dtype = read_header(f)
-        except (ValueError, OSError, zipfile.BadZipFile) as exc:
+        except _ZIP_MEMBER_ERRORS as exc:
+            archive.close()
             raise MalformedFileError(path, f"member {key!r} is not a valid .npy ({exc})") from None
         if dtype.hasobject:
             raise MalformedFileError(path, f"member {key!r} holds Python objects (refused)")
@@ -145,7 +160,7 @@ def _read_npz_member(path: str, archive: zipfile.ZipFile, key: str) -> np.ndarra
     try:
         with archive.open(f"{key}.npy") as f:
             return np.lib.format.read_array(f, allow_pickle=False)
-    except (ValueError, OSError, zipfile.BadZipFile) as exc:
+    except _ZIP_MEMBER_ERRORS as exc:
         raise MalformedFileError(path, f"member {key!r} cannot be read ({exc})") from None
 
 

@@ -26,7 +26,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from timing import median_seconds
 
 from sa3ckpt.io.safetensors import write_safetensors
-from sa3ckpt.ops.audit import audit_paths
+from sa3ckpt.ops.inspect.audit import audit_paths
 from sa3ckpt.synth import synth_adapter
 from sa3ckpt.targets import FAMILIES
 

@@ -23,7 +23,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from sa3ckpt.ops.lowrank import POWER_ITERATIONS, top_svd
+from sa3ckpt.ops.library.lowrank import POWER_ITERATIONS, top_svd
 
 SHAPES = {
     "medium to_qkv": (7680, 1536),

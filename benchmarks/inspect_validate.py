@@ -28,7 +28,7 @@ from timing import median_seconds
 
 from sa3ckpt.io.safetensors import write_safetensors
 from sa3ckpt.names import UNDERFIT_DEFAULT_INCLUDE
-from sa3ckpt.ops.inspect import inspect_path
+from sa3ckpt.ops.inspect.report import inspect_path
 from sa3ckpt.ops.validate import validate_paths
 from sa3ckpt.synth import synth_adapter
 from sa3ckpt.targets import FAMILIES

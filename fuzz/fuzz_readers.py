@@ -38,8 +38,8 @@ from sa3ckpt.io.formats import identify  # noqa: E402
 from sa3ckpt.io.legacy_pickle import looks_like_pickle  # noqa: E402
 from sa3ckpt.io.safetensors import open_safetensors  # noqa: E402
 from sa3ckpt.io.sniff import sniff_container  # noqa: E402
-from sa3ckpt.ops.checkpoint_kind import identify_kind  # noqa: E402
-from sa3ckpt.ops.inspect import inspect_file, inspect_path  # noqa: E402
+from sa3ckpt.ops.inspect.checkpoint_kind import identify_kind  # noqa: E402
+from sa3ckpt.ops.inspect.report import inspect_file, inspect_path  # noqa: E402
 from sa3ckpt.ops.validate import validate_path  # noqa: E402
 
 FIXTURES = ROOT / "fixtures" / "data"
@@ -191,7 +191,7 @@ def targets(tmp: Path) -> list[Target]:
     try:
         import gguf as _  # noqa: F401
 
-        from sa3ckpt.ops.convert import convert_adapter
+        from sa3ckpt.ops.convert.adapters import convert_adapter
 
         seed = tmp / "seed.gguf"
         convert_adapter(

@@ -1,4 +1,4 @@
-"""The audit table (`sa3ckpt.ops.audit`) and the hashes (`sa3ckpt.io.hashing`), as a library.
+"""The audit table (`sa3ckpt.ops.inspect.audit`) and hashes (`sa3ckpt.io.hashing`), as a library.
 
 Names and numbers are checked against what the test writes itself; hashes against hashlib over
 bytes sliced from the file here, by reading the safetensors length prefix independently.
@@ -16,8 +16,8 @@ import pytest
 
 from fixtures.generate import DATA_DIR
 from sa3ckpt.io.hashing import NO_SCOPE, SAFETENSORS_SCOPE, hash_path
-from sa3ckpt.ops.audit import FLAGGED, MALFORMED, OK, audit_paths, sort_rows
-from sa3ckpt.ops.audit_names import claims_in, name_claims, natural_key
+from sa3ckpt.ops.inspect.audit import FLAGGED, MALFORMED, OK, audit_paths, sort_rows
+from sa3ckpt.ops.inspect.audit_names import claims_in, name_claims, natural_key
 from tests.helpers import reference_hashes, write_adapter
 
 PEFT_RSLORA = DATA_DIR / "adapters" / "tiny-small" / "peft-rslora"

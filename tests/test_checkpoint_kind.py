@@ -10,9 +10,9 @@ from pathlib import Path
 import pytest
 
 from fixtures.generate import DATA_DIR
-from sa3ckpt.ops import checkpoint_kind as ck
-from sa3ckpt.ops.inspect import inspect_file
-from sa3ckpt.ops.inspect_report import BaseReport, InspectReport, OtherReport
+from sa3ckpt.ops.inspect import checkpoint_kind as ck
+from sa3ckpt.ops.inspect.report import inspect_file
+from sa3ckpt.ops.inspect.report_model import BaseReport, InspectReport, OtherReport
 from sa3ckpt.ops.validate import validate_path, validate_paths
 from tests.helpers import run_cli
 

@@ -31,7 +31,7 @@ from sa3ckpt.io import atomic
 from sa3ckpt.io.atomic import StagedOutput
 from sa3ckpt.io.safetensors import SafetensorsStreamWriter
 from sa3ckpt.io.sources import is_peft_dir
-from sa3ckpt.ops.convert_base import convert_base
+from sa3ckpt.ops.convert.bases import convert_base
 from sa3ckpt.synth import official_full_tensors, synth_adapter
 from sa3ckpt.targets.families import Family
 from sa3ckpt.targets.topology import Topology

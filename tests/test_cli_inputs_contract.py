@@ -19,7 +19,7 @@ from sa3ckpt.adapters.checkpoint import AdapterCheckpoint
 from sa3ckpt.adapters.formats import load_adapter
 from sa3ckpt.io.formats import CONVERT_OUTPUTS, output_suffixes
 from sa3ckpt.io.safetensors import write_safetensors
-from sa3ckpt.ops.convert import ADAPTER_TARGETS, verify
+from sa3ckpt.ops.convert.adapters import ADAPTER_TARGETS, verify
 from sa3ckpt.synth import synth_adapter
 from sa3ckpt.targets import FAMILIES
 from tests.helpers import BASE_OFFICIAL, run_cli

@@ -13,7 +13,7 @@ from fixtures.generate import DATA_DIR
 from fixtures.malformed import malformed_corpus
 from sa3ckpt.adapters.types import ADAPTER_TYPES
 from sa3ckpt.io import safetensors as st
-from sa3ckpt.ops.inspect import inspect_path
+from sa3ckpt.ops.inspect.report import inspect_path
 from tests.helpers import run_cli
 
 ADAPTERS = DATA_DIR / "adapters"

@@ -13,8 +13,8 @@ from fixtures.generate import DATA_DIR
 from sa3ckpt.adapters.checkpoint import load_checkpoint
 from sa3ckpt.errors import UsageError
 from sa3ckpt.io.safetensors import write_safetensors
-from sa3ckpt.ops.combine import combine, randomized_svd
-from sa3ckpt.ops.merge import AdapterArg
+from sa3ckpt.ops.library.combine import combine, randomized_svd
+from sa3ckpt.ops.merge.driver import AdapterArg
 from sa3ckpt.ops.validate import validate_path
 from sa3ckpt.synth import synth_adapter
 from sa3ckpt.targets import FAMILIES

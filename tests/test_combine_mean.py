@@ -13,8 +13,8 @@ from safetensors.numpy import load_file
 from sa3ckpt.adapters.checkpoint import load_checkpoint
 from sa3ckpt.errors import UsageError
 from sa3ckpt.io.safetensors import write_safetensors
-from sa3ckpt.ops.combine import combine
-from sa3ckpt.ops.merge import AdapterArg
+from sa3ckpt.ops.library.combine import combine
+from sa3ckpt.ops.merge.driver import AdapterArg
 from sa3ckpt.ops.validate import validate_path
 from sa3ckpt.synth import SynthAdapter, synth_adapter
 from sa3ckpt.targets import FAMILIES

@@ -14,8 +14,8 @@ from sa3ckpt.adapters.formats import load_adapter
 from sa3ckpt.adapters.types import ADAPTER_TYPES
 from sa3ckpt.errors import IncompatibleError, UsageError
 from sa3ckpt.io.safetensors import write_safetensors
-from sa3ckpt.ops import convert as convert_mod
-from sa3ckpt.ops.convert import PEFT_TYPES, convert_adapter
+from sa3ckpt.ops.convert import adapters as convert_mod
+from sa3ckpt.ops.convert.adapters import PEFT_TYPES, convert_adapter
 from sa3ckpt.synth import synth_adapter
 from sa3ckpt.targets import FAMILIES
 from tests.helpers import base_2d, run_cli

@@ -12,7 +12,7 @@ import pytest
 from sa3ckpt.errors import IncompatibleError, UsageError
 from sa3ckpt.io.base_checkpoint import open_base
 from sa3ckpt.io.safetensors import write_safetensors
-from sa3ckpt.ops.convert_base import BaseConvertLedger, convert_base
+from sa3ckpt.ops.convert.bases import BaseConvertLedger, convert_base
 from sa3ckpt.synth import SynthBase, synth_base
 from sa3ckpt.targets import FAMILIES
 

@@ -29,8 +29,8 @@ from sa3ckpt.io.diffusers_folder import (
 )
 from sa3ckpt.io.formats import identify
 from sa3ckpt.names import SECONDS_CONDITIONER, official_base_key, translate_base_key
-from sa3ckpt.ops.convert_base import convert_base
-from sa3ckpt.ops.merge import merge_checkpoint
+from sa3ckpt.ops.convert.bases import convert_base
+from sa3ckpt.ops.merge.driver import merge_checkpoint
 from sa3ckpt.sizes import parse_size
 from sa3ckpt.strengths import AdapterArg
 from sa3ckpt.synth import official_full_shapes, official_full_tensors, synth_adapter

@@ -28,7 +28,7 @@ from safetensors.numpy import save_file
 
 from sa3ckpt.models import load_dit
 from sa3ckpt.models.layers import fourier_frequencies
-from sa3ckpt.ops.convert_base import convert_base
+from sa3ckpt.ops.convert.bases import convert_base
 from sa3ckpt.synth import official_full_tensors
 from sa3ckpt.targets.families import Family
 from sa3ckpt.targets.topology import Topology

@@ -16,9 +16,9 @@ from safetensors.numpy import load_file, save_file
 from sa3ckpt.adapters.checkpoint import load_checkpoint
 from sa3ckpt.errors import IncompatibleError, UsageError
 from sa3ckpt.names import official_base_key
-from sa3ckpt.ops.extract import extract
-from sa3ckpt.ops.lowrank import svd_for_energy, top_svd
-from sa3ckpt.ops.merge import AdapterArg, merge_checkpoint
+from sa3ckpt.ops.library.extract import extract
+from sa3ckpt.ops.library.lowrank import svd_for_energy, top_svd
+from sa3ckpt.ops.merge.driver import AdapterArg, merge_checkpoint
 from sa3ckpt.ops.validate import validate_path
 from sa3ckpt.targets import FAMILIES
 from tests.helpers import BASE_MLX, official_base_arrays, run_cli

@@ -14,7 +14,7 @@ import pytest
 
 from fixtures.generate import DATA_DIR, OFFICIAL_XS, OFFICIAL_XS_DIR
 from sa3ckpt.io.safetensors import write_safetensors
-from sa3ckpt.ops.inspect import inspect_path
+from sa3ckpt.ops.inspect.report import inspect_path
 from sa3ckpt.ops.validate import validate_path
 from sa3ckpt.synth import synth_adapter
 from sa3ckpt.targets import FAMILIES, detect_family

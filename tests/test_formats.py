@@ -163,7 +163,7 @@ def test_reads_agree_peft(stem: str) -> None:
 
 def test_reads_agree_gguf(tmp_path: Path) -> None:
     pytest.importorskip("gguf")
-    from sa3ckpt.ops.convert import convert_adapter
+    from sa3ckpt.ops.convert.adapters import convert_adapter
 
     out = tmp_path / "a.gguf"
     convert_adapter(str(SMALL / "lora.safetensors"), str(out), to="sa3cpp", drop_conditioner=True)

@@ -166,7 +166,7 @@ def test_bases_metadata(metadata: dict) -> None:
 @given(st.data())
 def test_gguf_mutations(data) -> None:
     pytest.importorskip("gguf")
-    from sa3ckpt.ops.convert import convert_adapter
+    from sa3ckpt.ops.convert.adapters import convert_adapter
 
     with tempfile.TemporaryDirectory() as tmp:
         seed = Path(tmp) / "seed.gguf"

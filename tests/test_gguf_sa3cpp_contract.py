@@ -18,7 +18,7 @@ from fixtures.generate import DATA_DIR
 from sa3ckpt.adapters.checkpoint import save_checkpoint
 from sa3ckpt.adapters.formats import load_adapter
 from sa3ckpt.io.gguf_config import ALPHA_JSON_KV, CONFIG_KV
-from sa3ckpt.ops.convert import convert_adapter
+from sa3ckpt.ops.convert.adapters import convert_adapter
 from tests.helpers import BASE_FAMILY, BASE_OFFICIAL
 
 gguf = pytest.importorskip("gguf")

@@ -90,7 +90,7 @@ def test_a_file_as_sa3cpp_tools_write_it_passes_clean(tmp_path: Path) -> None:
 
 
 def test_our_own_writer_passes_clean(tmp_path: Path) -> None:
-    from sa3ckpt.ops.convert import convert_adapter
+    from sa3ckpt.ops.convert.adapters import convert_adapter
 
     out = tmp_path / "ours.gguf"
     convert_adapter(str(SMALL / "lora.safetensors"), str(out), to="sa3cpp", drop_conditioner=True)

@@ -9,8 +9,8 @@ from typing import Any
 
 from fixtures.generate import DATA_DIR
 from sa3ckpt.io import safetensors as st
-from sa3ckpt.ops.inspect import inspect_document, inspect_path, to_json
-from sa3ckpt.ops.inspect_report import (
+from sa3ckpt.ops.inspect.report import inspect_document, inspect_path, to_json
+from sa3ckpt.ops.inspect.report_model import (
     OMIT_NONE,
     InspectReport,
     StatsReport,

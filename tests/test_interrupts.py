@@ -19,8 +19,8 @@ from fixtures.generate import DATA_DIR
 from sa3ckpt.errors import OutputError
 from sa3ckpt.io.safetensors import SafetensorsStreamWriter, write_safetensors
 from sa3ckpt.names import official_base_key
-from sa3ckpt.ops import merge as merge_mod
-from sa3ckpt.ops.merge import AdapterArg, merge_checkpoint
+from sa3ckpt.ops.merge import driver as merge_mod
+from sa3ckpt.ops.merge.driver import AdapterArg, merge_checkpoint
 from sa3ckpt.synth import synth_adapter
 from sa3ckpt.targets import FAMILIES
 from tests.helpers import run_cli
@@ -276,7 +276,7 @@ def test_existing_output_needs_force_everywhere(tmp_path: Path) -> None:
 def test_interrupted_convert_leaves_nothing(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, to: str
 ) -> None:
-    from sa3ckpt.ops import convert as convert_mod
+    from sa3ckpt.ops.convert import adapters as convert_mod
 
     original = convert_mod.WRITERS[to]
 

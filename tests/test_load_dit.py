@@ -33,7 +33,7 @@ from fixtures.generate import DATA_DIR, FIXTURE_FAMILIES, official_full_base
 from sa3ckpt.errors import IncompatibleError, MalformedFileError, UsageError
 from sa3ckpt.models import load_dit
 from sa3ckpt.models.layers import fourier_frequencies
-from sa3ckpt.ops.convert_base import convert_base
+from sa3ckpt.ops.convert.bases import convert_base
 from sa3ckpt.synth import official_full_tensors
 from sa3ckpt.targets.families import FAMILIES, Family
 from sa3ckpt.targets.topology import Topology

@@ -19,7 +19,7 @@ from sa3ckpt.errors import IncompatibleError, UsageError
 from sa3ckpt.io.base_checkpoint import NpzStreamWriter, open_base
 from sa3ckpt.io.safetensors import read_header, write_safetensors
 from sa3ckpt.names import mlx_base_key, official_base_key
-from sa3ckpt.ops.merge import PROVENANCE_KEY, AdapterArg, merge_checkpoint
+from sa3ckpt.ops.merge.driver import PROVENANCE_KEY, AdapterArg, merge_checkpoint
 from sa3ckpt.strengths import parse_adapter_arg
 from sa3ckpt.synth import synth_adapter
 from sa3ckpt.targets import FAMILIES

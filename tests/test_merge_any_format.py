@@ -30,9 +30,9 @@ from fixtures.generate import DATA_DIR
 from sa3ckpt.adapters.formats import load_adapter
 from sa3ckpt.io.base_checkpoint import open_base
 from sa3ckpt.io.safetensors import open_safetensors
-from sa3ckpt.ops.combine import combine
-from sa3ckpt.ops.convert import convert_adapter
-from sa3ckpt.ops.merge import AdapterArg, merge_checkpoint
+from sa3ckpt.ops.convert.adapters import convert_adapter
+from sa3ckpt.ops.library.combine import combine
+from sa3ckpt.ops.merge.driver import AdapterArg, merge_checkpoint
 from tests.helpers import BASE_FAMILY, run_cli
 
 gguf = pytest.importorskip("gguf")

@@ -11,7 +11,7 @@ from fixtures.generate import DATA_DIR
 from sa3ckpt.errors import IncompatibleError, UsageError
 from sa3ckpt.io.atomic import OutputRefused
 from sa3ckpt.names.modules import SECONDS_CONDITIONER
-from sa3ckpt.ops.merge import merge_checkpoint, preview_merge
+from sa3ckpt.ops.merge.driver import merge_checkpoint, preview_merge
 from sa3ckpt.strengths import AdapterArg
 from tests.helpers import BASE_FAMILY, BASE_OFFICIAL
 

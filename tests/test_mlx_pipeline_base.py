@@ -19,7 +19,7 @@ from sa3ckpt.names.base_keys import (
     official_to_mlx_base_key,
 )
 from sa3ckpt.names.modules import SECONDS_CONDITIONER
-from sa3ckpt.ops.convert_base import convert_base
+from sa3ckpt.ops.convert.bases import convert_base
 from sa3ckpt.synth import official_full_tensors
 from sa3ckpt.targets.families import Family
 from sa3ckpt.targets.topology import Topology

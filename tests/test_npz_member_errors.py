@@ -13,7 +13,7 @@ import pytest
 
 from sa3ckpt.errors import MalformedFileError
 from sa3ckpt.io.base_checkpoint import open_base
-from sa3ckpt.ops.checkpoint_kind import identify_kind
+from sa3ckpt.ops.inspect.checkpoint_kind import identify_kind
 
 UNSUPPORTED_METHOD = 99  # no zipfile decoder: "That compression method is not supported"
 

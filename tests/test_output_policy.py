@@ -19,10 +19,10 @@ from sa3ckpt.io.atomic import (
 )
 from sa3ckpt.io.sources import is_peft_dir
 from sa3ckpt.names.modules import BLOCK_MODULE_SHORT, BLOCK_MODULES
-from sa3ckpt.ops.combine import combine
-from sa3ckpt.ops.convert import convert_adapter
-from sa3ckpt.ops.convert_base import convert_base
-from sa3ckpt.ops.merge import AdapterArg, merge_checkpoint
+from sa3ckpt.ops.convert.adapters import convert_adapter
+from sa3ckpt.ops.convert.bases import convert_base
+from sa3ckpt.ops.library.combine import combine
+from sa3ckpt.ops.merge.driver import AdapterArg, merge_checkpoint
 from sa3ckpt.sizes import human_size
 from tests.helpers import run_cli
 from tui.coverage_model import module_head

@@ -24,9 +24,9 @@ from sa3ckpt.adapters.formats import load_adapter
 from sa3ckpt.adapters.xs_bases import compute_bases, save_bases
 from sa3ckpt.errors import UsageError
 from sa3ckpt.names import official_base_key
-from sa3ckpt.ops.convert import convert_adapter
-from sa3ckpt.ops.inspect import inspect_path
-from sa3ckpt.ops.merge import AdapterArg, merge_checkpoint
+from sa3ckpt.ops.convert.adapters import convert_adapter
+from sa3ckpt.ops.inspect.report import inspect_path
+from sa3ckpt.ops.merge.driver import AdapterArg, merge_checkpoint
 from sa3ckpt.ops.validate import validate_path
 from sa3ckpt.targets import FAMILIES, Family, Target
 from tests.helpers import run_cli

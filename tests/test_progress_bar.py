@@ -15,10 +15,10 @@ from safetensors.numpy import save_file
 
 from fixtures.generate import DATA_DIR
 from sa3ckpt.cli.progress import ProgressBar, item_label
-from sa3ckpt.ops.bases import compute_bases_file
-from sa3ckpt.ops.convert_base import convert_base
-from sa3ckpt.ops.merge import AdapterArg, merge_checkpoint
-from sa3ckpt.ops.verify import PHASES, verify_merge
+from sa3ckpt.ops.convert.bases import convert_base
+from sa3ckpt.ops.library.bases import compute_bases_file
+from sa3ckpt.ops.merge.driver import AdapterArg, merge_checkpoint
+from sa3ckpt.ops.verify.verify import PHASES, verify_merge
 from sa3ckpt.progress import ProgressCounter, ProgressEvent
 from sa3ckpt.synth import official_full_tensors
 from sa3ckpt.targets import FAMILIES

@@ -15,7 +15,7 @@ import pytest
 from fixtures.generate import DATA_DIR
 from sa3ckpt.adapters.checkpoint import AdapterCheckpoint, load_checkpoint, save_checkpoint
 from sa3ckpt.errors import UsageError
-from sa3ckpt.ops.resize import resize
+from sa3ckpt.ops.library.resize import resize
 from sa3ckpt.ops.validate import validate_path
 from sa3ckpt.targets import FAMILIES
 from tests.helpers import base_2d, run_cli

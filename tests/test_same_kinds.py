@@ -11,7 +11,7 @@ from __future__ import annotations
 import pytest
 
 from sa3ckpt.models.same import SAME_L, SAME_S, SameConfig
-from sa3ckpt.ops import checkpoint_kind as ck
+from sa3ckpt.ops.inspect import checkpoint_kind as ck
 from tests.same_weights import official_tensors, to_diffusers
 
 

@@ -16,9 +16,9 @@ from sa3ckpt.adapters import tiled
 from sa3ckpt.adapters.checkpoint import load_checkpoint
 from sa3ckpt.errors import UsageError
 from sa3ckpt.names import official_base_key
-from sa3ckpt.ops import merge as merge_mod
-from sa3ckpt.ops.merge import AdapterArg, merge_checkpoint, preview_merge
-from sa3ckpt.ops.strength_map import parse_strength_map, split_entries
+from sa3ckpt.ops.merge import driver as merge_mod
+from sa3ckpt.ops.merge.driver import AdapterArg, merge_checkpoint, preview_merge
+from sa3ckpt.ops.merge.strength_map import parse_strength_map, split_entries
 from sa3ckpt.targets import FAMILIES
 from tests.helpers import TOLERANCE, base_2d, run_cli
 from tests.reference_math import REFERENCES
@@ -271,8 +271,8 @@ def test_verify_accepts_the_same_map(tmp_path: Path) -> None:
     """A merge made with a map verifies with it, and fails (naming the map) without it."""
     from safetensors.numpy import save_file
 
-    from sa3ckpt.ops.verify import verify_merge
-    from sa3ckpt.ops.verify_report import FAIL, PASS
+    from sa3ckpt.ops.verify.report import FAIL, PASS
+    from sa3ckpt.ops.verify.verify import verify_merge
     from sa3ckpt.synth import official_full_tensors
 
     base = str(tmp_path / "base.safetensors")

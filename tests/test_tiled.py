@@ -23,7 +23,7 @@ from sa3ckpt.adapters.kernels import NumpyAdapter, merge_to
 from sa3ckpt.adapters.types import ADAPTER_TYPES
 from sa3ckpt.io.safetensors import SafetensorsStreamWriter, open_safetensors
 from sa3ckpt.io.writeback import start_writeback
-from sa3ckpt.ops.merge import AdapterArg, merge_checkpoint
+from sa3ckpt.ops.merge.driver import AdapterArg, merge_checkpoint
 from tests.helpers import TOLERANCE, random_params
 from tests.reference_math import REFERENCES
 
@@ -230,7 +230,7 @@ def test_merge_file_is_the_whole_kernels(
         calls.append("tile")
         return real(*args, **kwargs)
 
-    monkeypatch.setattr("sa3ckpt.ops.merge.merge_rows", counting)
+    monkeypatch.setattr("sa3ckpt.ops.merge.driver.merge_rows", counting)
     merge_checkpoint(str(BASE), [AdapterArg(adapter, 0.8)], str(fast), dtype=dtype)
     assert calls  # the tiled kernel ran
     monkeypatch.setattr(tiled, "available", lambda: False)

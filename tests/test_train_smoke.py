@@ -31,7 +31,7 @@ from sa3ckpt.adapters.module_io import load_into, to_checkpoint
 from sa3ckpt.io.safetensors import write_safetensors
 from sa3ckpt.models import DIT_ONLY_EXCLUDE, Conditioner, DiT, load_dit, training_local_cond
 from sa3ckpt.names.base_keys import official_base_key
-from sa3ckpt.ops.merge import merge_checkpoint
+from sa3ckpt.ops.merge.driver import merge_checkpoint
 from sa3ckpt.strengths import AdapterArg
 from sa3ckpt.synth import official_full_tensors
 from sa3ckpt.targets.families import FAMILIES

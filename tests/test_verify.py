@@ -24,14 +24,14 @@ from sa3ckpt.adapters.formats import load_adapter
 from sa3ckpt.errors import IncompatibleError, MalformedFileError, UsageError
 from sa3ckpt.models import DIT_ONLY_EXCLUDE, load_dit
 from sa3ckpt.names import SECONDS_CONDITIONER
-from sa3ckpt.ops import verify_probe
 from sa3ckpt.ops.apply import apply_checkpoints
-from sa3ckpt.ops.bases import compute_bases_file
-from sa3ckpt.ops.convert_base import convert_base
-from sa3ckpt.ops.merge import merge_checkpoint
-from sa3ckpt.ops.verify import VerifyReport, verify_merge
-from sa3ckpt.ops.verify_probe import make_probe, run_probe
-from sa3ckpt.ops.verify_report import EPSILON, FAIL, INCONCLUSIVE, PASS
+from sa3ckpt.ops.convert.bases import convert_base
+from sa3ckpt.ops.library.bases import compute_bases_file
+from sa3ckpt.ops.merge.driver import merge_checkpoint
+from sa3ckpt.ops.verify import probe as verify_probe
+from sa3ckpt.ops.verify.probe import make_probe, run_probe
+from sa3ckpt.ops.verify.report import EPSILON, FAIL, INCONCLUSIVE, PASS
+from sa3ckpt.ops.verify.verify import VerifyReport, verify_merge
 from sa3ckpt.strengths import AdapterArg
 from sa3ckpt.synth import official_full_tensors
 from sa3ckpt.targets import FAMILIES

@@ -24,9 +24,9 @@ from sa3ckpt.errors import IncompatibleError, MalformedFileError
 from sa3ckpt.io.legacy_pickle import PickleRefusedError
 from sa3ckpt.io.safetensors import open_safetensors
 from sa3ckpt.names import official_base_key, to_sa3cpp_stem
-from sa3ckpt.ops import merge as merge_module
-from sa3ckpt.ops.bases import compute_bases_file
-from sa3ckpt.ops.merge import AdapterArg, merge_checkpoint
+from sa3ckpt.ops.library.bases import compute_bases_file
+from sa3ckpt.ops.merge import driver as merge_module
+from sa3ckpt.ops.merge.driver import AdapterArg, merge_checkpoint
 from sa3ckpt.targets import FAMILIES
 from tests.helpers import BASE_FAMILY, BASE_OFFICIAL, base_2d, run_cli
 

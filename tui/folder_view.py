@@ -1,7 +1,7 @@
 """The folder view: the audit table of a folder of adapters, sortable, with its checks.
 
 A folder of training runs is read in a thread worker by the library's audit table
-(`sa3ckpt.ops.audit`, header-only; `d` re-reads it with the data checks: hashes for
+(`sa3ckpt.ops.inspect.audit`, header-only; `d` re-reads it with the data checks: hashes for
 duplicates, lora_B / M_xs for zero effect), so the screen never blocks. Rows sort by step,
 rank, type, status or name with a key or a click on the column header (again: reversed),
 using the library's sort keys, so numbers sort as numbers here too. The highlighted row's
@@ -23,7 +23,7 @@ from textual.screen import Screen
 from textual.widgets import DataTable, Footer, Static
 from textual.worker import get_current_worker
 
-from sa3ckpt.ops.audit import (
+from sa3ckpt.ops.inspect.audit import (
     BASE,
     FLAGGED,
     MALFORMED,

@@ -5,7 +5,7 @@ others (a folder of downloads is inspected in one go). It is reported as malform
 text and in the JSON, with its cause on stderr, and the exit code is 3 once all are done.
 
 `-r` walks folders for adapter files and adapter folders; `--table` prints one row per adapter
-instead of one report each (the audit table, `sa3ckpt.ops.audit`): header-only unless
+instead of one report each (the audit table, `sa3ckpt.ops.inspect.audit`): header-only unless
 `--hash` (tensor-data and file sha256, the duplicate check) or `--deep` (the zero-effect
 check). Flags in the table are information, not findings: the exit code is 0, or 3 when a
 row is malformed. `--hash` without `--table` adds both hashes to each report.
@@ -23,10 +23,10 @@ from sa3ckpt.cli.render_audit import table_lines
 from sa3ckpt.errors import EXIT_OK, MalformedFileError, UsageError
 from sa3ckpt.io.formats import walk_adapter_paths
 from sa3ckpt.io.hashing import hash_path
-from sa3ckpt.ops import audit
-from sa3ckpt.ops.inspect import inspect_document, inspect_file
-from sa3ckpt.ops.inspect import to_json as inspect_to_json
-from sa3ckpt.ops.inspect_report import BaseReport, HashReport, InspectReport, OtherReport
+from sa3ckpt.ops.inspect import audit
+from sa3ckpt.ops.inspect.report import inspect_document, inspect_file
+from sa3ckpt.ops.inspect.report import to_json as inspect_to_json
+from sa3ckpt.ops.inspect.report_model import BaseReport, HashReport, InspectReport, OtherReport
 from sa3ckpt.targets import FAMILIES
 from sa3ckpt.targets.codec_families import CODEC_TARGET_FAMILIES
 from sa3ckpt.textsafe import escape_control

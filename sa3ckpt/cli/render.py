@@ -14,7 +14,7 @@ from rich.text import Text
 
 from sa3ckpt.errors import MalformedFileError
 from sa3ckpt.names.modules import short_block_module
-from sa3ckpt.ops.inspect_report import (
+from sa3ckpt.ops.inspect.report_model import (
     BaseReport,
     FamilyReport,
     InspectReport,

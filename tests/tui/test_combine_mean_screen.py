@@ -11,7 +11,7 @@ from textual.widgets import Input, RadioButton, RadioSet
 
 from sa3ckpt.adapters.formats import load_adapter
 from sa3ckpt.io.safetensors import write_safetensors
-from sa3ckpt.ops.combine import METHODS
+from sa3ckpt.ops.library.combine import METHODS
 from sa3ckpt.synth import synth_adapter
 from sa3ckpt.targets import FAMILIES
 from tests.tui.helpers import settle, static_text

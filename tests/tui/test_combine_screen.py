@@ -12,10 +12,10 @@ from textual.widgets import Checkbox, Footer, Input, RadioButton, RadioSet
 from sa3ckpt.adapters.formats import load_adapter
 from sa3ckpt.io.diffusers_folder import DEFAULT_MAX_SHARD_SIZE
 from sa3ckpt.io.formats import ADAPTER, BASE, CONVERT_OUTPUTS
-from sa3ckpt.ops.combine import METHODS, combine
-from sa3ckpt.ops.convert import ADAPTER_TARGETS
-from sa3ckpt.ops.convert_base import NAMINGS
-from sa3ckpt.ops.convert_targets import TARGETS, targets_for
+from sa3ckpt.ops.convert.adapters import ADAPTER_TARGETS
+from sa3ckpt.ops.convert.bases import NAMINGS
+from sa3ckpt.ops.convert.targets import TARGETS, targets_for
+from sa3ckpt.ops.library.combine import METHODS, combine
 from sa3ckpt.sizes import parse_size
 from sa3ckpt.strengths import AdapterArg
 from tests.tui.helpers import DATA, settle, static_text, tree_ready

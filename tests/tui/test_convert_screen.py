@@ -14,10 +14,10 @@ from textual.widgets import Checkbox, Input, ProgressBar, RadioButton, RadioSet
 from sa3ckpt.adapters.formats import load_adapter
 from sa3ckpt.io.base_checkpoint import open_base
 from sa3ckpt.io.formats import ADAPTER, BASE, CONVERT_OUTPUTS, identify
-from sa3ckpt.ops import convert as convert_module
-from sa3ckpt.ops.convert import convert_adapter
-from sa3ckpt.ops.convert_base import convert_base
-from sa3ckpt.ops.convert_targets import targets_for
+from sa3ckpt.ops.convert import adapters as convert_module
+from sa3ckpt.ops.convert.adapters import convert_adapter
+from sa3ckpt.ops.convert.bases import convert_base
+from sa3ckpt.ops.convert.targets import targets_for
 from tests.tui.helpers import DATA, settle, static_text, tree_ready
 from tui.app import Sa3ckptApp
 from tui.combine_screen import CombineScreen

@@ -14,7 +14,7 @@ import pytest
 from textual.widgets import DataTable, TabbedContent
 
 from sa3ckpt.cli import main as cli_main
-from sa3ckpt.ops.inspect_report import BlockRow
+from sa3ckpt.ops.inspect.report_model import BlockRow
 from sa3ckpt.sizes import human_size
 from sa3ckpt.targets.families import FAMILIES
 from tests.tui.helpers import DATA, settle, static_text, tree_ready

@@ -18,7 +18,7 @@ from sa3ckpt.adapters.xs_bases import svd_bases
 from sa3ckpt.io.safetensors import read_header
 from sa3ckpt.names import official_base_key
 from sa3ckpt.names.modules import SECONDS_CONDITIONER
-from sa3ckpt.ops.merge import PROVENANCE_KEY, AdapterArg, merge_checkpoint
+from sa3ckpt.ops.merge.driver import PROVENANCE_KEY, AdapterArg, merge_checkpoint
 from sa3ckpt.targets import FAMILIES
 from tests.helpers import BASE_FAMILY, base_2d
 from tests.tui.helpers import DATA, choose_in_tree, settle, static_text, tree_ready

@@ -9,7 +9,7 @@ import numpy as np
 from safetensors.numpy import load_file
 from textual.widgets import Input
 
-from sa3ckpt.ops.merge import AdapterArg, merge_checkpoint
+from sa3ckpt.ops.merge.driver import AdapterArg, merge_checkpoint
 from tests.tui.helpers import DATA, settle, static_text
 from tests.tui.test_merge_screen import BASE, DORA_COLS, DORA_ROWS, merge_form, type_into
 from tui.app import Sa3ckptApp

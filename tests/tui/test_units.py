@@ -10,8 +10,8 @@ import pytest
 from safetensors import safe_open
 from safetensors.numpy import load_file, save_file
 
-from sa3ckpt.ops.inspect import inspect_path
-from sa3ckpt.ops.inspect_report import RankReport, StatsReport, TargetStats
+from sa3ckpt.ops.inspect.report import inspect_path
+from sa3ckpt.ops.inspect.report_model import RankReport, StatsReport, TargetStats
 from sa3ckpt.strengths import StrengthError
 from sa3ckpt.strengths import parse_strength as cli_strength
 from tests.tui.helpers import settle, static_text

@@ -11,7 +11,7 @@ from textual.pilot import Pilot
 from textual.widgets import Checkbox, DataTable, Select
 
 from sa3ckpt.cli import build_parser
-from sa3ckpt.ops.checkpoint_kind import identify_kind
+from sa3ckpt.ops.inspect.checkpoint_kind import identify_kind
 from tests.helpers import run_cli
 from tests.tui.helpers import choose_in_tree, settle, static_text
 from tui import browser_screen

@@ -46,7 +46,7 @@ from sa3ckpt.adapters.xs_sources import load_xs_bases
 from sa3ckpt.errors import IncompatibleError, UsageError
 from sa3ckpt.io.atomic import check_output_path
 from sa3ckpt.io.base_checkpoint import BaseCheckpoint, open_base
-from sa3ckpt.ops.lowrank import lowrank_svd, rank_for_energy
+from sa3ckpt.ops.library.lowrank import lowrank_svd, rank_for_energy
 
 MAGNITUDE_PARAMS = ("magnitude", "magnitude_r", "magnitude_c")
 STALE_CONFIG = ("baked_norms", "norm_base")

@@ -53,12 +53,12 @@ from sa3ckpt.ops.apply import (
     merged_updates,
     runtime_key,
 )
-from sa3ckpt.ops.convert_base import plan_conversion
-from sa3ckpt.ops.exclusions import Excluded, apply_exclusions, parse_exclusions
-from sa3ckpt.ops.merge import ONLY_ROOTS, PROVENANCE_KEY, adapter_sha256
-from sa3ckpt.ops.strength_map import StrengthMap, parse_strength_map
-from sa3ckpt.ops.verify_probe import DEFAULT_FRAMES, DEFAULT_SEED, Probe, make_probe, run_probe
-from sa3ckpt.ops.verify_report import (
+from sa3ckpt.ops.convert.bases import plan_conversion
+from sa3ckpt.ops.merge.driver import ONLY_ROOTS, PROVENANCE_KEY, adapter_sha256
+from sa3ckpt.ops.merge.exclusions import Excluded, apply_exclusions, parse_exclusions
+from sa3ckpt.ops.merge.strength_map import StrengthMap, parse_strength_map
+from sa3ckpt.ops.verify.probe import DEFAULT_FRAMES, DEFAULT_SEED, Probe, make_probe, run_probe
+from sa3ckpt.ops.verify.report import (
     DEFAULT_TOLERANCE,
     EPSILON,
     FAIL,

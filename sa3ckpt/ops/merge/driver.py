@@ -57,17 +57,17 @@ from sa3ckpt.io.safetensors import SafetensorsStreamWriter
 from sa3ckpt.io.sources import PEFT_WEIGHTS
 from sa3ckpt.layout import Layout
 from sa3ckpt.names.modules import ROOTS, root_of
-from sa3ckpt.ops.compare_semantics import SemanticsComparison, target_differences
-from sa3ckpt.ops.exclusions import Excluded, apply_exclusions, parse_exclusions
-from sa3ckpt.ops.merge_preview import MergePreview
-from sa3ckpt.ops.stack_report import (
+from sa3ckpt.ops.merge.compare_semantics import SemanticsComparison, target_differences
+from sa3ckpt.ops.merge.exclusions import Excluded, apply_exclusions, parse_exclusions
+from sa3ckpt.ops.merge.preview import MergePreview
+from sa3ckpt.ops.merge.stack_report import (
     NEEDS_BASE_NORMS,
     StackMember,
     StackReport,
     base_norms_of,
     stack_report,
 )
-from sa3ckpt.ops.strength_map import TargetStrength, parse_strength_map
+from sa3ckpt.ops.merge.strength_map import TargetStrength, parse_strength_map
 from sa3ckpt.progress import ProgressCallback, ProgressCounter
 from sa3ckpt.semantics import info as semantics_info
 from sa3ckpt.strengths import AdapterArg
@@ -404,7 +404,7 @@ def _prepare(
 def _codec_route(base_path: str, adapters: Sequence[AdapterArg]) -> bool:
     """True when the base is SAME codec weights (a codec merge); refuses mixing codec
     adapters with a DiT base and DiT adapters with codec weights (exit 4, one line)."""
-    from sa3ckpt.ops.checkpoint_kind import CODEC_WEIGHTS, identify_kind
+    from sa3ckpt.ops.inspect.checkpoint_kind import CODEC_WEIGHTS, identify_kind
 
     base_kind = identify_kind(base_path)
     kinds = [(a.path, identify_kind(a.path)) for a in adapters]
@@ -456,7 +456,7 @@ def merge_checkpoint(
         raise UsageError("merge needs -o OUT (or --compare-semantics to only report)")
     codec = _codec_route(base_path, adapters)
     if codec:
-        from sa3ckpt.ops.codec_merge import merge_codec  # the codec merge builds on this one
+        from sa3ckpt.ops.codec.merge import merge_codec  # the codec merge builds on this one
 
         if only or bases_path or exclude or compare:
             raise UsageError(

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:  # merge imports this module; the ledger is only read here
-    from sa3ckpt.ops.merge import MergeLedger
+    from sa3ckpt.ops.merge.driver import MergeLedger
 
 
 @dataclass(frozen=True)

@@ -52,7 +52,7 @@ from sa3ckpt.names.modules import (
     module_info,
     to_sa3cpp_stem,
 )
-from sa3ckpt.ops.convert_diffusers import check_expressible, diffusers_conv_kernels, write_diffusers
+from sa3ckpt.ops.convert.diffusers import check_expressible, diffusers_conv_kernels, write_diffusers
 from sa3ckpt.targets.families import FAMILIES
 
 ADAPTER_TARGETS = ("sa3", "bare", "mlx", "peft", "sa3cpp", "diffusers")

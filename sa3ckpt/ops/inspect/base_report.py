@@ -12,8 +12,8 @@ import os
 from collections import Counter
 
 from sa3ckpt.io.base_checkpoint import BaseCheckpoint, open_base
-from sa3ckpt.ops.checkpoint_kind import base_kind
-from sa3ckpt.ops.inspect_report import BASE_KIND, BaseReport, FamilyReport
+from sa3ckpt.ops.inspect.checkpoint_kind import base_kind
+from sa3ckpt.ops.inspect.report_model import BASE_KIND, BaseReport, FamilyReport
 from sa3ckpt.targets.detect import FamilyDetection, detect_family
 from sa3ckpt.targets.families import FAMILIES
 

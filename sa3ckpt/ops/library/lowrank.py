@@ -18,8 +18,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from sa3ckpt.ops.combine import RANDOMIZED_ABOVE, randomized_svd
-from sa3ckpt.ops.combine import _lowrank_svd as lowrank_svd
+from sa3ckpt.ops.library.combine import RANDOMIZED_ABOVE, randomized_svd
+from sa3ckpt.ops.library.combine import _lowrank_svd as lowrank_svd
 
 EXACT = "exact"
 RANDOMISED = "randomised"

@@ -13,7 +13,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from sa3ckpt.io.formats import ADAPTER, BASE, BY_NAME, CONVERT_OUTPUTS, output_suffixes
-from sa3ckpt.ops.convert import PEFT_LAYER_OUTPUTS, PEFT_REFUSAL, PEFT_TYPES
+from sa3ckpt.ops.convert.adapters import PEFT_LAYER_OUTPUTS, PEFT_REFUSAL, PEFT_TYPES
 
 
 @dataclass(frozen=True)

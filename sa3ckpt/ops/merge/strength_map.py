@@ -25,7 +25,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from sa3ckpt.errors import UsageError
-from sa3ckpt.ops.exclusions import Exclusion, parse_exclusion
+from sa3ckpt.ops.merge.exclusions import Exclusion, parse_exclusion
 from sa3ckpt.strengths import StrengthError, parse_strength
 
 FLAG = "--strength-map"

@@ -26,7 +26,7 @@ from sa3ckpt.io.formats import open_adapter_source
 from sa3ckpt.io.safetensors import write_safetensors
 from sa3ckpt.io.sources import CONFIG_KEY, PEFT_CONFIG, PEFT_WEIGHTS
 from sa3ckpt.names.codec_keys import PEFT_WRITE, codec_key
-from sa3ckpt.ops.codec_adapter import FP32_ADVICE, CodecAdapter, analyze_codec
+from sa3ckpt.ops.codec.adapter import FP32_ADVICE, CodecAdapter, analyze_codec
 
 CODEC_TARGETS = ("sa3", "peft", "sa3cpp")
 REFUSED = {

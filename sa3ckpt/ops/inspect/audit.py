@@ -9,7 +9,7 @@ opt-in and the table says which ran (`CHECKS`):
 
 - name-rank / name-step / name-epoch (header): a file or folder name claims a number the
   content contradicts (`run-r128/` holding rank-16 files; `step=9000` in the name, 8000 in the
-  metadata). Patterns: `sa3ckpt.ops.audit_names.PATTERNS`.
+  metadata). Patterns: `sa3ckpt.ops.inspect.audit_names.PATTERNS`.
 - duplicate (`hash`): the same tensor data under different names (tensor-data sha256,
   `sa3ckpt.io.hashing`); "identical file" when the whole files are equal too.
 - zero-effect (`deep`): every lora_B / M_xs tensor is zero, as a fresh init leaves it (for
@@ -35,9 +35,9 @@ from sa3ckpt.errors import MalformedFileError
 from sa3ckpt.io.formats import identify, is_adapter_dir, open_adapter_source, walk_adapter_paths
 from sa3ckpt.io.hashing import hash_path
 from sa3ckpt.io.sources import PEFT_CONFIG, is_peft_dir, read_json
-from sa3ckpt.ops.analysis import Analysis, analyze
-from sa3ckpt.ops.audit_names import CLAIMS, NameClaims, name_claims, natural_key
-from sa3ckpt.ops.checkpoint_kind import identify_kind
+from sa3ckpt.ops.inspect.analysis import Analysis, analyze
+from sa3ckpt.ops.inspect.audit_names import CLAIMS, NameClaims, name_claims, natural_key
+from sa3ckpt.ops.inspect.checkpoint_kind import identify_kind
 
 SCHEMA_VERSION = 1
 

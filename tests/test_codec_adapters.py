@@ -14,8 +14,8 @@ from sa3ckpt.errors import IncompatibleError, UsageError
 from sa3ckpt.io.safetensors import open_safetensors, write_safetensors
 from sa3ckpt.names.codec_keys import codec_key
 from sa3ckpt.ops.codec.convert import convert_codec
-from sa3ckpt.ops.codec.merge import PROVENANCE_KEY
 from sa3ckpt.ops.inspect.report import inspect_file
+from sa3ckpt.ops.merge.codec import PROVENANCE_KEY
 from sa3ckpt.ops.merge.driver import merge_checkpoint
 from sa3ckpt.ops.validate import validate_path
 from sa3ckpt.strengths import AdapterArg

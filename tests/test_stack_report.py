@@ -25,8 +25,8 @@ from sa3ckpt.io.safetensors import read_header
 from sa3ckpt.names.modules import SECONDS_CONDITIONER
 from sa3ckpt.names.select import select
 from sa3ckpt.ops.inspect.report import inspect_path
+from sa3ckpt.ops.inspect.stack_report import PREDICTORS
 from sa3ckpt.ops.merge.driver import PROVENANCE_KEY, merge_checkpoint
-from sa3ckpt.ops.merge.stack_report import PREDICTORS
 from sa3ckpt.semantics import SEMANTICS_TABLE, help_text, markdown_table
 from sa3ckpt.strengths import AdapterArg
 from sa3ckpt.targets import FAMILIES

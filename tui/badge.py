@@ -11,7 +11,7 @@ from rich.text import Text
 from textual.reactive import reactive
 from textual.widgets import Static
 
-from sa3ckpt.ops.inspect.checkpoint_kind import KINDS, KindReport
+from sa3ckpt.ops.inspect import KINDS, KindReport
 
 # status -> (label, CSS class); unknown statuses render neutrally.
 _LOOK = {

@@ -18,7 +18,7 @@ from textual.screen import Screen
 from textual.widgets import Footer, TabbedContent, TabPane, Tabs
 from textual.worker import get_current_worker
 
-from sa3ckpt.ops.inspect.report_model import StatsReport
+from sa3ckpt.ops.inspect import StatsReport
 from sa3ckpt.ops.validate import FileResult
 from sa3ckpt.textsafe import escape_control
 from tui.after_merge import refresh_and_select, select_listed

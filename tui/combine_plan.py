@@ -11,7 +11,7 @@ import os
 from dataclasses import dataclass
 
 from sa3ckpt.dtypes import NAMES as DTYPE_NAMES
-from sa3ckpt.ops.library.combine import METHODS, RANK_FROM_INPUTS, CombineLedger, combine
+from sa3ckpt.ops.library import METHODS, RANK_FROM_INPUTS, CombineLedger, combine
 from sa3ckpt.strengths import AdapterArg, StrengthError, parse_strength
 from tui.convert_plan import PlanError
 

@@ -27,7 +27,7 @@ from textual.widgets import (
 )
 
 from sa3ckpt.dtypes import NAMES as DTYPE_NAMES
-from sa3ckpt.ops.library.combine import METHODS, CombineLedger
+from sa3ckpt.ops.library import METHODS, CombineLedger
 from tui.combine_plan import (
     DEFAULT_DTYPE,
     METHOD_NOTES,

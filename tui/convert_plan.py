@@ -15,10 +15,16 @@ from sa3ckpt.errors import Sa3ckptError, VerificationError
 from sa3ckpt.io.atomic import REFUSED_EXISTS, OutputRefused
 from sa3ckpt.io.diffusers_folder import DEFAULT_MAX_SHARD_SIZE
 from sa3ckpt.io.formats import ADAPTER, BASE, CHECKPOINT_SUFFIXES, PICKLE, identify
-from sa3ckpt.ops.convert.adapters import ConvertLedger, convert_adapter
-from sa3ckpt.ops.convert.bases import BaseConvertLedger, convert_base
-from sa3ckpt.ops.convert.targets import ConvertTarget, refused_for, targets_for
-from sa3ckpt.ops.inspect.report import inspect_path
+from sa3ckpt.ops.convert import (
+    BaseConvertLedger,
+    ConvertLedger,
+    ConvertTarget,
+    convert_adapter,
+    convert_base,
+    refused_for,
+    targets_for,
+)
+from sa3ckpt.ops.inspect import inspect_path
 from sa3ckpt.progress import ProgressCallback
 from sa3ckpt.sizes import parse_size
 

@@ -30,7 +30,7 @@ from textual.widgets import (
 from sa3ckpt.dtypes import NAMES as DTYPE_NAMES
 from sa3ckpt.errors import VerificationError
 from sa3ckpt.io.formats import ADAPTER
-from sa3ckpt.ops.convert.targets import ConvertTarget
+from sa3ckpt.ops.convert import ConvertTarget
 from tui.convert_plan import (
     DEFAULT_DTYPE,
     DEFAULT_SHARD_TEXT,

@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from rich.text import Text
 
 from sa3ckpt.names.modules import block_target, short_block_module, short_label
-from sa3ckpt.ops.inspect.report_model import CoverageMap, StatsReport
+from sa3ckpt.ops.inspect import CoverageMap, StatsReport
 
 # Column heads are the shared abbreviations of names.modules (the detail pane names them fully).
 LEGEND = "qkv/sao self-attn · caq/ckv/cao cross-attn · ff0/ff2 feed-fwd · le0/le2 local"

@@ -16,7 +16,7 @@ from textual.containers import Vertical, VerticalScroll
 from textual.coordinate import Coordinate
 from textual.widgets import DataTable, Static
 
-from sa3ckpt.ops.inspect.report_model import StatsReport
+from sa3ckpt.ops.inspect import StatsReport
 from tui.coverage_model import (
     LEGEND,
     Cell,

@@ -23,7 +23,7 @@ from textual.screen import Screen
 from textual.widgets import DataTable, Footer, Static
 from textual.worker import get_current_worker
 
-from sa3ckpt.ops.inspect.audit import (
+from sa3ckpt.ops.inspect import (
     BASE,
     FLAGGED,
     MALFORMED,

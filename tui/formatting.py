@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 
-from sa3ckpt.ops.inspect.report_model import InspectReport, RankReport
+from sa3ckpt.ops.inspect import InspectReport, RankReport
 from sa3ckpt.sizes import human_size
 
 __all__ = ["counts", "coverage_line", "human_size", "maybe", "norm", "rank_text", "shape"]

@@ -15,16 +15,19 @@ from typing import Any
 from sa3ckpt.errors import MalformedFileError, Sa3ckptError
 from sa3ckpt.io.base_checkpoint import open_base
 from sa3ckpt.io.formats import open_adapter_source
-from sa3ckpt.ops.inspect.analysis import analyze
-from sa3ckpt.ops.inspect.checkpoint_kind import (
+from sa3ckpt.ops.inspect import (
     CODEC_WEIGHTS,
     PICKLE_FILE,
     UNKNOWN,
+    InspectReport,
     KindReport,
+    OtherReport,
+    StatsReport,
+    analyze,
     identify_kind,
+    inspect_path,
+    other_report,
 )
-from sa3ckpt.ops.inspect.report import inspect_path, other_report
-from sa3ckpt.ops.inspect.report_model import InspectReport, OtherReport, StatsReport
 from sa3ckpt.ops.validate import FileResult
 from tui.paths import looks_like_base
 from tui.validation_options import ValidationOptions

@@ -24,10 +24,8 @@ from sa3ckpt.io.atomic import (
     OutputRefused,
 )
 from sa3ckpt.io.base_checkpoint import base_container_of, check_base_output
-from sa3ckpt.ops.merge.driver import ONLY_ROOTS, AdapterArg
-from sa3ckpt.ops.merge.exclusions import parse_exclusions
-from sa3ckpt.ops.merge.strength_map import parse_strength_map
-from sa3ckpt.strengths import StrengthError, parse_strength
+from sa3ckpt.ops.merge import ONLY_ROOTS, parse_exclusions, parse_strength_map
+from sa3ckpt.strengths import AdapterArg, StrengthError, parse_strength
 
 # The library's output policy decides; the form words its refusals for the form's controls.
 REFUSALS = {

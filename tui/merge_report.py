@@ -9,9 +9,7 @@ from __future__ import annotations
 
 from rich.text import Text
 
-from sa3ckpt.ops.merge.compare_semantics import SemanticsComparison
-from sa3ckpt.ops.merge.driver import MergeLedger
-from sa3ckpt.ops.merge.preview import MergePreview
+from sa3ckpt.ops.merge import MergeLedger, MergePreview, SemanticsComparison
 from tui.safe_text import plain
 
 WARNING_PREFIX = "warning: "

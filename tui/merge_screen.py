@@ -36,8 +36,7 @@ from textual.widgets import (
 from sa3ckpt.adapters.formulas import SEMANTICS
 from sa3ckpt.dtypes import NAMES as DTYPE_NAMES
 from sa3ckpt.errors import OutputError
-from sa3ckpt.ops.merge.driver import ONLY_ROOTS, MergeLedger, merge_checkpoint, preview_merge
-from sa3ckpt.ops.merge.preview import MergePreview
+from sa3ckpt.ops.merge import ONLY_ROOTS, MergeLedger, MergePreview, merge_checkpoint, preview_merge
 from sa3ckpt.semantics import info as semantics_info
 from tui.job_screen import JobScreen
 from tui.loading import describe_error

@@ -10,8 +10,7 @@ from typing import Any
 
 from rich.text import Text
 
-from sa3ckpt.ops.inspect.checkpoint_kind import KindReport
-from sa3ckpt.ops.inspect.report_model import InspectReport, OtherReport, TypeReport
+from sa3ckpt.ops.inspect import InspectReport, KindReport, OtherReport, TypeReport
 from tui.formatting import counts, coverage_line, human_size, maybe, rank_text
 from tui.safe_text import plain
 

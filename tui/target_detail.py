@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from rich.text import Text
 
-from sa3ckpt.ops.inspect.report_model import StatsReport, TargetStats
+from sa3ckpt.ops.inspect import StatsReport, TargetStats
 from tui.formatting import human_size, norm, shape
 from tui.loading import TensorRow
 from tui.safe_text import plain

@@ -18,7 +18,7 @@ from textual.message import Message
 from textual.widgets import Checkbox, DataTable, Label, Select, Static
 
 from sa3ckpt.findings import Finding
-from sa3ckpt.ops.inspect.checkpoint_kind import KindReport
+from sa3ckpt.ops.inspect import KindReport
 from sa3ckpt.ops.validate import FileResult
 from tui.badge import StatusBadge, kind_status
 from tui.safe_text import plain

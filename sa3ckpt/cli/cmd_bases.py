@@ -6,7 +6,7 @@ import argparse
 
 from sa3ckpt.cli.common import print_ledger
 from sa3ckpt.cli.progress import add_quiet, progress_bar
-from sa3ckpt.ops.library.bases import DEFAULT_RANK, compute_bases_file
+from sa3ckpt.ops.library import DEFAULT_RANK, compute_bases_file
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:

@@ -7,7 +7,7 @@ import argparse
 
 from sa3ckpt.cli.common import print_ledger
 from sa3ckpt.dtypes import NAMES as DTYPE_NAMES
-from sa3ckpt.ops.library.combine import METHODS, combine
+from sa3ckpt.ops.library import METHODS, combine
 from sa3ckpt.strengths import parse_adapter_arg
 
 

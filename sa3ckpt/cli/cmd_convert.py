@@ -12,7 +12,7 @@ from sa3ckpt.dtypes import NAMES as DTYPE_NAMES
 from sa3ckpt.errors import UsageError
 from sa3ckpt.io.diffusers_folder import DEFAULT_MAX_SHARD_SIZE
 from sa3ckpt.io.formats import is_base_checkpoint
-from sa3ckpt.ops.convert.adapters import ADAPTER_TARGETS, convert_adapter
+from sa3ckpt.ops.convert import ADAPTER_TARGETS, convert_adapter
 from sa3ckpt.sizes import parse_size
 from sa3ckpt.textsafe import escape_control
 
@@ -77,7 +77,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def is_codec_adapter(path: str) -> bool:
     """A LoRA on a SAME codec half (ops.checkpoint_kind): converted by ops.codec_convert."""
-    from sa3ckpt.ops.inspect.checkpoint_kind import identify_kind
+    from sa3ckpt.ops.inspect import identify_kind
 
     return identify_kind(path).is_codec_adapter
 
@@ -90,7 +90,7 @@ def run(args: argparse.Namespace) -> int:
                 f"{args.input} is a base checkpoint: convert it --to "
                 + ", --to ".join(BASE_TARGETS)
             )
-        from sa3ckpt.ops.convert.bases import convert_base
+        from sa3ckpt.ops.convert import convert_base
 
         with progress_bar("converting", quiet=args.quiet) as progress:
             ledger = convert_base(
@@ -104,7 +104,7 @@ def run(args: argparse.Namespace) -> int:
                 progress=progress,
             )
     elif is_codec_adapter(args.input):
-        from sa3ckpt.ops.codec.convert import convert_codec
+        from sa3ckpt.ops.codec import convert_codec
 
         codec = convert_codec(
             args.input, args.output, to=args.to, dtype=args.dtype, force=args.force

@@ -19,10 +19,11 @@ from sa3ckpt.cli.common import console
 from sa3ckpt.cli.render import print_inspect, print_validation
 from sa3ckpt.io.safetensors import SafetensorsStreamWriter, write_safetensors
 from sa3ckpt.names import official_base_key
-from sa3ckpt.ops.convert.adapters import convert_adapter
-from sa3ckpt.ops.inspect.report import inspect_path
-from sa3ckpt.ops.merge.driver import AdapterArg, merge_checkpoint
+from sa3ckpt.ops.convert import convert_adapter
+from sa3ckpt.ops.inspect import inspect_path
+from sa3ckpt.ops.merge import merge_checkpoint
 from sa3ckpt.ops.validate import validate_paths
+from sa3ckpt.strengths import AdapterArg
 from sa3ckpt.synth import synth_adapter
 from sa3ckpt.targets import FAMILIES
 from sa3ckpt.textsafe import escape_control

@@ -6,7 +6,7 @@ import argparse
 
 from sa3ckpt.cli.common import print_ledger
 from sa3ckpt.dtypes import NAMES as DTYPE_NAMES
-from sa3ckpt.ops.library.extract import DEFAULT_THRESHOLD, TYPES, extract
+from sa3ckpt.ops.library import DEFAULT_THRESHOLD, TYPES, extract
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:

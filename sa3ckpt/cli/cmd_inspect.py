@@ -23,10 +23,16 @@ from sa3ckpt.cli.render_audit import table_lines
 from sa3ckpt.errors import EXIT_OK, MalformedFileError, UsageError
 from sa3ckpt.io.formats import walk_adapter_paths
 from sa3ckpt.io.hashing import hash_path
-from sa3ckpt.ops.inspect import audit
-from sa3ckpt.ops.inspect.report import inspect_document, inspect_file
-from sa3ckpt.ops.inspect.report import to_json as inspect_to_json
-from sa3ckpt.ops.inspect.report_model import BaseReport, HashReport, InspectReport, OtherReport
+from sa3ckpt.ops.inspect import (
+    BaseReport,
+    HashReport,
+    InspectReport,
+    OtherReport,
+    audit,
+    inspect_document,
+    inspect_file,
+)
+from sa3ckpt.ops.inspect import to_json as inspect_to_json
 from sa3ckpt.targets import FAMILIES
 from sa3ckpt.targets.codec_families import CODEC_TARGET_FAMILIES
 from sa3ckpt.textsafe import escape_control

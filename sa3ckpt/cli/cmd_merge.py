@@ -9,7 +9,7 @@ from sa3ckpt.adapters.formulas import SEMANTICS
 from sa3ckpt.cli.common import print_ledger
 from sa3ckpt.cli.progress import add_quiet, progress_bar
 from sa3ckpt.dtypes import NAMES as DTYPE_NAMES
-from sa3ckpt.ops.merge.driver import ONLY_ROOTS, merge_checkpoint
+from sa3ckpt.ops.merge import ONLY_ROOTS, merge_checkpoint
 from sa3ckpt.semantics import help_text
 from sa3ckpt.strengths import parse_adapter_arg
 from sa3ckpt.textsafe import escape_control

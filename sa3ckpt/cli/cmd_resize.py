@@ -6,7 +6,7 @@ import argparse
 
 from sa3ckpt.cli.common import print_ledger
 from sa3ckpt.dtypes import NAMES as DTYPE_NAMES
-from sa3ckpt.ops.library.resize import resize
+from sa3ckpt.ops.library import resize
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:

@@ -9,9 +9,16 @@ from sa3ckpt.adapters.formulas import SEMANTICS
 from sa3ckpt.cli.common import print_ledger
 from sa3ckpt.cli.progress import add_quiet, progress_bar
 from sa3ckpt.errors import UsageError, ValidationFailed
-from sa3ckpt.ops.verify.probe import DEFAULT_FRAMES, DEFAULT_SEED
-from sa3ckpt.ops.verify.report import DEFAULT_TOLERANCE, EPSILON, INCONCLUSIVE, PASS
-from sa3ckpt.ops.verify.verify import ONLY_ROOTS, verify_merge
+from sa3ckpt.ops.merge import ONLY_ROOTS
+from sa3ckpt.ops.verify import (
+    DEFAULT_FRAMES,
+    DEFAULT_SEED,
+    DEFAULT_TOLERANCE,
+    EPSILON,
+    INCONCLUSIVE,
+    PASS,
+    verify_merge,
+)
 from sa3ckpt.semantics import help_text
 from sa3ckpt.strengths import parse_adapter_arg, parse_strength
 from sa3ckpt.textsafe import escape_control

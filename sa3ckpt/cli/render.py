@@ -14,13 +14,7 @@ from rich.text import Text
 
 from sa3ckpt.errors import MalformedFileError
 from sa3ckpt.names.modules import short_block_module
-from sa3ckpt.ops.inspect.report_model import (
-    BaseReport,
-    FamilyReport,
-    InspectReport,
-    OtherReport,
-    StatsReport,
-)
+from sa3ckpt.ops.inspect import BaseReport, FamilyReport, InspectReport, OtherReport, StatsReport
 from sa3ckpt.ops.validate import FileResult, ValidationRun
 from sa3ckpt.sizes import human_size
 from sa3ckpt.textsafe import escape_control

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
-from sa3ckpt.ops.inspect.audit import CHECKS, AuditRow, AuditTable
+from sa3ckpt.ops.inspect import CHECKS, AuditRow, AuditTable
 from sa3ckpt.sizes import human_size
 from sa3ckpt.textsafe import escape_control
 

@@ -57,7 +57,7 @@ from sa3ckpt.names.base_keys import (
     translate_base_key,
 )
 from sa3ckpt.names.modules import DIFFUSERS_DURATION_EMBEDDER, MLX_ARRAY_PREFIX
-from sa3ckpt.ops.convert.bases import TensorPlan, convert_tensor, plan_conversion
+from sa3ckpt.ops.convert import TensorPlan, convert_tensor, plan_conversion
 
 Shape = tuple[int, ...]
 _SHOWN = 5  # keys an error message names before it counts the rest

@@ -36,9 +36,8 @@ from sa3ckpt.io.legacy_pickle import PickleRefusedError
 from sa3ckpt.io.sources import AdapterSource
 from sa3ckpt.names.base_keys import mlx_base_key
 from sa3ckpt.names.modules import SECONDS_CONDITIONER
-from sa3ckpt.ops.codec.adapter import analyze_codec
-from sa3ckpt.ops.inspect.analysis import Analysis, analyze
-from sa3ckpt.ops.inspect.checkpoint_kind import PICKLE_FILE, UNKNOWN, KindReport, identify_kind
+from sa3ckpt.ops.codec import analyze_codec
+from sa3ckpt.ops.inspect import PICKLE_FILE, UNKNOWN, Analysis, KindReport, analyze, identify_kind
 from sa3ckpt.targets.codec_families import CODEC_TARGET_FAMILIES
 from sa3ckpt.targets.families import FAMILIES, family_for_base_model
 

@@ -30,7 +30,7 @@ from sa3ckpt.io.safetensors import read_header
 from sa3ckpt.io.sources import AdapterSource
 from sa3ckpt.names.base_keys import parse_base_key
 from sa3ckpt.names.modules import CONDITIONER_ROOT, DIT_ROOT
-from sa3ckpt.ops.codec.adapter import analyze_codec
+from sa3ckpt.ops.codec import analyze_codec
 from sa3ckpt.targets.codec_families import CODEC_SIZES, CODEC_TARGET_FAMILIES, CodecSize
 
 Shape = tuple[int, ...]

@@ -24,7 +24,7 @@ from sa3ckpt.errors import MalformedFileError
 from sa3ckpt.io.formats import ADAPTER, UNKNOWN, identify, open_adapter_source, sniff
 from sa3ckpt.io.sources import AdapterSource
 from sa3ckpt.names.modules import BLOCK_MODULES, block_target
-from sa3ckpt.ops.codec.adapter import analyze_codec
+from sa3ckpt.ops.codec import analyze_codec
 from sa3ckpt.ops.inspect.analysis import Analysis, analyze
 from sa3ckpt.ops.inspect.base_report import inspect_base
 from sa3ckpt.ops.inspect.checkpoint_kind import CODEC_WEIGHTS, source_kind, weights_kind
@@ -48,7 +48,7 @@ from sa3ckpt.ops.inspect.report_model import (
     UnmatchedKey,
     report_json,
 )
-from sa3ckpt.ops.merge.stack_report import StackMember, StackReport, stack_report
+from sa3ckpt.ops.inspect.stack_report import StackMember, StackReport, stack_report
 from sa3ckpt.targets.codec_families import CODEC_TARGET_FAMILIES
 from sa3ckpt.targets.families import family_for_base_model
 

@@ -14,7 +14,7 @@ from typing import Any
 
 from sa3ckpt.findings import Finding
 from sa3ckpt.ops.inspect.checkpoint_kind import KindReport
-from sa3ckpt.ops.merge.stack_report import StackReport
+from sa3ckpt.ops.inspect.stack_report import StackReport
 
 JSON = "json"  # field metadata key: a function value -> JSON value overriding the default
 OMIT_NONE = "omit_none"  # field metadata key: leave the key out of the JSON when None

@@ -37,7 +37,8 @@ from sa3ckpt.io.atomic import check_output_path
 from sa3ckpt.io.base_checkpoint import BaseCheckpoint, open_base
 from sa3ckpt.names.modules import strip_dit_root
 from sa3ckpt.ops.library.soup import check_one_run, mean_soup
-from sa3ckpt.ops.merge.driver import AdapterArg, adapter_sha256
+from sa3ckpt.ops.merge import adapter_sha256
+from sa3ckpt.strengths import AdapterArg
 
 METHODS = ("cat", "svd", "mean")
 RANK_FROM_INPUTS = ("cat", "mean")  # methods whose output rank is the inputs' (no --rank)

@@ -40,7 +40,7 @@ from sa3ckpt.errors import IncompatibleError, UsageError
 from sa3ckpt.io.atomic import check_output_path
 from sa3ckpt.io.base_checkpoint import BaseCheckpoint, open_base
 from sa3ckpt.names.modules import strip_dit_root
-from sa3ckpt.ops.inspect.base_report import base_family
+from sa3ckpt.ops.inspect import base_family
 from sa3ckpt.ops.library.lowrank import (
     RANDOMIZED_ABOVE,
     balanced_factors,

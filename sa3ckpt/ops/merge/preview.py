@@ -11,10 +11,9 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
-if TYPE_CHECKING:  # merge imports this module; the ledger is only read here
-    from sa3ckpt.ops.merge.driver import MergeLedger
+from sa3ckpt.ops.merge.ledger import MergeLedger
 
 
 @dataclass(frozen=True)

@@ -53,10 +53,17 @@ from sa3ckpt.ops.apply import (
     merged_updates,
     runtime_key,
 )
-from sa3ckpt.ops.convert.bases import plan_conversion
-from sa3ckpt.ops.merge.driver import ONLY_ROOTS, PROVENANCE_KEY, adapter_sha256
-from sa3ckpt.ops.merge.exclusions import Excluded, apply_exclusions, parse_exclusions
-from sa3ckpt.ops.merge.strength_map import StrengthMap, parse_strength_map
+from sa3ckpt.ops.convert import plan_conversion
+from sa3ckpt.ops.merge import (
+    ONLY_ROOTS,
+    PROVENANCE_KEY,
+    Excluded,
+    StrengthMap,
+    adapter_sha256,
+    apply_exclusions,
+    parse_exclusions,
+    parse_strength_map,
+)
 from sa3ckpt.ops.verify.probe import DEFAULT_FRAMES, DEFAULT_SEED, Probe, make_probe, run_probe
 from sa3ckpt.ops.verify.report import (
     DEFAULT_TOLERANCE,

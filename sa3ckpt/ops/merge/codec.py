@@ -25,17 +25,15 @@ from sa3ckpt.adapters.types import adapter_type
 from sa3ckpt.errors import IncompatibleError, UsageError
 from sa3ckpt.io.formats import open_adapter_source
 from sa3ckpt.io.safetensors import open_safetensors, write_safetensors
-from sa3ckpt.ops.codec.adapter import CodecAdapter, analyze_codec, mismatches
-from sa3ckpt.ops.inspect.checkpoint_kind import PRETRANSFORM_PREFIX, codec_family, codec_part
-from sa3ckpt.ops.merge.driver import MergeLedger, adapter_sha256
+from sa3ckpt.ops.codec import CodecAdapter, analyze_codec, mismatches
+from sa3ckpt.ops.inspect import PRETRANSFORM_PREFIX, codec_family, codec_part
+from sa3ckpt.ops.merge.ledger import PROVENANCE_KEY, MergeLedger, adapter_sha256
 from sa3ckpt.strengths import AdapterArg
 from sa3ckpt.targets.codec_families import (
     CODEC_TARGET_FAMILIES,
     CodecFamily,
     family_name,
 )
-
-PROVENANCE_KEY = "sa3ckpt_merge"
 
 
 def _prefix(keys: Sequence[str]) -> str:

@@ -303,11 +303,11 @@ def merge_checkpoint(
     """Merge adapters into a base and write `output` atomically; return the ledger.
 
     exclude: `[ADAPTER=]PATTERN` specs (`ops.merge.exclusions`). strength_map:
-    `--strength-map` values, per-target strength factors (`ops.merge.strength_map`). compare:
-    also measure how far the semantics' results are apart (`ledger.comparison`). output None
-    (only with compare) writes nothing. Under `strict`, stack-report warnings refuse the merge
-    (exit 4) before anything is written. progress: called with output bytes written so far, of all of them,
-    after each tensor (`sa3ckpt.progress`).
+    `--strength-map` values, per-target strength factors (`ops.merge.strength_map`).
+    compare: also measure how far the semantics' results are apart (`ledger.comparison`).
+    output None (only with compare) writes nothing. Under `strict`, stack-report warnings
+    refuse the merge (exit 4) before anything is written. progress: called with output bytes
+    written so far, of all of them, after each tensor (`sa3ckpt.progress`).
     """
     started = time.perf_counter()
     if output is None and not compare:

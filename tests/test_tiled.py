@@ -162,19 +162,6 @@ def test_tiles_match_the_whole_tensor_kernel_and_the_reference(
     assert err <= (TOLERANCE + rounding) * np.max(np.abs(ref))
 
 
-def test_plan_is_only_for_one_adapter_with_stored_magnitudes() -> None:
-    p = random_params("dora-rows", 6, 5, np.ones((6, 5)), 1)
-    dora = NumpyAdapter(
-        ADAPTER_TYPES["dora-rows"], 1.0, {k: v.astype(np.float32) for k, v in p.items()}
-    )
-    assert tiled.plan([(dora, 0.5)], "runtime") is not None
-    assert tiled.plan([(dora, 0.5), (dora, 1.0)], "runtime") is None  # a stack
-    assert tiled.plan([(dora, 0.0), (dora, 1.0)], "runtime") is not None  # one bypassed
-    assert tiled.plan([(dora, 0.5)], "blend") is None  # blended magnitudes
-    assert tiled.plan([(dora, 1.0)], "blend") is not None
-    assert tiled.plan([(dora, 1.0)], "delta") is None  # W0 + s (f(W0; 1) − W0)
-
-
 def test_overflow_is_reported_not_certified() -> None:
     w0 = np.full((2, 3), 60000, np.float16)
     adapter = NumpyAdapter(

@@ -168,3 +168,44 @@ def scale_to_f32(v: Any, rows: Any, cols: Any, out: Any) -> bool:
             oi[j] = o
             bad |= U32((_bits(o) & U32(0x7F800000)) == U32(0x7F800000))
     return bad == U32(0)
+
+
+@njit(nogil=True, cache=True)
+def upcast_f16(out: Any, stored: Any) -> None:
+    """out = float32(stored) for a tile; `stored` holds fp16 bits (uint16)."""
+    for i in range(out.shape[0]):
+        oi, si = out[i], stored[i]
+        for j in range(out.shape[1]):
+            oi[j] = _from_f16(si[j])
+
+
+@njit(nogil=True, cache=True)
+def upcast_bf16(out: Any, stored: Any) -> None:
+    """out = float32(stored) for a tile; `stored` holds bf16 bits (uint16)."""
+    for i in range(out.shape[0]):
+        oi, si = out[i], stored[i]
+        for j in range(out.shape[1]):
+            oi[j] = _from_bf16(si[j])
+
+
+@njit(nogil=True, cache=True)
+def add_column_squares_blocked(
+    total: Any, partial: Any, v: Any, row0: int, block: int, rows: int
+) -> None:
+    """Column sums of squares of v (rows row0.. of a `rows`-row weight) summed per block of
+    `block` rows into `partial`, each finished block added to `total`.
+
+    This is `kernels._norms_f32` of an fp16/bf16 weight along axis 0: every NORM_BLOCK rows
+    upcast, `np.einsum("ij,ij->j")` over the block, the block's sums added to the total.
+    """
+    for i in range(v.shape[0]):
+        g = row0 + i
+        if g % block == 0:
+            for j in range(v.shape[1]):
+                partial[j] = np.float32(0.0)
+        vi = v[i]
+        for j in range(v.shape[1]):
+            partial[j] = partial[j] + vi[j] * vi[j]
+        if (g + 1) % block == 0 or g + 1 == rows:
+            for j in range(v.shape[1]):
+                total[j] = total[j] + partial[j]

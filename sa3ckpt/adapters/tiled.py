@@ -1,24 +1,47 @@
-"""One adapter merged into one weight a tile of rows at a time: the streaming merge's fast path.
+"""The merge kernel: any stack of adapters, under any semantics, one tile of rows at a time.
 
-The whole-tensor NumPy kernel (`kernels`) makes several passes over a weight that leave the
-cache (GEMM, base add, norms, scale, cast) and NumPy casts fp16 element by element. Here each
-tile of rows is read from the file, finished while it is in cache (low-rank product, base
-added with its upcast fused in, row norms, scales, one rounding to the output type) and
-written out. Row-normalising types (lora, dora-rows, XS variants) take one pass; the
-column-normalising ones (dora-cols, bora) two: the first only accumulates column sums of
-squares, the second recomputes each tile and writes it.
+Every merge (DiT and codec, every container, every target kind) runs here; the whole-tensor
+NumPy kernel (`kernels`) is only the reference this one is tested against, bit for bit.
 
-Same formulas and the same float32 operations in the same order as `kernels` (the product
-from the same BLAS call on a row block, `np.einsum` row norms, column sums accumulated row
-after row as einsum does, scales multiplied before the one cast), so the output is the
-whole-tensor kernel's bit for bit on this machine; tile heights are multiples of ROW_ALIGN
-so OpenBLAS blocks a tile's rows as it blocks the whole weight's. On another BLAS the
-low-rank product may round differently in the last fp32 bit, so the tests bound the
-difference to one unit in the last place of the output type and check both against the
-float64 reference.
+Why tiles. A merge is bound by memory passes and fp16 <-> fp32 conversions, not by
+arithmetic: the whole-tensor kernel makes a pass over the full fp32 weight for the GEMM,
+the base add, each norm, each scale and the cast, and each pass leaves the cache. Here a
+tile of rows (about TILE_ELEMENTS fp32 values, 2 MB, so it and its few companion buffers
+stay in this core's cache) is read from the base, carried through the whole chain while it
+is in cache and written out once, rounded once.
 
-The fused conversions need numba (`jit_casts`); without it `plan` returns None and callers
-use the whole-tensor kernel.
+What a tile can finish alone. Row norms need whole rows: a tile has them. Column norms
+need whole columns: no tile has them. So a chain of adapters is cut at each adapter that
+needs a column statistic: a column-normalising type (dora-cols, bora, their -xs forms:
+column sums of squares of V', weighted by BoRA's squared row scales) or, under blend
+semantics, a magnitude that blends toward the column norms of the adapter's incoming weight.
+Everything such an adapter needs is a vector of fan_in sums, so one pass over the tiles
+accumulates it (and every other statistic the same cut needs), and the next pass recomputes
+each tile from the base up to the next cut with the finished vectors applied. Passes per
+target = 1 + the number of cuts: 1 for lora / dora-rows chains, 2 for one column
+normaliser, 2 for any delta stack (its terms are all taken against W0, so every column
+statistic is known after one pass). A pass that stops at a cut computes only the prefix of
+the chain up to it.
+
+Recompute, or keep the fp32 tensor? Recomputing a prefix costs a re-read of the stored tile
+(2 bytes per value from the page cache, already converted by the fused upcast) plus the
+prefix's rank-r GEMMs; keeping the state would cost writing and reading back 4 bytes per
+value through main memory (the largest medium weight is 75 MB in fp32, far outside any
+cache), which measured slower here than the rank-16 recompute (see docs/performance-merge.md),
+so passes recompute and the memory stays a few tiles per worker.
+
+Exactness. The float32 operations and their order are `kernels`' own: the low-rank product
+from the same BLAS call on a row block (tile heights are multiples of ROW_ALIGN so OpenBLAS
+blocks a tile's rows as it blocks the whole weight's), the base added with its upcast fused
+in, `np.einsum` row norms, column sums accumulated row after row as einsum does (and in
+NORM_BLOCK row blocks where `kernels` upcasts an fp16/bf16 W0 a block at a time), the
+scales applied as separate multiplies, one rounding to the output type. So the output is
+the whole-tensor kernel's bit for bit on this machine; on another BLAS the low-rank product
+may round differently in the last fp32 bit, so the tests also bound the difference to one
+unit in the last place of the output type and check both against the float64 reference.
+
+The fused conversions use numba (`jit_casts`); on an x86-64 CPU without F16C the same tile
+loop runs with NumPy conversions (same bits, slower).
 """
 
 from __future__ import annotations
@@ -26,19 +49,20 @@ from __future__ import annotations
 import platform
 import threading
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from functools import cache
 from typing import Any
 
 import numpy as np
 
-from sa3ckpt.adapters.kernels import BLEND_AXES, EPS, NumpyAdapter
+from sa3ckpt import dtypes
+from sa3ckpt.adapters.kernels import BLEND_AXES, EPS, NORM_BLOCK, NumpyAdapter
 
 TILE_ELEMENTS = 1 << 19  # elements per tile: its fp32 rows (2 MB) stay in this core's cache
 ROW_ALIGN = 96  # tile heights are multiples of OpenBLAS's sgemm row blocking (16, 24, 32, 48)
 
-# A tile source fills the buffer with stored rows [i0, i1) (or returns a view of them); a
-# sink takes the output rows starting at i0.
+# A tile source fills the buffer with canonical stored rows [i0, i1) (or returns a view of
+# them); a sink takes the output rows starting at i0.
 RowSource = Callable[[int, int, np.ndarray], np.ndarray]
 RowSink = Callable[[int, np.ndarray], None]
 
@@ -48,8 +72,8 @@ OUTPUT_CODES = ("F16", "BF16", "F32")  # output dtypes they write
 
 @cache
 def _jit() -> Any:
-    """The numba kernels (imported on first use), or None: numba missing, or an x86-64 CPU
-    without F16C, where LLVM would need a runtime library call for the fp16 conversions."""
+    """The numba kernels (imported on first use), or None on an x86-64 CPU without F16C,
+    where LLVM would need a runtime library call for the fp16 conversions."""
     try:
         import llvmlite.binding as llvm
 
@@ -64,55 +88,163 @@ def _jit() -> Any:
 
 
 def available() -> bool:
-    """Whether the tiled kernel can run here (numba importable)."""
+    """Whether the fused (numba) conversions run here; without them the tiles use NumPy's."""
     return _jit() is not None
 
 
-@dataclass(frozen=True)
-class TilePlan:
-    """What one target's tiles compute: V' = W0 + left @ right, then the type's normaliser.
+class _NumpyCasts:
+    """`jit_casts`' tile functions in NumPy: the same results, for CPUs numba cannot serve."""
 
-    left is (fan_out, r) with c·s folded in, right (r, fan_in), exactly the operands
-    `NumpyAdapter.low_rank` multiplies; mags are the magnitudes the normaliser uses.
+    @staticmethod
+    def _as(stored: np.ndarray, code: str) -> np.ndarray:
+        return stored.view(dtypes.numpy_dtype(code))
+
+    def upcast(self, code: str) -> Callable[[np.ndarray, np.ndarray], None]:
+        return lambda out, stored: np.copyto(out, self._as(stored, code), casting="unsafe")
+
+    def add(self, code: str) -> Callable[[np.ndarray, np.ndarray], None]:
+        return lambda v, stored: np.add(v, self._as(stored, code), out=v, casting="unsafe")
+
+    @staticmethod
+    def add_column_squares(acc: np.ndarray, v: np.ndarray, weights: np.ndarray) -> None:
+        for i in range(v.shape[0]):
+            acc += (v[i] * v[i]) * weights[i]
+
+    @staticmethod
+    def add_column_squares_blocked(
+        total: np.ndarray, partial: np.ndarray, v: np.ndarray, row0: int, block: int, rows: int
+    ) -> None:
+        for i in range(v.shape[0]):
+            g = row0 + i
+            if g % block == 0:
+                partial[:] = 0
+            partial += v[i] * v[i]
+            if (g + 1) % block == 0 or g + 1 == rows:
+                total += partial
+
+    def scale(self, code: str) -> Callable[..., bool]:
+        def run(v: np.ndarray, rows: np.ndarray, cols: np.ndarray, out: np.ndarray) -> bool:
+            w = (v * rows[:, None]) * cols[None, :]
+            target = out.view(dtypes.numpy_dtype(code))
+            np.copyto(target, w, casting="unsafe")
+            return bool(np.isfinite(dtypes.to_float32(target)).all())
+
+        return run
+
+
+def _f32_add(v: np.ndarray, stored: np.ndarray) -> None:
+    np.add(v, stored, out=v)
+
+
+def _f32_upcast(out: np.ndarray, stored: np.ndarray) -> None:
+    np.copyto(out, stored)
+
+
+@dataclass(frozen=True)
+class _Ops:
+    """The tile operations for one (stored, output) dtype pair."""
+
+    add: Callable[[np.ndarray, np.ndarray], None]  # v += float32(stored)
+    upcast: Callable[[np.ndarray, np.ndarray], None]  # out = float32(stored)
+    scale: Callable[..., bool]  # out = cast((v * rows) * cols), True if all finite
+    column_squares: Callable[[np.ndarray, np.ndarray, np.ndarray], None]
+    column_squares_blocked: Callable[..., None]
+
+
+def _ops(stored_code: str, out_code: str) -> _Ops:
+    jit = _jit()
+    if jit is None:
+        casts = _NumpyCasts()
+        return _Ops(
+            _f32_add if stored_code == "F32" else casts.add(stored_code),
+            _f32_upcast if stored_code == "F32" else casts.upcast(stored_code),
+            casts.scale(out_code),
+            casts.add_column_squares,
+            casts.add_column_squares_blocked,
+        )
+    return _Ops(
+        {"F16": jit.add_f16, "BF16": jit.add_bf16, "F32": _f32_add}[stored_code],
+        {"F16": jit.upcast_f16, "BF16": jit.upcast_bf16, "F32": _f32_upcast}[stored_code],
+        {"F16": jit.scale_to_f16, "BF16": jit.scale_to_bf16, "F32": jit.scale_to_f32}[out_code],
+        jit.add_column_squares,
+        jit.add_column_squares_blocked,
+    )
+
+
+@dataclass(frozen=True)
+class Step:
+    """One adapter as the tiles apply it: V' = W_in + left @ right, then its normaliser.
+
+    left is (fan_out, r) with the factor folded in (c·s in a chain and for a plain delta
+    term; c for a normalised delta term, whose strength weighs the term afterwards), right
+    (r, fan_in): exactly the operands `NumpyAdapter.low_rank` multiplies. `blend` lists the
+    magnitudes that blend toward the incoming weight's norms (name, axis), as `kernels`'
+    BLEND_AXES, empty unless blend semantics at s != 1.
     """
 
     left: np.ndarray
     right: np.ndarray
     norm: str | None
     mags: Mapping[str, np.ndarray]
+    strength: np.float32
+    blend: tuple[tuple[str, int], ...] = ()
+
+    @property
+    def needs_columns(self) -> bool:
+        """Whether this step needs a whole-column statistic (a cut in the chain)."""
+        return self.norm in ("cols", "both") or any(axis == 0 for _, axis in self.blend)
 
 
-def _active(stack: Sequence[tuple[NumpyAdapter, float]], semantics: str) -> list[Any]:
-    """The adapters that change the weight (the kernels' bypass rules)."""
-    if semantics == "delta":
-        return [(a, s) for a, s in stack if s != 0]
-    return [(a, s) for a, s in stack if not (s == 0 and a.kind.is_weight_decomposed)]
+@dataclass(frozen=True)
+class TilePlan:
+    """What one target's tiles compute: `chain` (runtime / blend) or `delta` over `steps`;
+    no steps means W0 itself (every adapter bypassed), cast to the output type."""
+
+    mode: str  # "chain" | "delta"
+    steps: tuple[Step, ...]
+
+    @property
+    def passes(self) -> int:
+        """Passes over the tiles this plan takes (1 + its cuts; a delta's cuts are one)."""
+        cuts = sum(s.needs_columns for s in self.steps)
+        return 1 + (min(cuts, 1) if self.mode == "delta" else cuts)
 
 
-def plan(stack: Sequence[tuple[NumpyAdapter, float]], semantics: str) -> TilePlan | None:
-    """The tile plan when exactly one adapter changes the weight with its stored magnitudes
-    (runtime; blend at s == 1 or without magnitudes; delta of a plain low-rank adapter);
-    None for every other case, which the whole-tensor kernel handles, and without numba."""
-    if semantics not in ("runtime", "blend", "delta") or not available():
-        return None
-    active = _active(stack, semantics)
-    if len(active) != 1:
-        return None
-    adapter, strength = active[0]
-    kind = adapter.kind
-    if semantics == "delta" and kind.is_weight_decomposed:
-        return None  # W0 + s (f(W0; 1) − W0): rounds differently from the runtime chain
-    if semantics == "blend" and strength != 1 and BLEND_AXES[kind.norm]:
-        return None  # magnitudes blended toward W0's norms: a pass the whole kernel makes
-    factor = np.float32(adapter.scale * strength)
+def _operands(adapter: NumpyAdapter, factor: float) -> tuple[np.ndarray, np.ndarray]:
+    f = np.float32(factor)
     p = adapter.params
-    if kind.xs:
+    if adapter.kind.xs:
         if "U" not in p or "V" not in p:
-            raise ValueError(f"{kind.name} needs XS bases U/V")
-        left, right = p["U"] @ (p["M_xs"] * factor), p["V"].T
-    else:
-        left, right = p["lora_B"] * factor, p["lora_A"]
-    return TilePlan(left, right, kind.norm, p)
+            raise ValueError(f"{adapter.kind.name} needs XS bases U/V")
+        return p["U"] @ (p["M_xs"] * f), p["V"].T
+    return p["lora_B"] * f, p["lora_A"]
+
+
+def plan(stack: Sequence[tuple[NumpyAdapter, float]], semantics: str) -> TilePlan:
+    """The tile plan of a target's stack under a semantics (the kernels' bypass rules:
+    runtime / blend skip a DoRA/BoRA at s == 0 exactly, delta every adapter at s == 0)."""
+    if semantics not in ("runtime", "blend", "delta"):
+        raise ValueError(f"unknown semantics {semantics!r}")
+    steps = []
+    for adapter, strength in stack:
+        kind = adapter.kind
+        if semantics == "delta":
+            if strength == 0:
+                continue
+            if kind.is_weight_decomposed:  # s (f(W0; 1) − W0)
+                left, right = _operands(adapter, adapter.scale * 1.0)
+                step = Step(left, right, kind.norm, adapter.params, np.float32(strength))
+            else:  # f(W0; 1) − W0 is exactly c ΔW: s folded into the product
+                left, right = _operands(adapter, adapter.scale * strength)
+                step = Step(left, right, None, adapter.params, np.float32(strength))
+        else:
+            if strength == 0 and kind.is_weight_decomposed:
+                continue  # exact bypass
+            left, right = _operands(adapter, adapter.scale * strength)
+            blend = BLEND_AXES[kind.norm] if semantics == "blend" and strength != 1 else ()
+            step = Step(left, right, kind.norm, adapter.params, np.float32(strength), blend)
+        steps.append(step)
+    return TilePlan("delta" if semantics == "delta" else "chain", tuple(steps))
 
 
 def tile_rows(fan_in: int) -> int:
@@ -123,6 +255,199 @@ def tile_rows(fan_in: int) -> int:
 
 class Cancelled(Exception):
     """The merge was stopped (another tensor failed, or Ctrl-C) between two tiles."""
+
+
+@dataclass
+class _Columns:
+    """The whole-column statistics of one target: finished vectors by key, and the sums
+    the current pass accumulates. Keys: ("in", k) column sums of squares of step k's
+    incoming weight (blend), ("v", k) of its V' (weighted by BoRA's squared row scales)."""
+
+    fan_in: int
+    done: dict[tuple[str, int], np.ndarray] = field(default_factory=dict)
+    sums: dict[tuple[str, int], np.ndarray] = field(default_factory=dict)
+    partial: dict[tuple[str, int], np.ndarray] = field(default_factory=dict)
+
+    def acc(self, key: tuple[str, int]) -> np.ndarray:
+        if key not in self.sums:
+            self.sums[key] = np.zeros(self.fan_in, np.float32)
+        return self.sums[key]
+
+    def block_partial(self, key: tuple[str, int]) -> np.ndarray:
+        if key not in self.partial:
+            self.partial[key] = np.zeros(self.fan_in, np.float32)
+        return self.partial[key]
+
+
+class _Target:
+    """One target's tile buffers and the chain / delta arithmetic on a tile."""
+
+    def __init__(
+        self, tile_plan: TilePlan, shape: tuple[int, int], stored_code: str, out_code: str
+    ) -> None:
+        self.plan = tile_plan
+        self.fan_out, self.fan_in = shape
+        self.height = min(tile_rows(self.fan_in), max(1, self.fan_out))
+        self.stored_code = stored_code
+        self.ops = _ops(stored_code, out_code)
+        h, n = self.height, self.fan_in
+        stored_dtype = np.float32 if stored_code == "F32" else np.uint16
+        self.stored_buf = np.empty((h, n), stored_dtype)
+        self.v = np.empty((h, n), np.float32)
+        self.tmp = np.empty((h, n), np.float32)
+        self.w0 = np.empty((h, n), np.float32)
+        self.acc = np.empty((h, n), np.float32)
+        self.out = np.empty((h, n), np.float32 if out_code == "F32" else np.uint16)
+        self.ones_rows = np.ones(h, np.float32)
+        self.ones_cols = np.ones(n, np.float32)
+        self.cols = _Columns(n)
+        # blended column magnitudes by step, once their statistic is finished
+        self.col_mags: dict[int, np.ndarray] = {}
+
+    # -- pieces shared by both modes ------------------------------------------------------
+
+    @staticmethod
+    def _row_norms(v: np.ndarray) -> np.ndarray:
+        return np.sqrt(np.einsum("ij,ij->i", v, v))
+
+    def _scales(
+        self,
+        step: Step,
+        k: int,
+        v: np.ndarray,
+        i0: int,
+        i1: int,
+        in_norms: np.ndarray | None,
+        collect: bool,
+    ) -> tuple[np.ndarray | None, np.ndarray | None, bool]:
+        """(row scale, column scale, complete) of step k on the tile v = V'_k, as
+        `kernels._scales`. in_norms: the incoming tile's row norms when a row magnitude
+        blends toward them. A column statistic not yet finished is accumulated (with
+        `collect`) and complete is False."""
+        norm = step.norm
+        rows = None
+        if norm in ("rows", "both"):
+            name = "magnitude" if norm == "rows" else "magnitude_r"
+            mag = step.mags[name][i0:i1]
+            if in_norms is not None:  # blend: n + s (m − n), n the incoming rows' norms
+                mag = in_norms + step.strength * (mag - in_norms)
+            rows = np.asarray(mag / (self._row_norms(v) + EPS), dtype=np.float32)
+        if norm not in ("cols", "both"):
+            return rows, None, True
+        key = ("v", k)
+        if key not in self.cols.done:
+            if collect:
+                weights = self.ones_rows[: i1 - i0] if rows is None else rows * rows
+                self.ops.column_squares(self.cols.acc(key), v, weights)
+            return rows, None, False
+        return rows, self.cols.done[key], True
+
+    def _in_columns(self, k: int, w_in: np.ndarray, i0: int) -> None:
+        """Accumulate the column sums of squares of step k's incoming weight (blend), the
+        way `kernels._norms_f32` takes them: in NORM_BLOCK row blocks for a non-fp32 W0."""
+        key = ("in", k)
+        if k == 0 and self.stored_code != "F32":
+            partial = self.cols.block_partial(key)
+            self.ops.column_squares_blocked(
+                self.cols.acc(key), partial, w_in, i0, NORM_BLOCK, self.fan_out
+            )
+        else:
+            self.ops.column_squares(self.cols.acc(key), w_in, self.ones_rows[: len(w_in)])
+
+    def finish_pass(self) -> None:
+        """Turn the sums of the pass just made into finished statistics: first the blended
+        column magnitudes (n + s (m − n), n = W_in's column norms), then the column scales
+        m / (‖V' column‖ + eps) that use them."""
+        sums = self.cols.sums
+        for (what, k), acc in sums.items():
+            if what == "in":
+                step = self.plan.steps[k]
+                name = "magnitude" if step.norm == "cols" else "magnitude_c"
+                n = np.sqrt(acc)
+                self.col_mags[k] = n + step.strength * (step.mags[name] - n)
+                self.cols.done[(what, k)] = n
+        for (what, k), acc in sums.items():
+            if what == "v":
+                step = self.plan.steps[k]
+                name = "magnitude" if step.norm == "cols" else "magnitude_c"
+                blended = (name, 0) in step.blend
+                mag = self.col_mags[k] if blended else step.mags[name]
+                self.cols.done[(what, k)] = np.asarray(mag / (np.sqrt(acc) + EPS), np.float32)
+        sums.clear()
+        self.cols.partial.clear()
+
+    # -- the two modes ----------------------------------------------------------------------
+
+    def chain_tile(
+        self, stored: np.ndarray, i0: int, i1: int
+    ) -> tuple[np.ndarray, np.ndarray | None, np.ndarray | None] | None:
+        """W_n = f_n(... f_1(W0)) of one tile, the last step's scales pending: (v, rows,
+        cols), or None when the pass stops at a cut (its statistics accumulated)."""
+        n = i1 - i0
+        v, tmp = self.v[:n], self.tmp[:n]
+        rows = cols = None
+        last = len(self.plan.steps) - 1
+        for k, step in enumerate(self.plan.steps):
+            if k > 0:  # the previous normaliser's scales, as `kernels._apply`
+                if rows is not None:
+                    v *= rows[:, None]
+                if cols is not None:
+                    v *= cols[None, :]
+            w_in = v
+            if step.blend and k == 0:
+                w_in = self.w0[:n]
+                self.ops.upcast(w_in, stored)
+            blocked = False
+            if any(axis == 0 for _, axis in step.blend) and ("in", k) not in self.cols.done:
+                self._in_columns(k, w_in, i0)
+                blocked = True
+            in_norms = None
+            if any(axis == 1 for _, axis in step.blend):  # before V' overwrites v
+                in_norms = self._row_norms(w_in)
+            if k == 0:
+                np.matmul(step.left[i0:i1], step.right, out=v)
+                self.ops.add(v, stored)
+            else:
+                np.matmul(step.left[i0:i1], step.right, out=tmp)
+                v += tmp
+            # a cut's V' column sums are taken in the same pass as its W_in column sums
+            rows, cols, complete = self._scales(step, k, v, i0, i1, in_norms, True)
+            if blocked or not complete:
+                return None
+            if k == last:
+                return v, rows, cols
+        raise AssertionError("a chain without steps")
+
+    def delta_tile(self, stored: np.ndarray, i0: int, i1: int) -> np.ndarray | None:
+        """W0 + Σ s_i (f_i(W0; 1) − W0) of one tile, as `kernels.delta_pending`; None
+        when the pass only accumulates the normalised terms' column statistics."""
+        n = i1 - i0
+        v, acc, w0 = self.v[:n], self.acc[:n], self.w0[:n]
+        self.ops.upcast(w0, stored)
+        complete = all(("v", k) in self.cols.done or s.norm not in ("cols", "both")
+                       for k, s in enumerate(self.plan.steps))  # fmt: skip
+        first = True
+        for k, step in enumerate(self.plan.steps):
+            if not complete and step.norm not in ("cols", "both"):
+                continue  # this pass only collects column statistics
+            np.matmul(step.left[i0:i1], step.right, out=v)
+            if step.norm is not None:  # f(W0; 1) − W0, weighted by s
+                self.ops.add(v, stored)
+                rows, cols, _ = self._scales(step, k, v, i0, i1, None, not complete)
+                if not complete:
+                    continue
+                if rows is not None:
+                    v *= rows[:, None]
+                if cols is not None:
+                    v *= cols[None, :]
+                v -= w0
+                v *= step.strength
+            if first:
+                np.add(v, w0, out=acc)
+                first = False
+            else:
+                acc += v
+        return acc if complete else None
 
 
 def merge_rows(
@@ -137,63 +462,73 @@ def merge_rows(
     """Merge one target tile by tile; True when every output value is finite.
 
     stored_code / out_code: the base's and the output's dtype codes (STORED_CODES /
-    OUTPUT_CODES). `stop` is checked between tiles (raises Cancelled).
+    OUTPUT_CODES). The source is read once per pass (`TilePlan.passes`); the sink receives
+    each output tile once, in the last pass. `stop` is checked between tiles (raises
+    Cancelled).
     """
-    jit = _jit()
-    fan_out, fan_in = shape
-    height = min(tile_rows(fan_in), max(1, fan_out))
-    stored_dtype = {"F16": np.uint16, "BF16": np.uint16, "F32": np.float32}[stored_code]
-    stored_buf = np.empty((height, fan_in), stored_dtype)
-    v_buf = np.empty((height, fan_in), np.float32)
-    out_buf = np.empty((height, fan_in), np.float32 if out_code == "F32" else np.uint16)
-    add = {"F16": jit.add_f16, "BF16": jit.add_bf16, "F32": _add_f32}[stored_code]
-    scale = {"F16": jit.scale_to_f16, "BF16": jit.scale_to_bf16, "F32": jit.scale_to_f32}[out_code]
-    ones_rows, ones_cols = np.ones(height, np.float32), np.ones(fan_in, np.float32)
-    norm, mags = tile_plan.norm, tile_plan.mags
-
-    def v_tile(i0: int, i1: int) -> np.ndarray:
-        if stop is not None and stop.is_set():
-            raise Cancelled
-        n = i1 - i0
-        stored = source(i0, i1, stored_buf[:n])
-        v = v_buf[:n]
-        np.matmul(tile_plan.left[i0:i1], tile_plan.right, out=v)
-        add(v, stored)
-        return v
-
-    def row_scale(v: np.ndarray, i0: int, i1: int, name: str) -> np.ndarray:
-        norms = np.sqrt(np.einsum("ij,ij->i", v, v))
-        return np.asarray(mags[name][i0:i1] / (norms + EPS), dtype=np.float32)
-
-    starts = range(0, fan_out, height)
-    cols = ones_cols
+    t = _Target(tile_plan, shape, stored_code, out_code)
+    starts = range(0, t.fan_out, t.height)
+    finite = True
     with np.errstate(all="ignore"):
-        if norm in ("cols", "both"):
-            acc = np.zeros(fan_in, np.float32)
+        while True:
+            wrote = stopped = False
             for i0 in starts:
-                i1 = min(i0 + height, fan_out)
-                v = v_tile(i0, i1)
-                if norm == "both":
-                    rows = row_scale(v, i0, i1, "magnitude_r")
-                    weights = rows * rows
+                if stop is not None and stop.is_set():
+                    raise Cancelled
+                i1 = min(i0 + t.height, t.fan_out)
+                n = i1 - i0
+                stored = source(i0, i1, t.stored_buf[:n])
+                out = t.out[:n]
+                if not tile_plan.steps:  # every adapter bypassed: W0, cast
+                    t.ops.upcast(t.v[:n], stored)
+                    finite &= bool(t.ops.scale(t.v[:n], t.ones_rows[:n], t.ones_cols, out))
+                elif tile_plan.mode == "delta":
+                    acc = t.delta_tile(stored, i0, i1)
+                    if acc is None:
+                        stopped = True
+                        continue
+                    finite &= bool(t.ops.scale(acc, t.ones_rows[:n], t.ones_cols, out))
                 else:
-                    weights = ones_rows[: i1 - i0]
-                jit.add_column_squares(acc, v, weights)
-            name = "magnitude" if norm == "cols" else "magnitude_c"
-            cols = np.asarray(mags[name] / (np.sqrt(acc) + EPS), dtype=np.float32)
-        finite = True
-        for i0 in starts:
-            i1 = min(i0 + height, fan_out)
-            v = v_tile(i0, i1)
-            if norm in ("rows", "both"):
-                rows = row_scale(v, i0, i1, "magnitude" if norm == "rows" else "magnitude_r")
-            else:
-                rows = ones_rows[: i1 - i0]
-            out = out_buf[: i1 - i0]
-            finite &= bool(scale(v, rows, cols, out))
-            sink(i0, out)
-    return finite
+                    got = t.chain_tile(stored, i0, i1)
+                    if got is None:
+                        stopped = True
+                        continue
+                    v, rows, cols = got
+                    rows = t.ones_rows[:n] if rows is None else rows
+                    cols = t.ones_cols if cols is None else cols
+                    finite &= bool(t.ops.scale(v, rows, cols, out))
+                wrote = True
+                sink(i0, out)
+            if not stopped:
+                return finite
+            if wrote:  # a cut is the same for every tile: a pass stops all or none
+                raise AssertionError("a tile pass both stopped and wrote")
+            t.finish_pass()
 
 
-def _add_f32(v: np.ndarray, stored: np.ndarray) -> None:
-    np.add(v, stored, out=v)
+def merge_array(
+    w2d: np.ndarray,
+    stack: Sequence[tuple[NumpyAdapter, float]],
+    semantics: str,
+    out_code: str,
+    stop: threading.Event | None = None,
+) -> tuple[np.ndarray, bool]:
+    """(merged canonical 2-D weight in dtype `out_code`, all values finite) of an in-memory
+    W0: the tiles read from the array and write into the result."""
+    stored_code = dtypes.code_for(w2d.dtype)
+    if stored_code not in STORED_CODES:
+        w2d, stored_code = dtypes.to_float32(w2d), "F32"
+    w2d = np.ascontiguousarray(w2d)
+    view = w2d if stored_code == "F32" else w2d.view(np.uint16)
+    result = np.empty(w2d.shape, dtypes.numpy_dtype(out_code))
+    bits = result if out_code == "F32" else result.view(np.uint16)
+    shape = (int(w2d.shape[0]), int(w2d.shape[1]))
+
+    def sink(i0: int, rows: np.ndarray) -> None:
+        bits[i0 : i0 + len(rows)] = rows
+
+    finite = merge_rows(
+        plan(stack, semantics), shape, stored_code, out_code,
+        lambda i0, i1, _buf: view[i0:i1], sink, stop,
+    )  # fmt: skip
+    return result, finite

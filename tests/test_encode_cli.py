@@ -319,16 +319,18 @@ def test_fp16_run_is_close_to_fp32(audio: Path, tmp_path: Path) -> None:
     assert {c["reason"] for c in doc["clips"]} == {"re-encoded: dtype changed"}
 
 
-def test_the_readme_example_prints_what_the_readme_shows(
+def test_the_docs_example_prints_what_the_docs_show(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """The README's encode example, run from a scratch repository root, prints its block."""
+    """The encode page's first example, run from a scratch repository root, prints its block."""
     import re
 
-    readme = (Path(__file__).resolve().parent.parent / "README.md").read_text(encoding="utf-8")
-    section = readme[readme.index("### `sa3ckpt encode AUDIO_DIR") :]
-    block = re.search(r"^```\n\$ sa3ckpt (encode .*?)\n(.*?)^```$", section, flags=re.S | re.M)
-    assert block, "the README's encode section has no example"
+    root = Path(__file__).resolve().parent.parent
+    section = (root / "docs" / "commands" / "encode.md").read_text(encoding="utf-8")
+    block = re.search(
+        r"^```(?:console)?\n\$ sa3ckpt (encode .*?)\n(.*?)^```$", section, flags=re.S | re.M
+    )
+    assert block, "the encode page has no example"
     (tmp_path / "fixtures").symlink_to(DATA_DIR.parent, target_is_directory=True)
     monkeypatch.chdir(tmp_path)
     root = str(DATA_DIR.parent.parent)

@@ -108,13 +108,13 @@ def test_exit_codes_come_from_the_error_classes() -> None:
     assert (EXIT_OK, ValidationFailed.exit_code, MalformedFileError.exit_code) == (0, 1, 3)
 
 
-README = PACKAGE.parent / "README.md"
+VALIDATE_PAGE = PACKAGE.parent / "docs" / "commands" / "validate.md"
 README_ROW = re.compile(r"^\| (`[a-z0-9-]+`(?: / `[a-z0-9-]+`)*) \| (error|warning|info)\b")
 
 
 def _readme_rule_rows() -> dict[str, str]:
-    """validate's rule table in the README: rule id -> severity."""
-    text = README.read_text(encoding="utf-8")
+    """validate's rule table in its docs page: rule id -> severity."""
+    text = VALIDATE_PAGE.read_text(encoding="utf-8")
     table = text.split("| rule | severity | fires when |", 1)[1].split("\n\n", 1)[0]
     rows: dict[str, str] = {}
     for line in table.splitlines():
@@ -126,7 +126,8 @@ def _readme_rule_rows() -> dict[str, str]:
 
 
 def test_readme_rule_table_is_the_rule_table() -> None:
-    """Every rule validate reports has a README row with its severity, and nothing else does
+    """Every rule validate reports has a row in validate's docs page with its severity, and
+    nothing else does
     (rules reported under a broader id, like mixed-types, are that id's row)."""
     reported = {r.id: r.severity for r in RULES.values() if r.reported_as is None}
     assert _readme_rule_rows() == reported

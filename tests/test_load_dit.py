@@ -675,18 +675,18 @@ def test_committed_complete_bases_load(family: str) -> None:
     assert out.shape == (2, top.io_channels, 6) and bool(mx.all(mx.isfinite(out)))
 
 
-def test_the_readme_example_runs_and_prints_its_ledger(
+def test_the_docs_example_runs_and_prints_its_ledger(
     monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    """The README's load_dit block, run as written from the repository root: its printed
-    ledger is the one in its comments."""
+    """The load_dit block of the models page, run as written from the repository root: its
+    printed ledger is the one in its comments."""
     root = Path(__file__).resolve().parents[1]
-    readme = (root / "README.md").read_text(encoding="utf-8")
-    section = readme[readme.index("## Loading a DiT") :]
+    page = (root / "docs" / "library" / "models.md").read_text(encoding="utf-8")
+    section = page[page.index("## Loading a DiT") :]
     block = section[section.index("```python\n") + len("```python\n") : section.index("\n```\n")]
     monkeypatch.chdir(root)
     namespace: dict[str, Any] = {}
-    exec(compile(block, "README.md", "exec"), namespace)
+    exec(compile(block, "docs/library/models.md", "exec"), namespace)
     printed = capsys.readouterr().out.splitlines()
     documented = [line[2:] for line in block.splitlines() if line.startswith("# ")]
     assert printed == documented

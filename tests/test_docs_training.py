@@ -1,6 +1,6 @@
-"""The README's training example runs as written, so it cannot rot.
+"""The training guide's example runs as written, so it cannot rot.
 
-The README's "Training (MLX)" section starts from audio: its `sa3ckpt encode` command is run
+The guide (docs/guides/training-mlx.md) starts from audio: its `sa3ckpt encode` command is run
 on the bundled clips, then its python block is executed unchanged on the latents it wrote, in
 a scratch folder that looks like the repository root (its `fixtures` is the repository's), so
 the files land in the scratch folder. Then what it claims is checked: the batch is the
@@ -28,26 +28,25 @@ from sa3ckpt.adapters.injection import adapter_modules, trainable_parameters
 from tests.helpers import run_cli
 
 ROOT = Path(__file__).resolve().parent.parent
-SECTION = "## Training (MLX)\n"
+GUIDE = ROOT / "docs" / "guides" / "training-mlx.md"
 
 
-def training_section(readme: Path = ROOT / "README.md") -> str:
-    text = readme.read_text(encoding="utf-8")
-    section = text[text.index(SECTION) :]
-    return section[: section.find("\n## ", len(SECTION))]
+def training_section(page: Path = GUIDE) -> str:
+    """The guide's text (the whole page is the training section)."""
+    return page.read_text(encoding="utf-8")
 
 
-def training_example(readme: Path = ROOT / "README.md") -> str:
-    """The first python code block of the README's training section."""
-    found = re.search(r"^```python\n(.*?)^```$", training_section(readme), flags=re.S | re.M)
-    assert found, "the README's training section has no python block"
+def training_example(page: Path = GUIDE) -> str:
+    """The first python code block of the training guide."""
+    found = re.search(r"^```python\n(.*?)^```$", training_section(page), flags=re.S | re.M)
+    assert found, "the training guide has no python block"
     return found.group(1)
 
 
-def encode_command(readme: Path = ROOT / "README.md") -> list[str]:
+def encode_command(page: Path = GUIDE) -> list[str]:
     """The arguments of the section's `$ sa3ckpt encode ...` line (the example's first step)."""
-    found = re.search(r"^\$ sa3ckpt (encode .*)$", training_section(readme), flags=re.M)
-    assert found, "the README's training section does not start from audio (no encode line)"
+    found = re.search(r"^\$ sa3ckpt (encode .*)$", training_section(page), flags=re.M)
+    assert found, "the training guide does not start from audio (no encode line)"
     return shlex.split(found.group(1))
 
 
@@ -70,8 +69,11 @@ def ran(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> dict[str, Any]:
         env=env,
     )
     assert encoded.returncode == 0, encoded.stdout + encoded.stderr
-    namespace: dict[str, Any] = {"__name__": "readme_training"}
-    exec(compile(training_example(), "README.md (training example)", "exec"), namespace)
+    namespace: dict[str, Any] = {"__name__": "docs_training"}
+    exec(
+        compile(training_example(), "docs/guides/training-mlx.md (training example)", "exec"),
+        namespace,
+    )
     return namespace
 
 
@@ -82,8 +84,8 @@ def test_example_uses_the_real_loader_on_the_bundled_base() -> None:
     assert base and (ROOT / base.group(1)).is_file(), "the example's base file is missing"
 
 
-def test_readme_training_example_runs_as_written(ran: dict[str, Any], tmp_path: Path) -> None:
-    batch = ran["batch"]  # the bundled clips, encoded by the README's command
+def test_docs_training_example_runs_as_written(ran: dict[str, Any], tmp_path: Path) -> None:
+    batch = ran["batch"]  # the bundled clips, encoded by the guide's command
     assert [Path(p).name for p in batch.paths] == [
         "chirp-mono.safetensors",
         "tone-48k.safetensors",

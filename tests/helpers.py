@@ -34,6 +34,32 @@ def run_cli(*args: str) -> subprocess.CompletedProcess[str]:
     )
 
 
+# --- children that are sent signals ----------------------------------------------------------
+
+# A child inherits an ignored SIGINT (a shell's `&` background job ignores it, and Python then
+# never installs its KeyboardInterrupt handler), so a test that signals a child sets the
+# dispositions it tests first, as a foreground shell would have them: SIGINT raises
+# KeyboardInterrupt, SIGTERM is at its default (the CLI installs its own). The suite then
+# passes however it is started (foreground, background job, nohup).
+FOREGROUND_SIGNALS = (
+    "import signal\n"
+    "signal.signal(signal.SIGINT, signal.default_int_handler)\n"
+    "signal.signal(signal.SIGTERM, signal.SIG_DFL)\n"
+)
+
+
+def foreground_python(code: str, *args: str) -> list[str]:
+    """The argv of `python -c CODE ARGS` with FOREGROUND_SIGNALS set before CODE runs."""
+    return [sys.executable, "-c", FOREGROUND_SIGNALS + code, *args]
+
+
+def foreground_cli(*args: str) -> list[str]:
+    """The argv of `python -m sa3ckpt ARGS` with FOREGROUND_SIGNALS set first."""
+    return foreground_python(
+        "import sys\nfrom sa3ckpt.cli import main\nsys.exit(main(sys.argv[1:]))", *args
+    )
+
+
 # --- the tiny-small base ---------------------------------------------------------------------
 
 BASE_FAMILY = "tiny-small"  # Conv1d k=3 in both official (out,in,k) and MLX (out,k,in) layouts

@@ -23,7 +23,7 @@ from sa3ckpt.ops.merge import driver as merge_mod
 from sa3ckpt.ops.merge.driver import AdapterArg, merge_checkpoint
 from sa3ckpt.synth import synth_adapter
 from sa3ckpt.targets import FAMILIES
-from tests.helpers import run_cli
+from tests.helpers import foreground_cli, foreground_python, run_cli
 
 ADAPTER = str(DATA_DIR / "adapters" / "tiny-small" / "dora-rows.safetensors")
 BASE = str(DATA_DIR / "bases" / "tiny-small.official.safetensors")
@@ -53,16 +53,7 @@ def test_signal_mid_merge_leaves_nothing(tmp_path: Path, slow_job, sig) -> None:
     out_dir = tmp_path / "out"
     out_dir.mkdir()
     proc = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "sa3ckpt",
-            "merge",
-            str(base),
-            str(adapter),
-            "-o",
-            str(out_dir / "m.safetensors"),
-        ],
+        foreground_cli("merge", str(base), str(adapter), "-o", str(out_dir / "m.safetensors")),
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,
@@ -164,7 +155,7 @@ def test_sigterm_at_any_moment_of_a_write_leaves_no_temp_file(tmp_path: Path) ->
     """
     rounds = 200
     proc = subprocess.Popen(
-        [sys.executable, "-c", STORM_CHILD, str(tmp_path), str(rounds)],
+        foreground_python(STORM_CHILD, str(tmp_path), str(rounds)),
         stdin=subprocess.DEVNULL,
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,

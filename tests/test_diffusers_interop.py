@@ -194,8 +194,6 @@ def test_converted_adapter_fused_by_diffusers_equals_sa3ckpt_merge(
 
     out = tmp_path / "diffusers-lora"
     xs = ["--base", str(base)] if type_name.endswith("-xs") else []  # U, V from the base's SVD
-    if type_name == "dora-rows-xs":  # no family table here to tell the magnitudes' orientation
-        xs += ["--dora-variant", "rows"]
     _ok("convert", str(adapter), "-o", str(out), "--to", "diffusers", "--dtype", "fp32",
         "--include-conditioner", *xs)  # fmt: skip
     merged_path = tmp_path / "merged.safetensors"

@@ -19,6 +19,12 @@ import numpy as np
 from sa3ckpt import dtypes
 from sa3ckpt.adapters.config import CONFIG_KEY, ConfigError, LoraConfig
 from sa3ckpt.adapters.detect import TypeDetection, detect_type
+from sa3ckpt.adapters.family_fans import (
+    agreed_fans,
+    checked_families,
+    detect_shapes_family,
+    expected_targets,
+)
 from sa3ckpt.adapters.formulas import TargetAdapter
 from sa3ckpt.adapters.kernels import NumpyAdapter
 from sa3ckpt.adapters.types import AdapterType, adapter_type
@@ -32,7 +38,6 @@ from sa3ckpt.names.adapter_keys import (
     format_adapter_key,
     group_adapter_keys,
 )
-from sa3ckpt.targets.families import family_for_base_model
 
 # Dialects whose files carry `lora_config` metadata and load directly (PEFT directories and
 # sa3.cpp GGUF go through `convert`).
@@ -192,27 +197,31 @@ def _squeeze_magnitudes(grouped: dict[str, dict[str, np.ndarray]], ledger: LoadL
             ledger.repairs.append(f"{target}: 2-D {name} {tuple(value.shape)} squeezed to 1-D")
 
 
-def _detect(grouped: Mapping[str, Mapping[str, np.ndarray]], config: LoraConfig) -> TypeDetection:
+def _detect(
+    grouped: Mapping[str, Mapping[str, np.ndarray]], config: LoraConfig, dialect: str
+) -> TypeDetection:
     """Type detection; XS magnitudes need fans, which only a family's target table knows.
 
-    When the tensors alone cannot tell rows from cols (orientation open), the family the
-    config's `base_model` names supplies (fan_out, fan_in) — only that one: target names are
-    shared by every family, so guessing a table from names alone could pick wrong sizes.
-    Without it the claimed type decides (with the ambiguity recorded as a finding).
+    When the tensors alone cannot tell rows from cols (orientation open), the family is
+    detected from the shapes as inspect and validate detect it (`family_fans`: base_model
+    and the include/exclude selection break ties), and the fans every remaining family
+    agrees on are tried; without them the claimed type decides (detect_type records when
+    nothing did: `orientation_guessed`).
     """
     shapes = {t: {p: tuple(a.shape) for p, a in params.items()} for t, params in grouped.items()}
     detection = detect_type(shapes, config.adapter_type)
     if not detection.orientation_open:
         return detection
-    fam = family_for_base_model(config.base_model) if config.base_model else None
-    if fam is not None and all(t in fam.by_name for t in grouped):
-        candidate = detect_type(
-            shapes, config.adapter_type, {t: fam.by_name[t].shape for t in grouped}
-        )
+    family = detect_shapes_family(
+        shapes, config.base_model, lambda fam: expected_targets(fam, config, dialect)
+    )
+    families = checked_families(family)
+    fans = agreed_fans(families, grouped) if families else {}
+    if fans:
+        candidate = detect_type(shapes, config.adapter_type, fans)
         if candidate.from_tensors is not None:
-            candidate.evidence.append(
-                f"fans from the {fam.name} table (base_model {config.base_model!r})"
-            )
+            names = ", ".join(fam.name for fam in families)
+            candidate.evidence.append(f"fans from the {names} target table")
             return candidate
     return detection
 
@@ -251,7 +260,7 @@ def checkpoint_from_raw(
         _squeeze_magnitudes(grouped, ledger)
     except ValueError as exc:
         raise MalformedFileError(path, str(exc)) from None
-    detection = _detect(grouped, config)
+    detection = _detect(grouped, config, guess.dialect)
     fatal = [
         f for f in detection.findings if f.severity == "error" and f.rule != "type-disagreement"
     ]

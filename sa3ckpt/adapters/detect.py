@@ -38,6 +38,11 @@ class TypeDetection:
 
     from_tensors is the type the tensors alone prove (None when they cannot tell it);
     candidates are every type the tensors allow (two when a DoRA orientation is open).
+    orientation_guessed: the one rule every route asks before writing a DoRA orientation.
+    An open orientation is settled by, in order, the tensors (a non-square magnitude, with
+    the fans the file or the family table gives) and an explicit lora_config type; only
+    when neither settles it is the documented default assumed, and this is True (convert
+    then asks for --dora-variant instead of writing a guess).
     """
 
     adapter_type: str | None
@@ -46,10 +51,12 @@ class TypeDetection:
     evidence: list[str] = field(default_factory=list)
     findings: list[Finding] = field(default_factory=list)
     candidates: Candidates = ()
+    orientation_guessed: bool = False
 
     @property
     def orientation_open(self) -> bool:
-        """The tensors leave rows vs cols open (square layers, or XS without fans)."""
+        """The tensors leave rows vs cols open (square layers, or XS without fans); the
+        lora_config may still settle it (see orientation_guessed)."""
         return len(self.candidates) > 1
 
 
@@ -192,6 +199,7 @@ def detect_type(
             tensor_type = next(
                 c for c in detection.candidates if ADAPTER_TYPES[c].norm == DEFAULT_ORIENTATION
             )
+            detection.orientation_guessed = True
             detection.findings.append(
                 Finding.of(
                     "ambiguous-orientation",

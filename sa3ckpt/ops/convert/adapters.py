@@ -134,10 +134,16 @@ def _base_2d(base: BaseCheckpoint, target: str) -> np.ndarray:
 
 
 def _resolve_variant(ckpt: AdapterCheckpoint, variant: str | None, ledger: ConvertLedger) -> str:
-    """The adapter type to write: the detected one, or the DoRA orientation --dora-variant names."""
+    """The adapter type to write: the detected one, or the DoRA orientation --dora-variant names.
+
+    --dora-variant may name any orientation the tensors leave open (it overrides the
+    lora_config's claim, recorded as a repair); without it, only an orientation nothing
+    settled (`TypeDetection.orientation_guessed`) is refused.
+    """
     adapter_type = ckpt.adapter_type
     kind = ckpt.kind
-    ambiguous = ckpt.detection is not None and ckpt.detection.orientation_open
+    detection = ckpt.detection
+    ambiguous = detection is not None and detection.orientation_open
     if variant is not None:
         if not kind.is_dora:
             raise UsageError(f"--dora-variant applies to DoRA adapters, not {adapter_type}")
@@ -149,7 +155,7 @@ def _resolve_variant(ckpt: AdapterCheckpoint, variant: str | None, ledger: Conve
                 )
             ledger.repairs.append(f"DoRA orientation set to {wanted} by --dora-variant")
         return wanted
-    if ambiguous:
+    if detection is not None and detection.orientation_guessed:
         raise UsageError(
             "square layers only: the magnitudes cannot tell dora-rows from dora-cols; "
             "name it with --dora-variant rows|cols"

@@ -7,29 +7,28 @@ validate can report all of them at once.
 
 from __future__ import annotations
 
-import re
 from collections import Counter
-from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
 from sa3ckpt.adapters.config import ConfigError, LoraConfig
 from sa3ckpt.adapters.detect import TypeDetection, detect_type
+from sa3ckpt.adapters.family_fans import (
+    FAN_IN_FROM,
+    FAN_OUT_FROM,
+    agreed_fans,
+    checked_families,
+    detect_shapes_family,
+    expected_targets,
+    side,
+)
 from sa3ckpt.adapters.types import ADAPTER_TYPES, AdapterType
 from sa3ckpt.io.sources import AdapterSource, TensorEntry
 from sa3ckpt.layout import FactorLayout, factor_layout
-from sa3ckpt.names.adapter_keys import DialectGuess, KeyGroups, detect_and_group, selection_name
-from sa3ckpt.names.modules import to_sa3cpp_stem
-from sa3ckpt.names.select import peft_selects
-from sa3ckpt.targets.detect import FamilyDetection, TargetEvidence, detect_family
+from sa3ckpt.names.adapter_keys import DialectGuess, KeyGroups, detect_and_group
+from sa3ckpt.targets.detect import FamilyDetection
 from sa3ckpt.targets.families import FAMILIES, Family
 
-# Which parameter reveals which side of the weight: (param, axis of its shape, side).
-_FAN_OUT_FROM = (("lora_B", 0), ("U", 0), ("magnitude_r", 0), ("baked_vnorm_row", 0))
-_FAN_IN_FROM = (("lora_A", 1), ("V", 0), ("magnitude_c", 0))
-# A DoRA `magnitude` is fan_out (rows) or fan_in (cols): the type decides, and the type is
-# resolved after the family, so its length counts as a side-less length.
-_EITHER_SIDE_FROM = (("magnitude", 0),)
 # Where the rank can be read: (param, axis).
 _RANK_FROM = (("lora_A", 0), ("lora_B", 1), ("M_xs", 0), ("M_xs", 1), ("U", 1), ("V", 1))
 
@@ -99,8 +98,8 @@ class Analysis:
     def checked_families(self) -> tuple[Family, ...]:
         """The family shapes are checked against, or every candidate when undetermined."""
         if self.family is not None:
-            return (self.family,)
-        return tuple(FAMILIES[name] for name in self.family_candidates)
+            return (self.family,)  # detected or forced by --model
+        return checked_families(self.family_detection)
 
     @property
     def rank(self) -> int | None:
@@ -132,28 +131,6 @@ def _param_shapes(
     }
 
 
-def _side(shapes: dict[str, tuple[int, ...]], table: tuple[tuple[str, int], ...]) -> int | None:
-    for param, axis in table:
-        shape = shapes.get(param)
-        if shape is not None and len(shape) > axis:
-            return shape[axis]
-    return None
-
-
-def _observations(shapes: dict[str, dict[str, tuple[int, ...]]]) -> list[TargetEvidence]:
-    """One piece of evidence per target: known sides, side-less lengths, or just its name."""
-    obs = []
-    for target, params in shapes.items():
-        either = tuple(
-            params[p][axis]
-            for p, axis in _EITHER_SIDE_FROM
-            if p in params and len(params[p]) > axis
-        )
-        side = (_side(params, _FAN_OUT_FROM), _side(params, _FAN_IN_FROM))
-        obs.append(TargetEvidence(target, side, either))
-    return obs
-
-
 def _ranks(shapes: dict[str, dict[str, tuple[int, ...]]]) -> Counter[int]:
     found: Counter[int] = Counter()
     for params in shapes.values():
@@ -171,27 +148,15 @@ def _choose_family(
         analysis.family_evidence.append(f"--model {model}")
         return
     config = analysis.config
-    detection = detect_family(
-        _observations(shapes),
-        candidates=list(FAMILIES),
-        base_model=config.base_model if config else None,
-        selects=lambda fam: _expected_targets(fam, config, analysis.dialect.dialect),
+    detection = detect_shapes_family(
+        shapes,
+        config.base_model if config else None,
+        selects=lambda fam: expected_targets(fam, config, analysis.dialect.dialect),
     )
     analysis.family_detection = detection
     analysis.family_evidence.extend(detection.evidence)
     if detection.family is not None:
         analysis.family = FAMILIES[detection.family]
-
-
-def _agreed_fans(analysis: Analysis, targets: Iterable[str]) -> dict[str, tuple[int, int]]:
-    """target -> (fan_out, fan_in) where every checked family has it with the same shape."""
-    families = analysis.checked_families()
-    fans: dict[str, tuple[int, int]] = {}
-    for target in targets:
-        seen = {fam.by_name[target].shape for fam in families if target in fam.by_name}
-        if len(seen) == 1 and all(target in fam.by_name for fam in families):
-            fans[target] = next(iter(seen))
-    return fans
 
 
 def _shape_problems(
@@ -269,7 +234,7 @@ def _check_rank_bounds(analysis: Analysis, shapes: dict[str, dict[str, tuple[int
             continue
         sides = [fam.by_name[target].shape for fam in families if target in fam.by_name]
         if not families:
-            fan_out, fan_in = _side(params, _FAN_OUT_FROM), _side(params, _FAN_IN_FROM)
+            fan_out, fan_in = side(params, FAN_OUT_FROM), side(params, FAN_IN_FROM)
             if fan_out is not None and fan_in is not None:
                 sides = [(fan_out, fan_in)]
         if not sides:
@@ -297,35 +262,11 @@ def _check_param_sets(analysis: Analysis, shapes: dict[str, dict[str, tuple[int,
             analysis.param_problems.append(f"{target}: XS bases need both U and V")
 
 
-def _expected_targets(
-    fam: Family, config: LoraConfig | None, dialect: str | None
-) -> list[str] | None:
-    """The family's targets the recorded selection covers (None when it cannot be said)."""
-    if config is None:
-        return None
-    peft_modules = config.extra.get("peft_target_modules")
-    try:
-        if peft_modules is not None:  # PEFT folders select by their own rule
-            expected = [
-                t.name
-                for t in fam.targets
-                if (name := selection_name(t.name, dialect)) is not None
-                and peft_selects(name, peft_modules)
-            ]
-        else:
-            expected = [t.name for t in fam.selected(config.include, config.exclude)]
-    except (ValueError, re.error):
-        return None
-    if dialect == "sa3cpp":  # sa3.cpp has no stem for the conditioner
-        expected = [t for t in expected if to_sa3cpp_stem(t) is not None]
-    return expected
-
-
 def _coverage(analysis: Analysis) -> Coverage | None:
     fam = analysis.family
     if fam is None:
         return None
-    expected = _expected_targets(fam, analysis.config, analysis.dialect.dialect)
+    expected = expected_targets(fam, analysis.config, analysis.dialect.dialect)
     if expected is None:
         return None
     present = [t for t in analysis.groups.targets if fam.target(t) is not None]
@@ -369,7 +310,8 @@ def analyze(source: AdapterSource, model: str = "auto") -> Analysis:
     )
     _choose_family(analysis, shapes, model)
     if shapes:
-        fans = _agreed_fans(analysis, shapes) if analysis.checked_families() else None
+        families = analysis.checked_families()
+        fans = agreed_fans(families, shapes) if families else None
         analysis.detection = detect_type(shapes, config.adapter_type if config else None, fans)
     _check_param_sets(analysis, shapes)
     _check_against_family(analysis, stored)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import signal
 import stat
 import threading
 from pathlib import Path
@@ -12,7 +13,7 @@ import pytest
 
 from sa3ckpt.errors import OutputError, UsageError
 from sa3ckpt.io import atomic
-from sa3ckpt.io.atomic import AtomicFile, atomic_output, check_output_path
+from sa3ckpt.io.atomic import AtomicFile, atomic_output, check_output_path, deferred_interrupts
 
 
 def _listing(directory: Path) -> list[str]:
@@ -304,3 +305,71 @@ def test_remove_since_is_per_thread_and_after_the_mark(tmp_path: Path) -> None:
     registry.remove_since(mark)
     assert _listing(tmp_path) == ["before", "theirs"]
     assert before in registry and theirs in registry and mine not in registry
+
+
+def _raise_interrupt(signum, frame):
+    raise KeyboardInterrupt
+
+
+def test_deferred_interrupts_deliver_the_signal_after_the_block() -> None:
+    """A SIGTERM inside the block does not raise there (a third-party writer might swallow it);
+    it raises KeyboardInterrupt once the block is over, and the handlers are back."""
+    previous = signal.signal(signal.SIGTERM, _raise_interrupt)
+    try:
+        finished = []
+        with pytest.raises(KeyboardInterrupt), deferred_interrupts():
+            os.kill(os.getpid(), signal.SIGTERM)
+            for _ in range(10_000):  # the handler runs at the latest on a loop's jump back
+                pass
+            finished.append(True)
+        assert finished == [True]
+        assert signal.getsignal(signal.SIGTERM) is _raise_interrupt
+        with deferred_interrupts():  # no signal: nothing raised
+            pass
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
+def test_deferred_interrupts_win_over_the_blocks_own_error() -> None:
+    """numpy's tofile turned the interrupt into a TypeError: the interrupt is what comes out."""
+    previous = signal.signal(signal.SIGTERM, _raise_interrupt)
+    try:
+        with pytest.raises(KeyboardInterrupt) as caught, deferred_interrupts():
+            os.kill(os.getpid(), signal.SIGTERM)
+            for _ in range(10_000):
+                pass
+            raise TypeError("expected str, bytes or os.PathLike object")
+        assert isinstance(caught.value.__context__, TypeError)
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
+def test_deferred_interrupts_leave_ignored_signals_ignored() -> None:
+    previous = signal.signal(signal.SIGINT, signal.SIG_IGN)
+    try:
+        with deferred_interrupts():
+            assert signal.getsignal(signal.SIGINT) is signal.SIG_IGN
+            os.kill(os.getpid(), signal.SIGINT)
+            for _ in range(10_000):
+                pass
+        assert signal.getsignal(signal.SIGINT) is signal.SIG_IGN
+    finally:
+        signal.signal(signal.SIGINT, previous)
+
+
+def test_deferred_interrupts_outside_the_main_thread_just_run_the_block() -> None:
+    """Only the main thread runs Python signal handlers (and may set them)."""
+    errors: list[BaseException] = []
+    ran: list[bool] = []
+
+    def job() -> None:
+        try:
+            with deferred_interrupts():
+                ran.append(True)
+        except BaseException as exc:  # signal.signal from a thread raises ValueError
+            errors.append(exc)
+
+    thread = threading.Thread(target=job)
+    thread.start()
+    thread.join()
+    assert ran == [True] and errors == []

@@ -69,6 +69,74 @@ def test_signal_mid_merge_leaves_nothing(tmp_path: Path, slow_job, sig) -> None:
     assert list(out_dir.iterdir()) == []
 
 
+# A child running `sa3ckpt convert --to sa3cpp` whose gguf write step stalls inside numpy's
+# `tofile`, at the exact place where numpy swallowed an interrupt: tofile first asks whether
+# the file is an os.PathLike, the ABC check reads the file's `__class__` (Python code here), and
+# an exception there came out of tofile as a TypeError (exit 1, "internal error"). The child
+# says "inside" once there and waits for the parent's SENT file, which the parent creates only
+# after sending its signal (so the signal is pending before the stall can end).
+GGUF_STALL_CHILD = r"""
+import io, os, sys, time
+import gguf
+from sa3ckpt.cli import main
+
+adapter, out, sent = sys.argv[1:4]
+original = gguf.GGUFWriter.write_tensors_to_file
+
+
+class Stalling(io.BufferedWriter):
+    @property
+    def __class__(self):
+        if not os.path.exists(sent):
+            print("inside", flush=True)
+            deadline = time.monotonic() + 60
+            while not os.path.exists(sent) and time.monotonic() < deadline:
+                time.sleep(0.005)
+        return type(self)
+
+
+def stalled(self, **kwargs):
+    self.fout = [Stalling(f.detach()) for f in self.fout]  # next isinstance: numpy's tofile
+    return original(self, **kwargs)
+
+
+gguf.GGUFWriter.write_tensors_to_file = stalled
+sys.exit(main(["convert", adapter, "-o", out, "--to", "sa3cpp", "--drop-conditioner"]))
+"""
+
+
+@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM])
+def test_signal_inside_the_gguf_write_exits_130(tmp_path: Path, sig) -> None:
+    """Was: SIGTERM inside the gguf package's write step exited 1 ("internal error: TypeError")
+    because numpy's tofile turned the KeyboardInterrupt into a TypeError."""
+    pytest.importorskip("gguf")
+    out_dir = tmp_path / "out"
+    out_dir.mkdir()
+    sent = tmp_path / "sent"
+    lora = ADAPTER.replace("dora-rows", "lora")
+    proc = subprocess.Popen(
+        foreground_python(GGUF_STALL_CHILD, lora, str(out_dir / "a.gguf"), str(sent)),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    assert proc.stdout is not None and proc.stderr is not None
+    watchdog = threading.Timer(120, proc.kill)  # a hung child fails the test, never the run
+    watchdog.start()
+    try:
+        line = proc.stdout.readline()
+        assert line == "inside\n", proc.stderr.read()
+        proc.send_signal(sig)
+        sent.write_bytes(b"")
+        _, stderr = proc.communicate(timeout=60)
+    finally:
+        watchdog.cancel()
+        proc.kill()
+    assert proc.returncode == 130, stderr
+    assert stderr.strip() == "sa3ckpt: interrupted; nothing was written"
+    assert list(out_dir.iterdir()) == []
+
+
 # A child that writes small outputs through every atomic writer in a loop, with the CLI's
 # SIGTERM handler. After each interrupt it reports the temp files left that the registry does
 # not know about (so a leak shows up at the signal that caused it); the ones it knows about
@@ -104,6 +172,18 @@ def staged(path):
         write_safetensors(out.temp_path, tensors)
 
 writers = [st, plain, npz, staged]
+try:
+    from sa3ckpt.io.gguf_adapter import _import_gguf, write_gguf_adapter
+    _import_gguf()
+except Exception:  # the gguf extra is optional
+    pass
+else:
+    def gguf_file(path):
+        write_gguf_adapter(
+            path + ".gguf", tensors, adapter_type="lora", rank=2, alpha=2.0, n_targets=1
+        )
+
+    writers.append(gguf_file)
 for index, writer in enumerate(writers):  # lazy imports done before any signal
     writer(os.path.join(folder, str(index)))
 # A signal landing inside a finalizer (e.g. ZipFile.__del__ during garbage collection) is
@@ -149,9 +229,10 @@ def test_sigterm_at_any_moment_of_a_write_leaves_no_temp_file(tmp_path: Path) ->
 
     Hundreds of SIGTERMs at seeded random delays (0-2 ms, so they land in every phase:
     creating, writing, fsync, rename) into one process writing small files through every
-    atomic writer; each interrupt must leave no temp file. About a second in all. (The GGUF
-    writer is covered by tests/test_atomic.py only: gguf's numpy `tofile` turns an interrupt
-    landing inside it into a TypeError, which is not ours to test here.)
+    atomic writer (the GGUF one too, when the gguf extra is installed: an interrupt that
+    numpy's `tofile` would have turned into a TypeError must end the child's write as a
+    KeyboardInterrupt like any other); each interrupt must leave no temp file. About a second
+    in all.
     """
     rounds = 200
     proc = subprocess.Popen(

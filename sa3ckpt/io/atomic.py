@@ -32,7 +32,8 @@ import stat
 import threading
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
-from typing import BinaryIO
+from types import FrameType
+from typing import Any, BinaryIO
 
 from sa3ckpt.errors import OutputError, UsageError
 
@@ -285,6 +286,48 @@ def _signals_held() -> Iterator[None]:
         yield
     finally:
         signal.pthread_sigmask(signal.SIG_SETMASK, previous)
+
+
+@contextlib.contextmanager
+def deferred_interrupts() -> Iterator[None]:
+    """Run a block whose code must not see a signal's exception; deliver it right after.
+
+    For third-party writers that swallow exceptions: numpy's `tofile` (inside the gguf
+    package's write step) calls the file's Python `flush`/`tell`, and an interrupt raised
+    there comes out as a TypeError ("expected str, bytes or os.PathLike object"), which the
+    CLI would report as an internal error (exit 1) instead of an interruption (exit 130).
+    So the Python-level SIGINT/SIGTERM handlers are replaced, for the block, by one that only
+    records the signal; on leaving the block (normally or not) the handlers are restored and
+    the first recorded signal is handed to its own handler, which raises KeyboardInterrupt
+    (the CLI's SIGTERM handler and Python's default SIGINT handler both do) in our code,
+    where the writers' cleanup runs. A signal is delayed by the block's duration at most.
+
+    Only the main thread runs Python signal handlers, so elsewhere (the TUI's job threads)
+    there is nothing to defer and the block just runs. Dispositions that are not Python
+    callables (SIG_IGN, SIG_DFL) are left as they are: an ignored SIGINT stays ignored.
+    """
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    caught: list[tuple[int, FrameType | None]] = []
+
+    def record(signum: int, frame: FrameType | None) -> None:
+        caught.append((signum, frame))
+
+    previous: dict[int, Callable[[int, FrameType | None], Any]] = {}
+    try:
+        for signum in sorted(_HELD_SIGNALS):
+            handler = signal.getsignal(signum)
+            if callable(handler):
+                previous[signum] = handler
+                signal.signal(signum, record)
+        yield
+    finally:
+        for signum, handler in previous.items():
+            signal.signal(signum, handler)
+        if caught:
+            signum, frame = caught[0]
+            previous[signum](signum, frame)
 
 
 def _open_exclusive(path: str) -> BinaryIO:

@@ -40,6 +40,7 @@ from sa3ckpt.io.atomic import (
     TEMPS,
     AtomicFile,
     PathLike,
+    deferred_interrupts,
     discard_or_remove_since,
     output_error,
 )
@@ -267,24 +268,27 @@ def write_gguf_adapter(
         out = AtomicFile(path, inputs=inputs, overwrite=overwrite)
         # GGUFWriter insists on opening its own file, so it writes the temp file through a
         # second handle; AtomicFile's untouched handle still fsyncs the same inode on commit.
-        writer = gguf.GGUFWriter(out.temp_path, arch=ARCHITECTURE)
-        try:
-            writer.add_key_value(KEY_NAME, general_name(adapter_type), vt.STRING)
-            # add_key_value, not add_string: add_string silently drops empty strings.
-            writer.add_key_value(KEY_ADAPTER_TYPE, adapter_type, vt.STRING)
-            writer.add_key_value(KEY_RANK, rank, vt.UINT32)
-            writer.add_key_value(KEY_ALPHA, alpha, vt.FLOAT32)
-            writer.add_key_value(KEY_N_TARGETS, n_targets, vt.UINT32)
-            for key, value, vtype in extras:
-                writer.add_key_value(key, value, vtype)
-            for name, array in arrays:
-                # GGUFWriter reverses the numpy shape into ggml ne order itself.
-                writer.add_tensor(name, array, raw_dtype=gguf.GGMLQuantizationType.F32)
-            writer.write_header_to_file()
-            writer.write_kv_data_to_file()
-            writer.write_tensors_to_file()
-        finally:
-            writer.close()
+        # Signals wait for the end of the gguf package's step: numpy's tofile inside it turns
+        # an interrupt into a TypeError (see deferred_interrupts).
+        with deferred_interrupts():
+            writer = gguf.GGUFWriter(out.temp_path, arch=ARCHITECTURE)
+            try:
+                writer.add_key_value(KEY_NAME, general_name(adapter_type), vt.STRING)
+                # add_key_value, not add_string: add_string silently drops empty strings.
+                writer.add_key_value(KEY_ADAPTER_TYPE, adapter_type, vt.STRING)
+                writer.add_key_value(KEY_RANK, rank, vt.UINT32)
+                writer.add_key_value(KEY_ALPHA, alpha, vt.FLOAT32)
+                writer.add_key_value(KEY_N_TARGETS, n_targets, vt.UINT32)
+                for key, value, vtype in extras:
+                    writer.add_key_value(key, value, vtype)
+                for name, array in arrays:
+                    # GGUFWriter reverses the numpy shape into ggml ne order itself.
+                    writer.add_tensor(name, array, raw_dtype=gguf.GGMLQuantizationType.F32)
+                writer.write_header_to_file()
+                writer.write_kv_data_to_file()
+                writer.write_tensors_to_file()
+            finally:
+                writer.close()
         out.commit()
     except OSError as exc:  # GGUFWriter opened the temp name itself: word it as the output
         discard_or_remove_since(out, mark)

@@ -157,6 +157,27 @@ def _identity_from_2d(weight_2d: Any, kernel_size: int) -> Any:
     return weight_2d
 
 
+def _squeezed_from_2d(weight_2d: Any, kernel_size: int) -> Any:
+    """Canonical (out, in) of a kernel-1 Conv1d -> the squeezed (out, in) it is stored as."""
+    if kernel_size != 1:
+        raise ValueError(f"a squeezed Conv1d has kernel size 1, not {kernel_size}")
+    return weight_2d
+
+
+# sa3.cpp stores the DiT's kernel-1 pre/post Conv1d squeezed to a matrix (its converter keeps
+# `w[:, :, 0]`), which is the canonical 2-D view itself; only the layer kind differs from a
+# Linear. Not in LAYOUTS (told apart by rank there): used through BASE_MODULE_LAYOUTS and
+# KERNEL_LAYOUTS.
+SQUEEZED_CONV1D = Layout(
+    "squeezed-conv1d",
+    "Conv1d of kernel size 1 stored squeezed as (out, in) (sa3.cpp)",
+    "conv1d",
+    ("out", "in"),
+    _identity_to_2d,
+    _squeezed_from_2d,
+)
+
+
 LAYOUTS: dict[str, Layout] = {
     layout.name: layout
     for layout in (
@@ -299,10 +320,13 @@ DIFFUSERS_DIFF_QKV = Layout(
 
 # The one table of base layouts: which stored layout a weight of each layer kind has under
 # each base naming (`names.BASE_NAMINGS`). The MLX runtime's live module tree is "mlx".
+# sa3.cpp squeezes kernel-1 Conv1d weights (`KERNEL_LAYOUTS`); one of another kernel size
+# (only the tiny test family has one) keeps PyTorch's (out, in, k), so nothing is lost.
 BASE_LAYOUTS: dict[str, dict[str, str]] = {
     "official": {"linear": "linear", "conv1d": "torch-conv1d"},
     "mlx": {"linear": "linear", "conv1d": "mlx-conv1d"},
     "diffusers": {"linear": "linear", "conv1d": "torch-conv1d"},
+    "sa3cpp": {"linear": "linear", "conv1d": "torch-conv1d"},
 }
 
 
@@ -319,6 +343,10 @@ class ModuleLayout:
     layout: Layout
 
 
+def _is_matrix(shape: tuple[int, ...]) -> bool:
+    return len(shape) == 2
+
+
 BASE_MODULE_LAYOUTS: dict[str, tuple[ModuleLayout, ...]] = {
     "diffusers": (
         ModuleLayout(
@@ -327,6 +355,25 @@ BASE_MODULE_LAYOUTS: dict[str, tuple[ModuleLayout, ...]] = {
             DIFFUSERS_DIFF_QKV,
         ),
     ),
+    "sa3cpp": (
+        ModuleLayout("preprocess_conv", _is_matrix, SQUEEZED_CONV1D),
+        ModuleLayout("postprocess_conv", _is_matrix, SQUEEZED_CONV1D),
+    ),
+}
+
+
+@dataclass(frozen=True)
+class KernelLayout:
+    """A layout a naming stores a layer kind in for one kernel size (sa3.cpp: kernel-1 Conv1d
+    squeezed), chosen when writing, where the stored rank of the source does not say it."""
+
+    layer_kind: str
+    kernel_size: int
+    layout: Layout
+
+
+KERNEL_LAYOUTS: dict[str, tuple[KernelLayout, ...]] = {
+    "sa3cpp": (KernelLayout("conv1d", 1, SQUEEZED_CONV1D),),
 }
 
 
@@ -356,6 +403,26 @@ def stored_layout(naming: str, shape: tuple[int, ...], module: str | None = None
         if LAYOUTS[name].ndim == rank:
             return LAYOUTS[name]
     raise ValueError(f"no {naming} weight layout is {rank}-D (shape {tuple(shape)})")
+
+
+def target_layout(
+    naming: str,
+    layer_kind: str,
+    shape_2d: tuple[int, int],
+    kernel_size: int = 1,
+    module: str | None = None,
+) -> Layout:
+    """The layout a weight of this layer kind, canonical shape and kernel size gets when it is
+    written in `naming` (a kernel-size rule first, then the layer kind's, then the module's).
+
+    Converting between namings must pick the target layout from what the weight is, not from
+    the source's stored rank: sa3.cpp's squeezed Conv1d is 2-D where every other naming's is 3-D.
+    """
+    for rule in KERNEL_LAYOUTS.get(naming, ()):
+        if rule.layer_kind == layer_kind and rule.kernel_size == kernel_size:
+            return rule.layout
+    plain = base_layout(naming, layer_kind)
+    return stored_layout(naming, plain.stored_shape(shape_2d, kernel_size), module)
 
 
 def to_canonical_2d(weight: Any, layout: str) -> Any:

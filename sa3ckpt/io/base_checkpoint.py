@@ -38,9 +38,23 @@ from sa3ckpt.io.diffusers_folder import (
     is_diffusers_dir,
     open_folder,
 )
+from sa3ckpt.io.gguf_adapter import is_gguf
+from sa3ckpt.io.gguf_base import CONTAINER as GGUF_CONTAINER
+from sa3ckpt.io.gguf_base import (
+    METADATA_PREFIX,
+    GgufModelFile,
+    GgufSpec,
+    GgufStreamWriter,
+    open_gguf_model,
+)
+from sa3ckpt.io.gguf_facts import BASE_ARCHES, CONDITIONER_ARCH, DIT_ARCH
 from sa3ckpt.io.safetensors import SafetensorsStreamWriter, open_safetensors
 from sa3ckpt.layout import Layout, stored_layout
-from sa3ckpt.names.base_keys import detect_base_naming, parse_base_key
+from sa3ckpt.names.base_keys import (
+    detect_base_naming,
+    is_sa3cpp_conditioner_key,
+    parse_base_key,
+)
 
 
 @dataclass(frozen=True)
@@ -55,8 +69,8 @@ class BaseCheckpoint:
     """A base checkpoint's index plus a reader; use as a context manager."""
 
     path: str
-    container: str  # "safetensors" | "npz" | "diffusers-folder"
-    naming: str  # a `names.BASE_NAMINGS` key: "official" | "mlx" | "diffusers"
+    container: str  # "safetensors" | "npz" | "diffusers-folder" | "gguf"
+    naming: str  # a `names.BASE_NAMINGS` key: "official" | "mlx" | "diffusers" | "sa3cpp"
     tensors: dict[str, BaseTensor]
     metadata: dict[str, str]
     _read: Callable[[str], np.ndarray]
@@ -65,6 +79,7 @@ class BaseCheckpoint:
     # (file, absolute offset) of a tensor's raw little-endian bytes, where the container
     # stores them plainly (safetensors): lets a merge read row tiles and copy tensors as bytes.
     _locate: Callable[[str], tuple[str, int]] | None = None
+    gguf: GgufFiles | None = None  # the DiT and conditioner files of a GGUF container
 
     def read(self, key: str) -> np.ndarray:
         """One tensor's data as a private array (read, not mapped: RSS stays one tensor)."""
@@ -103,6 +118,93 @@ class BaseCheckpoint:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+
+@dataclass
+class GgufFiles:
+    """An sa3.cpp base: its DiT GGUF and/or its conditioner sidecar, each opened header-only.
+
+    `types` is every tensor's ggml type (F32, F16 or a quantised type, read dequantised)."""
+
+    dit: GgufModelFile | None
+    conditioner: GgufModelFile | None
+
+    def files(self) -> list[GgufModelFile]:
+        return [f for f in (self.dit, self.conditioner) if f is not None]
+
+    def file_of(self, key: str) -> GgufModelFile:
+        for f in self.files():
+            if key in f.shapes:
+                return f
+        raise KeyError(key)
+
+    @property
+    def types(self) -> dict[str, str]:
+        return {k: t for f in self.files() for k, t in f.types.items()}
+
+    def spec(self, key_file: GgufModelFile) -> GgufSpec:
+        """How to write a file like `key_file` again: same architecture, KVs and types."""
+        entries = tuple(
+            (key, value, key_file.kv_types[key])
+            for key, value in key_file.kv.items()
+            if key != "general.architecture"
+            and not key.startswith(METADATA_PREFIX)
+            and not key_file.kv_types[key].startswith("ARRAY")
+        )
+        return GgufSpec(key_file.architecture or DIT_ARCH, entries, dict(key_file.types), key_file)
+
+    def close(self) -> None:
+        for f in self.files():
+            f.close()
+
+
+def _gguf_metadata(files: GgufFiles) -> dict[str, str]:
+    out: dict[str, str] = {}
+    for f in files.files():
+        for key, value in f.kv.items():
+            if key.startswith(METADATA_PREFIX) and isinstance(value, str):
+                out[key[len(METADATA_PREFIX) :]] = value
+    return out
+
+
+def _open_gguf_file(path: str, want: tuple[str, ...]) -> GgufModelFile:
+    opened = open_gguf_model(path)
+    if opened.architecture not in want:
+        arch = opened.architecture
+        raise MalformedFileError(
+            path,
+            f"general.architecture is {arch!r}, not an sa3.cpp {' or '.join(want)} model file",
+        )
+    return opened
+
+
+def _open_gguf_base(spath: str, conditioner: str | None) -> BaseCheckpoint:
+    """A DiT GGUF (+ its conditioner sidecar), or a conditioner GGUF alone, as one base."""
+    first = _open_gguf_file(spath, BASE_ARCHES)
+    if first.architecture == CONDITIONER_ARCH:
+        if conditioner is not None:
+            raise MalformedFileError(spath, "a conditioner GGUF, given as the DiT")
+        files = GgufFiles(None, first)
+    else:
+        cond = None if conditioner is None else _open_gguf_file(conditioner, (CONDITIONER_ARCH,))
+        files = GgufFiles(first, cond)
+    tensors: dict[str, BaseTensor] = {}
+    for f in files.files():
+        for key, shape in f.shapes.items():
+            tensors[key] = BaseTensor(key, f.code(key), shape)
+    if detect_base_naming(list(tensors)) != "sa3cpp":
+        files.close()
+        raise MalformedFileError(spath, "an sa3.cpp GGUF without sa3.cpp DiT tensor names")
+    return BaseCheckpoint(
+        spath,
+        GGUF_CONTAINER,
+        "sa3cpp",
+        tensors,
+        _gguf_metadata(files),
+        lambda key: files.file_of(key).read(key),
+        files.close,
+        gguf=files,
+    )
 
 
 # What zipfile raises on a damaged or unusual member, besides BadZipFile: an unsupported
@@ -182,14 +284,21 @@ def _open_folder_base(spath: str) -> BaseCheckpoint:
     )
 
 
-def open_base(path: str | os.PathLike[str]) -> BaseCheckpoint:
+def open_base(
+    path: str | os.PathLike[str], *, conditioner: str | os.PathLike[str] | None = None
+) -> BaseCheckpoint:
     """Open a base checkpoint header-only: a safetensors or .npz file (official, MLX or
-    diffusers naming) or a diffusers transformer folder."""
+    diffusers naming), a diffusers transformer folder, or an sa3.cpp DiT GGUF (with its
+    conditioner sidecar GGUF when `conditioner` is given)."""
     spath = os.fspath(path)
     if os.path.isdir(spath):
         return _open_folder_base(spath)
     if not os.path.isfile(spath):
         raise MalformedFileError(spath, "no such file")
+    if conditioner is not None and not is_gguf(spath):
+        raise MalformedFileError(spath, "a conditioner file goes with an sa3.cpp DiT GGUF only")
+    if is_gguf(spath):
+        return _open_gguf_base(spath, None if conditioner is None else os.fspath(conditioner))
     if zipfile.is_zipfile(spath):
         tensors, archive = _npz_index(spath)
         container, metadata = "npz", {}
@@ -269,6 +378,8 @@ def base_container_of(path: str | os.PathLike[str]) -> str:
     spath = os.fspath(path)
     if os.path.isdir(spath):
         return FOLDER_CONTAINER
+    if is_gguf(spath):
+        return GGUF_CONTAINER
     return "npz" if zipfile.is_zipfile(spath) else "safetensors"
 
 
@@ -301,6 +412,82 @@ class FolderSpec:
     max_shard_size: int = DEFAULT_MAX_SHARD_SIZE
 
 
+@dataclass(frozen=True)
+class GgufOutput:
+    """How to write an sa3.cpp base: the DiT file's spec and, when the base has conditioner
+    tensors, the sidecar's spec and path (the `te.*` tensors go there)."""
+
+    dit: GgufSpec
+    conditioner: GgufSpec | None = None
+    conditioner_path: str | None = None
+
+
+class GgufPairWriter:
+    """The DiT GGUF and its conditioner sidecar written as one output: each tensor goes to the
+    file its name belongs in; neither is committed unless both were written completely (the
+    two renames themselves are one after the other)."""
+
+    def __init__(
+        self,
+        path: str | os.PathLike[str],
+        specs: Sequence[tuple[str, str, tuple[int, ...]]],
+        metadata: dict[str, str],
+        out: GgufOutput,
+        *,
+        inputs: Sequence[str] = (),
+        overwrite: bool = True,
+    ) -> None:
+        dit_specs = [s for s in specs if not is_sa3cpp_conditioner_key(s[0])]
+        cond_specs = [s for s in specs if is_sa3cpp_conditioner_key(s[0])]
+        self._writers: dict[bool, GgufStreamWriter] = {}
+        if dit_specs or not cond_specs:
+            self._writers[False] = GgufStreamWriter(
+                path, dit_specs, metadata, out.dit, inputs=inputs, overwrite=overwrite
+            )
+        if cond_specs:
+            if out.conditioner is None or out.conditioner_path is None:
+                raise ValueError("conditioner tensors need the sidecar's spec and path")
+            where = out.conditioner_path if dit_specs else path
+            self._writers[True] = GgufStreamWriter(
+                where, cond_specs, {}, out.conditioner, inputs=inputs, overwrite=overwrite
+            )
+        self.paths = [w.path for w in self._writers.values()]
+
+    def __enter__(self) -> GgufPairWriter:
+        entered: list[GgufStreamWriter] = []
+        try:
+            for writer in self._writers.values():
+                writer.__enter__()
+                entered.append(writer)
+        except BaseException as exc:
+            for writer in entered:
+                writer.__exit__(type(exc), exc, None)
+            raise
+        return self
+
+    def write(self, name: str, array: np.ndarray) -> None:
+        self._writers[is_sa3cpp_conditioner_key(name)].write(name, array)
+
+    def __exit__(self, exc_type: Any, exc: Any, tb: Any) -> None:
+        writers = list(self._writers.values())
+        try:
+            for writer in writers:
+                writer.finish(exc)
+        except BaseException:
+            for writer in writers:
+                writer.discard()
+            raise
+        if exc is not None:
+            return
+        for done, writer in enumerate(writers):
+            try:
+                writer.commit()
+            except BaseException:
+                for rest in writers[done + 1 :]:
+                    rest.discard()
+                raise
+
+
 def stream_writer(
     container: str,
     path: str | os.PathLike[str],
@@ -310,9 +497,14 @@ def stream_writer(
     inputs: Sequence[str] = (),
     overwrite: bool = True,
     folder: FolderSpec | None = None,
-) -> SafetensorsStreamWriter | NpzStreamWriter | FolderStreamWriter:
+    gguf: GgufOutput | None = None,
+) -> SafetensorsStreamWriter | NpzStreamWriter | FolderStreamWriter | GgufPairWriter:
     """A streaming writer for the container (npz keeps no metadata: it has no place for it;
-    a folder needs its `folder` spec)."""
+    a folder needs its `folder` spec, a GGUF its `gguf` output spec)."""
+    if container == GGUF_CONTAINER:
+        if gguf is None:
+            raise ValueError("an sa3.cpp GGUF output needs its KVs and types (GgufOutput)")
+        return GgufPairWriter(path, specs, metadata, gguf, inputs=inputs, overwrite=overwrite)
     if container == "npz":
         return NpzStreamWriter(path, inputs=inputs, overwrite=overwrite)
     if container == FOLDER_CONTAINER:

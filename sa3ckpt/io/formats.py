@@ -44,7 +44,9 @@ from sa3ckpt.io.gguf_adapter import (
     SA3CPP_KV,
     is_gguf,
 )
+from sa3ckpt.io.gguf_base import gguf_architecture, open_gguf_model
 from sa3ckpt.io.gguf_config import CARRIED_KEYS, carried_config, json_alpha
+from sa3ckpt.io.gguf_facts import MODEL_ARCHES
 from sa3ckpt.io.legacy_pickle import looks_like_pickle, read_legacy_ckpt
 from sa3ckpt.io.safetensors import SafetensorsFile, open_safetensors, read_header
 from sa3ckpt.io.sources import (
@@ -408,6 +410,24 @@ def _gguf_load(path: str, allow_pickle: bool) -> RawAdapter:
     )
 
 
+# sa3.cpp model files (DiT, conditioner sidecar, SAME codec) are GGUFs too; their
+# `general.architecture` (what sa3.cpp's loaders key on) tells them from adapters.
+GGUF_MODEL = "gguf-model"
+
+
+def is_gguf_model(path: str) -> bool:
+    """A GGUF whose architecture is an sa3.cpp model (sa3-dit, sa3-conditioner, sa3-ae)."""
+    return is_gguf(path) and gguf_architecture(path) in MODEL_ARCHES
+
+
+def _gguf_model_keys(path: str) -> list[str]:
+    opened = open_gguf_model(path)
+    try:
+        return list(opened.shapes)
+    finally:
+        opened.close()
+
+
 # --- legacy pickles ---------------------------------------------------------------------------
 
 PICKLE_NOTE = "read with torch.load(weights_only=True) after an explicit opt-in"
@@ -513,6 +533,14 @@ FORMATS: tuple[Format, ...] = (
         load=_pickle_load,
     ),
     Format(
+        GGUF_MODEL,
+        is_gguf_model,
+        (".gguf",),
+        frozenset({BASE}),
+        keys=_gguf_model_keys,
+        open_base=open_base,
+    ),
+    Format(
         "gguf",
         is_gguf,
         (".gguf",),
@@ -554,6 +582,7 @@ CONVERT_OUTPUTS: Mapping[tuple[str, str], tuple[str, ...]] = {
     (BASE, "official"): ("safetensors", "npz"),
     (BASE, "mlx"): ("safetensors", "npz"),
     (BASE, "diffusers"): (DIFFUSERS_FOLDER, "safetensors", "npz"),
+    (BASE, "sa3cpp"): (GGUF_MODEL,),
 }
 
 

@@ -15,12 +15,16 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 from sa3ckpt.names.modules import (
+    BLOCK_MODULES,
+    BLOCK_PREFIX,
     CONDITIONER_ROOT,
     DIFFUSERS_BLOCK_PREFIX,
     DIFFUSERS_DURATION_EMBEDDER,
     DIT_ROOT,
     MLX_ARRAY_PREFIX,
     MLX_CONDITIONER_ARRAYS,
+    SECONDS_CONDITIONER,
+    TOP_LEVEL_MODULES,
     from_diffusers_dit_path,
     from_diffusers_path,
     from_mlx_module,
@@ -242,6 +246,103 @@ def _owns_diffusers(key: str) -> bool:
     return key.startswith(DIFFUSERS_BLOCK_PREFIX)
 
 
+# --- sa3.cpp GGUF: compact `dit.*` names (DiT file), `te.*` names (conditioner sidecar) -------
+
+# sa3.cpp's DiT converter renames every official DiT tensor it keeps: the adapter-target
+# modules by their stems (`names.modules`), plus the norms, the adaLN table and the memory
+# tokens below; it drops `rotary_pos_emb.inv_freq` (sa3.cpp recomputes it from `dit.rot` and
+# `dit.rope_base`). Its conditioner converter writes the prompt padding embedding and the
+# seconds Linear as `te.*`. Leaves keep their official spelling (RMSNorm `gamma`).
+SA3CPP_DIT_PREFIX = "dit."
+SA3CPP_CONDITIONER_PREFIX = "te."
+# Per-block modules beside the adapter targets: canonical suffix after `layers.N.` -> sa3.cpp.
+_SA3CPP_BLOCK_NORMS: dict[str, str] = {
+    "pre_norm": "pre_norm",
+    "ff_norm": "ff_norm",
+    "cross_attend_norm": "cross_norm",
+    "self_attn.q_norm": "self.q_norm",
+    "self_attn.k_norm": "self.k_norm",
+    "cross_attn.q_norm": "cross.q_norm",
+    "cross_attn.k_norm": "cross.k_norm",
+}
+_SA3CPP_BLOCK: dict[str, str] = {
+    **{m.canonical: m.sa3cpp for m in BLOCK_MODULES if m.sa3cpp},
+    **_SA3CPP_BLOCK_NORMS,
+}
+_SA3CPP_BLOCK_BACK = {stem: canonical for canonical, stem in _SA3CPP_BLOCK.items()}
+# Tensors that are a leaf of a module rather than a module's weight: (module, leaf) -> name.
+# `{n}` is the block index.
+_SA3CPP_BLOCK_LEAVES: dict[str, str] = {"to_scale_shift_gate": "ssg"}
+_SA3CPP_FIXED: dict[tuple[str, str], str] = {
+    ("model.transformer", "memory_tokens"): "dit.memory_tokens",
+    ("conditioners.prompt", "padding_embedding"): "te.padding_embedding",
+    (SECONDS_CONDITIONER, "weight"): "te.secs.weight",
+    (SECONDS_CONDITIONER, "bias"): "te.secs.bias",
+}
+_SA3CPP_FIXED_BACK = {name: pair for pair, name in _SA3CPP_FIXED.items()}
+_SA3CPP_TOP = {m.canonical: m.sa3cpp for m in TOP_LEVEL_MODULES if m.sa3cpp}
+_SA3CPP_TOP_BACK = {stem: canonical for canonical, stem in _SA3CPP_TOP.items()}
+
+
+def parse_sa3cpp_base_key(key: str) -> tuple[str, str] | None:
+    """(canonical module, leaf) of an sa3.cpp DiT or conditioner GGUF tensor name."""
+    fixed = _SA3CPP_FIXED_BACK.get(key)
+    if fixed is not None:
+        return fixed
+    stem, _, leaf = key.rpartition(".")
+    if not stem.startswith(SA3CPP_DIT_PREFIX):
+        return None
+    top = _SA3CPP_TOP_BACK.get(stem)
+    if top is not None:
+        return top, leaf
+    head, _, rest = key[len(SA3CPP_DIT_PREFIX) :].partition(".")
+    if not head.isdigit() or not rest:
+        return None
+    block = f"{BLOCK_PREFIX}{int(head)}"
+    for official, spelled in _SA3CPP_BLOCK_LEAVES.items():
+        if rest == spelled:
+            return block, official
+    suffix, _, leaf = rest.rpartition(".")
+    canonical = _SA3CPP_BLOCK_BACK.get(suffix)
+    return None if canonical is None else (f"{block}.{canonical}", leaf)
+
+
+def _format_sa3cpp(module: str, leaf: str) -> str | None:
+    fixed = _SA3CPP_FIXED.get((module, leaf))
+    if fixed is not None:
+        return fixed
+    top = _SA3CPP_TOP.get(module)
+    if top is not None:
+        return f"{top}.{leaf}"
+    if not module.startswith(BLOCK_PREFIX):
+        return None
+    head, _, suffix = module[len(BLOCK_PREFIX) :].partition(".")
+    if not head.isdigit():
+        return None
+    if not suffix:
+        spelled = _SA3CPP_BLOCK_LEAVES.get(leaf)
+        return None if spelled is None else f"dit.{head}.{spelled}"
+    stem = _SA3CPP_BLOCK.get(suffix)
+    return None if stem is None else f"dit.{head}.{stem}.{leaf}"
+
+
+def sa3cpp_base_key(target: str, param: str = "weight") -> str:
+    """Name of a target's weight (or bias) in an sa3.cpp DiT or conditioner GGUF."""
+    key = _format_sa3cpp(target, param)
+    if key is None:
+        raise ValueError(f"{target}: no sa3.cpp name for its {param}")
+    return key
+
+
+def _owns_sa3cpp(key: str) -> bool:
+    return parse_sa3cpp_base_key(key) is not None
+
+
+def is_sa3cpp_conditioner_key(key: str) -> bool:
+    """Whether an sa3.cpp base tensor lives in the conditioner sidecar (not the DiT file)."""
+    return key.startswith(SA3CPP_CONDITIONER_PREFIX)
+
+
 BASE_NAMINGS: dict[str, BaseNaming] = {
     n.name: n
     for n in (
@@ -264,6 +365,17 @@ BASE_NAMINGS: dict[str, BaseNaming] = {
             _format_diffusers,
             (),
             _owns_diffusers,
+            0.5,
+        ),
+        BaseNaming(
+            "sa3cpp",
+            "sa3.cpp GGUF: dit.N.self.qkv, dit.pre_conv (kernel 1 squeezed), dit.N.ssg, "
+            "te.* in the conditioner sidecar",
+            "dit.0.self.qkv.weight",
+            parse_sa3cpp_base_key,
+            _format_sa3cpp,
+            (),
+            _owns_sa3cpp,
             0.5,
         ),
         BaseNaming(

@@ -15,6 +15,7 @@ from sa3ckpt.io.safetensors import open_safetensors, write_safetensors
 from sa3ckpt.names.codec_keys import codec_key
 from sa3ckpt.ops.codec.convert import convert_codec
 from sa3ckpt.ops.inspect.report import inspect_file
+from sa3ckpt.ops.merge import MergeOptions
 from sa3ckpt.ops.merge.codec import PROVENANCE_KEY
 from sa3ckpt.ops.merge.driver import merge_checkpoint
 from sa3ckpt.ops.validate import validate_path
@@ -251,7 +252,10 @@ def test_merge_matches_the_float64_reference(
     name = f"tiny-same-{size}-{part}.{kind}.safetensors"
     out = tmp_path / "merged.safetensors"
     ledger = merge_checkpoint(
-        str(AE[size]), [AdapterArg(str(CODEC / name), strength)], str(out), semantics=semantics
+        str(AE[size]),
+        [AdapterArg(str(CODEC / name), strength)],
+        str(out),
+        options=MergeOptions(semantics=semantics),
     )
     fam = CODEC_TARGET_FAMILIES[f"tiny-same-{size}-{part}"]
     assert sorted(ledger.merged) == sorted(t.name for t in fam.targets)

@@ -18,6 +18,7 @@ from sa3ckpt.errors import IncompatibleError, UsageError
 from sa3ckpt.names import official_base_key
 from sa3ckpt.ops.library.extract import extract
 from sa3ckpt.ops.library.lowrank import svd_for_energy, top_svd
+from sa3ckpt.ops.merge import MergeOptions
 from sa3ckpt.ops.merge.driver import AdapterArg, merge_checkpoint
 from sa3ckpt.ops.validate import validate_path
 from sa3ckpt.targets import FAMILIES
@@ -78,7 +79,9 @@ def test_rank_r_finetune_is_extracted_and_merges_back(tmp_path: Path, family: st
     }
     assert all(t.retained_energy > 1 - 1e-9 for t in ledger.targets)
     merged = tmp_path / "merged.safetensors"
-    merge_checkpoint(base, [AdapterArg(str(out), 1.0)], str(merged), dtype="fp32")
+    merge_checkpoint(
+        base, [AdapterArg(str(out), 1.0)], str(merged), options=MergeOptions(dtype="fp32")
+    )
     got, want = load_file(str(merged)), load_file(ft)
     for key, value in want.items():
         scale = float(np.max(np.abs(value))) or 1.0
@@ -181,7 +184,9 @@ def test_lora_xs_is_the_projection_on_the_base_bases(tmp_path: Path) -> None:
         assert np.allclose(got, m, atol=1e-5 * np.abs(m).max()), result.target
         assert result.retained_energy == pytest.approx(np.sum(m**2) / np.sum(d**2), rel=1e-4)
     merged = tmp_path / "merged.safetensors"
-    merge_checkpoint(base, [AdapterArg(str(out), 1.0)], str(merged), dtype="fp32")
+    merge_checkpoint(
+        base, [AdapterArg(str(out), 1.0)], str(merged), options=MergeOptions(dtype="fp32")
+    )
     got_w = load_file(str(merged))
     target = ledger.targets[0].target
     w0 = _w2d(b_arr, family, target)

@@ -19,6 +19,7 @@ from sa3ckpt.errors import IncompatibleError, UsageError
 from sa3ckpt.io.base_checkpoint import NpzStreamWriter, open_base
 from sa3ckpt.io.safetensors import read_header, write_safetensors
 from sa3ckpt.names import mlx_base_key, official_base_key
+from sa3ckpt.ops.merge import MergeOptions
 from sa3ckpt.ops.merge.driver import PROVENANCE_KEY, AdapterArg, merge_checkpoint
 from sa3ckpt.strengths import parse_adapter_arg
 from sa3ckpt.synth import synth_adapter
@@ -77,8 +78,7 @@ def test_single_adapter_merge_matches_reference(tmp_path, type_name, strength, s
         str(BASE_OFFICIAL),
         [AdapterArg(_adapter_path(type_name), strength)],
         str(out),
-        semantics=semantics,
-        dtype="fp32",
+        options=MergeOptions(semantics=semantics, dtype="fp32"),
     )
     _check_all_targets(out, "official", [(type_name, strength)], semantics)
 
@@ -101,8 +101,7 @@ def test_stacked_mixed_merges_match_reference(tmp_path, stack, naming, semantics
         str(base),
         [AdapterArg(_adapter_path(t), w) for t, w in stack],
         str(out),
-        semantics=semantics,
-        dtype="fp32",
+        options=MergeOptions(semantics=semantics, dtype="fp32"),
     )
     assert len(ledger.merged) == len(FAM.targets) and ledger.naming == naming
     _check_all_targets(out, naming, stack, semantics)
@@ -120,7 +119,7 @@ def test_blend_at_one_is_the_runtime_file_and_at_zero_the_base(tmp_path, stems) 
             str(BASE_OFFICIAL),
             [AdapterArg(_adapter_path(stem), strength) for stem in stems],
             str(out),
-            semantics=semantics,
+            options=MergeOptions(semantics=semantics),
         )
         outputs[semantics, strength] = load_file(str(out))
     base = load_file(str(BASE_OFFICIAL))
@@ -137,8 +136,7 @@ def test_blend_differs_from_runtime_for_dora(tmp_path) -> None:
             str(BASE_OFFICIAL),
             [AdapterArg(_adapter_path("dora-rows"), 0.5)],
             str(out),
-            semantics=semantics,
-            dtype="fp32",
+            options=MergeOptions(semantics=semantics, dtype="fp32"),
         )
         merged[semantics] = out
     target = FAM.by_name["model.transformer.layers.1.ff.ff.0.proj"]
@@ -178,7 +176,7 @@ def test_provenance_metadata(tmp_path) -> None:
         str(BASE_OFFICIAL),
         [AdapterArg(_adapter_path("lora"), 0.25), AdapterArg(_adapter_path("bora"), 1.5)],
         str(out),
-        semantics="delta",
+        options=MergeOptions(semantics="delta"),
     )
     meta = read_header(out).metadata
     assert meta["format"] == "official-full"  # the base's own metadata is kept
@@ -204,7 +202,7 @@ def test_xs_bases_sources_are_reported(tmp_path) -> None:
         str(BASE_OFFICIAL),
         [AdapterArg(_adapter_path("lora-xs"), 1.0)],
         str(tmp_path / "b.safetensors"),
-        bases_path=str(bases_file),
+        options=MergeOptions(bases_path=str(bases_file)),
     )
     assert ledger.bases_sources == {"bases file": len(FAM.targets)}
     assert load_file(str(out)).keys() == load_file(str(tmp_path / "b.safetensors")).keys()
@@ -213,7 +211,10 @@ def test_xs_bases_sources_are_reported(tmp_path) -> None:
 def test_only_dit_leaves_conditioner_alone(tmp_path) -> None:
     out = tmp_path / "out.safetensors"
     ledger = merge_checkpoint(
-        str(BASE_OFFICIAL), [AdapterArg(_adapter_path("lora"), 1.0)], str(out), only="dit"
+        str(BASE_OFFICIAL),
+        [AdapterArg(_adapter_path("lora"), 1.0)],
+        str(out),
+        options=MergeOptions(only="dit"),
     )
     cond = "conditioners.seconds_total.embedder.embedding.1"
     assert ledger.skipped == [(cond, "--only dit")]
@@ -250,7 +251,7 @@ def test_missing_targets_ledger_and_strict(tmp_path) -> None:
             str(dit_only),
             [AdapterArg(_adapter_path("lora"), 1.0)],
             str(tmp_path / "p.safetensors"),
-            strict=True,
+            options=MergeOptions(strict=True),
         )
 
 
@@ -290,7 +291,10 @@ def test_output_rules(tmp_path) -> None:
         merge_checkpoint(str(BASE_OFFICIAL), [AdapterArg(_adapter_path("lora"), 1.0)], str(out))
     assert out.read_bytes() == b"precious"
     merge_checkpoint(
-        str(BASE_OFFICIAL), [AdapterArg(_adapter_path("lora"), 1.0)], str(out), force=True
+        str(BASE_OFFICIAL),
+        [AdapterArg(_adapter_path("lora"), 1.0)],
+        str(out),
+        options=MergeOptions(force=True),
     )
     assert read_header(out).tensors
     with pytest.raises(UsageError, match="same file"):
@@ -298,7 +302,7 @@ def test_output_rules(tmp_path) -> None:
             str(BASE_OFFICIAL),
             [AdapterArg(_adapter_path("lora"), 1.0)],
             str(BASE_OFFICIAL),
-            force=True,
+            options=MergeOptions(force=True),
         )
 
 
@@ -313,7 +317,10 @@ def test_npz_base_in_npz_out(tmp_path) -> None:
     )
     out = tmp_path / "merged.npz"
     ledger = merge_checkpoint(
-        str(npz), [AdapterArg(_adapter_path("dora-cols"), 0.5)], str(out), dtype="fp32"
+        str(npz),
+        [AdapterArg(_adapter_path("dora-cols"), 0.5)],
+        str(out),
+        options=MergeOptions(dtype="fp32"),
     )
     assert (
         ledger.container == "npz"
@@ -333,7 +340,10 @@ def test_dtype_choices(tmp_path) -> None:
     for name, code in (("fp32", "F32"), ("bf16", "BF16")):
         out = tmp_path / f"{name}.safetensors"
         ledger = merge_checkpoint(
-            str(BASE_OFFICIAL), [AdapterArg(_adapter_path("lora"), 1.0)], str(out), dtype=name
+            str(BASE_OFFICIAL),
+            [AdapterArg(_adapter_path("lora"), 1.0)],
+            str(out),
+            options=MergeOptions(dtype=name),
         )
         assert {i.dtype for i in read_header(out).tensors.values()} == {code}
         # every non-target tensor is cast (the base is fp16), and counted once: not as copied

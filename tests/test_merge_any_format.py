@@ -32,6 +32,7 @@ from sa3ckpt.io.base_checkpoint import open_base
 from sa3ckpt.io.safetensors import open_safetensors
 from sa3ckpt.ops.convert.adapters import convert_adapter
 from sa3ckpt.ops.library.combine import combine
+from sa3ckpt.ops.merge import MergeOptions
 from sa3ckpt.ops.merge.driver import AdapterArg, merge_checkpoint
 from tests.helpers import BASE_FAMILY, run_cli
 
@@ -172,7 +173,7 @@ def _merge(
 ) -> dict[str, bytes]:
     out = tmp_path / f"{name}.safetensors"
     base = DATA_DIR / "bases" / f"{family}.official.safetensors"
-    merge_checkpoint(str(base), [AdapterArg(str(adapter), 0.7)], str(out), **kwargs)
+    merge_checkpoint(str(base), [AdapterArg(str(adapter), 0.7)], str(out), MergeOptions(**kwargs))
     return _tensors(out)
 
 

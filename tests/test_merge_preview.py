@@ -11,6 +11,7 @@ from fixtures.generate import DATA_DIR
 from sa3ckpt.errors import IncompatibleError, UsageError
 from sa3ckpt.io.atomic import OutputRefused
 from sa3ckpt.names.modules import SECONDS_CONDITIONER
+from sa3ckpt.ops.merge import MergeOptions
 from sa3ckpt.ops.merge.driver import merge_checkpoint, preview_merge
 from sa3ckpt.strengths import AdapterArg
 from tests.helpers import BASE_FAMILY, BASE_OFFICIAL
@@ -40,9 +41,9 @@ def test_preview_counts_equal_what_the_merge_then_reports(
     tmp_path: Path, stack: list[AdapterArg], options: dict
 ) -> None:
     out = tmp_path / "out.safetensors"
-    preview = preview_merge(BASE, stack, str(out), **options)
+    preview = preview_merge(BASE, stack, str(out), MergeOptions(**options))
     assert list(tmp_path.iterdir()) == []  # the preview wrote nothing
-    ledger = merge_checkpoint(BASE, stack, str(out), **options)
+    ledger = merge_checkpoint(BASE, stack, str(out), MergeOptions(**options))
     assert sorted(preview.planned) == sorted(ledger.merged)
     assert preview.ledger.missing_from_base == ledger.missing_from_base
     assert preview.ledger.skipped == ledger.skipped
@@ -77,7 +78,9 @@ def test_preview_lists_missing_targets_per_adapter_and_the_strict_refusal(tmp_pa
     assert len(row.merged) == len(preview.planned) == 39
     assert preview.strict_refusal is not None and SECONDS_CONDITIONER in preview.strict_refusal
     with pytest.raises(IncompatibleError) as refused:
-        merge_checkpoint(str(base), stack, str(tmp_path / "o.safetensors"), strict=True)
+        merge_checkpoint(
+            str(base), stack, str(tmp_path / "o.safetensors"), options=MergeOptions(strict=True)
+        )
     assert str(refused.value) == preview.strict_refusal
     assert f"under --strict: {preview.strict_refusal}" in preview.lines()
 
@@ -89,10 +92,10 @@ def test_preview_reports_the_seconds_stack_warning_that_strict_refuses(tmp_path:
     assert any("seconds conditioner" in line for line in preview.lines())
     out = tmp_path / "out.safetensors"
     with pytest.raises(IncompatibleError) as refused:
-        merge_checkpoint(BASE, DORA_STACK, str(out), strict=True)
+        merge_checkpoint(BASE, DORA_STACK, str(out), options=MergeOptions(strict=True))
     assert str(refused.value) == preview.strict_refusal
     assert not out.exists()
-    quiet = preview_merge(BASE, DORA_STACK, exclude=["seconds_total"])
+    quiet = preview_merge(BASE, DORA_STACK, options=MergeOptions(exclude=["seconds_total"]))
     assert quiet.strict_refusal is None and not quiet.warnings
 
 
@@ -101,20 +104,22 @@ def test_preview_raises_what_the_merge_raises(tmp_path: Path) -> None:
     existing.write_bytes(b"keep")
     with pytest.raises(OutputRefused):
         preview_merge(BASE, LORA_PAIR, str(existing))
-    assert preview_merge(BASE, LORA_PAIR, str(existing), force=True).ledger.output == str(existing)
+    assert preview_merge(
+        BASE, LORA_PAIR, str(existing), options=MergeOptions(force=True)
+    ).ledger.output == str(existing)
     assert existing.read_bytes() == b"keep"
     with pytest.raises(UsageError, match="no pattern"):
-        preview_merge(BASE, LORA_PAIR, exclude=["1="])
+        preview_merge(BASE, LORA_PAIR, options=MergeOptions(exclude=["1="]))
     with pytest.raises(UsageError, match="adapter 3 does not exist"):
-        preview_merge(BASE, LORA_PAIR, exclude=["3=layers"])
+        preview_merge(BASE, LORA_PAIR, options=MergeOptions(exclude=["3=layers"]))
     medium = str(DATA_DIR / "adapters" / "tiny-medium" / "lora.safetensors")
     with pytest.raises(IncompatibleError, match="do not fit"):
         preview_merge(BASE, [AdapterArg(medium, 1.0)])
 
 
 def test_preview_comparison_is_the_merges_comparison() -> None:
-    preview = preview_merge(BASE, DORA_STACK, compare=True)
-    ledger = merge_checkpoint(BASE, DORA_STACK, None, compare=True)
+    preview = preview_merge(BASE, DORA_STACK, options=MergeOptions(compare=True))
+    ledger = merge_checkpoint(BASE, DORA_STACK, None, options=MergeOptions(compare=True))
     assert preview.ledger.comparison is not None and ledger.comparison is not None
     assert preview.ledger.comparison.to_json() == ledger.comparison.to_json()
     assert preview.lines()[: len(ledger.comparison.lines())] == ledger.comparison.lines()

@@ -22,6 +22,7 @@ from sa3ckpt.names.modules import BLOCK_MODULE_SHORT, BLOCK_MODULES
 from sa3ckpt.ops.convert.adapters import convert_adapter
 from sa3ckpt.ops.convert.bases import convert_base
 from sa3ckpt.ops.library.combine import combine
+from sa3ckpt.ops.merge import MergeOptions
 from sa3ckpt.ops.merge.driver import AdapterArg, merge_checkpoint
 from sa3ckpt.sizes import human_size
 from tests.helpers import run_cli
@@ -136,7 +137,9 @@ def test_every_command_uses_the_policy(tmp_path: Path) -> None:
     out.write_bytes(b"keep")
     calls = {
         "convert": lambda **kw: convert_adapter(LORA, str(out), to="sa3", **kw),
-        "merge": lambda **kw: merge_checkpoint(BASE, [AdapterArg(LORA, 1.0)], str(out), **kw),
+        "merge": lambda **kw: merge_checkpoint(
+            BASE, [AdapterArg(LORA, 1.0)], str(out), MergeOptions(**kw)
+        ),
         "combine": lambda **kw: combine([AdapterArg(LORA, 1.0)], str(out), **kw),
         "convert_base": lambda **kw: convert_base(BASE, str(out), to="mlx", **kw),
     }

@@ -35,6 +35,7 @@ from tests.reference_math import ref_adapted, ref_svd_bases
 peft = pytest.importorskip("peft")
 torch = pytest.importorskip("torch")
 
+from sa3ckpt.ops.merge import MergeOptions  # noqa: E402
 from tests.interop_models import build_torch_tree, canonical_weights, module_names  # noqa: E402
 
 FAMILY_NAMES = ("tiny-small", "tiny-medium")  # Conv1d kernel 3 and kernel 1
@@ -76,7 +77,10 @@ def _peft_merge(fam: Family, folder: Path) -> dict[str, np.ndarray]:
 
 def _sa3ckpt_merge(fam: Family, adapter: str, out: Path, bases: str | None = None) -> dict:
     merge_checkpoint(
-        _base_path(fam.name), [AdapterArg(adapter, 1.0)], str(out), dtype="fp32", bases_path=bases
+        _base_path(fam.name),
+        [AdapterArg(adapter, 1.0)],
+        str(out),
+        options=MergeOptions(dtype="fp32", bases_path=bases),
     )
     arrays = load_file(str(out))
     return {

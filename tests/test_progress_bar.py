@@ -17,6 +17,7 @@ from fixtures.generate import DATA_DIR
 from sa3ckpt.cli.progress import ProgressBar, item_label
 from sa3ckpt.ops.convert.bases import convert_base
 from sa3ckpt.ops.library.bases import compute_bases_file
+from sa3ckpt.ops.merge import MergeOptions
 from sa3ckpt.ops.merge.driver import AdapterArg, merge_checkpoint
 from sa3ckpt.ops.verify.verify import PHASES, verify_merge
 from sa3ckpt.progress import ProgressCounter, ProgressEvent
@@ -189,8 +190,8 @@ def test_merge_reports_every_output_byte(tmp_path: Path, dtype: str | None) -> N
         str(BASE_OFFICIAL),
         [AdapterArg(ADAPTER, 1.0)],
         str(out),
-        dtype=dtype,
         progress=events.append,
+        options=MergeOptions(dtype=dtype),
     )
     assert len(events) == len(ledger.merged) + ledger.copied + ledger.cast
     dones = [e.done for e in events]

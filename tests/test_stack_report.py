@@ -26,6 +26,7 @@ from sa3ckpt.names.modules import SECONDS_CONDITIONER
 from sa3ckpt.names.select import select
 from sa3ckpt.ops.inspect.report import inspect_path
 from sa3ckpt.ops.inspect.stack_report import PREDICTORS
+from sa3ckpt.ops.merge import MergeOptions
 from sa3ckpt.ops.merge.driver import PROVENANCE_KEY, merge_checkpoint
 from sa3ckpt.semantics import SEMANTICS_TABLE, help_text, markdown_table
 from sa3ckpt.strengths import AdapterArg
@@ -99,9 +100,7 @@ def _report(stack: list[tuple[str, float]], semantics: str, **kw):
         str(BASE_OFFICIAL),
         [AdapterArg(p, s) for p, s in stack],
         None,
-        semantics=semantics,
-        compare=True,
-        **kw,
+        MergeOptions(semantics=semantics, compare=True, **kw),
     )
     assert not ledger.written and ledger.stack is not None
     return ledger
@@ -222,7 +221,7 @@ def test_strict_refuses_a_warned_stack_with_exit_4_and_writes_nothing(tmp_path) 
             str(BASE_OFFICIAL),
             [AdapterArg(_fixture("dora-rows"), 1.0), AdapterArg(_fixture("bora"), 1.0)],
             str(out),
-            strict=True,
+            options=MergeOptions(strict=True),
         )
     warned = run_cli(*args, "--json")
     assert warned.returncode == 0 and out.exists()
@@ -245,8 +244,7 @@ def test_exclude_in_all_adapters_copies_exactly_those_targets(tmp_path) -> None:
         str(BASE_OFFICIAL),
         [AdapterArg(p, s) for p, s in stack],
         str(out),
-        dtype="fp32",
-        exclude=[pattern],
+        options=MergeOptions(dtype="fp32", exclude=[pattern]),
     )
     names = [t.name for t in FAM.targets]
     hit = set(names) - set(select(names, None, [pattern]))
@@ -280,8 +278,7 @@ def test_exclude_in_one_adapter_leaves_the_others(tmp_path, which) -> None:
         str(BASE_OFFICIAL),
         [AdapterArg(p, s) for p, s in stack],
         str(out),
-        dtype="fp32",
-        exclude=[f"{prefix}=ff.ff.", "1=no-such-module"],
+        options=MergeOptions(dtype="fp32", exclude=[f"{prefix}=ff.ff.", "1=no-such-module"]),
     )
     names = [t.name for t in FAM.targets]
     hit = set(names) - set(select(names, None, ["ff.ff."]))
@@ -310,7 +307,7 @@ def test_bad_exclude_is_a_usage_error(tmp_path, spec, needle) -> None:
             str(BASE_OFFICIAL),
             [AdapterArg(_fixture("lora"), 1.0), AdapterArg(_fixture("bora"), 1.0)],
             str(tmp_path / "o.safetensors"),
-            exclude=[spec],
+            options=MergeOptions(exclude=[spec]),
         )
     assert not (tmp_path / "o.safetensors").exists()
 
@@ -393,7 +390,10 @@ def test_every_semantics_is_described_predicted_and_named_in_help_readme_provena
             assert runtime in text and runtime.split()[0] in usage
     out = tmp_path / "m.safetensors"
     merge_checkpoint(
-        str(BASE_OFFICIAL), [AdapterArg(_fixture("lora"), 1.0)], str(out), semantics="delta"
+        str(BASE_OFFICIAL),
+        [AdapterArg(_fixture("lora"), 1.0)],
+        str(out),
+        options=MergeOptions(semantics="delta"),
     )
     prov = json.loads(read_header(out).metadata[PROVENANCE_KEY])
     assert prov["semantics_runtimes"] == list(SEMANTICS_TABLE["delta"].runtimes)

@@ -16,6 +16,7 @@ from sa3ckpt.adapters import tiled
 from sa3ckpt.adapters.checkpoint import load_checkpoint
 from sa3ckpt.errors import UsageError
 from sa3ckpt.names import official_base_key
+from sa3ckpt.ops.merge import MergeOptions
 from sa3ckpt.ops.merge import driver as merge_mod
 from sa3ckpt.ops.merge.driver import AdapterArg, merge_checkpoint, preview_merge
 from sa3ckpt.ops.merge.strength_map import parse_strength_map, split_entries
@@ -79,9 +80,7 @@ def test_per_target_strengths_match_the_float64_reference(
         _base(family),
         [AdapterArg(p, s) for p, s in members],
         str(out),
-        semantics=semantics,
-        dtype="fp32",
-        strength_map=[MAP, *extra],
+        options=MergeOptions(semantics=semantics, dtype="fp32", strength_map=[MAP, *extra]),
     )
     merged = load_file(str(out))
     fam = FAMILIES[family]
@@ -124,8 +123,7 @@ def test_strength_zero_leaves_the_base_bit_identical(
             AdapterArg(_adapter("tiny-small", "lora"), 0.6),
         ],
         str(out),
-        semantics=semantics,
-        strength_map=["layers.1.=0,postprocess_conv=0"],
+        options=MergeOptions(semantics=semantics, strength_map=["layers.1.=0,postprocess_conv=0"]),
     )
     merged, base = load_file(str(out)), load_file(_base("tiny-small"))
     zeroed = [t.name for t in FAMILIES["tiny-small"].targets if "layers.1." in t.name]
@@ -168,13 +166,19 @@ def test_tiled_and_whole_tensor_kernels_give_the_same_bytes(
     monkeypatch.setattr(merge_mod, "_merge_tiles", counting)
     fast = tmp_path / "fast.safetensors"
     merge_checkpoint(
-        _base("tiny-medium"), args, str(fast), semantics=semantics, dtype=dtype, strength_map=[MAP]
+        _base("tiny-medium"),
+        args,
+        str(fast),
+        options=MergeOptions(semantics=semantics, dtype=dtype, strength_map=[MAP]),
     )
     assert tiles, "the tiled path was not taken"
     monkeypatch.setattr(tiled, "available", lambda: False)
     whole = tmp_path / "whole.safetensors"
     merge_checkpoint(
-        _base("tiny-medium"), args, str(whole), semantics=semantics, dtype=dtype, strength_map=[MAP]
+        _base("tiny-medium"),
+        args,
+        str(whole),
+        options=MergeOptions(semantics=semantics, dtype=dtype, strength_map=[MAP]),
     )
     assert fast.read_bytes() == whole.read_bytes()
 
@@ -215,22 +219,26 @@ def test_an_entry_matching_nothing_is_an_error(tmp_path: Path) -> None:
     args = [AdapterArg(_adapter("tiny-small", "lora.layers-0"), 1.0)]
     with pytest.raises(UsageError, match=r"'layers\.1\.=0\.5' matches no target"):
         merge_checkpoint(
-            _base("tiny-small"), args, str(tmp_path / "o"), strength_map=["layers.1.=0.5"]
+            _base("tiny-small"),
+            args,
+            str(tmp_path / "o"),
+            options=MergeOptions(strength_map=["layers.1.=0.5"]),
         )
     with pytest.raises(UsageError, match="matches no target"):  # excluded first
         merge_checkpoint(
             _base("tiny-small"),
             args,
             str(tmp_path / "o"),
-            exclude=["cross_attn"],
-            strength_map=["cross_attn=0.5"],
+            options=MergeOptions(exclude=["cross_attn"], strength_map=["cross_attn=0.5"]),
         )
     assert not (tmp_path / "o").exists()
 
 
 def test_preview_lists_the_strengths(tmp_path: Path) -> None:
     args = [AdapterArg(_adapter("tiny-small", "dora-rows"), 0.5)]
-    preview = preview_merge(_base("tiny-small"), args, str(tmp_path / "o"), strength_map=[MAP])
+    preview = preview_merge(
+        _base("tiny-small"), args, str(tmp_path / "o"), options=MergeOptions(strength_map=[MAP])
+    )
     lines = preview.lines()
     assert any(line.startswith("--strength-map ") for line in lines)
     assert "strength at model.postprocess_conv: adapter 1 0.85 (postprocess_conv=1.7)" in lines
@@ -281,7 +289,7 @@ def test_verify_accepts_the_same_map(tmp_path: Path) -> None:
     args = [AdapterArg(dora, 1.0), AdapterArg(lora, 0.8)]
     out = str(tmp_path / "merged.safetensors")
     mapping = ["layers.[0-1].=0.3,cross_attn=1.7", "2=ff=0"]
-    merge_checkpoint(base, args, out, semantics="blend", strength_map=mapping)
+    merge_checkpoint(base, args, out, options=MergeOptions(semantics="blend", strength_map=mapping))
     report = verify_merge(base, args, out, semantics="blend", strength_map=mapping)
     assert report.verdict == PASS and not report.provenance_notes
     plain = verify_merge(base, args, out, semantics="blend")

@@ -23,6 +23,7 @@ from sa3ckpt.adapters.kernels import NumpyAdapter, merge_to
 from sa3ckpt.adapters.types import ADAPTER_TYPES
 from sa3ckpt.io.safetensors import SafetensorsStreamWriter, open_safetensors
 from sa3ckpt.io.writeback import start_writeback
+from sa3ckpt.ops.merge import MergeOptions
 from sa3ckpt.ops.merge.driver import AdapterArg, merge_checkpoint
 from tests.helpers import TOLERANCE, random_params
 from tests.reference_math import REFERENCES
@@ -218,10 +219,14 @@ def test_merge_file_is_the_whole_kernels(
         return real(*args, **kwargs)
 
     monkeypatch.setattr("sa3ckpt.ops.merge.driver.merge_rows", counting)
-    merge_checkpoint(str(BASE), [AdapterArg(adapter, 0.8)], str(fast), dtype=dtype)
+    merge_checkpoint(
+        str(BASE), [AdapterArg(adapter, 0.8)], str(fast), options=MergeOptions(dtype=dtype)
+    )
     assert calls  # the tiled kernel ran
     monkeypatch.setattr(tiled, "available", lambda: False)
-    merge_checkpoint(str(BASE), [AdapterArg(adapter, 0.8)], str(slow), dtype=dtype)
+    merge_checkpoint(
+        str(BASE), [AdapterArg(adapter, 0.8)], str(slow), options=MergeOptions(dtype=dtype)
+    )
     with open_safetensors(fast) as a, open_safetensors(slow) as b:
         assert a.keys() == b.keys()
         for key in a:

@@ -31,6 +31,7 @@ from sa3ckpt.adapters.module_io import load_into, to_checkpoint
 from sa3ckpt.io.safetensors import write_safetensors
 from sa3ckpt.models import DIT_ONLY_EXCLUDE, Conditioner, DiT, load_dit, training_local_cond
 from sa3ckpt.names.base_keys import official_base_key
+from sa3ckpt.ops.merge import MergeOptions
 from sa3ckpt.ops.merge.driver import merge_checkpoint
 from sa3ckpt.strengths import AdapterArg
 from sa3ckpt.synth import official_full_tensors
@@ -199,7 +200,10 @@ def test_train_save_reload_validate_merge(family: str, adapter_type: str, tmp_pa
     live = _fixed_forward(dit, batch)
     merged_path = tmp_path / "merged.safetensors"
     merge_checkpoint(
-        str(base_path), [AdapterArg(str(adapter_path), 1.0)], str(merged_path), dtype="fp32"
+        str(base_path),
+        [AdapterArg(str(adapter_path), 1.0)],
+        str(merged_path),
+        options=MergeOptions(dtype="fp32"),
     )
     merged = load_dit(merged_path)
     assert merged.ledger.family == family

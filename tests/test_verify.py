@@ -27,6 +27,7 @@ from sa3ckpt.names import SECONDS_CONDITIONER
 from sa3ckpt.ops.apply import apply_checkpoints
 from sa3ckpt.ops.convert.bases import convert_base
 from sa3ckpt.ops.library.bases import compute_bases_file
+from sa3ckpt.ops.merge import MergeOptions
 from sa3ckpt.ops.merge.driver import merge_checkpoint
 from sa3ckpt.ops.verify import probe as verify_probe
 from sa3ckpt.ops.verify.probe import make_probe, run_probe
@@ -73,7 +74,7 @@ def _merge(
     work: Path, name: str, pairs: list[tuple[str, float]], base: str | None = None, **kw
 ) -> str:
     out = str(work / f"{name}.safetensors")
-    merge_checkpoint(base or _base(work), _args(*pairs), out, force=True, **kw)
+    merge_checkpoint(base or _base(work), _args(*pairs), out, MergeOptions(force=True, **kw))
     return out
 
 
@@ -141,7 +142,7 @@ def test_diffusers_folders_either_side(work: Path) -> None:
     folder = str(work / "diffusers-base")
     convert_base(_base(work), folder, to="diffusers", force=True)
     merged_folder = str(work / "diffusers-merged")
-    merge_checkpoint(folder, _args((LORA, 1.0)), merged_folder, force=True)
+    merge_checkpoint(folder, _args((LORA, 1.0)), merged_folder, options=MergeOptions(force=True))
     merged_official = _merge(work, "lora-official", [(LORA, 1.0)])
     for base, merged in ((_base(work), merged_folder), (folder, merged_official)):
         report = verify_merge(base, _args((LORA, 1.0)), merged)

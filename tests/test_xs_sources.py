@@ -25,6 +25,7 @@ from sa3ckpt.io.legacy_pickle import PickleRefusedError
 from sa3ckpt.io.safetensors import open_safetensors
 from sa3ckpt.names import official_base_key, to_sa3cpp_stem
 from sa3ckpt.ops.library.bases import compute_bases_file
+from sa3ckpt.ops.merge import MergeOptions
 from sa3ckpt.ops.merge import driver as merge_module
 from sa3ckpt.ops.merge.driver import AdapterArg, merge_checkpoint
 from sa3ckpt.targets import FAMILIES
@@ -42,7 +43,9 @@ def _weights() -> dict[str, np.ndarray]:
 
 def _merge(tmp_path: Path, name: str, **kw: object):
     out = tmp_path / name
-    ledger = merge_checkpoint(str(BASE_OFFICIAL), [AdapterArg(XS, 1.0)], str(out), **kw)
+    ledger = merge_checkpoint(
+        str(BASE_OFFICIAL), [AdapterArg(XS, 1.0)], str(out), MergeOptions(**kw)
+    )
     return ledger, load_file(str(out))
 
 

@@ -8,6 +8,7 @@ the form refuses exactly what `sa3ckpt merge` refuses.
 
 from __future__ import annotations
 
+import dataclasses
 import os
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -24,7 +25,7 @@ from sa3ckpt.io.atomic import (
     OutputRefused,
 )
 from sa3ckpt.io.base_checkpoint import base_container_of, check_base_output
-from sa3ckpt.ops.merge import ONLY_ROOTS, parse_exclusions, parse_strength_map
+from sa3ckpt.ops.merge import ONLY_ROOTS, MergeOptions, parse_exclusions, parse_strength_map
 from sa3ckpt.strengths import AdapterArg, StrengthError, parse_strength
 
 # The library's output policy decides; the form words its refusals for the form's controls.
@@ -41,21 +42,6 @@ class PlanError(ValueError):
 
 
 @dataclass(frozen=True)
-class MergeOptions:
-    """The form's `merge` options besides base, adapters and output (the CLI's flags)."""
-
-    semantics: str = "runtime"
-    dtype: str | None = None  # --dtype; None: the base's
-    only: str | None = None  # --only; None: every target
-    exclude: tuple[str, ...] = ()  # --exclude, in the order given
-    strength_map: str | None = None  # one --strength-map value; None: no map
-    bases: str | None = None  # --bases FILE
-    allow_pickle: bool = False
-    force: bool = False
-    strict: bool = False
-
-
-@dataclass(frozen=True)
 class MergePlan:
     """Validated arguments for `merge_checkpoint` / `preview_merge` (equal plans: same merge)."""
 
@@ -68,21 +54,9 @@ class MergePlan:
     def semantics(self) -> str:
         return self.options.semantics
 
-    def library_kwargs(self) -> dict[str, Any]:
-        """The keyword arguments both library calls take, named as they name them."""
-        o = self.options
-        kwargs: dict[str, Any] = {
-            "semantics": o.semantics,
-            "dtype": o.dtype,
-            "only": o.only,
-            "bases_path": o.bases,
-            "allow_pickle": o.allow_pickle,
-            "force": o.force,
-            "exclude": list(o.exclude),
-        }
-        if o.strength_map:  # the CLI flag given only with a map, as a user would type it
-            kwargs["strength_map"] = [o.strength_map]
-        return kwargs
+    def merge_options(self, *, compare: bool = False) -> MergeOptions:
+        """The library's options for this plan: the merge and its preview take the same."""
+        return dataclasses.replace(self.options, compare=compare)
 
 
 def exclude_error(spec: str, paths: Sequence[str]) -> str | None:
@@ -117,12 +91,12 @@ def _check_options(options: MergeOptions, paths: Sequence[str]) -> None:
         parse_exclusions(options.exclude, paths)
     except UsageError as exc:
         raise PlanError(str(exc)) from None
-    if options.strength_map:
-        reason = strength_map_error(options.strength_map, paths)
+    for spec in options.strength_map:
+        reason = strength_map_error(spec, paths)
         if reason is not None:
             raise PlanError(reason)
-    if options.bases is not None and not os.path.isfile(options.bases):
-        raise PlanError(f"bases file {options.bases} is not a file")
+    if options.bases_path is not None and not os.path.isfile(options.bases_path):
+        raise PlanError(f"bases file {options.bases_path} is not a file")
 
 
 def make_plan(
@@ -130,14 +104,23 @@ def make_plan(
     adapters: list[tuple[str, str]],
     output: str,
     semantics: str = "runtime",
+    *,
+    strength_map: str | None = None,
+    bases: str | None = None,
     **flags: Any,
 ) -> MergePlan:
     """Check the form (paths as typed, strengths as text) and build the plan.
 
-    flags: the other `MergeOptions` fields (dtype, only, exclude, strength_map, bases,
+    strength_map: the form's one `--strength-map` value (None: no map). bases: the
+    `--bases FILE` field. flags: the other `MergeOptions` fields (dtype, only, exclude,
     allow_pickle, force, strict), as the form holds them.
     """
-    options = MergeOptions(semantics, **flags)
+    options = MergeOptions(
+        semantics,
+        strength_map=(strength_map,) if strength_map else (),
+        bases_path=bases,
+        **flags,
+    )
     base, output = base.strip(), output.strip()
     if not base:
         raise PlanError("choose a base checkpoint")
@@ -155,7 +138,7 @@ def make_plan(
     _check_options(options, [a.path for a in args])
     if not output:
         raise PlanError("choose an output path")
-    inputs = [base, *(a.path for a in args), *([options.bases] if options.bases else [])]
+    inputs = [base, *(a.path for a in args), *([options.bases_path] if options.bases_path else [])]
     try:
         check_base_output(output, base_container_of(base), inputs=inputs, overwrite=options.force)
     except OutputRefused as refused:

@@ -15,7 +15,7 @@ not flood the event loop.
 from __future__ import annotations
 
 import dataclasses
-from typing import ClassVar
+from typing import Any, ClassVar
 
 from rich.text import Text
 from textual import on, work
@@ -289,7 +289,7 @@ class MergeScreen(JobScreen):
     def _hint(self, message: str) -> None:
         self.query_one("#run-hint", Static).update(plain(message))
 
-    def _options(self) -> dict[str, object]:
+    def _options(self) -> dict[str, Any]:
         """The form's flags as `make_plan` keywords (the CLI's option names)."""
         bases = self.query_one("#bases", Input).value.strip()
         return {
@@ -392,11 +392,7 @@ class MergeScreen(JobScreen):
         """Worker thread: the library's preview; the result or one line goes back to the UI."""
         try:
             preview = preview_merge(
-                plan.base,
-                list(plan.adapters),
-                plan.output,
-                compare=compare,
-                **plan.library_kwargs(),
+                plan.base, list(plan.adapters), plan.output, plan.merge_options(compare=compare)
             )
         except Exception as exc:
             self.app.call_from_thread(self._previewed_done, plan, None, describe_error(exc))
@@ -442,9 +438,8 @@ class MergeScreen(JobScreen):
                 plan.base,
                 list(plan.adapters),
                 plan.output,
-                strict=plan.options.strict,
+                plan.merge_options(),
                 progress=self._job_reporter(),
-                **plan.library_kwargs(),
             )
         except OSError as exc:  # the environment, while writing: name the output, exit-5 words
             error = OutputError.from_os_error(plan.output, exc)

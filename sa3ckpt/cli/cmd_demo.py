@@ -21,7 +21,7 @@ from sa3ckpt.io.safetensors import SafetensorsStreamWriter, write_safetensors
 from sa3ckpt.names import official_base_key
 from sa3ckpt.ops.convert import convert_adapter
 from sa3ckpt.ops.inspect import inspect_path
-from sa3ckpt.ops.merge import merge_checkpoint
+from sa3ckpt.ops.merge import MergeOptions, merge_checkpoint
 from sa3ckpt.ops.validate import validate_paths
 from sa3ckpt.strengths import AdapterArg
 from sa3ckpt.synth import synth_adapter
@@ -88,7 +88,7 @@ def _demo(work: Path) -> int:
     _write_base_slice(base, list(adapter.tensors))
     merged = work / "merged.safetensors"
     merge_ledger = merge_checkpoint(
-        str(base), [AdapterArg(str(path), 0.8)], str(merged), force=True
+        str(base), [AdapterArg(str(path), 0.8)], str(merged), options=MergeOptions(force=True)
     )
     for line in merge_ledger.lines():
         out.print(escape_control(line), soft_wrap=True)

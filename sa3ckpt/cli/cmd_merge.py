@@ -9,7 +9,7 @@ from sa3ckpt.adapters.formulas import SEMANTICS
 from sa3ckpt.cli.common import print_ledger
 from sa3ckpt.cli.progress import add_quiet, progress_bar
 from sa3ckpt.dtypes import NAMES as DTYPE_NAMES
-from sa3ckpt.ops.merge import ONLY_ROOTS, merge_checkpoint
+from sa3ckpt.ops.merge import ONLY_ROOTS, MergeOptions, merge_checkpoint
 from sa3ckpt.semantics import help_text
 from sa3ckpt.strengths import parse_adapter_arg
 from sa3ckpt.textsafe import escape_control
@@ -94,17 +94,19 @@ def run(args: argparse.Namespace) -> int:
             args.base,
             [parse_adapter_arg(a) for a in args.adapters],
             args.output,
-            semantics=args.semantics,
-            dtype=args.dtype,
-            only=args.only,
-            bases_path=args.bases,
-            allow_pickle=args.allow_pickle,
-            force=args.force,
-            strict=args.strict,
-            exclude=args.exclude,
-            strength_map=args.strength_map,
-            compare=args.compare_semantics,
             progress=progress,
+            options=MergeOptions(
+                semantics=args.semantics,
+                dtype=args.dtype,
+                only=args.only,
+                bases_path=args.bases,
+                allow_pickle=args.allow_pickle,
+                force=args.force,
+                strict=args.strict,
+                exclude=args.exclude,
+                strength_map=args.strength_map,
+                compare=args.compare_semantics,
+            ),
         )
     for warning in ledger.warnings:
         print(f"sa3ckpt: warning: {escape_control(warning)}", file=sys.stderr)

@@ -18,6 +18,7 @@ from sa3ckpt.adapters.xs_bases import svd_bases
 from sa3ckpt.io.safetensors import read_header
 from sa3ckpt.names import official_base_key
 from sa3ckpt.names.modules import SECONDS_CONDITIONER
+from sa3ckpt.ops.merge import MergeOptions
 from sa3ckpt.ops.merge.driver import PROVENANCE_KEY, AdapterArg, merge_checkpoint
 from sa3ckpt.targets import FAMILIES
 from tests.helpers import BASE_FAMILY, base_2d
@@ -680,7 +681,10 @@ def test_compare_shows_the_per_pair_spread_for_this_stack() -> None:
             await settle(pilot)
             spread = static_text(app, "#semantics-spread")
             comparison = merge_checkpoint(
-                BASE, [AdapterArg(DORA_ROWS, 1.0), AdapterArg(DORA_COLS, 1.0)], None, compare=True
+                BASE,
+                [AdapterArg(DORA_ROWS, 1.0), AdapterArg(DORA_COLS, 1.0)],
+                None,
+                options=MergeOptions(compare=True),
             ).comparison
             assert comparison is not None
             for pair, doc in comparison.to_json()["pairs"].items():
@@ -701,15 +705,10 @@ def test_make_plan_checks_every_option_with_the_library(tmp_path: Path) -> None:
     out = str(tmp_path / "out.safetensors")
     rows = [(ADAPTER, "1")]
     plan = make_plan(BASE, rows, out, "blend", dtype="fp32", only="dit", exclude=("1=layers",))
-    assert plan.library_kwargs() == {
-        "semantics": "blend",
-        "dtype": "fp32",
-        "only": "dit",
-        "bases_path": None,
-        "allow_pickle": False,
-        "force": False,
-        "exclude": ["1=layers"],
-    }
+    assert plan.merge_options() == MergeOptions(
+        semantics="blend", dtype="fp32", only="dit", exclude=("1=layers",)
+    )
+    assert plan.merge_options(compare=True).compare
     for flags, message in [
         ({"dtype": "fp8"}, "unknown output dtype 'fp8'"),
         ({"only": "vae"}, "--only takes dit or conditioner, not 'vae'"),

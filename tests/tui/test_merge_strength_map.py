@@ -9,6 +9,7 @@ import numpy as np
 from safetensors.numpy import load_file
 from textual.widgets import Input
 
+from sa3ckpt.ops.merge import MergeOptions
 from sa3ckpt.ops.merge.driver import AdapterArg, merge_checkpoint
 from tests.tui.helpers import DATA, settle, static_text
 from tests.tui.test_merge_screen import BASE, DORA_COLS, DORA_ROWS, merge_form, type_into
@@ -55,7 +56,7 @@ def test_strength_map_field_errors_inline_and_merges_as_the_cli(tmp_path: Path) 
         str(DATA / BASE),
         [AdapterArg(str(DATA / DORA_ROWS), 1.0), AdapterArg(str(DATA / DORA_COLS), 1.0)],
         str(again),
-        strength_map=[MAP],
+        options=MergeOptions(strength_map=[MAP]),
     )
     got, want = load_file(str(out)), load_file(str(again))
     assert all(np.array_equal(got[k], want[k]) for k in want)
@@ -69,7 +70,7 @@ def test_make_plan_passes_the_map_and_refuses_a_bad_one(tmp_path: Path) -> None:
     out = str(tmp_path / "out.safetensors")
     rows = [(str(DATA / DORA_ROWS), "1")]
     plan = make_plan(str(DATA / BASE), rows, out, strength_map=MAP.replace("2=", "1="))
-    assert plan.library_kwargs()["strength_map"] == [MAP.replace("2=", "1=")]
-    assert "strength_map" not in make_plan(str(DATA / BASE), rows, out).library_kwargs()
+    assert plan.merge_options().strength_map == (MAP.replace("2=", "1="),)
+    assert make_plan(str(DATA / BASE), rows, out).merge_options().strength_map == ()
     with pytest.raises(PlanError, match="adapter 2 does not exist"):
         make_plan(str(DATA / BASE), rows, out, strength_map=MAP)

@@ -9,7 +9,6 @@ from sa3ckpt.ops.merge.compare_semantics import (
     SemanticsComparison,
 )
 from sa3ckpt.ops.merge.driver import (
-    ONLY_ROOTS,
     merge_checkpoint,
     preview_merge,
 )
@@ -24,6 +23,11 @@ from sa3ckpt.ops.merge.ledger import (
     adapter_sha256,
     file_sha256,
 )
+from sa3ckpt.ops.merge.options import (
+    DEFAULTS,
+    ONLY_ROOTS,
+    MergeOptions,
+)
 from sa3ckpt.ops.merge.preview import (
     MergePreview,
 )
@@ -33,10 +37,12 @@ from sa3ckpt.ops.merge.strength_map import (
 )
 
 __all__ = [
+    "DEFAULTS",
     "ONLY_ROOTS",
     "PROVENANCE_KEY",
     "Excluded",
     "MergeLedger",
+    "MergeOptions",
     "MergePreview",
     "SemanticsComparison",
     "StrengthMap",

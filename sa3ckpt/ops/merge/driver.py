@@ -54,7 +54,7 @@ from sa3ckpt.io.base_checkpoint import (
 from sa3ckpt.io.formats import identify
 from sa3ckpt.io.safetensors import SafetensorsStreamWriter
 from sa3ckpt.layout import Layout
-from sa3ckpt.names.modules import ROOTS, root_of
+from sa3ckpt.names.modules import root_of
 from sa3ckpt.ops.inspect import (
     CODEC_WEIGHTS,
     NEEDS_BASE_NORMS,
@@ -68,14 +68,13 @@ from sa3ckpt.ops.merge.codec import merge_codec
 from sa3ckpt.ops.merge.compare_semantics import SemanticsComparison, target_differences
 from sa3ckpt.ops.merge.exclusions import apply_exclusions, parse_exclusions
 from sa3ckpt.ops.merge.ledger import PROVENANCE_KEY, MergeLedger, adapter_sha256
+from sa3ckpt.ops.merge.options import DEFAULTS, MergeOptions
 from sa3ckpt.ops.merge.preview import MergePreview
 from sa3ckpt.ops.merge.strength_map import TargetStrength, parse_strength_map
 from sa3ckpt.progress import ProgressCallback, ProgressCounter
 from sa3ckpt.semantics import info as semantics_info
 from sa3ckpt.strengths import AdapterArg
 from sa3ckpt.threads import limit_blas
-
-ONLY_ROOTS = ROOTS
 
 
 def _fit_problem(ckpt: AdapterCheckpoint, target: str, fan: tuple[int, int]) -> str | None:
@@ -166,17 +165,9 @@ def _prepare(
     base_path: str,
     adapters: Sequence[AdapterArg],
     output: str | None,
+    options: MergeOptions,
     *,
-    semantics: str,
-    dtype: str | None,
-    only: str | None,
-    bases_path: str | None,
-    allow_pickle: bool,
-    force: bool,
     strict: bool,
-    exclude: Sequence[str],
-    compare: bool,
-    strength_map: Sequence[str] = (),
 ) -> Iterator[_Prepared]:
     """Every step of a merge before the first byte is written, shared by `merge_checkpoint`
     and `preview_merge` so a preview and the merge after it cannot disagree.
@@ -184,20 +175,24 @@ def _prepare(
     strict: raise the --strict refusal as soon as it is known (the merge); without it the
     refusal is only recorded (the preview reports it and shows the stack report).
     """
-    if semantics not in SEMANTICS:
-        raise UsageError(f"unknown semantics {semantics!r} (known: {', '.join(SEMANTICS)})")
-    if only is not None and only not in ONLY_ROOTS:
-        raise UsageError(f"--only takes {' or '.join(ONLY_ROOTS)}, not {only!r}")
+    options.check()
+    semantics, bases_path, allow_pickle = (
+        options.semantics,
+        options.bases_path,
+        options.allow_pickle,
+    )
     if not adapters:
         raise UsageError("merge needs at least one adapter")
-    out_code = dtypes.code_from_name(dtype) if dtype else None
+    out_code = dtypes.code_from_name(options.dtype) if options.dtype else None
     paths = [a.path for a in adapters]
-    exclusions = parse_exclusions(exclude, paths)
-    smap = parse_strength_map(strength_map, paths)
+    exclusions = parse_exclusions(options.exclude, paths)
+    smap = parse_strength_map(options.strength_map, paths)
     inputs = [base_path, *paths, *([bases_path] if bases_path else [])]
     _check_base_first(base_path)  # before the output check: swapped arguments say so
     if output is not None:
-        check_base_output(output, base_container_of(base_path), inputs=inputs, overwrite=force)
+        check_base_output(
+            output, base_container_of(base_path), inputs=inputs, overwrite=options.force
+        )
     # Every container inspect reads (sa3/bare/mlx files, PEFT folders, diffusers LoRA
     # folders, sa3.cpp GGUF, legacy pickles with the opt-in), through the registry path convert
     # uses.
@@ -224,7 +219,7 @@ def _prepare(
             )
             if ckpt.ledger is not None:
                 ledger.unmatched_keys += [f"{arg.path}: {k} ({r})" for k, r in ckpt.ledger.rejected]
-        plan = _plan(base, ckpts, only, ledger)
+        plan = _plan(base, ckpts, options.only, ledger)
         if ledger.shape_mismatches:
             raise IncompatibleError(
                 f"{len(ledger.shape_mismatches)} adapter targets do not fit {base_path} "
@@ -248,7 +243,7 @@ def _prepare(
             if strict:
                 raise IncompatibleError(refusal)
         ledger.stack = _stack_report(base, plan, ckpts, paths, semantics)
-        if compare:
+        if options.compare:
             ledger.comparison = _comparison(base, plan, ckpts, bases)
         if refusal is None and ledger.warnings:
             refusal = (
@@ -287,58 +282,38 @@ def merge_checkpoint(
     base_path: str,
     adapters: Sequence[AdapterArg],
     output: str | None,
+    options: MergeOptions = DEFAULTS,
     *,
-    semantics: str = "runtime",
-    dtype: str | None = None,
-    only: str | None = None,
-    bases_path: str | None = None,
-    allow_pickle: bool = False,
-    force: bool = False,
-    strict: bool = False,
-    exclude: Sequence[str] = (),
-    compare: bool = False,
     progress: ProgressCallback | None = None,
-    strength_map: Sequence[str] = (),
 ) -> MergeLedger:
     """Merge adapters into a base and write `output` atomically; return the ledger.
 
-    exclude: `[ADAPTER=]PATTERN` specs (`ops.merge.exclusions`). strength_map:
-    `--strength-map` values, per-target strength factors (`ops.merge.strength_map`).
-    compare: also measure how far the semantics' results are apart (`ledger.comparison`).
-    output None (only with compare) writes nothing. Under `strict`, stack-report warnings
-    refuse the merge (exit 4) before anything is written. progress: called with output bytes
-    written so far, of all of them, after each tensor (`sa3ckpt.progress`).
+    output None (only with `options.compare`) writes nothing. Under `options.strict`,
+    stack-report warnings refuse the merge (exit 4) before anything is written. progress:
+    called with output bytes written so far, of all of them, after each tensor
+    (`sa3ckpt.progress`).
     """
     started = time.perf_counter()
-    if output is None and not compare:
+    if output is None and not options.compare:
         raise UsageError("merge needs -o OUT (or --compare-semantics to only report)")
     codec = _codec_route(base_path, adapters)
     if codec:
-        if only or bases_path or exclude or compare:
+        if options.only or options.bases_path or options.exclude or options.compare:
             raise UsageError(
                 "--only, --bases, --exclude and --compare-semantics are DiT merge options; "
                 "a codec merge takes --semantics, --dtype and --force"
             )
         ledger = merge_codec(
-            base_path, adapters, output, semantics=semantics, dtype=dtype, force=force
+            base_path,
+            adapters,
+            output,
+            semantics=options.semantics,
+            dtype=options.dtype,
+            force=options.force,
         )
         ledger.seconds = time.perf_counter() - started
         return ledger
-    with _prepare(
-        base_path,
-        adapters,
-        output,
-        semantics=semantics,
-        dtype=dtype,
-        only=only,
-        bases_path=bases_path,
-        allow_pickle=allow_pickle,
-        force=force,
-        strict=strict,
-        exclude=exclude,
-        compare=compare,
-        strength_map=strength_map,
-    ) as ready:
+    with _prepare(base_path, adapters, output, options, strict=options.strict) as ready:
         ledger = ready.plan.ledger
         if output is not None:
             _write(
@@ -346,11 +321,11 @@ def merge_checkpoint(
                 ready.ckpts,
                 ready.plan,
                 output,
-                semantics,
+                options.semantics,
                 ready.out_code,
                 ready.bases,
                 ready.inputs,
-                force,
+                options.force,
                 progress,
             )
     ledger.seconds = time.perf_counter() - started
@@ -361,16 +336,7 @@ def preview_merge(
     base_path: str,
     adapters: Sequence[AdapterArg],
     output: str | None = None,
-    *,
-    semantics: str = "runtime",
-    dtype: str | None = None,
-    only: str | None = None,
-    bases_path: str | None = None,
-    allow_pickle: bool = False,
-    force: bool = False,
-    exclude: Sequence[str] = (),
-    compare: bool = False,
-    strength_map: Sequence[str] = (),
+    options: MergeOptions = DEFAULTS,
 ) -> MergePreview:
     """What `merge_checkpoint` with the same arguments would do, writing nothing.
 
@@ -379,26 +345,12 @@ def preview_merge(
     --strict would refuse is returned as `strict_refusal` instead of raised, so the report
     that explains it can be shown. The ledger's head says nothing was written.
     """
-    with _prepare(
-        base_path,
-        adapters,
-        output,
-        semantics=semantics,
-        dtype=dtype,
-        only=only,
-        bases_path=bases_path,
-        allow_pickle=allow_pickle,
-        force=force,
-        strict=False,
-        exclude=exclude,
-        compare=compare,
-        strength_map=strength_map,
-    ) as ready:
+    with _prepare(base_path, adapters, output, options, strict=False) as ready:
         ledger = ready.plan.ledger
         ledger.written = False
         planned = list(ready.plan.targets.values())
         kept = [set(ckpt.tensors) for ckpt, _ in ready.ckpts]
-    return MergePreview.of(ledger, planned, kept, dtype, ready.strict_refusal)
+    return MergePreview.of(ledger, planned, kept, options.dtype, ready.strict_refusal)
 
 
 def _provenance(ledger: MergeLedger) -> str:

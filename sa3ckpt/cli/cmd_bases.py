@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 
+from sa3ckpt.cli.arguments import add_output_arg, add_output_flags
 from sa3ckpt.cli.common import print_ledger
 from sa3ckpt.cli.progress import add_quiet, progress_bar
 from sa3ckpt.ops.library import DEFAULT_RANK, compute_bases_file
@@ -11,9 +12,7 @@ from sa3ckpt.ops.library import DEFAULT_RANK, compute_bases_file
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("base", metavar="BASE", help="base checkpoint (official, MLX, diffusers)")
-    parser.add_argument(
-        "-o", "--output", required=True, metavar="OUT", help="bases file (*.safetensors)"
-    )
+    add_output_arg(parser, metavar="OUT", help="bases file (*.safetensors)")
     parser.add_argument(
         "--rank",
         type=int,
@@ -27,8 +26,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         metavar="PATTERN",
         help="only targets containing one of these substrings ([a-b] ranges; default all)",
     )
-    parser.add_argument("--force", action="store_true", help="replace an existing output file")
-    parser.add_argument("--json", action="store_true", help="print the ledger as one JSON document")
+    add_output_flags(parser)
     add_quiet(parser)
 
 

@@ -5,15 +5,15 @@ from __future__ import annotations
 
 import argparse
 
+from sa3ckpt.cli.arguments import add_output_arg, add_output_flags
 from sa3ckpt.cli.common import print_ledger
-from sa3ckpt.dtypes import NAMES as DTYPE_NAMES
 from sa3ckpt.ops.library import METHODS, combine
 from sa3ckpt.strengths import parse_adapter_arg
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("adapters", nargs="+", metavar="ADAPTER[:W]", help="adapters and weights")
-    parser.add_argument("-o", "--output", required=True, metavar="OUT", help="combined adapter")
+    add_output_arg(parser, metavar="OUT", help="combined adapter")
     parser.add_argument(
         "--method",
         required=True,
@@ -30,19 +30,15 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--base", metavar="BASE", help="base checkpoint (cat/svd: DoRA/BoRA or XS inputs)"
     )
-    parser.add_argument(
-        "--dtype",
-        choices=list(DTYPE_NAMES),
-        help="output dtype (cat/svd default fp16; mean default the inputs' dtype)",
-    )
     parser.add_argument("--allow-pickle", action="store_true", help="read legacy .ckpt adapters")
     parser.add_argument(
         "--allow-nonfinite",
         action="store_true",
         help="cat/mean: carry NaN/Inf over instead of exit 4",
     )
-    parser.add_argument("--force", action="store_true", help="replace an existing output file")
-    parser.add_argument("--json", action="store_true", help="print the ledger as one JSON document")
+    add_output_flags(
+        parser, dtype_help="output dtype (cat/svd default fp16; mean default the inputs' dtype)"
+    )
 
 
 def run(args: argparse.Namespace) -> int:

@@ -4,22 +4,19 @@ from __future__ import annotations
 
 import argparse
 
+from sa3ckpt.cli.arguments import add_output_arg, add_output_flags, add_rank_or_energy
 from sa3ckpt.cli.common import print_ledger
-from sa3ckpt.dtypes import NAMES as DTYPE_NAMES
 from sa3ckpt.ops.library import DEFAULT_THRESHOLD, TYPES, extract
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("base", metavar="BASE", help="the base checkpoint (official, MLX, ...)")
     parser.add_argument("finetuned", metavar="FINETUNED", help="the fine-tuned checkpoint")
-    parser.add_argument("-o", "--output", required=True, metavar="ADAPTER", help="adapter file")
-    how = parser.add_mutually_exclusive_group(required=True)
-    how.add_argument("--rank", type=int, metavar="R", help="rank of every target")
-    how.add_argument(
-        "--energy",
-        type=float,
-        metavar="E",
-        help="keep a fraction E of ‖D‖² per target; the file's rank is the largest needed",
+    add_output_arg(parser, metavar="ADAPTER", help="adapter file")
+    add_rank_or_energy(
+        parser,
+        rank_help="rank of every target",
+        energy_help="keep a fraction E of ‖D‖² per target; the file's rank is the largest needed",
     )
     parser.add_argument("--type", default="lora", choices=TYPES, help="adapter type written")
     parser.add_argument(
@@ -29,12 +26,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         metavar="T",
         help=f"skip targets with ‖D‖/‖W_base‖ below T (default {DEFAULT_THRESHOLD:g})",
     )
-    parser.add_argument("--dtype", default="fp16", choices=list(DTYPE_NAMES), help="output dtype")
     parser.add_argument(
         "--store-bases", action="store_true", help="lora-xs: also store U/V in the file"
     )
-    parser.add_argument("--force", action="store_true", help="replace an existing output file")
-    parser.add_argument("--json", action="store_true", help="print the ledger as one JSON document")
+    add_output_flags(parser, dtype_help="output dtype", dtype_default="fp16")
 
 
 def run(args: argparse.Namespace) -> int:

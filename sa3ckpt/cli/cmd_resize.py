@@ -4,21 +4,19 @@ from __future__ import annotations
 
 import argparse
 
+from sa3ckpt.cli.arguments import add_output_arg, add_output_flags, add_rank_or_energy
 from sa3ckpt.cli.common import print_ledger
-from sa3ckpt.dtypes import NAMES as DTYPE_NAMES
 from sa3ckpt.ops.library import resize
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("adapter", metavar="ADAPTER", help="the adapter to re-rank")
-    parser.add_argument("-o", "--output", required=True, metavar="OUT", help="re-ranked adapter")
-    how = parser.add_mutually_exclusive_group(required=True)
-    how.add_argument("--rank", type=int, metavar="R", help="new rank (at most the current one)")
-    how.add_argument(
-        "--energy",
-        type=float,
-        metavar="E",
-        help="keep a fraction E of each target's ‖c·ΔW‖²; the file's rank is the largest needed",
+    add_output_arg(parser, metavar="OUT", help="re-ranked adapter")
+    add_rank_or_energy(
+        parser,
+        rank_help="new rank (at most the current one)",
+        energy_help="keep a fraction E of each target's ‖c·ΔW‖²; the file's rank is the largest "
+        "needed",
     )
     parser.add_argument(
         "--base",
@@ -29,14 +27,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--bases", metavar="FILE", help="XS bases file (sa3ckpt bases, official, sa3.cpp)"
     )
-    parser.add_argument(
-        "--dtype",
-        choices=list(DTYPE_NAMES),
-        help="output dtype (default: the input's, so magnitudes stay bit-identical)",
-    )
     parser.add_argument("--allow-pickle", action="store_true", help="read a legacy .ckpt adapter")
-    parser.add_argument("--force", action="store_true", help="replace an existing output file")
-    parser.add_argument("--json", action="store_true", help="print the ledger as one JSON document")
+    add_output_flags(
+        parser, dtype_help="output dtype (default: the input's, so magnitudes stay bit-identical)"
+    )
 
 
 def run(args: argparse.Namespace) -> int:

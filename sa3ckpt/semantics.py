@@ -1,7 +1,7 @@
 """The strength semantics by name: what each means and which runtimes use it.
 
-One table (`SEMANTICS_TABLE`) that `merge --semantics` help, the README, the TUI and the
-merge provenance all read, so a user picking a semantics sees which of their other tools
+One table (`SEMANTICS_TABLE`) that `merge --semantics` help, docs/guides/stacking.md, the TUI
+and the merge provenance all read, so a user picking a semantics sees which of their other tools
 compute the same weights. The math lives in `adapters.formulas` / `adapters.kernels`
 (`SEMANTICS`, `PENDING`); this module holds only the words (tests check both tables list
 the same names). Facts from ../shared/reference/adapters.md "Strength semantics".
@@ -75,7 +75,7 @@ def help_text(names: Iterable[str]) -> str:
 
 
 def markdown_table(names: Iterable[str]) -> str:
-    """The README table of the implemented semantics (a test keeps the README equal to it)."""
+    """The docs table of the implemented semantics (a test keeps docs/guides/stacking.md equal)."""
     wanted = set(names)
     rows = ["| semantics | meaning | used by |", "|---|---|---|"]
     rows += [

@@ -46,7 +46,8 @@ SHAPES = {
     "medium": Topology(embed_dim=128, depth=3, differential=True),
 }
 MEMORY_TOKENS = 64
-# Largest relative output difference with each side's own frequency table (measured: see README).
+# Largest relative output difference with each side's own frequency table (measured: see
+# docs/library/models.md).
 OWN_TABLE_BOUND = 1e-2
 
 

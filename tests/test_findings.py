@@ -109,7 +109,7 @@ def test_exit_codes_come_from_the_error_classes() -> None:
 
 
 VALIDATE_PAGE = PACKAGE.parent / "docs" / "commands" / "validate.md"
-README_ROW = re.compile(r"^\| (`[a-z0-9-]+`(?: / `[a-z0-9-]+`)*) \| (error|warning|info)\b")
+RULE_ROW = re.compile(r"^\| (`[a-z0-9-]+`(?: / `[a-z0-9-]+`)*) \| (error|warning|info)\b")
 
 
 def _readme_rule_rows() -> dict[str, str]:
@@ -118,7 +118,7 @@ def _readme_rule_rows() -> dict[str, str]:
     table = text.split("| rule | severity | fires when |", 1)[1].split("\n\n", 1)[0]
     rows: dict[str, str] = {}
     for line in table.splitlines():
-        match = README_ROW.match(line)
+        match = RULE_ROW.match(line)
         if match:
             for rule_id in re.findall(r"`([a-z0-9-]+)`", match.group(1)):
                 rows[rule_id] = match.group(2)

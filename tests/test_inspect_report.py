@@ -19,7 +19,7 @@ from sa3ckpt.ops.inspect.report_model import (
 )
 
 ADAPTERS = DATA_DIR / "adapters"
-# The document's keys in order, as the README documents them (schema 1).
+# The document's keys in order, as docs/commands/inspect.md documents them (schema 1).
 TOP_LEVEL_KEYS = [
     "path",
     "format",

@@ -4,7 +4,8 @@
 receptive field), rounds it to SAME-S's 2-latent blocks and starts every window on a block
 boundary. With that overlap every kept latent is computed from a window holding its whole
 receptive field, so stitched and whole-clip latents agree to float rounding (measured here:
-the largest relative difference is asserted below 1e-6; README has the numbers at real size);
+the largest relative difference is asserted below 1e-6; docs/guides/encoding-audio.md has the
+numbers at real size);
 with a smaller overlap they do not, which shows the bound is not vacuous. Configs are scaled
 (real heads, groups and schedules; SAME-S keeps its 6 blocks).
 """

@@ -61,9 +61,9 @@ class BrowserScreen(Screen[None]):
         ),
         Binding("escape", "focus_tree", "Tree", show=False, priority=True),
         # Off the footer, which has room for one of the two at 80 columns; the convert
-        # screen shows it (ctrl+b) and the README lists it.
+        # screen shows it (ctrl+b) and the docs list it.
         Binding("b", "combine", "Combine", show=False, priority=True),
-        # Off the footer too (the 80-column line ends at q Quit); in the palette, the README,
+        # Off the footer too (the 80-column line ends at q Quit); in the palette, the docs,
         # and the folder view's own footer lists its keys.
         Binding(
             "f",

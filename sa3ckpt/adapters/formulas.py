@@ -276,7 +276,7 @@ SEMANTICS: dict[str, Callable[[mx.array, Sequence[tuple[TargetAdapter, float]]],
 }
 
 # The words for each semantics (meaning, the runtimes that use it) live in one table,
-# `sa3ckpt.semantics.SEMANTICS_TABLE`, which help, README, TUI and provenance read.
+# `sa3ckpt.semantics.SEMANTICS_TABLE`, which help, docs, TUI and provenance read.
 SEMANTICS_HELP: dict[str, str] = {name: semantics_info(name).line() for name in SEMANTICS}
 
 

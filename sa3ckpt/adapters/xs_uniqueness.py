@@ -8,7 +8,7 @@ rotate toward it, and when σ_r ≈ σ_{r+1} the rank-r subspace itself is not d
 the trainer's U_r and ours may span different spaces. The adapter's M_xs was learnt in the
 trainer's coordinates, so a different basis is a different merged weight.
 
-The bound used here (documented in the README, "XS bases: uniqueness"):
+The bound used here (documented in docs/library/adapters.md, "XS bases: uniqueness"):
 
 * perturbation: a backward-stable SVD in fp32 is exact for W0 + E with ‖E‖₂ of the order of
   u·‖W0‖_F (u = 2⁻²⁴, the fp32 unit roundoff); ‖W0‖_F <= √k·σ_1 (k = min(m, n)), so we take

@@ -170,7 +170,7 @@ def _failed_output(exc: OSError, args: argparse.Namespace | None) -> str:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """Run the CLI; return the process exit code (documented in README and DESIGN.md)."""
+    """Run the CLI; return the process exit code (docs/reference/exit-codes.md, DESIGN.md)."""
     previous = signal.signal(signal.SIGTERM, _terminate)
     args: argparse.Namespace | None = None
     try:

@@ -16,7 +16,7 @@ from sa3ckpt.textsafe import escape_control
 from sa3ckpt.train.codecs import CODECS, DTYPES, load_codec
 from sa3ckpt.train.encode_dir import DEFAULT_CHUNK, Chunking, encode_folder
 
-EXIT_CLIPS_FAILED = 1  # some clips failed; the others were written (README exit-code table)
+EXIT_CLIPS_FAILED = 1  # some clips failed; the others were written (docs/reference/exit-codes.md)
 
 
 def _latents(text: str) -> int:

@@ -6,7 +6,7 @@ the DiT view).
 
 The model itself lives in `sa3ckpt.models`; adapters are injected and saved with
 `sa3ckpt.adapters` (`inject`, `to_checkpoint`) and `sa3ckpt.adapters.checkpoint`
-(`save_checkpoint`). See the README's training section for an end-to-end example.
+(`save_checkpoint`). See docs/guides/training-mlx.md for an end-to-end example.
 """
 
 from sa3ckpt.train.cfg_dropout import CFG_DROPOUT, cfg_dropout

@@ -4,7 +4,7 @@ Each entry turns (weights path, run dtype) into a `LatentEncoder` plus the sha25
 identifies those weights (what a latent file records, and what a resumed run compares).
 `same-l` / `same-s` are the SA3 codecs (`sa3ckpt.models.same`, imported only when asked
 for); `toy` is the strided-conv stand-in of `sa3ckpt.models.toy_codec` with weights from a
-file, so the command and the README example run on bundled data with a base whose latent
+file, so the command and the docs' examples run on bundled data with a base whose latent
 width is not 256. Its latents carry no meaning.
 """
 
@@ -102,7 +102,7 @@ def _load_toy(path: str, dtype: mx.Dtype) -> tuple[LatentEncoder, str, tuple[str
     return spec, file_sha256_only(path), (note,)
 
 
-# name -> (loader, one-line description for --help and the README)
+# name -> (loader, one-line description for --help and the docs)
 CODECS: dict[
     str, tuple[Callable[[str, mx.Dtype], tuple[LatentEncoder, str, tuple[str, ...]]], str]
 ] = {

@@ -19,7 +19,7 @@ import numpy as np
 
 # Query block: 2 groups (2 x 17 tokens, the least the band allows), measured fastest on CPU:
 # 10 s of SAME-L attention 2-6x faster than blocks of 136-272 tokens and 20x faster than the
-# dense mask (README, "The SAME encoders in MLX").
+# dense mask (docs/guides/encoding-audio.md, "The SAME encoders in MLX").
 DEFAULT_BLOCK = 34
 
 

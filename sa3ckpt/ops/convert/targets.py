@@ -5,7 +5,7 @@ suffixes); this module adds the words a person choosing a target needs: who read
 result and what it cannot hold. The TUI's convert screen offers exactly these rows for the
 kind of file it was given (a test keeps the two tables on the same keys), so a target the
 library cannot write for that kind is never offered. Facts from ../shared/reference/
-formats.md and the README's interop table.
+formats.md and the interop table (docs/guides/converting.md).
 """
 
 from __future__ import annotations

@@ -2,7 +2,8 @@
 
 The CLI renders it as tables and the TUI as widgets, both by attribute; `report_json` is the
 only place that decides how it looks as JSON. Field names and order are the JSON keys and
-their order (schema 1, documented in the README), so a report and its document cannot drift.
+their order (schema 1, documented in docs/commands/inspect.md), so a report and its document
+cannot drift.
 A field can carry `metadata={JSON: encoder}` when its JSON shape is not the plain one, or
 `metadata={OMIT_NONE: True}` when the key is absent rather than null.
 """

@@ -53,6 +53,11 @@ from sa3ckpt.cli import main as cli_main
 ROOT = Path(__file__).resolve().parent.parent
 DOCS = ROOT / "docs"
 MAX_MARKED_BLOCKS = 12  # skip + output-not-compared, over all pages: keep the list short
+HOW = (
+    "\n(an example that cannot run against the bundled fixtures, or whose output changes between"
+    " runs, says so on the line before its block: <!-- docs-test: skip REASON --> or"
+    " <!-- docs-test: output-not-compared REASON -->; docs/development/docs.md has the rules)"
+)
 
 FENCE = re.compile(r"^(?P<indent>[ \t]*)(?P<ticks>`{3,})(?P<lang>[\w-]*)[ \t]*$")
 MARKER = re.compile(r"^\s*<!--\s*docs-test:\s*(?P<kind>skip|output-not-compared)\s*(?P<why>.*?)-->")
@@ -184,7 +189,9 @@ class Session:
             if declared:
                 assert code == int(declared.group(1)), f"{where}\nexit {code}\n{output}"
             elif code != 0 and not shown_next:
-                pytest.fail(f"{where}\nexited {code} without `$ echo $?` or `# exit N`:\n{output}")
+                pytest.fail(
+                    f"{where}\nexited {code} without `$ echo $?` or `# exit N`:\n{output}{HOW}"
+                )
             self.last_exit = code
             if block.marker == "output-not-compared" or not command.expected:
                 continue  # a command shown without output: run, exit code checked
@@ -196,14 +203,18 @@ class Session:
                     + "\n".join(want)
                     + "\n--- printed\n"
                     + "\n".join(got)
+                    + HOW
                 )
 
     def python(self, block: Block) -> None:
         source = "\n".join(block.body) + "\n"
         name = f"{self.page.relative_to(ROOT)}:{block.line}"
         namespace: dict[str, Any] = {"__name__": "__docs_example__"}
-        with contextlib.redirect_stdout(io.StringIO()):
-            exec(compile(source, name, "exec"), namespace)
+        try:
+            with contextlib.redirect_stdout(io.StringIO()):
+                exec(compile(source, name, "exec"), namespace)
+        except Exception as exc:
+            pytest.fail(f"{name}: the python example raised {type(exc).__name__}: {exc}{HOW}")
 
 
 RUNNABLE = [p for p in pages() if any(b.marker != "skip" for b in blocks(p))]

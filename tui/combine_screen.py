@@ -21,7 +21,6 @@ from textual.widgets import (
     Footer,
     Input,
     ProgressBar,
-    RadioButton,
     RadioSet,
     Static,
 )
@@ -38,7 +37,7 @@ from tui.combine_plan import (
     run_combine,
     suggested_output,
 )
-from tui.convert_screen import choice
+from tui.form_rows import choice, field, flag_boxes, radios, text_input
 from tui.job_screen import JobScreen, failure_text
 from tui.safe_text import plain
 from tui.strength import AdapterRow, add_typed_adapter
@@ -95,35 +94,27 @@ class CombineScreen(JobScreen):
     def compose(self) -> ComposeResult:
         yield Static("Combine adapters into one adapter", id="combine-title")
         with VerticalScroll(id="combine-form"):
-            with Horizontal(classes="field"):
-                yield Static("adapter", classes="field-label")
-                yield Input(
-                    placeholder="adapter path, Enter adds it", id="adapter-path", compact=True
-                )
-                yield Button("add", id="add-adapter", compact=True)
+            yield field(
+                "adapter",
+                text_input("adapter-path", "adapter path, Enter adds it"),
+                Button("add", id="add-adapter", compact=True),
+            )
             with VerticalScroll(id="adapters"):
                 yield Static("no adapters yet (each row: path and weight)", id="no-adapters")
                 for path in self._adapters:
                     yield AdapterRow(path)
             yield Static(WEIGHTS_NOTE, classes="note")
-            with Horizontal(classes="field"):
-                yield Static("method", classes="field-label")
-                yield self._radios("method", METHODS)
-                yield Static("  rank ", classes="field-label")
-                yield Input(placeholder="svd: R", id="rank", compact=True)
+            yield field(
+                "method",
+                radios("method", METHODS),
+                Static("  rank ", classes="field-label"),
+                text_input("rank", "svd: R"),
+            )
             yield Static(id="method-note", classes="note")
-            with Horizontal(classes="field"):
-                yield Static("dtype", classes="field-label")
-                yield self._radios("dtype", DTYPE_CHOICES)
-            with Horizontal(classes="field"):
-                yield Static("base", classes="field-label")
-                yield Input(placeholder="base (DoRA/BoRA or XS inputs)", id="base", compact=True)
-            with Horizontal(id="flags"):
-                for name in ("allow-pickle", "allow-nonfinite", "force"):
-                    yield Checkbox(name, id=name, compact=True)
-            with Horizontal(classes="field"):
-                yield Static("output", classes="field-label")
-                yield Input(placeholder="combined adapter path", id="output", compact=True)
+            yield field("dtype", radios("dtype", DTYPE_CHOICES))
+            yield field("base", text_input("base", "base (DoRA/BoRA or XS inputs)"))
+            yield Horizontal(*flag_boxes(("allow-pickle", "allow-nonfinite", "force")), id="flags")
+            yield field("output", text_input("output", "combined adapter path"))
         with Horizontal(id="run-row"):
             yield Button("combine", id="run-combine", variant="primary", compact=True)
             yield ProgressBar(id="combine-progress", show_eta=False)
@@ -131,11 +122,6 @@ class CombineScreen(JobScreen):
         with VerticalScroll(id="ledger"):
             yield Static(Text(LEDGER_HINT, style="dim"), id="ledger-text")
         yield Footer()
-
-    @staticmethod
-    def _radios(name: str, values: tuple[str, ...]) -> RadioSet:
-        buttons = [RadioButton(v, value=i == 0) for i, v in enumerate(values)]
-        return RadioSet(*buttons, id=name, classes="radios", compact=True)
 
     def on_mount(self) -> None:
         self._sync()

@@ -47,12 +47,14 @@ from tui.convert_plan import (
     verification_failed,
     verification_passed,
 )
+from tui.form_rows import choice, field, flag_boxes, radios, text_input
 from tui.job_screen import JobScreen, failure_text
 from tui.safe_text import plain
 
 DTYPE_CHOICES = (DEFAULT_DTYPE, *DTYPE_NAMES)
 RESULT_HINT = "The read-back verification and the ledger appear here."
 TARGET_NAME_WIDTH = 10
+ACROSS = "radios across"  # a choice laid out on one line
 # The CLI's on/off flags, named as the CLI names them (its messages say "pass --force").
 FLAG_ROWS = (
     ("drop-conditioner", "include-conditioner", "allow-nonfinite"),
@@ -63,12 +65,6 @@ FLAG_ROWS = (
 def target_label(target: ConvertTarget) -> Text:
     """`sa3       official PyTorch loader (…)`: the name, then who reads the output."""
     return Text.assemble((f"{target.name:<{TARGET_NAME_WIDTH}}", "bold"), target.reader)
-
-
-def choice(radios: RadioSet, values: tuple[str, ...]) -> str:
-    """The pressed value of a radio set built from `values` (the first when none is)."""
-    index = radios.pressed_index
-    return values[index if 0 <= index < len(values) else 0]
 
 
 class ConvertScreen(JobScreen):
@@ -123,38 +119,30 @@ class ConvertScreen(JobScreen):
     def compose(self) -> ComposeResult:
         yield Static("Convert a checkpoint to another format", id="convert-title")
         with VerticalScroll(id="convert-form"):
-            with Horizontal(classes="field"):
-                yield Static("input", classes="field-label")
-                yield Input(
-                    self._path, placeholder="adapter or base path", id="input", compact=True
-                )
+            yield field("input", text_input("input", "adapter or base path", self._path))
             yield Static(id="input-kind", classes="note")
             with Horizontal(id="target-field"):
                 yield Static("--to", classes="field-label")
                 yield Vertical(id="targets")
             yield Static(id="target-note", classes="note")
-            with Horizontal(classes="field opt-dtype"):
-                yield Static("dtype", classes="field-label")
-                yield self._radios("dtype", DTYPE_CHOICES)
-            with Horizontal(classes="field opt-base"):
-                yield Static("base", classes="field-label")
-                yield Input(placeholder="bake XS bases U/V and norms from", id="base", compact=True)
-            with Horizontal(classes="field opt-bases"):
-                yield Static("bases", classes="field-label")
-                yield Input(placeholder="XS bases U/V for -xs adapters", id="bases", compact=True)
-            with Horizontal(classes="field opt-dora-variant"):
-                yield Static("dora-variant", classes="field-label")
-                yield self._radios("dora-variant", DORA_VARIANTS)
-            with Horizontal(classes="field opt-max-shard-size"):
-                yield Static("max-shard-size", classes="field-label")
-                yield Input(DEFAULT_SHARD_TEXT, id="max-shard-size", compact=True)
+            yield field("dtype", radios("dtype", DTYPE_CHOICES, ACROSS), classes="opt-dtype")
+            base_hint = "bake XS bases U/V and norms from"
+            yield field("base", text_input("base", base_hint), classes="opt-base")
+            bases_hint = "XS bases U/V for -xs adapters"
+            yield field("bases", text_input("bases", bases_hint), classes="opt-bases")
+            yield field(
+                "dora-variant",
+                radios("dora-variant", DORA_VARIANTS, ACROSS),
+                classes="opt-dora-variant",
+            )
+            yield field(
+                "max-shard-size",
+                text_input("max-shard-size", "", DEFAULT_SHARD_TEXT),
+                classes="opt-max-shard-size",
+            )
             for row in FLAG_ROWS:
-                with Horizontal(classes="flags"):
-                    for name in row:
-                        yield Checkbox(name, id=name, classes=f"opt-{name}", compact=True)
-            with Horizontal(classes="field"):
-                yield Static("output", classes="field-label")
-                yield Input(placeholder="converted output path", id="output", compact=True)
+                yield Horizontal(*flag_boxes(row, "opt-{name}"), classes="flags")
+            yield field("output", text_input("output", "converted output path"))
         with Horizontal(id="run-row"):
             yield Button("convert", id="run-convert", variant="primary", compact=True)
             yield ProgressBar(id="convert-progress", show_eta=False)
@@ -163,11 +151,6 @@ class ConvertScreen(JobScreen):
             yield Static(id="verify-text")
             yield Static(Text(RESULT_HINT, style="dim"), id="ledger-text")
         yield Footer()
-
-    @staticmethod
-    def _radios(name: str, values: tuple[str, ...]) -> RadioSet:
-        buttons = [RadioButton(v, value=i == 0) for i, v in enumerate(values)]
-        return RadioSet(*buttons, id=name, classes="radios across", compact=True)
 
     def on_mount(self) -> None:
         self.query_one("#input", Input).focus()

@@ -28,7 +28,6 @@ from textual.widgets import (
     Footer,
     Input,
     ProgressBar,
-    RadioButton,
     RadioSet,
     Static,
 )
@@ -38,6 +37,7 @@ from sa3ckpt.dtypes import NAMES as DTYPE_NAMES
 from sa3ckpt.errors import OutputError
 from sa3ckpt.ops.merge import ONLY_ROOTS, MergeLedger, MergePreview, merge_checkpoint, preview_merge
 from sa3ckpt.semantics import info as semantics_info
+from tui.form_rows import field, radios, text_input
 from tui.job_screen import JobScreen
 from tui.loading import describe_error
 from tui.merge_exclude import ExcludeList
@@ -152,60 +152,43 @@ class MergeScreen(JobScreen):
         yield Footer(compact=True)  # at 80 columns every key fits, ↑/↓ of a strength too
 
     def _compose_inputs(self) -> ComposeResult:
-        with Horizontal(classes="field"):
-            yield Static("base", classes="field-label")
-            yield Input(self._base, placeholder="base checkpoint path", id="base", compact=True)
-        with Horizontal(classes="field"):
-            yield Static("adapter", classes="field-label")
-            yield Input(placeholder="adapter path, Enter adds it", id="adapter-path", compact=True)
-            yield Button("add", id="add-adapter", compact=True)
+        yield field("base", text_input("base", "base checkpoint path", self._base))
+        yield field(
+            "adapter",
+            text_input("adapter-path", "adapter path, Enter adds it"),
+            Button("add", id="add-adapter", compact=True),
+        )
         with VerticalScroll(id="adapters"):
             yield Static("no adapters yet", id="no-adapters")
             for path in self._adapters:
                 yield AdapterRow(path)
-        with Horizontal(classes="field"):
-            yield Static("output", classes="field-label")
-            yield Input(
-                self._output, placeholder="merged checkpoint path", id="output", compact=True
-            )
+        yield field("output", text_input("output", "merged checkpoint path", self._output))
 
     def _compose_options(self) -> ComposeResult:
-        with Horizontal(classes="field"):
-            yield Static("semantics", classes="field-label")
-            with RadioSet(id="semantics", classes="choice", compact=True):
-                for index, name in enumerate(SEMANTICS_ORDER):
-                    yield RadioButton(name, value=index == 0)
+        yield field("semantics", radios("semantics", SEMANTICS_ORDER, "choice"))
         yield Static(self._help_text(SEMANTICS_ORDER[0]), id="semantics-help")
         yield Static(spread_text(None), id="semantics-spread")
         for field_id, label, choices in (
             ("dtype", "dtype", DTYPE_CHOICES),
             ("only", "only", ONLY_CHOICES),
         ):
-            with Horizontal(classes="field"):
-                yield Static(label, classes="field-label")
-                with RadioSet(id=field_id, classes="choice", compact=True):
-                    for index, (text, _value) in enumerate(choices):
-                        yield RadioButton(text, value=index == 0)
+            yield field(label, radios(field_id, (text for text, _ in choices), "choice"))
         yield ExcludeList(self._adapter_paths)
-        with Horizontal(classes="field"):
-            yield Static("strengths", classes="field-label")
-            yield Input(
-                placeholder="--strength-map, e.g. layers.[0-7].=0.5,cross_attn=0.8",
-                id="strength-map",
-                compact=True,
-            )
+        yield field(
+            "strengths",
+            text_input("strength-map", "--strength-map, e.g. layers.[0-7].=0.5,cross_attn=0.8"),
+        )
         yield Static(id="strength-map-error")
-        with Horizontal(classes="field"):
-            yield Static("bases", classes="field-label")
-            yield Input(
-                placeholder="XS bases file (optional: else stored U/V, else an SVD of the base)",
-                id="bases",
-                compact=True,
-            )
-        with Horizontal(classes="field flags"):
-            yield Static("flags", classes="field-label")
-            for flag_id, (label, tip) in FLAGS.items():
-                yield Checkbox(label, id=flag_id, compact=True, tooltip=tip)
+        bases_hint = "XS bases file (optional: else stored U/V, else an SVD of the base)"
+        yield field("bases", text_input("bases", bases_hint))
+        yield field(
+            "flags",
+            *(
+                Checkbox(label, id=flag_id, compact=True, tooltip=tip)
+                for flag_id, (label, tip) in FLAGS.items()
+            ),
+            classes="flags",
+        )
 
     def on_mount(self) -> None:
         self._sync_empty_hint()

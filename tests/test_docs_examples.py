@@ -23,6 +23,7 @@ The shown output is compared after these normalisations, and only these:
    a line matches any text within that line;
 3. durations (`0.1 s`, `12 ms`) compare equal to any duration;
 4. the scratch folder's absolute path is shown relative.
+5. sa3ckpt's own version (`sa3ckpt 0.1.0`) compares equal to any version.
 
 A command shown with no output lines (a set-up step) is run and its exit code checked; its
 output is not compared.
@@ -63,6 +64,7 @@ FENCE = re.compile(r"^(?P<indent>[ \t]*)(?P<ticks>`{3,})(?P<lang>[\w-]*)[ \t]*$"
 MARKER = re.compile(r"^\s*<!--\s*docs-test:\s*(?P<kind>skip|output-not-compared)\s*(?P<why>.*?)-->")
 EXIT_COMMENT = re.compile(r"#\s*exit\s+(\d+)\s*$")
 DURATION = re.compile(r"\b\d+(?:\.\d+)?\s?(?:ms|s)\b")
+VERSION = re.compile(r"\bsa3ckpt \d+\.\d+\.\d+\S*?(?=[\s\",)]|$)")
 SHELL_SYNTAX = {"|", "||", "&&", ";", ">", ">>", "<", "2>&1", "&"}
 
 
@@ -140,6 +142,7 @@ def normalise(lines: list[str], scratch: Path) -> list[str]:
     out = []
     for line in lines:
         line = line.replace(f"{scratch}{os.sep}", "").replace(str(scratch), ".")
+        line = VERSION.sub("sa3ckpt <version>", line)
         out.append(DURATION.sub("<duration>", line).rstrip())
     while out and not out[-1]:
         out.pop()
@@ -267,3 +270,4 @@ def test_the_matcher_rules() -> None:
     assert normalise([f"wrote {scratch}/m.safetensors (0.1 s)  ", ""], scratch) == [
         "wrote m.safetensors (<duration>)"
     ]
+    assert normalise(['"tool": "sa3ckpt 0.1.0",'], scratch) == ['"tool": "sa3ckpt <version>",']

@@ -28,7 +28,13 @@ from typing import Any
 import numpy as np
 
 from sa3ckpt.errors import IncompatibleError, MalformedFileError
-from sa3ckpt.io.atomic import TEMPS, AtomicFile, discard_or_remove_since, output_error
+from sa3ckpt.io.atomic import (
+    TEMPS,
+    AtomicFile,
+    deferred_interrupts,
+    discard_or_remove_since,
+    output_error,
+)
 from sa3ckpt.io.gguf_adapter import _import_gguf, _numpy_shape, _one_line, _open_reader, _read_kv
 from sa3ckpt.io.gguf_facts import KEY_ARCH, KvEntry
 
@@ -205,9 +211,12 @@ class GgufStreamWriter:
                 shape = self._shapes[name]
                 nbytes = self._nbytes(qtype, shape)
                 writer.add_tensor_info(name, shape, np.dtype(np.float32), nbytes, raw_dtype=qtype)
-            writer.write_header_to_file()
-            writer.write_kv_data_to_file()
-            writer.write_ti_data_to_file()
+            # Signals wait for the end of each gguf package step: numpy's tofile inside it
+            # turns an interrupt into a TypeError (`io.atomic.deferred_interrupts`).
+            with deferred_interrupts():
+                writer.write_header_to_file()
+                writer.write_kv_data_to_file()
+                writer.write_ti_data_to_file()
             return self
         except OSError as exc:
             self._abandon(mark)
@@ -231,7 +240,9 @@ class GgufStreamWriter:
         if self._next >= len(self._order) or self._order[self._next] != name:
             raise ValueError(f"GGUF tensors must be written in order; got {name!r}")
         self._next += 1
-        self._writer.write_tensor_data(self._encode(name, np.asarray(array)))
+        encoded = self._encode(name, np.asarray(array))
+        with deferred_interrupts():
+            self._writer.write_tensor_data(encoded)
 
     def _encode(self, name: str, array: np.ndarray) -> np.ndarray:
         shape = self._shapes[name]
@@ -278,7 +289,8 @@ class GgufStreamWriter:
                 raise output_error(self.path, exc) from exc
             return
         try:
-            self._writer.close()
+            with deferred_interrupts():
+                self._writer.close()
         except OSError as close_exc:
             self._abandon(TEMPS.mark())
             raise output_error(self.path, close_exc) from close_exc

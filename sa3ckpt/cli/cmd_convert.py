@@ -1,5 +1,5 @@
-"""`sa3ckpt convert`: adapters between dialects (verified), bases between official, MLX and
-diffusers (a transformer folder)."""
+"""`sa3ckpt convert`: adapters between dialects (verified), bases between official, MLX,
+diffusers (a transformer folder) and sa3.cpp (DiT GGUF + conditioner sidecar)."""
 
 from __future__ import annotations
 
@@ -12,11 +12,12 @@ from sa3ckpt.dtypes import NAMES as DTYPE_NAMES
 from sa3ckpt.errors import UsageError
 from sa3ckpt.io.diffusers_folder import DEFAULT_MAX_SHARD_SIZE
 from sa3ckpt.io.formats import is_base_checkpoint
+from sa3ckpt.io.gguf_facts import VARIANTS
 from sa3ckpt.ops.convert import ADAPTER_TARGETS, convert_adapter
 from sa3ckpt.sizes import parse_size
 from sa3ckpt.textsafe import escape_control
 
-BASE_TARGETS = ("official", "mlx", "diffusers")
+BASE_TARGETS = ("official", "mlx", "diffusers", "sa3cpp")
 
 
 def _size(text: str) -> int:
@@ -33,7 +34,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--to",
         required=True,
         choices=sorted({*ADAPTER_TARGETS, *BASE_TARGETS}),
-        help="adapters: sa3, bare, mlx, peft, sa3cpp, diffusers; bases: official, mlx, diffusers",
+        help="adapters: sa3, bare, mlx, peft, sa3cpp, diffusers; "
+        "bases: official, mlx, diffusers, sa3cpp",
     )
     parser.add_argument("--dtype", choices=list(DTYPE_NAMES), help="output dtype (default fp16)")
     parser.add_argument("--base", metavar="BASE", help="bake XS bases U/V and baked_vnorm_row")
@@ -66,6 +68,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         metavar="SIZE",
         help="bases --to diffusers: shard limit (default 10GB, diffusers' own; e.g. 5GB)",
     )
+    add_sa3cpp_base_arguments(parser)
     parser.add_argument("--allow-pickle", action="store_true", help="read legacy .ckpt input")
     parser.add_argument(
         "--allow-nonfinite", action="store_true", help="adapters: carry NaN/Inf over, not exit 4"
@@ -73,6 +76,28 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--force", action="store_true", help="replace an existing output")
     parser.add_argument("--json", action="store_true", help="print the ledger as one JSON document")
     add_quiet(parser, "bases only: an adapter converts too fast to need a bar")
+
+
+def add_sa3cpp_base_arguments(parser: argparse.ArgumentParser) -> None:
+    """--conditioner (an sa3.cpp DiT's sidecar), --variant and --training-base (which model a
+    base written --to sa3cpp is, when its file names do not say)."""
+    parser.add_argument(
+        "--conditioner",
+        metavar="GGUF",
+        help="sa3.cpp bases: the conditioner sidecar GGUF that goes with the DiT GGUF IN",
+    )
+    parser.add_argument(
+        "--variant",
+        choices=sorted(VARIANTS),
+        help="--to sa3cpp: the model (general.finetune; default from the file name or shapes)",
+    )
+    parser.add_argument(
+        "--training-base",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="--to sa3cpp: a -base (training) checkpoint: sets dit.training_base = true "
+        "(default from the file name)",
+    )
 
 
 def is_codec_adapter(path: str) -> bool:
@@ -102,6 +127,9 @@ def run(args: argparse.Namespace) -> int:
                 force=args.force,
                 max_shard_size=args.max_shard_size,
                 progress=progress,
+                conditioner=args.conditioner,
+                variant=args.variant,
+                training_base=args.training_base,
             )
     elif is_codec_adapter(args.input):
         from sa3ckpt.ops.codec import convert_codec

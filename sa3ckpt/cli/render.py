@@ -7,6 +7,9 @@ markup in an adapter can change what the user sees.
 
 from __future__ import annotations
 
+import os
+from typing import Any
+
 from rich import box
 from rich.console import Console
 from rich.table import Table
@@ -177,11 +180,26 @@ def _base_overview(doc: BaseReport) -> Table:
         "kind", safe(f"base checkpoint, {doc.naming} naming ({doc.weights} target weights)")
     )
     table.add_row("family", _family_line(doc.family))
+    for facts in doc.sa3cpp or []:
+        table.add_row("sa3.cpp", safe(_sa3cpp_line(facts)))
+        for problem in facts["problems"]:
+            table.add_row("warning", safe(problem))
     for key, value in doc.metadata.items():
         table.add_row("metadata", safe(f"{key} = {value}", max_len=200))
     for note in doc.notes:
         table.add_row("note", safe(note))
     return table
+
+
+def _sa3cpp_line(facts: dict[str, Any]) -> str:
+    """One sa3.cpp GGUF file of a base: architecture, model, training-base flag, types."""
+    types = ", ".join(f"{name}×{count}" for name, count in facts["tensor_types"].items())
+    model = facts["model"] or "no general.finetune"
+    base = "training base (dit.training_base = true)" if facts["training_base"] else "post-trained"
+    if facts["architecture"] != "sa3-dit":
+        base = "conditioner sidecar" if facts["architecture"] == "sa3-conditioner" else ""
+    parts = [facts["architecture"] or "no architecture", model, base, types]
+    return f"{os.path.basename(facts['path'])}: " + "; ".join(p for p in parts if p)
 
 
 def _other_overview(doc: OtherReport) -> Table:

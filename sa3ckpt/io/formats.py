@@ -582,6 +582,7 @@ CONVERT_OUTPUTS: Mapping[tuple[str, str], tuple[str, ...]] = {
     (BASE, "official"): ("safetensors", "npz"),
     (BASE, "mlx"): ("safetensors", "npz"),
     (BASE, "diffusers"): (DIFFUSERS_FOLDER, "safetensors", "npz"),
+    (BASE, "sa3cpp"): (GGUF_MODEL,),
 }
 
 

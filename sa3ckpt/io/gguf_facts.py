@@ -276,3 +276,54 @@ def identity_from_kv(kv: Mapping[str, object]) -> Identity | None:
 
 def n_params(shapes: Shapes) -> int:
     return sum(math.prod(shape) for shape in shapes.values())
+
+
+# --- what a model file says about itself (inspect, validate) ---------------------------------
+
+
+def loader_kv_problems(
+    arch: str | None, kv: Mapping[str, object], kv_types: Mapping[str, str]
+) -> list[str]:
+    """The KVs sa3.cpp's DiT / conditioner loader reads that are missing or of another type
+    (it aborts on either), one sentence each."""
+    schema = {DIT_ARCH: DIT_KV, CONDITIONER_ARCH: CONDITIONER_KV}.get(arch or "", {})
+    problems: list[str] = []
+    for key, want in schema.items():
+        if key not in kv:
+            if key not in DIT_OPTIONAL_KV:
+                problems.append(f"no {key} ({want}): sa3.cpp's loader needs it")
+        elif kv_types.get(key) != want:
+            problems.append(f"{key} is {kv_types.get(key)}, sa3.cpp reads it as {want}")
+    marker = kv.get(KEY_TRAINING_BASE)
+    if KEY_TRAINING_BASE in kv and kv_types.get(KEY_TRAINING_BASE) != "BOOL":
+        problems.append(f"{KEY_TRAINING_BASE} is {kv_types.get(KEY_TRAINING_BASE)}, not BOOL")
+    elif (
+        marker is True and kv.get(KEY_FINETUNE, "") and not str(kv[KEY_FINETUNE]).endswith("-base")
+    ):
+        problems.append(
+            f"{KEY_TRAINING_BASE} is true but {KEY_FINETUNE} is {kv[KEY_FINETUNE]!r}: sa3.cpp's "
+            "trainer wants '<variant>-base'"
+        )
+    return problems
+
+
+def describe(
+    arch: str | None,
+    kv: Mapping[str, object],
+    kv_types: Mapping[str, str],
+    types: Mapping[str, str],
+) -> dict[str, object]:
+    """What an sa3.cpp model file is, as plain data: architecture, model, training-base flag,
+    ggml tensor types (counted) and the loader-KV problems."""
+    identity = identity_from_kv(kv)
+    counts: dict[str, int] = {}
+    for name in types.values():
+        counts[name] = counts.get(name, 0) + 1
+    return {
+        "architecture": arch,
+        "model": identity.model if identity else None,
+        "finetune": kv.get(KEY_FINETUNE),
+        "training_base": kv.get(KEY_TRAINING_BASE) is True,
+        "tensor_types": dict(sorted(counts.items())),
+        "problems": loader_kv_problems(arch, kv, kv_types),
+    }

@@ -280,6 +280,10 @@ _SA3CPP_FIXED: dict[tuple[str, str], str] = {
     (SECONDS_CONDITIONER, "bias"): "te.secs.bias",
 }
 _SA3CPP_FIXED_BACK = {name: pair for pair, name in _SA3CPP_FIXED.items()}
+# (module, leaf) sa3.cpp does not store because it recomputes them.
+SA3CPP_RECOMPUTED: frozenset[tuple[str, str]] = frozenset(
+    {("model.transformer.rotary_pos_emb", "inv_freq")}
+)
 _SA3CPP_TOP = {m.canonical: m.sa3cpp for m in TOP_LEVEL_MODULES if m.sa3cpp}
 _SA3CPP_TOP_BACK = {stem: canonical for canonical, stem in _SA3CPP_TOP.items()}
 

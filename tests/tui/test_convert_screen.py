@@ -14,6 +14,7 @@ from textual.widgets import Checkbox, Input, ProgressBar, RadioButton, RadioSet
 from sa3ckpt.adapters.formats import load_adapter
 from sa3ckpt.io.base_checkpoint import open_base
 from sa3ckpt.io.formats import ADAPTER, BASE, CONVERT_OUTPUTS, identify
+from sa3ckpt.io.gguf_facts import conditioner_beside
 from sa3ckpt.ops.convert import adapters as convert_module
 from sa3ckpt.ops.convert.adapters import convert_adapter
 from sa3ckpt.ops.convert.bases import convert_base
@@ -98,7 +99,7 @@ def test_a_base_is_offered_the_base_targets_and_base_options() -> None:
             screen = await open_convert(pilot, app)
             assert "base checkpoint, official naming" in static_text(app, "#input-kind")
             assert offered(screen) == [t.name for t in targets_for(BASE)]
-            assert {"sa3", "bare", "peft", "sa3cpp"}.isdisjoint(offered(screen))
+            assert {"sa3", "bare", "peft"}.isdisjoint(offered(screen))
             assert visible(screen, "#max-shard-size") and visible(screen, "#drop-unmapped")
             assert not visible(screen, "#base") and not visible(screen, "#allow-nonfinite")
             screen.query_one("#input", Input).value = LORA  # typing another input re-reads it
@@ -184,10 +185,14 @@ def test_each_base_target_writes_a_base_the_library_opens(
                 "bit-exact"
             )
             shown = static_text(app, "#ledger-text").replace(output, expected.output_path)
+            # an sa3.cpp base's conditioner sidecar is named after the DiT output
+            sidecar = (conditioner_beside(output), conditioner_beside(expected.output_path))
+            shown = shown.replace(*sidecar)
             assert shown == "\n".join(expected.lines())
             found = identify(output)
             assert found.kind == BASE and found.naming == target
-            with open_base(output) as base:
+            pair = sidecar[0] if target == "sa3cpp" else None
+            with open_base(output, conditioner=pair) as base:
                 assert len(base.tensors) == expected.tensors
                 assert base.naming == target
             assert screen.query_one("#convert-progress", ProgressBar).percentage == 1.0

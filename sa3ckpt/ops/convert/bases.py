@@ -11,6 +11,13 @@ change) before the output is committed, and the ledger reports the worst relativ
 (0.0 unless a dtype cast was requested). Tensors the output container has no home for (the
 seconds conditioner in a diffusers transformer folder) are dropped and named in the ledger.
 
+An sa3.cpp base (`--to sa3cpp`) is a DiT GGUF with the `dit.*` KVs and `general.*` fields
+sa3.cpp's loaders key on, plus its conditioner sidecar GGUF beside it (`io.sa3cpp_output`);
+its kernel-1 convs are stored squeezed, its F16 encoding keeps vectors F32, and the rotary
+`inv_freq` sa3.cpp recomputes is not written (named in the ledger). Reading one back
+(`--to official|mlx|diffusers`) takes its conditioner with `conditioner=`; quantised
+tensors are dequantised by the gguf package (the ledger counts them).
+
 Peak memory is one tensor: the output is planned from the input's index (names, dtypes,
 shapes) and then streamed through the atomic writer, read one, convert, verify, write.
 """
@@ -19,7 +26,7 @@ from __future__ import annotations
 
 import math
 import os
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -31,6 +38,7 @@ from sa3ckpt.io.base_checkpoint import (
     BaseCheckpoint,
     BaseTensor,
     FolderSpec,
+    GgufOutput,
     check_base_output,
     open_base,
     stream_writer,
@@ -42,21 +50,30 @@ from sa3ckpt.io.diffusers_folder import (
     transformer_config,
 )
 from sa3ckpt.io.formats import BASE, check_output_suffix
-from sa3ckpt.layout import Layout, stored_layout
+from sa3ckpt.io.gguf_base import CONTAINER as GGUF
+from sa3ckpt.io.gguf_base import PLAIN_TYPES
+from sa3ckpt.io.gguf_facts import ENCODINGS
+from sa3ckpt.io.sa3cpp_output import identify_model, sa3cpp_output
+from sa3ckpt.layout import Layout, stored_layout, target_layout
 from sa3ckpt.names.base_keys import (
     BASE_NAMINGS,
     MLX_PIPELINE_CONDITIONER_KEYS,
+    SA3CPP_RECOMPUTED,
     parse_base_key,
     translate_base_key,
 )
 from sa3ckpt.progress import ProgressCallback, ProgressCounter
 
 NAMINGS: tuple[str, ...] = tuple(BASE_NAMINGS)
-CONTAINERS: tuple[str, ...] = ("safetensors", "npz", FOLDER)
+CONTAINERS: tuple[str, ...] = ("safetensors", "npz", FOLDER, GGUF)
+# The one container each naming that has one is written in (sa3.cpp reads GGUF only).
+NAMING_CONTAINER = {"sa3cpp": GGUF}
 # Why a tensor with a spelling in the target naming still has no place in the container.
 NO_HOME_REASON = {
     FOLDER: "no home in a diffusers transformer folder: it is the separate "
-    "StableAudio3DurationEmbedder's `linear` (its effect on the seconds conditioning is lost)"
+    "StableAudio3DurationEmbedder's `linear` (its effect on the seconds conditioning is lost)",
+    GGUF: "not stored by sa3.cpp: it recomputes the rotary frequencies from dit.rot and "
+    "dit.rope_base",
 }
 
 # How many unmapped keys an error message names before it just counts.
@@ -86,19 +103,31 @@ def _layouts(info: BaseTensor, source: str, target: str) -> tuple[Layout, Layout
     parsed = parse_base_key(info.key, source)
     if parsed is None or parsed[1] != "weight" or len(info.shape) not in (2, 3):
         return None
-    # Every naming keeps a weight's rank and (fan_out, fan_in), so the per-module rule (the
-    # diffusers to_qkv row order) decides from the same shape on both sides.
+    # The target layout follows from what the weight is (layer kind, canonical shape, kernel
+    # size), not from the source's stored rank: sa3.cpp squeezes kernel-1 convs to 2-D.
     module = parsed[0]
-    pair = (stored_layout(source, info.shape, module), stored_layout(target, info.shape, module))
-    return None if pair[0] == pair[1] else pair
+    src = stored_layout(source, info.shape, module)
+    shape_2d = src.canonical_shape(info.shape)
+    dst = target_layout(target, src.layer_kind, shape_2d, src.kernel_size(info.shape), module)
+    return None if src == dst else (src, dst)
 
 
 def _out_code(code: str, cast_to: str | None) -> str:
     return cast_to if cast_to is not None and dtypes.is_floating(code) else code
 
 
+# A function of (output name, output shape) giving the dtype code of an output tensor, for
+# containers whose tensor types follow a rule (sa3.cpp's encodings) rather than one cast.
+TypeRule = Callable[[str, tuple[int, ...]], str]
+
+
 def _plan_tensor(
-    info: BaseTensor, target: str, source: str, to: str, cast_to: str | None
+    info: BaseTensor,
+    target: str,
+    source: str,
+    to: str,
+    cast_to: str | None,
+    type_rule: TypeRule | None = None,
 ) -> TensorPlan:
     layouts = _layouts(info, source, to)
     shape_out = info.shape
@@ -106,6 +135,8 @@ def _plan_tensor(
         src, dst = layouts
         shape_out = dst.stored_shape(src.canonical_shape(info.shape), src.kernel_size(info.shape))
     code_out = _out_code(info.dtype, cast_to)
+    if type_rule is not None and dtypes.is_floating(info.dtype):
+        code_out = type_rule(target, shape_out)
     return TensorPlan(info.key, target, info.dtype, code_out, info.shape, shape_out, layouts)
 
 
@@ -125,15 +156,23 @@ def _collision_error(clashes: dict[str, list[str]]) -> IncompatibleError:
     )
 
 
+def _recomputed(key: str, naming: str, to: str) -> bool:
+    """A tensor the target runtime recomputes instead of storing (sa3.cpp: rotary inv_freq)."""
+    parsed = parse_base_key(key, naming)
+    return to == "sa3cpp" and parsed is not None and parsed in SA3CPP_RECOMPUTED
+
+
 def plan_conversion(
     base: BaseCheckpoint,
     to: str,
     cast_to: str | None,
     drop_unmapped: bool,
     container: str | None = None,
+    type_rule: TypeRule | None = None,
 ) -> tuple[list[TensorPlan], list[str], list[str]]:
-    """Every output tensor in input order, the input keys dropped as unmapped, and those
-    dropped because the output container has no home for them (always reported).
+    """Every output tensor in input order, the input keys dropped as unmapped (or because the
+    target runtime recomputes them), and those dropped because the output container has no
+    home for them (always reported).
 
     Decided from the index alone so naming problems surface before any byte is written.
     """
@@ -144,13 +183,16 @@ def plan_conversion(
     for key, info in base.tensors.items():
         target = translate_base_key(key, info.shape, base.naming, to)
         if target is None:
-            unmapped.append(key)
+            if not _recomputed(key, base.naming, to):
+                unmapped.append(key)
+            else:
+                homeless.append(key)
             continue
         if container == FOLDER and not has_transformer_home(target):
             homeless.append(key)
             continue
         sources.setdefault(target, []).append(key)
-        plans.append(_plan_tensor(info, target, base.naming, to, cast_to))
+        plans.append(_plan_tensor(info, target, base.naming, to, cast_to, type_rule))
     if unmapped and not drop_unmapped:
         raise _unmapped_error(unmapped, to)
     clashes = {t: s for t, s in sources.items() if len(s) > 1}
@@ -268,6 +310,7 @@ class BaseConvertLedger:
     renamed: int = 0
     transposed: int = 0
     reordered: int = 0
+    squeezed: int = 0  # kernel-1 Conv1d squeezed to 2-D or unsqueezed back (sa3.cpp)
     dropped: list[str] = field(default_factory=list)
     no_home: list[str] = field(default_factory=list)
     cast: int = 0
@@ -286,7 +329,9 @@ class BaseConvertLedger:
             f"{self.output_path} ({self.to_naming} {self.container})",
             f"{self.tensors} tensors converted: {self.renamed} renamed, "
             f"{self.transposed} Conv1d transposed, {self.reordered} rows reordered, "
-            f"{self.cast} cast" + (f" to {self.dtype}" if self.dtype else ""),
+            + (f"{self.squeezed} kernel-1 Conv1d squeezed/unsqueezed, " if self.squeezed else "")
+            + f"{self.cast} cast"
+            + (f" to {self.dtype}" if self.dtype else ""),
             f"verified against the input: {exact}",
         ]
         out += [f"dropped (no {self.to_naming} spelling): {key}" for key in self.dropped]
@@ -309,6 +354,7 @@ class BaseConvertLedger:
             "renamed": self.renamed,
             "transposed": self.transposed,
             "reordered": self.reordered,
+            "squeezed": self.squeezed,
             "dropped": list(self.dropped),
             "no_home": list(self.no_home),
             "cast": self.cast,
@@ -354,12 +400,18 @@ def _choice(value: str, allowed: tuple[str, ...], what: str) -> str:
 
 def _output_container(output: str, container: str | None, to: str) -> str:
     """The requested container, else the output suffix's (`.npz` -> npz, `.safetensors` ->
-    safetensors), else a folder for diffusers and safetensors for the others."""
+    safetensors), else a folder for diffusers and safetensors for the others; a naming with
+    a container of its own (`NAMING_CONTAINER`: sa3cpp -> gguf) always gets that one."""
+    own = NAMING_CONTAINER.get(to)
     if container is not None:
         _choice(container, CONTAINERS, "container")
         if container == FOLDER and to != "diffusers":
             raise UsageError(f"a {FOLDER} output holds the diffusers naming, not {to}")
+        if (container == GGUF) != (own == GGUF):
+            raise UsageError(f"--to {to} is not written as {container}")
         return container
+    if own is not None:
+        return own
     lowered = output.lower()
     if lowered.endswith(".npz"):
         return "npz"
@@ -395,9 +447,12 @@ def _record(ledger: BaseConvertLedger, plan: TensorPlan, rel_error: float) -> No
     ledger.tensors += 1
     ledger.renamed += plan.target != plan.source
     if plan.layouts is not None:
-        moved_axes = plan.layouts[0].axes != plan.layouts[1].axes
+        src, dst = plan.layouts
+        squeezed = len(src.axes) != len(dst.axes)
+        moved_axes = src.axes != dst.axes and not squeezed
+        ledger.squeezed += squeezed
         ledger.transposed += moved_axes
-        ledger.reordered += not moved_axes
+        ledger.reordered += not moved_axes and not squeezed
     ledger.cast += plan.code_out != plan.code_in
     ledger.worst_rel_error = max(ledger.worst_rel_error, rel_error)
 
@@ -409,6 +464,8 @@ def _stream(
     force: bool,
     folder: FolderSpec | None,
     progress: ProgressCallback | None,
+    gguf: GgufOutput | None = None,
+    inputs: list[str] | None = None,
 ) -> None:
     """Read, convert, verify and write each tensor; the output appears only if all pass."""
     specs = [(p.target, p.code_out, p.shape_out) for p in plans]
@@ -418,9 +475,10 @@ def _stream(
         ledger.output_path,
         specs,
         dict(base.metadata),
-        inputs=[ledger.input_path],
+        inputs=inputs or [ledger.input_path],
         overwrite=force,
         folder=folder,
+        gguf=gguf,
     )
     with writer:
         for plan in plans:
@@ -437,6 +495,73 @@ def _nbytes(plan: TensorPlan) -> int:
     return dtypes.itemsize(plan.code_out) * math.prod(plan.shape_out)
 
 
+def _encoding(base: BaseCheckpoint, dtype: str | None) -> str:
+    """sa3.cpp's encoding for the output: --dtype fp32/fp16, else F32 when every floating
+    input tensor is F32 (nothing to round), F16 otherwise (its vectors F32: widened exactly)."""
+    if dtype is not None:
+        code = _cast_code(dtype)
+        if code not in ENCODINGS:
+            raise UsageError(
+                f"sa3.cpp bases are written F32 or F16 (--dtype fp32 or fp16), not {dtype}"
+            )
+        assert code is not None
+        return code
+    floats = [t.dtype for t in base.tensors.values() if dtypes.is_floating(t.dtype)]
+    return "F32" if all(code == "F32" for code in floats) else "F16"
+
+
+def _gguf_notes(base: BaseCheckpoint, plans: list[TensorPlan]) -> list[str]:
+    """What a reader of a GGUF input's conversion should know (dequantised tensors)."""
+    if base.gguf is None:
+        return []
+    types = base.gguf.types
+    quantised = [p.source for p in plans if types.get(p.source, "F32") not in PLAIN_TYPES]
+    if not quantised:
+        return []
+    kinds = sorted({types[k] for k in quantised})
+    return [
+        f"{len(quantised)} quantised tensors ({', '.join(kinds)}) dequantised to F32 by the "
+        "gguf package: the values are the quantised ones, not the original checkpoint's"
+    ]
+
+
+def _sa3cpp_target(
+    base: BaseCheckpoint,
+    plans: list[TensorPlan],
+    out: str,
+    *,
+    variant: str | None,
+    training_base: bool | None,
+    encoding: str,
+) -> tuple[GgufOutput, list[str]]:
+    """The GGUF output spec for the planned tensors, and the ledger notes about it."""
+    from sa3ckpt.ops.inspect import base_family  # the family table settles the variant
+
+    family = base_family(base).family
+    kv = base.gguf.dit.kv if base.gguf is not None and base.gguf.dit is not None else None
+    identity = identify_model(
+        variant=variant, training_base=training_base, family=family, input_path=base.path, kv=kv
+    )
+    shapes = {p.target: p.shape_out for p in plans}
+    spec = sa3cpp_output(shapes, identity, encoding=encoding, output_path=out)
+    notes = [
+        f"sa3.cpp model {identity.model} (general.finetune {identity.finetune!r}"
+        + (", dit.training_base = true" if identity.training_base else "")
+        + f"), encoding {encoding}"
+    ]
+    if spec.conditioner_path is not None:
+        notes.append(f"conditioner sidecar (sa3-conditioner, F32): {spec.conditioner_path}")
+    elif not any(k.startswith("te.") for k in shapes):
+        notes.append("no conditioner tensors in the input: no sidecar written")
+    kept = [p.target for p in plans if p.layouts is None and len(p.shape_out) == 3]
+    if kept:
+        notes.append(
+            f"{', '.join(kept)}: Conv1d kernel > 1 kept 3-D (sa3.cpp's converter keeps kernel "
+            "1 squeezed and would drop the other taps; its DiT cannot run this file)"
+        )
+    return spec, notes
+
+
 def convert_base(
     input_path: str | os.PathLike[str],
     output_path: str | os.PathLike[str],
@@ -448,6 +573,9 @@ def convert_base(
     force: bool = False,
     max_shard_size: int = DEFAULT_MAX_SHARD_SIZE,
     progress: ProgressCallback | None = None,
+    conditioner: str | os.PathLike[str] | None = None,
+    variant: str | None = None,
+    training_base: bool | None = None,
 ) -> BaseConvertLedger:
     """Write the base at `input_path` in naming `to` to `output_path`, verified and atomic.
 
@@ -455,19 +583,30 @@ def convert_base(
     a diffusers transformer folder (config.json, shards of at most `max_shard_size` bytes
     with an index when there is more than one) unless the output ends in .safetensors/.npz;
     the seconds conditioner Linear has no home there and is dropped, named in the ledger.
-    Raises UsageError for bad arguments, an output that is the input or exists without
-    `force`; IncompatibleError for tensors with no spelling in `to` (unless `drop_unmapped`)
-    or a failed verification. progress: output bytes written so far, after each tensor.
+    `to="sa3cpp"` writes the DiT GGUF and its conditioner sidecar beside it; `variant` and
+    `training_base` say which model it is when the input's names do not (`conditioner`: the
+    sidecar of an sa3.cpp input). Raises UsageError for bad arguments, an output that is the
+    input or exists without `force`; IncompatibleError for tensors with no spelling in `to`
+    (unless `drop_unmapped`) or a failed verification. progress: output bytes written so
+    far, after each tensor.
     """
     src, out = os.fspath(input_path), os.fspath(output_path)
     _choice(to, NAMINGS, "target naming")
     if container is None:  # an explicit container is the caller's own choice of name
         check_output_suffix(out, BASE, to)
     out_container = _output_container(out, container, to)
-    cast_to = _cast_code(dtype)
-    check_base_output(out, out_container, inputs=[src], overwrite=force)  # before any work
-    with open_base(src) as base:
-        plans, dropped, homeless = plan_conversion(base, to, cast_to, drop_unmapped, out_container)
+    cast_to = None if out_container == GGUF else _cast_code(dtype)
+    inputs = [src] + ([os.fspath(conditioner)] if conditioner is not None else [])
+    check_base_output(out, out_container, inputs=inputs, overwrite=force)  # before any work
+    with open_base(src, conditioner=conditioner) as base:
+        rule: TypeRule | None = None
+        encoding = ""
+        if out_container == GGUF:
+            encoding = _encoding(base, dtype)
+            rule = _gguf_type_rule(encoding)
+        plans, dropped, homeless = plan_conversion(
+            base, to, cast_to, drop_unmapped, out_container, rule
+        )
         folder = _folder_spec(base, plans, max_shard_size) if out_container == FOLDER else None
         ledger = BaseConvertLedger(
             src,
@@ -476,11 +615,30 @@ def convert_base(
             to,
             out_container,
             base.container,
-            dtype,
+            dtype or (encoding.lower() if encoding else None),
             dropped=dropped,
             no_home=homeless,
         )
+        ledger.notes += _gguf_notes(base, plans)
+        gguf: GgufOutput | None = None
+        if out_container == GGUF:
+            gguf, notes = _sa3cpp_target(
+                base, plans, out, variant=variant, training_base=training_base, encoding=encoding
+            )
+            ledger.notes += notes
+            if gguf.conditioner_path is not None:
+                check_base_output(gguf.conditioner_path, GGUF, inputs=inputs, overwrite=force)
+        elif base.container == GGUF and base.naming == "sa3cpp" and to != "sa3cpp":
+            ledger.notes.append(
+                "no transformer.rotary_pos_emb.inv_freq: sa3.cpp files do not store it"
+            )
         if to == "mlx":
             ledger.notes += mlx_pipeline_notes(out_container, {p.target for p in plans})
-        _stream(base, plans, ledger, force, folder, progress)
+        _stream(base, plans, ledger, force, folder, progress, gguf, inputs)
     return ledger
+
+
+def _gguf_type_rule(encoding: str) -> TypeRule:
+    from sa3ckpt.io.gguf_facts import tensor_type
+
+    return lambda name, shape: tensor_type(name, shape, encoding)

@@ -96,6 +96,12 @@ _ROWS = (
         "diffusers StableAudio3DiTModel",
         "a transformer folder for from_pretrained; the seconds conditioner has no home there",
     ),
+    ConvertTarget(
+        BASE,
+        "sa3cpp",
+        "sa3.cpp (DiT GGUF + conditioner sidecar, F32 or F16)",
+        "the KVs its loaders read; rotary inv_freq not stored (sa3.cpp recomputes it)",
+    ),
 )
 TARGETS: dict[tuple[str, str], ConvertTarget] = {(t.kind, t.name): t for t in _ROWS}
 

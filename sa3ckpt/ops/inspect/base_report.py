@@ -12,6 +12,7 @@ import os
 from collections import Counter
 
 from sa3ckpt.io.base_checkpoint import BaseCheckpoint, open_base
+from sa3ckpt.io.gguf_facts import describe
 from sa3ckpt.ops.inspect.checkpoint_kind import base_kind
 from sa3ckpt.ops.inspect.report_model import BASE_KIND, BaseReport, FamilyReport
 from sa3ckpt.targets.detect import FamilyDetection, detect_family
@@ -30,9 +31,33 @@ def base_family(base: BaseCheckpoint) -> FamilyDetection:
     return detect_family(observations, candidates=list(FAMILIES))
 
 
-def inspect_base(path: str | os.PathLike[str], *, stats: bool = False) -> BaseReport:
+def sa3cpp_facts(base: BaseCheckpoint) -> list[dict[str, object]] | None:
+    """Per GGUF file of an sa3.cpp base: what it says it is (`io.gguf_facts.describe`)."""
+    if base.gguf is None:
+        return None
+    return [
+        {"path": f.path, **describe(f.architecture, f.kv, f.kv_types, f.types)}
+        for f in base.gguf.files()
+    ]
+
+
+def _dtypes(base: BaseCheckpoint) -> dict[str, int]:
+    """Tensor types counted: dtype codes, or an sa3.cpp GGUF's ggml types (quantised ones
+    included, which read as F32)."""
+    types = (
+        base.gguf.types if base.gguf is not None else {k: t.dtype for k, t in base.tensors.items()}
+    )
+    return dict(sorted(Counter(types.values()).items()))
+
+
+def inspect_base(
+    path: str | os.PathLike[str],
+    *,
+    stats: bool = False,
+    conditioner: str | os.PathLike[str] | None = None,
+) -> BaseReport:
     """The report for one base checkpoint (MalformedFileError when it cannot be read)."""
-    with open_base(path) as base:
+    with open_base(path, conditioner=conditioner) as base:
         detection = base_family(base)
         return BaseReport(
             path=base.path,
@@ -45,8 +70,9 @@ def inspect_base(path: str | os.PathLike[str], *, stats: bool = False) -> BaseRe
                 detection.family, False, list(detection.evidence), list(detection.fits)
             ),
             weights=len(base.weight_keys()),
-            dtypes=dict(sorted(Counter(t.dtype for t in base.tensors.values()).items())),
+            dtypes=_dtypes(base),
             metadata=dict(base.metadata),
             notes=[STATS_NOTE] if stats else [],
             checkpoint=base_kind(base),
+            sa3cpp=sa3cpp_facts(base),
         )

@@ -25,7 +25,18 @@ from dataclasses import dataclass
 
 from sa3ckpt.errors import MalformedFileError, Sa3ckptError
 from sa3ckpt.io.base_checkpoint import BaseCheckpoint, open_base
-from sa3ckpt.io.formats import ADAPTER, BASE, PICKLE, identify, open_adapter_source, sniff
+from sa3ckpt.io.formats import (
+    ADAPTER,
+    BASE,
+    GGUF_MODEL,
+    PICKLE,
+    identify,
+    open_adapter_source,
+    sniff,
+    sniff_format,
+)
+from sa3ckpt.io.gguf_base import open_gguf_model
+from sa3ckpt.io.gguf_facts import CODEC_ARCH
 from sa3ckpt.io.safetensors import read_header
 from sa3ckpt.io.sources import AdapterSource
 from sa3ckpt.names.base_keys import parse_base_key
@@ -330,6 +341,24 @@ def _header_shapes(path: str) -> dict[str, Shape] | None:
     return {k: tuple(v.shape) for k, v in read_header(path).tensors.items()}
 
 
+def _gguf_codec_kind(path: str) -> KindReport | None:
+    """An sa3.cpp SAME codec GGUF (`general.architecture` sa3-ae: the whole autoencoder)."""
+    if sniff(path) is None or sniff_format(path) != GGUF_MODEL:
+        return None
+    opened = open_gguf_model(path)
+    try:
+        if opened.architecture != CODEC_ARCH:
+            return None
+        counts: dict[str, int] = {}
+        for name in opened.types.values():
+            counts[name] = counts.get(name, 0) + 1
+        types = ", ".join(f"{k}×{v}" for k, v in sorted(counts.items()))
+        detail = f"sa3.cpp SAME codec GGUF ({CODEC_ARCH}), {len(opened.shapes)} tensors ({types})"
+        return KindReport(CODEC_WEIGHTS, "autoencoder", None, detail)
+    finally:
+        opened.close()
+
+
 def identify_kind(path: str | os.PathLike[str]) -> KindReport:
     """The kind of `path` from headers only; never raises (unreadable files are `unknown`)."""
     spath = os.fspath(path)
@@ -343,6 +372,9 @@ def identify_kind(path: str | os.PathLike[str]) -> KindReport:
         if found.kind == ADAPTER:
             with open_adapter_source(spath) as source:
                 return source_kind(source)
+        codec = _gguf_codec_kind(spath)
+        if codec is not None:
+            return codec
         shapes = _header_shapes(spath)
     except (Sa3ckptError, OSError) as exc:
         cause = exc.cause if isinstance(exc, MalformedFileError) else str(exc)

@@ -21,13 +21,19 @@ import numpy as np
 
 from sa3ckpt import __version__, dtypes
 from sa3ckpt.errors import MalformedFileError
-from sa3ckpt.io.formats import ADAPTER, UNKNOWN, identify, open_adapter_source, sniff
+from sa3ckpt.io.formats import ADAPTER, GGUF_MODEL, UNKNOWN, identify, open_adapter_source, sniff
+from sa3ckpt.io.gguf_base import open_gguf_model
 from sa3ckpt.io.sources import AdapterSource
 from sa3ckpt.names.modules import BLOCK_MODULES, block_target
 from sa3ckpt.ops.codec import analyze_codec
 from sa3ckpt.ops.inspect.analysis import Analysis, analyze
 from sa3ckpt.ops.inspect.base_report import inspect_base
-from sa3ckpt.ops.inspect.checkpoint_kind import CODEC_WEIGHTS, source_kind, weights_kind
+from sa3ckpt.ops.inspect.checkpoint_kind import (
+    CODEC_WEIGHTS,
+    identify_kind,
+    source_kind,
+    weights_kind,
+)
 from sa3ckpt.ops.inspect.report_model import (
     CODEC_ADAPTER_KIND,
     OTHER_KIND,
@@ -265,12 +271,41 @@ def inspect_file(
     if model in CODEC_TARGET_FAMILIES:
         model = "auto"
     row = sniff(path) if found.kind == UNKNOWN else None
+    if row is not None and row.name == GGUF_MODEL:
+        model_report = gguf_model_report(os.fspath(path))
+        if model_report is not None:
+            return model_report
     if row is not None and row.name == "safetensors":
         with open_adapter_source(path) as source:
             other = other_report(source)
         if other is not None:
             return other
     return inspect_path(path, stats=stats, model=model, allow_pickle=allow_pickle)
+
+
+def gguf_model_report(path: str) -> OtherReport | None:
+    """An sa3.cpp model GGUF that is no base (the SAME codec): what it is, its ggml types."""
+    kind = identify_kind(path)
+    if kind.kind != CODEC_WEIGHTS:
+        return None
+    opened = open_gguf_model(path)
+    try:
+        return OtherReport(
+            path=path,
+            kind=OTHER_KIND,
+            format="gguf",
+            size_bytes=os.path.getsize(path),
+            tensors=len(opened.shapes),
+            dtypes=dict(sorted(Counter(opened.types.values()).items())),
+            metadata={
+                k: v
+                for k, v in opened.kv.items()
+                if isinstance(v, str) and k.startswith("general.")
+            },
+            checkpoint=kind,
+        )
+    finally:
+        opened.close()
 
 
 def malformed_json(exc: MalformedFileError) -> dict[str, Any]:

@@ -204,6 +204,9 @@ class BaseReport:
     notes: list[str]
     checkpoint: KindReport = field(metadata={JSON: KindReport.to_json})  # full, DiT or cond
     hashes: HashReport | None = field(default=None, metadata={OMIT_NONE: True})
+    # an sa3.cpp GGUF's own facts, per file (io.gguf_facts.describe): architecture, model,
+    # training-base flag, ggml tensor types, loader-KV problems
+    sa3cpp: list[dict[str, Any]] | None = field(default=None, metadata={OMIT_NONE: True})
 
 
 @dataclass(frozen=True)

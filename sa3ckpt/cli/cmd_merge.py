@@ -76,6 +76,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         action="store_true",
         help="read legacy .ckpt adapters and svd_bases.pt (torch.load weights_only)",
     )
+    parser.add_argument(
+        "--conditioner",
+        metavar="GGUF",
+        help="an sa3.cpp DiT GGUF base's conditioner sidecar: merged too, written beside OUT",
+    )
     parser.add_argument("--force", action="store_true", help="replace an existing output file")
     parser.add_argument(
         "--strict",
@@ -106,6 +111,7 @@ def run(args: argparse.Namespace) -> int:
                 exclude=args.exclude,
                 strength_map=args.strength_map,
                 compare=args.compare_semantics,
+                conditioner=args.conditioner,
             ),
         )
     for warning in ledger.warnings:

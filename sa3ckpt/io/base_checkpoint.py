@@ -47,7 +47,7 @@ from sa3ckpt.io.gguf_base import (
     GgufStreamWriter,
     open_gguf_model,
 )
-from sa3ckpt.io.gguf_facts import BASE_ARCHES, CONDITIONER_ARCH, DIT_ARCH
+from sa3ckpt.io.gguf_facts import BASE_ARCHES, CONDITIONER_ARCH, DIT_ARCH, conditioner_beside
 from sa3ckpt.io.safetensors import SafetensorsStreamWriter, open_safetensors
 from sa3ckpt.layout import Layout, stored_layout
 from sa3ckpt.names.base_keys import (
@@ -109,6 +109,20 @@ class BaseCheckpoint:
         a per-module layout (diffusers' medium to_qkv row order) is taken into account."""
         parsed = parse_base_key(key, self.naming) if key is not None else None
         return stored_layout(self.naming, tuple(shape), parsed[0] if parsed else None)
+
+    def gguf_output(self, output: str) -> GgufOutput | None:
+        """How to write a base like this one to `output` (an sa3.cpp GGUF: the same
+        architecture, KVs and tensor types; its sidecar beside `output`), else None."""
+        if self.gguf is None:
+            return None
+        files = self.gguf
+        dit = files.spec(files.dit) if files.dit is not None else None
+        cond = files.spec(files.conditioner) if files.conditioner is not None else None
+        if dit is None:  # a conditioner file on its own is written as itself
+            assert cond is not None
+            return GgufOutput(cond)
+        beside = conditioner_beside(output) if cond is not None else None
+        return GgufOutput(dit, cond, beside)
 
     def close(self) -> None:
         self._close()
@@ -445,11 +459,18 @@ class GgufPairWriter:
                 path, dit_specs, metadata, out.dit, inputs=inputs, overwrite=overwrite
             )
         if cond_specs:
-            if out.conditioner is None or out.conditioner_path is None:
+            # a conditioner file written on its own is the output itself, with its own spec
+            spec = out.conditioner if dit_specs else (out.conditioner or out.dit)
+            where = out.conditioner_path if dit_specs else os.fspath(path)
+            if spec is None or where is None:
                 raise ValueError("conditioner tensors need the sidecar's spec and path")
-            where = out.conditioner_path if dit_specs else path
             self._writers[True] = GgufStreamWriter(
-                where, cond_specs, {}, out.conditioner, inputs=inputs, overwrite=overwrite
+                where,
+                cond_specs,
+                metadata if not dit_specs else {},
+                spec,
+                inputs=inputs,
+                overwrite=overwrite,
             )
         self.paths = [w.path for w in self._writers.values()]
 

@@ -129,6 +129,35 @@ def gguf_architecture(path: str | os.PathLike[str]) -> str | None:
 # --- writing ----------------------------------------------------------------------------------
 
 
+_QUANTISERS: dict[str, bool] = {}
+
+
+def has_quantiser(type_name: str) -> bool:
+    """Whether the gguf package can write a tensor of this ggml type (plain types always)."""
+    if type_name in PLAIN_TYPES:
+        return True
+    if type_name not in _QUANTISERS:
+        gguf = _import_gguf()
+        try:
+            qtype = gguf.GGMLQuantizationType[type_name]
+            block, _ = gguf.GGML_QUANT_SIZES[qtype]
+            gguf.quants.quantize(np.zeros((1, block), np.float32), qtype)
+            _QUANTISERS[type_name] = True
+        except (KeyError, NotImplementedError):
+            _QUANTISERS[type_name] = False
+    return _QUANTISERS[type_name]
+
+
+def no_quantiser_reason(name: str, type_name: str) -> str:
+    """Why a changed tensor of a type without a quantiser cannot be written (never F16)."""
+    return (
+        f"{name}: the base stores it as {type_name} and the gguf package has no {type_name} "
+        "quantiser, so the changed weight cannot be written in the base's type (refused rather "
+        "than written in another type; merge into an F16 or F32 base, or one whose types gguf "
+        "can quantise: Q8_0, Q4_0, Q4_1, Q5_0, Q5_1)"
+    )
+
+
 @dataclass(frozen=True)
 class GgufSpec:
     """What a GGUF output needs beyond (name, code, shape): its architecture, typed KVs and
@@ -259,12 +288,7 @@ class GgufStreamWriter:
         try:
             return np.ascontiguousarray(self._gguf.quants.quantize(values, qtype))
         except NotImplementedError:
-            raise IncompatibleError(
-                f"{name}: the base stores it as {qtype.name} and the gguf package has no "
-                f"{qtype.name} quantiser, so the changed weight cannot be written in the base's "
-                "type (refused rather than written in another type; merge into an F16 or F32 "
-                "base, or one whose types gguf can quantise: Q8_0, Q4_0, Q4_1, Q5_0, Q5_1)"
-            ) from None
+            raise IncompatibleError(no_quantiser_reason(name, qtype.name)) from None
 
     def _unchanged(self, name: str, qtype: Any, values: np.ndarray) -> np.ndarray | None:
         """The source's original bytes when `values` is exactly its dequantised tensor."""

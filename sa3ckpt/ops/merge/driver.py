@@ -1,7 +1,8 @@
 """merge: bake adapters into a base checkpoint at fixed strengths, streaming tensor by tensor.
 
 The output keeps the base's container (safetensors / npz / diffusers folder, with the folder's
-config and sharding), naming (official / MLX / diffusers) and dtype unless asked; targets are
+config and sharding / sa3.cpp DiT GGUF with its KVs, tensor types and conditioner sidecar,
+`io.gguf_base`), naming (official / MLX / diffusers / sa3cpp) and dtype unless asked; targets are
 merged in the canonical view (diffusers' medium to_qkv rows are put in official order for the
 merge and back after it, `layout.BASE_MODULE_LAYOUTS`); every tensor that is not a merged
 target is copied bit-exactly; merged targets are computed in float32 (the NumPy kernel in
@@ -52,6 +53,9 @@ from sa3ckpt.io.base_checkpoint import (
     stream_writer,
 )
 from sa3ckpt.io.formats import identify
+from sa3ckpt.io.gguf_base import CONTAINER as GGUF
+from sa3ckpt.io.gguf_base import has_quantiser, no_quantiser_reason
+from sa3ckpt.io.gguf_facts import conditioner_beside
 from sa3ckpt.io.safetensors import SafetensorsStreamWriter
 from sa3ckpt.layout import Layout
 from sa3ckpt.names.modules import root_of
@@ -187,19 +191,29 @@ def _prepare(
     paths = [a.path for a in adapters]
     exclusions = parse_exclusions(options.exclude, paths)
     smap = parse_strength_map(options.strength_map, paths)
-    inputs = [base_path, *paths, *([bases_path] if bases_path else [])]
+    sidecar = [options.conditioner] if options.conditioner else []
+    inputs = [base_path, *sidecar, *paths, *([bases_path] if bases_path else [])]
     _check_base_first(base_path)  # before the output check: swapped arguments say so
     if output is not None:
         check_base_output(
             output, base_container_of(base_path), inputs=inputs, overwrite=options.force
         )
+        if sidecar:  # the merged sidecar goes beside the output (`io.gguf_facts`)
+            check_base_output(
+                conditioner_beside(output), GGUF, inputs=inputs, overwrite=options.force
+            )
     # Every container inspect reads (sa3/bare/mlx files, PEFT folders, diffusers LoRA
     # folders, sa3.cpp GGUF, legacy pickles with the opt-in), through the registry path convert
     # uses.
     ckpts = [(load_adapter(a.path, allow_pickle=allow_pickle), a.strength) for a in adapters]
     ckpts, excluded, unused = apply_exclusions(ckpts, paths, exclusions)
     bases = load_xs_bases(bases_path, allow_pickle=allow_pickle) if bases_path else None
-    with open_base(base_path) as base:
+    with open_base(base_path, conditioner=options.conditioner) as base:
+        if base.gguf is not None and out_code is not None:
+            raise UsageError(
+                "a merge into an sa3.cpp GGUF keeps its tensor types: no --dtype "
+                "(convert the base --to sa3cpp --dtype first for another encoding)"
+            )
         ledger = MergeLedger(base_path, output or "-", semantics, base.naming, base.container)
         ledger.excluded, ledger.unused_exclusions = excluded, unused
         ledger.written = output is not None
@@ -220,6 +234,7 @@ def _prepare(
             if ckpt.ledger is not None:
                 ledger.unmatched_keys += [f"{arg.path}: {k} ({r})" for k, r in ckpt.ledger.rejected]
         plan = _plan(base, ckpts, options.only, ledger)
+        _check_writable_types(base, plan)
         if ledger.shape_mismatches:
             raise IncompatibleError(
                 f"{len(ledger.shape_mismatches)} adapter targets do not fit {base_path} "
@@ -253,6 +268,17 @@ def _prepare(
             if strict:
                 raise IncompatibleError(refusal)
         yield _Prepared(base, ckpts, plan, bases, inputs, out_code, refusal)
+
+
+def _check_writable_types(base: BaseCheckpoint, plan: _Plan) -> None:
+    """Refuse, before anything is written, a merge that changes a quantised GGUF tensor
+    whose type the gguf package cannot quantise (it is never written in another type)."""
+    if base.gguf is None:
+        return
+    types = base.gguf.types
+    for key in plan.targets:
+        if not has_quantiser(types.get(key, "F32")):
+            raise IncompatibleError(no_quantiser_reason(key, types[key]))
 
 
 def _codec_route(base_path: str, adapters: Sequence[AdapterArg]) -> bool:
@@ -405,7 +431,14 @@ def _write(
     # A folder keeps its config and its sharding (each shard holds the same keys as before).
     folder = FolderSpec(base.folder.config, base.folder.shards) if base.folder else None
     writer = stream_writer(
-        base.container, output, specs, metadata, inputs=inputs, overwrite=force, folder=folder
+        base.container,
+        output,
+        specs,
+        metadata,
+        inputs=inputs,
+        overwrite=force,
+        folder=folder,
+        gguf=base.gguf_output(output),
     )
     if isinstance(writer, SafetensorsStreamWriter):
         with writer:

@@ -23,9 +23,10 @@ class MergeOptions:
     bases_path: a `sa3ckpt bases` file of XS bases. exclude: `[ADAPTER=]PATTERN` specs
     (`ops.merge.exclusions`). strength_map: `--strength-map` values, per-target strength
     factors (`ops.merge.strength_map`). compare: also measure how far the semantics' results
-    are apart (`ledger.comparison`). strict: stack-report warnings and adapter tensors without
-    a place in the base refuse the merge (exit 4) before anything is written; a preview
-    reports that refusal instead of raising it."""
+    are apart (`ledger.comparison`). conditioner: the sidecar GGUF of an sa3.cpp DiT base
+    (its merged copy is written beside the output). strict: stack-report warnings and adapter
+    tensors without a place in the base refuse the merge (exit 4) before anything is
+    written; a preview reports that refusal instead of raising it."""
 
     semantics: str = "runtime"
     dtype: str | None = None
@@ -37,6 +38,7 @@ class MergeOptions:
     exclude: tuple[str, ...] = ()
     compare: bool = False
     strength_map: tuple[str, ...] = ()
+    conditioner: str | None = None  # an sa3.cpp DiT GGUF base's conditioner sidecar GGUF
 
     def __post_init__(self) -> None:
         # Sequences given as lists stay hashable and immutable.

@@ -83,6 +83,9 @@ def official_tensors(
     out["bottleneck.scaling_factor"] = rng.uniform(0.8, 1.2, (1, channels, 1)).astype(np.float32)
     out["bottleneck.bias"] = (0.1 * rng.standard_normal((1, channels, 1))).astype(np.float32)
     out["bottleneck.running_std"] = np.array([1.37], np.float32)
+    # Registered by the official bottleneck whatever its use: (1, noise_augment_dim, 1), empty
+    # in the released codecs (noise_augment_dim 0). The encoder never reads it.
+    out["bottleneck.noise_scaling_factor"] = np.ones((1, 0, 1), np.float32)
     if decoder:
         out["decoder.layers.1.weight"] = _dense(rng, d, channels)
         out["decoder.layers.1.bias"] = np.zeros(d, np.float32)
@@ -111,11 +114,11 @@ _DIFFUSERS_LEAVES = (
 
 
 def to_diffusers(tensors: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-    """The same weights under diffusers' AutoencoderSAME names (RoPE tables dropped: diffusers
-    does not store them)."""
+    """The same weights under diffusers' AutoencoderSAME names (RoPE tables and the
+    bottleneck's noise_scaling_factor dropped: diffusers does not register them)."""
     out: dict[str, np.ndarray] = {}
     for key, value in tensors.items():
-        if key.endswith(".rope.inv_freq"):
+        if key.endswith(".rope.inv_freq") or key == "bottleneck.noise_scaling_factor":
             continue
         new = key
         for old, rep in _DIFFUSERS_RENAMES:

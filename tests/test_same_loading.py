@@ -86,6 +86,9 @@ def test_official_file_loads_and_accounts_for_every_key(
     assert {k for k, why in ledger.ignored.items() if "decoder" in why} == decoder
     tables = {k for k in tensors if k.startswith("encoder.") and k.endswith("rope.inv_freq")}
     assert {k for k, why in ledger.ignored.items() if "RoPE" in why} == tables
+    noise = "bottleneck.noise_scaling_factor"  # the official module registers it, empty
+    assert tensors[noise].shape == (1, 0, 1) and noise not in ledger.loaded
+    assert "noise-augmentation" in ledger.ignored[noise] and "never" in ledger.ignored[noise]
     assert ledger.loaded["encoder.layers.0.mapping.weight_g"] == "mapping.weight"
     assert ledger.loaded["encoder.layers.0.mapping.weight_v"] == "mapping.weight"
     assert any("SAME encoder parameters loaded" in line for line in ledger.lines())
@@ -231,6 +234,29 @@ def test_every_problem_is_listed_at_once(tmp_path: Path, tensors: dict[str, np.n
     assert f"encoder.layers.2.weight (256, {d + 1}) (expected (256, {d}))" in text
     assert "2 keys that are no parameter of this encoder" in text
     assert "transformers.7.pre_norm.alpha" in text and "self_attn.lambda_q" in text
+
+
+def test_the_bottlenecks_noise_scale_is_accepted_at_any_noise_augment_dim(
+    tmp_path: Path, official: Path, tensors: dict[str, np.ndarray]
+) -> None:
+    """Was: "1 keys that are no parameter of this encoder: bottleneck.noise_scaling_factor"
+    (exit 4), so encode refused every state-dict export of the official autoencoder."""
+    reference = load_same_encoder(official, CONFIG)[0]
+    for shape in ((1, 0, 1), (1, 4, 1)):  # noise_augment_dim 0 (released) and 4
+        path = _broken(
+            tmp_path, tensors, bottleneck__noise_scaling_factor=np.ones(shape, np.float32)
+        )
+        encoder, ledger = load_same_encoder(path, CONFIG)
+        _same_params(encoder, reference)
+        assert "encoding never" in ledger.ignored["bottleneck.noise_scaling_factor"]
+    path = _broken(tmp_path, tensors, bottleneck__noise_scaling_factor=np.ones(4, np.float32))
+    with pytest.raises(
+        IncompatibleError,
+        match=r"bottleneck\.noise_scaling_factor \(4,\) \(expected \(1, noise_augment_dim, 1\)\)",
+    ):
+        load_same_encoder(path, CONFIG)
+    without = _broken(tmp_path, tensors, bottleneck__noise_scaling_factor=None)
+    _same_params(load_same_encoder(without, CONFIG)[0], reference)  # not required either
 
 
 def test_integer_tensors_are_refused(tmp_path: Path, tensors: dict[str, np.ndarray]) -> None:

@@ -14,7 +14,9 @@ parameter must come from the input with its exact shape and a floating dtype, an
 key in the encoder's namespace that is no parameter of the model (a block beyond its depth,
 an unknown leaf) is refused; all problems are listed in one IncompatibleError (exit 4).
 Keys outside the encoder are named in the ledger with the reason (the decoder, the DiT of a
-full SA3 file), as are the per-block RoPE tables, checked against the model's own first.
+full SA3 file), as are the per-block RoPE tables, checked against the model's own first, and
+the keys the official module registers that encoding never reads (`names.UNUSED`: the
+bottleneck's noise_scaling_factor, empty in the released codecs).
 
 The codec is detected from the shapes (width and depth: SAME-S 768 x 6, SAME-L 1536 x 12)
 unless given; a `SameConfig` may be given for other sizes (tests).
@@ -274,6 +276,13 @@ def _plan(source: _Input, spelling: Spelling, model: SameEncoder) -> _Plan:
                 wrong.append(f"{key} {shape} (expected {expected[key]})")
             elif not dtypes.is_floating(code):
                 not_float.append(f"{key} ({code})")
+            continue
+        unused = spelling.unused(key)
+        if unused is not None:
+            if unused.fits(shape):
+                plan.ignored[key] = unused.reason
+            else:
+                wrong.append(f"{key} {shape} (expected {unused.shape})")
             continue
         block = spelling.rope_table_block(key)
         if block is not None and block < blocks:

@@ -6,7 +6,8 @@ Three namings carry the same numbers:
   resampling block: `mapping.weight_g/_v/bias`, `new_tokens`, `transformers.N.{pre_norm,
   self_attn, ff_norm, ff.ff.0.proj, ff.ff.2}`), `encoder.layers.2` (the output Linear;
   layers 1 and 3 are parameter-free transposes), `bottleneck.{scaling_factor, bias,
-  running_std}`. A full SA3 checkpoint holds the same keys under `pretransform.model.`.
+  running_std, noise_scaling_factor}` (the last unused: `UNUSED`). A full SA3 checkpoint
+  holds the same keys under `pretransform.model.`.
   Each block may carry its RoPE table `rope.inv_freq` (a persistent buffer upstream).
 - mlx: the official MLX runtime's `same_{s,l}_encoder_f32.npz` (`mapping.weight` with the
   weight norm folded, (D, 512, 1); `blocks.N.{pre_norm, attn, ff_norm, ff.glu_proj,
@@ -24,7 +25,7 @@ Everything here is names and shapes; `loading` reads the tensors.
 from __future__ import annotations
 
 import re
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 
 OFFICIAL = "official"
@@ -97,6 +98,34 @@ ENCODER_ROOTS = {
     MLX: ("",),
 }
 DECODER_ROOT = "decoder."
+
+
+@dataclass(frozen=True)
+class Unused:
+    """A key the official module registers that the encoder never reads: why, and its shape
+    rule (`fits`, worded in `shape`), so a tensor of another shape is still refused."""
+
+    reason: str
+    shape: str
+    fits: Callable[[tuple[int, ...]], bool]
+
+
+# Per naming: keys (under the encoder roots) the official module always registers and the
+# encoder does not use, so a state-dict export of it (and a full SA3 checkpoint) loads. The
+# soft-norm bottleneck registers `noise_scaling_factor`, an nn.Parameter of shape
+# (1, noise_augment_dim, 1): empty when noise_augment_dim is 0 (the released SA3 codecs);
+# only decoding with noise augmentation reads it. diffusers' AutoencoderSAME has no such
+# parameter (its bottleneck is scale, bias, running_std).
+UNUSED: dict[str, dict[str, Unused]] = {
+    OFFICIAL: {
+        "bottleneck.noise_scaling_factor": Unused(
+            "the bottleneck's noise-augmentation scale (1, noise_augment_dim, 1); only decoding "
+            "with noise_augment_dim > 0 reads it, encoding never (empty when it is 0)",
+            "(1, noise_augment_dim, 1)",
+            lambda shape: len(shape) == 3 and shape[0] == 1 and shape[2] == 1,
+        ),
+    },
+}
 # A block's RoPE table in the official spelling (checked against ours, then not used).
 _ROPE_TABLE = re.compile(r"^encoder\.layers\.0\.transformers\.(\d+)\.rope\.inv_freq$")
 _BLOCK_INDEX = {
@@ -136,6 +165,12 @@ class Spelling:
     def strip(self, key: str) -> str | None:
         """The key without the prefix, or None when it lacks it."""
         return key[len(self.prefix) :] if key.startswith(self.prefix) else None
+
+    def unused(self, key: str) -> Unused | None:
+        """The `UNUSED` entry of a key this naming's module registers but the encoder never
+        reads, else None."""
+        bare = self.strip(key)
+        return None if bare is None else UNUSED.get(self.naming, {}).get(bare)
 
     def in_encoder(self, key: str) -> bool:
         bare = self.strip(key)
@@ -192,7 +227,9 @@ __all__ = [
     "NAMINGS",
     "OFFICIAL",
     "PRETRANSFORM_PREFIX",
+    "UNUSED",
     "Spelling",
+    "Unused",
     "detect_spelling",
     "diffusers_qkv_to_official",
 ]

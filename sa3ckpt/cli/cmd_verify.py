@@ -33,7 +33,7 @@ def _tolerance(text: str) -> float:
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
-        "base", metavar="BASE", help="the base merged into (official, MLX or diffusers)"
+        "base", metavar="BASE", help="the base merged into (official, MLX, diffusers, sa3.cpp)"
     )
     parser.add_argument(
         "adapters",
@@ -70,6 +70,16 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="as merge --only: apply only DiT or conditioner targets",
     )
     parser.add_argument("--bases", metavar="FILE", help="XS bases file, as given to merge --bases")
+    parser.add_argument(
+        "--conditioner",
+        metavar="GGUF",
+        help="an sa3.cpp BASE's conditioner sidecar GGUF, as given to merge --conditioner",
+    )
+    parser.add_argument(
+        "--merged-conditioner",
+        metavar="GGUF",
+        help="an sa3.cpp MERGED's conditioner sidecar GGUF (merge writes it beside MERGED)",
+    )
     parser.add_argument(
         "--allow-pickle",
         action="store_true",
@@ -124,6 +134,8 @@ def run(args: argparse.Namespace) -> int:
             seed=args.seed,
             frames=args.frames,
             progress=progress,
+            base_conditioner=args.conditioner,
+            merged_conditioner=args.merged_conditioner,
         )
     print_ledger(report, "verify", args.json)
     if report.verdict == PASS:

@@ -54,10 +54,12 @@ from sa3ckpt.names.base_keys import (
     MLX_PIPELINE_CONDITIONER_KEYS,
     OFFICIAL_CONDITIONER_PREFIX,
     OFFICIAL_DIT_PREFIX,
+    SA3CPP_DIT_PREFIX,
     translate_base_key,
 )
 from sa3ckpt.names.modules import DIFFUSERS_DURATION_EMBEDDER, MLX_ARRAY_PREFIX
 from sa3ckpt.ops.convert import TensorPlan, convert_tensor, plan_conversion
+from sa3ckpt.targets.topology import rotary_inv_freq
 
 Shape = tuple[int, ...]
 _SHOWN = 5  # keys an error message names before it counts the rest
@@ -77,6 +79,7 @@ _IN_DIT: dict[str, Callable[[str], bool]] = {
     "official": lambda key: key.startswith(OFFICIAL_DIT_PREFIX),
     "mlx": lambda key: not key.startswith(MLX_ARRAY_PREFIX),
     "diffusers": lambda key: not key.startswith(_DURATION_PREFIX),
+    "sa3cpp": lambda key: key.startswith(SA3CPP_DIT_PREFIX),
 }
 # Why a key outside the DiT is not used: first matching prefix.
 _OUTSIDE_REASONS: tuple[tuple[str, str], ...] = (
@@ -385,12 +388,41 @@ def _load(
     return LoadedDiT(dit, conditioner, ledger)
 
 
-def load_dit(path: str | os.PathLike[str], dtype: mx.Dtype = mx.float32) -> LoadedDiT:
+# sa3.cpp stores no rotary table (it recomputes it from these KVs); neither does the input.
+SA3CPP_INV_FREQ_SOURCE = "dit.rot, dit.rope_base"
+_INV_FREQ = "transformer.rotary_pos_emb.inv_freq"
+
+
+def _sa3cpp_inv_freq(base: BaseCheckpoint, ledger: LoadLedger) -> list[_Tensor]:
+    """The rotary table of an sa3.cpp DiT GGUF, computed as sa3.cpp does from its KVs."""
+    if base.gguf is None or base.gguf.dit is None:
+        return []
+    kv = base.gguf.dit.kv
+    rot, rope_base = kv.get("dit.rot"), kv.get("dit.rope_base")
+    if not isinstance(rot, int) or not isinstance(rope_base, float) or rot < 2:
+        return []
+    table = rotary_inv_freq(rot, rope_base).astype(np.float32)
+    ledger.notes.append(
+        f"{_INV_FREQ} computed from {SA3CPP_INV_FREQ_SOURCE} ({rot}, {rope_base:g}): "
+        "sa3.cpp files do not store it"
+    )
+    return [_Tensor(SA3CPP_INV_FREQ_SOURCE, _INV_FREQ, table.shape, "F32", lambda: table.copy())]
+
+
+def load_dit(
+    path: str | os.PathLike[str],
+    dtype: mx.Dtype = mx.float32,
+    *,
+    conditioner: str | os.PathLike[str] | None = None,
+) -> LoadedDiT:
     """The DiT (and conditioner) of a base file or folder, every parameter from the input.
 
     Accepts an official full base (`model.model.…`), an MLX runtime file (.safetensors or
-    .npz, `cond.*` arrays inside), a diffusers transformer folder, or a diffusers pipeline
-    root (its `transformer/` plus the seconds Linear from `duration_embedder/`). `dtype` is
+    .npz, `cond.*` arrays inside), a diffusers transformer folder, a diffusers pipeline
+    root (its `transformer/` plus the seconds Linear from `duration_embedder/`), or an
+    sa3.cpp DiT GGUF with its `conditioner` sidecar GGUF when given (quantised tensors are
+    dequantised by the gguf package; the rotary table is computed from its KVs, as sa3.cpp
+    does). `dtype` is
     the run dtype every floating array is cast to (float32, float16 or bfloat16; the RoPE
     table stays float32); the ledger counts the casts. Raises MalformedFileError for an
     input that is not an SA3 base (an adapter, a pickle, a damaged file) and
@@ -401,9 +433,10 @@ def load_dit(path: str | os.PathLike[str], dtype: mx.Dtype = mx.float32) -> Load
     spath = _resolve(os.fspath(path))
     _refuse_non_base(spath)
     with contextlib.ExitStack() as stack:
-        base = stack.enter_context(open_base(spath))
-        ledger = LoadLedger(spath, base.naming, base.container, "", RUN_DTYPES[dtype], [spath])
-        tensors = _tensors(base)
+        base = stack.enter_context(open_base(spath, conditioner=conditioner))
+        sources = [spath] + ([os.fspath(conditioner)] if conditioner is not None else [])
+        ledger = LoadLedger(spath, base.naming, base.container, "", RUN_DTYPES[dtype], sources)
+        tensors = _tensors(base) + _sa3cpp_inv_freq(base, ledger)
         max_seconds = DiTConfig.max_seconds
         folder = _duration_folder(spath) if base.container == FOLDER else None
         if folder is not None:

@@ -1,7 +1,8 @@
 """verify: check a merge at the output, by running the DiT with the adapters live and on MERGED.
 
 `merge` is tested tensor by tensor; this checks what a user cares about, the network's
-output, and works on any pair of base files `load_dit` reads (official, MLX, diffusers; BASE
+output, and works on any pair of base files `load_dit` reads (official, MLX, diffusers,
+sa3.cpp GGUF with its conditioner sidecar; BASE
 and MERGED may differ in format and dtype). On the fixed inputs of `verify_probe`, four
 float32 runs are compared (`verify_report`): BASE, BASE with the adapters applied live, the
 live model rounded to MERGED's stored dtypes (the rounding floor), and MERGED.
@@ -295,9 +296,11 @@ def _adapter_rows(
 # --- MERGED's stored dtypes and provenance -----------------------------------------------------
 
 
-def _stored_codes(path: str) -> tuple[dict[str, str], dict[str, str]]:
+def _stored_codes(
+    path: str, conditioner: str | None = None
+) -> tuple[dict[str, str], dict[str, str]]:
     """(MLX key -> dtype code as MERGED stores it, MERGED's metadata), from the header."""
-    with open_base(path) as base:
+    with open_base(path, conditioner=conditioner) as base:
         plans, _, _ = plan_conversion(base, "mlx", cast_to=None, drop_unmapped=True)
         return {p.target: p.code_in for p in plans}, dict(base.metadata)
 
@@ -585,11 +588,16 @@ class _Timer:
 
 
 def _merged_outputs(
-    path: str, probe: Probe | None, seed: int, frames: int, use_conditioner: bool
+    path: str,
+    probe: Probe | None,
+    seed: int,
+    frames: int,
+    use_conditioner: bool,
+    conditioner: str | None = None,
 ) -> tuple[LoadedDiT, Probe, list[np.ndarray]]:
     """MERGED loaded and run (with its conditioner unless told not to); the probe is made from
-    its topology on the first call."""
-    merged = load_dit(path)
+    its topology on the first call. `conditioner`: an sa3.cpp MERGED's sidecar GGUF."""
+    merged = load_dit(path, conditioner=conditioner)
     probe = probe or make_probe(merged.dit.topology, seed, frames)
     cond = merged.conditioner if use_conditioner else None
     return merged, probe, run_probe(merged.dit, cond, probe)
@@ -626,8 +634,13 @@ def verify_merge(
     seed: int = DEFAULT_SEED,
     frames: int = DEFAULT_FRAMES,
     progress: ProgressCallback | None = None,
+    base_conditioner: str | None = None,
+    merged_conditioner: str | None = None,
 ) -> VerifyReport:
     """Compare MERGED's DiT output with BASE + adapters live; return the report.
+
+    BASE and MERGED may be sa3.cpp DiT GGUFs; `base_conditioner` / `merged_conditioner` are
+    their conditioner sidecar GGUFs (without one, that model has no conditioner).
 
     Raises UsageError (bad arguments, an adapter where BASE or MERGED belongs),
     MalformedFileError (unreadable files) and IncompatibleError (adapters that do not fit
@@ -648,14 +661,16 @@ def verify_merge(
     timer.lap("load_adapters")
 
     # MERGED first, then dropped: only one model is in memory at a time.
-    merged, probe, y_merged = _merged_outputs(merged_path, None, seed, frames, True)
+    merged, probe, y_merged = _merged_outputs(
+        merged_path, None, seed, frames, True, merged_conditioner
+    )
     merged_facts = ModelFacts.of(merged)
     merged_shapes = _shapes(merged)
-    codes, metadata = _stored_codes(merged.ledger.path)
+    codes, metadata = _stored_codes(merged.ledger.path, merged_conditioner)
     del merged
     timer.lap("merged")
 
-    base = load_dit(base_path)
+    base = load_dit(base_path, conditioner=base_conditioner)
     base_facts = ModelFacts.of(base)
     _check_same_model(base, merged_shapes)
     no_cond = _no_conditioner_reason(base_facts.conditioner, merged_facts.conditioner)
@@ -689,7 +704,9 @@ def verify_merge(
     timer.lap("floor", more=again)
 
     if again:  # run MERGED again without its conditioner
-        _, _, y_merged = _merged_outputs(merged_path, probe, seed, frames, False)
+        _, _, y_merged = _merged_outputs(
+            merged_path, probe, seed, frames, False, merged_conditioner
+        )
         timer.lap("merged")
 
     numbers = measure(

@@ -244,6 +244,14 @@ RULES: dict[str, Rule] = {
             "the official loader re-applies include/exclude and ignores these tensors",
         ),
         Rule(
+            "lineage-mismatch",
+            "warning",
+            "an adapter trained on a training base (…-base) goes into the post-trained model, "
+            "or the reverse (sa3ckpt.lineage)",
+            "merge into the model its base_model names, or accept that its deltas meet other "
+            "weights (sa3.cpp applies base-trained adapters to the post-trained model so)",
+        ),
+        Rule(
             "base-model-mismatch",
             "warning",
             "base_model disagrees with the detected family",

@@ -23,6 +23,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         choices=["auto", *FAMILIES, *CODEC_TARGET_FAMILIES],
         help="model family",
     )
+    parser.add_argument(
+        "--base",
+        metavar="BASE",
+        help="the base they are to be merged into: warns on a training-base/post-trained "
+        "lineage mismatch",
+    )
     parser.add_argument("--strict", action="store_true", help="warnings fail too")
     parser.add_argument("--deep", action="store_true", help="read every tensor (NaN/Inf)")
     parser.add_argument("--json", action="store_true", help="one JSON document on stdout")
@@ -32,7 +38,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    run = validate_paths(args.paths, model=args.model, strict=args.strict, deep=args.deep)
+    run = validate_paths(
+        args.paths, model=args.model, strict=args.strict, deep=args.deep, base=args.base
+    )
     if args.junit:
         write_junit(run, args.junit)
     if args.github:

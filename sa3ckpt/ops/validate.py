@@ -17,6 +17,7 @@ import numpy as np
 from sa3ckpt import dtypes
 from sa3ckpt.errors import EXIT_OK, MalformedFileError, UsageError, ValidationFailed
 from sa3ckpt.findings import Finding, severity_order
+from sa3ckpt.io.base_checkpoint import open_base
 from sa3ckpt.io.formats import (
     BASE,
     classify_keys,
@@ -32,8 +33,10 @@ from sa3ckpt.io.gguf_adapter import (
     general_name,
 )
 from sa3ckpt.io.gguf_adapter import TENSOR_TYPES as GGUF_TENSOR_TYPES
+from sa3ckpt.io.gguf_facts import Identity
 from sa3ckpt.io.legacy_pickle import PickleRefusedError
 from sa3ckpt.io.sources import AdapterSource
+from sa3ckpt.lineage import adapter_lineage, base_lineage, lineage_mismatch
 from sa3ckpt.names.base_keys import mlx_base_key
 from sa3ckpt.names.modules import SECONDS_CONDITIONER
 from sa3ckpt.ops.codec import analyze_codec
@@ -92,6 +95,7 @@ Check = Callable[[Analysis, "Context"], Iterator[Finding]]
 class Context:
     deep: bool
     model: str
+    base: Identity | None = None  # the model `--base` is (`sa3ckpt.lineage`), when known
 
 
 def _check_config(a: Analysis, ctx: Context) -> Iterator[Finding]:
@@ -165,6 +169,14 @@ def _check_family(a: Analysis, ctx: Context) -> Iterator[Finding]:
                 "base-model-mismatch",
                 f"base_model {claimed!r} is {named.name}, tensors fit {a.family.name}",
             )
+
+
+def _check_lineage(a: Analysis, ctx: Context) -> Iterator[Finding]:
+    """A training-base adapter for the post-trained model or the reverse (with `--base`)."""
+    claimed = a.config.base_model if a.config else None
+    mismatch = lineage_mismatch(adapter_lineage(claimed), ctx.base)
+    if mismatch is not None:
+        yield _say("lineage-mismatch", mismatch)
 
 
 def _check_tensors(a: Analysis, ctx: Context) -> Iterator[Finding]:
@@ -340,11 +352,15 @@ CHECKS: tuple[Check, ...] = (
     _check_runtime,
     _check_gguf,
     _check_data,
+    _check_lineage,
 )
 
 
-def validate_path(path: str, *, model: str = "auto", deep: bool = False) -> FileResult:
-    """Validate one adapter path; never raises for a bad adapter (it becomes findings)."""
+def validate_path(
+    path: str, *, model: str = "auto", deep: bool = False, base: Identity | None = None
+) -> FileResult:
+    """Validate one adapter path; never raises for a bad adapter (it becomes findings).
+    `base`: the model it is to be merged into (`lineage-mismatch`)."""
     result = FileResult(path)
     if not os.path.exists(path):  # nothing to re-export: the path itself is wrong
         result.malformed = True
@@ -382,7 +398,7 @@ def validate_path(path: str, *, model: str = "auto", deep: bool = False) -> File
     with source:
         try:
             analysis = analyze(source, model)
-            ctx = Context(deep=deep, model=model)
+            ctx = Context(deep=deep, model=model, base=base)
             for check in CHECKS:
                 result.findings.extend(check(analysis, ctx))
         except MalformedFileError as exc:  # data reads can still find a broken file
@@ -443,13 +459,27 @@ class ValidationRun:
 
 
 def validate_paths(
-    paths: Iterable[str], *, model: str = "auto", strict: bool = False, deep: bool = False
+    paths: Iterable[str],
+    *,
+    model: str = "auto",
+    strict: bool = False,
+    deep: bool = False,
+    base: str | os.PathLike[str] | None = None,
 ) -> ValidationRun:
-    """Validate files and folders (walked for adapter files and PEFT folders) in one process."""
+    """Validate files and folders (walked for adapter files and PEFT folders) in one process.
+
+    `base`: the base the adapters are to be merged into; its lineage (a training base or the
+    post-trained model, `sa3ckpt.lineage`) is checked against each adapter's `base_model`.
+    """
     if model != "auto" and model not in FAMILIES and model not in CODEC_TARGET_FAMILIES:
         known = ", ".join([*FAMILIES, *CODEC_TARGET_FAMILIES])
         raise UsageError(f"unknown --model {model!r} (known: auto, {known})")
+    into = None
+    if base is not None:
+        with open_base(base) as opened:  # MalformedFileError (exit 3) for a bad --base
+            into = base_lineage(opened)
     expanded = walk_adapter_paths([os.fspath(p) for p in paths])
     if not expanded:
         raise UsageError("no adapter files found in the given paths")
-    return ValidationRun([validate_path(p, model=model, deep=deep) for p in expanded], strict)
+    results = [validate_path(p, model=model, deep=deep, base=into) for p in expanded]
+    return ValidationRun(results, strict)

@@ -58,6 +58,7 @@ from sa3ckpt.io.gguf_base import has_quantiser, no_quantiser_reason
 from sa3ckpt.io.gguf_facts import conditioner_beside
 from sa3ckpt.io.safetensors import SafetensorsStreamWriter
 from sa3ckpt.layout import Layout
+from sa3ckpt.lineage import adapter_lineage, base_lineage, lineage_mismatch
 from sa3ckpt.names.modules import root_of
 from sa3ckpt.ops.inspect import (
     CODEC_WEIGHTS,
@@ -235,6 +236,11 @@ def _prepare(
                 ledger.unmatched_keys += [f"{arg.path}: {k} ({r})" for k, r in ckpt.ledger.rejected]
         plan = _plan(base, ckpts, options.only, ledger)
         _check_writable_types(base, plan)
+        into = base_lineage(base)
+        for (ckpt, _strength), arg in zip(ckpts, adapters, strict=True):
+            mismatch = lineage_mismatch(adapter_lineage(ckpt.config.base_model), into)
+            if mismatch is not None:
+                ledger.lineage.append(f"lineage-mismatch: {arg.path}: {mismatch}")
         if ledger.shape_mismatches:
             raise IncompatibleError(
                 f"{len(ledger.shape_mismatches)} adapter targets do not fit {base_path} "

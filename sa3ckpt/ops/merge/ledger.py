@@ -70,11 +70,16 @@ class MergeLedger:
     copied: int = 0
     cast: int = 0
     seconds: float = 0.0
+    # `lineage-mismatch`: an adapter trained on a training base going into the post-trained
+    # model or the reverse (`sa3ckpt.lineage`), one line per adapter
+    lineage: list[str] = field(default_factory=list)
 
     @property
     def warnings(self) -> list[str]:
-        """The stack report's warnings, one line each (the CLI also prints them on stderr)."""
-        return [w.message for w in self.stack.warnings] if self.stack else []
+        """The stack report's warnings and the lineage warnings, one line each (the CLI also
+        prints them on stderr; --strict refuses on any)."""
+        stack = [w.message for w in self.stack.warnings] if self.stack else []
+        return stack + self.lineage
 
     def lines(self) -> list[str]:
         out = self.comparison.lines() if self.comparison else []
@@ -159,4 +164,5 @@ class MergeLedger:
             "copied": self.copied,
             "cast": self.cast,
             "seconds": round(self.seconds, 3),
+            "lineage": self.lineage,
         }

@@ -12,9 +12,9 @@ before and after is printed: the machine is shared.
 `--attention` times the SAME-L band attention alone, blockwise (`models.same.band`) against a
 dense (T, T) masked SDPA, at real head counts. `--chunked` encodes a longer clip whole and
 through `encode_latents(..., chunk_latents=128)` with the default overlap, and prints the
-largest difference. MLX's Linux CPU wheel multiplies matrices with the reference BLAS; run with
-`LD_PRELOAD=<dir>/libopenblas.so.0` (Debian's libopenblas0-pthread; its libgfortran on
-LD_LIBRARY_PATH) to measure it with OpenBLAS.
+largest difference. On Linux MLX multiplies with the BLAS sa3ckpt sets up (MKL from the `mkl`
+wheel on x86-64); `SA3CKPT_BLAS=off` measures MLX's bundled reference BLAS instead
+(benchmarks/mlx_linux.py runs both side by side).
 """
 
 from __future__ import annotations
@@ -28,10 +28,14 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+import sa3ckpt  # noqa: F401  (first: mlx must load after sa3ckpt's BLAS set-up)
+
+# isort: split
 import mlx.core as mx
 import numpy as np
 
 from benchmarks.timing import median_seconds
+from sa3ckpt.mlx_runtime import active
 from sa3ckpt.models.same import CODECS, SameConfig, SameEncoder
 from sa3ckpt.models.same.band import band_attention, dense_band_mask
 from sa3ckpt.train.encode_audio import SAMPLE_RATE, context_latents, encode_latents
@@ -139,10 +143,9 @@ def main() -> int:
     parser.add_argument("--chunked-latents", type=int, default=300)
     parser.add_argument("--json", action="store_true")
     args = parser.parse_args()
-    blas = "openblas" if "openblas" in os.environ.get("LD_PRELOAD", "") else "as installed"
     report: dict[str, object] = {
         "mlx": mx.__version__,
-        "blas": blas,
+        "blas": active().line(),
         "cores": os.cpu_count(),
         "load_before": [round(x, 2) for x in os.getloadavg()],
     }
@@ -157,7 +160,7 @@ def main() -> int:
         print(json.dumps(report, indent=2))
         return 0
     print(
-        f"MLX {report['mlx']}, BLAS {blas}, {report['cores']} cores, "
+        f"MLX {report['mlx']}, {report['blas']}, {report['cores']} cores, "
         f"load before {report['load_before']}, after {report['load_after']}"
     )
     for row in rows:

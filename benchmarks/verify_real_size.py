@@ -11,8 +11,8 @@ must pass and fail.
     python benchmarks/verify_real_size.py [--dir DIR] [--type dora-rows] [--fp32] [--wrong]
 
 The generated files (0.9 GB base, 2.8 GB with the merges) are kept in DIR (default
-/tmp/sa3ckpt-verify-bench) and reused. MLX's Linux CPU wheel multiplies matrices with the
-reference BLAS; run with `LD_PRELOAD=<path>/libopenblas.so.0` to measure it with OpenBLAS.
+/tmp/sa3ckpt-verify-bench) and reused. On Linux MLX multiplies with the BLAS sa3ckpt sets up
+(MKL on x86-64); `SA3CKPT_BLAS=off` measures MLX's bundled reference BLAS instead.
 """
 
 from __future__ import annotations

@@ -142,9 +142,26 @@ COMMANDS: tuple[Command, ...] = (
 )
 
 
+class _Version(argparse.Action):
+    """`--version`: the tool's version, then which BLAS MLX uses in this environment (the
+    speed of verify, encode and training depends on it; see docs/guides/mlx-linux.md)."""
+
+    def __call__(self, parser: argparse.ArgumentParser, *args: object, **kwargs: object) -> None:
+        from sa3ckpt.mlx_runtime import active
+
+        print(f"sa3ckpt {__version__}")
+        print(active().line())
+        parser.exit()
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(prog="sa3ckpt", description="Stable Audio 3 adapter checkpoint tool")
-    parser.add_argument("--version", action="version", version=f"sa3ckpt {__version__}")
+    parser.add_argument(
+        "--version",
+        action=_Version,
+        nargs=0,
+        help="show the version and the BLAS MLX multiplies with here, then exit",
+    )
     sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
     for command in COMMANDS:
         sub_parser = sub.add_parser(command.name, help=command.help, description=command.help)

@@ -45,6 +45,8 @@ from sa3ckpt.adapters.xs_sources import load_xs_bases
 from sa3ckpt.errors import IncompatibleError, MalformedFileError, UsageError
 from sa3ckpt.io.base_checkpoint import open_base
 from sa3ckpt.io.formats import identify
+from sa3ckpt.mlx_runtime import Blas
+from sa3ckpt.mlx_runtime import active as active_blas
 from sa3ckpt.models import LoadedDiT, load_dit
 from sa3ckpt.names.modules import MLX_ARRAY_PREFIX, root_of
 from sa3ckpt.ops.apply import (
@@ -138,6 +140,7 @@ class VerifyReport:
     hints: list[str] = field(default_factory=list)
     timings: dict[str, float] = field(default_factory=dict)
     seconds: float = 0.0
+    blas: Blas | None = None  # what MLX multiplied with (the timings depend on it)
 
     @property
     def passed(self) -> bool:
@@ -207,6 +210,8 @@ class VerifyReport:
             f"MERGED's change from BASE: {fmt(n.apparent_scale)}× the adapters' "
             f"(off their direction: {fmt(n.off_direction)})",
         ]
+        if self.blas is not None:
+            out.append(self.blas.line())
         out += [f"note: {note}" for note in self.provenance_notes]
         out += [f"hint: {hint}" for hint in self.hints]
         out.append(self.verdict_line())
@@ -241,6 +246,7 @@ class VerifyReport:
             "hints": self.hints,
             "timings": {k: round(v, 3) for k, v in self.timings.items()},
             "seconds": round(self.seconds, 3),
+            "blas": None if self.blas is None else self.blas.to_json(),
         }
 
 
@@ -748,6 +754,7 @@ def verify_merge(
         ),
         hints=failure_hints(numbers) if verdict == FAIL else [],
         timings=timer.timings,
+        blas=active_blas(),
     )
     report.seconds = time.perf_counter() - started
     return report

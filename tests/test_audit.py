@@ -238,3 +238,23 @@ def test_codec_weights_say_what_they_are(tmp_path: Path) -> None:
     assert row(table, "tiny-same-l.decoder.safetensors").kind == "tiny-same-l decoder weights"
     bases = audit_paths([str(DATA_DIR / "kinds")])
     assert row(bases, "tiny-small.conditioner-only.safetensors").kind == "SA3 conditioner weights"
+
+
+def test_sa3cpp_model_gguf_is_a_base_row_not_a_malformed_adapter(tmp_path: Path) -> None:
+    """An sa3.cpp model GGUF shares the .gguf suffix the walk lists; it is a base row (as a
+    safetensors base is), not `malformed` with exit 3 (found by the route matrix)."""
+    pytest.importorskip("gguf")
+    from sa3ckpt.ops.convert import convert_base
+    from sa3ckpt.ops.inspect.audit import BASE
+
+    full = DATA_DIR / "bases" / "tiny-small.official-full.safetensors"
+    convert_base(str(full), str(tmp_path / "base.gguf"), to="sa3cpp")  # + its sidecar
+    write_adapter(tmp_path / "lora.safetensors")
+    table = audit_paths([str(tmp_path)])
+    assert {r.name: r.status for r in table.rows} == {
+        "base.gguf": BASE,
+        "base-conditioner.gguf": BASE,
+        "lora.safetensors": OK,
+    }
+    assert table.malformed == 0
+    assert all(r.error is None for r in table.rows)

@@ -32,7 +32,14 @@ import numpy as np
 
 from sa3ckpt import __version__, dtypes
 from sa3ckpt.errors import MalformedFileError
-from sa3ckpt.io.formats import identify, is_adapter_dir, open_adapter_source, walk_adapter_paths
+from sa3ckpt.io.formats import (
+    ADAPTER,
+    FORMATS,
+    identify,
+    is_adapter_dir,
+    open_adapter_source,
+    walk_adapter_paths,
+)
 from sa3ckpt.io.hashing import hash_path
 from sa3ckpt.io.sources import PEFT_CONFIG, is_peft_dir, read_json
 from sa3ckpt.ops.inspect.analysis import Analysis, analyze
@@ -43,6 +50,8 @@ SCHEMA_VERSION = 1
 
 # Row statuses, in the order `--sort status` lists them (problems first).
 MALFORMED, FLAGGED, OK, BASE, UNKNOWN = "malformed", "flagged", "ok", "base", "unknown"
+# Formats of the registry that hold bases and never adapters (io.formats.FORMATS).
+BASE_ONLY_FORMATS = frozenset(f.name for f in FORMATS if ADAPTER not in f.holds)
 STATUS_ORDER = (MALFORMED, FLAGGED, OK, BASE, UNKNOWN)
 
 
@@ -273,6 +282,14 @@ def audit_row(
     relative = os.path.relpath(path, root) if root and os.path.isdir(root) else path
     row = AuditRow(name=relative, path=path, status=OK)
     claims = name_claims(relative)
+    identity = identify(path)
+    if identity.is_base and identity.format in BASE_ONLY_FORMATS:
+        # A container that holds no adapters (an sa3.cpp model GGUF shares the .gguf suffix
+        # the walk lists): a base row like a safetensors base's, not an unreadable adapter.
+        what = identify_kind(path)
+        row.status, row.kind, row.format = BASE, what.label, identity.format
+        row.size_bytes = os.path.getsize(path)
+        return row
     try:
         with open_adapter_source(path, allow_pickle=allow_pickle) as source:
             a = analyze(source, model)

@@ -167,7 +167,17 @@ def test_peft_keys_need_convert() -> None:
 
 def test_no_adapter_tensors() -> None:
     with pytest.raises(MalformedFileError, match="no adapter tensors"):
-        checkpoint_from_raw({"model.model.x.weight": np.zeros(2)}, "{}", {})
+        checkpoint_from_raw({"encoder.x.weight": np.zeros(2)}, "{}", {})
+
+
+@pytest.mark.parametrize("naming", ["official", "mlx"])
+def test_a_base_given_as_an_adapter_is_named_a_base(naming: str) -> None:
+    """combine/resize/merge's adapter argument given a base file: say it is a base (as an
+    .npz or a diffusers folder is told), not 'no key parses as an adapter key' (route matrix)."""
+    base = synth_base(TINY, seed=1)
+    tensors = base.official_tensors() if naming == "official" else base.mlx_tensors()
+    with pytest.raises(MalformedFileError, match=f"a base checkpoint \\({naming} naming\\)"):
+        checkpoint_from_raw(tensors, "{}", {})
 
 
 def test_malformed_file_is_typed() -> None:

@@ -38,6 +38,7 @@ from sa3ckpt.names.adapter_keys import (
     format_adapter_key,
     group_adapter_keys,
 )
+from sa3ckpt.names.base_keys import detect_base_naming
 
 # Dialects whose files carry `lora_config` metadata and load directly (PEFT directories and
 # sa3.cpp GGUF go through `convert`).
@@ -241,6 +242,11 @@ def checkpoint_from_raw(
     """
     guess = detect_adapter_dialect(raw)
     if guess.dialect is None:
+        naming = detect_base_naming(raw)
+        if naming is not None:  # say what it is, as an .npz or a diffusers folder is told
+            raise MalformedFileError(
+                path, f"a base checkpoint ({naming} naming), not an adapter: adapters merge into it"
+            )
         raise MalformedFileError(path, f"no adapter tensors: {guess.evidence}")
     if guess.dialect not in dialects:
         raise MalformedFileError(

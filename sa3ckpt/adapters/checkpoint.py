@@ -242,7 +242,7 @@ def checkpoint_from_raw(
     """
     guess = detect_adapter_dialect(raw)
     if guess.dialect is None:
-        naming = detect_base_naming(raw)
+        naming = detect_base_naming(list(raw))
         if naming is not None:  # say what it is, as an .npz or a diffusers folder is told
             raise MalformedFileError(
                 path, f"a base checkpoint ({naming} naming), not an adapter: adapters merge into it"

@@ -136,8 +136,8 @@ def _base_to_sa3cpp(kind: str) -> Cell:
     if kind in COMPLETE_BASES and kind != "base-diffusers":
         return OK
     return refuse(
-        2,
-        "not a complete SA3 DiT for sa3.cpp",
+        4,
+        "is not a complete SA3 DiT for sa3.cpp",
         "sa3.cpp's KVs come from every DiT tensor and the seconds conditioner",
     )
 

@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 
 from fixtures.generate import DATA_DIR
-from sa3ckpt.errors import UsageError
+from sa3ckpt.errors import IncompatibleError, UsageError
 from sa3ckpt.io.base_checkpoint import open_base
 from sa3ckpt.io.safetensors import open_safetensors
 from sa3ckpt.ops.convert import convert_base
@@ -231,3 +231,14 @@ def test_cli_convert_to_and_from_sa3cpp(tmp_path: Path) -> None:
     assert done.returncode == 0, done.stderr
     with np.load(back) as npz:
         assert "cond.seconds_total_weight" in npz.files
+
+
+def test_an_incomplete_dit_is_an_incompatible_input_naming_the_file(tmp_path: Path) -> None:
+    """A base holding only the adapter targets' weights cannot give sa3.cpp's KVs: exit 4 with
+    the input's path, as `--to diffusers` says it (was exit 2 without the file; found by the
+    route matrix)."""
+    partial = DATA_DIR / "bases" / "tiny-small.official.safetensors"
+    out = tmp_path / "x.gguf"
+    with pytest.raises(IncompatibleError, match=r"tiny-small\.official\.safetensors is not a "):
+        convert_base(str(partial), str(out), to="sa3cpp")
+    assert not out.exists() and list(tmp_path.iterdir()) == []

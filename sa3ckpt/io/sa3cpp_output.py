@@ -13,7 +13,7 @@ from __future__ import annotations
 import os
 from collections.abc import Mapping
 
-from sa3ckpt.errors import UsageError
+from sa3ckpt.errors import IncompatibleError, UsageError
 from sa3ckpt.io.base_checkpoint import GgufOutput
 from sa3ckpt.io.gguf_base import GgufSpec
 from sa3ckpt.io.gguf_facts import (
@@ -72,8 +72,9 @@ def sa3cpp_output(
 ) -> GgufOutput:
     """What to write for these tensors: the DiT spec, and the sidecar's when `te.*` exist.
 
-    KeyError (a tensor the KVs need is missing) becomes a UsageError naming it: sa3.cpp's
-    loader would abort on the missing KV.
+    KeyError (a tensor the KVs need is missing) becomes an IncompatibleError naming it (exit
+    4, as an incomplete DiT for a diffusers folder is): sa3.cpp's loader would abort on the
+    missing KV.
     """
     if encoding not in ENCODINGS:
         raise UsageError(f"sa3.cpp base encoding must be one of {', '.join(ENCODINGS)}")
@@ -101,7 +102,7 @@ def sa3cpp_output(
             else None
         )
     except KeyError as exc:
-        raise UsageError(
+        raise IncompatibleError(
             f"not a complete SA3 DiT for sa3.cpp: no {exc.args[0]} (its KVs come from it)"
         ) from None
     where = conditioner_beside(output_path) if cond and dit else None

@@ -543,7 +543,10 @@ def _sa3cpp_target(
         variant=variant, training_base=training_base, family=family, input_path=base.path, kv=kv
     )
     shapes = {p.target: p.shape_out for p in plans}
-    spec = sa3cpp_output(shapes, identity, encoding=encoding, output_path=out)
+    try:
+        spec = sa3cpp_output(shapes, identity, encoding=encoding, output_path=out)
+    except IncompatibleError as exc:  # one line naming the input, as --to diffusers does
+        raise IncompatibleError(f"{base.path} is {exc}") from None
     notes = [
         f"sa3.cpp model {identity.model} (general.finetune {identity.finetune!r}"
         + (", dit.training_base = true" if identity.training_base else "")

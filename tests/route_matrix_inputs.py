@@ -49,6 +49,7 @@ ADAPTER_KINDS: dict[str, str] = {
 # Single inputs beyond the type x kind grid: (kind, family or codec family, type or None).
 EXTRA_KINDS: dict[str, str] = {
     "peft-rslora": "a PEFT folder with use_rslora (scale alpha/sqrt(r))",
+    "peft-dora-conv": "a PEFT DoRA folder, tiny-small's Conv1d k=3 targets in PEFT's conv layout",
     "codec": "a SAME codec adapter (encoder or decoder targets)",
     "base-official": "a base, official naming (the DiT + conditioner weights adapters touch)",
     "base-official-full": "a complete official checkpoint (every DiT tensor: verify runs it)",
@@ -72,6 +73,7 @@ KIND_READS: dict[str, tuple[str, str]] = {
     "gguf-f16": ("gguf", "sa3cpp"),
     "ckpt": ("pickle", "sa3"),
     "peft-rslora": ("peft", "peft"),
+    "peft-dora-conv": ("peft", "peft"),
     "codec": ("safetensors", "sa3"),
     "base-official": ("safetensors", "official"),
     "base-official-full": ("safetensors", "official"),
@@ -85,6 +87,7 @@ KIND_READS: dict[str, tuple[str, str]] = {
 # writer, KIND_READS entry and a cell in every route of route_matrix_table) and drop it here.
 PENDING_NAMINGS: dict[str, str] = {}
 PEFT_LAYER_KINDS = ("peft", "peft-diffusers", "diffusers")
+PEFT_EXTRAS = {"peft-rslora": "lora", "peft-dora-conv": "dora-rows"}  # extra kind -> its type
 # Kinds in diffusers' module names: the seconds conditioner (another diffusers component) and
 # Conv1d kernels wider than 1 (diffusers' DiT convs are 1-wide) have no slot there.
 DIFFUSERS_KINDS = ("peft-diffusers", "diffusers")
@@ -130,7 +133,9 @@ def input_cases() -> list[InputCase]:
         for k, kind in enumerate(ADAPTER_KINDS):
             if (kind, type_name) not in UNREPRESENTABLE:
                 cases.append(InputCase(kind, _family_for(t, k), type_name))
-    cases.append(InputCase("peft-rslora", "tiny-small", "lora"))
+    # PEFT extras on tiny-small, whose Conv1d targets are k=3 (the checkerboard puts the
+    # DoRA PEFT rows on tiny-medium, whose convs are 1-wide)
+    cases += [InputCase(kind, "tiny-small", t) for kind, t in PEFT_EXTRAS.items()]
     cases += [InputCase("codec", fam, type_name) for fam, type_name in CODEC_INPUTS]
     for fam in FAMILY_NAMES:
         cases += [InputCase(kind, fam) for kind in EXTRA_KINDS if kind.startswith("base-")]
@@ -264,6 +269,7 @@ WRITERS: dict[str, Callable[[InputCase, Path], Path]] = {
     "peft": lambda c, d: _peft_folder(_plain_type(c), d, "peft"),
     "peft-diffusers": lambda c, d: _peft_folder(_plain_type(c), d, "peft-diffusers"),
     "peft-rslora": lambda c, d: _peft_folder(c, d, "peft", rslora=True),
+    "peft-dora-conv": lambda c, d: _peft_folder(c, d, "peft"),
     "diffusers": lambda c, d: _via_convert(
         c, d, "diffusers", "adapter", dtype="fp32", base_path=str(official_base(c.family))
     ),

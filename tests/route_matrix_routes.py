@@ -34,6 +34,7 @@ from sa3ckpt.ops.convert.adapters import written_type
 from sa3ckpt.ops.merge import merge_checkpoint
 from tests.route_matrix_inputs import (
     KIND_READS,
+    PEFT_EXTRAS,
     PEFT_LAYER_KINDS,
     InputCase,
     official_base,
@@ -110,7 +111,7 @@ def read_type(case: InputCase) -> str | None:
     """The adapter type a reader must report for this input."""
     if case.type_name is None:
         return None
-    if case.kind in PEFT_LAYER_KINDS or case.kind == "peft-rslora":
+    if case.kind in PEFT_LAYER_KINDS or case.kind in PEFT_EXTRAS:
         return case.type_name.removesuffix("-xs")  # PEFT layers hold -xs as the plain type
     return case.type_name
 

@@ -19,7 +19,7 @@ from typing import TypeAlias
 
 from sa3ckpt.adapters.types import ADAPTER_TYPES
 from sa3ckpt.ops.convert.adapters import PEFT_TYPES
-from tests.route_matrix_inputs import ADAPTER_KINDS, CODEC_INPUTS, FAMILY_NAMES
+from tests.route_matrix_inputs import ADAPTER_KINDS, CODEC_INPUTS, FAMILY_NAMES, PEFT_EXTRAS
 
 
 @dataclass(frozen=True)
@@ -61,8 +61,8 @@ def peft_or(refusal: Outcome, ok: Cell = OK) -> dict[str, Cell]:
 # legacy files, which are what early writers stored): routes that need the bases refuse them.
 NO_UV = ("official", "bare", "mlx", "ckpt")
 # Kinds in PEFT layers: an -xs adapter is held as the plain type (B = U·M, A = Vᵀ).
-PEFT_LAYERS = ("peft", "peft-diffusers", "diffusers", "peft-rslora")
-FOREIGN = ("bare", "mlx", "peft", "peft-diffusers", "diffusers", "peft-rslora")
+PEFT_LAYERS = ("peft", "peft-diffusers", "diffusers", *PEFT_EXTRAS)
+FOREIGN = ("bare", "mlx", "peft", "peft-diffusers", "diffusers", *PEFT_EXTRAS)
 # Kinds written without the targets diffusers' DiT has no slot for (the conditioner, wide
 # Conv1d kernels): they convert to diffusers in both families.
 DIFFUSERS_NAMED = ("peft-diffusers", "diffusers")
@@ -76,7 +76,7 @@ BASES = (
 )
 # Bases holding every DiT tensor (verify runs the DiT; a diffusers folder needs them all).
 COMPLETE_BASES = ("base-official-full", "base-mlx-npz", "base-diffusers", "base-sa3cpp")
-ALL_ADAPTERS = (*ADAPTER_KINDS, "peft-rslora")
+ALL_ADAPTERS = (*ADAPTER_KINDS, *PEFT_EXTRAS)
 
 PEFT_CANNOT = refuse(2, "PEFT cannot express", "PEFT's DoRA magnitude is per output row")
 DIFFUSERS_CANNOT = refuse(2, "diffusers cannot express", "diffusers' LoRA layers are PEFT's")

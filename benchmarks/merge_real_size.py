@@ -1,29 +1,39 @@
-"""Real-size merge: a medium fp16 base (1.45 B target params, ~2.9 GB) + a rank-16 adapter of
-each of lora, dora-rows, dora-cols and bora on all 229 targets, against `cp BASE OUT && sync`
-of the same file on the same disk, measured side by side in one run.
+"""Real-size merge: every merge a user runs, each against `cp BASE OUT && sync` of the same
+base, measured side by side in one run.
 
-Prints the cp + sync time, then per adapter type the merge wall time (a separate
-`sa3ckpt merge` process, as a user runs it: start-up, reading, merging, writing and the
-fsync before the atomic rename all included), its ratio to cp + sync and the merge
-process's own peak RSS (from wait4, so neither the base generation nor cp counts). Every
-measurement is repeated (--repeat) in interleaved rounds and the median is shown; before
-each one the previous output is deleted and `sync` runs, so no timing pays for another's
-writeback. With --compare TREE, dora-rows is also merged with the sa3ckpt in another
-checkout (e.g. the main branch before a change) in the same rounds.
+Base: a complete medium official-full base in fp16 (2.9 GB, generated once into --dir), and
+the same weights as an MLX .npz and as a diffusers folder; rank-16 adapters on all 229
+targets. Rows (`--rows` picks some; the default prints the whole table from one run):
 
-    python benchmarks/merge_real_size.py [--dir DIR] [--keep] [--repeat N] [--compare TREE]
+- one adapter of each of the 8 types at 1.0 (the -xs types with a --bases file made once by
+  `sa3ckpt bases`, untimed);
+- stack2: dora-rows 0.7 + lora 0.5, runtime semantics;
+- stack3-{runtime,blend,delta}: dora-rows 0.7 + bora 0.5 + lora-xs 0.5 (with --bases);
+- stack2-map: stack2 with a --strength-map and an --exclude;
+- stack2-npz / stack2-folder: stack2 into the MLX npz base and the diffusers folder base.
+
+Each row shows the merge wall time (a separate `sa3ckpt merge` process, as a user runs it:
+start-up, reading, merging, writing and the fsync before the atomic rename all included),
+its ratio to cp + sync of the row's own base file (or folder), and the merge process's peak
+RSS (from wait4, so neither the generation nor cp counts). Every measurement is repeated
+(--repeat) in interleaved rounds and the median is shown; before each one the previous
+output is deleted and `sync` runs, so no timing pays for another's writeback.
+
+    python benchmarks/merge_real_size.py [--dir DIR] [--keep] [--repeat N] [--rows ROW...]
 """
 
 from __future__ import annotations
 
 import argparse
 import os
+import platform
 import shutil
 import statistics
 import subprocess
 import sys
 import tempfile
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -34,15 +44,82 @@ sys.path.insert(0, str(REPO))
 from fixtures.generate import DATA_DIR  # noqa: E402
 from sa3ckpt.io.safetensors import SafetensorsStreamWriter, write_safetensors  # noqa: E402
 from sa3ckpt.names import block_target, official_base_key  # noqa: E402
-from sa3ckpt.synth import synth_adapter  # noqa: E402
+from sa3ckpt.synth import official_full_shapes, synth_adapter  # noqa: E402
 from sa3ckpt.targets import FAMILIES  # noqa: E402
+from sa3ckpt.targets.topology import rotary_inv_freq  # noqa: E402
 
-TYPES = ("dora-rows", "lora", "dora-cols", "bora")
+TYPES = (
+    "lora",
+    "dora-rows",
+    "dora-cols",
+    "bora",
+    "lora-xs",
+    "dora-rows-xs",
+    "dora-cols-xs",
+    "bora-xs",
+)
+GOALS = {"single": 1.3, "stack2": 1.5, "stack3": 1.8, "stack2-map": 1.5, "container": 1.8}
+RSS_GOAL = 2**30
 
 
-def write_medium_base(path: Path) -> int:
-    """Stream a medium official-full base to disk one tensor at a time; return its params."""
-    return write_base(path, "medium")
+@dataclass(frozen=True)
+class Row:
+    """One merge of the table: its adapters (kind, strength), options, base and goal."""
+
+    name: str
+    adapters: tuple[tuple[str, float], ...]
+    goal: float
+    base: str = "safetensors"  # "safetensors" | "npz" | "folder"
+    options: tuple[str, ...] = ()
+
+
+STACK2 = (("dora-rows", 0.7), ("lora", 0.5))
+STACK3 = (("dora-rows", 0.7), ("bora", 0.5), ("lora-xs", 0.5))
+ROWS = [Row(kind, ((kind, 1.0),), GOALS["single"]) for kind in TYPES] + [
+    Row("stack2", STACK2, GOALS["stack2"]),
+    *(
+        Row(f"stack3-{sem}", STACK3, GOALS["stack3"], options=("--semantics", sem))
+        for sem in ("runtime", "blend", "delta")
+    ),
+    Row(
+        "stack2-map",
+        STACK2,
+        GOALS["stack2-map"],
+        options=(
+            "--strength-map",
+            "layers.[0-11].=0.5,cross_attn=1.2",
+            "--exclude",
+            "2=conditioners.",
+        ),
+    ),
+    Row("stack2-npz", STACK2, GOALS["container"], base="npz"),
+    Row("stack2-folder", STACK2, GOALS["container"], base="folder"),
+]
+
+
+def write_full_base(path: Path, family: str = "medium") -> int:
+    """Stream a complete official-full fp16 base of `family` (every tensor a runtime loads
+    strictly, so it converts to a diffusers folder) one tensor at a time; return its target
+    params. Targets uniform in ±sqrt(3 / fan_in), gammas 1, the real RoPE frequencies."""
+    fam = FAMILIES[family]
+    rng = np.random.default_rng(0)
+    fans = {official_base_key(t.name): t.shape[1] for t in fam.targets}
+    shapes = official_full_shapes(fam)
+    specs = [(key, "F32" if key.endswith("inv_freq") else "F16", s) for key, s in shapes.items()]
+    with SafetensorsStreamWriter(path, specs, {"format": "official-full"}) as writer:
+        for key, code, shape in specs:
+            leaf = key.rpartition(".")[2]
+            if key in fans:
+                scale = np.float32(np.sqrt(3.0 / fans[key]))
+                values = (rng.random(shape, dtype=np.float32) * 2 - 1) * scale
+            elif leaf == "gamma":
+                values = np.ones(shape, np.float32)
+            elif leaf == "inv_freq":
+                values = rotary_inv_freq(fam.topology.rope_dim)
+            else:
+                values = (rng.random(shape, dtype=np.float32) * 2 - 1) * np.float32(0.05)
+            writer.write(key, values.astype(np.float16 if code == "F16" else np.float32))
+    return sum(int(np.prod(t.weight_shape)) for t in fam.targets)
 
 
 def write_base(path: Path, family: str = "medium", blocks: int | None = None) -> int:
@@ -98,26 +175,91 @@ def settle(*paths: Path) -> None:
     """Delete outputs of the previous measurement, flush everything and wait a moment,
     untimed: freeing 2.9 GB (discards on an SSD mount) must not land in the next timing."""
     for path in paths:
-        path.unlink(missing_ok=True)
+        if path.is_dir():
+            shutil.rmtree(path)
+        else:
+            path.unlink(missing_ok=True)
     subprocess.run(["sync"], check=True)
     time.sleep(SETTLE_SECONDS)
 
 
-def merge_cmd(base: Path, adapter: Path, out: Path) -> list[str]:
-    return [sys.executable, "-m", "sa3ckpt", "merge", str(base), f"{adapter}:1.0", "-o", str(out)]
+def merge_cmd(base: Path, adapters: list[str], out: Path, options: tuple[str, ...]) -> list[str]:
+    cmd = [sys.executable, "-m", "sa3ckpt", "merge", str(base), *adapters, "-o", str(out)]
+    return [*cmd, *options]
 
 
 def warm_up(work: Path) -> float:
-    """One tiny merge per type: numba compiles (or loads from its cache) the tiled kernel, so
-    the timed runs are what every run after the first one on a machine costs."""
+    """One tiny merge per semantics: numba compiles (or loads from its cache) the tiled
+    kernel, so the timed runs are what every run after the first one on a machine costs."""
     start = time.perf_counter()
     base = DATA_DIR / "bases" / "tiny-small.official.safetensors"
-    for kind in TYPES:
-        adapter = DATA_DIR / "adapters" / "tiny-small" / f"{kind}.safetensors"
-        out = work / f"warm-{kind}.safetensors"
-        run(merge_cmd(base, adapter, out), REPO)
+    adapters = [str(DATA_DIR / "adapters" / "tiny-small" / f"{k}.safetensors") for k in TYPES[:4]]
+    for semantics in ("runtime", "blend", "delta"):
+        out = work / f"warm-{semantics}.safetensors"
+        run(merge_cmd(base, adapters, out, ("--semantics", semantics)), REPO)
         out.unlink()
     return time.perf_counter() - start
+
+
+def prepare(work: Path, rows: list[Row]) -> dict[str, Path]:
+    """Generate what the rows need (kept in `work` for the next run): the base, its npz and
+    folder forms, the adapters and the bases file. Returns the base of each container."""
+    base = work / "medium-base.safetensors"
+    if not base.exists():
+        params = write_full_base(base)
+        print(f"generated base: {params / 1e9:.3f} B target params")
+    bases = {"safetensors": base}
+    wanted = {row.base for row in rows}
+    if "npz" in wanted:
+        bases["npz"] = work / "medium-base.mlx.npz"
+        if not bases["npz"].exists():
+            _sa3ckpt("convert", str(base), "--to", "mlx", "-o", str(bases["npz"]))
+    if "folder" in wanted:
+        bases["folder"] = work / "medium-base.diffusers"
+        if not bases["folder"].exists():
+            _sa3ckpt("convert", str(base), "--to", "diffusers", "-o", str(bases["folder"]))
+    kinds = {kind for row in rows for kind, _ in row.adapters}
+    for kind in sorted(kinds):
+        path = work / f"medium-r16-{kind}.safetensors"
+        if not path.exists():
+            a = synth_adapter(FAMILIES["medium"], kind, rank=16, alpha=16, seed=1)
+            write_safetensors(path, a.file_tensors(), a.metadata())
+    if any(kind.endswith("-xs") for kind in kinds):
+        path = work / "medium-bases-r16.safetensors"
+        if not path.exists():
+            start = time.perf_counter()
+            _sa3ckpt("bases", str(base), "-o", str(path), "--rank", "16")
+            print(f"bases file (sa3ckpt bases, untimed): {time.perf_counter() - start:.0f} s")
+    return bases
+
+
+def _sa3ckpt(*args: str) -> None:
+    subprocess.run([sys.executable, "-m", "sa3ckpt", *args], check=True, cwd=REPO,
+                   stdout=subprocess.DEVNULL)  # fmt: skip
+
+
+def row_cmd(row: Row, work: Path, bases: dict[str, Path], out: Path) -> list[str]:
+    adapters = [f"{work / f'medium-r16-{kind}.safetensors'}:{s}" for kind, s in row.adapters]
+    options = row.options
+    if any(kind.endswith("-xs") for kind, _ in row.adapters):
+        options = (*options, "--bases", str(work / "medium-bases-r16.safetensors"))
+    return merge_cmd(bases[row.base], adapters, out, options)
+
+
+def copy_cmd(base: Path, out: Path) -> list[str]:
+    return ["cp", "-r", str(base), str(out)] if base.is_dir() else ["cp", str(base), str(out)]
+
+
+def machine() -> str:
+    """One line about the machine the numbers come from."""
+    cpu = platform.processor() or platform.machine()
+    try:
+        with open("/proc/cpuinfo") as f:
+            cpu = next(line.split(":", 1)[1].strip() for line in f if "model name" in line)
+    except (OSError, StopIteration):
+        pass
+    mem = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30
+    return f"{cpu}, {os.cpu_count()} cores, {mem:.0f} GiB, {platform.system()} {platform.release()}"
 
 
 def main() -> int:
@@ -125,60 +267,63 @@ def main() -> int:
     parser.add_argument("--dir", type=Path, help="working folder (default: a temp folder)")
     parser.add_argument("--keep", action="store_true", help="keep the generated files")
     parser.add_argument("--repeat", type=int, default=3, help="rounds (median shown)")
-    parser.add_argument("--compare", type=Path, help="another sa3ckpt checkout to time too")
-    parser.add_argument("--types", nargs="+", default=list(TYPES), choices=TYPES)
+    parser.add_argument(
+        "--rows", nargs="+", choices=[r.name for r in ROWS], help="only these rows (default all)"
+    )
     args = parser.parse_args()
+    rows = [r for r in ROWS if args.rows is None or r.name in args.rows]
     work = args.dir or Path(tempfile.mkdtemp(prefix="sa3ckpt-bench-"))
     work.mkdir(parents=True, exist_ok=True)
     try:
-        base = work / "medium-base.safetensors"
-        if not base.exists():
-            params = write_medium_base(base)
-            print(f"generated base: {params / 1e9:.3f} B target params")
-        adapters = {}
-        for kind in args.types:
-            adapters[kind] = work / f"medium-r16-{kind}.safetensors"
-            if not adapters[kind].exists():
-                a = synth_adapter(FAMILIES["medium"], kind, rank=16, alpha=16, seed=1)
-                write_safetensors(adapters[kind], a.file_tensors(), a.metadata())
+        bases = prepare(work, rows)
         print(f"JIT warm-up (tiny merges): {warm_up(work):.2f} s")
-        copy, merged = work / "copy.safetensors", work / "merged.safetensors"
-        subprocess.run(["cp", str(base), str(copy)], check=True)  # page cache warm, as for cp
-        cp_times: list[float] = []
-        types = list(args.types)
-        merges: dict[str, list[tuple[float, int]]] = {k: [] for k in types}
-        before: list[tuple[float, int]] = []
+        copy, merged = work / "copy.out", work / "merged.out"
+        containers = sorted({row.base for row in rows})
+        for name in containers:  # page cache warm, as for cp
+            subprocess.run(copy_cmd(bases[name], copy), check=True)
+            settle(copy)
+        cp_times: dict[str, list[float]] = {name: [] for name in containers}
+        merges: dict[str, list[tuple[float, int]]] = {row.name: [] for row in rows}
         for _ in range(args.repeat):
-            settle(copy, merged)
-            start = time.perf_counter()
-            subprocess.run(["cp", str(base), str(copy)], check=True)
-            subprocess.run(["sync"], check=True)
-            cp_times.append(time.perf_counter() - start)
-            for kind in types:
+            for name in containers:
                 settle(copy, merged)
-                merges[kind].append(run(merge_cmd(base, adapters[kind], merged), REPO))
-            if args.compare:
-                settle(merged)
-                cmd = merge_cmd(base, adapters[types[0]], merged)
-                before.append(run(cmd, args.compare.resolve()))
+                start = time.perf_counter()
+                subprocess.run(copy_cmd(bases[name], copy), check=True)
+                subprocess.run(["sync"], check=True)
+                cp_times[name].append(time.perf_counter() - start)
+            for row in rows:
+                settle(copy, merged)
+                suffix = {"safetensors": ".safetensors", "npz": ".npz", "folder": ""}[row.base]
+                out = merged.with_suffix(suffix) if suffix else merged
+                merges[row.name].append(run(row_cmd(row, work, bases, out), REPO))
+                settle(out)
         settle(copy, merged)
-        cp_s = statistics.median(cp_times)
         load = os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
-        print(f"base: {base.stat().st_size / 1e9:.2f} GB fp16, rank-16 adapters on 229 targets")
+        print(f"machine: {machine()}")
         print(f"{args.repeat} rounds, medians; load average at the end {load:.2f}")
-        print(f"cp BASE OUT && sync:   {cp_s:6.2f} s")
-        print(f"{'merge (runtime)':22s} {'time':>7s} {'/ cp+sync':>10s} {'peak RSS':>10s}")
-        rows = [(kind, merges[kind]) for kind in types]
-        if before:
-            rows.append((f"{types[0]} ({args.compare.name})", before))
-        for label, results in rows:
-            seconds = statistics.median(s for s, _ in results)
-            rss = max(r for _, r in results)
-            print(f"{label:22s} {seconds:6.2f} s {seconds / cp_s:9.2f}x {rss / 2**20:7.0f} MB")
+        for name in containers:
+            size = _size(bases[name])
+            print(f"cp BASE OUT && sync ({name}, {size / 1e9:.2f} GB): "
+                  f"{statistics.median(cp_times[name]):6.2f} s")  # fmt: skip
+        print("medium fp16 base, rank-16 adapters on 229 targets")
+        print(f"{'merge':22s} {'wall':>8s} {'/ cp+sync':>10s} {'goal':>6s} {'peak RSS':>10s}")
+        for row in rows:
+            seconds = statistics.median(s for s, _ in merges[row.name])
+            rss = max(r for _, r in merges[row.name])
+            ratio = seconds / statistics.median(cp_times[row.base])
+            mark = "" if ratio <= row.goal and rss <= RSS_GOAL else "  (over goal)"
+            print(f"{row.name:22s} {seconds:6.2f} s {ratio:9.2f}x {row.goal:5.1f}x "
+                  f"{rss / 2**20:7.0f} MB{mark}")  # fmt: skip
     finally:
         if not args.keep and args.dir is None:
             shutil.rmtree(work, ignore_errors=True)
     return 0
+
+
+def _size(path: Path) -> int:
+    if path.is_dir():
+        return sum(p.stat().st_size for p in path.rglob("*") if p.is_file())
+    return path.stat().st_size
 
 
 if __name__ == "__main__":

@@ -533,3 +533,81 @@ DIALECT_FACTOR_LAYOUTS: dict[str, FactorLayout] = {
 def factor_layout(dialect: str | None) -> FactorLayout | None:
     """How a dialect stores the adapter tensors of Conv1d targets (None: canonically)."""
     return DIALECT_FACTOR_LAYOUTS.get(dialect or "")
+
+
+# --- row views: a stored weight's canonical rows, for merges that stream row tiles ----------
+
+
+@dataclass(frozen=True)
+class RowView:
+    """Where the canonical 2-D rows of a stored weight lie, so a merge can read and write
+    row tiles without the whole tensor.
+
+    Every stored layout keeps output channels on axis 0, so canonical row i is one stored
+    row: row `stored_row(i)` (diffusers' medium to_qkv stores its row blocks in another
+    order; the others keep the order), converted within the row by `to_rows` (MLX Conv1d
+    stores (k, in) per output channel where the canonical row is in-major / k-minor).
+    `in_place`: the canonical row is the stored row's bytes as they are.
+    """
+
+    fan_out: int
+    fan_in: int
+    stored_row_shape: tuple[int, ...]
+    order: tuple[int, ...] | None  # canonical row blocks' stored positions (None: same)
+    to_rows: Callable[[Any], Any]  # stored rows (n, *stored_row_shape) -> (n, fan_in)
+    from_rows: Callable[[Any], Any]  # canonical rows (n, fan_in) -> (n, *stored_row_shape)
+
+    @property
+    def reshuffles(self) -> bool:
+        """Whether a row's values are stored in another order than canonical."""
+        return self.to_rows is not _identity_to_2d
+
+    @property
+    def in_place(self) -> bool:
+        """Whether canonical rows [i0, i1) are the stored rows [i0, i1) byte for byte."""
+        return self.order is None and not self.reshuffles
+
+    def runs(self, i0: int, i1: int) -> list[tuple[int, int, int]]:
+        """Canonical rows [i0, i1) as runs of consecutive stored rows: (stored first row,
+        canonical first row, count), in canonical order."""
+        if self.order is None:
+            return [(i0, i0, i1 - i0)]
+        size = self.fan_out // len(self.order)
+        position = inverse_order(self.order)  # canonical block b sits at stored block position[b]
+        out = []
+        i = i0
+        while i < i1:
+            block, offset = divmod(i, size)
+            count = min(i1, (block + 1) * size) - i
+            out.append((position[block] * size + offset, i, count))
+            i += count
+        return out
+
+
+# Layouts whose canonical rows are a block reordering of the stored rows: (the per-row
+# layout, the naming's block order as `reorder_row_blocks` takes it).
+_ROW_REORDERED: dict[str, tuple[str, tuple[int, ...]]] = {
+    DIFFUSERS_DIFF_QKV.name: ("linear", DIFFUSERS_DIFF_QKV_ORDER),
+}
+
+
+def row_view(layout: Layout, shape: tuple[int, ...]) -> RowView:
+    """The `RowView` of a stored weight of this layout and shape."""
+    shape = tuple(shape)
+    fan_out, fan_in = layout.canonical_shape(shape)
+    per_row, order = layout, None
+    if layout.name in _ROW_REORDERED:
+        name, order = _ROW_REORDERED[layout.name]
+        per_row = LAYOUTS[name]
+    k = layout.kernel_size(shape)
+    row_shape = shape[1:]
+    if per_row.name == "linear" or (per_row.name == "torch-conv1d") or k == 1:
+        return RowView(fan_out, fan_in, row_shape, order, _identity_to_2d, _identity_to_2d)
+
+    def to_rows(rows: Any) -> Any:
+        return per_row.to_2d(rows.reshape(-1, *row_shape))
+
+    def from_rows(rows: Any) -> Any:
+        return per_row.from_2d(rows, k).reshape(len(rows), -1)
+
+    return RowView(fan_out, fan_in, row_shape, order, to_rows, from_rows)

@@ -16,10 +16,10 @@ import numpy as np
 import pytest
 
 from fixtures.generate import DATA_DIR
+from sa3ckpt.adapters import tiled
 from sa3ckpt.errors import OutputError
 from sa3ckpt.io.safetensors import SafetensorsStreamWriter, write_safetensors
 from sa3ckpt.names import official_base_key
-from sa3ckpt.ops.merge import driver as merge_mod
 from sa3ckpt.ops.merge.driver import AdapterArg, merge_checkpoint
 from sa3ckpt.synth import synth_adapter
 from sa3ckpt.targets import FAMILIES
@@ -293,8 +293,7 @@ def test_exception_in_a_worker_leaves_nothing(
     def broken(*args, **kwargs):
         raise RuntimeError("boom")
 
-    monkeypatch.setattr(merge_mod, "merge_to", broken)  # the whole-tensor kernel
-    monkeypatch.setattr(merge_mod, "merge_rows", broken)  # the tiled one
+    monkeypatch.setattr(tiled, "merge_rows", broken)  # the one merge kernel
     with pytest.raises(RuntimeError, match="boom"):
         merge_checkpoint(BASE, [AdapterArg(ADAPTER, 1.0)], str(tmp_path / "m.safetensors"))
     assert list(tmp_path.iterdir()) == []

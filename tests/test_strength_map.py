@@ -12,16 +12,15 @@ from safetensors import safe_open
 from safetensors.numpy import load_file
 
 from fixtures.generate import DATA_DIR
-from sa3ckpt.adapters import tiled
 from sa3ckpt.adapters.checkpoint import load_checkpoint
 from sa3ckpt.errors import UsageError
 from sa3ckpt.names import official_base_key
 from sa3ckpt.ops.merge import MergeOptions
-from sa3ckpt.ops.merge import driver as merge_mod
 from sa3ckpt.ops.merge.driver import AdapterArg, merge_checkpoint, preview_merge
 from sa3ckpt.ops.merge.strength_map import parse_strength_map, split_entries
 from sa3ckpt.targets import FAMILIES
 from tests.helpers import TOLERANCE, base_2d, run_cli
+from tests.reference_kernel import use_reference_kernel
 from tests.reference_math import REFERENCES
 
 MAP = (
@@ -136,34 +135,16 @@ def test_strength_zero_leaves_the_base_bit_identical(
     assert merged[other].tobytes() != base[other].tobytes()
 
 
-# (adapter, semantics) the tiled kernel takes at some strength (blend only at s == 1 for
-# DoRA, delta only for plain low-rank adapters): the map's targets at other strengths go to
-# the whole-tensor kernel, in the same run.
-TILED = [
-    ("lora", "runtime"),
-    ("lora", "blend"),
-    ("lora", "delta"),
-    ("dora-rows", "runtime"),
-    ("dora-rows", "blend"),
-    ("bora", "runtime"),
-]
-
-
 @pytest.mark.parametrize("dtype", [None, "fp32", "bf16"])
-@pytest.mark.parametrize(("stem", "semantics"), TILED)
+@pytest.mark.parametrize(
+    ("stem", "semantics"),
+    [("lora", "delta"), ("dora-rows", "runtime"), ("dora-rows", "blend"), ("bora", "blend")],
+)
 def test_tiled_and_whole_tensor_kernels_give_the_same_bytes(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, dtype: str | None, stem: str, semantics: str
 ) -> None:
-    assert tiled.available()
+    """Per-target strengths through the tiled kernel: the whole-tensor reference's bytes."""
     args = [AdapterArg(_adapter("tiny-medium", stem), 1.0)]
-    tiles = []
-    real = merge_mod._merge_tiles
-
-    def counting(*a, **kw):  # type: ignore[no-untyped-def]
-        tiles.append(a[1])
-        return real(*a, **kw)
-
-    monkeypatch.setattr(merge_mod, "_merge_tiles", counting)
     fast = tmp_path / "fast.safetensors"
     merge_checkpoint(
         _base("tiny-medium"),
@@ -171,8 +152,7 @@ def test_tiled_and_whole_tensor_kernels_give_the_same_bytes(
         str(fast),
         options=MergeOptions(semantics=semantics, dtype=dtype, strength_map=[MAP]),
     )
-    assert tiles, "the tiled path was not taken"
-    monkeypatch.setattr(tiled, "available", lambda: False)
+    calls = use_reference_kernel(monkeypatch)
     whole = tmp_path / "whole.safetensors"
     merge_checkpoint(
         _base("tiny-medium"),
@@ -180,6 +160,7 @@ def test_tiled_and_whole_tensor_kernels_give_the_same_bytes(
         str(whole),
         options=MergeOptions(semantics=semantics, dtype=dtype, strength_map=[MAP]),
     )
+    assert calls
     assert fast.read_bytes() == whole.read_bytes()
 
 

@@ -26,6 +26,7 @@ from sa3ckpt.io.writeback import start_writeback
 from sa3ckpt.ops.merge import MergeOptions
 from sa3ckpt.ops.merge.driver import AdapterArg, merge_checkpoint
 from tests.helpers import TOLERANCE, random_params
+from tests.reference_kernel import use_reference_kernel
 from tests.reference_math import REFERENCES
 
 pytestmark = pytest.mark.skipif(not tiled.available(), reason="numba (or F16C) not available")
@@ -208,25 +209,17 @@ ADAPTERS = DATA_DIR / "adapters" / "tiny-small"
 def test_merge_file_is_the_whole_kernels(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, kind: str, dtype: str | None
 ) -> None:
-    """The tiled path and the whole-tensor path write the same bytes."""
+    """The tiled kernel and the whole-tensor reference write the same bytes."""
     adapter = str(ADAPTERS / f"{kind}.safetensors")
     fast, slow = tmp_path / "fast.safetensors", tmp_path / "slow.safetensors"
-    calls: list[str] = []
-    real = tiled.merge_rows
-
-    def counting(*args, **kwargs):
-        calls.append("tile")
-        return real(*args, **kwargs)
-
-    monkeypatch.setattr("sa3ckpt.ops.merge.driver.merge_rows", counting)
     merge_checkpoint(
         str(BASE), [AdapterArg(adapter, 0.8)], str(fast), options=MergeOptions(dtype=dtype)
     )
-    assert calls  # the tiled kernel ran
-    monkeypatch.setattr(tiled, "available", lambda: False)
+    calls = use_reference_kernel(monkeypatch)
     merge_checkpoint(
         str(BASE), [AdapterArg(adapter, 0.8)], str(slow), options=MergeOptions(dtype=dtype)
     )
+    assert calls  # the reference ran
     with open_safetensors(fast) as a, open_safetensors(slow) as b:
         assert a.keys() == b.keys()
         for key in a:

@@ -147,3 +147,32 @@ def test_numpy_conversions_give_the_same_bytes(monkeypatch: pytest.MonkeyPatch) 
     slow = tiled.merge_array(w0, stack, "blend", "BF16")
     assert fast[1] and slow[1]
     assert fast[0].tobytes() == slow[0].tobytes()
+
+
+def _adapter(kind: str, fan: tuple[int, int], w64: np.ndarray, seed: int) -> NumpyAdapter:
+    p = random_params(kind, *fan, w64, seed)
+    return NumpyAdapter(ADAPTER_TYPES[kind], 1.0, {n: a.astype(np.float32) for n, a in p.items()})
+
+
+@pytest.mark.parametrize("semantics", ["runtime", "blend"])
+def test_kept_state_and_recomputed_passes_give_the_same_bytes(
+    monkeypatch: pytest.MonkeyPatch, semantics: str
+) -> None:
+    """A chain with three cuts: each pass resumed from the kept fp32 state, or recomputed
+    from the base when the state would be too large (KEEP_BYTES)."""
+    fan = (700, 23)
+    monkeypatch.setattr(tiled, "TILE_ELEMENTS", 96 * fan[1])
+    w0 = np.random.default_rng(7).standard_normal(fan).astype(np.float16)
+    w64 = w0.astype(np.float64)
+    kinds = [("dora-cols", 0.5), ("lora", 1.7), ("bora-xs", 0.5), ("dora-rows", 1.0), ("bora", 0.7)]
+    stack = [(_adapter(k, fan, w64, i), s) for i, (k, s) in enumerate(kinds)]
+    assert tiled.plan(stack, semantics).passes == 4
+    assert tiled.keep_state(tiled.plan(stack, semantics), fan)
+    kept = tiled.merge_array(w0, stack, semantics, "F16")
+    monkeypatch.setattr(tiled, "KEEP_BYTES", 0)
+    assert not tiled.keep_state(tiled.plan(stack, semantics), fan)
+    recomputed = tiled.merge_array(w0, stack, semantics, "F16")
+    want = merge_to(w0, stack, semantics, "F16")
+    assert kept[1] and recomputed[1] and want[1]
+    assert kept[0].tobytes() == recomputed[0].tobytes()
+    assert ulps(kept[0], want[0]) <= 1

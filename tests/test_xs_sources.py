@@ -11,6 +11,7 @@ import pytest
 from safetensors.numpy import load_file
 
 from fixtures.generate import DATA_DIR
+from sa3ckpt.adapters import tiled
 from sa3ckpt.adapters.checkpoint import load_checkpoint
 from sa3ckpt.adapters.xs_bases import (
     compute_bases,
@@ -26,7 +27,7 @@ from sa3ckpt.io.safetensors import open_safetensors
 from sa3ckpt.names import official_base_key, to_sa3cpp_stem
 from sa3ckpt.ops.library.bases import compute_bases_file
 from sa3ckpt.ops.merge import MergeOptions
-from sa3ckpt.ops.merge import driver as merge_module
+from sa3ckpt.ops.merge import target as target_module
 from sa3ckpt.ops.merge.driver import AdapterArg, merge_checkpoint
 from sa3ckpt.targets import FAMILIES
 from tests.helpers import BASE_FAMILY, BASE_OFFICIAL, base_2d, run_cli
@@ -266,13 +267,13 @@ def test_merge_notes_bases_made_from_another_w0(tmp_path: Path) -> None:
 
 def test_one_svd_per_target_for_a_stack(tmp_path: Path, monkeypatch) -> None:
     calls: list[tuple[int, int]] = []
-    real = merge_module.canonical_svd
+    real = target_module.canonical_svd
 
     def counting(w):
         calls.append(w.shape)
         return real(w)
 
-    monkeypatch.setattr(merge_module, "canonical_svd", counting)
+    monkeypatch.setattr(target_module, "canonical_svd", counting)
     out = tmp_path / "m.safetensors"
     ledger = merge_checkpoint(
         str(BASE_OFFICIAL),
@@ -287,13 +288,13 @@ def test_merge_limits_blas_threads_per_worker(tmp_path: Path, monkeypatch) -> No
     from threadpoolctl import threadpool_info
 
     seen: list[int] = []
-    real = merge_module.merge_to
+    real = tiled.merge_rows
 
     def spy(*args, **kwargs):
         seen.extend(i["num_threads"] for i in threadpool_info() if i["user_api"] == "blas")
         return real(*args, **kwargs)
 
-    monkeypatch.setattr(merge_module, "merge_to", spy)
+    monkeypatch.setattr(tiled, "merge_rows", spy)
     monkeypatch.setattr("sa3ckpt.threads.cores", lambda: 2)  # the default would be 2 threads
     merge_checkpoint(str(BASE_OFFICIAL), [AdapterArg(XS, 1.0)], str(tmp_path / "m.safetensors"))
     assert seen and set(seen) == {1}

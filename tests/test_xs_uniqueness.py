@@ -81,3 +81,31 @@ def test_bound_holds_for_a_perturbation_of_the_assumed_size(seed: int) -> None:
         assert change <= bound
         worst_ratio = max(worst_ratio, change / bound)
     assert worst_ratio > 1e-3  # the bound is not vacuous by orders of magnitude
+
+
+def test_bases_summary_lists_the_worst_few_and_json_keeps_every_target(tmp_path) -> None:
+    """A base of degenerate spectra (every weight a constant matrix: σ_2 = σ_3 = ... = 0):
+    the terminal says how many, the worst few and what it means; --json lists them all."""
+    from safetensors.numpy import load_file, save_file
+
+    from fixtures.generate import DATA_DIR
+    from sa3ckpt.adapters.xs_uniqueness import WORST_SHOWN
+    from sa3ckpt.ops.library import compute_bases_file
+
+    tensors = load_file(str(DATA_DIR / "bases" / "tiny-small.official.safetensors"))
+    flat = {k: (np.ones_like(v) if v.ndim >= 2 else v) for k, v in tensors.items()}
+    base = tmp_path / "flat.safetensors"
+    save_file(flat, str(base), {"format": "pt"})
+    ledger = compute_bases_file(str(base), str(tmp_path / "bases.safetensors"), rank=2)
+    flagged = len(ledger.not_unique)
+    assert flagged == len(ledger.targets) > WORST_SHOWN
+    lines = ledger.lines()
+    head = [line for line in lines if "may not be unique" in line]
+    assert head == [
+        f"{flagged} of {flagged} targets have close singular values, so their XS bases may not "
+        f"be unique; the worst {WORST_SHOWN}:"
+    ]
+    listed = [line for line in lines if line.startswith("  ") and "(rank 2)" in line]
+    assert len(listed) == WORST_SHOWN
+    assert any(line.startswith("  for a merge:") for line in lines)
+    assert len(ledger.to_json()["not_unique"]) == flagged

@@ -23,12 +23,17 @@ normaliser, 2 for any delta stack (its terms are all taken against W0, so every 
 statistic is known after one pass). A pass that stops at a cut computes only the prefix of
 the chain up to it.
 
-Recompute, or keep the fp32 tensor? Recomputing a prefix costs a re-read of the stored tile
-(2 bytes per value from the page cache, already converted by the fused upcast) plus the
-prefix's rank-r GEMMs; keeping the state would cost writing and reading back 4 bytes per
-value through main memory (the largest medium weight is 75 MB in fp32, far outside any
-cache), which measured slower here than the rank-16 recompute (see docs/performance-merge.md),
-so passes recompute and the memory stays a few tiles per worker.
+Keep the fp32 state, or recompute? A chain's pass that stops at a cut keeps that cut's
+V' tile (and its row scale) in one whole fp32 array, and the next pass resumes there
+without touching the base: the largest medium weight is 75 MB in fp32 (KEEP_BYTES caps it
+at 128 MB per target, two workers), and writing it and reading it back once cost 0.07 s
+for a 12288 x 1536 weight here, where recomputing the prefix (re-reading the fp16 tile,
+the upcast, one or two rank-16 GEMMs, the norms) cost 0.1-0.3 s: measured with
+OPENBLAS_NUM_THREADS=1 on this loaded machine, dora-rows + bora + lora under runtime took
+0.27 s kept vs 0.55 s recomputed, under blend 0.29 s vs 1.34 s. A delta stack recomputes its
+normalised terms in its second pass (their V' are all against W0: one per term would
+have to be kept). So a whole fp32 tensor is the right "tile" exactly between the passes of
+a cut chain; within a pass the tile is a few hundred rows.
 
 Exactness. The float32 operations and their order are `kernels`' own: the low-rank product
 from the same BLAS call on a row block (tile heights are multiples of ROW_ALIGN so OpenBLAS
@@ -247,6 +252,16 @@ def plan(stack: Sequence[tuple[NumpyAdapter, float]], semantics: str) -> TilePla
     return TilePlan("delta" if semantics == "delta" else "chain", tuple(steps))
 
 
+KEEP_BYTES = 1 << 27  # a chain's fp32 state kept between passes up to 128 MB per target
+
+
+def keep_state(tile_plan: TilePlan, shape: tuple[int, int]) -> bool:
+    """Whether a chain keeps V' of each cut in fp32 for the next pass instead of recomputing
+    it from the base (module docstring: cheaper once the prefix has a GEMM; bounded)."""
+    cuts = tile_plan.mode == "chain" and tile_plan.passes > 1
+    return cuts and 4 * shape[0] * shape[1] <= KEEP_BYTES
+
+
 def tile_rows(fan_in: int) -> int:
     """Rows per tile: about TILE_ELEMENTS elements, a multiple of ROW_ALIGN."""
     rows = max(1, TILE_ELEMENTS // max(1, fan_in)) // ROW_ALIGN * ROW_ALIGN
@@ -301,6 +316,13 @@ class _Target:
         self.ones_rows = np.ones(h, np.float32)
         self.ones_cols = np.ones(n, np.float32)
         self.cols = _Columns(n)
+        # A chain cut across passes keeps V' of the cut in fp32 for the next pass (`KEEP`).
+        self.cut = 0
+        self.kept: np.ndarray | None = None
+        self.kept_rows: np.ndarray | None = None
+        if keep_state(tile_plan, shape):
+            self.kept = np.empty(shape, np.float32)
+            self.kept_rows = np.empty(self.fan_out, np.float32)
         # blended column magnitudes by step, once their statistic is finished
         self.col_mags: dict[int, np.ndarray] = {}
 
@@ -379,43 +401,62 @@ class _Target:
     # -- the two modes ----------------------------------------------------------------------
 
     def chain_tile(
-        self, stored: np.ndarray, i0: int, i1: int
+        self, stored: np.ndarray | None, i0: int, i1: int, resume: int | None = None
     ) -> tuple[np.ndarray, np.ndarray | None, np.ndarray | None] | None:
         """W_n = f_n(... f_1(W0)) of one tile, the last step's scales pending: (v, rows,
-        cols), or None when the pass stops at a cut (its statistics accumulated)."""
+        cols), or None when the pass stops at a cut (its statistics accumulated; with a
+        kept state, V' of the cut and its row scale are kept for the next pass, which
+        resumes at `resume` = that cut without reading `stored`)."""
         n = i1 - i0
         v, tmp = self.v[:n], self.tmp[:n]
         rows = cols = None
-        last = len(self.plan.steps) - 1
-        for k, step in enumerate(self.plan.steps):
-            if k > 0:  # the previous normaliser's scales, as `kernels._apply`
-                if rows is not None:
-                    v *= rows[:, None]
-                if cols is not None:
-                    v *= cols[None, :]
-            w_in = v
-            if step.blend and k == 0:
-                w_in = self.w0[:n]
-                self.ops.upcast(w_in, stored)
-            blocked = False
-            if any(axis == 0 for _, axis in step.blend) and ("in", k) not in self.cols.done:
-                self._in_columns(k, w_in, i0)
-                blocked = True
-            in_norms = None
-            if any(axis == 1 for _, axis in step.blend):  # before V' overwrites v
-                in_norms = self._row_norms(w_in)
-            if k == 0:
-                np.matmul(step.left[i0:i1], step.right, out=v)
-                self.ops.add(v, stored)
+        steps = self.plan.steps
+        for k in range(resume or 0, len(steps)):
+            step = steps[k]
+            if k == resume:  # resumed: V'_k and its row scale as kept
+                assert self.kept is not None
+                np.copyto(v, self.kept[i0:i1])
+                rows = None if self.kept_rows is None else self.kept_rows[i0:i1]
+                if step.norm == "cols":
+                    rows = None
+                rows, cols, complete = rows, self.cols.done.get(("v", k)), True
             else:
-                np.matmul(step.left[i0:i1], step.right, out=tmp)
-                v += tmp
-            # a cut's V' column sums are taken in the same pass as its W_in column sums
-            rows, cols, complete = self._scales(step, k, v, i0, i1, in_norms, True)
-            if blocked or not complete:
-                return None
-            if k == last:
+                w_in = v
+                if step.blend and k == 0:
+                    assert stored is not None
+                    w_in = self.w0[:n]
+                    self.ops.upcast(w_in, stored)
+                blocked = False
+                if any(axis == 0 for _, axis in step.blend) and ("in", k) not in self.cols.done:
+                    self._in_columns(k, w_in, i0)
+                    blocked = True
+                in_norms = None
+                if any(axis == 1 for _, axis in step.blend):  # before V' overwrites v
+                    in_norms = self._row_norms(w_in)
+                if k == 0:
+                    assert stored is not None
+                    np.matmul(step.left[i0:i1], step.right, out=v)
+                    self.ops.add(v, stored)
+                else:
+                    np.matmul(step.left[i0:i1], step.right, out=tmp)
+                    v += tmp
+                # a cut's V' column sums are taken in the same pass as its W_in column sums
+                rows, cols, complete = self._scales(step, k, v, i0, i1, in_norms, True)
+                if blocked or not complete:
+                    self.cut = k
+                    if self.kept is not None:
+                        self.kept[i0:i1] = v
+                        if rows is not None:
+                            assert self.kept_rows is not None
+                            self.kept_rows[i0:i1] = rows
+                    return None
+            if k == len(steps) - 1:
                 return v, rows, cols
+            # the normaliser's scales before the next adapter, as `kernels._apply`
+            if rows is not None:
+                v *= rows[:, None]
+            if cols is not None:
+                v *= cols[None, :]
         raise AssertionError("a chain without steps")
 
     def delta_tile(self, stored: np.ndarray, i0: int, i1: int) -> np.ndarray | None:
@@ -469,6 +510,7 @@ def merge_rows(
     t = _Target(tile_plan, shape, stored_code, out_code)
     starts = range(0, t.fan_out, t.height)
     finite = True
+    resume: int | None = None  # the cut a pass resumes at from the kept state
     with np.errstate(all="ignore"):
         while True:
             wrote = stopped = False
@@ -477,19 +519,22 @@ def merge_rows(
                     raise Cancelled
                 i1 = min(i0 + t.height, t.fan_out)
                 n = i1 - i0
-                stored = source(i0, i1, t.stored_buf[:n])
+                # a pass resumed from the kept state reads nothing from the base
+                stored = None if resume is not None else source(i0, i1, t.stored_buf[:n])
                 out = t.out[:n]
                 if not tile_plan.steps:  # every adapter bypassed: W0, cast
+                    assert stored is not None
                     t.ops.upcast(t.v[:n], stored)
                     finite &= bool(t.ops.scale(t.v[:n], t.ones_rows[:n], t.ones_cols, out))
                 elif tile_plan.mode == "delta":
+                    assert stored is not None
                     acc = t.delta_tile(stored, i0, i1)
                     if acc is None:
                         stopped = True
                         continue
                     finite &= bool(t.ops.scale(acc, t.ones_rows[:n], t.ones_cols, out))
                 else:
-                    got = t.chain_tile(stored, i0, i1)
+                    got = t.chain_tile(stored, i0, i1, resume)
                     if got is None:
                         stopped = True
                         continue
@@ -504,6 +549,7 @@ def merge_rows(
             if wrote:  # a cut is the same for every tile: a pass stops all or none
                 raise AssertionError("a tile pass both stopped and wrote")
             t.finish_pass()
+            resume = t.cut if t.kept is not None else None
 
 
 def merge_array(

@@ -159,6 +159,15 @@ def svd_bases(w2d: np.ndarray, rank: int) -> tuple[np.ndarray, np.ndarray]:
 # --------------------------------------------------------------------------- digests
 
 
+def weight_hasher(code: str, shape: Sequence[int]) -> Any:
+    """A SHA-256 object primed with `weight_sha256`'s header for a weight of this dtype code
+    and shape: feed it the canonical bytes in C order (a streaming merge does, tile by tile)."""
+    digest = hashlib.sha256()
+    digest.update(_HASH_TAG + b"\0" + code.encode() + b"\0")
+    digest.update(json.dumps([int(n) for n in shape]).encode() + b"\0")
+    return digest
+
+
 def weight_sha256(w: np.ndarray) -> str:
     """A hex SHA-256 identifying a weight exactly: its bytes, dtype and shape.
 
@@ -170,10 +179,7 @@ def weight_sha256(w: np.ndarray) -> str:
     view, as `compute_bases` does, so the digest does not depend on a checkpoint's layout.
     """
     array = np.asarray(w)
-    code = dtypes.code_for(array.dtype)
-    digest = hashlib.sha256()
-    digest.update(_HASH_TAG + b"\0" + code.encode() + b"\0")
-    digest.update(json.dumps(list(array.shape)).encode() + b"\0")
+    digest = weight_hasher(dtypes.code_for(array.dtype), array.shape)
     order = array.dtype.byteorder
     if order == ">" or (order == "=" and sys.byteorder == "big"):
         array = array.astype(array.dtype.newbyteorder("<"))

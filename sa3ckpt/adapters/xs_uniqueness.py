@@ -29,8 +29,9 @@ A target is reported when max_j δ_j exceeds `FLAG_COLUMN_BOUND`.
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 
@@ -155,4 +156,41 @@ def assess(
     return Uniqueness(target, rank, subspace_gap, tuple(bounds), tuple(fragile))
 
 
-__all__ = ["FLAG_COLUMN_BOUND", "FP32_UNIT_ROUNDOFF", "Uniqueness", "assess"]
+WORST_SHOWN = 5
+"""Flagged targets listed on the terminal (the worst first); --json keeps every one."""
+
+
+def summary_lines(flagged: Sequence[Mapping[str, Any]], total: int, prefix: str = "") -> list[str]:
+    """A terminal summary of flagged targets (`Uniqueness.to_json()` records with a "line"):
+    how many of `total`, the worst few by their bound on the merged ΔW, and what it means
+    for a merge. Random or zero-initialised layers have near-degenerate spectra, so on a
+    real base nearly every target is flagged: one line each would bury everything else."""
+    if not flagged:
+        return []
+    worst = sorted(
+        flagged,
+        key=lambda r: (-float(r.get("relative_effect_bound", 0.0)), -float(r["column_bound"])),
+    )[:WORST_SHOWN]
+    top = float(worst[0].get("relative_effect_bound", 0.0))
+    out = [
+        f"{prefix}{len(flagged)} of {total} targets have close singular values, so their XS "
+        f"bases may not be unique; the worst {len(worst)}:"
+    ]
+    out += [f"{prefix}  {r['line']}" for r in worst]
+    out.append(
+        f"{prefix}  for a merge: another SVD of the same W0 (the trainer's LAPACK) may pick "
+        f"other U/V there, so an -xs adapter's merged ΔW may differ from the trainer's by up "
+        f"to {top:.0%} of ‖ΔW‖ on the worst target; bases stored with the adapter (or a bases "
+        "file made from the trainer's own W0) avoid it; every target is in --json"
+    )
+    return out
+
+
+__all__ = [
+    "FLAG_COLUMN_BOUND",
+    "FP32_UNIT_ROUNDOFF",
+    "WORST_SHOWN",
+    "Uniqueness",
+    "assess",
+    "summary_lines",
+]

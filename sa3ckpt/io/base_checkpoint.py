@@ -295,6 +295,7 @@ def _open_folder_base(spath: str) -> BaseCheckpoint:
         opened.read,
         opened.close,
         opened.layout,
+        _locate=opened.locate,
     )
 
 

@@ -121,6 +121,8 @@ class OpenFolder:
     layout: FolderLayout
     read: Callable[[str], np.ndarray]
     close: Callable[[], None]
+    # (shard file, absolute offset) of a tensor's plain bytes (a merge reads row tiles there)
+    locate: Callable[[str], tuple[str, int]] | None = None
 
 
 def open_folder(path: str | os.PathLike[str]) -> OpenFolder:
@@ -164,8 +166,12 @@ def open_folder(path: str | os.PathLike[str]) -> OpenFolder:
         for handle in handles.values():
             handle.close()
 
+    def locate(key: str) -> tuple[str, int]:
+        header = owner[key].header
+        return owner[key].path, header.data_offset + header.tensors[key].begin
+
     return OpenFolder(
-        tensors, dict(first.metadata), layout, lambda key: owner[key].read(key), close
+        tensors, dict(first.metadata), layout, lambda key: owner[key].read(key), close, locate
     )
 
 

@@ -22,7 +22,7 @@ import numpy as np
 
 from sa3ckpt import dtypes
 from sa3ckpt.adapters.xs_bases import XsBases, save_bases, svd_bases_with_spectrum, weight_sha256
-from sa3ckpt.adapters.xs_uniqueness import assess
+from sa3ckpt.adapters.xs_uniqueness import assess, summary_lines
 from sa3ckpt.errors import IncompatibleError, UsageError
 from sa3ckpt.io.atomic import check_output_path
 from sa3ckpt.io.base_checkpoint import BaseCheckpoint, open_base
@@ -56,7 +56,7 @@ class BasesLedger:
             f"base tensor data sha256 (all targets): {self.base_tensors_sha256}",
         ]
         out += [f"skipped {t}: {why}" for t, why in self.skipped]
-        out += [f"may not be unique: {r['line']}" for r in self.not_unique]
+        out += summary_lines(self.not_unique, len(self.targets))
         return out
 
     def to_json(self) -> dict[str, Any]:

@@ -3,8 +3,8 @@
 The DiT merge plans targets from the DiT tables; a codec adapter's targets live in the codec
 tables (targets/codec_families.py), and its base is the codec file: the autoencoder's own
 `encoder.` / `decoder.` keys, or the `pretransform.model.` copy inside a full SA3 checkpoint.
-The math is the DiT merge's whole-tensor NumPy kernel (adapters.kernels: float32
-accumulation, one cast), every semantics, adapters chained in order. Before anything is
+The math is the DiT merge's tiled kernel (adapters.tiled: float32 accumulation, one
+cast), every semantics, adapters chained in order. Before anything is
 written every adapter must be identified as a codec family of the same SAME size and half
 the base holds: SAME-S and SAME-L share module names, so a width mismatch is refused naming
 both (exit 4). The output keeps every other tensor bit for bit, the base's key spelling and
@@ -19,8 +19,9 @@ from collections.abc import Sequence
 import numpy as np
 
 from sa3ckpt import __version__, dtypes
+from sa3ckpt.adapters import tiled
 from sa3ckpt.adapters.formulas import SEMANTICS
-from sa3ckpt.adapters.kernels import NumpyAdapter, merge_to
+from sa3ckpt.adapters.kernels import NumpyAdapter
 from sa3ckpt.adapters.types import adapter_type
 from sa3ckpt.errors import IncompatibleError, UsageError
 from sa3ckpt.io.formats import open_adapter_source
@@ -146,7 +147,7 @@ def merge_codec(
         for key, stack in stacks.items():
             w0 = dtypes.to_float32(np.asarray(base.array(key)))
             code = out_code or dtypes.code_for(base.array(key).dtype)
-            w, finite = merge_to(w0, stack, semantics, code)
+            w, finite = tiled.merge_array(w0, stack, semantics, code)
             if not finite:
                 raise IncompatibleError(f"merging into {key} gives NaN/Inf; nothing was written")
             merged[key] = w

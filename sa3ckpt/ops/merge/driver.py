@@ -5,8 +5,9 @@ config and sharding / sa3.cpp DiT GGUF with its KVs, tensor types and conditione
 `io.gguf_base`), naming (official / MLX / diffusers / sa3cpp) and dtype unless asked; targets are
 merged in the canonical view (diffusers' medium to_qkv rows are put in official order for the
 merge and back after it, `layout.BASE_MODULE_LAYOUTS`); every tensor that is not a merged
-target is copied bit-exactly; merged targets are computed in float32 (the NumPy kernel in
-`adapters.kernels`, two targets in parallel) and cast once. Peak memory is bounded by one
+target is copied bit-exactly; merged targets are computed in float32 by the one merge kernel
+(`adapters.tiled`, row tiles read and written where they lie: `ops.merge.target`, two
+targets in parallel) and cast once. Peak memory is bounded by one
 tensor's working set, not the model. Every run returns a ledger, and nothing is written
 unless the whole merge succeeds (atomic output; NaN/Inf in a merged weight aborts it).
 
@@ -29,7 +30,7 @@ from collections.abc import Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import dataclass, field
-from typing import Any
+from functools import partial
 
 import numpy as np
 
@@ -38,11 +39,8 @@ from sa3ckpt.adapters import tiled
 from sa3ckpt.adapters.checkpoint import AdapterCheckpoint
 from sa3ckpt.adapters.formats import load_adapter
 from sa3ckpt.adapters.formulas import SEMANTICS
-from sa3ckpt.adapters.kernels import NumpyAdapter, merge_to
-from sa3ckpt.adapters.tiled import merge_rows
-from sa3ckpt.adapters.xs_bases import XsBases, canonical_svd
+from sa3ckpt.adapters.xs_bases import XsBases
 from sa3ckpt.adapters.xs_sources import load_xs_bases
-from sa3ckpt.adapters.xs_uniqueness import assess
 from sa3ckpt.errors import IncompatibleError, UsageError
 from sa3ckpt.io.base_checkpoint import (
     BaseCheckpoint,
@@ -57,7 +55,6 @@ from sa3ckpt.io.gguf_base import CONTAINER as GGUF
 from sa3ckpt.io.gguf_base import has_quantiser, no_quantiser_reason
 from sa3ckpt.io.gguf_facts import conditioner_beside
 from sa3ckpt.io.safetensors import SafetensorsStreamWriter
-from sa3ckpt.layout import Layout
 from sa3ckpt.lineage import adapter_lineage, base_lineage, lineage_mismatch
 from sa3ckpt.names.modules import root_of
 from sa3ckpt.ops.inspect import (
@@ -76,6 +73,7 @@ from sa3ckpt.ops.merge.ledger import PROVENANCE_KEY, MergeLedger, adapter_sha256
 from sa3ckpt.ops.merge.options import DEFAULTS, MergeOptions
 from sa3ckpt.ops.merge.preview import MergePreview
 from sa3ckpt.ops.merge.strength_map import TargetStrength, parse_strength_map
+from sa3ckpt.ops.merge.target import TargetReport, canonical_w0, merge_target, target_stack
 from sa3ckpt.progress import ProgressCallback, ProgressCounter
 from sa3ckpt.semantics import info as semantics_info
 from sa3ckpt.strengths import AdapterArg
@@ -450,8 +448,9 @@ def _write(
         with writer:
             _write_positional(base, ckpts, plan, specs, semantics, bases, writer, counter)
         return
+    stop = threading.Event()  # running workers give up at their next tile
     with limit_blas(WORKERS), ThreadPoolExecutor(max_workers=WORKERS) as pool, writer:
-        pending: dict[str, Future[tuple[np.ndarray, _TargetReport]]] = {}
+        pending: dict[str, Future[tuple[np.ndarray | None, TargetReport]]] = {}
         queue = iter(target_specs)
 
         def top_up() -> None:
@@ -463,7 +462,7 @@ def _write(
                 target = plan.targets[key]
                 stack = plan.stack_of(target, ckpts)
                 pending[key] = pool.submit(
-                    _merged, base, key, target, stack, semantics, code, bases
+                    merge_target, base, key, code, target, stack, semantics, bases, None, stop
                 )
 
         try:
@@ -480,11 +479,13 @@ def _write(
                     writer.write(key, stored)
                 else:
                     array, report = pending.pop(key).result()
+                    assert array is not None  # no positional writer: the tensor comes back
                     writer.write(key, array)
                     ledger.merged.append(target)
                     report.record(target, ledger)
                 counter.advance(_nbytes(code, shape), key)
         except BaseException:
+            stop.set()
             for future in pending.values():
                 future.cancel()
             raise
@@ -507,12 +508,12 @@ def _write_positional(
 ) -> None:
     """A safetensors output written by the workers themselves, each tensor at its place.
 
-    Each worker reads, merges and writes a whole tensor (targets tile by tile, `tiled`,
-    where they can; untouched tensors copied by the kernel), so a tile goes from the base
-    file through the cache to the output without a trip through a queue, and the two cores
-    share the reading and writing. The main thread only waits for the tensors in file
-    order, to fold their results into the ledger and report progress. Memory is a few
-    tiles per worker plus whatever a whole-tensor fallback needs.
+    Each worker reads, merges and writes a whole tensor (targets tile by tile, `tiled`;
+    untouched tensors copied by the kernel), so a tile goes from the base file through the
+    cache to the output without a trip through a queue, and the two cores share the reading
+    and writing. The main thread only waits for the tensors in file order, to fold their
+    results into the ledger and report progress. Memory is a few tiles per worker (plus a
+    W0 whose XS bases are rebuilt by an SVD, or an npz member, which are read whole).
 
     The pool is joined (after `stop` tells running workers to give up at their next tile)
     before the writer's `with` block ends, so no worker writes to a closed or discarded file.
@@ -556,14 +557,6 @@ def _write_positional(
         pool.shutdown(wait=True, cancel_futures=True)
 
 
-def _rows_in_place(layout: Layout, shape: tuple[int, ...]) -> bool:
-    """Whether the canonical 2-D rows of a stored weight are its stored bytes in order
-    (Linear; Conv1d with k == 1), so row tiles can be read and written where they lie."""
-    return layout.name == "linear" or (
-        layout.kernel_axis is not None and layout.kernel_size(shape) == 1
-    )
-
-
 def _put_tensor(
     base: BaseCheckpoint,
     key: str,
@@ -574,7 +567,7 @@ def _put_tensor(
     bases: XsBases | None,
     writer: SafetensorsStreamWriter,
     stop: threading.Event,
-) -> tuple[str, _TargetReport | None]:
+) -> tuple[str, TargetReport | None]:
     """Write one tensor of the output (worker thread): ("merged" | "copied" | "cast", report)."""
     if stop.is_set():
         raise tiled.Cancelled
@@ -595,73 +588,8 @@ def _put_tensor(
             return "copied", None
         writer.write_at(key, 0, dtypes.cast(dtypes.to_float32(stored), code))
         return "cast", None
-    layout = base.layout_of(info.shape, key)
-    fan = layout.canonical_shape(info.shape)
-    xs = any(c.kind.xs for c, _ in ckpts if target in c.tensors)
-    streamable = (
-        where is not None
-        and not xs  # XS bases may need W0 whole (its SVD, its digest)
-        and _rows_in_place(layout, info.shape)
-        and info.dtype in tiled.STORED_CODES
-        and code in tiled.OUTPUT_CODES
-        and tiled.available()
-    )
-    if streamable:
-        assert where is not None
-        shape_only = np.broadcast_to(np.zeros((), dtypes.numpy_dtype(info.dtype)), fan)
-        stack, report = _target_stack(base, key, shape_only, target, ckpts, bases)
-        tile_plan = tiled.plan(stack, semantics)
-        if tile_plan is not None:
-            _merge_tiles(key, target, fan, info.dtype, code, where, tile_plan, writer, stop)
-            return "merged", report
-    array, report = _merged(base, key, target, ckpts, semantics, code, bases)
-    writer.write_at(key, 0, array)
+    _, report = merge_target(base, key, code, target, ckpts, semantics, bases, writer, stop)
     return "merged", report
-
-
-def _merge_tiles(
-    key: str,
-    target: str,
-    fan: tuple[int, int],
-    stored_code: str,
-    out_code: str,
-    where: tuple[str, int],
-    tile_plan: tiled.TilePlan,
-    writer: SafetensorsStreamWriter,
-    stop: threading.Event,
-) -> None:
-    """One target merged by row tiles read from the base file and written to the output."""
-    path, offset = where
-    fan_in = fan[1]
-    row_bytes = fan_in * dtypes.itemsize(stored_code)
-    out_row_bytes = fan_in * dtypes.itemsize(out_code)
-    fd = os.open(path, os.O_RDONLY)
-    try:
-
-        def source(i0: int, i1: int, buf: np.ndarray) -> np.ndarray:
-            view = buf.reshape(-1).view(np.uint8).data
-            want, done = (i1 - i0) * row_bytes, 0
-            while done < want:
-                got = os.preadv(fd, [view[done:]], offset + i0 * row_bytes + done)
-                if got == 0:
-                    raise IncompatibleError(f"{path}: tensor {key} is cut short")
-                done += got
-            return buf
-
-        def sink(i0: int, rows: np.ndarray) -> None:
-            writer.write_at(key, i0 * out_row_bytes, rows)
-
-        finite = merge_rows(tile_plan, fan, stored_code, out_code, source, sink, stop)
-    finally:
-        os.close(fd)
-    if not finite:
-        raise IncompatibleError(f"merged weight of {target} has NaN/Inf; nothing was written")
-
-
-def _canonical(base: BaseCheckpoint, key: str) -> np.ndarray:
-    """A base weight in the canonical 2-D view, as stored (dtype kept)."""
-    stored = base.read(key)
-    return np.ascontiguousarray(base.layout_of(stored.shape, key).to_canonical(stored))
 
 
 def _stack_report(
@@ -684,7 +612,7 @@ def _stack_report(
         stacks[target] = members
         decomposed = any(m.kind.is_weight_decomposed and m.strength != 0 for m in members)
         if decomposed and semantics in NEEDS_BASE_NORMS:
-            norms[target] = base_norms_of(dtypes.to_float32(_canonical(base, key)))
+            norms[target] = base_norms_of(dtypes.to_float32(canonical_w0(base, key)))
     return stack_report(stacks, semantics, norms)
 
 
@@ -697,149 +625,10 @@ def _comparison(
     """Every planned target merged under each implemented semantics, pairwise differences."""
     out = SemanticsComparison(list(SEMANTICS))
     for key, target in plan.targets.items():
-        w2d = _canonical(base, key)
-        stack, _report = _target_stack(base, key, w2d, target, plan.stack_of(target, ckpts), bases)
+        w2d = canonical_w0(base, key)
+        shape = (int(w2d.shape[0]), int(w2d.shape[1]))
+        stack, _report = target_stack(
+            base, key, partial(np.asarray, w2d), shape, target, plan.stack_of(target, ckpts), bases
+        )
         out.add(target, target_differences(w2d, stack, out.semantics))
     return out
-
-
-@dataclass
-class _TargetReport:
-    """What one worker learnt about a target's XS bases, folded into the ledger by the writer."""
-
-    sources: dict[str, int] = field(default_factory=dict)
-    where: list[str] = field(default_factory=list)
-    other_w0: bool = False
-    not_unique: list[dict[str, Any]] = field(default_factory=list)
-    unknown: int = 0
-
-    def record(self, target: str, ledger: MergeLedger) -> None:
-        for label, count in self.sources.items():
-            ledger.bases_sources[label] = ledger.bases_sources.get(label, 0) + count
-        if self.where:
-            ledger.bases_by_target[target] = "; ".join(dict.fromkeys(self.where))
-        if self.other_w0:
-            ledger.bases_other_w0.append(target)
-        ledger.xs_not_unique += self.not_unique
-        ledger.xs_uniqueness_unknown += self.unknown
-
-
-class _Rebuilt:
-    """One canonical SVD of a target's W0 for the whole stack (not one per adapter).
-
-    Computed on first use at the largest rank any adapter of the stack needs; smaller ranks
-    are its leading columns, which is exact (see `XsBases.get`).
-    """
-
-    def __init__(self, w2d: np.ndarray, max_rank: int) -> None:
-        self._w2d = w2d
-        self._max_rank = max_rank
-        self.u: np.ndarray | None = None
-        self.s: np.ndarray | None = None
-        self.vh: np.ndarray | None = None
-
-    def __call__(self, rank: int) -> tuple[np.ndarray, np.ndarray]:
-        if self.u is None:
-            u, s, vh = canonical_svd(self._w2d)
-            keep = min(self._max_rank, s.size)
-            self.u, self.s, self.vh = u[:, :keep].copy(), s[: keep + 1].copy(), vh[:keep].copy()
-        assert self.u is not None and self.vh is not None
-        return np.ascontiguousarray(self.u[:, :rank]), np.ascontiguousarray(self.vh[:rank].T)
-
-
-def _uniqueness(
-    report: _TargetReport,
-    target: str,
-    ckpt: AdapterCheckpoint,
-    strength: float,
-    source: str,
-    shape: tuple[int, int],
-    bases: XsBases | None,
-    rebuilt: _Rebuilt,
-    u: np.ndarray,
-    m_xs: np.ndarray,
-) -> None:
-    """Flag bases another SVD of this W0 may pick differently (not for stored bases)."""
-    rank = ckpt.config.rank
-    sigma = rebuilt.s if source == "base SVD" else None
-    if source == "bases file" and bases is not None:
-        sigma = bases.singular_values.get(target)
-    need = rank + 1 if rank < min(shape) else rank
-    if sigma is None or sigma.size < need:
-        report.unknown += 1
-        return
-    result = assess(target, sigma, rank, shape, u)
-    if result.flagged:
-        doc = result.to_json()
-        doc["adapter"] = ckpt.path
-        doc["effect_bound"] = result.effect_bound(m_xs, ckpt.config.scale * strength)
-        doc["line"] = f"{result.line()} (adapter {ckpt.path})"
-        report.not_unique.append(doc)
-
-
-def _target_stack(
-    base: BaseCheckpoint,
-    key: str,
-    w2d: np.ndarray,
-    target: str,
-    ckpts: Sequence[tuple[AdapterCheckpoint, float]],
-    bases: XsBases | None,
-) -> tuple[list[tuple[NumpyAdapter, float]], _TargetReport]:
-    """The kernel's stack on one target (XS bases resolved, one SVD for the whole stack) and
-    what was learnt about its bases: where they came from, W0 match, uniqueness."""
-    shape = (int(w2d.shape[0]), int(w2d.shape[1]))
-    dtype_code = base.tensors[key].dtype
-    report = _TargetReport()
-    ranks = [c.config.rank for c, _ in ckpts if target in c.tensors and c.kind.xs]
-    rebuilt = _Rebuilt(w2d, max(ranks, default=1))
-    if bases is not None and ranks and target in bases.base_sha256:
-        report.other_w0 = not bases.matches(target, w2d)
-    stack = []
-    for ckpt, strength in ckpts:
-        if target not in ckpt.tensors:
-            continue
-        try:
-            adapter, source = ckpt.numpy_adapter(target, bases=bases, rebuild=rebuilt)
-        except ValueError as exc:
-            raise IncompatibleError(str(exc)) from None
-        if source != "-":
-            label = f"{source} ({dtype_code} base)" if source == "base SVD" else source
-            report.sources[label] = report.sources.get(label, 0) + 1
-            report.where.append(_where(source, ckpt, bases, dtype_code))
-            if source != "stored":
-                p = adapter.params
-                _uniqueness(
-                    report, target, ckpt, strength, source, shape, bases, rebuilt, p["U"], p["M_xs"]
-                )
-        stack.append((adapter, strength))
-    return stack, report
-
-
-def _merged(
-    base: BaseCheckpoint,
-    key: str,
-    target: str,
-    ckpts: Sequence[tuple[AdapterCheckpoint, float]],
-    semantics: str,
-    code: str,
-    bases: XsBases | None,
-) -> tuple[np.ndarray, _TargetReport]:
-    """One target's merged weight in the stored layout and dtype `code` (worker thread)."""
-    stored = base.read(key)
-    layout = base.layout_of(stored.shape, key)
-    kernel = layout.kernel_size(stored.shape)
-    w2d = np.ascontiguousarray(layout.to_canonical(stored))
-    stack, report = _target_stack(base, key, w2d, target, ckpts, bases)
-    merged, finite = merge_to(w2d, stack, semantics, code)
-    if not finite:
-        raise IncompatibleError(f"merged weight of {target} has NaN/Inf; nothing was written")
-    return np.ascontiguousarray(layout.from_canonical(merged, kernel)), report
-
-
-def _where(source: str, ckpt: AdapterCheckpoint, bases: XsBases | None, dtype_code: str) -> str:
-    """Per-target ledger text: where one adapter's U/V came from."""
-    if source == "bases file" and bases is not None:
-        return f"loaded from {bases.path} ({bases.origin})"
-    if source == "base SVD":
-        return f"rebuilt from base (SVD of the {dtype_code} W0 in fp32)"
-    return f"stored in {ckpt.path}"

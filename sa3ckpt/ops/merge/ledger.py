@@ -11,6 +11,7 @@ import os
 from dataclasses import dataclass, field
 from typing import Any
 
+from sa3ckpt.adapters.xs_uniqueness import summary_lines
 from sa3ckpt.io.sources import PEFT_WEIGHTS
 from sa3ckpt.ops.inspect import StackReport
 from sa3ckpt.ops.merge.compare_semantics import SemanticsComparison
@@ -127,7 +128,8 @@ class MergeLedger:
             f"XS bases for {t} were made from another W0 (its digest differs from this base's)"
             for t in self.bases_other_w0
         ]
-        out += [f"XS bases may not be unique: {r['line']}" for r in self.xs_not_unique]
+        xs_targets = len(self.bases_by_target) or len(self.merged)
+        out += summary_lines(self.xs_not_unique, xs_targets, "XS bases: ")
         if self.xs_uniqueness_unknown:
             out.append(
                 f"XS bases uniqueness unknown for {self.xs_uniqueness_unknown} targets "

@@ -316,7 +316,7 @@ class _Target:
         self.ones_rows = np.ones(h, np.float32)
         self.ones_cols = np.ones(n, np.float32)
         self.cols = _Columns(n)
-        # A chain cut across passes keeps V' of the cut in fp32 for the next pass (`KEEP`).
+        # A chain cut across passes keeps V' of the cut in fp32 for the next pass (`keep_state`).
         self.cut = 0
         self.kept: np.ndarray | None = None
         self.kept_rows: np.ndarray | None = None

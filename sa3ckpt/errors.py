@@ -12,12 +12,20 @@ import os
 from sa3ckpt.textsafe import escape_control
 
 EXIT_OK = 0  # the one exit code no error class carries
+INTERNAL_KIND = "internal"  # the --json error kind of a bug (any other exception, exit 1)
 
 
 class Sa3ckptError(Exception):
-    """Base class: a user-facing failure with a one-line message and an exit code."""
+    """Base class: a user-facing failure with a one-line message and an exit code.
+
+    `kind` is the failure's stable machine name in the CLI's `--json` error document (as
+    `exit_code`, inherited by subclasses that do not name their own); `path` is the file the
+    failure concerns, when there is one.
+    """
 
     exit_code: int = 1
+    kind: str = "error"
+    path: str | None = None
 
     def one_line(self) -> str:
         """The message folded to a single line, safe to print on stderr.
@@ -35,12 +43,14 @@ class ValidationFailed(Sa3ckptError):
     """
 
     exit_code = 1
+    kind = "findings"
 
 
 class UsageError(Sa3ckptError):
     """Arguments that cannot be acted on (exit 2)."""
 
     exit_code = 2
+    kind = "usage"
 
 
 class MalformedFileError(Sa3ckptError):
@@ -50,6 +60,8 @@ class MalformedFileError(Sa3ckptError):
     """
 
     exit_code = 3
+    kind = "malformed"
+    path: str
 
     def __init__(self, path: str | os.PathLike[str], cause: str) -> None:
         self.path = os.fspath(path)
@@ -57,10 +69,21 @@ class MalformedFileError(Sa3ckptError):
         super().__init__(f"{self.path}: {cause}")
 
 
+class UnreadableFileError(MalformedFileError):
+    """An input that is missing or cannot be opened or read (exit 3, like a malformed one).
+
+    Its own kind so a CI job can tell a wrong path or a permission problem from a damaged
+    file; everything that handles malformed files handles it too.
+    """
+
+    kind = "unreadable"
+
+
 class IncompatibleError(Sa3ckptError):
     """Inputs that are each valid but do not fit together (exit 4)."""
 
     exit_code = 4
+    kind = "incompatible"
 
 
 class VerificationError(IncompatibleError):
@@ -70,6 +93,8 @@ class VerificationError(IncompatibleError):
     incompatibilities; `worst` / `target` / `tolerance` carry the numbers when one error
     measure exceeded its bound (None for a structural loss such as a missing target).
     """
+
+    kind = "verification-failed"
 
     def __init__(
         self,
@@ -93,6 +118,8 @@ class OutputError(Sa3ckptError):
     """
 
     exit_code = 5
+    kind = "unwritable"
+    path: str
 
     def __init__(self, path: str | os.PathLike[str], cause: str) -> None:
         self.path = os.fspath(path)
@@ -109,3 +136,4 @@ class Interrupted(Sa3ckptError):
     """The user interrupted a long operation (exit 130)."""
 
     exit_code = 130
+    kind = "interrupted"

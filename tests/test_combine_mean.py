@@ -149,8 +149,10 @@ def _refused(tmp: Path, paths: list[str], code: int = 4, *extra: str) -> str:
     out = tmp / "refused.safetensors"
     proc = run_cli("combine", *paths, "-o", str(out), "--method", "mean", "--json", *extra)
     assert proc.returncode == code, proc.stderr
-    assert proc.stdout == "" and not out.exists()
+    assert not out.exists()
     lines = proc.stderr.strip().splitlines()
+    error = json.loads(proc.stdout)  # --json: the one error document, its message the line
+    assert (error["exit_code"], error["message"]) == (code, lines[-1])
     assert len(lines) == 1 and lines[0].startswith("sa3ckpt: error: ")
     return lines[0]
 

@@ -31,12 +31,8 @@ from sa3ckpt.cli import (
     cmd_validate,
     cmd_verify,
 )
-from sa3ckpt.errors import EXIT_OK, Interrupted, OutputError, Sa3ckptError, UsageError
-from sa3ckpt.io.atomic import user_path
-from sa3ckpt.textsafe import escape_control
-
-# The argparse destinations that name what a command writes, for errors that lost the path.
-OUTPUT_OPTIONS = ("output", "junit", "dir")
+from sa3ckpt.cli.failures import command_of, failure_of, report, wants_json
+from sa3ckpt.errors import EXIT_OK, Sa3ckptError, UsageError
 
 
 class _Parser(argparse.ArgumentParser):
@@ -175,45 +171,34 @@ def _terminate(signum: int, frame: object) -> None:
     raise KeyboardInterrupt
 
 
-def _failed_output(exc: OSError, args: argparse.Namespace | None) -> str:
-    """The output an unmapped OSError was writing: its file (temp names undone), else -o."""
-    if exc.filename:
-        return user_path(os.fsdecode(exc.filename))
-    for option in OUTPUT_OPTIONS:
-        value = getattr(args, option, None)
-        if value:
-            return str(value)
-    return "the output"
-
-
 def main(argv: Sequence[str] | None = None) -> int:
-    """Run the CLI; return the process exit code (docs/reference/exit-codes.md, DESIGN.md)."""
+    """Run the CLI; return the process exit code (docs/reference/exit-codes.md, DESIGN.md).
+
+    The one place exceptions become exit codes: every failure is one stderr line and, when
+    the run asked for --json, one error document on stdout (sa3ckpt.cli.failures).
+    """
+    arguments = list(sys.argv[1:] if argv is None else argv)
     previous = signal.signal(signal.SIGTERM, _terminate)
     args: argparse.Namespace | None = None
     try:
-        args = build_parser().parse_args(argv)
-        return args.run(args)
-    except Sa3ckptError as exc:
-        print(f"sa3ckpt: error: {exc.one_line()}", file=sys.stderr)
-        return exc.exit_code
-    except KeyboardInterrupt:
-        print("sa3ckpt: interrupted; nothing was written", file=sys.stderr)
-        return Interrupted.exit_code
+        args = build_parser().parse_args(arguments)
+        return int(args.run(args))
     except BrokenPipeError:
         return EXIT_OK
-    except OSError as exc:  # the environment failed us (disk full, permissions on output)
-        error = OutputError.from_os_error(_failed_output(exc, args), exc)
-        print(f"sa3ckpt: error: {error.one_line()}", file=sys.stderr)
-        return error.exit_code
-    except Exception as exc:  # a bug, not bad input: still one line unless debugging
-        if os.environ.get("SA3CKPT_DEBUG"):
-            raise
-        print(
-            f"sa3ckpt: internal error: {type(exc).__name__}: "
-            f"{escape_control(' '.join(str(exc).split()))[:300]} "
-            "(a bug; set SA3CKPT_DEBUG=1 for the traceback and please report it)",
-            file=sys.stderr,
-        )
-        return Sa3ckptError.exit_code
+    except Exception as exc:
+        if os.environ.get("SA3CKPT_DEBUG") and not isinstance(exc, Sa3ckptError | OSError):
+            raise  # a bug, and the developer asked for its traceback
+        return _report(exc, args, arguments)
+    except KeyboardInterrupt as exc:
+        return _report(exc, args, arguments)
     finally:
         signal.signal(signal.SIGTERM, previous)
+
+
+def _report(exc: BaseException, args: argparse.Namespace | None, argv: Sequence[str]) -> int:
+    """One stderr line (and the --json error document) for a failed run; its exit code."""
+    return report(
+        failure_of(exc, args),
+        as_json=wants_json(args, argv),
+        command=command_of(args, argv, [c.name for c in COMMANDS]),
+    )

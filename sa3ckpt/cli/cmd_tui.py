@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 import os
 
-from sa3ckpt.errors import MalformedFileError
+from sa3ckpt.errors import UnreadableFileError
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -21,7 +21,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     if not os.path.exists(args.path):
         # exit 3 like every other command given a path that is not there
-        raise MalformedFileError(args.path, "no such file or folder")
+        raise UnreadableFileError(args.path, "no such file or folder")
     from tui.app import Sa3ckptApp  # lazy: the rest of the CLI never loads Textual
 
     Sa3ckptApp(args.path).run()

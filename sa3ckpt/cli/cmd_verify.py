@@ -143,4 +143,6 @@ def run(args: argparse.Namespace) -> int:
     if report.verdict == INCONCLUSIVE and not args.strict:
         print(f"sa3ckpt: warning: {escape_control(report.verdict_line())}", file=sys.stderr)
         return 0
-    raise ValidationFailed(report.verdict_line())
+    # Returned, not raised: the report above is this run's one document (--json included).
+    print(f"sa3ckpt: error: {ValidationFailed(report.verdict_line()).one_line()}", file=sys.stderr)
+    return ValidationFailed.exit_code

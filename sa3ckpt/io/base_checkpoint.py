@@ -22,7 +22,7 @@ from typing import Any
 import numpy as np
 
 from sa3ckpt import dtypes
-from sa3ckpt.errors import MalformedFileError
+from sa3ckpt.errors import MalformedFileError, UnreadableFileError
 from sa3ckpt.io.atomic import (
     TEMPS,
     AtomicFile,
@@ -309,7 +309,7 @@ def open_base(
     if os.path.isdir(spath):
         return _open_folder_base(spath)
     if not os.path.isfile(spath):
-        raise MalformedFileError(spath, "no such file")
+        raise UnreadableFileError(spath, "no such file")
     if conditioner is not None and not is_gguf(spath):
         raise MalformedFileError(spath, "a conditioner file goes with an sa3.cpp DiT GGUF only")
     if is_gguf(spath):

@@ -27,7 +27,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from sa3ckpt import dtypes
-from sa3ckpt.errors import MalformedFileError, UsageError
+from sa3ckpt.errors import MalformedFileError, UnreadableFileError, UsageError
 from sa3ckpt.io.base_checkpoint import BaseCheckpoint, open_base
 from sa3ckpt.io.diffusers_folder import CONTAINER as DIFFUSERS_FOLDER
 from sa3ckpt.io.diffusers_folder import folder_keys, is_diffusers_dir
@@ -707,7 +707,7 @@ def _adapter_row(spath: str) -> Format:
     if row is None:
         if os.path.isdir(spath):
             raise MalformedFileError(spath, f"a folder, but not a PEFT adapter (no {PEFT_CONFIG})")
-        raise MalformedFileError(spath, "no such file")
+        raise UnreadableFileError(spath, "no such file")
     if ADAPTER not in row.holds:
         raise MalformedFileError(spath, f"a {row.name} file holds base checkpoints, not adapters")
     return row

@@ -35,7 +35,7 @@ from typing import Any
 import numpy as np
 
 from sa3ckpt import dtypes
-from sa3ckpt.errors import MalformedFileError, UsageError
+from sa3ckpt.errors import MalformedFileError, UnreadableFileError, UsageError
 from sa3ckpt.io.atomic import (
     TEMPS,
     AtomicFile,
@@ -316,7 +316,7 @@ def _open_reader(gguf: ModuleType, path: str) -> Any:
         with open(path, "rb") as f:
             magic = f.read(4)
     except OSError as exc:
-        raise MalformedFileError(path, exc.strerror or str(exc)) from None
+        raise UnreadableFileError(path, exc.strerror or str(exc)) from None
     if not magic:
         raise MalformedFileError(path, "file is empty")
     if magic != GGUF_MAGIC:
@@ -324,7 +324,7 @@ def _open_reader(gguf: ModuleType, path: str) -> Any:
     try:
         return gguf.GGUFReader(path, "r")
     except OSError as exc:
-        raise MalformedFileError(path, exc.strerror or str(exc)) from None
+        raise UnreadableFileError(path, exc.strerror or str(exc)) from None
     except Exception as exc:
         raise MalformedFileError(path, f"corrupt or truncated GGUF ({_one_line(exc)})") from None
 

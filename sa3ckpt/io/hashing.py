@@ -26,7 +26,7 @@ import os
 from dataclasses import dataclass
 from typing import Protocol
 
-from sa3ckpt.errors import MalformedFileError
+from sa3ckpt.errors import MalformedFileError, UnreadableFileError
 from sa3ckpt.io.diffusers_lora import is_diffusers_lora, lora_files
 from sa3ckpt.io.gguf_adapter import is_gguf
 from sa3ckpt.io.safetensors import read_header
@@ -107,7 +107,7 @@ def _feed(path: str, offset: int | None, whole: _Hasher, data: _Hasher) -> None:
                     data.update(chunk[max(offset - position, 0) :])
                 position += len(chunk)
     except OSError as exc:
-        raise MalformedFileError(path, exc.strerror or str(exc)) from None
+        raise UnreadableFileError(path, exc.strerror or str(exc)) from None
 
 
 def hash_path(path: str | os.PathLike[str]) -> FileHashes:
@@ -118,7 +118,7 @@ def hash_path(path: str | os.PathLike[str]) -> FileHashes:
     scopes = []
     for name in files:
         if not os.path.isfile(name):
-            raise MalformedFileError(name, "no such file")
+            raise UnreadableFileError(name, "no such file")
         offset, scope = data_offset(name)
         scopes.append(scope)
         _feed(name, offset, whole, data)

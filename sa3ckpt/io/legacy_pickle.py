@@ -34,7 +34,7 @@ from typing import Any
 import numpy as np
 
 from sa3ckpt import dtypes
-from sa3ckpt.errors import MalformedFileError, UsageError
+from sa3ckpt.errors import MalformedFileError, UnreadableFileError, UsageError
 from sa3ckpt.io.sniff import PICKLES, ZIP_MAGIC, sniff_container
 
 PICKLE_REFUSAL = (
@@ -141,7 +141,7 @@ def _check_regular_file(path: str) -> None:
     try:
         st = os.stat(path)
     except OSError as exc:
-        raise MalformedFileError(path, f"cannot open: {exc.strerror or exc}") from None
+        raise UnreadableFileError(path, f"cannot open: {exc.strerror or exc}") from None
     if not stat.S_ISREG(st.st_mode):
         raise MalformedFileError(path, "not a regular file")
 

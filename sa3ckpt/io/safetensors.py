@@ -33,7 +33,7 @@ from typing import Any, NamedTuple
 import numpy as np
 
 from sa3ckpt import dtypes
-from sa3ckpt.errors import MalformedFileError
+from sa3ckpt.errors import MalformedFileError, UnreadableFileError
 from sa3ckpt.io.atomic import (
     TEMPS,
     AtomicFile,
@@ -317,7 +317,7 @@ def read_header(path: PathLike) -> SafetensorsHeader:
     except _Malformed as exc:
         raise MalformedFileError(spath, str(exc)) from None
     except OSError as exc:
-        raise MalformedFileError(spath, exc.strerror or str(exc)) from None
+        raise UnreadableFileError(spath, exc.strerror or str(exc)) from None
     return SafetensorsHeader(
         path=spath,
         header_bytes=len(raw),
@@ -385,7 +385,7 @@ class SafetensorsFile:
                     # The mapping holds its own reference to the file; ours can close.
                     self._mmap = mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ)
             except OSError as exc:
-                raise MalformedFileError(self.path, exc.strerror or str(exc)) from None
+                raise UnreadableFileError(self.path, exc.strerror or str(exc)) from None
         return self._mmap
 
     def array(self, name: str) -> np.ndarray:
@@ -433,7 +433,7 @@ class SafetensorsFile:
             finally:
                 os.close(fd)
         except OSError as exc:
-            raise MalformedFileError(self.path, exc.strerror or str(exc)) from None
+            raise UnreadableFileError(self.path, exc.strerror or str(exc)) from None
         return out
 
     def close(self) -> None:

@@ -17,7 +17,7 @@ from typing import cast
 
 import mlx.core as mx
 
-from sa3ckpt.errors import IncompatibleError, MalformedFileError, UsageError
+from sa3ckpt.errors import IncompatibleError, UnreadableFileError, UsageError
 from sa3ckpt.io.hashing import file_sha256_only
 from sa3ckpt.io.safetensors import open_safetensors
 from sa3ckpt.train.encode_audio import LatentEncoder
@@ -120,7 +120,7 @@ def load_codec(name: str, weights: str | os.PathLike[str], dtype: str = "fp32") 
         raise UsageError(f"unknown dtype {dtype!r} (choose from {', '.join(DTYPES)})")
     path = os.fspath(weights)
     if not os.path.exists(path):
-        raise MalformedFileError(path, "codec weights not found")
+        raise UnreadableFileError(path, "codec weights not found")
     loader, _ = CODECS[name]
     encoder, sha256, notes = loader(path, DTYPES[dtype])
     return LoadedCodec(name, encoder, path, sha256, dtype, notes)

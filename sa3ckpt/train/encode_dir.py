@@ -26,7 +26,7 @@ import mlx.core as mx
 import numpy as np
 
 from sa3ckpt import __version__
-from sa3ckpt.errors import MalformedFileError, UsageError
+from sa3ckpt.errors import MalformedFileError, UnreadableFileError, UsageError
 from sa3ckpt.io.audio import AUDIO_SUFFIXES, TARGET_RATE, AudioClip, probe_frames, read_clip
 from sa3ckpt.progress import ProgressCallback, ProgressCounter
 from sa3ckpt.train.codecs import LoadedCodec
@@ -290,7 +290,7 @@ def encode_folder(
     """
     root, out = os.fspath(audio_dir), os.fspath(out_dir)
     if not os.path.exists(root):
-        raise MalformedFileError(root, "audio folder not found")
+        raise UnreadableFileError(root, "audio folder not found")
     chunk, overlap = chunking.resolved(codec)
     clips = find_clips(root)
     if not clips:

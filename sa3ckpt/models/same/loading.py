@@ -35,7 +35,7 @@ import numpy as np
 from mlx.utils import tree_flatten
 
 from sa3ckpt import dtypes
-from sa3ckpt.errors import IncompatibleError, MalformedFileError, UsageError
+from sa3ckpt.errors import IncompatibleError, MalformedFileError, UnreadableFileError, UsageError
 from sa3ckpt.io.base_checkpoint import _npz_index, _read_npz_member
 from sa3ckpt.io.diffusers_folder import CONFIG_NAME, open_folder
 from sa3ckpt.io.hashing import file_sha256_only
@@ -101,7 +101,7 @@ def _open(path: str) -> _Input:
             path, "diffusers-folder", opened.tensors, opened.read, opened.close, files, config
         )
     if not os.path.isfile(path):
-        raise MalformedFileError(path, "no such file or folder")
+        raise UnreadableFileError(path, "no such file or folder")
     if zipfile.is_zipfile(path):
         index, archive = _npz_index(path)
         tensors = {k: (t.dtype, t.shape) for k, t in index.items()}
@@ -141,7 +141,7 @@ def codec_sha256(path: str | os.PathLike[str]) -> str:
                 while chunk := f.read(1 << 20):
                     whole.update(chunk)
         except OSError as exc:
-            raise MalformedFileError(name, exc.strerror or str(exc)) from None
+            raise UnreadableFileError(name, exc.strerror or str(exc)) from None
     return whole.hexdigest()
 
 

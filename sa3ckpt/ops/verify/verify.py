@@ -42,7 +42,7 @@ from sa3ckpt.adapters.checkpoint import AdapterCheckpoint
 from sa3ckpt.adapters.formats import load_adapter
 from sa3ckpt.adapters.formulas import SEMANTICS
 from sa3ckpt.adapters.xs_sources import load_xs_bases
-from sa3ckpt.errors import IncompatibleError, MalformedFileError, UsageError
+from sa3ckpt.errors import IncompatibleError, UnreadableFileError, UsageError
 from sa3ckpt.io.base_checkpoint import open_base
 from sa3ckpt.io.formats import identify
 from sa3ckpt.mlx_runtime import Blas
@@ -274,7 +274,7 @@ def _check_arguments(
         raise UsageError(f"--frames must be at least 1, got {frames}")
     for role, path in (("BASE", base_path), ("MERGED", merged_path)):
         if not os.path.exists(path):
-            raise MalformedFileError(path, "no such file")
+            raise UnreadableFileError(path, "no such file")
         if identify(path).is_adapter:
             where = "first" if role == "BASE" else "last"
             raise UsageError(

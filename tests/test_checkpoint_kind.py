@@ -7,7 +7,9 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import numpy as np
 import pytest
+from safetensors.numpy import save_file
 
 from fixtures.generate import DATA_DIR
 from sa3ckpt.ops.inspect import checkpoint_kind as ck
@@ -29,6 +31,8 @@ EXPECTED: dict[str, tuple[str, str | None, str | None]] = {
     "kinds/tiny-small.conditioner-only.safetensors": (ck.CONDITIONER_ONLY, None, None),
     "kinds/tiny-same-s.encoder.safetensors": (ck.CODEC_WEIGHTS, "encoder", "tiny-same-s"),
     "kinds/tiny-same-l.decoder.safetensors": (ck.CODEC_WEIGHTS, "decoder", "tiny-same-l"),
+    # the MLX runtime's same_*_encoder_f32.npz: the encoder's own names, no `encoder.` root
+    "kinds/tiny-same-s_encoder_f32.npz": (ck.CODEC_WEIGHTS, "encoder", "tiny-same-s"),
     "kinds/tiny-same-s.autoencoder.safetensors": (
         ck.CODEC_WEIGHTS,
         "autoencoder",
@@ -98,6 +102,43 @@ def test_codec_weights_of_an_unknown_size_are_still_codec_weights() -> None:
 
 def test_names_alone_without_codec_layers_are_unknown() -> None:
     assert ck.weights_kind({"encoder.proj.weight": (4, 4)}).kind == ck.UNKNOWN
+
+
+MLX_ENCODER = {
+    "mapping.weight": (8, 512, 1),
+    "new_tokens": (1, 1, 8),
+    "blocks.0.attn.to_qkv.weight": (40, 8),
+    "blocks.1.attn.to_qkv.weight": (40, 8),
+    "project_out.weight": (256, 8),
+    "bottleneck.running_std": (1,),
+}
+
+
+def test_the_mlx_runtime_encoder_layout_is_codec_weights() -> None:
+    """Was: `unknown` (its keys have no `encoder.` root)."""
+    found = ck.weights_kind(MLX_ENCODER)
+    assert (found.kind, found.part, found.family) == (ck.CODEC_WEIGHTS, "encoder", "tiny-same-s")
+    assert found.detail.startswith("MLX runtime encoder file, 6 tensors, width 8, 2 blocks")
+
+
+def test_the_mlx_encoder_layout_is_closed() -> None:
+    """No root tells those keys apart, so one key outside the encoder's modules (another
+    network with a `blocks.N.attn.to_qkv`) is not codec weights."""
+    assert ck.weights_kind({**MLX_ENCODER, "lm_head.weight": (8, 8)}).kind == ck.UNKNOWN
+    assert ck.weights_kind({"blocks.0.attn.to_qkv.weight": (40, 8)}).kind == ck.CODEC_WEIGHTS
+    assert ck.weights_kind({"blocks.0.attn.to_out.weight": (8, 8)}).kind == ck.UNKNOWN
+
+
+def test_the_mlx_encoder_file_as_safetensors_too(tmp_path: Path) -> None:
+    with np.load(KINDS / "tiny-same-s_encoder_f32.npz") as arrays:
+        tensors = {k: arrays[k] for k in arrays.files}
+    path = tmp_path / "same_s_encoder_f32.safetensors"
+    save_file(tensors, str(path))
+    found = ck.identify_kind(path)
+    assert (found.kind, found.part, found.family) == (ck.CODEC_WEIGHTS, "encoder", "tiny-same-s")
+    report = inspect_file(path)
+    assert isinstance(report, OtherReport) and report.format == "safetensors"
+    assert report.tensors == len(tensors) and report.checkpoint == found
 
 
 @pytest.mark.parametrize(

@@ -102,8 +102,7 @@ def run_validation(
 
 def codec_summary(path: str) -> OtherReport | None:
     """The report of a file with codec (SAME) weights, None for any other file."""
-    with open_adapter_source(path) as source:
-        return other_report(source)
+    return other_report(path)
 
 
 def target_tensors(path: str) -> dict[str, list[TensorRow]]:

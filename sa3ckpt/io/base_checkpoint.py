@@ -272,6 +272,14 @@ def _npz_index(path: str) -> tuple[dict[str, BaseTensor], zipfile.ZipFile]:
     return tensors, archive
 
 
+def npz_header(path: str | os.PathLike[str]) -> dict[str, BaseTensor]:
+    """Key -> dtype and shape of every array in an .npz, from the members' .npy headers only
+    (for files that are no base: the MLX runtime's codec encoder file, say what it holds)."""
+    tensors, archive = _npz_index(os.fspath(path))
+    archive.close()
+    return tensors
+
+
 def _read_npz_member(path: str, archive: zipfile.ZipFile, key: str) -> np.ndarray:
     try:
         with archive.open(f"{key}.npy") as f:

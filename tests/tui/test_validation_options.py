@@ -156,6 +156,7 @@ ODD_FILES = [
     "kinds/codec-lora.decoder.safetensors",
     "kinds/codec-lora.encoder-keys.safetensors",
     "kinds/dit_tiny-small_f16.npz",
+    "kinds/tiny-same-s_encoder_f32.npz",  # the MLX runtime encoder file
     "kinds/tiny-small.official-no-conditioner.safetensors",
     "kinds/tiny-small.conditioner-only.safetensors",
     "bases/tiny-small.official-full.safetensors",

@@ -20,11 +20,11 @@ from __future__ import annotations
 import json
 import os
 import re
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 
 from sa3ckpt.errors import MalformedFileError, Sa3ckptError
-from sa3ckpt.io.base_checkpoint import BaseCheckpoint, open_base
+from sa3ckpt.io.base_checkpoint import BaseCheckpoint, npz_header, open_base
 from sa3ckpt.io.formats import (
     ADAPTER,
     BASE,
@@ -169,6 +169,50 @@ _CODEC_LEAVES = ("weight_g", "weight_v", "running_std", "scaling_factor")
 def codec_part(key: str) -> str | None:
     """The codec half a key belongs to, by its module root."""
     return next((part for root, part in CODEC_ROOTS if key.startswith(root)), None)
+
+
+@dataclass(frozen=True)
+class CodecLayout:
+    """One way a weights file lays out SAME codec keys: module roots -> half.
+
+    `closed`: the roots carry no codec prefix (the keys are the encoder's own module names),
+    so a file is in this layout only when every one of its keys falls under a root; `note`
+    names the layout in the kind's detail (empty for the official one).
+    """
+
+    name: str
+    roots: tuple[tuple[str, str], ...]
+    closed: bool = False
+    note: str = ""
+
+    def parts(self, keys: Iterable[str]) -> list[str] | None:
+        """The half of each key under a root; None when a closed layout does not fit."""
+        keys = list(keys)
+        found = [next((p for r, p in self.roots if k.startswith(r)), None) for k in keys]
+        if self.closed and (not keys or None in found):
+            return None
+        return [p for p in found if p is not None]
+
+
+# Codec weights layouts, tried in order. The official autoencoder (and the pretransform of a
+# full SA3 checkpoint) roots each half; the official MLX runtime's encoder file
+# (`same_{s,l}_encoder_f32.npz`, models/same/names.py) has no root: `mapping.weight`,
+# `new_tokens`, `blocks.N.…`, `project_out`, `bottleneck.*`.
+CODEC_LAYOUTS: tuple[CodecLayout, ...] = (
+    CodecLayout("official", CODEC_ROOTS),
+    CodecLayout(
+        "mlx-encoder",
+        (
+            ("mapping.", "encoder"),
+            ("new_tokens", "encoder"),
+            ("blocks.", "encoder"),
+            ("project_out.", "encoder"),
+            ("bottleneck.", "encoder"),
+        ),
+        closed=True,
+        note="MLX runtime encoder file",
+    ),
+)
 
 
 def _parts_name(parts: Iterable[str]) -> str | None:
@@ -318,27 +362,58 @@ def base_kind(base: BaseCheckpoint) -> KindReport:
 
 
 def weights_kind(shapes: Mapping[str, Shape]) -> KindReport:
-    """Codec weights (SAME encoder/decoder keys and layers) or unknown, from names and shapes."""
-    parts = [p for p in (codec_part(k) for k in shapes) if p is not None]
+    """Codec weights (SAME encoder/decoder keys and layers, in a `CODEC_LAYOUTS` layout) or
+    unknown, from names and shapes."""
     marked = any(_QKV.search(k) or k.rpartition(".")[2] in _CODEC_LEAVES for k in shapes)
-    if not parts or not marked:
-        return KindReport(UNKNOWN, detail=f"{len(shapes)} tensors")
-    fam, width, depth = codec_family(shapes)
-    size = f"width {width}, {depth} blocks" if width else f"{depth} blocks"
-    return KindReport(
-        CODEC_WEIGHTS,
-        _parts_name(parts),
-        fam.name if fam else None,
-        f"{len(shapes)} tensors, {size}",
-    )
+    for layout in CODEC_LAYOUTS if marked else ():
+        parts = layout.parts(shapes)
+        if not parts:
+            continue
+        fam, width, depth = codec_family(shapes)
+        size = f"width {width}, {depth} blocks" if width else f"{depth} blocks"
+        held = ", ".join(x for x in (layout.note, f"{len(shapes)} tensors", size) if x)
+        return KindReport(CODEC_WEIGHTS, _parts_name(parts), fam.name if fam else None, held)
+    return KindReport(UNKNOWN, detail=f"{len(shapes)} tensors")
+
+
+@dataclass(frozen=True)
+class WeightsHeader:
+    """A weights file's header: key -> (dtype code, shape), and its metadata."""
+
+    format: str
+    tensors: dict[str, tuple[str, Shape]]
+    metadata: dict[str, str]
+
+
+def _safetensors_header(path: str) -> WeightsHeader:
+    header = read_header(path)
+    tensors = {k: (v.dtype, tuple(v.shape)) for k, v in header.tensors.items()}
+    return WeightsHeader("safetensors", tensors, dict(header.metadata))
+
+
+def _npz_weights_header(path: str) -> WeightsHeader:
+    return WeightsHeader("npz", {k: (t.dtype, t.shape) for k, t in npz_header(path).items()}, {})
+
+
+# The containers codec weights come in, by format-registry name: their header readers.
+WEIGHTS_HEADERS: dict[str, Callable[[str], WeightsHeader]] = {
+    "safetensors": _safetensors_header,
+    "npz": _npz_weights_header,
+}
+
+
+def weights_header(path: str | os.PathLike[str]) -> WeightsHeader | None:
+    """The header of a safetensors or npz file (None for other containers); raises
+    MalformedFileError for one that cannot be read."""
+    row = sniff(os.fspath(path))
+    read = WEIGHTS_HEADERS.get(row.name) if row is not None else None
+    return None if read is None else read(os.fspath(path))
 
 
 def _header_shapes(path: str) -> dict[str, Shape] | None:
-    """Key -> shape of a safetensors file (None for other containers)."""
-    row = sniff(path)
-    if row is None or row.name != "safetensors":
-        return None
-    return {k: tuple(v.shape) for k, v in read_header(path).tensors.items()}
+    """Key -> shape of a safetensors or npz file (None for other containers)."""
+    header = weights_header(path)
+    return None if header is None else {k: shape for k, (_, shape) in header.tensors.items()}
 
 
 def _gguf_codec_kind(path: str) -> KindReport | None:

@@ -32,6 +32,7 @@ from sa3ckpt.ops.inspect.checkpoint_kind import (
     CODEC_WEIGHTS,
     identify_kind,
     source_kind,
+    weights_header,
     weights_kind,
 )
 from sa3ckpt.ops.inspect.report_model import (
@@ -217,20 +218,28 @@ def inspect_path(
         return report(analyze(source, model), stats=stats)
 
 
-def other_report(source: AdapterSource) -> OtherReport | None:
+def other_report(path: str | os.PathLike[str]) -> OtherReport | None:
     """The report of a file with neither adapter nor base keys, when its keys say what it
-    is (SAME codec weights); None when they do not (the adapter report explains then)."""
-    kind = weights_kind({k: e.shape for k, e in source.entries.items()})
+    is (SAME codec weights: a safetensors or npz file in a `CODEC_LAYOUTS` layout, or an
+    sa3.cpp codec GGUF); None when they do not (the adapter report explains then)."""
+    spath = os.fspath(path)
+    row = sniff(spath)
+    if row is not None and row.name == GGUF_MODEL:
+        return gguf_model_report(spath)
+    header = weights_header(spath)
+    if header is None:
+        return None
+    kind = weights_kind({k: shape for k, (_, shape) in header.tensors.items()})
     if kind.kind != CODEC_WEIGHTS:
         return None
     return OtherReport(
-        path=source.path,
+        path=spath,
         kind=OTHER_KIND,
-        format=source.format,
-        size_bytes=source.size,
-        tensors=len(source.entries),
-        dtypes=dict(sorted(Counter(e.dtype for e in source.entries.values()).items())),
-        metadata=dict(source.metadata),
+        format=header.format,
+        size_bytes=os.path.getsize(spath),
+        tensors=len(header.tensors),
+        dtypes=dict(sorted(Counter(code for code, _ in header.tensors.values()).items())),
+        metadata=header.metadata,
         checkpoint=kind,
     )
 
@@ -270,16 +279,9 @@ def inspect_file(
                 return codec_adapter_report(source, model)
     if model in CODEC_TARGET_FAMILIES:
         model = "auto"
-    row = sniff(path) if found.kind == UNKNOWN else None
-    if row is not None and row.name == GGUF_MODEL:
-        model_report = gguf_model_report(os.fspath(path))
-        if model_report is not None:
-            return model_report
-    if row is not None and row.name == "safetensors":
-        with open_adapter_source(path) as source:
-            other = other_report(source)
-        if other is not None:
-            return other
+    other = other_report(path) if found.kind == UNKNOWN else None
+    if other is not None:
+        return other
     return inspect_path(path, stats=stats, model=model, allow_pickle=allow_pickle)
 
 

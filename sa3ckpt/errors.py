@@ -137,3 +137,23 @@ class Interrupted(Sa3ckptError):
 
     exit_code = 130
     kind = "interrupted"
+
+
+class RemoteError(MalformedFileError):
+    """A URL that could not be fetched (HTTP status, timeout, refused connection, a server
+    breaking the range protocol): unreadable input, exit 3 like any unreadable file.
+
+    `path` is the URL as the user wrote it (credentials removed), never a redirect target
+    (signed CDN URLs carry secrets of their own) and never a header.
+    """
+
+
+class NeedsLocalFile(UsageError):
+    """A route that reads tensor data was given a URL (exit 2): only headers are fetched."""
+
+    def __init__(self, url: str, what: str = "this operation") -> None:
+        self.url = url
+        super().__init__(
+            f"{url}: {what} reads tensor data, which is not fetched over HTTP; download the "
+            "file first (URLs are read by inspect, validate and hash)"
+        )

@@ -19,6 +19,7 @@ import safetensors.numpy as st_numpy
 from fixtures.malformed import malformed_corpus
 from sa3ckpt import dtypes
 from sa3ckpt.errors import MalformedFileError, UsageError
+from sa3ckpt.io import bytesource
 from sa3ckpt.io import safetensors as st
 from sa3ckpt.io.safetensors import (
     SafetensorsStreamWriter,
@@ -277,37 +278,18 @@ def test_read_header_of_huge_sparse_file_is_fast(tmp_path: Path) -> None:
         assert float(big[-1]) == 0.0
 
 
-class _CountingFile:
-    """Wraps a binary file and counts the bytes read through it."""
-
-    def __init__(self, inner: Any, counter: list[int]) -> None:
-        self._inner = inner
-        self._counter = counter
-
-    def read(self, n: int = -1) -> bytes:
-        data = self._inner.read(n)
-        self._counter[0] += len(data)
-        return data
-
-    def __getattr__(self, name: str) -> Any:
-        return getattr(self._inner, name)
-
-    def __enter__(self) -> _CountingFile:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self._inner.close()
-
-
 def test_read_header_reads_only_the_header(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     path = tmp_path / "h.safetensors"
     write_safetensors(path, {"a": np.zeros(10_000, np.float64)}, {"k": "v"})
     counter = [0]
+    real_read_at = bytesource.LocalFile.read_at
 
-    def counting_open(file: Any, mode: str = "r", *args: Any, **kwargs: Any) -> Any:
-        return _CountingFile(open(file, mode, *args, **kwargs), counter)
+    def counting_read_at(self: bytesource.LocalFile, offset: int, count: int) -> bytes:
+        data = real_read_at(self, offset, count)
+        counter[0] += len(data)
+        return data
 
-    monkeypatch.setattr(st, "open", counting_open, raising=False)
+    monkeypatch.setattr(bytesource.LocalFile, "read_at", counting_read_at)
     header = read_header(path)
     assert counter[0] == 8 + header.header_bytes
     assert header.header_bytes < 200
@@ -418,7 +400,8 @@ def test_permission_denied(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> N
     def denied(*args: Any, **kwargs: Any) -> Any:
         raise PermissionError(13, "Permission denied", str(path))
 
-    monkeypatch.setattr(st, "open", denied, raising=False)  # chmod does not stop root
+    # chmod does not stop root; reads go through the byte source's os.open
+    monkeypatch.setattr(bytesource.os, "open", denied)
     with pytest.raises(MalformedFileError, match="Permission denied"):
         read_header(path)
 

@@ -30,6 +30,7 @@ from sa3ckpt.io.atomic import (
     discard_or_remove_since,
     output_error,
 )
+from sa3ckpt.io.bytesource import is_file
 from sa3ckpt.io.diffusers_folder import CONTAINER as FOLDER_CONTAINER
 from sa3ckpt.io.diffusers_folder import (
     DEFAULT_MAX_SHARD_SIZE,
@@ -48,6 +49,7 @@ from sa3ckpt.io.gguf_base import (
     open_gguf_model,
 )
 from sa3ckpt.io.gguf_facts import BASE_ARCHES, CONDITIONER_ARCH, DIT_ARCH, conditioner_beside
+from sa3ckpt.io.remote import is_url
 from sa3ckpt.io.safetensors import SafetensorsStreamWriter, open_safetensors
 from sa3ckpt.layout import Layout, stored_layout
 from sa3ckpt.names.base_keys import (
@@ -316,13 +318,13 @@ def open_base(
     spath = os.fspath(path)
     if os.path.isdir(spath):
         return _open_folder_base(spath)
-    if not os.path.isfile(spath):
+    if not is_file(spath):
         raise UnreadableFileError(spath, "no such file")
     if conditioner is not None and not is_gguf(spath):
         raise MalformedFileError(spath, "a conditioner file goes with an sa3.cpp DiT GGUF only")
     if is_gguf(spath):
         return _open_gguf_base(spath, None if conditioner is None else os.fspath(conditioner))
-    if zipfile.is_zipfile(spath):
+    if not is_url(spath) and zipfile.is_zipfile(spath):
         tensors, archive = _npz_index(spath)
         container, metadata = "npz", {}
         read = lambda key: _read_npz_member(spath, archive, key)  # noqa: E731

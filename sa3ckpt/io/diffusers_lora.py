@@ -29,8 +29,9 @@ from collections.abc import Mapping
 import numpy as np
 
 from sa3ckpt.errors import MalformedFileError
+from sa3ckpt.io.bytesource import is_dir, is_file
 from sa3ckpt.io.safetensors import read_header, write_safetensors
-from sa3ckpt.io.sources import peft_to_lora_config
+from sa3ckpt.io.sources import exists_quietly, peft_to_lora_config
 from sa3ckpt.names.modules import DIFFUSERS_DURATION_EMBEDDER, DIFFUSERS_TRANSFORMER
 
 LORA_WEIGHTS = "pytorch_lora_weights.safetensors"
@@ -51,9 +52,9 @@ def is_diffusers_lora(path: str | os.PathLike[str]) -> bool:
     """A folder holding `pytorch_lora_weights.safetensors`, or such a file itself (by name, or
     by its `lora_adapter_metadata` header field)."""
     spath = os.fspath(path)
-    if os.path.isdir(spath):
-        return os.path.isfile(os.path.join(spath, LORA_WEIGHTS))
-    if not os.path.isfile(spath):
+    if is_dir(spath):
+        return exists_quietly(os.path.join(spath, LORA_WEIGHTS))
+    if not is_file(spath):
         return False
     if os.path.basename(spath) == LORA_WEIGHTS:
         return True
@@ -66,10 +67,10 @@ def is_diffusers_lora(path: str | os.PathLike[str]) -> bool:
 def lora_files(path: str | os.PathLike[str]) -> list[str]:
     """The safetensors files of a diffusers LoRA: the main file, then the sidecar if present."""
     spath = os.fspath(path)
-    if not os.path.isdir(spath):
+    if not is_dir(spath):
         return [spath]
     files = [os.path.join(spath, name) for name in COMPONENT_FILES.values()]
-    return [f for f in files if os.path.isfile(f)]
+    return [f for f in files if exists_quietly(f)]
 
 
 def pack_metadata(component: str, kwargs: Mapping[str, object]) -> str:

@@ -27,10 +27,12 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from sa3ckpt import dtypes
-from sa3ckpt.errors import MalformedFileError, UnreadableFileError, UsageError
+from sa3ckpt.errors import MalformedFileError, NeedsLocalFile, UnreadableFileError, UsageError
 from sa3ckpt.io.base_checkpoint import BaseCheckpoint, open_base
+from sa3ckpt.io.bytesource import exists, file_size, is_file
 from sa3ckpt.io.diffusers_folder import CONTAINER as DIFFUSERS_FOLDER
 from sa3ckpt.io.diffusers_folder import folder_keys, is_diffusers_dir
+from sa3ckpt.io.diffusers_lora import LORA_WEIGHTS as DIFFUSERS_LORA_WEIGHTS
 from sa3ckpt.io.diffusers_lora import METADATA_KEY as DIFFUSERS_LORA_METADATA
 from sa3ckpt.io.diffusers_lora import METADATA_ORIGIN as DIFFUSERS_LORA_ORIGIN
 from sa3ckpt.io.diffusers_lora import is_diffusers_lora, lora_files
@@ -47,7 +49,8 @@ from sa3ckpt.io.gguf_adapter import (
 from sa3ckpt.io.gguf_base import gguf_architecture, open_gguf_model
 from sa3ckpt.io.gguf_config import CARRIED_KEYS, carried_config, json_alpha
 from sa3ckpt.io.gguf_facts import MODEL_ARCHES
-from sa3ckpt.io.legacy_pickle import looks_like_pickle, read_legacy_ckpt
+from sa3ckpt.io.legacy_pickle import PickleRefusedError, looks_like_pickle, read_legacy_ckpt
+from sa3ckpt.io.remote import is_url
 from sa3ckpt.io.safetensors import SafetensorsFile, open_safetensors, read_header
 from sa3ckpt.io.sources import (
     CONFIG_KEY,
@@ -170,7 +173,7 @@ def _safetensors_keys(path: str) -> list[str]:
 
 def _peft_weights(path: str) -> str:
     weights = os.path.join(path, PEFT_WEIGHTS)
-    if not os.path.isfile(weights):
+    if not exists(weights):
         raise MalformedFileError(path, f"PEFT folder without {PEFT_WEIGHTS}")
     return weights
 
@@ -383,7 +386,7 @@ def _gguf_header(path: str, allow_pickle: bool) -> AdapterSource:
     return AdapterSource(
         path=path,
         format="gguf",
-        size=os.path.getsize(path),
+        size=file_size(path),
         metadata=gguf_metadata(header.kv),
         entries=entries,
         config_text=gguf_lora_config(header.kv),
@@ -434,6 +437,10 @@ PICKLE_NOTE = "read with torch.load(weights_only=True) after an explicit opt-in"
 
 
 def _pickle_load(path: str, allow_pickle: bool) -> RawAdapter:
+    if is_url(path):  # refused before anything is fetched, opted in or not
+        if not allow_pickle:
+            raise PickleRefusedError(path)
+        raise NeedsLocalFile(path, "reading a pickle")
     legacy = read_legacy_ckpt(path, allow_pickle=allow_pickle)  # refuses unless allowed
     config_text = json.dumps(legacy.lora_config) if legacy.lora_config is not None else None
     return RawAdapter(
@@ -552,7 +559,7 @@ FORMATS: tuple[Format, ...] = (
     Format("npz", is_npz, (".npz",), frozenset({BASE}), keys=_npz_keys, open_base=open_base),
     Format(
         "safetensors",
-        os.path.isfile,
+        is_file,
         (".safetensors",),
         frozenset({ADAPTER, BASE}),
         FILE_DIALECTS,
@@ -672,11 +679,12 @@ def identify(path: str | os.PathLike[str]) -> FileIdentity:
     spath = os.fspath(path)
     row = sniff(spath)
     if row is None:
-        reason = (
-            f"a folder, but not a PEFT adapter (no {PEFT_CONFIG}) nor a diffusers model"
-            if os.path.isdir(spath)
-            else "no such file"
-        )
+        if is_url(spath):
+            reason = _remote_folder_reason(spath)
+        elif os.path.isdir(spath):
+            reason = f"a folder, but not a PEFT adapter (no {PEFT_CONFIG}) nor a diffusers model"
+        else:
+            reason = "no such file"
         return FileIdentity(spath, UNKNOWN, None, reason=reason)
     if row.name == "pickle":
         return FileIdentity(spath, PICKLE, row.name, reason="pickles are read only on opt-in")
@@ -702,8 +710,23 @@ def is_base_checkpoint(path: str | os.PathLike[str]) -> bool:
 # --- reading ----------------------------------------------------------------------------------
 
 
+def _remote_folder_reason(url: str) -> str:
+    """Why a folder URL is no adapter: a failure fetching its config (access denied, a
+    timeout), or neither adapter file being there."""
+    try:
+        exists(os.path.join(url, PEFT_CONFIG))
+    except MalformedFileError as exc:
+        return exc.cause
+    return (
+        f"a folder URL, but neither {PEFT_CONFIG} (PEFT) nor {DIFFUSERS_LORA_WEIGHTS} "
+        "(diffusers LoRA) is there"
+    )
+
+
 def _adapter_row(spath: str) -> Format:
     row = sniff(spath)
+    if row is None and is_url(spath):
+        raise MalformedFileError(spath, _remote_folder_reason(spath))
     if row is None:
         if os.path.isdir(spath):
             raise MalformedFileError(spath, f"a folder, but not a PEFT adapter (no {PEFT_CONFIG})")
@@ -726,6 +749,8 @@ def open_adapter_source(
 def load_raw(path: str | os.PathLike[str], *, allow_pickle: bool = False) -> RawAdapter:
     """Read an adapter whole, tensors as stored; MalformedFileError when unreadable."""
     spath = os.fspath(path)
+    if is_url(spath):
+        raise NeedsLocalFile(spath, "reading tensors")
     row = _adapter_row(spath)
     assert row.load is not None
     return row.load(spath, allow_pickle)

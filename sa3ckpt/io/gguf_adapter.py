@@ -35,7 +35,13 @@ from typing import Any
 import numpy as np
 
 from sa3ckpt import dtypes
-from sa3ckpt.errors import MalformedFileError, UnreadableFileError, UsageError
+from sa3ckpt.errors import (
+    MalformedFileError,
+    NeedsLocalFile,
+    Sa3ckptError,
+    UnreadableFileError,
+    UsageError,
+)
 from sa3ckpt.io.atomic import (
     TEMPS,
     AtomicFile,
@@ -44,6 +50,9 @@ from sa3ckpt.io.atomic import (
     discard_or_remove_since,
     output_error,
 )
+from sa3ckpt.io.bytesource import ByteSource, LocalFile, remote_file
+from sa3ckpt.io.gguf_header import GgufFormatError, ParsedHeader, parse_header
+from sa3ckpt.io.remote import is_url
 
 GGUF_MISSING = "sa3.cpp GGUF needs the gguf extra: pip install 'sa3ckpt[gguf]'"
 
@@ -303,6 +312,14 @@ def write_gguf_adapter(
 
 def is_gguf(path: PathLike) -> bool:
     """Whether ``path`` is a readable file starting with the GGUF magic (no gguf needed)."""
+    spath = os.fspath(path)
+    if is_url(spath):
+        from sa3ckpt.io.bytesource import remote_file
+
+        try:
+            return remote_file(spath).read_at(0, 4) == GGUF_MAGIC
+        except Sa3ckptError:
+            return False
     try:
         with open(path, "rb") as f:
             return f.read(4) == GGUF_MAGIC
@@ -372,32 +389,48 @@ def _numpy_shape(path: str, name: str, ne: Any) -> tuple[int, ...]:
     return tuple(reversed(dims))
 
 
+def parsed_gguf_header(path: PathLike) -> ParsedHeader:
+    """The parsed front of a GGUF (local file or URL) by `io.gguf_header`: KV fields, tensor
+    infos in ggml order and the data offset; MalformedFileError for any defect."""
+    gguf = _import_gguf()
+    spath = os.fspath(path)
+    try:
+        if is_url(spath):
+            source = remote_file(spath)
+            return _parse_checked(gguf, spath, source)
+        with LocalFile(spath) as local:
+            return _parse_checked(gguf, spath, local)
+    except OSError as exc:
+        raise MalformedFileError(spath, exc.strerror or str(exc)) from None
+
+
+def _parse_checked(gguf: ModuleType, spath: str, source: ByteSource) -> ParsedHeader:
+    if source.size == 0:
+        raise MalformedFileError(spath, "file is empty")
+    if source.read_at(0, 4) != GGUF_MAGIC:
+        raise MalformedFileError(spath, "not a GGUF file (bad magic)")
+    try:
+        return parse_header(gguf, source)
+    except GgufFormatError as exc:
+        raise MalformedFileError(spath, f"corrupt or truncated GGUF ({exc})") from None
+
+
 def open_gguf_header(path: PathLike, *, require_arch: bool = True) -> GgufHeader:
     """KV fields with their GGUF types, and ``{name: (numpy_shape, ggml_type_name)}``, without
-    copying tensor data.
+    reading tensor data (a URL is read by byte ranges).
 
     For inspection: tensors of any ggml type are reported, not rejected. ``require_arch=False``
     lets a caller look at any GGUF (sa3.cpp itself does not check ``general.architecture``;
     validate warns about it) instead of failing on the architecture.
     """
-    gguf = _import_gguf()
     spath = os.fspath(path)
-    reader = _open_reader(gguf, spath)
-    try:
-        kv, kv_types = _read_kv(gguf, reader)
-        if require_arch:
-            _check_architecture(spath, kv)
-        infos = {
-            t.name: (_numpy_shape(spath, t.name, t.shape), t.tensor_type.name)
-            for t in reader.tensors
-        }
-    except MalformedFileError:
-        raise
-    except Exception as exc:
-        raise MalformedFileError(spath, f"corrupt GGUF ({_one_line(exc)})") from None
-    finally:
-        del reader
-    return GgufHeader(kv, kv_types, infos)
+    parsed = parsed_gguf_header(spath)
+    if require_arch:
+        _check_architecture(spath, parsed.kv)
+    infos = {
+        name: (_numpy_shape(spath, name, ne), kind) for name, (ne, kind) in parsed.tensors.items()
+    }
+    return GgufHeader(parsed.kv, parsed.kv_types, infos)
 
 
 def read_gguf_header(
@@ -419,6 +452,8 @@ def read_gguf_adapter(path: PathLike, *, require_arch: bool = True) -> GgufAdapt
     """
     gguf = _import_gguf()
     spath = os.fspath(path)
+    if is_url(spath):
+        raise NeedsLocalFile(spath, "reading tensors")
     reader = _open_reader(gguf, spath)
     accepted = {getattr(gguf.GGMLQuantizationType, name) for name in TENSOR_TYPES}
     try:

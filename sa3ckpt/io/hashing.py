@@ -24,11 +24,13 @@ from __future__ import annotations
 import hashlib
 import os
 from dataclasses import dataclass
-from typing import Protocol
+from typing import Any, Protocol
 
 from sa3ckpt.errors import MalformedFileError, UnreadableFileError
+from sa3ckpt.io.bytesource import is_dir, is_file
 from sa3ckpt.io.diffusers_lora import is_diffusers_lora, lora_files
 from sa3ckpt.io.gguf_adapter import is_gguf
+from sa3ckpt.io.remote import is_url
 from sa3ckpt.io.safetensors import read_header
 from sa3ckpt.io.sniff import SAFETENSORS, sniff_container
 from sa3ckpt.io.sources import PEFT_WEIGHTS, is_peft_dir
@@ -65,7 +67,7 @@ class FileHashes:
 def weight_files(path: str | os.PathLike[str]) -> list[str]:
     """The files that hold an adapter's tensors: the file itself, or a folder's weights."""
     spath = os.fspath(path)
-    if not os.path.isdir(spath):
+    if not is_dir(spath):
         return [spath]
     if is_peft_dir(spath):
         return [os.path.join(spath, PEFT_WEIGHTS)]
@@ -75,10 +77,9 @@ def weight_files(path: str | os.PathLike[str]) -> list[str]:
 
 
 def _gguf_data_offset(path: str) -> int:
-    from sa3ckpt.io.gguf_adapter import _import_gguf, _open_reader
+    from sa3ckpt.io.gguf_adapter import parsed_gguf_header
 
-    reader = _open_reader(_import_gguf(), path)
-    return int(reader.data_offset)
+    return parsed_gguf_header(path).data_offset
 
 
 def data_offset(path: str) -> tuple[int | None, str]:
@@ -91,9 +92,33 @@ def data_offset(path: str) -> tuple[int | None, str]:
         return read_header(path).data_offset, SAFETENSORS_SCOPE
     if is_gguf(path):
         return _gguf_data_offset(path), GGUF_SCOPE
-    if os.path.isfile(path) and path.endswith(".safetensors"):
+    if is_file(path) and path.endswith(".safetensors"):
         read_header(path)  # raises the precise reason it is not one
     return None, NO_SCOPE
+
+
+class _Split:
+    """A sink feeding every byte to `whole` and the bytes from `offset` on to `data`."""
+
+    def __init__(self, offset: int | None, whole: Any, data: Any) -> None:
+        self.offset, self.whole, self.data = offset, whole, data
+        self.position = 0
+
+    def update(self, chunk: bytes) -> None:
+        self.whole.update(chunk)
+        offset = self.offset
+        if offset is not None and self.position + len(chunk) > offset:
+            self.data.update(chunk[max(offset - self.position, 0) :])
+        self.position += len(chunk)
+
+
+def _feed_remote(url: str, offset: int | None, whole: Any, data: Any) -> tuple[Any, Any]:
+    """Stream a URL's body once through both hashes, nothing kept; a retried transfer
+    starts again from copies of the hashes as they were before this file."""
+    from sa3ckpt.io import remote
+
+    done = remote.stream_into(url, lambda: _Split(offset, whole.copy(), data.copy()))
+    return done.whole, done.data
 
 
 def _feed(path: str, offset: int | None, whole: _Hasher, data: _Hasher) -> None:
@@ -117,6 +142,11 @@ def hash_path(path: str | os.PathLike[str]) -> FileHashes:
     whole, data = hashlib.sha256(), hashlib.sha256()
     scopes = []
     for name in files:
+        if is_url(name):
+            offset, scope = data_offset(name)
+            whole, data = _feed_remote(name, offset, whole, data)
+            scopes.append(scope)
+            continue
         if not os.path.isfile(name):
             raise UnreadableFileError(name, "no such file")
         offset, scope = data_offset(name)
@@ -134,6 +164,9 @@ def hash_path(path: str | os.PathLike[str]) -> FileHashes:
 
 def file_sha256_only(path: str | os.PathLike[str]) -> str:
     """The whole-file sha256 of a file that may not parse (a damaged download)."""
+    spath = os.fspath(path)
+    if is_url(spath):
+        return str(_feed_remote(spath, None, hashlib.sha256(), hashlib.sha256())[0].hexdigest())
     whole = hashlib.sha256()
-    _feed(os.fspath(path), None, whole, hashlib.sha256())
+    _feed(spath, None, whole, hashlib.sha256())
     return whole.hexdigest()

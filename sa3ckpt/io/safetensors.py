@@ -22,7 +22,6 @@ import json
 import math
 import mmap
 import os
-import stat
 import struct
 import sys
 from collections.abc import Iterable, Iterator, Mapping, Sequence
@@ -33,7 +32,7 @@ from typing import Any, NamedTuple
 import numpy as np
 
 from sa3ckpt import dtypes
-from sa3ckpt.errors import MalformedFileError, UnreadableFileError
+from sa3ckpt.errors import MalformedFileError, NeedsLocalFile, UnreadableFileError
 from sa3ckpt.io.atomic import (
     TEMPS,
     AtomicFile,
@@ -41,6 +40,8 @@ from sa3ckpt.io.atomic import (
     discard_or_remove_since,
     output_error,
 )
+from sa3ckpt.io.bytesource import ByteSource, LocalFile, remote_file
+from sa3ckpt.io.remote import is_url
 from sa3ckpt.io.writeback import start_writeback
 
 MAX_HEADER_BYTES = 100 * 1024 * 1024
@@ -276,56 +277,66 @@ def _parse_header(raw: bytes, data_bytes: int) -> tuple[dict[str, str], dict[str
     return metadata, tensors
 
 
-def _read_prefix_and_header(path: str) -> tuple[bytes, int]:
-    """Read the length prefix and header bytes only; return (header bytes, file size)."""
-    st = os.stat(path)  # before open: opening a FIFO for reading would block
-    if not stat.S_ISREG(st.st_mode):
-        raise _Malformed("not a regular file")
-    with open(path, "rb") as f:
-        file_size = os.fstat(f.fileno()).st_size
-        if file_size == 0:
-            raise _Malformed("file is empty")
-        if file_size < _PREFIX.size:
-            raise _Malformed(f"file is {file_size} bytes, shorter than the 8-byte length prefix")
-        (length,) = _PREFIX.unpack(f.read(_PREFIX.size))
-        if length == 0:
-            raise _Malformed("header length is 0")
-        if length > MAX_HEADER_BYTES:
-            raise _Malformed(f"header length {length} exceeds the {MAX_HEADER_BYTES} byte limit")
-        if length > file_size - _PREFIX.size:
-            raise _Malformed(
-                f"header length {length} runs past the end of the file ({file_size} bytes)"
-            )
-        raw = f.read(length)
+def _read_prefix_and_header(source: ByteSource) -> tuple[bytes, int]:
+    """Read the length prefix and header bytes only; return (header bytes, file size).
+
+    Two reads of the source: for a URL that is at most two range requests (the first,
+    `remote.settings.FIRST_BYTES`, usually holds the whole header).
+    """
+    file_size = source.size
+    if file_size == 0:
+        raise _Malformed("file is empty")
+    if file_size < _PREFIX.size:
+        raise _Malformed(f"file is {file_size} bytes, shorter than the 8-byte length prefix")
+    (length,) = _PREFIX.unpack(source.read_at(0, _PREFIX.size))
+    if length == 0:
+        raise _Malformed("header length is 0")
+    if length > MAX_HEADER_BYTES:
+        raise _Malformed(f"header length {length} exceeds the {MAX_HEADER_BYTES} byte limit")
+    if length > file_size - _PREFIX.size:
+        raise _Malformed(
+            f"header length {length} runs past the end of the file ({file_size} bytes)"
+        )
+    raw = source.read_at(_PREFIX.size, length)
     if len(raw) != length:
         raise _Malformed("file shrank while reading the header")
     return raw, file_size
 
 
-def read_header(path: PathLike) -> SafetensorsHeader:
-    """Read and validate the header of a safetensors file without reading its data.
-
-    Only the 8-byte prefix and the header bytes are read, so this is cheap for any file
-    size. Every defect, including OS errors (missing file, directory, permission), raises
-    `MalformedFileError` with a one-line cause.
-    """
-    spath = os.fspath(path)
+def header_from(source: ByteSource) -> SafetensorsHeader:
+    """Read and validate the header held by a byte source (a local file or a URL)."""
     try:
-        raw, file_size = _read_prefix_and_header(spath)
+        raw, file_size = _read_prefix_and_header(source)
         data_offset = _PREFIX.size + len(raw)
         metadata, tensors = _parse_header(raw, file_size - data_offset)
     except _Malformed as exc:
-        raise MalformedFileError(spath, str(exc)) from None
-    except OSError as exc:
-        raise UnreadableFileError(spath, exc.strerror or str(exc)) from None
+        raise MalformedFileError(source.name, str(exc)) from None
     return SafetensorsHeader(
-        path=spath,
+        path=source.name,
         header_bytes=len(raw),
         data_offset=data_offset,
         file_size=file_size,
         metadata=metadata,
         tensors=tensors,
     )
+
+
+def read_header(path: PathLike) -> SafetensorsHeader:
+    """Read and validate the header of a safetensors file without reading its data.
+
+    Only the 8-byte prefix and the header bytes are read, so this is cheap for any file
+    size; a URL (`sa3ckpt.io.remote`) is read the same way, by byte ranges. Every defect,
+    including OS and fetch errors (missing file, directory, permission, HTTP 404), raises
+    `MalformedFileError` with a one-line cause.
+    """
+    spath = os.fspath(path)
+    if is_url(spath):
+        return header_from(remote_file(spath))
+    try:
+        with LocalFile(spath) as source:
+            return header_from(source)
+    except OSError as exc:
+        raise UnreadableFileError(spath, exc.strerror or str(exc)) from None
 
 
 class SafetensorsFile:
@@ -375,6 +386,8 @@ class SafetensorsFile:
         if self._closed:
             raise ValueError(f"{self.path}: file is closed")
         if self._mmap is None:
+            if is_url(self.path):
+                raise NeedsLocalFile(self.path, "reading tensors")
             try:
                 with open(self.path, "rb") as f:
                     size = os.fstat(f.fileno()).st_size
@@ -416,6 +429,8 @@ class SafetensorsFile:
         dtype = dtypes.numpy_dtype(info.dtype)
         if self._closed:
             raise ValueError(f"{self.path}: file is closed")
+        if is_url(self.path):
+            raise NeedsLocalFile(self.path, "reading tensors")
         out = np.empty(info.shape, dtype=dtype)
         if info.nbytes == 0:
             return out

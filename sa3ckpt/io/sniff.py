@@ -25,6 +25,9 @@ import pickle
 import pickletools
 import zipfile
 
+from sa3ckpt.errors import Sa3ckptError
+from sa3ckpt.io.remote import is_url
+
 SAFETENSORS, TORCH_ZIP, RAW_PICKLE = "safetensors", "torch-zip", "raw-pickle"
 PICKLES = frozenset({TORCH_ZIP, RAW_PICKLE})
 
@@ -72,18 +75,42 @@ def _has_data_pkl(path: str) -> bool:
         return False
 
 
-def sniff_container(path: str | os.PathLike[str]) -> str | None:
-    """SAFETENSORS, TORCH_ZIP, RAW_PICKLE or None, judged in that order from the first bytes."""
+def _remote_head(url: str) -> tuple[bytes, int] | None:
+    """The first bytes and size of a URL (from the range already fetched), None if unreadable."""
+    from sa3ckpt.io.bytesource import remote_file
+
     try:
-        with open(path, "rb") as f:
-            head = f.read(PICKLE_PREFIX)
-            size = os.fstat(f.fileno()).st_size
-    except OSError:
+        source = remote_file(url)
+        return source.read_at(0, PICKLE_PREFIX), source.size
+    except Sa3ckptError:
         return None
+
+
+def sniff_container(path: str | os.PathLike[str]) -> str | None:
+    """SAFETENSORS, TORCH_ZIP, RAW_PICKLE or None, judged in that order from the first bytes.
+
+    A URL is judged from its first fetched range; a zip archive there counts as a torch
+    pickle without listing it (its directory is at the far end, and it is never read anyway).
+    """
+    spath = os.fspath(path)
+    if is_url(spath):
+        got = _remote_head(spath)
+        if got is None:
+            return None
+        head, size = got
+    else:
+        try:
+            with open(spath, "rb") as f:
+                head = f.read(PICKLE_PREFIX)
+                size = os.fstat(f.fileno()).st_size
+        except OSError:
+            return None
     if looks_like_safetensors(head, size):
         return SAFETENSORS
     if head.startswith(ZIP_MAGIC):
-        return TORCH_ZIP if _has_data_pkl(os.fspath(path)) else None
+        if is_url(spath):
+            return TORCH_ZIP
+        return TORCH_ZIP if _has_data_pkl(spath) else None
     if looks_like_raw_pickle(head):
         return RAW_PICKLE
     return None

@@ -14,11 +14,12 @@ import math
 import os
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from pathlib import Path
 
 import numpy as np
 
-from sa3ckpt.errors import MalformedFileError
+from sa3ckpt.errors import MalformedFileError, Sa3ckptError
+from sa3ckpt.io.bytesource import exists, read_small
+from sa3ckpt.io.remote import is_folder, is_url
 
 CONFIG_KEY = "lora_config"
 PEFT_CONFIG = "adapter_config.json"
@@ -84,11 +85,8 @@ class AdapterSource:
 
 def read_json(path: str | os.PathLike[str], limit: int = MAX_JSON_BYTES) -> object:
     """A small JSON file (configs), size-limited, any failure a MalformedFileError."""
-    path = Path(path)
     try:
-        if path.stat().st_size > limit:
-            raise MalformedFileError(path, f"larger than {limit} bytes")
-        return json.loads(path.read_text(encoding="utf-8"))
+        return json.loads(read_small(path, limit).decode("utf-8"))
     except (OSError, UnicodeDecodeError, json.JSONDecodeError, RecursionError) as exc:
         raise MalformedFileError(
             path, f"not readable JSON ({' '.join(str(exc).split())})"
@@ -132,4 +130,15 @@ def peft_to_lora_config(
 
 def is_peft_dir(path: str | os.PathLike[str]) -> bool:
     """A folder holding a PEFT adapter_config.json: one adapter, not a folder to walk."""
+    if is_url(os.fspath(path)):
+        return is_folder(os.fspath(path)) and exists_quietly(os.path.join(path, PEFT_CONFIG))
     return os.path.isdir(path) and os.path.isfile(os.path.join(path, PEFT_CONFIG))
+
+
+def exists_quietly(path: str | os.PathLike[str]) -> bool:
+    """`bytesource.exists` for sniffing: a URL that fails otherwise than 404 is not there
+    as far as sniffing goes (the reader that follows reports the failure)."""
+    try:
+        return exists(path)
+    except Sa3ckptError:
+        return False

@@ -32,6 +32,7 @@ from sa3ckpt.cli import (
     cmd_verify,
 )
 from sa3ckpt.cli.failures import command_of, failure_of, report, wants_json
+from sa3ckpt.cli.remote_args import refuse_urls
 from sa3ckpt.errors import EXIT_OK, Sa3ckptError, UsageError
 
 
@@ -182,6 +183,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args: argparse.Namespace | None = None
     try:
         args = build_parser().parse_args(arguments)
+        refuse_urls(args.command, args)
         return int(args.run(args))
     except BrokenPipeError:
         return EXIT_OK

@@ -16,8 +16,10 @@ import sys
 from typing import Any
 
 from sa3ckpt import __version__
+from sa3ckpt.cli.remote_args import add_remote_arguments, apply_remote_arguments
 from sa3ckpt.errors import EXIT_OK, MalformedFileError
 from sa3ckpt.io.hashing import FileHashes, file_sha256_only, hash_path
+from sa3ckpt.io.remote import is_url
 from sa3ckpt.textsafe import escape_control
 
 SCHEMA_VERSION = 1
@@ -28,6 +30,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "paths", nargs="+", metavar="FILE", help="checkpoint files or adapter folders (PEFT)"
     )
     parser.add_argument("--json", action="store_true", help="one JSON document on stdout")
+    add_remote_arguments(parser)
 
 
 def _entry(path: str) -> tuple[dict[str, Any], MalformedFileError | None]:
@@ -35,7 +38,7 @@ def _entry(path: str) -> tuple[dict[str, Any], MalformedFileError | None]:
         hashes: FileHashes = hash_path(path)
     except MalformedFileError as exc:
         whole = None
-        if os.path.isfile(path):
+        if os.path.isfile(path) and not is_url(path):
             try:
                 whole = file_sha256_only(path)
             except MalformedFileError:
@@ -59,6 +62,7 @@ def _entry(path: str) -> tuple[dict[str, Any], MalformedFileError | None]:
 
 
 def run(args: argparse.Namespace) -> int:
+    apply_remote_arguments(args, args.paths)
     entries = []
     failed = False
     for path in args.paths:

@@ -18,6 +18,11 @@ import dataclasses
 import sys
 
 from sa3ckpt.cli.common import console
+from sa3ckpt.cli.remote_args import (
+    add_remote_arguments,
+    apply_remote_arguments,
+    refuse_urls_for,
+)
 from sa3ckpt.cli.render import print_inspect, print_malformed
 from sa3ckpt.cli.render_audit import table_lines
 from sa3ckpt.errors import EXIT_OK, MalformedFileError, UsageError
@@ -37,10 +42,29 @@ from sa3ckpt.targets import FAMILIES
 from sa3ckpt.targets.codec_families import CODEC_TARGET_FAMILIES
 from sa3ckpt.textsafe import escape_control
 
+DEFAULT_JOBS = 16
+"""URLs of an audit table fetched at a time: enough to hide a hub's latency, few enough
+not to look like abuse."""
+
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
-        "paths", nargs="+", metavar="PATH", help="adapter files, PEFT folders or base checkpoints"
+        "paths",
+        nargs="*",
+        metavar="PATH",
+        help="adapter files, PEFT folders or base checkpoints; http(s):// or hf:// URLs",
+    )
+    parser.add_argument(
+        "--from-list",
+        metavar="FILE",
+        help="also read the inputs from FILE, one path or URL per line (# comments)",
+    )
+    parser.add_argument(
+        "--jobs",
+        type=int,
+        default=DEFAULT_JOBS,
+        metavar="N",
+        help=f"--table: URLs fetched at a time (default {DEFAULT_JOBS})",
     )
     parser.add_argument("--json", action="store_true", help="one JSON document on stdout")
     parser.add_argument(
@@ -77,6 +101,35 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         action="store_true",
         help="--table: read lora_B / M_xs to flag zero-effect (untrained) adapters",
     )
+    add_remote_arguments(parser)
+
+
+def read_list(path: str) -> list[str]:
+    """The inputs listed in a file: one per line, blank lines and `#` comments skipped."""
+    try:
+        with open(path, encoding="utf-8") as f:
+            lines = f.read().splitlines()
+    except (OSError, UnicodeDecodeError) as exc:
+        cause = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)
+        raise MalformedFileError(path, f"cannot read the --from-list file ({cause})") from None
+    return [s for line in lines if (s := line.strip()) and not s.startswith("#")]
+
+
+def _inputs(args: argparse.Namespace) -> list[str]:
+    """The command line's inputs, then the list file's; at least one (exit 2 otherwise)."""
+    apply_remote_arguments(args, args.paths)
+    paths = list(args.paths)
+    if args.from_list is not None:
+        paths += read_list(args.from_list)
+    if not paths:
+        raise UsageError("inspect: give at least one PATH (or --from-list FILE)")
+    if args.jobs < 1:
+        raise UsageError("inspect: --jobs must be at least 1")
+    if args.stats:
+        refuse_urls_for("inspect --stats", paths)
+    if args.deep:
+        refuse_urls_for("inspect --table --deep", paths)
+    return paths
 
 
 def _check_options(args: argparse.Namespace) -> None:
@@ -89,8 +142,7 @@ def _check_options(args: argparse.Namespace) -> None:
         raise UsageError("inspect: --stats does not apply to --table (--deep reads the tensors)")
 
 
-def _run_table(args: argparse.Namespace) -> int:
-    paths = list(args.paths)
+def _run_table(args: argparse.Namespace, paths: list[str]) -> int:
     if not args.recursive:
         for path in paths:
             if walk_adapter_paths([path]) != [path]:
@@ -102,6 +154,7 @@ def _run_table(args: argparse.Namespace) -> int:
         sort=args.sort or "name",
         allow_pickle=args.allow_pickle,
         model=args.model,
+        jobs=args.jobs,
     )
     for row in table.rows:
         if row.status == audit.MALFORMED:
@@ -127,9 +180,10 @@ def _with_hashes(
 
 def run(args: argparse.Namespace) -> int:
     _check_options(args)
+    given = _inputs(args)
     if args.table:
-        return _run_table(args)
-    paths = walk_adapter_paths(list(args.paths)) if args.recursive else list(args.paths)
+        return _run_table(args, given)
+    paths = walk_adapter_paths(given) if args.recursive else given
     results: list[InspectReport | BaseReport | OtherReport | MalformedFileError] = []
     for path in paths:
         try:

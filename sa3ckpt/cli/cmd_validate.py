@@ -6,6 +6,7 @@ import argparse
 import sys
 
 from sa3ckpt.cli.common import console
+from sa3ckpt.cli.remote_args import add_remote_arguments, apply_remote_arguments, refuse_urls_for
 from sa3ckpt.cli.render import print_validation
 from sa3ckpt.cli.reports import dumps, github_annotations, validation_document, write_junit
 from sa3ckpt.ops.validate import validate_paths
@@ -35,9 +36,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--junit", metavar="FILE", help="also write a JUnit XML report")
     parser.add_argument("--github", action="store_true", help="GitHub Actions annotations")
     parser.add_argument("--quiet", action="store_true", help="hide info findings")
+    add_remote_arguments(parser)
 
 
 def run(args: argparse.Namespace) -> int:
+    apply_remote_arguments(args, args.paths)
+    if args.deep:
+        refuse_urls_for("validate --deep", args.paths)
     run = validate_paths(
         args.paths, model=args.model, strict=args.strict, deep=args.deep, base=args.base
     )

@@ -50,7 +50,7 @@ from sa3ckpt.io.gguf_base import gguf_architecture, open_gguf_model
 from sa3ckpt.io.gguf_config import CARRIED_KEYS, carried_config, json_alpha
 from sa3ckpt.io.gguf_facts import MODEL_ARCHES
 from sa3ckpt.io.legacy_pickle import PickleRefusedError, looks_like_pickle, read_legacy_ckpt
-from sa3ckpt.io.remote import is_url
+from sa3ckpt.io.remote import is_url, unsupported_scheme
 from sa3ckpt.io.safetensors import SafetensorsFile, open_safetensors, read_header
 from sa3ckpt.io.sources import (
     CONFIG_KEY,
@@ -679,7 +679,9 @@ def identify(path: str | os.PathLike[str]) -> FileIdentity:
     spath = os.fspath(path)
     row = sniff(spath)
     if row is None:
-        if is_url(spath):
+        if unsupported_scheme(spath) is not None:
+            reason = unsupported_scheme(spath) or ""
+        elif is_url(spath):
             reason = _remote_folder_reason(spath)
         elif os.path.isdir(spath):
             reason = f"a folder, but not a PEFT adapter (no {PEFT_CONFIG}) nor a diffusers model"
@@ -724,6 +726,9 @@ def _remote_folder_reason(url: str) -> str:
 
 
 def _adapter_row(spath: str) -> Format:
+    scheme_cause = unsupported_scheme(spath)
+    if scheme_cause is not None:
+        raise MalformedFileError(spath, scheme_cause)
     row = sniff(spath)
     if row is None and is_url(spath):
         raise MalformedFileError(spath, _remote_folder_reason(spath))

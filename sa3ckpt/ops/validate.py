@@ -35,6 +35,7 @@ from sa3ckpt.io.gguf_adapter import (
 from sa3ckpt.io.gguf_adapter import TENSOR_TYPES as GGUF_TENSOR_TYPES
 from sa3ckpt.io.gguf_facts import Identity
 from sa3ckpt.io.legacy_pickle import PickleRefusedError
+from sa3ckpt.io.remote import is_url
 from sa3ckpt.io.sources import AdapterSource
 from sa3ckpt.lineage import adapter_lineage, base_lineage, lineage_mismatch
 from sa3ckpt.names.base_keys import mlx_base_key
@@ -362,7 +363,7 @@ def validate_path(
     """Validate one adapter path; never raises for a bad adapter (it becomes findings).
     `base`: the model it is to be merged into (`lineage-mismatch`)."""
     result = FileResult(path)
-    if not os.path.exists(path):  # nothing to re-export: the path itself is wrong
+    if not is_url(path) and not os.path.exists(path):  # the path itself is wrong
         result.malformed = True
         result.findings.append(_say("not-found", f"{path} does not exist"))
         return result

@@ -25,6 +25,7 @@ import json
 import os
 from collections import defaultdict
 from collections.abc import Callable, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
@@ -41,6 +42,7 @@ from sa3ckpt.io.formats import (
     walk_adapter_paths,
 )
 from sa3ckpt.io.hashing import hash_path
+from sa3ckpt.io.remote import is_url
 from sa3ckpt.io.sources import PEFT_CONFIG, is_peft_dir, read_json
 from sa3ckpt.ops.inspect.analysis import Analysis, analyze
 from sa3ckpt.ops.inspect.audit_names import CLAIMS, NameClaims, name_claims, natural_key
@@ -376,26 +378,38 @@ def audit_paths(
     allow_pickle: bool = False,
     model: str = "auto",
     on_row: Callable[[int, int], None] | None = None,
+    jobs: int = 1,
 ) -> AuditTable:
     """The audit table of every adapter under `paths` (folders walked recursively).
 
     Names are relative to the folder given (to the current folder for files given directly).
     `hashes` reads every byte (tensor and file sha256, the duplicate check); `deep` reads
     the lora_B / M_xs tensors (the zero-effect check). `on_row(done, total)` reports progress.
+    URLs (`sa3ckpt.io.remote`) are fetched by up to `jobs` threads at a time: their rows wait
+    on the network, not the CPU; local files are read in order, as before.
     """
-    rows: list[AuditRow] = []
-    found = [(p, walk_adapter_paths([p])) for p in paths]
-    total = sum(len(items) for _, items in found)
-    for given, items in found:
+    work: list[tuple[str, str]] = []
+    for given in paths:
         root = given if os.path.isdir(given) and not is_adapter_dir(given) else ""
         root = root or os.path.dirname(given) or "."
-        for item in items:
-            row = audit_row(item, root, deep=deep, allow_pickle=allow_pickle, model=model)
-            if hashes and row.status != MALFORMED:
-                _hash_row(row)
-            rows.append(row)
+        work.extend((item, root) for item in walk_adapter_paths([given]))
+
+    def one(item: str, root: str) -> AuditRow:
+        row = audit_row(item, root, deep=deep, allow_pickle=allow_pickle, model=model)
+        if hashes and row.status != MALFORMED:
+            _hash_row(row)
+        return row
+
+    rows: list[AuditRow] = []
+    remote = [i for i, (item, _) in enumerate(work) if is_url(item)]
+    fetched: dict[int, Future[AuditRow]] = {}
+    with ThreadPoolExecutor(max_workers=max(jobs, 1)) as pool:
+        if jobs > 1:
+            fetched = {i: pool.submit(one, *work[i]) for i in remote}
+        for index, (item, root) in enumerate(work):
+            rows.append(fetched[index].result() if index in fetched else one(item, root))
             if on_row is not None:
-                on_row(len(rows), total)
+                on_row(len(rows), len(work))
     if hashes:
         _mark_duplicates(rows)
     root = paths[0] if len(paths) == 1 else "."

@@ -12,6 +12,7 @@ import os
 from collections import Counter
 
 from sa3ckpt.io.base_checkpoint import BaseCheckpoint, open_base
+from sa3ckpt.io.bytesource import file_size
 from sa3ckpt.io.gguf_facts import describe
 from sa3ckpt.ops.inspect.checkpoint_kind import base_kind
 from sa3ckpt.ops.inspect.report_model import BASE_KIND, BaseReport, FamilyReport
@@ -63,7 +64,7 @@ def inspect_base(
             path=base.path,
             kind=BASE_KIND,
             format=base.container,
-            size_bytes=os.path.getsize(base.path),
+            size_bytes=file_size(base.path),
             tensors=len(base.tensors),
             naming=base.naming,
             family=FamilyReport(

@@ -154,6 +154,6 @@ class NeedsLocalFile(UsageError):
     def __init__(self, url: str, what: str = "this operation") -> None:
         self.url = url
         super().__init__(
-            f"{url}: {what} reads tensor data, which is not fetched over HTTP; download the "
-            "file first (URLs are read by inspect, validate and hash)"
+            f"{url}: {what} needs the tensor data, and URLs are read header-only (inspect, "
+            "validate, hash): download the file first"
         )

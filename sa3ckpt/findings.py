@@ -258,6 +258,12 @@ RULES: dict[str, Rule] = {
             "fix lora_config.base_model, or check you picked the right adapter",
         ),
         Rule(
+            "header-only",
+            "info",
+            "read by URL: checks that read tensor data were not run",
+            "download the file and validate it to check magnitudes and zero effect",
+        ),
+        Rule(
             "zero-effect",
             "warning",
             "adapter has no effect (all lora_B / M_xs zero)",

@@ -12,6 +12,7 @@ import shutil
 from collections.abc import Iterator
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 import sa3ckpt  # noqa: F401
@@ -23,9 +24,10 @@ SMALL = FIXTURES / "adapters" / "tiny-small"
 
 def _served_tree(root: Path) -> None:
     """files/ (adapters of every kind, broken files) and hub/ORG/REPO/REV/ for hf:// paths."""
+    from safetensors.numpy import load_file
+
     from sa3ckpt.cli import main
     from sa3ckpt.io.safetensors import read_header, write_safetensors
-    from sa3ckpt.io.sources import CONFIG_KEY
 
     files = root / "files"
     files.mkdir(parents=True)
@@ -41,14 +43,13 @@ def _served_tree(root: Path) -> None:
                  "--to", "sa3cpp", "--drop-conditioner", *quiet]) == 0  # fmt: skip
     assert main(["convert", str(SMALL / "lora.layers-0.safetensors"), "-o",
                  str(files / "diffusers"), "--to", "diffusers", *quiet]) == 0  # fmt: skip
-    # A header larger than the first range: the second request's case.
-    from safetensors.numpy import load_file
-
-    tensors = load_file(str(SMALL / "lora.safetensors"))
-    metadata = dict(read_header(SMALL / "lora.safetensors").metadata)
-    metadata["padding"] = "x" * 300_000
-    assert CONFIG_KEY in metadata
-    write_safetensors(files / "big-header.safetensors", tensors, metadata)
+    big_header_adapter(files / "big-header.safetensors")  # the second request's case
+    # 32 MB of tensor data behind a small header: a server ignoring ranges must be cut off.
+    big = np.zeros((4096, 2048), np.float32)
+    tensors = {**load_file(str(SMALL / "lora.safetensors")), "zz.padding": big}
+    write_safetensors(
+        files / "large.safetensors", tensors, read_header(SMALL / "lora.safetensors").metadata
+    )
     for repo, revision, names in (
         ("org/repo", "main", ("lora.safetensors", "peft-lora", "lora.gguf")),
         ("org/repo", "v1", ("dora-rows.safetensors",)),
@@ -78,10 +79,25 @@ def nginx(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Nginx]:
         server.stop()
 
 
+def big_header_adapter(path: Path) -> Path:
+    """The tiny lora adapter with 300 KB of metadata: a header larger than the first range."""
+    from safetensors.numpy import load_file
+
+    from sa3ckpt.io.safetensors import read_header, write_safetensors
+
+    tensors = load_file(str(SMALL / "lora.safetensors"))
+    metadata = dict(read_header(SMALL / "lora.safetensors").metadata)
+    metadata["padding"] = "x" * 300_000
+    write_safetensors(path, tensors, metadata)
+    return path
+
+
 @pytest.fixture(scope="session")
-def fault_server() -> Iterator[FaultServer]:
-    """The misbehaving server, serving the tiny lora adapter under its fault paths."""
-    server = FaultServer((SMALL / "lora.safetensors").read_bytes())
+def fault_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[FaultServer]:
+    """The misbehaving server, serving an adapter whose header is larger than the first range
+    (so a server that ignores ranges must be cut off mid-body)."""
+    payload = big_header_adapter(tmp_path_factory.mktemp("fault") / "big.safetensors")
+    server = FaultServer(payload.read_bytes())
     try:
         yield server
     finally:

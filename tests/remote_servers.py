@@ -14,6 +14,7 @@ a body never sent, a 200 without a length, a gzip body, any status code.
 
 from __future__ import annotations
 
+import contextlib
 import http.server
 import os
 import shutil
@@ -122,9 +123,7 @@ class Nginx:
         self.port, self.port2 = free_port(), free_port()
         conf = prefix / "nginx.conf"
         conf.write_text(
-            _CONF.format(
-                prefix=prefix, root=root, port=self.port, port2=self.port2, token=TOKEN
-            )
+            _CONF.format(prefix=prefix, root=root, port=self.port, port2=self.port2, token=TOKEN)
         )
         self.log = prefix / "access.log"
         self.proc = subprocess.Popen(
@@ -234,7 +233,7 @@ class _Handler(http.server.BaseHTTPRequestHandler):
         elif path == "/always-503.safetensors":
             self._send(503, {"Content-Length": "0"})
         elif path.startswith("/status/"):
-            code = int(path.split("/")[2])
+            code = int(path.split("/")[2].split(".")[0])
             self._send(code, {"Content-Length": "0"})
         elif path == "/loop.safetensors":
             self._send(302, {"Location": "/loop.safetensors", "Content-Length": "0"})
@@ -298,10 +297,8 @@ class Unanswered:
         for _ in range(4):  # fill the accept queue; further SYNs are dropped
             s = socket.socket()
             s.setblocking(False)
-            try:
+            with contextlib.suppress(BlockingIOError):
                 s.connect(("127.0.0.1", self.port))
-            except BlockingIOError:
-                pass
             self.fillers.append(s)
 
     def url(self, path: str) -> str:

@@ -9,13 +9,17 @@ from typing import ClassVar
 from textual.app import App
 from textual.command import Provider
 
+from sa3ckpt.io.remote import is_url
 from tui.browser_screen import BrowserScreen
 from tui.commands import ScreenActions
 from tui.paths import is_openable
 
 
 def split_start(path: str) -> tuple[str, str | None]:
-    """`sa3ckpt tui X`: a folder is browsed; a checkpoint opens in its folder, selected."""
+    """`sa3ckpt tui X`: a folder is browsed; a checkpoint opens in its folder, selected; a
+    URL (read header-only) opens over the working folder, which it is not in."""
+    if is_url(path):
+        return ".", path
     if os.path.isdir(path) and not is_openable(path):
         return path, None
     parent = os.path.dirname(os.path.normpath(path))

@@ -7,13 +7,13 @@ file is an expected outcome here, not an exceptional one.
 
 from __future__ import annotations
 
-import os
 from collections import Counter
 from dataclasses import dataclass, field
 from typing import Any
 
 from sa3ckpt.errors import MalformedFileError, Sa3ckptError
 from sa3ckpt.io.base_checkpoint import open_base
+from sa3ckpt.io.bytesource import file_size
 from sa3ckpt.io.formats import open_adapter_source
 from sa3ckpt.ops.inspect import (
     CODEC_WEIGHTS,
@@ -126,7 +126,7 @@ def base_summary(path: str) -> dict[str, Any]:
             "path": path,
             "container": base.container,
             "naming": base.naming,
-            "size_bytes": os.path.getsize(path),
+            "size_bytes": file_size(path),
             "tensors": len(base.tensors),
             "dtypes": dict(sorted(Counter(t.dtype for t in base.tensors.values()).items())),
             "metadata": dict(base.metadata),

@@ -12,6 +12,7 @@ import os
 from pathlib import Path
 
 from sa3ckpt.io.formats import CHECKPOINT_SUFFIXES, is_base_checkpoint
+from sa3ckpt.io.remote import is_url
 from sa3ckpt.io.sources import is_peft_dir
 
 
@@ -41,7 +42,10 @@ def looks_like_base(path: str | os.PathLike[str]) -> bool:
 
 
 def display_path(path: str | os.PathLike[str], cwd: str | None = None) -> str:
-    """The path relative to the working directory when it lies below it, else absolute."""
+    """The path relative to the working directory when it lies below it, else absolute
+    (a URL as it is: it is no path)."""
+    if is_url(os.fspath(path)):
+        return os.fspath(path)
     here = os.path.abspath(cwd or os.getcwd())
     full = os.path.abspath(os.fspath(path))
     try:

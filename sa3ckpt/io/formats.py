@@ -440,7 +440,7 @@ def _pickle_load(path: str, allow_pickle: bool) -> RawAdapter:
     if is_url(path):  # refused before anything is fetched, opted in or not
         if not allow_pickle:
             raise PickleRefusedError(path)
-        raise NeedsLocalFile(path, "reading a pickle")
+        raise NeedsLocalFile(path, "loading a pickle")
     legacy = read_legacy_ckpt(path, allow_pickle=allow_pickle)  # refuses unless allowed
     config_text = json.dumps(legacy.lora_config) if legacy.lora_config is not None else None
     return RawAdapter(
@@ -755,7 +755,7 @@ def load_raw(path: str | os.PathLike[str], *, allow_pickle: bool = False) -> Raw
     """Read an adapter whole, tensors as stored; MalformedFileError when unreadable."""
     spath = os.fspath(path)
     if is_url(spath):
-        raise NeedsLocalFile(spath, "reading tensors")
+        raise NeedsLocalFile(spath, "this step")
     row = _adapter_row(spath)
     assert row.load is not None
     return row.load(spath, allow_pickle)

@@ -453,7 +453,7 @@ def read_gguf_adapter(path: PathLike, *, require_arch: bool = True) -> GgufAdapt
     gguf = _import_gguf()
     spath = os.fspath(path)
     if is_url(spath):
-        raise NeedsLocalFile(spath, "reading tensors")
+        raise NeedsLocalFile(spath, "this step")
     reader = _open_reader(gguf, spath)
     accepted = {getattr(gguf.GGMLQuantizationType, name) for name in TENSOR_TYPES}
     try:

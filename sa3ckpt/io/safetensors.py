@@ -387,7 +387,7 @@ class SafetensorsFile:
             raise ValueError(f"{self.path}: file is closed")
         if self._mmap is None:
             if is_url(self.path):
-                raise NeedsLocalFile(self.path, "reading tensors")
+                raise NeedsLocalFile(self.path, "this step")
             try:
                 with open(self.path, "rb") as f:
                     size = os.fstat(f.fileno()).st_size
@@ -430,7 +430,7 @@ class SafetensorsFile:
         if self._closed:
             raise ValueError(f"{self.path}: file is closed")
         if is_url(self.path):
-            raise NeedsLocalFile(self.path, "reading tensors")
+            raise NeedsLocalFile(self.path, "this step")
         out = np.empty(info.shape, dtype=dtype)
         if info.nbytes == 0:
             return out

@@ -313,7 +313,14 @@ def _values(source: AdapterSource, key: str) -> np.ndarray:
 
 
 def _check_data(a: Analysis, ctx: Context) -> Iterator[Finding]:
-    """Checks that read data: magnitudes and lora_B/M_xs always (small), all with --deep."""
+    """Checks that read data: magnitudes and lora_B/M_xs always (small), all with --deep.
+
+    A URL is read by its header only (`sa3ckpt.io.remote`): the data checks are said to be
+    skipped rather than silently passed.
+    """
+    if is_url(a.source.path):
+        yield _say("header-only", "negative-magnitude and zero-effect need the tensor data")
+        return
     negative, zero_effect_targets, bad = [], 0, []
     effect_params = ("lora_B", "M_xs")
     for target, params in a.groups.targets.items():

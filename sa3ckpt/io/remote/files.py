@@ -54,7 +54,7 @@ class RemoteFile:
         if end <= len(self._prefix):
             return self._prefix[offset:end]
         if end > MAX_PREFIX:
-            raise NeedsLocalFile(self.name, "reading past the header")
+            raise NeedsLocalFile(self.name, "this step")
         with self._lock:
             held = len(self._prefix)
             if end > held:

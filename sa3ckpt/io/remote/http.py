@@ -40,6 +40,7 @@ CHUNK = 1 << 16
 TRANSIENT_STATUS = frozenset({408, 429, 502, 503, 504})
 REDIRECT_STATUS = frozenset({301, 302, 303, 307, 308})
 _CONTENT_RANGE = re.compile(r"^\s*bytes\s+(\d+)-(\d+)/(\d+|\*)\s*$", re.IGNORECASE)
+_INCOMPLETE = re.compile(r"received (\d+) bytes, expected (\d+)")
 _UNSATISFIED = re.compile(r"^\s*bytes\s+\*/(\d+)\s*$", re.IGNORECASE)
 
 Origin = tuple[str, str, "int | None"]
@@ -190,7 +191,14 @@ class HttpSession:
                 cause = str(exc)
             except self._httpx.TimeoutException as exc:  # raised while reading a body
                 cause = self._timeout_cause(exc)
-            except self._httpx.TransportError as exc:  # a body cut off by the peer
+            except self._httpx.RemoteProtocolError as exc:  # a body cut off by the peer
+                counts = _INCOMPLETE.search(str(exc))
+                cause = (
+                    f"the body ended after {counts.group(1)} of {counts.group(2)} bytes (truncated)"
+                    if counts
+                    else "the connection closed before the body ended (truncated)"
+                )
+            except self._httpx.TransportError as exc:
                 cause = f"connection failed ({' '.join(str(exc).split())[:120]})"
             if number + 1 < tries:
                 time.sleep(min(self.settings.backoff * 2**number, MAX_BACKOFF))

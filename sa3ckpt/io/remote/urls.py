@@ -17,7 +17,7 @@ from __future__ import annotations
 import os
 import re
 from dataclasses import dataclass
-from urllib.parse import quote, urlsplit, urlunsplit
+from urllib.parse import quote, unquote, urlsplit, urlunsplit
 
 HTTP_SCHEMES = ("http", "https")
 HUB_SCHEME = "hf"
@@ -117,7 +117,14 @@ def _hub_url(path: str) -> str:
         repo, revision = repo.split("@", 1)
         if not repo or not revision:
             raise BadUrl("hf:// paths are hf://ORG/REPO[@REVISION]/PATH")
-    rest = "/".join(segments[2:])
+    rest_segments = segments[2:]
+    if revision in ("refs", "refs%2Fpr%2F") or revision.startswith("refs%2F"):
+        revision = unquote(revision)
+    if revision == "refs" and len(rest_segments) >= 2 and rest_segments[0] in ("pr", "convert"):
+        # hf://ORG/REPO@refs/pr/N/PATH, as the hub's file system spells pull requests
+        revision = "/".join(["refs", *rest_segments[:2]])
+        rest_segments = rest_segments[2:]
+    rest = "/".join(rest_segments)
     # The revision is one path segment on the hub (`refs/pr/1` is sent as refs%2Fpr%2F1).
     return (
         f"{hub_endpoint()}/{prefix}{quote(org)}/{quote(repo)}/resolve/"

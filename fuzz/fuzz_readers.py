@@ -200,7 +200,11 @@ def targets(tmp: Path) -> list[Target]:
             to="sa3cpp",
             drop_conditioner=True,
         )
-        gguf = [Target("gguf", [seed], lambda p: load_adapter(p), suffix=".gguf")]
+        gguf = [
+            Target("gguf", [seed], lambda p: load_adapter(p), suffix=".gguf"),
+            # the header parser inspect and URLs use (io.gguf_header), not gguf-py's reader
+            Target("gguf-header", [seed], lambda p: inspect_file(p), suffix=".gguf"),
+        ]
     except ImportError:
         pass
     bases_seed = tmp / "bases.safetensors"

@@ -197,6 +197,12 @@ def test_unsupported_scheme_on_the_command_line(capsys: pytest.CaptureFixture[st
         )
 
 
+def test_credentials_in_a_url_are_refused(capsys: pytest.CaptureFixture[str]) -> None:
+    code, out, err = run(capsys, "inspect", "https://me:hunter2@hub.invalid/a.safetensors")
+    assert code == 2 and "hunter2" not in out + err
+    assert "https://hub.invalid/a.safetensors: credentials in a URL are not accepted" in err
+
+
 # --- routes that need tensor data -----------------------------------------------------------
 
 

@@ -10,10 +10,12 @@ from __future__ import annotations
 
 import argparse
 from collections.abc import Iterable, Iterator
+from urllib.parse import urlsplit
 
 from sa3ckpt.errors import NeedsLocalFile, UsageError
 from sa3ckpt.io import remote
 from sa3ckpt.io.remote import RemoteSettings, is_url, unsupported_scheme
+from sa3ckpt.io.remote.urls import display
 
 URL_COMMANDS = frozenset({"inspect", "validate", "hash", "tui"})
 """Commands that take http(s):// and hf:// inputs (headers only, or hash's single stream)."""
@@ -30,7 +32,9 @@ def add_remote_arguments(parser: argparse.ArgumentParser) -> None:
         "to the hf:// hub only); never sent across a redirect to another host",
     )
     group.add_argument(
-        "--ca-bundle", metavar="FILE", help="extra trusted TLS roots (PEM), e.g. a private hub"
+        "--ca-bundle",
+        metavar="FILE",
+        help="trust these TLS roots (PEM) instead of the system's, e.g. a private hub's CA",
     )
     group.add_argument(
         "--connect-timeout",
@@ -75,6 +79,11 @@ def apply_remote_arguments(args: argparse.Namespace, inputs: Iterable[str]) -> N
         cause = unsupported_scheme(item)
         if cause is not None:
             raise UsageError(f"{item}: {cause}")
+        if is_url(item) and "@" in urlsplit(item).netloc:
+            raise UsageError(
+                f"{display(item)}: credentials in a URL are not accepted (they would be "
+                "printed and sent on); put the token in a variable and pass --token-env NAME"
+            )
     remote.configure(
         RemoteSettings(
             connect_timeout=args.connect_timeout,

@@ -31,7 +31,7 @@ class RemoteSettings:
     backoff: float = 0.5
     max_redirects: int = 10
     token_env: str | None = None  # the variable holding a token for the URLs given
-    ca_bundle: str | None = None  # extra TLS roots (a private hub); verification is always on
+    ca_bundle: str | None = None  # the TLS roots to trust instead of the system's; always verified
     first_bytes: int = FIRST_BYTES
 
     def __post_init__(self) -> None:

@@ -24,7 +24,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     if is_url(args.path):
-        apply_remote_arguments(args, [])
+        apply_remote_arguments(args, [args.path])
     elif unsupported_scheme(args.path) is not None:
         raise UsageError(f"{args.path}: {unsupported_scheme(args.path)}")
     elif not os.path.exists(args.path):

@@ -10,8 +10,8 @@ this module owns the policy, which no client library decides for us:
   token belongs to one origin (scheme, host, port) and is sent to it only; a redirect to
   another origin (the hub's CDN) goes without it. At most `max_redirects` hops.
 - Transient failures (connect errors, timeouts, dropped connections, 408/429/502/503/504)
-  are retried `retries` times, sleeping `backoff`·2^n (capped); everything else fails at
-  once with one line.
+  are retried `retries` times, sleeping `backoff`·2^n or the server's Retry-After (capped);
+  everything else fails at once with one line.
 - Nothing is written to disk and no header, token or redirect target appears in a message.
 """
 
@@ -48,7 +48,18 @@ T = TypeVar("T")
 
 
 class _Transient(Exception):
-    """Internal: a failure worth retrying, with its one-line cause."""
+    """Internal: a failure worth retrying, with its one-line cause and the server's
+    Retry-After in seconds, if it sent one."""
+
+    def __init__(self, cause: str, retry_after: float | None = None) -> None:
+        super().__init__(cause)
+        self.retry_after = retry_after
+
+
+def _retry_after(response: httpx.Response) -> float | None:
+    """A Retry-After given in seconds (an HTTP date is ignored: the backoff applies)."""
+    value = response.headers.get("retry-after", "").strip()
+    return float(value) if value.isdigit() else None
 
 
 @dataclass(frozen=True)
@@ -185,10 +196,13 @@ class HttpSession:
         tries = self.settings.retries + 1
         cause = ""
         for number in range(tries):
+            wait = self.settings.backoff * 2**number
             try:
                 return attempt()
             except _Transient as exc:
                 cause = str(exc)
+                if exc.retry_after is not None:  # the server said when; within our cap
+                    wait = max(wait, exc.retry_after)
             except self._httpx.TimeoutException as exc:  # raised while reading a body
                 cause = self._timeout_cause(exc)
             except self._httpx.RemoteProtocolError as exc:  # a body cut off by the peer
@@ -201,14 +215,14 @@ class HttpSession:
             except self._httpx.TransportError as exc:
                 cause = f"connection failed ({' '.join(str(exc).split())[:120]})"
             if number + 1 < tries:
-                time.sleep(min(self.settings.backoff * 2**number, MAX_BACKOFF))
+                time.sleep(min(wait, MAX_BACKOFF))
         suffix = f" (after {tries} attempts)" if tries > 1 else ""
         raise RemoteError(name.name, cause + suffix)
 
     def _check_status(self, name: RemoteName, response: httpx.Response, token_sent: bool) -> None:
         code = response.status_code
         if code in TRANSIENT_STATUS:
-            raise _Transient(_status_cause(response, token_sent))
+            raise _Transient(_status_cause(response, token_sent), _retry_after(response))
         if code not in (200, 206):
             raise RemoteError(name.name, _status_cause(response, token_sent))
         encoding = response.headers.get("content-encoding", "identity").strip().lower()

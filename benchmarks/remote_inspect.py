@@ -98,7 +98,7 @@ def table(nginx: Nginx, files: int, jobs: int) -> None:
 
     mark = nginx.mark()
     remote_s = median_seconds(remote_table, 3)
-    requests = len(nginx.since(mark)) / 3
+    requests = len(nginx.since(mark, at_least=3 * len(urls))) / 3
     local_s = median_seconds(lambda: audit_paths(paths), 3)
     fresh()
     start = time.perf_counter()

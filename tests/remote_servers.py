@@ -127,7 +127,7 @@ class Nginx:
         )
         self.log = prefix / "access.log"
         self.proc = subprocess.Popen(
-            [NGINX, "-p", str(prefix), "-c", str(conf)],
+            [NGINX, "-p", str(prefix), "-e", str(prefix / "error.log"), "-c", str(conf)],
             stdout=subprocess.DEVNULL,
             stderr=subprocess.DEVNULL,
         )
@@ -148,9 +148,18 @@ class Nginx:
     def mark(self) -> int:
         return self.log.stat().st_size if self.log.exists() else 0
 
-    def since(self, mark: int) -> list[LogLine]:
-        """The requests logged after `mark` (nginx writes each line as the request ends)."""
-        time.sleep(0)  # lines are written before the response completes; nothing to wait for
+    def since(self, mark: int, at_least: int = 1) -> list[LogLine]:
+        """The requests logged after `mark`. nginx writes a line when it finalises a request,
+        which for a connection the client dropped can come just after the client returned:
+        wait (bounded) until `at_least` lines are there, then return all of them."""
+        deadline = time.monotonic() + 10
+        while True:
+            lines = self._read(mark)
+            if len(lines) >= at_least or time.monotonic() > deadline:
+                return lines
+            time.sleep(0.02)
+
+    def _read(self, mark: int) -> list[LogLine]:
         with open(self.log, "rb") as f:
             f.seek(mark)
             text = f.read().decode()
@@ -278,6 +287,10 @@ class FaultServer(http.server.ThreadingHTTPServer):
 
     def url(self, path: str) -> str:
         return f"http://127.0.0.1:{self.server_address[1]}/{path.lstrip('/')}"
+
+    def handle_error(self, request: object, client_address: object) -> None:
+        """Quiet: clients drop connections mid-body on purpose (that is what is tested), and
+        socketserver would print each broken pipe on the test's stderr."""
 
     def stop(self) -> None:
         self.stopping.set()

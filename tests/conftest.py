@@ -16,7 +16,7 @@ import numpy as np
 import pytest
 
 import sa3ckpt  # noqa: F401
-from tests.remote_servers import NGINX, FaultServer, Nginx
+from tests.remote_servers import NGINX, OPENSSL, FaultServer, Nginx, self_signed
 
 FIXTURES = Path(__file__).resolve().parents[1] / "fixtures" / "data"
 SMALL = FIXTURES / "adapters" / "tiny-small"
@@ -72,7 +72,8 @@ def nginx(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Nginx]:
         pytest.skip("nginx is not installed (apt-get install nginx-light; .ci/run does)")
     root = tmp_path_factory.mktemp("served")
     _served_tree(root)
-    server = Nginx(root, tmp_path_factory.mktemp("nginx"))
+    tls = self_signed(tmp_path_factory.mktemp("tls")) if OPENSSL is not None else None
+    server = Nginx(root, tmp_path_factory.mktemp("nginx"), tls)
     try:
         yield server
     finally:

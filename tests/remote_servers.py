@@ -99,8 +99,33 @@ http {{
     location /files/ {{ }}
     location /hub/ {{ }}
   }}
-}}
+{tls}}}
 """
+
+_TLS = """
+  server {{
+    listen 127.0.0.1:{port3} ssl;
+    ssl_certificate {cert};
+    ssl_certificate_key {key};
+    root {root};
+    location /files/ {{ }}
+  }}
+"""
+
+OPENSSL = shutil.which("openssl")
+
+
+def self_signed(folder: Path) -> tuple[Path, Path]:
+    """A self-signed certificate for 127.0.0.1 and localhost (and its key), made by openssl."""
+    assert OPENSSL is not None
+    cert, key = folder / "cert.pem", folder / "key.pem"
+    subprocess.run(
+        [OPENSSL, "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "2",
+         "-keyout", str(key), "-out", str(cert), "-subj", "/CN=localhost",
+         "-addext", "subjectAltName=IP:127.0.0.1,DNS:localhost"],
+        check=True, capture_output=True,
+    )  # fmt: skip
+    return cert, key
 
 
 @dataclass(frozen=True)
@@ -116,14 +141,25 @@ class LogLine:
 class Nginx:
     """nginx serving `root` (files/, hub/) on two ports of 127.0.0.1, stopped by `stop`."""
 
-    def __init__(self, root: Path, prefix: Path) -> None:
+    def __init__(self, root: Path, prefix: Path, tls: tuple[Path, Path] | None = None) -> None:
         assert NGINX is not None
         self.root, self.prefix = root, prefix
         (prefix / "tmp").mkdir(parents=True, exist_ok=True)
-        self.port, self.port2 = free_port(), free_port()
+        self.port, self.port2, self.port3 = free_port(), free_port(), free_port()
+        self.cert = tls[0] if tls else None
+        tls_server = (
+            _TLS.format(port3=self.port3, cert=tls[0], key=tls[1], root=root) if tls else ""
+        )
         conf = prefix / "nginx.conf"
         conf.write_text(
-            _CONF.format(prefix=prefix, root=root, port=self.port, port2=self.port2, token=TOKEN)
+            _CONF.format(
+                prefix=prefix,
+                root=root,
+                port=self.port,
+                port2=self.port2,
+                token=TOKEN,
+                tls=tls_server,
+            )
         )
         self.log = prefix / "access.log"
         self.proc = subprocess.Popen(
@@ -134,6 +170,8 @@ class Nginx:
         try:
             _wait_listening(self.port, self.proc, prefix / "error.log")
             _wait_listening(self.port2, self.proc, prefix / "error.log")
+            if tls:
+                _wait_listening(self.port3, self.proc, prefix / "error.log")
         except BaseException:
             self.stop()
             raise

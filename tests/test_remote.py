@@ -283,6 +283,21 @@ def test_hf_token_is_dropped_at_the_cdn(
     assert TOKEN not in out + err
 
 
+def test_tls_is_always_verified(nginx: Nginx, capsys: pytest.CaptureFixture[str]) -> None:
+    if nginx.cert is None:
+        pytest.skip("openssl is not installed: no certificate for the TLS server")
+    url = f"https://127.0.0.1:{nginx.port3}/files/lora.safetensors"
+    code, _, err = run(capsys, "inspect", url, "--retries", "0")
+    assert code == 3
+    assert err.strip() == (
+        f"sa3ckpt: error: {url}: TLS certificate verification failed "
+        "(a private hub's roots: --ca-bundle FILE)"
+    )
+    code, out, err = run(capsys, "inspect", url, "--ca-bundle", str(nginx.cert), "--json")
+    assert code == 0, err
+    assert json.loads(out)["files"][0]["adapter_type"]["resolved"] == "lora"
+
+
 def test_redirects_same_host(nginx: Nginx, capsys: pytest.CaptureFixture[str]) -> None:
     code, got = inspect_json(capsys, nginx.url("same/lora.safetensors"))
     _, want = inspect_json(capsys, str(SMALL / "lora.safetensors"))

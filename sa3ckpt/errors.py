@@ -139,9 +139,10 @@ class Interrupted(Sa3ckptError):
     kind = "interrupted"
 
 
-class RemoteError(MalformedFileError):
+class RemoteError(UnreadableFileError):
     """A URL that could not be fetched (HTTP status, timeout, refused connection, a server
-    breaking the range protocol): unreadable input, exit 3 like any unreadable file.
+    breaking the range protocol): unreadable input, exit 3 and kind `unreadable` like any
+    file that cannot be read.
 
     `path` is the URL as the user wrote it (credentials removed), never a redirect target
     (signed CDN URLs carry secrets of their own) and never a header.

@@ -122,7 +122,9 @@ def _inputs(args: argparse.Namespace) -> list[str]:
     if args.from_list is not None:
         paths += read_list(args.from_list)
     if not paths:
-        raise UsageError("inspect: give at least one PATH (or --from-list FILE)")
+        raise UsageError(
+            "sa3ckpt inspect: the following arguments are required: PATH (or --from-list FILE)"
+        )
     if args.jobs < 1:
         raise UsageError("inspect: --jobs must be at least 1")
     if args.stats:

@@ -401,7 +401,7 @@ def parsed_gguf_header(path: PathLike) -> ParsedHeader:
         with LocalFile(spath) as local:
             return _parse_checked(gguf, spath, local)
     except OSError as exc:
-        raise MalformedFileError(spath, exc.strerror or str(exc)) from None
+        raise UnreadableFileError(spath, exc.strerror or str(exc)) from None
 
 
 def _parse_checked(gguf: ModuleType, spath: str, source: ByteSource) -> ParsedHeader:

@@ -56,6 +56,7 @@ EXTRA_KINDS: dict[str, str] = {
     "base-mlx-safetensors": "a base in MLX runtime naming, safetensors",
     "base-mlx-npz": "a base in MLX runtime naming, npz",
     "base-diffusers": "a diffusers transformer folder",
+    "url": "an sa3 adapter by http:// URL (the tests' nginx): read by byte ranges, header only",
     "base-sa3cpp": "an sa3.cpp model GGUF (DiT) with its conditioner sidecar GGUF",
 }
 # What each kind exercises in the library's tables (the test checks that together they
@@ -75,6 +76,7 @@ KIND_READS: dict[str, tuple[str, str]] = {
     "peft-rslora": ("peft", "peft"),
     "peft-dora-conv": ("peft", "peft"),
     "codec": ("safetensors", "sa3"),
+    "url": ("safetensors", "sa3"),
     "base-official": ("safetensors", "official"),
     "base-official-full": ("safetensors", "official"),
     "base-mlx-safetensors": ("safetensors", "mlx"),
@@ -127,6 +129,18 @@ def _family_for(type_index: int, kind_index: int) -> str:
     return FAMILY_NAMES[(type_index + kind_index) % 2]
 
 
+URL_KINDS = ("url",)
+
+
+class UrlInput(str):
+    """A URL input where routes expect a path: a URL has no folder to walk, so `parent` (the
+    audit table's `-r DIR`) is the URL itself, a table of one row."""
+
+    @property
+    def parent(self) -> str:
+        return str(self)
+
+
 def input_cases() -> list[InputCase]:
     cases = []
     for t, type_name in enumerate(ADAPTER_TYPES):
@@ -137,6 +151,7 @@ def input_cases() -> list[InputCase]:
     # DoRA PEFT rows on tiny-medium, whose convs are 1-wide)
     cases += [InputCase(kind, "tiny-small", t) for kind, t in PEFT_EXTRAS.items()]
     cases += [InputCase("codec", fam, type_name) for fam, type_name in CODEC_INPUTS]
+    cases += [InputCase("url", "tiny-small", "dora-rows")]  # served by nginx (test_route_matrix)
     for fam in FAMILY_NAMES:
         cases += [InputCase(kind, fam) for kind in EXTRA_KINDS if kind.startswith("base-")]
     return cases
@@ -263,6 +278,7 @@ def _plain_type(case: InputCase) -> InputCase:
 
 WRITERS: dict[str, Callable[[InputCase, Path], Path]] = {
     "sa3": lambda c, d: _our_sa3(c, d),
+    "url": lambda c, d: _our_sa3(c, d),  # the file nginx serves; the matrix passes its URL
     "official": lambda c, d: _official(c, d / "adapter.safetensors"),
     "bare": lambda c, d: _write_sa3(_synth(c), d / "adapter.safetensors", "bare"),
     "mlx": lambda c, d: _write_sa3(_synth(c), d / "adapter.safetensors", "mlx"),

@@ -245,3 +245,10 @@ ROUTE_CELLS: dict[str, dict[str, Cell]] = {
     "tui-merge": {**_adapters(OK), "codec": OK, **_bases(OK)},
 }
 ROUTE_CELLS["tui-combine"] = ROUTE_CELLS["combine"]  # the form refuses what the CLI refuses
+
+# An sa3 adapter by URL (docs/guides/remote.md): the header-only routes read it by byte
+# ranges; every route that reads tensor data refuses it with exit 2 before fetching anything.
+NEEDS_DATA = refuse(2, "needs the tensor data", "URLs are read header-only: download it first")
+HEADER_ROUTES = ("inspect", "validate", "validate-strict", "hash", "audit", "tui-open")
+for _route, _cells in ROUTE_CELLS.items():
+    _cells["url"] = OK if _route in HEADER_ROUTES else NEEDS_DATA

@@ -15,6 +15,7 @@ of the CPU is verify's DiT forwards, sa3.cpp GGUF reads and writes, and the merg
 from __future__ import annotations
 
 import importlib.util
+import shutil
 from pathlib import Path
 
 import pytest
@@ -29,6 +30,7 @@ from sa3ckpt.io.formats import ADAPTER, BASE, CONVERT_OUTPUTS, FORMATS
 from sa3ckpt.names.adapter_keys import ADAPTER_DIALECTS
 from sa3ckpt.names.base_keys import BASE_NAMINGS
 from sa3ckpt.ops.convert.adapters import PEFT_TYPES
+from tests.remote_servers import NGINX
 from tests.route_matrix_inputs import (
     ADAPTER_KINDS,
     EXTRA_KINDS,
@@ -37,7 +39,9 @@ from tests.route_matrix_inputs import (
     PEFT_LAYER_KINDS,
     PENDING_NAMINGS,
     UNREPRESENTABLE,
+    URL_KINDS,
     InputCase,
+    UrlInput,
     input_cases,
     write_inputs,
 )
@@ -69,9 +73,21 @@ def expected(route: str, case: InputCase) -> Outcome:
 
 
 @pytest.fixture(scope="session")
-def matrix(tmp_path_factory: pytest.TempPathFactory) -> tuple[dict[str, Path], Path]:
+def matrix(
+    tmp_path_factory: pytest.TempPathFactory, request: pytest.FixtureRequest
+) -> tuple[dict[str, Path], Path]:
     root = tmp_path_factory.mktemp("route-matrix")
-    return write_inputs(root / "inputs", with_pickles=HAS_TORCH), root / "out"
+    paths = write_inputs(root / "inputs", with_pickles=HAS_TORCH)
+    if NGINX is not None:  # URL inputs: the written file, served by the tests' nginx
+        server = request.getfixturevalue("nginx")
+        for case in CASES:
+            if case.kind in URL_KINDS:
+                served = server.root / "files" / "matrix" / case.id / paths[case.id].name
+                served.parent.mkdir(parents=True)
+                shutil.copy(paths[case.id], served)
+                url = server.url(f"files/matrix/{case.id}/{served.name}")
+                paths[case.id] = UrlInput(url)  # type: ignore[assignment]
+    return paths, root / "out"
 
 
 @pytest.mark.parametrize(
@@ -82,6 +98,8 @@ def matrix(tmp_path_factory: pytest.TempPathFactory) -> tuple[dict[str, Path], P
 def test_cell(matrix: tuple[dict[str, Path], Path], case: InputCase, route: str) -> None:
     if case.kind == "ckpt" and not HAS_TORCH:
         pytest.skip("legacy .ckpt inputs are written with torch (optional)")
+    if case.kind in URL_KINDS and NGINX is None:
+        pytest.skip("URL inputs are served by nginx (not installed here; .ci/run installs it)")
     want = expected(route, case)
     paths, out_root = matrix
     out = out_root / case.id / route

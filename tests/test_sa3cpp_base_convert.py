@@ -242,3 +242,13 @@ def test_an_incomplete_dit_is_an_incompatible_input_naming_the_file(tmp_path: Pa
     with pytest.raises(IncompatibleError, match=r"tiny-small\.official\.safetensors is not a "):
         convert_base(str(partial), str(out), to="sa3cpp")
     assert not out.exists() and list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.parametrize("family", ["tiny-medium", "tiny-small"])
+def test_committed_gguf_fixtures_are_what_convert_writes(tmp_path: Path, family: str) -> None:
+    """fixtures/data/bases/<family>.sa3cpp(-conditioner).gguf: the official-full base through
+    `convert --to sa3cpp`, byte for byte (the generator writes them without the CLI)."""
+    out = tmp_path / f"{family}.sa3cpp.gguf"
+    convert_base(_official(family), out, to="sa3cpp")
+    for name in (out.name, f"{family}.sa3cpp-conditioner.gguf"):
+        assert (tmp_path / name).read_bytes() == (BASES / name).read_bytes(), name

@@ -57,6 +57,7 @@ class GgufModelFile:
     types: dict[str, str]
     _reader: Any = field(repr=False)
     _gguf: ModuleType = field(repr=False)
+    _by_name: dict[str, Any] = field(default_factory=dict, repr=False)
 
     @property
     def architecture(self) -> str | None:
@@ -93,13 +94,13 @@ class GgufModelFile:
         return np.array(self._tensor(name).data, copy=True)
 
     def _tensor(self, name: str) -> Any:
-        for tensor in self._reader.tensors:
-            if tensor.name == name:
-                return tensor
-        raise KeyError(name)
+        if not self._by_name:
+            self._by_name = {t.name: t for t in self._reader.tensors}
+        return self._by_name[name]
 
     def close(self) -> None:
         self._reader = None
+        self._by_name = {}
 
 
 def open_gguf_model(path: str | os.PathLike[str]) -> GgufModelFile:

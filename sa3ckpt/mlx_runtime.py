@@ -29,7 +29,9 @@ if the main thread has begun finalizing by then, taking the GIL ends the thread 
 `pthread_exit` inside a noexcept destructor, and the process aborts with "terminate called
 without an active exception" (about half the runs). `MLX_DISABLE_COMPILE=1` is set before
 the first compile, so no thread ever owns Python objects in that cache: the abort cannot
-happen. The compiled functions are elementwise activations, a small share of the time.
+happen. The compiled functions are elementwise activations, a small share of the time (the
+real-size verify probe took the same CPU time, 2.4 s, with and without). MLX reads the
+variable's presence; `mx.enable_compile()` is the way back for a script that wants it.
 """
 
 from __future__ import annotations

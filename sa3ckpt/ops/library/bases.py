@@ -14,7 +14,6 @@ from __future__ import annotations
 import os
 import time
 from collections.abc import Sequence
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -28,7 +27,7 @@ from sa3ckpt.io.atomic import check_output_path
 from sa3ckpt.io.base_checkpoint import BaseCheckpoint, open_base
 from sa3ckpt.names.select import select
 from sa3ckpt.progress import ProgressCallback, ProgressCounter
-from sa3ckpt.threads import limit_blas
+from sa3ckpt.threads import blas_limited_pool
 
 DEFAULT_RANK = 16
 """The official trainer's default rank; a file of rank R serves every adapter of rank <= R."""
@@ -139,7 +138,7 @@ def compute_bases_file(
                 + (f" among those matching {list(targets)}" if targets else "")
             )
         out = XsBases(rank=rank, source_base=os.path.basename(base_path), path=output)
-        with limit_blas(WORKERS), ThreadPoolExecutor(max_workers=WORKERS) as pool:
+        with blas_limited_pool(WORKERS) as pool:
             futures = {t: pool.submit(_one, base, k, rank) for t, k in work.items()}
             counter = ProgressCounter(progress, len(work), unit="targets")
             for target, future in list(futures.items()):

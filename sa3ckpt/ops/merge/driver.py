@@ -27,7 +27,7 @@ import os
 import threading
 import time
 from collections.abc import Iterator, Sequence
-from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import Future
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from functools import partial
@@ -77,7 +77,7 @@ from sa3ckpt.ops.merge.target import TargetReport, canonical_w0, merge_target, t
 from sa3ckpt.progress import ProgressCallback, ProgressCounter
 from sa3ckpt.semantics import info as semantics_info
 from sa3ckpt.strengths import AdapterArg
-from sa3ckpt.threads import limit_blas
+from sa3ckpt.threads import blas_limited_pool, blas_worker_pool, limit_blas
 
 
 def _fit_problem(ckpt: AdapterCheckpoint, target: str, fan: tuple[int, int]) -> str | None:
@@ -449,7 +449,7 @@ def _write(
             _write_positional(base, ckpts, plan, specs, semantics, bases, writer, counter)
         return
     stop = threading.Event()  # running workers give up at their next tile
-    with limit_blas(WORKERS), ThreadPoolExecutor(max_workers=WORKERS) as pool, writer:
+    with blas_limited_pool(WORKERS) as pool, writer:
         pending: dict[str, Future[tuple[np.ndarray | None, TargetReport]]] = {}
         queue = iter(target_specs)
 
@@ -520,7 +520,7 @@ def _write_positional(
     """
     ledger = plan.ledger
     stop = threading.Event()
-    pool = ThreadPoolExecutor(max_workers=WORKERS)
+    pool = blas_worker_pool(WORKERS)
     try:
         with limit_blas(WORKERS):
             futures = [

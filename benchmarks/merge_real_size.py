@@ -42,22 +42,14 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 from fixtures.generate import DATA_DIR  # noqa: E402
+from sa3ckpt.adapters.types import ADAPTER_TYPES  # noqa: E402
 from sa3ckpt.io.safetensors import SafetensorsStreamWriter, write_safetensors  # noqa: E402
 from sa3ckpt.names import block_target, official_base_key  # noqa: E402
 from sa3ckpt.synth import official_full_shapes, synth_adapter  # noqa: E402
 from sa3ckpt.targets import FAMILIES  # noqa: E402
 from sa3ckpt.targets.topology import rotary_inv_freq  # noqa: E402
 
-TYPES = (
-    "lora",
-    "dora-rows",
-    "dora-cols",
-    "bora",
-    "lora-xs",
-    "dora-rows-xs",
-    "dora-cols-xs",
-    "bora-xs",
-)
+TYPES = tuple(ADAPTER_TYPES)  # every adapter type, in the library's order
 GOALS = {"single": 1.3, "stack2": 1.5, "stack3": 1.8, "stack2-map": 1.5, "container": 1.8}
 RSS_GOAL = 2**30
 

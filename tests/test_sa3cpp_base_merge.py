@@ -14,6 +14,7 @@ import numpy as np
 import pytest
 
 from fixtures.generate import DATA_DIR
+from sa3ckpt.adapters.types import ADAPTER_TYPES
 from sa3ckpt.errors import IncompatibleError, UsageError
 from sa3ckpt.io import gguf_base
 from sa3ckpt.io.base_checkpoint import open_base
@@ -28,16 +29,7 @@ gguf = pytest.importorskip("gguf")
 
 FAMILY = "tiny-medium"
 ADAPTERS = DATA_DIR / "adapters" / FAMILY
-TYPES = [
-    "lora",
-    "dora-rows",
-    "dora-cols",
-    "bora",
-    "lora-xs",
-    "dora-rows-xs",
-    "dora-cols-xs",
-    "bora-xs",
-]
+TYPES = tuple(ADAPTER_TYPES)  # every adapter type, in the library's order
 
 
 @pytest.fixture(scope="module")

@@ -62,10 +62,10 @@ from sa3ckpt.ops.inspect import (
     NEEDS_BASE_NORMS,
     StackMember,
     StackReport,
-    base_norms_of,
     identify_kind,
     stack_report,
 )
+from sa3ckpt.ops.merge.base_norms import base_norms
 from sa3ckpt.ops.merge.codec import merge_codec
 from sa3ckpt.ops.merge.compare_semantics import SemanticsComparison, target_differences
 from sa3ckpt.ops.merge.exclusions import apply_exclusions, parse_exclusions
@@ -599,9 +599,10 @@ def _stack_report(
     paths: Sequence[str],
     semantics: str,
 ) -> StackReport:
-    """The stack report over the planned targets; base norms read only where needed."""
+    """The stack report over the planned targets; the base norms it needs (blend, delta) are
+    read only for targets with a DoRA/BoRA adapter, streamed tile by tile (`base_norms`)."""
     stacks: dict[str, list[StackMember]] = {}
-    norms: dict[str, dict[str, np.ndarray]] = {}
+    wanted: dict[str, str] = {}  # base key -> target whose base norms the semantics needs
     for key, target in plan.targets.items():
         stack = plan.stack_of(target, ckpts)
         members = [
@@ -612,8 +613,9 @@ def _stack_report(
         stacks[target] = members
         decomposed = any(m.kind.is_weight_decomposed and m.strength != 0 for m in members)
         if decomposed and semantics in NEEDS_BASE_NORMS:
-            norms[target] = base_norms_of(dtypes.to_float32(canonical_w0(base, key)))
-    return stack_report(stacks, semantics, norms)
+            wanted[key] = target
+    by_key = base_norms(base, list(wanted), WORKERS)  # streamed, WORKERS targets at a time
+    return stack_report(stacks, semantics, {wanted[key]: n for key, n in by_key.items()})
 
 
 def _comparison(

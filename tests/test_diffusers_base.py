@@ -23,6 +23,7 @@ from sa3ckpt.io.diffusers_folder import (
     CONFIG_NAME,
     INDEX_NAME,
     WEIGHTS_NAME,
+    FolderStreamWriter,
     plan_shards,
     shard_name,
     transformer_config,
@@ -243,6 +244,53 @@ def test_folder_output_policy(tmp_path: Path) -> None:
     with pytest.raises(UsageError, match="input"):  # a file inside the input folder
         convert_base(out, out / "x.safetensors", to="official")
     assert [n for n in os.listdir(tmp_path) if n.startswith(".")] == []
+
+
+def _folder_writer(path: Path, tensors: dict[str, np.ndarray]) -> FolderStreamWriter:
+    from sa3ckpt import dtypes
+
+    specs = [(k, dtypes.code_for(v.dtype), v.shape) for k, v in tensors.items()]
+    return FolderStreamWriter(path, specs, {}, {"_class_name": "x"}, max_shard_size=50)
+
+
+FOLDER_TENSORS = {
+    f"transformer_blocks.{i}.ff.proj_out.weight": np.full((3, 4), i, np.float32) for i in range(4)
+}
+
+
+def test_folder_writer_positional_writes_equal_sequential_ones(tmp_path: Path) -> None:
+    """Every shard is open at once: tensors written in parts, shards and tensors in reverse
+    order, give the files a sequential write gives."""
+    with _folder_writer(tmp_path / "seq", FOLDER_TENSORS) as writer:
+        for key, value in FOLDER_TENSORS.items():
+            writer.write(key, value)
+    with _folder_writer(tmp_path / "pos", FOLDER_TENSORS) as writer:
+        for key, value in reversed(FOLDER_TENSORS.items()):
+            raw = value.tobytes()
+            writer.write_at(key, 24, raw[24:])
+            writer.write_at(key, 0, raw[:24])
+    names = sorted(os.listdir(tmp_path / "seq"))
+    assert len(names) == 4 + 2  # four shards, config, index
+    assert names == sorted(os.listdir(tmp_path / "pos"))
+    for name in names:
+        assert (tmp_path / "seq" / name).read_bytes() == (tmp_path / "pos" / name).read_bytes()
+
+
+@pytest.mark.parametrize("exc_type", [KeyboardInterrupt, RuntimeError])
+def test_folder_writer_interrupted_or_incomplete_leaves_nothing(
+    tmp_path: Path, exc_type: type
+) -> None:
+    first = next(iter(FOLDER_TENSORS))
+    with pytest.raises(exc_type), _folder_writer(tmp_path / "t", FOLDER_TENSORS) as writer:
+        writer.write_at(first, 0, FOLDER_TENSORS[first].tobytes()[:8])
+        raise exc_type
+    assert os.listdir(tmp_path) == []
+    with (
+        pytest.raises(ValueError, match="not written"),
+        _folder_writer(tmp_path / "t", FOLDER_TENSORS) as writer,
+    ):
+        writer.write(first, FOLDER_TENSORS[first])
+    assert os.listdir(tmp_path) == []
 
 
 def test_incomplete_base_cannot_become_a_folder(tmp_path: Path) -> None:

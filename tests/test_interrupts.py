@@ -149,6 +149,7 @@ from sa3ckpt.cli import _terminate
 from sa3ckpt.io import atomic
 from sa3ckpt.io.atomic import StagedOutput, atomic_output
 from sa3ckpt.io.base_checkpoint import NpzStreamWriter
+from sa3ckpt.io.npz_writer import NpzPositionalWriter
 from sa3ckpt.io.safetensors import write_safetensors
 
 folder, rounds = sys.argv[1], int(sys.argv[2])
@@ -167,11 +168,15 @@ def npz(path):
     with NpzStreamWriter(path + ".npz") as w:
         w.write("a", tensors["dit.proj_in.lora_A"])
 
+def npz_positional(path):
+    with NpzPositionalWriter(path + ".p.npz", [("a", "F32", (2, 3))]) as w:
+        w.write_at("a", 0, tensors["dit.proj_in.lora_A"])
+
 def staged(path):
     with StagedOutput(path + ".staged") as out:
         write_safetensors(out.temp_path, tensors)
 
-writers = [st, plain, npz, staged]
+writers = [st, plain, npz, npz_positional, staged]
 try:
     from sa3ckpt.io.gguf_adapter import _import_gguf, write_gguf_adapter
     _import_gguf()
@@ -297,6 +302,54 @@ def test_exception_in_a_worker_leaves_nothing(
     with pytest.raises(RuntimeError, match="boom"):
         merge_checkpoint(BASE, [AdapterArg(ADAPTER, 1.0)], str(tmp_path / "m.safetensors"))
     assert list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.parametrize("container", ["npz", "diffusers-folder"])
+@pytest.mark.parametrize("exc_type", [KeyboardInterrupt, RuntimeError])
+def test_interrupt_mid_positional_npz_or_folder_merge_leaves_nothing(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, container: str, exc_type: type
+) -> None:
+    """npz and folder outputs are written by the workers at their place too: an interrupt
+    after some tiles were written leaves neither the archive's nor any shard's temp file."""
+    from safetensors.numpy import save_file
+
+    from sa3ckpt.ops.convert import convert_base
+    from sa3ckpt.synth import official_full_tensors
+    from sa3ckpt.targets.families import Family
+    from sa3ckpt.targets.topology import Topology
+
+    bases = tmp_path / "bases"
+    bases.mkdir()
+    adapter = ADAPTER
+    if container == "npz":
+        base = bases / "base.npz"
+        convert_base(BASE, base, to="mlx")
+    else:  # diffusers needs a width of a multiple of 64
+        topology = Topology(
+            embed_dim=64, depth=2, differential=False, io_channels=8, cond_token_dim=12,
+            timestep_features=8, seconds_features=8,
+        )  # fmt: skip
+        family = Family("tiny-small-64", "diffusers-shaped", topology, (), test_only=True)
+        save_file(official_full_tensors(family, seed=0), str(bases / "official.safetensors"))
+        base = bases / "transformer"
+        convert_base(bases / "official.safetensors", base, to="diffusers", max_shard_size=20_000)
+        lora = synth_adapter(family, "lora", rank=4, alpha=4, seed=1)
+        adapter = str(bases / "lora.safetensors")
+        write_safetensors(adapter, lora.file_tensors(), lora.metadata())
+    out_dir = tmp_path / "out"
+    out_dir.mkdir()
+    real, calls = tiled.merge_rows, []
+
+    def interrupted(*args, **kwargs):
+        calls.append(1)
+        if len(calls) == 3:
+            raise exc_type
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(tiled, "merge_rows", interrupted)
+    with pytest.raises(exc_type):
+        merge_checkpoint(str(base), [AdapterArg(adapter, 1.0)], str(out_dir / base.name))
+    assert len(calls) >= 3 and list(out_dir.iterdir()) == []
 
 
 def test_disk_full_is_one_line_exit_5(tmp_path: Path) -> None:

@@ -49,6 +49,8 @@ from sa3ckpt.io.gguf_base import (
     open_gguf_model,
 )
 from sa3ckpt.io.gguf_facts import BASE_ARCHES, CONDITIONER_ARCH, DIT_ARCH, conditioner_beside
+from sa3ckpt.io.npz_members import NPY_HEADER_READERS, stored_array_offset
+from sa3ckpt.io.npz_writer import NpzPositionalWriter
 from sa3ckpt.io.remote import is_url
 from sa3ckpt.io.safetensors import SafetensorsStreamWriter, open_safetensors
 from sa3ckpt.layout import Layout, stored_layout
@@ -79,8 +81,9 @@ class BaseCheckpoint:
     _close: Callable[[], None]
     folder: FolderLayout | None = None  # config and shards of a folder container
     # (file, absolute offset) of a tensor's raw little-endian bytes, where the container
-    # stores them plainly (safetensors): lets a merge read row tiles and copy tensors as bytes.
-    _locate: Callable[[str], tuple[str, int]] | None = None
+    # stores them plainly (safetensors, folder shards, uncompressed npz members), else None:
+    # lets a merge read row tiles and copy tensors as bytes.
+    _locate: Callable[[str], tuple[str, int] | None] | None = None
     gguf: GgufFiles | None = None  # the DiT and conditioner files of a GGUF container
 
     def read(self, key: str) -> np.ndarray:
@@ -236,11 +239,6 @@ _ZIP_MEMBER_ERRORS = (
     zipfile.BadZipFile,
 )
 
-_NPY_HEADER_READERS = {
-    (1, 0): np.lib.format.read_array_header_1_0,
-    (2, 0): np.lib.format.read_array_header_2_0,
-}
-
 
 def _npz_index(path: str) -> tuple[dict[str, BaseTensor], zipfile.ZipFile]:
     try:
@@ -255,7 +253,7 @@ def _npz_index(path: str) -> tuple[dict[str, BaseTensor], zipfile.ZipFile]:
         try:
             with archive.open(member) as f:
                 version = np.lib.format.read_magic(f)
-                read_header = _NPY_HEADER_READERS.get(version)
+                read_header = NPY_HEADER_READERS.get(version)
                 if read_header is None:
                     raise ValueError(f"unsupported .npy version {version}")
                 shape, _fortran, dtype = read_header(f)
@@ -288,6 +286,20 @@ def _read_npz_member(path: str, archive: zipfile.ZipFile, key: str) -> np.ndarra
             return np.lib.format.read_array(f, allow_pickle=False)
     except _ZIP_MEMBER_ERRORS as exc:
         raise MalformedFileError(path, f"member {key!r} cannot be read ({exc})") from None
+
+
+def _npz_locator(path: str, archive: zipfile.ZipFile) -> Callable[[str], tuple[str, int] | None]:
+    """`BaseCheckpoint.stored_bytes` of an .npz: each member's array offset, found (from its
+    local and .npy headers) the first time it is asked for."""
+    found: dict[str, int | None] = {}
+
+    def locate(key: str) -> tuple[str, int] | None:
+        if key not in found:  # two threads may both look: the same answer, no harm
+            found[key] = stored_array_offset(path, archive.getinfo(f"{key}.npy"))
+        offset = found[key]
+        return None if offset is None else (path, offset)
+
+    return locate
 
 
 def _open_folder_base(spath: str) -> BaseCheckpoint:
@@ -329,6 +341,7 @@ def open_base(
         container, metadata = "npz", {}
         read = lambda key: _read_npz_member(spath, archive, key)  # noqa: E731
         close = archive.close
+        locate = _npz_locator(spath, archive)
     else:
         handle = open_safetensors(spath)
         tensors = {
@@ -345,13 +358,15 @@ def open_base(
             spath,
             "not an SA3 base checkpoint (neither official `model.model.` nor MLX runtime keys)",
         )
-    if container != "safetensors":
-        return BaseCheckpoint(spath, container, naming, tensors, metadata, read, close)
     return BaseCheckpoint(spath, container, naming, tensors, metadata, read, close, _locate=locate)
 
 
 class NpzStreamWriter:
-    """Write an uncompressed .npz one array at a time, committed atomically (like np.savez)."""
+    """Write an uncompressed .npz one array at a time, committed atomically (like np.savez).
+
+    The sequential reference: outputs are written by `io.npz_writer.NpzPositionalWriter`
+    (`stream_writer`), whose archive is byte for byte this one's for the same arrays (tested).
+    """
 
     def __init__(
         self, path: str | os.PathLike[str], *, inputs: Sequence[str] = (), overwrite: bool = True
@@ -530,7 +545,7 @@ def stream_writer(
     overwrite: bool = True,
     folder: FolderSpec | None = None,
     gguf: GgufOutput | None = None,
-) -> SafetensorsStreamWriter | NpzStreamWriter | FolderStreamWriter | GgufPairWriter:
+) -> SafetensorsStreamWriter | NpzPositionalWriter | FolderStreamWriter | GgufPairWriter:
     """A streaming writer for the container (npz keeps no metadata: it has no place for it;
     a folder needs its `folder` spec, a GGUF its `gguf` output spec)."""
     if container == GGUF_CONTAINER:
@@ -538,7 +553,7 @@ def stream_writer(
             raise ValueError("an sa3.cpp GGUF output needs its KVs and types (GgufOutput)")
         return GgufPairWriter(path, specs, metadata, gguf, inputs=inputs, overwrite=overwrite)
     if container == "npz":
-        return NpzStreamWriter(path, inputs=inputs, overwrite=overwrite)
+        return NpzPositionalWriter(path, specs, inputs=inputs, overwrite=overwrite)
     if container == FOLDER_CONTAINER:
         if folder is None:
             raise ValueError("a diffusers folder output needs its config (FolderSpec)")

@@ -5,8 +5,9 @@ arguments plus `_class_name`) and `diffusion_pytorch_model.safetensors`, or, whe
 than a shard limit, `diffusion_pytorch_model-0000N-of-0000M.safetensors` shards listed by
 `diffusion_pytorch_model.safetensors.index.json` (`weight_map`: key -> shard file). This
 module reads such a folder lazily (one shard handle per file, one tensor at a time) and
-writes one the same way (shards streamed in turn, config and index last, the whole folder
-committed atomically), so a merge or conversion keeps peak memory at one tensor.
+writes one the same way (every shard open at once, tensors written whole or in parts at
+their place; config and index last, the whole folder committed atomically), so a merge or
+conversion keeps peak memory at one tensor or a few tiles.
 
 Names inside the shards are the `diffusers` base naming (`names.base_keys`); which tensors a
 transformer folder can hold at all (not the duration embedder's) is decided here.
@@ -263,14 +264,17 @@ def plan_shards(
 
 
 class FolderStreamWriter:
-    """Write a diffusers transformer folder tensor by tensor, committed as a whole.
+    """Write a diffusers transformer folder, committed as a whole.
 
-    Same interface as `SafetensorsStreamWriter` (`write` in spec order inside a `with`
-    block). Shards are written one after another into a staged folder; config.json and,
-    for more than one shard, the index follow; the folder appears under `path` only when
-    everything succeeded (replacing an existing diffusers folder needs `overwrite`).
-    `shards` keeps a given assignment (a merge keeps its base's); by default the specs are
-    cut at `max_shard_size`.
+    Every shard's `SafetensorsStreamWriter` is opened on entry (each an atomic temp file in
+    a staged folder) and tensors go to their shard's writer: whole (`write`, in spec order
+    within a shard) or at their place in any order (`write_at`, `copy_from`: the positional
+    interface of `io.tensor_rows`, for merge workers). On success every shard is committed,
+    then config.json and, for more than one shard, the index are written and the folder
+    appears under `path` (replacing an existing diffusers folder needs `overwrite`); on any
+    error or interrupt every shard is discarded with the staged folder. `shards` keeps a
+    given assignment (a merge keeps its base's); by default the specs are cut at
+    `max_shard_size`.
     """
 
     def __init__(
@@ -303,9 +307,8 @@ class FolderStreamWriter:
             replaceable=is_diffusers_dir,
         )
         self._by_key = {spec[0]: spec for spec in self._specs}
-        self._shard = -1
-        self._left = 0
-        self._writer: SafetensorsStreamWriter | None = None
+        self._writers: list[SafetensorsStreamWriter] = []  # the open shards, in order
+        self._shard_of: dict[str, SafetensorsStreamWriter] = {}
 
     def _check_plan(self) -> None:
         """Every spec in exactly one shard, shards contiguous in spec order."""
@@ -316,41 +319,62 @@ class FolderStreamWriter:
     def __enter__(self) -> FolderStreamWriter:
         try:
             os.mkdir(self._staged.temp_path)
-        except OSError as exc:
-            raise output_error(self.path, exc) from exc
+            for name, keys in self._shards:
+                writer = SafetensorsStreamWriter(
+                    os.path.join(self._staged.temp_path, name),
+                    [self._by_key[key] for key in keys],
+                    self._metadata,
+                ).__enter__()
+                self._writers.append(writer)
+                self._shard_of.update(dict.fromkeys(keys, writer))
+        except BaseException as exc:  # __exit__ never runs when __enter__ fails
+            self._discard(exc)
+            if isinstance(exc, OSError | OutputError):
+                raise output_error(self.path, exc) from exc
+            raise
         return self
 
-    def _next_shard(self) -> None:
-        self._close_shard()
-        self._shard += 1
-        name, keys = self._shards[self._shard]
-        writer = SafetensorsStreamWriter(
-            os.path.join(self._staged.temp_path, name),
-            [self._by_key[key] for key in keys],
-            self._metadata,
-        )
-        self._writer = writer.__enter__()
-        self._left = len(keys)
-
-    def _close_shard(self) -> None:
-        if self._writer is not None:
-            writer, self._writer = self._writer, None
-            writer.__exit__(None, None, None)
+    def _writer(self, name: str) -> SafetensorsStreamWriter:
+        writer = self._shard_of.get(name)
+        if writer is None:
+            raise ValueError(f"unexpected tensor {name!r}: not in any shard")
+        return writer
 
     def write(self, name: str, array: np.ndarray) -> None:
-        """Append tensor `name`, the next spec (shard files are opened as needed)."""
-        while self._left == 0:
-            if self._shard + 1 >= len(self._shards):
-                raise ValueError(f"unexpected tensor {name!r}: every shard is complete")
-            self._next_shard()
-        assert self._writer is not None
-        self._writer.write(name, array)
-        self._left -= 1
+        """Append tensor `name` to its shard (the next of that shard's specs)."""
+        self._writer(name).write(name, array)
+
+    def write_at(self, name: str, start: int, data: np.ndarray | memoryview | bytes) -> None:
+        """Write bytes [start, start + len) of tensor `name` in its shard."""
+        self._writer(name).write_at(name, start, data)
+
+    def copy_from(self, name: str, src_fd: int, src_offset: int) -> None:
+        """Write tensor `name` whole into its shard from its raw bytes in `src_fd`."""
+        self._writer(name).copy_from(name, src_fd, src_offset)
+
+    def _discard(self, exc: BaseException) -> BaseException:
+        """Discard every shard and the staged folder; the error to report (a shard's own
+        write error, if closing one failed on a full disk)."""
+        writers, self._writers = self._writers, []
+        try:
+            for writer in writers:
+                try:
+                    writer.__exit__(type(exc), exc, None)
+                except (OSError, OutputError) as shard_exc:
+                    exc = shard_exc
+        finally:
+            self._staged.discard()
+        return exc
 
     def _finish(self) -> None:
-        self._close_shard()
-        if self._shard + 1 != len(self._shards) or self._left:
-            raise ValueError("not every tensor of the folder was written")
+        writers, self._writers = self._writers, []
+        for done, writer in enumerate(writers):  # each checks that it is complete, commits
+            try:
+                writer.__exit__(None, None, None)
+            except BaseException as exc:
+                for rest in writers[done + 1 :]:
+                    rest.__exit__(type(exc), exc, None)
+                raise
         folder = self._staged.temp_path
         with open(os.path.join(folder, CONFIG_NAME), "w", encoding="utf-8") as f:
             json.dump(self._config, f, indent=2, sort_keys=True)
@@ -368,14 +392,7 @@ class FolderStreamWriter:
 
     def __exit__(self, exc_type: Any, exc: Any, tb: Any) -> None:
         if exc_type is not None:
-            try:
-                if self._writer is not None:
-                    writer, self._writer = self._writer, None
-                    writer.__exit__(exc_type, exc, tb)
-            except (OSError, OutputError) as shard_exc:
-                exc = shard_exc
-            finally:
-                self._staged.discard()
+            exc = self._discard(exc)
             if isinstance(exc, OSError | OutputError):  # name the folder, not a shard's temp
                 raise output_error(self.path, exc) from exc
             return

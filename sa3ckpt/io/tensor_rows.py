@@ -6,12 +6,12 @@ whole interface a base container needs to offer a merge:
 
 - read: `BaseCheckpoint.stored_bytes(key)` -> (file, offset) of the tensor's plain
   little-endian bytes, when the container stores them so (safetensors files, diffusers
-  folder shards): tiles are read with `os.preadv` straight into the kernel's buffer; other
-  containers (npz members, which may be compressed) give the whole tensor with
-  `BaseCheckpoint.read(key)` and tiles are slices of it;
-- write: a writer with `write_at(key, byte_offset, data)` (the positional safetensors
-  writer) takes each output tile at its place; any other writer takes the whole output
-  tensor, which `ArrayRows` fills tile by tile.
+  folder shards, uncompressed C-order npz members): tiles are read with `os.preadv`
+  straight into the kernel's buffer; otherwise (a compressed npz member, a GGUF tensor)
+  `BaseCheckpoint.read(key)` gives the whole tensor and tiles are slices of it;
+- write: a `PositionalWriter` (safetensors, npz and diffusers folder outputs) takes each
+  output tile at its place (`write_at`) and untouched tensors as bytes (`copy_from`); any
+  other writer (GGUF) takes the whole output tensor, which `ArrayRows` fills tile by tile.
 
 The layout's `RowView` (sa3ckpt/layout.py) says which stored rows a canonical tile is and
 how a row is reshuffled (diffusers' reordered qkv row blocks, MLX's (k, in) Conv1d rows).
@@ -20,7 +20,7 @@ how a row is reshuffled (diffusers' reordered qkv row blocks, MLX's (k, in) Conv
 from __future__ import annotations
 
 import os
-from typing import Protocol
+from typing import Protocol, runtime_checkable
 
 import numpy as np
 
@@ -29,8 +29,16 @@ from sa3ckpt.errors import IncompatibleError
 from sa3ckpt.layout import RowView
 
 
+@runtime_checkable
 class PositionalWriter(Protocol):
-    def write_at(self, name: str, start: int, data: np.ndarray | memoryview | bytes) -> None: ...
+    """An output writer whose tensors are laid out up front: any tensor, any part, any order
+    (each tensor's parts from one thread at a time)."""
+
+    def write_at(self, name: str, start: int, data: np.ndarray | memoryview | bytes) -> None:
+        """Write `data` as bytes [start, start + len) of tensor `name`'s raw bytes."""
+
+    def copy_from(self, name: str, src_fd: int, src_offset: int) -> None:
+        """Write tensor `name` whole from its raw bytes at `src_offset` of `src_fd`."""
 
 
 def bits_dtype(code: str) -> type[np.generic]:

@@ -54,7 +54,7 @@ from sa3ckpt.io.formats import identify
 from sa3ckpt.io.gguf_base import CONTAINER as GGUF
 from sa3ckpt.io.gguf_base import has_quantiser, no_quantiser_reason
 from sa3ckpt.io.gguf_facts import conditioner_beside
-from sa3ckpt.io.safetensors import SafetensorsStreamWriter
+from sa3ckpt.io.tensor_rows import PositionalWriter
 from sa3ckpt.lineage import adapter_lineage, base_lineage, lineage_mismatch
 from sa3ckpt.names.modules import root_of
 from sa3ckpt.ops.inspect import (
@@ -444,7 +444,7 @@ def _write(
         folder=folder,
         gguf=base.gguf_output(output),
     )
-    if isinstance(writer, SafetensorsStreamWriter):
+    if isinstance(writer, PositionalWriter):  # every container but GGUF
         with writer:
             _write_positional(base, ckpts, plan, specs, semantics, bases, writer, counter)
         return
@@ -503,17 +503,17 @@ def _write_positional(
     specs: Sequence[tuple[str, str, tuple[int, ...]]],
     semantics: str,
     bases: XsBases | None,
-    writer: SafetensorsStreamWriter,
+    writer: PositionalWriter,
     counter: ProgressCounter,
 ) -> None:
-    """A safetensors output written by the workers themselves, each tensor at its place.
+    """An output written by the workers themselves, each tensor at its place.
 
     Each worker reads, merges and writes a whole tensor (targets tile by tile, `tiled`;
     untouched tensors copied by the kernel), so a tile goes from the base file through the
     cache to the output without a trip through a queue, and the two cores share the reading
     and writing. The main thread only waits for the tensors in file order, to fold their
     results into the ledger and report progress. Memory is a few tiles per worker (plus a
-    W0 whose XS bases are rebuilt by an SVD, or an npz member, which are read whole).
+    W0 whose XS bases are rebuilt by an SVD, or a compressed npz member, read whole).
 
     The pool is joined (after `stop` tells running workers to give up at their next tile)
     before the writer's `with` block ends, so no worker writes to a closed or discarded file.
@@ -565,7 +565,7 @@ def _put_tensor(
     ckpts: Sequence[tuple[AdapterCheckpoint, float]],
     semantics: str,
     bases: XsBases | None,
-    writer: SafetensorsStreamWriter,
+    writer: PositionalWriter,
     stop: threading.Event,
 ) -> tuple[str, TargetReport | None]:
     """Write one tensor of the output (worker thread): ("merged" | "copied" | "cast", report)."""

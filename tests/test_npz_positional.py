@@ -71,6 +71,8 @@ def _write_in_parts(writer: NpzPositionalWriter, arrays: dict[str, np.ndarray], 
 def test_positional_npz_is_byte_identical_to_the_stream_writer(tmp_path: Path, order: str) -> None:
     arrays = _arrays()
     want = _reference(tmp_path / "ref.npz", arrays)
+    np.savez(tmp_path / "numpy.npz", **arrays)  # what NumPy itself writes, too
+    assert (tmp_path / "numpy.npz").read_bytes() == want
     out = tmp_path / "pos.npz"
     source = tmp_path / "source.bin"
     with NpzPositionalWriter(out, _specs(arrays)) as writer:

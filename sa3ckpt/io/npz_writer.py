@@ -6,9 +6,9 @@ known from the specs, though: this writer places each member (zip local header, 
 header, array bytes) before any data arrives, takes bytes anywhere with `write_at` /
 `copy_from` (the positional interface of `io.tensor_rows`), and finishes the archive at
 close: each member's CRC-32 into its local header, then the central directory and end
-records. The file is byte for byte what `NpzStreamWriter` writes for the same arrays
-(zipfile with ZIP_STORED, allowZip64, force_zip64 per member, its default 1980-01-01 date,
-mode ?rw-------; `np.lib.format.write_array`'s .npy header), which a test checks.
+records. The file is byte for byte what `NpzStreamWriter` and `np.savez` write for the same
+arrays (zipfile with ZIP_STORED, allowZip64, force_zip64 per member, its default 1980-01-01
+date, mode ?rw-------; `np.lib.format.write_array`'s .npy header), which a test checks.
 
 CRC-32: a tensor's tiles come in row order from one worker, so each member's CRC is
 accumulated as its bytes are written; a member whose bytes came out of order is read back

@@ -209,3 +209,50 @@ def add_column_squares_blocked(
         if (g + 1) % block == 0 or g + 1 == rows:
             for j in range(v.shape[1]):
                 total[j] = total[j] + partial[j]
+
+
+@njit(nogil=True, cache=True)
+def scale_in_place(v: Any, rows: Any, cols: Any) -> None:
+    """v = (v * rows[i]) * cols[j] in float32, in place: a normaliser's scales applied before
+    the next adapter of a chain (`kernels._apply`: the row multiply, then the column one).
+
+    Either scale may be all ones (an exact multiply), so one loop serves every normaliser,
+    and one pass over the tile replaces NumPy's two broadcast multiplies.
+    """
+    for i in range(v.shape[0]):
+        vi = v[i]
+        r = rows[i]
+        for j in range(v.shape[1]):
+            vi[j] = (vi[j] * r) * cols[j]
+
+
+@njit(nogil=True, cache=True)
+def add_delta_term(
+    acc: Any, v: Any, rows: Any, cols: Any, w0: Any, strength: Any, first: bool
+) -> None:
+    """One normalised term of a delta stack into the sum, as `kernels.delta_pending`:
+    t = ((v * rows[i]) * cols[j] − W0) * s, then acc = t + W0 for the first term, else
+    acc + t; each operation rounded to float32 in that order, in one pass."""
+    for i in range(v.shape[0]):
+        vi, ai, wi = v[i], acc[i], w0[i]
+        r = rows[i]
+        if first:
+            for j in range(v.shape[1]):
+                ai[j] = (((vi[j] * r) * cols[j] - wi[j]) * strength) + wi[j]
+        else:
+            for j in range(v.shape[1]):
+                ai[j] = ai[j] + (((vi[j] * r) * cols[j] - wi[j]) * strength)
+
+
+@njit(nogil=True, cache=True)
+def add_plain_term(acc: Any, v: Any, w0: Any, first: bool) -> None:
+    """A plain (c·s ΔW) term of a delta stack into the sum: acc = v + W0 for the first
+    term, else acc + v (`kernels.delta_pending`)."""
+    for i in range(v.shape[0]):
+        vi, ai, wi = v[i], acc[i], w0[i]
+        if first:
+            for j in range(v.shape[1]):
+                ai[j] = vi[j] + wi[j]
+        else:
+            for j in range(v.shape[1]):
+                ai[j] = ai[j] + vi[j]

@@ -61,6 +61,7 @@ from typing import Any
 import numpy as np
 
 from sa3ckpt import dtypes
+from sa3ckpt.adapters.blas_accumulate import gemm_add
 from sa3ckpt.adapters.kernels import BLEND_AXES, EPS, NORM_BLOCK, NumpyAdapter
 
 TILE_ELEMENTS = 1 << 19  # elements per tile: its fp32 rows (2 MB) stay in this core's cache
@@ -127,6 +128,37 @@ class _NumpyCasts:
             if (g + 1) % block == 0 or g + 1 == rows:
                 total += partial
 
+    @staticmethod
+    def scale_in_place(v: np.ndarray, rows: np.ndarray, cols: np.ndarray) -> None:
+        v *= rows[:, None]
+        v *= cols[None, :]
+
+    @staticmethod
+    def add_delta_term(
+        acc: np.ndarray,
+        v: np.ndarray,
+        rows: np.ndarray,
+        cols: np.ndarray,
+        w0: np.ndarray,
+        strength: np.float32,
+        first: bool,
+    ) -> None:
+        v *= rows[:, None]
+        v *= cols[None, :]
+        v -= w0
+        v *= strength
+        if first:
+            np.add(v, w0, out=acc)
+        else:
+            acc += v
+
+    @staticmethod
+    def add_plain_term(acc: np.ndarray, v: np.ndarray, w0: np.ndarray, first: bool) -> None:
+        if first:
+            np.add(v, w0, out=acc)
+        else:
+            acc += v
+
     def scale(self, code: str) -> Callable[..., bool]:
         def run(v: np.ndarray, rows: np.ndarray, cols: np.ndarray, out: np.ndarray) -> bool:
             w = (v * rows[:, None]) * cols[None, :]
@@ -154,6 +186,9 @@ class _Ops:
     scale: Callable[..., bool]  # out = cast((v * rows) * cols), True if all finite
     column_squares: Callable[[np.ndarray, np.ndarray, np.ndarray], None]
     column_squares_blocked: Callable[..., None]
+    scale_in_place: Callable[[np.ndarray, np.ndarray, np.ndarray], None]  # v = (v*rows)*cols
+    add_delta_term: Callable[..., None]  # acc (+)= ((v*rows)*cols − W0)·s (+ W0 if first)
+    add_plain_term: Callable[..., None]  # acc (+)= v (+ W0 if first)
 
 
 def _ops(stored_code: str, out_code: str) -> _Ops:
@@ -166,6 +201,9 @@ def _ops(stored_code: str, out_code: str) -> _Ops:
             casts.scale(out_code),
             casts.add_column_squares,
             casts.add_column_squares_blocked,
+            casts.scale_in_place,
+            casts.add_delta_term,
+            casts.add_plain_term,
         )
     return _Ops(
         {"F16": jit.add_f16, "BF16": jit.add_bf16, "F32": _f32_add}[stored_code],
@@ -173,6 +211,9 @@ def _ops(stored_code: str, out_code: str) -> _Ops:
         {"F16": jit.scale_to_f16, "BF16": jit.scale_to_bf16, "F32": jit.scale_to_f32}[out_code],
         jit.add_column_squares,
         jit.add_column_squares_blocked,
+        jit.scale_in_place,
+        jit.add_delta_term,
+        jit.add_plain_term,
     )
 
 
@@ -193,6 +234,17 @@ class Step:
     mags: Mapping[str, np.ndarray]
     strength: np.float32
     blend: tuple[tuple[str, int], ...] = ()
+
+    @property
+    def blas_ready(self) -> bool:
+        """Whether `blas_accumulate` can take the operands as they are (float32, left
+        C-contiguous, right C- or Fortran-contiguous)."""
+        left, right = self.left, self.right
+        return (
+            left.dtype == right.dtype == np.float32
+            and left.flags.c_contiguous
+            and (right.flags.c_contiguous or right.flags.f_contiguous)
+        )
 
     @property
     def needs_columns(self) -> bool:
@@ -262,10 +314,56 @@ def keep_state(tile_plan: TilePlan, shape: tuple[int, int]) -> bool:
     return cuts and 4 * shape[0] * shape[1] <= KEEP_BYTES
 
 
+def kept_terms(tile_plan: TilePlan, shape: tuple[int, int]) -> tuple[int, ...]:
+    """The column-normalised terms of a delta stack whose V' its first pass keeps in fp32
+    for the second, which then skips their product and base add (all of them, or none when
+    they would exceed KEEP_BYTES together)."""
+    if tile_plan.mode != "delta" or tile_plan.passes < 2:
+        return ()
+    terms = tuple(k for k, s in enumerate(tile_plan.steps) if s.norm in ("cols", "both"))
+    return terms if 4 * shape[0] * shape[1] * len(terms) <= KEEP_BYTES else ()
+
+
 def tile_rows(fan_in: int) -> int:
     """Rows per tile: about TILE_ELEMENTS elements, a multiple of ROW_ALIGN."""
     rows = max(1, TILE_ELEMENTS // max(1, fan_in)) // ROW_ALIGN * ROW_ALIGN
     return max(ROW_ALIGN, rows)
+
+
+def bits_of(code: str) -> type[np.generic]:
+    """How a tile holds values of a dtype code: float32 as is, 16-bit floats as their bits."""
+    return np.float32 if code == "F32" else np.uint16
+
+
+class _Workspace(threading.local):
+    """One thread's tile buffers and kept state, reused from target to target.
+
+    Why: an array over glibc's mmap threshold is a fresh mapping each time, whose every
+    page the kernel faults in and zeroes on first touch; the kept fp32 state of a cut chain
+    alone (up to KEEP_BYTES a target) made that gigabytes of page faults over a medium
+    merge. The buffers live as long as the thread (a merge's workers end with it);
+    `release_buffers` frees the calling thread's. A tile handed to a sink is valid only
+    during that call.
+    """
+
+    def __init__(self) -> None:
+        self.slots: dict[str, np.ndarray] = {}
+
+    def array(self, slot: str, shape: tuple[int, ...], dtype: type[np.generic]) -> np.ndarray:
+        kind = np.dtype(dtype)
+        nbytes = int(np.prod(shape, dtype=np.int64)) * kind.itemsize
+        buf = self.slots.get(slot)
+        if buf is None or buf.nbytes < nbytes:
+            buf = self.slots[slot] = np.empty(max(nbytes, 64), np.uint8)
+        return buf[:nbytes].view(kind).reshape(shape)
+
+
+_WORKSPACE = _Workspace()
+
+
+def release_buffers() -> None:
+    """Free the calling thread's tile buffers and kept state (`_Workspace`)."""
+    _WORKSPACE.slots.clear()
 
 
 class Cancelled(Exception):
@@ -305,28 +403,43 @@ class _Target:
         self.height = min(tile_rows(self.fan_in), max(1, self.fan_out))
         self.stored_code = stored_code
         self.ops = _ops(stored_code, out_code)
+        self.gemm_add = gemm_add() if all(s.blas_ready for s in tile_plan.steps) else None
         h, n = self.height, self.fan_in
-        stored_dtype = np.float32 if stored_code == "F32" else np.uint16
-        self.stored_buf = np.empty((h, n), stored_dtype)
-        self.v = np.empty((h, n), np.float32)
-        self.tmp = np.empty((h, n), np.float32)
-        self.w0 = np.empty((h, n), np.float32)
-        self.acc = np.empty((h, n), np.float32)
-        self.out = np.empty((h, n), np.float32 if out_code == "F32" else np.uint16)
+        ws = _WORKSPACE
+        self.stored_buf = ws.array("stored", (h, n), bits_of(stored_code))
+        self.v = ws.array("v", (h, n), np.float32)
+        self.tmp = ws.array("tmp", (h, n), np.float32)
+        self.w0 = ws.array("w0", (h, n), np.float32)
+        self.acc = ws.array("acc", (h, n), np.float32)
+        self.out = ws.array("out", (h, n), bits_of(out_code))
         self.ones_rows = np.ones(h, np.float32)
         self.ones_cols = np.ones(n, np.float32)
         self.cols = _Columns(n)
-        # A chain cut across passes keeps V' of the cut in fp32 for the next pass (`keep_state`).
+        # A chain cut across passes keeps V' of the cut in fp32 for the next pass
+        # (`keep_state`): the tiles of the passes up to it are computed in place there.
         self.cut = 0
         self.kept: np.ndarray | None = None
         self.kept_rows: np.ndarray | None = None
         if keep_state(tile_plan, shape):
-            self.kept = np.empty(shape, np.float32)
-            self.kept_rows = np.empty(self.fan_out, np.float32)
+            self.kept = ws.array("kept", shape, np.float32)
+            self.kept_rows = ws.array("kept_rows", (self.fan_out,), np.float32)
+        self.kept_terms = {k: ws.array(f"kept{k}", shape, np.float32)
+                           for k in kept_terms(tile_plan, shape)}  # fmt: skip
         # blended column magnitudes by step, once their statistic is finished
         self.col_mags: dict[int, np.ndarray] = {}
 
     # -- pieces shared by both modes ------------------------------------------------------
+
+    def _fresh(self, v: np.ndarray, step: Step, i0: int, i1: int, stored: np.ndarray) -> None:
+        """v = W0 + left @ right on the tile, as `kernels._fresh_v`: with one BLAS call
+        onto W0's upcast where it gives the same bits (`blas_accumulate`), else the
+        product and then the add with the upcast fused in."""
+        if self.gemm_add is not None:
+            self.ops.upcast(v, stored)
+            self.gemm_add(step.left[i0:i1], step.right, v)
+        else:
+            np.matmul(step.left[i0:i1], step.right, out=v)
+            self.ops.add(v, stored)
 
     @staticmethod
     def _row_norms(v: np.ndarray) -> np.ndarray:
@@ -408,14 +521,15 @@ class _Target:
         kept state, V' of the cut and its row scale are kept for the next pass, which
         resumes at `resume` = that cut without reading `stored`)."""
         n = i1 - i0
-        v, tmp = self.v[:n], self.tmp[:n]
+        # with a kept state the tile is computed where the next pass will resume from it
+        v = self.v[:n] if self.kept is None else self.kept[i0:i1]
+        tmp = self.tmp[:n]
         rows = cols = None
         steps = self.plan.steps
         for k in range(resume or 0, len(steps)):
             step = steps[k]
-            if k == resume:  # resumed: V'_k and its row scale as kept
+            if k == resume:  # resumed: V'_k (v is its kept rows) and its row scale
                 assert self.kept is not None
-                np.copyto(v, self.kept[i0:i1])
                 rows = None if self.kept_rows is None else self.kept_rows[i0:i1]
                 if step.norm == "cols":
                     rows = None
@@ -435,8 +549,9 @@ class _Target:
                     in_norms = self._row_norms(w_in)
                 if k == 0:
                     assert stored is not None
-                    np.matmul(step.left[i0:i1], step.right, out=v)
-                    self.ops.add(v, stored)
+                    self._fresh(v, step, i0, i1, stored)
+                elif self.gemm_add is not None:  # v += left @ right, one pass
+                    self.gemm_add(step.left[i0:i1], step.right, v)
                 else:
                     np.matmul(step.left[i0:i1], step.right, out=tmp)
                     v += tmp
@@ -444,50 +559,59 @@ class _Target:
                 rows, cols, complete = self._scales(step, k, v, i0, i1, in_norms, True)
                 if blocked or not complete:
                     self.cut = k
-                    if self.kept is not None:
-                        self.kept[i0:i1] = v
-                        if rows is not None:
-                            assert self.kept_rows is not None
-                            self.kept_rows[i0:i1] = rows
+                    if self.kept_rows is not None and rows is not None:
+                        self.kept_rows[i0:i1] = rows  # (v already is the kept rows)
                     return None
             if k == len(steps) - 1:
                 return v, rows, cols
             # the normaliser's scales before the next adapter, as `kernels._apply`
-            if rows is not None:
-                v *= rows[:, None]
-            if cols is not None:
-                v *= cols[None, :]
+            if rows is not None or cols is not None:
+                self.ops.scale_in_place(
+                    v,
+                    self.ones_rows[:n] if rows is None else rows,
+                    self.ones_cols if cols is None else cols,
+                )
         raise AssertionError("a chain without steps")
 
     def delta_tile(self, stored: np.ndarray, i0: int, i1: int) -> np.ndarray | None:
         """W0 + Σ s_i (f_i(W0; 1) − W0) of one tile, as `kernels.delta_pending`; None
         when the pass only accumulates the normalised terms' column statistics."""
         n = i1 - i0
-        v, acc, w0 = self.v[:n], self.acc[:n], self.w0[:n]
-        self.ops.upcast(w0, stored)
+        acc, w0 = self.acc[:n], self.w0[:n]
         complete = all(("v", k) in self.cols.done or s.norm not in ("cols", "both")
                        for k, s in enumerate(self.plan.steps))  # fmt: skip
+        if complete:
+            self.ops.upcast(w0, stored)
         first = True
         for k, step in enumerate(self.plan.steps):
             if not complete and step.norm not in ("cols", "both"):
                 continue  # this pass only collects column statistics
-            np.matmul(step.left[i0:i1], step.right, out=v)
-            if step.norm is not None:  # f(W0; 1) − W0, weighted by s
-                self.ops.add(v, stored)
+            kept = self.kept_terms.get(k)
+            v = self.v[:n] if kept is None else kept[i0:i1]
+            if step.norm is None:  # f(W0; 1) − W0 = c s ΔW: the product itself
+                if self.gemm_add is not None:  # acc (W0 first) += left @ right
+                    if first:
+                        np.copyto(acc, w0)
+                    self.gemm_add(step.left[i0:i1], step.right, acc)
+                else:
+                    np.matmul(step.left[i0:i1], step.right, out=v)
+                    self.ops.add_plain_term(acc, v, w0, first)
+            else:  # f(W0; 1) − W0, weighted by s
+                if kept is None or not complete:  # else V' as the first pass kept it
+                    self._fresh(v, step, i0, i1, stored)
                 rows, cols, _ = self._scales(step, k, v, i0, i1, None, not complete)
                 if not complete:
                     continue
-                if rows is not None:
-                    v *= rows[:, None]
-                if cols is not None:
-                    v *= cols[None, :]
-                v -= w0
-                v *= step.strength
-            if first:
-                np.add(v, w0, out=acc)
-                first = False
-            else:
-                acc += v
+                self.ops.add_delta_term(
+                    acc,
+                    v,
+                    self.ones_rows[:n] if rows is None else rows,
+                    self.ones_cols if cols is None else cols,
+                    w0,
+                    step.strength,
+                    first,
+                )
+            first = False
         return acc if complete else None
 
 

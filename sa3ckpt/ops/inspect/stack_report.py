@@ -357,7 +357,10 @@ def stack_report(
 
 
 def base_norms_of(w2d: np.ndarray) -> dict[str, np.ndarray]:
-    """Row and column L2 norms of a canonical 2-D weight, float64 (what the predictors take)."""
+    """Row and column L2 norms of a canonical 2-D weight, float64 (what the predictors take).
+
+    The definition, for an array in memory: a merge streams the same norms from the base
+    file tile by tile (`ops.merge.base_norms`, equal up to the float64 summation order)."""
     w = np.asarray(w2d, np.float32)
     return {
         "rows": np.sqrt(np.einsum("ij,ij->i", w, w, dtype=np.float64)),

@@ -53,6 +53,12 @@ def run_python(code: str, **env: str) -> subprocess.CompletedProcess[str]:
     )
 
 
+def run_json(code: str, **env: str) -> list:
+    result = run_python(code, **env)
+    assert result.returncode == 0, result.stderr
+    return list(json.loads(result.stdout.strip().splitlines()[-1]))
+
+
 def probe(code: str = PROBE, **env: str) -> dict:
     result = run_python(code, **env)
     assert result.returncode == 0, result.stderr
@@ -139,6 +145,71 @@ def test_mkl_dependency_is_linux_x86_only() -> None:
     ):
         env = {"sys_platform": plat, "platform_machine": machine}
         assert mkl.marker.evaluate(env) is wanted, (plat, machine)
+
+
+# --- threads and buffers of MLX's own threads ---------------------------------------------------
+
+# Two CPU streams multiply at once; the BLAS threads every stream thread's products take are
+# counted by the threads the process has (a multi-threaded MKL product starts OpenMP workers
+# for the stream thread that calls it; a one-thread product starts none).
+STREAM_THREADS = """
+import ctypes, json, os
+import sa3ckpt
+import mlx.core as mx
+from sa3ckpt import mlx_streams
+from sa3ckpt.mlx_runtime import mlx_blas_threads, prepare
+threads = lambda: len(os.listdir("/proc/self/task"))
+lib = ctypes.CDLL(prepare().path)
+a, b = mx.ones((512, 1024)), mx.ones((1024, 1024))
+mx.eval(a, b)
+streams = mlx_streams.cpu_streams(2)
+for s in streams:  # the streams' threads start with their first work
+    with mx.stream(s):
+        mx.eval(mx.zeros(1) + 1)
+def products(n):
+    outs = []
+    for s in streams:
+        with mx.stream(s):
+            outs.append(a @ b)
+    mx.eval(outs)
+before = threads()
+with mlx_blas_threads(1):
+    inside = lib.MKL_Get_Max_Threads()
+    products(2)
+one = threads()
+products(2)
+print(json.dumps([before, one, threads(), inside, lib.MKL_Get_Max_Threads()]))
+"""
+
+
+@pytest.mark.skipif(not LINUX_X86, reason="the mkl wheel is the Linux x86-64 dependency")
+def test_stream_threads_take_the_process_wide_blas_limit() -> None:
+    """`mlx_blas_threads` reaches the threads MLX multiplies in (a thread-local limit, as
+    threadpoolctl sets, does not) and puts the previous count back."""
+    before, one, two, inside, after = run_json(STREAM_THREADS, MKL_NUM_THREADS="2")
+    assert (inside, after) == (1, 2)
+    if two == before:  # the control: MKL takes one thread per product on this machine anyway
+        pytest.skip("MKL multiplies on one thread here, so the limit cannot show")
+    assert two == before + 2  # two per stream without the limit: one OpenMP worker each
+    assert one == before  # one BLAS thread per stream: no worker started
+
+
+def test_freed_buffers_are_reused_inside_and_released_after() -> None:
+    code = (
+        "import json, sa3ckpt, mlx.core as mx\n"
+        "from sa3ckpt.mlx_runtime import reuse_mlx_buffers\n"
+        "limit = mx.set_cache_limit(1 << 20); mx.set_cache_limit(limit)\n"
+        "with reuse_mlx_buffers():\n"
+        "    xs = [mx.ones((256, 1024)) for _ in range(32)]; mx.eval(xs); del xs\n"
+        "    kept = mx.get_cache_memory()\n"
+        "    ys = [mx.ones((256, 1024)) for _ in range(32)]; mx.eval(ys)\n"
+        "    reused = kept - mx.get_cache_memory()\n"
+        "after = mx.set_cache_limit(limit)\n"
+        "print(json.dumps([kept, reused, mx.get_cache_memory(), after == limit]))"
+    )
+    kept, reused, left, restored = run_json(code)
+    assert kept >= 32 * 256 * 1024 * 4 and reused >= 32 * 256 * 1024 * 4
+    assert left == 0 and restored
 
 
 # --- exit safety -------------------------------------------------------------------------------

@@ -272,6 +272,26 @@ def test_cases_on_parallel_streams_equal_one_after_the_other(
     assert all(np.array_equal(a, b) for a, b in zip(parallel, serial, strict=True))
 
 
+def test_streams_and_chunks_change_no_number(work: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The live application, the rounding and the loads spread over one stream per core, a
+    chunk of targets each: the same report, bit for bit, as one stream and one chunk."""
+    from sa3ckpt import mlx_streams
+    from sa3ckpt.ops.verify import verify as verify_module
+
+    merged = _merge(work, "dora-streams", [(DORA, 0.8), (LORA, 0.5)])
+    pairs = _args((DORA, 0.8), (LORA, 0.5))
+    reports = []
+    for cores, chunk in ((1, 1000), (2, 2), (3, 1)):
+        for module in (mlx_streams, verify_probe):
+            monkeypatch.setattr(module, "cores", lambda cores=cores: cores)
+        monkeypatch.setattr(verify_module, "CHUNK", chunk)
+        reports.append(verify_merge(_base(work), pairs, merged).to_json())
+    for doc in reports:
+        doc.pop("timings"), doc.pop("seconds")
+    assert reports[0]["verdict"] == PASS and len(reports[0]["applied"]) > 2
+    assert reports[1] == reports[0] and reports[2] == reports[0]
+
+
 def test_inputs_are_seeded_and_cover_both_local_conds(work: Path) -> None:
     a, b = make_probe(FAM.topology, seed=1, frames=6), make_probe(FAM.topology, seed=1, frames=6)
     assert [c.local for c in a.cases] == ["training", "inpainting"]

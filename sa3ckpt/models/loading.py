@@ -36,7 +36,7 @@ import mlx.nn as nn
 import numpy as np
 from mlx.utils import tree_flatten
 
-from sa3ckpt import dtypes
+from sa3ckpt import dtypes, mlx_streams
 from sa3ckpt.errors import IncompatibleError, MalformedFileError, UsageError
 from sa3ckpt.io.base_checkpoint import BaseCheckpoint, BaseTensor, open_base
 from sa3ckpt.io.diffusers_folder import CONFIG_NAME, WEIGHTS_NAME
@@ -322,14 +322,23 @@ def _config(found: Detected, max_seconds: float, path: str) -> DiTConfig:
         raise IncompatibleError(f"{path}: {exc}") from None
 
 
-def _to_mx(name: str, tensor: _Tensor, dtype: mx.Dtype, ledger: LoadLedger) -> mx.array:
-    """One tensor read, as an MLX array in the run dtype (fixed tables stay float32)."""
+def _to_mx(
+    name: str, tensor: _Tensor, dtype: mx.Dtype, ledger: LoadLedger, stream: mx.Stream | None = None
+) -> mx.array:
+    """One tensor read, as an MLX array in the run dtype (fixed tables stay float32).
+
+    The cast runs on `stream` (default: the current one) and is started here: this thread
+    reads the next tensors while the streams cast the last ones (`mlx_streams`: a cast uses
+    one core per stream), and each stored-dtype copy is freed as soon as its cast is done,
+    so the copies are a few tensors' share of the peak, not the whole file's."""
     target = mx.float32 if name in _KEEP_FP32 else dtype
     array = mx.array(tensor.read())
     ledger.stored[tensor.code] += 1
     if array.dtype != target:
         ledger.cast[f"{RUN_DTYPES.get(array.dtype, str(array.dtype))}->{RUN_DTYPES[target]}"] += 1
-        array = array.astype(target)
+        with mx.stream(stream) if stream is not None else contextlib.nullcontext():
+            array = array.astype(target)
+    mx.async_eval(array)
     return array
 
 
@@ -377,9 +386,11 @@ def _load(
         )
     _check_tables(groups.tables, config, ledger)
     weights = []
-    for name in dit_shapes:
+    streams = mlx_streams.work_streams()
+    for index, name in enumerate(dit_shapes):
         tensor = groups.dit[name]
-        weights.append((name, _to_mx(name, tensor, dtype, ledger)))
+        stream = streams[index % len(streams)]
+        weights.append((name, _to_mx(name, tensor, dtype, ledger, stream)))
         ledger.loaded[tensor.key] = name
     dit.load_weights(weights, strict=True)
     dit.eval()

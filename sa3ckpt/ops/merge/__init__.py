@@ -33,6 +33,7 @@ from sa3ckpt.ops.merge.preview import (
 )
 from sa3ckpt.ops.merge.strength_map import (
     StrengthMap,
+    TargetStrength,
     parse_strength_map,
 )
 
@@ -46,6 +47,7 @@ __all__ = [
     "MergePreview",
     "SemanticsComparison",
     "StrengthMap",
+    "TargetStrength",
     "adapter_sha256",
     "apply_exclusions",
     "file_sha256",

@@ -12,16 +12,16 @@ across releases and machines), not from MLX's, so a seed means the same inputs e
 
 from __future__ import annotations
 
-import threading
 from dataclasses import dataclass
 from typing import Any
 
 import mlx.core as mx
 import numpy as np
 
+from sa3ckpt import mlx_streams
 from sa3ckpt.models import Conditioner, DiT, inpaint_local_cond, training_local_cond
 from sa3ckpt.targets.topology import Topology
-from sa3ckpt.threads import cores, limit_blas
+from sa3ckpt.threads import cores
 
 DEFAULT_SEED = 0
 DEFAULT_FRAMES = 8
@@ -115,19 +115,6 @@ def make_probe(topology: Topology, seed: int = DEFAULT_SEED, frames: int = DEFAU
     )
 
 
-_STREAMS = threading.local()
-
-
-def _streams(count: int) -> list[mx.Stream]:
-    """`count` CPU streams of the calling thread (MLX streams belong to the thread that made
-    them), made once and reused: each stream is run by its own MLX scheduler thread."""
-    made: list[mx.Stream] = getattr(_STREAMS, "cpu", [])
-    while len(made) < count:
-        made.append(mx.new_stream(mx.cpu))
-    _STREAMS.cpu = made
-    return made[:count]
-
-
 def run_probe(dit: DiT, conditioner: Conditioner | None, probe: Probe) -> list[np.ndarray]:
     """The DiT's float32 output (1, io, frames) for every case.
 
@@ -136,8 +123,11 @@ def run_probe(dit: DiT, conditioner: Conditioner | None, probe: Probe) -> list[n
     probe's random ones are used. The cases are built on separate MLX streams, one per core,
     and evaluated together, each stream's matrix products on cores // streams BLAS threads
     (one each on two cores: 1.8 s for the real-size small probe where one stream on two
-    BLAS threads took 4.4 s, on a loaded machine). The results are those of one after the
-    other, bit for bit. All from this thread: streams belong to the thread that made them.
+    BLAS threads took 4.4 s, on a loaded machine). `mlx_streams.blas_share` sets that count
+    where the streams' own threads read it; a thread-local limit set here would not reach
+    them, and two streams ran two MKL threads each until it did. The results are those of
+    one after the other, bit for bit. All from this thread: streams belong to the thread
+    that made them.
     """
     if conditioner is not None:
         cross, glob = conditioner(
@@ -147,14 +137,14 @@ def run_probe(dit: DiT, conditioner: Conditioner | None, probe: Probe) -> list[n
         cross, glob = probe.random_cross_attn_cond, probe.random_global_cond
     mx.eval(cross, glob, dit.parameters())
     count = min(len(probe.cases), cores())
-    streams = _streams(count) if count > 1 else [mx.default_stream(mx.cpu)]
+    streams = mlx_streams.cpu_streams(count)
     outputs = []
     for index, case in enumerate(probe.cases):
         with mx.stream(streams[index % len(streams)]):
             t = mx.array([case.t], dtype=mx.float32)
             y = dit(case.x, t, cross, glob, case.local_add_cond).astype(mx.float32)
             outputs.append(y)
-    with limit_blas(len(streams)):
+    with mlx_streams.blas_share(streams):
         mx.eval(outputs)
     return [np.array(y, dtype=np.float32) for y in outputs]
 

@@ -37,7 +37,7 @@ import mlx.core as mx
 import numpy as np
 from mlx.utils import tree_flatten, tree_unflatten
 
-from sa3ckpt import dtypes
+from sa3ckpt import dtypes, mlx_streams
 from sa3ckpt.adapters.checkpoint import AdapterCheckpoint
 from sa3ckpt.adapters.formats import load_adapter
 from sa3ckpt.adapters.formulas import SEMANTICS
@@ -45,7 +45,7 @@ from sa3ckpt.adapters.xs_sources import load_xs_bases
 from sa3ckpt.errors import IncompatibleError, UnreadableFileError, UsageError
 from sa3ckpt.io.base_checkpoint import open_base
 from sa3ckpt.io.formats import identify
-from sa3ckpt.mlx_runtime import Blas
+from sa3ckpt.mlx_runtime import Blas, reuse_mlx_buffers
 from sa3ckpt.mlx_runtime import active as active_blas
 from sa3ckpt.models import LoadedDiT, load_dit
 from sa3ckpt.names.modules import MLX_ARRAY_PREFIX, root_of
@@ -62,6 +62,7 @@ from sa3ckpt.ops.merge import (
     PROVENANCE_KEY,
     Excluded,
     StrengthMap,
+    TargetStrength,
     adapter_sha256,
     apply_exclusions,
     parse_exclusions,
@@ -424,12 +425,20 @@ def _chunks(items: Sequence[str]) -> list[Sequence[str]]:
 
 def _round_to_merged(loaded: LoadedDiT, codes: dict[str, str], with_conditioner: bool) -> bool:
     """Round every array to the dtype MERGED stores it in, in place; False when none changes
-    (MERGED stores all of them exactly, e.g. fp32). A chunk at a time, like `_apply_live`."""
+    (MERGED stores all of them exactly, e.g. fp32). A chunk per stream at a time, like
+    `_apply_live`."""
     usual = _usual_code(codes)
     params = _params(loaded, with_conditioner)
     keys = [k for k, v in params.items() if _rounds(v, codes.get(k, usual))]
-    for chunk in _chunks(keys):
-        _set(loaded, [(k, _rounded(params.pop(k), codes.get(k, usual))) for k in chunk])
+    streams = mlx_streams.work_streams()
+    chunks = _chunks(keys)
+    with mlx_streams.blas_share(streams):
+        for first in range(0, len(chunks), len(streams)):
+            pending = []
+            for stream, chunk in zip(streams, chunks[first : first + len(streams)], strict=False):
+                with mx.stream(stream):
+                    pending += [(k, _rounded(params.pop(k), codes.get(k, usual))) for k in chunk]
+            _set(loaded, pending)
     return bool(keys)
 
 
@@ -446,7 +455,9 @@ def _apply_live(
     `ops.apply.merged_updates` computes them, CHUNK targets at a time, each chunk written
     before the next is computed: peak memory is the model plus one chunk, not two models.
     With a `--strength-map`, a chunk's targets are applied in groups that share one strength
-    per adapter (`merged_updates` takes one strength per checkpoint).
+    per adapter (`merged_updates` takes one strength per checkpoint). One chunk per core is
+    computed at once, each on its own stream (`mlx_streams`): the casts, sums and products
+    of the formulas use one core per stream.
     """
     ledger = ApplyLedger(semantics)
     for ckpt, _ in ckpts:
@@ -465,44 +476,69 @@ def _apply_live(
     per_target = (
         strength_map.resolve(todo, [(set(c.tensors), s) for c, s in ckpts]) if strength_map else {}
     )
-    for chunk in _chunks(todo):
-        groups: dict[tuple[float, ...], set[str]] = {}
-        for target in chunk:
-            row = per_target.get(target)
-            key = (
-                given
-                if row is None
-                else tuple(s if v is None else v for s, v in zip(given, row.strengths, strict=True))
-            )
-            groups.setdefault(key, set()).add(target)
-        updates = []
-        for strengths, wanted in groups.items():
-            part = [
-                (
-                    dataclasses.replace(
-                        ckpt,
-                        tensors={t: p for t, p in ckpt.tensors.items() if t in wanted},
-                        ledger=None,
-                    ),
-                    strength,
-                )
-                for (ckpt, _), strength in zip(ckpts, strengths, strict=True)
-            ]
-            try:
-                group_updates, done = merged_updates(
-                    _params(loaded, with_conditioner), part, semantics, source
-                )
-            except IncompatibleError as exc:  # every target of the group misfits
-                raise IncompatibleError(f"BASE {loaded.ledger.path}: {exc}") from None
-            updates += group_updates
-            ledger.applied += done.applied
-            ledger.shape_mismatches += done.shape_mismatches
-            ledger.bases_sources.update(done.bases_sources)
-        if ledger.shape_mismatches:
-            break  # refused by the caller: no need to compute the rest
-        _set(loaded, updates)
-        del updates
+    streams = mlx_streams.work_streams()
+    pending: list[tuple[str, mx.array]] = []
+    with mlx_streams.blas_share(streams):
+        for index, chunk in enumerate(_chunks(todo)):
+            with mx.stream(streams[index % len(streams)]):
+                pending += _chunk_updates(
+                    loaded, ckpts, chunk, given, per_target, semantics, source, with_conditioner,
+                    ledger,
+                )  # fmt: skip
+            if ledger.shape_mismatches:
+                return ledger  # refused by the caller: no need to compute the rest
+            if index % len(streams) == len(streams) - 1:
+                _set(loaded, pending)
+                pending = []
+        _set(loaded, pending)
     return ledger
+
+
+def _chunk_updates(
+    loaded: LoadedDiT,
+    ckpts: Sequence[tuple[AdapterCheckpoint, float]],
+    chunk: Sequence[str],
+    given: tuple[float, ...],
+    per_target: dict[str, TargetStrength],
+    semantics: str,
+    source: AdapterSource,
+    with_conditioner: bool,
+    ledger: ApplyLedger,
+) -> list[tuple[str, mx.array]]:
+    """The live weights of one chunk's targets (not evaluated); the ledger takes the rest."""
+    groups: dict[tuple[float, ...], set[str]] = {}
+    for target in chunk:
+        row = per_target.get(target)
+        key = (
+            given
+            if row is None
+            else tuple(s if v is None else v for s, v in zip(given, row.strengths, strict=True))
+        )
+        groups.setdefault(key, set()).add(target)
+    updates = []
+    for strengths, wanted in groups.items():
+        part = [
+            (
+                dataclasses.replace(
+                    ckpt,
+                    tensors={t: p for t, p in ckpt.tensors.items() if t in wanted},
+                    ledger=None,
+                ),
+                strength,
+            )
+            for (ckpt, _), strength in zip(ckpts, strengths, strict=True)
+        ]
+        try:
+            group_updates, done = merged_updates(
+                _params(loaded, with_conditioner), part, semantics, source
+            )
+        except IncompatibleError as exc:  # every target of the group misfits
+            raise IncompatibleError(f"BASE {loaded.ledger.path}: {exc}") from None
+        updates += group_updates
+        ledger.applied += done.applied
+        ledger.shape_mismatches += done.shape_mismatches
+        ledger.bases_sources.update(done.bases_sources)
+    return updates
 
 
 def _shapes(loaded: LoadedDiT) -> dict[str, tuple[int, ...]]:
@@ -655,6 +691,47 @@ def verify_merge(
     is `fail`, not an exception; the CLI turns it into exit 1. progress: the phases done of
     all (`PHASES`), with the one now running.
     """
+    with reuse_mlx_buffers():  # BASE's model takes MERGED's freed buffers, and so on
+        return _verify(
+            base_path,
+            adapters,
+            merged_path,
+            semantics=semantics,
+            only=only,
+            bases_path=bases_path,
+            allow_pickle=allow_pickle,
+            exclude=exclude,
+            strength_map=strength_map,
+            strict=strict,
+            tolerance=tolerance,
+            seed=seed,
+            frames=frames,
+            progress=progress,
+            base_conditioner=base_conditioner,
+            merged_conditioner=merged_conditioner,
+        )
+
+
+def _verify(
+    base_path: str,
+    adapters: Sequence[AdapterArg],
+    merged_path: str,
+    *,
+    semantics: str,
+    only: str | None,
+    bases_path: str | None,
+    allow_pickle: bool,
+    exclude: Sequence[str],
+    strength_map: Sequence[str],
+    strict: bool,
+    tolerance: float,
+    seed: int,
+    frames: int,
+    progress: ProgressCallback | None,
+    base_conditioner: str | None,
+    merged_conditioner: str | None,
+) -> VerifyReport:
+    """`verify_merge`'s work (its arguments, checked by it)."""
     started = time.perf_counter()
     timer = _Timer(progress)
     _check_arguments(base_path, adapters, merged_path, semantics, only, tolerance, frames)

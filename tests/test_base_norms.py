@@ -5,9 +5,10 @@ in-memory tensor) and sums squares in float64 with numba (`adapters.jit_norms`) 
 `ops.inspect.base_norms_of` of the whole float32 canonical weight is the definition. They
 may differ only by the float64 summation order: within RTOL, checked for every weight of
 tiny bases in each stored dtype (F16, BF16, F32; F64 upcast whole) and container
-(safetensors official and MLX with its (k, in) Conv1d rows, npz, a diffusers folder with its
-reordered medium qkv row blocks, an sa3.cpp GGUF), with and without numba, across tile
-boundaries; and a merge's stack report is the one the whole-tensor norms give.
+(safetensors official and MLX with its (k, in) Conv1d rows, npz uncompressed and compressed,
+a diffusers folder with its reordered medium qkv row blocks, an sa3.cpp GGUF), with and
+without numba, across tile boundaries; and a merge's stack report is the one the
+whole-tensor norms give.
 """
 
 from __future__ import annotations
@@ -143,13 +144,20 @@ def test_mlx_safetensors_with_k_in_conv_rows(jit: bool) -> None:
     assert any(v.reshuffles for v in _views(base))  # Conv1d k=3 stored (out, k, in)
 
 
-def test_npz_members_tiled_in_memory(tmp_path: Path, jit: bool) -> None:
+@pytest.mark.parametrize("compressed", [False, True], ids=["pread", "in-memory"])
+def test_npz_members_read_in_place_or_whole(tmp_path: Path, jit: bool, compressed: bool) -> None:
+    """Uncompressed members are read where they lie; compressed ones whole, then tiled."""
     path = tmp_path / "base.npz"
-    with NpzStreamWriter(path) as writer:
-        for key, value in load_file(str(BASES / "tiny-small.mlx.safetensors")).items():
-            writer.write(key, value)
+    tensors = load_file(str(BASES / "tiny-small.mlx.safetensors"))
+    if compressed:
+        np.savez_compressed(path, **tensors)
+    else:
+        with NpzStreamWriter(path) as writer:
+            for key, value in tensors.items():
+                writer.write(key, value)
     base = _check_base(path)
-    assert all(base.stored_bytes(k) is None for k in base.weight_keys().values())
+    located = [base.stored_bytes(k) is not None for k in base.weight_keys().values()]
+    assert located == [not compressed] * len(located)
 
 
 def test_diffusers_folder_with_reordered_qkv_rows(tmp_path: Path, jit: bool) -> None:

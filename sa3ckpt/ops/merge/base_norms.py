@@ -3,12 +3,12 @@
 Under blend / delta semantics the stack report (`ops.inspect.stack_report`) predicts sign
 flips from the row and column L2 norms of each target's canonical 2-D base weight, before
 anything is written. Each target's canonical rows are read tile by tile where they lie, as
-the merge kernel reads them (`BaseCheckpoint.stored_bytes` + `io.tensor_rows.FileRows`; an
-npz member, which may be compressed, is read whole and tiled in memory: `ArrayRows`), and
-their squares summed in one compiled pass (`adapters.tiled_norms`), targets on a few worker
-threads. A base dtype the tiles do not read (F64, a quantised GGUF type) is upcast whole to
-float32 first, as the merge does. The values are `ops.inspect.base_norms_of` of the
-float32 canonical weight up to the float64 summation order.
+the merge kernel reads them (`BaseCheckpoint.stored_bytes` + `io.tensor_rows.FileRows`; a
+tensor not stored plainly, e.g. a compressed npz member, is read whole and tiled in memory:
+`ArrayRows`), and their squares summed in one compiled pass (`adapters.tiled_norms`),
+targets on a few worker threads. A base dtype the tiles do not read (F64, a quantised GGUF
+type) is upcast whole to float32 first, as the merge does. The values are
+`ops.inspect.base_norms_of` of the float32 canonical weight up to the float64 summation order.
 """
 
 from __future__ import annotations

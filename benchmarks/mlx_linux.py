@@ -15,9 +15,11 @@ wheel on x86-64). Cases:
   optimizer update; the optimizer state is built in it, a few zero arrays). Goal: >= 4x.
 
 The outputs of the two runs are compared as well (verify's difference, the encoders'
-latents, the training loss). The machine may be shared: the load average is printed, and
-each row also gives the ratio of CPU seconds (all threads) of the timed part, which other
-processes' load disturbs much less than wall time.
+latents, the training loss). The machine may be shared: it is named with its load average
+at the start, and each row gives the load average while it ran and the ratio of CPU seconds
+(all threads) of the timed part, which other processes' load disturbs much less than wall
+time. With no --case, every case runs in this one invocation and the closing table (Markdown,
+as the documentation quotes it) has every row.
 
     python benchmarks/mlx_linux.py [--dir DIR] [--case verify same-s same-l train]
         [--same-s-seconds 2] [--same-l-seconds 1]
@@ -28,6 +30,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import platform
 import subprocess
 import sys
 import time
@@ -43,7 +46,10 @@ import sa3ckpt  # noqa: E402, F401  (first: mlx must load after sa3ckpt's BLAS s
 import numpy as np  # noqa: E402
 
 CASES = ("verify", "same-s", "same-l", "train")
-MODES = (("reference", {"SA3CKPT_BLAS": "off"}), ("as installed", {}))
+MODES: tuple[tuple[str, dict[str, str]], ...] = (
+    ("reference", {"SA3CKPT_BLAS": "off"}),
+    ("as installed", {}),
+)
 TRAIN_FRAMES = 108  # 10 s at 44.1 kHz / 4096 samples per latent
 PROMPT_TOKENS = 32
 
@@ -189,6 +195,32 @@ def compare(case: str, rows: list[dict], outs: list[Path]) -> str:
     return f"{what} max relative difference {rel:.2e}"
 
 
+def machine() -> str:
+    """The CPU, the cores this process may use, mlx's version and the BLAS as installed."""
+    from importlib.metadata import version
+
+    try:
+        with open("/proc/cpuinfo") as info:
+            lines = [line for line in info if line.startswith("model name")]
+        cpu = lines[0].split(":", 1)[1].strip()
+    except (OSError, IndexError):
+        cpu = platform.processor() or platform.machine()
+
+    from sa3ckpt.mlx_runtime import active
+    from sa3ckpt.threads import cores
+
+    return (
+        f"{cpu}, {cores()} cores usable of {os.cpu_count()}; "
+        f"{platform.system()} {platform.release()}; mlx {version('mlx')}; "
+        f"as installed: {active().line()}"
+    )
+
+
+def load() -> str:
+    one, five, _ = os.getloadavg()
+    return f"{one:.1f} (5 min {five:.1f})"
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--dir", type=Path, default=Path("/tmp/sa3ckpt-verify-bench"))
@@ -203,10 +235,11 @@ def main() -> int:
     args.dir.mkdir(parents=True, exist_ok=True)
     if "verify" in args.case or "train" in args.case:
         files(args.dir)
-    print(f"load average before: {os.getloadavg()[0]:.1f} ({os.cpu_count()} CPUs)")
+    print(f"machine: {machine()}")
+    print(f"load average at the start: {load()}", flush=True)
     table = []
     for case in args.case:
-        rows, outs = [], []
+        rows, outs, loads = [], [], []
         for name, extra in MODES:
             env = {**os.environ, **extra}
             if not extra:
@@ -215,31 +248,44 @@ def main() -> int:
             row = run_verify(args.dir, env) if case == "verify" else run_child(case, args, env, out)
             rows.append(row)
             outs.append(out)
+            loads.append(os.getloadavg()[0])
             print(
                 f"  {case:7} {name:13} {float(str(row['value'])):9.3f} {unit_of(case)} "
-                f"(wall {float(str(row['wall_s'])):.2f} s, CPU {float(str(row['cpu_s'])):.2f} s)"
-                f"  {row['blas']}",
+                f"(wall {float(str(row['wall_s'])):.2f} s, CPU {float(str(row['cpu_s'])):.2f} s, "
+                f"load {loads[-1]:.1f})  {row['blas']}",
                 flush=True,
             )
-        unit, ratio_of, met_of = GOALS[case]
-        ref, new = (float(str(r["value"])) for r in rows)
-        ratio = ratio_of(ref, new)
-        cpu_ratio = float(str(rows[0]["cpu_s"])) / float(str(rows[1]["cpu_s"]))
-        met = "met" if met_of(ratio, new) else "NOT met"
-        table.append((case, unit, ref, new, ratio, cpu_ratio, met, compare(case, rows, outs)))
-    print(f"load average after: {os.getloadavg()[0]:.1f}")
+        table.append(row_of(case, rows, outs, loads))
+    print(f"load average at the end: {load()}")
     print()
     print(
-        f"{'case':8} {'unit':10} {'reference':>10} {'installed':>10} {'ratio':>7} "
-        f"{'CPU ratio':>9}  goal"
+        "| case | unit | reference BLAS | as installed | ratio (wall) | ratio (CPU) | load "
+        "| goal | outputs |"
     )
-    for case, unit, ref, new, ratio, cpu_ratio, met, diff in table:
-        goal = f"{GOAL_TEXT[case]} {met}"
-        print(
-            f"{case:8} {unit:10} {ref:10.3f} {new:10.3f} {ratio:6.1f}x {cpu_ratio:8.1f}x  "
-            f"{goal}; {diff}"
-        )
+    print("|---|---|---|---|---|---|---|---|---|")
+    for line in table:
+        print(line)
     return 0
+
+
+def row_of(case: str, rows: list[dict], outs: list[Path], loads: list[float]) -> str:
+    """One Markdown table row: both runs' value (wall and CPU seconds), the ratios, the load
+    average after each run, the goal and the comparison of the outputs."""
+    unit, ratio_of, met_of = GOALS[case]
+    ref, new = (float(str(r["value"])) for r in rows)
+    ratio = ratio_of(ref, new)
+    cpu_ratio = float(str(rows[0]["cpu_s"])) / float(str(rows[1]["cpu_s"]))
+    met = "met" if met_of(ratio, new) else "NOT met"
+    cells = [
+        f"{float(str(r['value'])):.4g} (wall {float(str(r['wall_s'])):.1f} s, "
+        f"CPU {float(str(r['cpu_s'])):.1f} s)"
+        for r in rows
+    ]
+    return (
+        f"| {case} | {unit} | {cells[0]} | {cells[1]} | {ratio:.1f}× | {cpu_ratio:.1f}× "
+        f"| {loads[0]:.1f} / {loads[1]:.1f} | {GOAL_TEXT[case]}: {met} "
+        f"| {compare(case, rows, outs)} |"
+    )
 
 
 if __name__ == "__main__":

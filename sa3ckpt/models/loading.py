@@ -42,6 +42,7 @@ from sa3ckpt.io.base_checkpoint import BaseCheckpoint, BaseTensor, open_base
 from sa3ckpt.io.diffusers_folder import CONFIG_NAME, WEIGHTS_NAME
 from sa3ckpt.io.diffusers_folder import CONTAINER as FOLDER
 from sa3ckpt.io.formats import ADAPTER, PICKLE, identify
+from sa3ckpt.io.remote import is_url
 from sa3ckpt.io.safetensors import open_safetensors
 from sa3ckpt.io.sources import read_json
 from sa3ckpt.models.config import DiTConfig
@@ -120,18 +121,76 @@ class _Tensor:
     shape: Shape  # in the MLX layout
     code: str  # safetensors dtype code as stored
     read: Callable[[], np.ndarray]  # the array in the MLX layout, dtype as stored
+    # The same array read by MLX itself on a stream (None: the tensor needs `read`).
+    lazy: Callable[[mx.Stream | None], mx.array | None] | None = None
 
 
 def _read_converted(base: BaseCheckpoint, plan: TensorPlan) -> np.ndarray:
     return convert_tensor(base.read(plan.source), plan)
 
 
+# Stored dtypes `mx.load` gives as they are.
+_MX_LOADS: dict[str, mx.Dtype] = {"F16": mx.float16, "BF16": mx.bfloat16, "F32": mx.float32}
+
+
+class _MlxReads:
+    """Lazy MLX arrays, read by MLX (`mx.load`), for the tensors a base stores plainly in a
+    local safetensors file (or diffusers shard) with the MLX runtime's layout: no NumPy buffer
+    and copy on the way, and the read runs on the stream that evaluates it, so `_load`'s
+    streams read and cast side by side. Only when MLX computes on the CPU (elsewhere the
+    NumPy path stays). The header was validated by sa3ckpt's reader when the base was opened;
+    an array MLX lists under another shape or dtype, or a file MLX cannot open, falls back to
+    `read`. An array is bound to the stream it was made on: one `mx.load` per file and stream,
+    and each array is taken out of it, so its buffer is freed once its cast has run."""
+
+    def __init__(self, base: BaseCheckpoint) -> None:
+        self._base = base
+        self._files: dict[tuple[str, str], dict[str, mx.array]] = {}
+
+    def usable(self, plan: TensorPlan) -> bool:
+        return (
+            self._base.container in ("safetensors", FOLDER)
+            and plan.layouts is None
+            and plan.code_out == plan.code_in in _MX_LOADS
+            and mx.default_device() == mx.cpu
+        )
+
+    def take(self, plan: TensorPlan, stream: mx.Stream | None) -> mx.array | None:
+        where = self._base.stored_bytes(plan.source)
+        if where is None or is_url(where[0]):
+            return None
+        stream = stream or mx.default_stream(mx.cpu)
+        arrays = self._files.get((where[0], str(stream)))
+        if arrays is None:
+            try:
+                loaded = mx.load(where[0], format="safetensors", stream=stream)
+            except (ValueError, RuntimeError, OSError):
+                loaded = {}
+            arrays = self._files[where[0], str(stream)] = (
+                dict(loaded) if isinstance(loaded, dict) else {}
+            )
+        array = arrays.pop(plan.source, None)
+        if (
+            array is None
+            or tuple(array.shape) != plan.shape_out
+            or array.dtype != _MX_LOADS[plan.code_in]
+        ):
+            return None
+        return array
+
+
 def _tensors(base: BaseCheckpoint) -> list[_Tensor]:
     """Every tensor of `base` with its MLX name and layout (planned from the index only)."""
     plans, unmapped, _ = plan_conversion(base, "mlx", cast_to=None, drop_unmapped=True)
+    reads = _MlxReads(base)
     out = [
         _Tensor(
-            p.source, p.target, p.shape_out, p.code_in, functools.partial(_read_converted, base, p)
+            p.source,
+            p.target,
+            p.shape_out,
+            p.code_in,
+            functools.partial(_read_converted, base, p),
+            functools.partial(reads.take, p) if reads.usable(p) else None,
         )
         for p in plans
     ]
@@ -327,12 +386,14 @@ def _to_mx(
 ) -> mx.array:
     """One tensor read, as an MLX array in the run dtype (fixed tables stay float32).
 
-    The cast runs on `stream` (default: the current one) and is started here: this thread
-    reads the next tensors while the streams cast the last ones (`mlx_streams`: a cast uses
-    one core per stream), and each stored-dtype copy is freed as soon as its cast is done,
-    so the copies are a few tensors' share of the peak, not the whole file's."""
+    The read (when MLX reads it, `_MlxReads`) and the cast run on `stream` (default: the
+    current one) and are started here: this thread goes on to the next tensors while the
+    streams read and cast the last ones (`mlx_streams`: a cast uses one core per stream), and
+    each stored-dtype copy is freed as soon as its cast is done, so the copies are a few
+    tensors' share of the peak, not the whole file's."""
     target = mx.float32 if name in _KEEP_FP32 else dtype
-    array = mx.array(tensor.read())
+    lazy = tensor.lazy(stream) if tensor.lazy is not None else None
+    array = lazy if lazy is not None else mx.array(tensor.read())
     ledger.stored[tensor.code] += 1
     if array.dtype != target:
         ledger.cast[f"{RUN_DTYPES.get(array.dtype, str(array.dtype))}->{RUN_DTYPES[target]}"] += 1

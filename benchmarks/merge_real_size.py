@@ -233,7 +233,7 @@ def write_bases_file(base_path: Path, path: Path, rank: int) -> None:
     from threadpoolctl import threadpool_limits
 
     from sa3ckpt import dtypes
-    from sa3ckpt.adapters.xs_bases import XsBases, canonicalize_signs, save_bases, weight_sha256
+    from sa3ckpt.adapters.xs_bases import XsBases, canonicalize_signs, save_bases
     from sa3ckpt.io.base_checkpoint import open_base
 
     rng = np.random.default_rng(0)
@@ -249,8 +249,7 @@ def write_bases_file(base_path: Path, path: Path, rank: int) -> None:
             u, vt = canonicalize_signs((q @ ub)[:, :rank], vt[:rank])
             out.bases[target] = (np.ascontiguousarray(u), np.ascontiguousarray(vt.T))
             out.singular_values[target] = np.asarray(sv[: rank + 1], np.float32)
-            out.base_sha256[target] = weight_sha256(w2d)
-            out.base_dtype[target] = dtypes.code_for(w2d.dtype)
+            out.record_w0(target, w2d)
     save_bases(out, path)
 
 

@@ -20,7 +20,13 @@ from typing import Any
 import numpy as np
 
 from sa3ckpt import dtypes
-from sa3ckpt.adapters.xs_bases import XsBases, save_bases, svd_bases_with_spectrum, weight_sha256
+from sa3ckpt.adapters.xs_bases import (
+    XsBases,
+    save_bases,
+    svd_bases_with_spectrum,
+    weight_sha256,
+    weight_xxh3,
+)
 from sa3ckpt.adapters.xs_uniqueness import assess, summary_lines
 from sa3ckpt.errors import IncompatibleError, UsageError
 from sa3ckpt.io.atomic import check_output_path
@@ -88,6 +94,7 @@ class _Result:
     v: np.ndarray
     s: np.ndarray
     digest: str
+    xxh3: str
     dtype: str
     shape: tuple[int, int]
 
@@ -98,7 +105,7 @@ def _one(base: BaseCheckpoint, key: str, rank: int) -> _Result:
     w2d = np.ascontiguousarray(base.layout_of(stored.shape, key).to_canonical(stored))
     u, v, s = svd_bases_with_spectrum(w2d, rank)
     shape = (int(w2d.shape[0]), int(w2d.shape[1]))
-    return _Result(u, v, s, weight_sha256(w2d), dtypes.code_for(w2d.dtype), shape)
+    return _Result(u, v, s, weight_sha256(w2d), weight_xxh3(w2d), dtypes.code_for(w2d.dtype), shape)
 
 
 def compute_bases_file(
@@ -147,6 +154,7 @@ def compute_bases_file(
                 out.bases[target] = (r.u, r.v)
                 out.singular_values[target] = r.s
                 out.base_sha256[target] = r.digest
+                out.base_xxh3[target] = r.xxh3
                 out.base_dtype[target] = r.dtype
                 result = assess(target, r.s, rank, r.shape, r.u)
                 if result.flagged:

@@ -39,7 +39,7 @@ class TargetReport:
     sources: dict[str, int] = field(default_factory=dict)
     where: list[str] = field(default_factory=list)
     other_w0: bool = False
-    digest: str | None = None  # the W0 digest a bases file recorded, to compare with
+    digest: tuple[str, str] | None = None  # (name, hex) of the W0 a bases file recorded
     not_unique: list[dict[str, Any]] = field(default_factory=list)
     unknown: int = 0
 
@@ -124,8 +124,8 @@ def target_stack(
     report = TargetReport()
     ranks = [c.config.rank for c, _ in ckpts if target in c.tensors and c.kind.xs]
     rebuilt = Rebuilt(w2d, max(ranks, default=1))
-    if bases is not None and ranks and target in bases.base_sha256:
-        report.digest = bases.base_sha256[target]
+    if bases is not None and ranks:
+        report.digest = bases.w0_digest(target)
     stack = []
     for ckpt, strength in ckpts:
         if target not in ckpt.tensors:
@@ -196,7 +196,7 @@ def merge_target(
     source: Any
     if stored_code not in tiled.STORED_CODES:  # e.g. fp64: merged from an fp32 copy
         if report.digest is not None:
-            report.other_w0 = report.digest != weight_sha256(w0())
+            report.other_w0 = report.digest[1] != weight_sha256(w0(), report.digest[0])
         source, stored_code = _canonical_rows(dtypes.to_float32(w0()), fan), "F32"
     elif whole:  # read whole for an SVD: tiles are slices of it
         source = _canonical_rows(whole[0], fan)
@@ -206,7 +206,7 @@ def merge_target(
         source = ArrayRows(view, base.read(key))
     digest = None
     if report.digest is not None and not report.other_w0:
-        digest = _Digest(source, stored_code, fan)
+        digest = _Digest(source, stored_code, fan, report.digest[0])
         source = digest
     work_code = code if code in tiled.OUTPUT_CODES else "F32"
     out: np.ndarray | None = None
@@ -224,8 +224,8 @@ def merge_target(
             closing.close()
     if not finite:
         raise IncompatibleError(f"merged weight of {target} has NaN/Inf; nothing was written")
-    if digest is not None:
-        report.other_w0 = report.digest != digest.hexdigest()
+    if digest is not None and report.digest is not None:
+        report.other_w0 = report.digest[1] != digest.hexdigest()
     if out is not None and work_code != code:
         out = dtypes.cast(out, code)
     if out is not None and writer is not None:
@@ -243,11 +243,12 @@ def _canonical_rows(w2d: np.ndarray, fan: tuple[int, int]) -> ArrayRows:
 
 class _Digest:
     """A row source that also hashes W0's canonical bytes as the first pass reads them in
-    order (`xs_bases.weight_sha256` of the canonical 2-D view), for a bases file's check."""
+    order (`xs_bases.weight_sha256` of the canonical 2-D view, by the digest the bases file
+    recorded: XXH3 when it has one), for a bases file's check."""
 
-    def __init__(self, source: Any, code: str, fan: tuple[int, int]) -> None:
+    def __init__(self, source: Any, code: str, fan: tuple[int, int], digest_name: str) -> None:
         self.source = source
-        self.hasher = weight_hasher(code, fan)
+        self.hasher = weight_hasher(code, fan, digest_name)
         self.next_row = 0
 
     def __call__(self, i0: int, i1: int, buf: np.ndarray) -> np.ndarray:

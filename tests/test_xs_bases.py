@@ -10,6 +10,7 @@ from pathlib import Path
 import ml_dtypes
 import numpy as np
 import pytest
+from safetensors.numpy import load_file, save_file
 
 from sa3ckpt.adapters.xs_bases import (
     FORMAT,
@@ -261,6 +262,8 @@ def test_compute_save_load_round_trip(tmp_path: Path, tiny_weights: dict[str, np
     assert meta["format"] == FORMAT and meta["format_version"] == "1"
     assert meta["rank"] == "3"
     assert json.loads(meta["base_sha256"]) == bases.base_sha256
+    assert json.loads(meta["base_xxh3"]) == bases.base_xxh3
+    assert set(bases.base_xxh3) == set(bases.base_sha256)
     assert len(keys) == 2 * len(fam.targets)
     assert keys[:2] == [f"{fam.targets[0].name}.U", f"{fam.targets[0].name}.V"]
 
@@ -269,6 +272,7 @@ def test_compute_save_load_round_trip(tmp_path: Path, tiny_weights: dict[str, np
     assert loaded.source_base == "synthetic tiny-small seed 0 (fp16)"
     assert loaded.targets() == bases.targets()
     assert loaded.base_sha256 == bases.base_sha256
+    assert loaded.base_xxh3 == bases.base_xxh3
     assert loaded.base_dtype == bases.base_dtype
     for target in bases.targets():
         for a, b in zip(loaded.bases[target], bases.bases[target], strict=True):
@@ -514,3 +518,67 @@ def test_not_a_safetensors_file(tmp_path: Path) -> None:
         load_bases(path)
     with pytest.raises(MalformedFileError):
         load_bases(tmp_path / "missing.safetensors")
+
+
+def test_the_fast_w0_digest_is_the_sha256_bytes_by_xxh3(
+    tiny_weights: dict[str, np.ndarray],
+) -> None:
+    """base_xxh3 digests exactly what base_sha256 does (tag, dtype code, shape, C-order
+    bytes), by XXH3-128; a different dtype or shape or value gives another digest."""
+    import xxhash
+
+    from sa3ckpt.adapters.xs_bases import weight_xxh3
+
+    w = next(iter(tiny_weights.values()))
+    want = xxhash.xxh3_128()
+    want.update(b"sa3ckpt-weight-xxh3-128-v1\0F16\0")
+    want.update(json.dumps(list(w.shape)).encode() + b"\0")
+    want.update(np.ascontiguousarray(w).tobytes())
+    assert weight_xxh3(w) == want.hexdigest()
+    assert weight_xxh3(np.asfortranarray(w)) == weight_xxh3(w)
+    assert weight_xxh3(w.astype(np.float32)) != weight_xxh3(w)
+    assert weight_xxh3(w.reshape(w.shape[1], w.shape[0])) != weight_xxh3(w)
+    bumped = w.copy()
+    bumped.flat[0] = np.float16(float(bumped.flat[0]) + 1.0)
+    assert weight_xxh3(bumped) != weight_xxh3(w)
+
+
+def test_a_file_without_the_fast_digest_is_checked_by_sha256(
+    tmp_path: Path, tiny_weights: dict[str, np.ndarray]
+) -> None:
+    """Files written before base_xxh3 existed load, and `matches` falls back to SHA-256."""
+    bases = compute_bases(tiny_weights, 3, "old")
+    bases.base_xxh3.clear()
+    path = tmp_path / "old.safetensors"
+    save_bases(bases, path)
+    with open_safetensors(path) as f:
+        assert "base_xxh3" not in f.metadata
+    loaded = load_bases(path)
+    assert loaded.base_xxh3 == {}
+    target, w = next(iter(tiny_weights.items()))
+    assert loaded.w0_digest(target) == ("sha256", loaded.base_sha256[target])
+    assert loaded.matches(target, w)
+    assert not loaded.matches(target, (w.astype(np.float32) * 1.01).astype(w.dtype))
+
+
+@pytest.mark.parametrize(
+    ("value", "why"),
+    [("zz", "32 lowercase hex"), ('{"model.x": "ab"}', "32 lowercase hex"), ("[1]", "JSON object")],
+)
+def test_a_malformed_fast_digest_is_refused(
+    tmp_path: Path, tiny_weights: dict[str, np.ndarray], value: str, why: str
+) -> None:
+    bases = compute_bases(tiny_weights, 3, "x")
+    path = tmp_path / "b.safetensors"
+    save_bases(bases, path)
+    tensors = load_file(str(path))
+    with open_safetensors(path) as f:
+        meta = dict(f.metadata)
+    if value.startswith("{"):
+        target = next(iter(bases.base_xxh3))
+        meta["base_xxh3"] = json.dumps({**bases.base_xxh3, target: "ab"})
+    else:
+        meta["base_xxh3"] = value
+    save_file(tensors, str(path), meta)
+    with pytest.raises(MalformedFileError, match="base_xxh3"):
+        load_bases(path)

@@ -137,8 +137,9 @@ def write_base(path: Path, family: str = "medium", blocks: int | None = None) ->
     return sum(int(np.prod(t.weight_shape)) for t in targets)
 
 
-def run(cmd: list[str], tree: Path) -> tuple[float, int]:
-    """(wall seconds, peak RSS in bytes) of one child process, from its own wait4 rusage.
+def run(cmd: list[str], tree: Path) -> tuple[float, int, float]:
+    """(wall seconds, peak RSS in bytes, CPU seconds user + system) of one child process,
+    from its own wait4 rusage.
 
     It runs in `tree` with it on PYTHONPATH (`python -m` puts the working folder first on
     sys.path, so the folder decides which sa3ckpt is imported).
@@ -157,7 +158,7 @@ def run(cmd: list[str], tree: Path) -> tuple[float, int]:
     if proc.returncode != 0:
         raise SystemExit(f"{' '.join(cmd)} failed ({proc.returncode}): {stderr}")
     scale = 1 if sys.platform == "darwin" else 1024  # ru_maxrss: bytes on macOS, KiB on Linux
-    return seconds, usage.ru_maxrss * scale
+    return seconds, usage.ru_maxrss * scale, usage.ru_utime + usage.ru_stime
 
 
 SETTLE_SECONDS = 2.0
@@ -266,6 +267,12 @@ def row_cmd(row: Row, work: Path, bases: dict[str, Path], out: Path) -> list[str
     return merge_cmd(bases[row.base], adapters, out, options)
 
 
+def output_of(merged: Path, row: Row) -> Path:
+    """Where a row's merge writes: the output named for its base's container."""
+    suffix = {"safetensors": ".safetensors", "npz": ".npz", "folder": ""}[row.base]
+    return merged.with_suffix(suffix) if suffix else merged
+
+
 def copy_cmd(base: Path, out: Path) -> list[str]:
     return ["cp", "-r", str(base), str(out)] if base.is_dir() else ["cp", str(base), str(out)]
 
@@ -299,41 +306,59 @@ def main() -> int:
         print(f"JIT warm-up (tiny merges): {warm_up(work):.2f} s")
         copy, merged = work / "copy.out", work / "merged.out"
         containers = sorted({row.base for row in rows})
-        for name in containers:  # page cache warm, as for cp
+        load_start = os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
+        # An untimed round first: the page cache holds every input, and the memory the
+        # outputs' page cache takes has been used once (on a VM its first use costs more).
+        for name in containers:
             subprocess.run(copy_cmd(bases[name], copy), check=True)
             settle(copy)
+        for row in {row.base: row for row in reversed(rows)}.values():
+            out = output_of(merged, row)
+            run(row_cmd(row, work, bases, out), REPO)
+            settle(out)
         cp_times: dict[str, list[float]] = {name: [] for name in containers}
-        merges: dict[str, list[tuple[float, int]]] = {row.name: [] for row in rows}
-        for _ in range(args.repeat):
+        merges: dict[str, list[tuple[float, int, float]]] = {row.name: [] for row in rows}
+
+        def floors() -> None:
             for name in containers:
                 settle(copy, merged)
                 start = time.perf_counter()
                 subprocess.run(copy_cmd(bases[name], copy), check=True)
                 subprocess.run(["sync"], check=True)
                 cp_times[name].append(time.perf_counter() - start)
+
+        for _ in range(args.repeat):
+            floors()  # the floor before and after each round's merges: drift shows in both
             for row in rows:
                 settle(copy, merged)
-                suffix = {"safetensors": ".safetensors", "npz": ".npz", "folder": ""}[row.base]
-                out = merged.with_suffix(suffix) if suffix else merged
+                out = output_of(merged, row)
                 merges[row.name].append(run(row_cmd(row, work, bases, out), REPO))
                 settle(out)
+            floors()
         settle(copy, merged)
         load = os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
         print(f"machine: {machine()}")
-        print(f"{args.repeat} rounds, medians; load average at the end {load:.2f}")
+        print(
+            f"{args.repeat} rounds, medians; load average {load_start:.2f} at the start, "
+            f"{load:.2f} at the end"
+        )
         for name in containers:
             size = _size(bases[name])
+            times = cp_times[name]
             print(f"cp BASE OUT && sync ({name}, {size / 1e9:.2f} GB): "
-                  f"{statistics.median(cp_times[name]):6.2f} s")  # fmt: skip
+                  f"{statistics.median(times):6.2f} s (range {min(times):.2f}-{max(times):.2f} s, "
+                  f"{len(times)} runs)")  # fmt: skip
         print("medium fp16 base, rank-16 adapters on 229 targets")
-        print(f"{'merge':22s} {'wall':>8s} {'/ cp+sync':>10s} {'goal':>6s} {'peak RSS':>10s}")
+        print("| merge | wall | / cp+sync | goal | CPU (user+sys) | peak RSS |")
+        print("|---|---|---|---|---|---|")
         for row in rows:
-            seconds = statistics.median(s for s, _ in merges[row.name])
-            rss = max(r for _, r in merges[row.name])
+            seconds = statistics.median(s for s, _, _ in merges[row.name])
+            cpu = statistics.median(c for _, _, c in merges[row.name])
+            rss = max(r for _, r, _ in merges[row.name])
             ratio = seconds / statistics.median(cp_times[row.base])
-            mark = "" if ratio <= row.goal and rss <= RSS_GOAL else "  (over goal)"
-            print(f"{row.name:22s} {seconds:6.2f} s {ratio:9.2f}x {row.goal:5.1f}x "
-                  f"{rss / 2**20:7.0f} MB{mark}")  # fmt: skip
+            mark = "" if ratio <= row.goal and rss <= RSS_GOAL else " (over goal)"
+            print(f"| {row.name} | {seconds:.2f} s | {ratio:.2f}x{mark} | {row.goal:.1f}x | "
+                  f"{cpu:.2f} s | {rss / 2**20:.0f} MB |")  # fmt: skip
     finally:
         if not args.keep and args.dir is None:
             shutil.rmtree(work, ignore_errors=True)

@@ -425,6 +425,8 @@ class _Target:
             self.kept_rows = ws.array("kept_rows", (self.fan_out,), np.float32)
         self.kept_terms = {k: ws.array(f"kept{k}", shape, np.float32)
                            for k in kept_terms(tile_plan, shape)}  # fmt: skip
+        self.kept_term_rows = {k: ws.array(f"kept{k}_rows", (self.fan_out,), np.float32)
+                               for k in self.kept_terms}  # fmt: skip
         # blended column magnitudes by step, once their statistic is finished
         self.col_mags: dict[int, np.ndarray] = {}
 
@@ -596,23 +598,40 @@ class _Target:
                 else:
                     np.matmul(step.left[i0:i1], step.right, out=v)
                     self.ops.add_plain_term(acc, v, w0, first)
+            elif kept is not None and complete:  # V' and its row scale as the first pass kept
+                rows = self.kept_term_rows[k][i0:i1] if step.norm == "both" else None
+                self._add_term(acc, v, rows, self.cols.done[("v", k)], w0, step, first)
             else:  # f(W0; 1) − W0, weighted by s
-                if kept is None or not complete:  # else V' as the first pass kept it
-                    self._fresh(v, step, i0, i1, stored)
+                self._fresh(v, step, i0, i1, stored)
                 rows, cols, _ = self._scales(step, k, v, i0, i1, None, not complete)
                 if not complete:
+                    if kept is not None and rows is not None:
+                        self.kept_term_rows[k][i0:i1] = rows
                     continue
-                self.ops.add_delta_term(
-                    acc,
-                    v,
-                    self.ones_rows[:n] if rows is None else rows,
-                    self.ones_cols if cols is None else cols,
-                    w0,
-                    step.strength,
-                    first,
-                )
+                self._add_term(acc, v, rows, cols, w0, step, first)
             first = False
         return acc if complete else None
+
+    def _add_term(
+        self,
+        acc: np.ndarray,
+        v: np.ndarray,
+        rows: np.ndarray | None,
+        cols: np.ndarray | None,
+        w0: np.ndarray,
+        step: Step,
+        first: bool,
+    ) -> None:
+        """A normalised delta term s ((V' · rows) · cols − W0) into the sum (one pass)."""
+        self.ops.add_delta_term(
+            acc,
+            v,
+            self.ones_rows[: len(v)] if rows is None else rows,
+            self.ones_cols if cols is None else cols,
+            w0,
+            step.strength,
+            first,
+        )
 
 
 def merge_rows(

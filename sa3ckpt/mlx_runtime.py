@@ -1,4 +1,4 @@
-"""MLX's runtime set up before mlx loads: an optimized BLAS on Linux, no thread-local compile cache.
+"""MLX's runtime set up before mlx loads: an optimized BLAS on Linux (nothing elsewhere).
 
 Why this exists. The `mlx[cpu]` Linux wheel leaves `cblas_sgemm` and the rest of CBLAS
 undefined in `libmlx.so` and bundles the Netlib reference BLAS to satisfy them; the dynamic
@@ -27,11 +27,10 @@ thread, and the cache holds Python functions. A worker thread that ran a compile
 destroys that cache in its C++ thread-local destructors *after* Python's `join()` returned;
 if the main thread has begun finalizing by then, taking the GIL ends the thread with
 `pthread_exit` inside a noexcept destructor, and the process aborts with "terminate called
-without an active exception" (about half the runs). `MLX_DISABLE_COMPILE=1` is set before
-the first compile, so no thread ever owns Python objects in that cache: the abort cannot
-happen. The compiled functions are elementwise activations, a small share of the time (the
-real-size verify probe took the same CPU time, 2.4 s, with and without). MLX reads the
-variable's presence; `mx.enable_compile()` is the way back for a script that wants it.
+without an active exception". That is not Linux's: the destructors run the same way on
+macOS. sa3ckpt's models call no compiled function (`models.layers.silu`), so its work in any
+thread leaves no Python objects in such a cache; compilation itself is left on, for the
+caller's own code (a process that compiles in worker threads is exposed as with MLX alone).
 """
 
 from __future__ import annotations
@@ -51,7 +50,6 @@ from typing import Any
 
 ENV = "SA3CKPT_BLAS"
 OFF = ("off", "reference", "0", "none")
-COMPILE_ENV = "MLX_DISABLE_COMPILE"
 
 
 @dataclass(frozen=True)
@@ -147,7 +145,6 @@ def prepare() -> Preload:
     with _lock:
         if _preload is not None:
             return _preload
-        os.environ.setdefault(COMPILE_ENV, "1")
         choice = os.environ.get(ENV, "auto").strip()
         if "mlx.core" in sys.modules:
             # Too late: libmlx's CBLAS symbols are bound (Python loads extensions RTLD_NOW).
@@ -231,7 +228,6 @@ _finder = _BeforeMLX()
 
 def install() -> None:
     """Arrange for `prepare()` to run before mlx loads (now, if it already has)."""
-    os.environ.setdefault(COMPILE_ENV, "1")
     if "mlx.core" in sys.modules:
         prepare()
     elif _finder not in sys.meta_path:
@@ -353,7 +349,6 @@ def active() -> Blas:
 
 
 __all__ = [
-    "COMPILE_ENV",
     "ENV",
     "KINDS",
     "REFERENCE",

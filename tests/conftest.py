@@ -3,7 +3,7 @@ HTTP servers the remote-input tests read from (tests/remote_servers.py).
 
 Test modules import `mlx.core` directly (and isort puts it before `sa3ckpt`), so without
 this the first import of mlx would not go through `sa3ckpt.mlx_runtime` and the tests would
-run MLX on the reference BLAS, with compile caches in worker threads.
+run MLX on the reference BLAS.
 """
 
 from __future__ import annotations

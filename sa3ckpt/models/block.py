@@ -16,7 +16,7 @@ import mlx.nn as nn
 
 from sa3ckpt.models.attention import CrossAttention, Rope, SelfAttention
 from sa3ckpt.models.config import ADALN_CHUNKS
-from sa3ckpt.models.layers import RMSNorm, mlp, modulate, run_seq
+from sa3ckpt.models.layers import RMSNorm, mlp, modulate, run_seq, silu
 
 
 class SwiGLU(nn.Module):
@@ -28,7 +28,7 @@ class SwiGLU(nn.Module):
 
     def __call__(self, x: mx.array) -> mx.array:
         value, gate = mx.split(self.proj(x), 2, axis=-1)
-        return value * nn.silu(gate)
+        return value * silu(gate)
 
 
 class FeedForward(nn.Module):

@@ -24,6 +24,27 @@ def run_seq(layers: Sequence[Any], x: mx.array) -> mx.array:
     return x
 
 
+def silu(x: mx.array) -> mx.array:
+    """x · σ(x), as mlx.nn's `silu` computes it, but not through `mx.compile`.
+
+    mlx.nn compiles its activations, and MLX keeps compiled functions in a per-thread cache
+    that holds Python objects; a worker thread that called one destroys that cache after
+    Python's `join()` returned, and if the interpreter is shutting down by then the process
+    aborts ("terminate called without an active exception"; docs/guides/mlx-linux.md). The
+    models call no compiled function, so sa3ckpt's work in worker threads (the TUI's, a
+    caller's pool) cannot cause that abort, and compilation stays on for everyone else. The
+    values are the same: on the CPU the compiled form runs these two operations too.
+    """
+    return x * mx.sigmoid(x)
+
+
+class SiLU(nn.Module):
+    """`silu` as a parameterless module (the middle entry of `mlp`)."""
+
+    def __call__(self, x: mx.array) -> mx.array:
+        return silu(x)
+
+
 def mlp(fan_in: int, width: int, fan_out: int, bias: bool) -> list[nn.Module]:
     """[Linear(fan_in, width), SiLU, Linear(width, fan_out)]: the SA3 embedding MLP shape.
 
@@ -32,7 +53,7 @@ def mlp(fan_in: int, width: int, fan_out: int, bias: bool) -> list[nn.Module]:
     """
     return [
         nn.Linear(fan_in, width, bias=bias),
-        nn.SiLU(),
+        SiLU(),
         nn.Linear(width, fan_out, bias=bias),
     ]
 

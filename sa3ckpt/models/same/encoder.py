@@ -30,7 +30,7 @@ import mlx.core as mx
 import mlx.nn as nn
 import numpy as np
 
-from sa3ckpt.models.layers import apply_rope, merge_heads
+from sa3ckpt.models.layers import apply_rope, merge_heads, silu
 from sa3ckpt.models.same.band import band_attention
 from sa3ckpt.models.same.config import SameConfig
 
@@ -121,7 +121,7 @@ class GLUFeedForward(nn.Module):
 
     def __call__(self, x: mx.array) -> mx.array:
         value, gate = mx.split(self.glu_proj(x), 2, axis=-1)
-        return self.proj_out(value * nn.silu(gate))
+        return self.proj_out(value * silu(gate))
 
 
 class SameBlock(nn.Module):

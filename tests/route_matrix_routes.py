@@ -89,8 +89,13 @@ _BUILD_PARSER = cli_module.build_parser
 
 
 @functools.cache
-def _parser() -> argparse.ArgumentParser:
+def _whole_parser() -> argparse.ArgumentParser:
     return _BUILD_PARSER()
+
+
+def _parser(only: str | None = None) -> argparse.ArgumentParser:
+    """The whole parser, built once, for whatever command `main` names: it parses them all."""
+    return _whole_parser()
 
 
 def cli(*args: str | Path) -> Observed:

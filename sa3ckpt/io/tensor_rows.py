@@ -19,6 +19,8 @@ how a row is reshuffled (diffusers' reordered qkv row blocks, MLX's (k, in) Conv
 
 from __future__ import annotations
 
+import contextlib
+import mmap
 import os
 from typing import Protocol, runtime_checkable
 
@@ -47,15 +49,51 @@ def bits_dtype(code: str) -> type[np.generic]:
 
 
 class FileRows:
-    """A `tiled.RowSource` reading canonical rows of a tensor from its plain bytes in a file."""
+    """A `tiled.RowSource` reading canonical rows of a tensor from its plain bytes in a file.
+
+    The tensor's bytes are mapped (read-only, prefaulted where the OS can) and a tile whose
+    canonical rows are the stored rows as they lie is a view of the mapping: no copy from
+    the page cache into a buffer, which `pread` made (about a second of system time per
+    2.9 GB base, a third of what `cp` spends on the whole file). Reordered or reshuffled
+    rows are copied out of the mapping into the kernel's buffer. Where a mapping cannot be
+    made (an empty tensor, a file system without mmap) tiles are read with `pread`.
+    """
 
     def __init__(self, view: RowView, code: str, path: str, offset: int, key: str) -> None:
         self.view, self.path, self.offset, self.key = view, path, offset, key
         self.row_bytes = view.fan_in * dtypes.itemsize(code)
         self.fd = os.open(path, os.O_RDONLY)
         self._scratch: np.ndarray | None = None
+        self._map: mmap.mmap | None = None
+        self._rows: np.ndarray | None = None
+        size = view.fan_out * self.row_bytes
+        try:
+            if os.fstat(self.fd).st_size < offset + size:
+                raise IncompatibleError(f"{path}: tensor {key} is cut short")
+            if size:
+                self._rows = self._mapped(offset, size, bits_dtype(code))
+        except BaseException:
+            self.close()
+            raise
+
+    def _mapped(self, offset: int, size: int, dtype: type[np.generic]) -> np.ndarray | None:
+        start = offset - offset % mmap.ALLOCATIONGRANULARITY
+        flags = mmap.MAP_SHARED | getattr(mmap, "MAP_POPULATE", 0)
+        try:
+            self._map = mmap.mmap(
+                self.fd, offset - start + size, flags=flags, prot=mmap.PROT_READ, offset=start
+            )
+        except (OSError, ValueError):  # no mmap here: pread instead
+            return None
+        flat = np.frombuffer(self._map, np.uint8, size, offset - start)
+        return flat.view(dtype).reshape(self.view.fan_out, -1)
 
     def close(self) -> None:
+        self._rows = None
+        if self._map is not None:
+            with contextlib.suppress(BufferError):  # a tile view alive: unmapped when it goes
+                self._map.close()
+            self._map = None
         os.close(self.fd)
 
     def _read(self, into: memoryview, at: int) -> None:
@@ -67,6 +105,9 @@ class FileRows:
             done += got
 
     def __call__(self, i0: int, i1: int, buf: np.ndarray) -> np.ndarray:
+        rows = self._rows
+        if rows is not None and self.view.in_place:
+            return rows[i0:i1]
         target = buf
         if self.view.reshuffles:
             if self._scratch is None or len(self._scratch) < len(buf):
@@ -75,7 +116,12 @@ class FileRows:
         raw = target.reshape(-1).view(np.uint8).data
         for stored, first, count in self.view.runs(i0, i1):
             at = (first - i0) * self.row_bytes
-            self._read(raw[at : at + count * self.row_bytes], self.offset + stored * self.row_bytes)
+            if rows is not None:
+                target[first - i0 : first - i0 + count] = rows[stored : stored + count]
+            else:
+                self._read(
+                    raw[at : at + count * self.row_bytes], self.offset + stored * self.row_bytes
+                )
         if target is not buf:
             buf[...] = self.view.to_rows(target)
         return buf

@@ -33,7 +33,7 @@ def silu(x: mx.array) -> mx.array:
     aborts ("terminate called without an active exception"; docs/guides/mlx-linux.md). The
     models call no compiled function, so sa3ckpt's work in worker threads (the TUI's, a
     caller's pool) cannot cause that abort, and compilation stays on for everyone else. The
-    values are the same: on the CPU the compiled form runs these two operations too.
+    values are those of mlx.nn's `silu` run uncompiled (the same two operations).
     """
     return x * mx.sigmoid(x)
 

@@ -326,6 +326,7 @@ def main() -> int:
                 subprocess.run(copy_cmd(bases[name], copy), check=True)
                 subprocess.run(["sync"], check=True)
                 cp_times[name].append(time.perf_counter() - start)
+                print(f"  cp + sync {name}: {cp_times[name][-1]:.2f} s", file=sys.stderr, flush=True)
 
         for _ in range(args.repeat):
             floors()  # the floor before and after each round's merges: drift shows in both
@@ -334,6 +335,10 @@ def main() -> int:
                 out = output_of(merged, row)
                 merges[row.name].append(run(row_cmd(row, work, bases, out), REPO))
                 settle(out)
+                seconds, _, cpu = merges[row.name][-1]
+                print(f"  round {len(merges[row.name])}: {row.name} {seconds:.2f} s "
+                      f"(CPU {cpu:.2f} s, load {os.getloadavg()[0]:.2f})", file=sys.stderr,
+                      flush=True)  # fmt: skip
             floors()
         settle(copy, merged)
         load = os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")

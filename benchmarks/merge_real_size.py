@@ -326,7 +326,9 @@ def main() -> int:
                 subprocess.run(copy_cmd(bases[name], copy), check=True)
                 subprocess.run(["sync"], check=True)
                 cp_times[name].append(time.perf_counter() - start)
-                print(f"  cp + sync {name}: {cp_times[name][-1]:.2f} s", file=sys.stderr, flush=True)
+                print(
+                    f"  cp + sync {name}: {cp_times[name][-1]:.2f} s", file=sys.stderr, flush=True
+                )
 
         for _ in range(args.repeat):
             floors()  # the floor before and after each round's merges: drift shows in both

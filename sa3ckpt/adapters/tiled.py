@@ -63,6 +63,7 @@ import numpy as np
 from sa3ckpt import dtypes
 from sa3ckpt.adapters.blas_accumulate import gemm_add
 from sa3ckpt.adapters.kernels import BLEND_AXES, EPS, NORM_BLOCK, NumpyAdapter
+from sa3ckpt.io.tensor_rows import bits_dtype
 
 TILE_ELEMENTS = 1 << 19  # elements per tile: its fp32 rows (2 MB) stay in this core's cache
 ROW_ALIGN = 96  # tile heights are multiples of OpenBLAS's sgemm row blocking (16, 24, 32, 48)
@@ -330,11 +331,6 @@ def tile_rows(fan_in: int) -> int:
     return max(ROW_ALIGN, rows)
 
 
-def bits_of(code: str) -> type[np.generic]:
-    """How a tile holds values of a dtype code: float32 as is, 16-bit floats as their bits."""
-    return np.float32 if code == "F32" else np.uint16
-
-
 class _Workspace(threading.local):
     """One thread's tile buffers and kept state, reused from target to target.
 
@@ -406,12 +402,12 @@ class _Target:
         self.gemm_add = gemm_add() if all(s.blas_ready for s in tile_plan.steps) else None
         h, n = self.height, self.fan_in
         ws = _WORKSPACE
-        self.stored_buf = ws.array("stored", (h, n), bits_of(stored_code))
+        self.stored_buf = ws.array("stored", (h, n), bits_dtype(stored_code))
         self.v = ws.array("v", (h, n), np.float32)
         self.tmp = ws.array("tmp", (h, n), np.float32)
         self.w0 = ws.array("w0", (h, n), np.float32)
         self.acc = ws.array("acc", (h, n), np.float32)
-        self.out = ws.array("out", (h, n), bits_of(out_code))
+        self.out = ws.array("out", (h, n), bits_dtype(out_code))
         self.ones_rows = np.ones(h, np.float32)
         self.ones_cols = np.ones(n, np.float32)
         self.cols = _Columns(n)

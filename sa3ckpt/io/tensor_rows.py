@@ -115,10 +115,10 @@ class FileRows:
             target = self._scratch[: len(buf)]
         raw = target.reshape(-1).view(np.uint8).data
         for stored, first, count in self.view.runs(i0, i1):
-            at = (first - i0) * self.row_bytes
             if rows is not None:
                 target[first - i0 : first - i0 + count] = rows[stored : stored + count]
             else:
+                at = (first - i0) * self.row_bytes
                 self._read(
                     raw[at : at + count * self.row_bytes], self.offset + stored * self.row_bytes
                 )
